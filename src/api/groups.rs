@@ -1,0 +1,325 @@
+//! The group endpoints: the six Plaspy calls (list, create, get, replace, patch, delete)
+//! and the membership calls [ext]. Writes wait for group commit before answering, so a
+//! 2xx means the change is on disk (api.md §7).
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::Ctx;
+use crate::error::ApiError;
+use crate::http::body::BodyKind;
+use crate::http::response::{push_member, push_object_members, Reply};
+use crate::model::{check_device_id, validate_doc, GroupId, Rules};
+use crate::patch::{apply_json_patch, apply_merge_patch, parse_json_patch};
+use crate::store::groups::{Actor, GroupView, IdempotencyRequest, ListQuery};
+
+/// Idempotency keys are remembered this long (api.md §5).
+const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+fn rules(ctx: &Ctx<'_>) -> Rules {
+    Rules {
+        max_devices: ctx.app.config.limits.max_devices_per_group,
+    }
+}
+
+fn actor<'a>(ctx: &'a Ctx<'_>) -> Result<Actor<'a>, ApiError> {
+    let u = ctx.user()?;
+    Ok(Actor {
+        account: &u.account,
+        user: &u.name,
+    })
+}
+
+/// The `{groupId}` parameter; a malformed ID names no group, so it is a 404.
+fn group_id(ctx: &Ctx<'_>) -> Result<GroupId, ApiError> {
+    GroupId::parse(ctx.param(0)?).ok_or(ApiError::GroupNotFound)
+}
+
+fn etag(v: &GroupView) -> String {
+    format!("\"{}\"", v.revision())
+}
+
+/// One group's answer: its fields at the top level and its `ETag`.
+fn one(v: &GroupView) -> Reply {
+    let mut m = Vec::with_capacity(v.json().len());
+    push_object_members(&mut m, v.json());
+    Reply::ok(m).header("etag", etag(v))
+}
+
+/// `"groups":[…]` for a list of groups.
+pub fn groups_member(groups: &[GroupView]) -> Vec<u8> {
+    let mut list =
+        Vec::with_capacity(groups.iter().map(|g| g.json().len() + 1).sum::<usize>() + 12);
+    list.push(b'[');
+    for (i, g) in groups.iter().enumerate() {
+        if i > 0 {
+            list.push(b',');
+        }
+        list.extend_from_slice(g.json());
+    }
+    list.push(b']');
+    let mut m = Vec::with_capacity(list.len() + 12);
+    push_member(&mut m, "groups", &list);
+    m
+}
+
+/// Parses an `If-Match` value: `None` for `*` (any current revision), else the list of
+/// revisions it names. Weak tags never match (RFC 9110 strong comparison).
+fn if_match(ctx: &Ctx<'_>) -> Option<Vec<u64>> {
+    let raw = ctx.info.if_match.as_deref()?;
+    if raw.trim() == "*" {
+        return None;
+    }
+    Some(
+        raw.split(',')
+            .filter_map(|t| {
+                let t = t.trim();
+                t.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+            })
+            .collect(),
+    )
+}
+
+pub fn list(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
+    let mut q = ListQuery::default();
+    for (k, v) in ctx.query()? {
+        match k.as_str() {
+            "limit" => {
+                q.limit = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|l| (1..=1000).contains(l))
+                        .ok_or_else(|| {
+                            ApiError::InvalidInput("limit must be an integer from 1 to 1000".into())
+                        })?,
+                )
+            }
+            "after" => {
+                q.after = Some(
+                    GroupId::parse(&v)
+                        .ok_or_else(|| {
+                            ApiError::InvalidInput("after must be a group ID such as grp-42".into())
+                        })?
+                        .0,
+                )
+            }
+            "device" => {
+                check_device_id(&v)
+                    .map_err(|why| ApiError::InvalidInput(format!("device {why}")))?;
+                q.device = Some(v);
+            }
+            "name" => {
+                if v.is_empty() || v.chars().count() > 128 {
+                    return Err(ApiError::InvalidInput(
+                        "name must be 1 to 128 characters".into(),
+                    ));
+                }
+                q.name = Some(v);
+            }
+            _ => {}
+        }
+    }
+    let page = ctx.app.store.list_groups(&ctx.user()?.account, &q)?;
+    let mut m = groups_member(&page.groups);
+    if q.limit.is_some() || q.after.is_some() {
+        let next = page
+            .next
+            .map_or_else(|| "null".to_string(), |id| format!("\"{id}\""));
+        push_member(&mut m, "next", next.as_bytes());
+    }
+    Ok(Reply::ok(m))
+}
+
+pub async fn create(mut ctx: Ctx<'_>) -> Result<Reply, ApiError> {
+    let body = ctx.take_body()?.value;
+    let doc = validate_doc(&body, rules(&ctx))?;
+    let idempotency = match &ctx.info.idempotency_key {
+        Some(key) => {
+            if key.is_empty() || key.len() > 255 || key.bytes().any(|b| !(0x21..=0x7e).contains(&b))
+            {
+                return Err(ApiError::InvalidInput(
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+                ));
+            }
+            // The fingerprint is of the parsed body, so white space and key order do
+            // not make two equal requests different.
+            let canonical =
+                serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
+            Some(IdempotencyRequest {
+                key: key.clone(),
+                fingerprint: format!("{:x}", Sha256::digest(&canonical)),
+                ttl_ms: IDEMPOTENCY_TTL_MS,
+            })
+        }
+        None => None,
+    };
+    let app = ctx.app;
+    let created = app.store.create_group(
+        actor(&ctx)?,
+        &doc,
+        app.config.limits.max_groups_per_account,
+        idempotency.as_ref(),
+    )?;
+    app.store.durable().await?;
+    let mut reply =
+        one(&created.group).header("location", format!("/api/groups/{}", created.group.id));
+    reply.status = 201;
+    if created.replayed {
+        reply = reply.header("idempotent-replayed", "true".into());
+    }
+    Ok(reply)
+}
+
+pub fn get(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
+    let id = group_id(&ctx)?;
+    let v = ctx
+        .app
+        .store
+        .get_group(&ctx.user()?.account, id)?
+        .ok_or(ApiError::GroupNotFound)?;
+    if let Some(inm) = ctx.info.if_none_match.as_deref() {
+        let current = v.revision().to_string();
+        let hit = inm.split(',').any(|t| {
+            let t = t.trim();
+            let t = t.strip_prefix("W/").unwrap_or(t);
+            t == "*"
+                || t.strip_prefix('"').and_then(|t| t.strip_suffix('"')) == Some(current.as_str())
+        });
+        if hit {
+            return Ok(Reply {
+                status: 304,
+                ..Reply::default()
+            }
+            .header("etag", etag(&v)));
+        }
+    }
+    Ok(one(&v))
+}
+
+pub async fn put(mut ctx: Ctx<'_>) -> Result<Reply, ApiError> {
+    let id = group_id(&ctx)?;
+    let body = ctx.take_body()?.value;
+    let doc = validate_doc(&body, rules(&ctx))?;
+    let (v, ()) =
+        ctx.app
+            .store
+            .update_group(actor(&ctx)?, id, if_match(&ctx).as_deref(), |_| {
+                Ok((doc, ()))
+            })?;
+    ctx.app.store.durable().await?;
+    Ok(one(&v))
+}
+
+pub async fn patch(mut ctx: Ctx<'_>) -> Result<Reply, ApiError> {
+    let id = group_id(&ctx)?;
+    let body = ctx.take_body()?;
+    let rules = rules(&ctx);
+    let (v, ()) = match body.kind {
+        BodyKind::MergePatch => {
+            ctx.app
+                .store
+                .update_group(actor(&ctx)?, id, if_match(&ctx).as_deref(), |cur| {
+                    Ok((apply_merge_patch(cur, &body.value, rules)?, ()))
+                })?
+        }
+        BodyKind::Json | BodyKind::JsonPatch => {
+            let ops = parse_json_patch(&body.value)?;
+            ctx.app
+                .store
+                .update_group(actor(&ctx)?, id, if_match(&ctx).as_deref(), |cur| {
+                    Ok((apply_json_patch(cur, &ops, rules)?, ()))
+                })?
+        }
+    };
+    ctx.app.store.durable().await?;
+    Ok(one(&v))
+}
+
+pub async fn delete(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
+    let id = group_id(&ctx)?;
+    ctx.app
+        .store
+        .delete_group(actor(&ctx)?, id, if_match(&ctx).as_deref())?;
+    ctx.app.store.durable().await?;
+    Ok(Reply::ok(Vec::new()))
+}
+
+pub async fn add_devices(mut ctx: Ctx<'_>) -> Result<Reply, ApiError> {
+    let id = group_id(&ctx)?;
+    let body = ctx.take_body()?.value;
+    let items = match body.as_object().map(|o| o.get("devices")) {
+        None => {
+            return Err(ApiError::InvalidInput(
+                "the body must be a JSON object".into(),
+            ))
+        }
+        Some(None | Some(Value::Null)) => {
+            return Err(ApiError::InvalidInput("devices is required".into()))
+        }
+        Some(Some(Value::Array(items))) => items.clone(),
+        Some(Some(_)) => {
+            return Err(ApiError::InvalidInput(
+                "devices must be an array of strings".into(),
+            ))
+        }
+    };
+    let mut wanted: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let s = item
+            .as_str()
+            .ok_or_else(|| ApiError::InvalidInput(format!("devices[{i}] must be a string")))?;
+        check_device_id(s).map_err(|why| ApiError::InvalidInput(format!("devices[{i}] {why}")))?;
+        if !wanted.iter().any(|w| w == s) {
+            wanted.push(s.to_string());
+        }
+    }
+    let max = ctx.app.config.limits.max_devices_per_group;
+    let (v, added) =
+        ctx.app
+            .store
+            .update_group(actor(&ctx)?, id, if_match(&ctx).as_deref(), |cur| {
+                let present: std::collections::HashSet<&str> =
+                    cur.devices.iter().map(String::as_str).collect();
+                let added: Vec<String> = wanted
+                    .iter()
+                    .filter(|d| !present.contains(d.as_str()))
+                    .cloned()
+                    .collect();
+                let mut doc = cur.clone();
+                doc.devices.extend(added.iter().cloned());
+                if doc.devices.len() > max {
+                    return Err(ApiError::InvalidInput(format!(
+                        "devices must hold at most {max} distinct IDs"
+                    )));
+                }
+                Ok((doc, added))
+            })?;
+    ctx.app.store.durable().await?;
+    let mut reply = one(&v);
+    let added_json = serde_json::to_vec(&added).map_err(|e| ApiError::Internal(e.to_string()))?;
+    push_member(&mut reply.members, "added", &added_json);
+    Ok(reply)
+}
+
+pub async fn remove_device(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
+    let id = group_id(&ctx)?;
+    let device = ctx.param(1)?.to_string();
+    check_device_id(&device).map_err(|why| ApiError::InvalidInput(format!("deviceId {why}")))?;
+    let (v, removed) =
+        ctx.app
+            .store
+            .update_group(actor(&ctx)?, id, if_match(&ctx).as_deref(), |cur| {
+                let mut doc = cur.clone();
+                doc.devices.retain(|d| *d != device);
+                let removed = doc.devices.len() != cur.devices.len();
+                Ok((doc, removed))
+            })?;
+    ctx.app.store.durable().await?;
+    let mut reply = one(&v);
+    push_member(
+        &mut reply.members,
+        "removed",
+        if removed { b"true" } else { b"false" },
+    );
+    Ok(reply)
+}

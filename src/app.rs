@@ -1,0 +1,201 @@
+//! The running server's state, built once from a `Config` and shared by every request:
+//! the store, the auth tables, usage counters and metrics. Also the first-start
+//! bootstrap (user `admin` and its key file) and the background upkeep tasks (usage
+//! persistence every second, purges of expired tokens, idempotency records and old
+//! change-feed entries).
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreOptions};
+use crate::usage::Usage;
+use crate::users::Admin;
+
+/// Shared state of one server.
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub auth: Auth,
+    pub usage: Usage,
+    pub metrics: Metrics,
+    stopping: AtomicBool,
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Store options from the configuration.
+pub fn store_options(config: &Config) -> StoreOptions {
+    StoreOptions {
+        cache_bytes: config.storage.cache_mb.saturating_mul(1024 * 1024),
+        durability: config.storage.durability,
+    }
+}
+
+impl App {
+    /// Opens the store, creates the first user on a first start, loads auth and usage.
+    pub fn open(config: Config) -> Result<App, StartError> {
+        let store = Store::open(&config.data_dir, &store_options(&config))
+            .map_err(|e| StartError(e.to_string()))?;
+        bootstrap(&store, &config.data_dir)?;
+        let auth = Auth::load(&store, &config.auth)
+            .map_err(|e| StartError(format!("loading users: {e:?}")))?;
+        let usage = Usage::load(
+            store
+                .usage_records()
+                .map_err(|e| StartError(format!("loading usage counters: {e:?}")))?,
+        );
+        Ok(App {
+            config,
+            store,
+            auth,
+            usage,
+            metrics: Metrics::default(),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether shutdown has begun (`/readyz` answers 503).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Marks the start of shutdown.
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Writes changed usage counters to the store.
+    pub fn persist_usage(&self) {
+        let dirty = self.usage.take_dirty();
+        if dirty.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.put_usage(&dirty) {
+            tracing::warn!(error = ?e, "could not persist usage counters; will retry");
+            self.usage.mark_dirty(&dirty);
+        }
+    }
+
+    /// Final flush at shutdown: counters, then the store.
+    pub fn close(&self) -> Result<(), String> {
+        self.persist_usage();
+        self.store.close()
+    }
+
+    /// Hourly upkeep: expired tokens, idempotency records and old change entries.
+    pub fn purge(&self) {
+        let now = crate::time::now_ms();
+        let days = i64::try_from(self.config.retention.changes_days).unwrap_or(36_500);
+        let cutoff = now - days * 86_400_000;
+        match self.store.purge(cutoff, now) {
+            Ok(n) if n > 0 => tracing::info!(
+                removed = n,
+                "purged old change-feed entries and idempotency records"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = ?e, "purge failed"),
+        }
+        if let Err(e) = self.auth.purge_expired(&self.store) {
+            tracing::warn!(error = ?e, "token purge failed");
+        }
+    }
+}
+
+/// Spawns the background upkeep tasks; they end when `app` is the last reference or
+/// shutdown begins.
+pub fn spawn_upkeep(app: &Arc<App>) {
+    let weak = Arc::downgrade(app);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seconds = 0u64;
+        loop {
+            tick.tick().await;
+            let Some(app) = weak.upgrade() else { return };
+            if app.is_stopping() {
+                return;
+            }
+            // sled calls may block briefly; keep them off the async workers.
+            let a = Arc::clone(&app);
+            let purge = seconds % 3600 == 10;
+            let _ = tokio::task::spawn_blocking(move || {
+                a.persist_usage();
+                if purge {
+                    a.purge();
+                }
+            })
+            .await;
+            seconds += 1;
+        }
+    });
+}
+
+/// On a first start (no user at all), creates `admin` and writes its key to
+/// `<data_dir>/initial-api-key` (0600). Logs the file's path, never the key.
+fn bootstrap(store: &Store, data_dir: &Path) -> Result<(), StartError> {
+    let users = store
+        .users()
+        .map_err(|e| StartError(format!("reading users: {e:?}")))?;
+    if !users.is_empty() {
+        return Ok(());
+    }
+    let admin = Admin::offline(store);
+    let key = admin
+        .add("admin", "default", crate::store::users::Role::Write, None)
+        .map_err(|e| StartError(format!("creating the first user: {e}")))?;
+    let path = data_dir.join("initial-api-key");
+    write_secret_file(&path, format!("{key}\n").as_bytes())
+        .map_err(|e| StartError(format!("writing {}: {e}", path.display())))?;
+    tracing::info!(path = %path.display(), "first start: created user admin; its API key is in this file (mode 0600)");
+    Ok(())
+}
+
+/// Writes a file only its owner can read, durably.
+pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode on open; make sure it is 0600 regardless.
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A new request ID: a per-process random prefix and a counter (unique, cheap).
+pub fn new_request_id() -> String {
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    let prefix = PREFIX.get_or_init(rand::random::<u32>);
+    let n = REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix:08x}-{n:x}")
+}
+
+impl From<StartError> for ApiError {
+    fn from(e: StartError) -> ApiError {
+        ApiError::Internal(e.0)
+    }
+}

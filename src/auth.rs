@@ -1,0 +1,377 @@
+//! Authentication as Plaspy does it: API keys (argon2id, never stored in plain text)
+//! traded for opaque bearer tokens (256 random bits; only their SHA-256 is stored), plus
+//! failed-login limiting per userName and per client address.
+//!
+//! Users and live tokens are mirrored in memory so checking a bearer token costs one
+//! SHA-256 and two hash-map lookups; the store stays the source of truth and every
+//! change goes to both. Argon2 runs on the blocking pool behind a semaphore, so a burst
+//! of logins queues there instead of stalling the async workers.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::config::AuthConfig;
+use crate::error::ApiError;
+use crate::store::lock;
+use crate::store::users::{TokenRecord, UserRecord};
+use crate::store::Store;
+use crate::time::now_ms;
+
+/// A fresh API key: `fgk_` and 64 hex digits (256 bits).
+pub fn generate_key() -> String {
+    format!("fgk_{}", random_hex())
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex(&bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// argon2id PHC string of an API key (default parameters: 19 MiB, 2 passes).
+pub fn hash_key(key: &str) -> Result<String, ApiError> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    Argon2::default()
+        .hash_password(key.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::Internal(format!("argon2 hash: {e}")))
+}
+
+fn verify_key(phc: &str, key: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(key.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// SHA-256 of a bearer token: the only form in which tokens are stored.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A user name is 1–64 of `A-Z a-z 0-9 . _ @ -` (api.md §2); accounts follow the same rule.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+}
+
+/// Failure timestamps per key within the window.
+struct FailedLogins {
+    by_key: HashMap<String, VecDeque<i64>>,
+}
+
+/// The authentication state of a running server.
+pub struct Auth {
+    config: AuthConfig,
+    users: RwLock<HashMap<String, Arc<UserRecord>>>,
+    tokens: RwLock<HashMap<[u8; 32], TokenRecord>>,
+    failures: std::sync::Mutex<FailedLogins>,
+    hashing: Semaphore,
+    /// Verified against when the user is unknown or disabled, so those answers take as
+    /// long as a wrong key.
+    dummy_hash: String,
+}
+
+impl Auth {
+    /// Loads users and live tokens from the store.
+    pub fn load(store: &Store, config: &AuthConfig) -> Result<Auth, ApiError> {
+        let users = store
+            .users()?
+            .into_iter()
+            .map(|u| (u.name.clone(), Arc::new(u)))
+            .collect::<HashMap<_, _>>();
+        let now = now_ms();
+        let mut tokens = HashMap::new();
+        let mut dead = Vec::new();
+        for (k, rec) in store.tokens()? {
+            let live = rec.expires > now
+                && users
+                    .get(&rec.user)
+                    .is_some_and(|u| u.key_generation == rec.key_generation);
+            match <[u8; 32]>::try_from(k.as_slice()) {
+                Ok(h) if live => {
+                    tokens.insert(h, rec);
+                }
+                _ => dead.push(k),
+            }
+        }
+        store.remove_tokens(&dead)?;
+        Ok(Auth {
+            config: config.clone(),
+            users: RwLock::new(users),
+            tokens: RwLock::new(tokens),
+            failures: std::sync::Mutex::new(FailedLogins {
+                by_key: HashMap::new(),
+            }),
+            hashing: Semaphore::new(config.hash_concurrency),
+            dummy_hash: hash_key("fleetgroups-dummy-key")?,
+        })
+    }
+
+    /// Number of users (metrics).
+    pub fn user_count(&self) -> usize {
+        self.users.read().map(|u| u.len()).unwrap_or(0)
+    }
+
+    /// Checks an `Authorization` header value; returns the caller.
+    pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Arc<UserRecord>, ApiError> {
+        let header = header.ok_or(ApiError::Unauthorized)?;
+        let header = std::str::from_utf8(header).map_err(|_| ApiError::Unauthorized)?;
+        let (scheme, token) = header
+            .trim()
+            .split_once(' ')
+            .ok_or(ApiError::Unauthorized)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::Unauthorized);
+        }
+        let token = token.trim();
+        if token.is_empty() || token.len() > 256 {
+            return Err(ApiError::Unauthorized);
+        }
+        let hash = token_hash(token);
+        let rec = {
+            let tokens = self.tokens.read().map_err(|_| ApiError::Unauthorized)?;
+            tokens.get(&hash).cloned().ok_or(ApiError::Unauthorized)?
+        };
+        if rec.expires <= now_ms() {
+            return Err(ApiError::Unauthorized);
+        }
+        let users = self.users.read().map_err(|_| ApiError::Unauthorized)?;
+        let user = users.get(&rec.user).ok_or(ApiError::Unauthorized)?;
+        if user.disabled || user.key_generation != rec.key_generation {
+            return Err(ApiError::Unauthorized);
+        }
+        Ok(Arc::clone(user))
+    }
+
+    /// Refuses when a key has failed too often within the window.
+    fn check_failures(&self, keys: &[String], now: i64) -> Result<(), ApiError> {
+        let window =
+            i64::try_from(self.config.failed_login_window_secs).unwrap_or(i64::MAX / 2) * 1000;
+        let mut f = lock(&self.failures);
+        let mut retry = 0i64;
+        for k in keys {
+            if let Some(q) = f.by_key.get_mut(k) {
+                while q.front().is_some_and(|t| *t <= now - window) {
+                    q.pop_front();
+                }
+                if q.len() >= self.config.max_failed_logins as usize {
+                    let oldest = q.front().copied().unwrap_or(now);
+                    retry = retry.max(oldest + window - now);
+                }
+            }
+        }
+        if retry > 0 {
+            return Err(ApiError::TooManyFailedLogins {
+                retry_after: u64::try_from((retry + 999) / 1000).unwrap_or(1).max(1),
+            });
+        }
+        Ok(())
+    }
+
+    fn record_failure(&self, keys: &[String], now: i64) {
+        let window =
+            i64::try_from(self.config.failed_login_window_secs).unwrap_or(i64::MAX / 2) * 1000;
+        let mut f = lock(&self.failures);
+        // Bound memory under a flood of distinct names or addresses: drop stale keys
+        // first, then (if still large) everything older than the newest half-window.
+        if f.by_key.len() > 50_000 {
+            f.by_key
+                .retain(|_, q| q.back().is_some_and(|t| *t > now - window));
+        }
+        let cap = self.config.max_failed_logins as usize;
+        for k in keys {
+            if f.by_key.len() > 100_000 && !f.by_key.contains_key(k) {
+                continue;
+            }
+            let q = f.by_key.entry(k.clone()).or_default();
+            q.push_back(now);
+            while q.len() > cap {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// Trades a userName and API key for a bearer token (`POST /api/Auth/Token`).
+    pub async fn login(
+        &self,
+        store: &Store,
+        user_name: &str,
+        api_key: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<(String, i64), ApiError> {
+        let mut limit_keys = vec![format!("u:{}", user_name.to_lowercase())];
+        if let Some(ip) = peer {
+            limit_keys.push(format!("ip:{ip}"));
+        }
+        self.check_failures(&limit_keys, now_ms())?;
+        let user = self
+            .users
+            .read()
+            .ok()
+            .and_then(|u| u.get(user_name).cloned());
+        let usable = user
+            .as_ref()
+            .filter(|u| !u.disabled && api_key.len() <= 512);
+        let phc = usable.map_or_else(|| self.dummy_hash.clone(), |u| u.key_hash.clone());
+        let key = api_key.to_string();
+        let ok = {
+            let _permit = self
+                .hashing
+                .acquire()
+                .await
+                .map_err(|_| ApiError::Unavailable("hashing pool closed".into()))?;
+            tokio::task::spawn_blocking(move || verify_key(&phc, &key))
+                .await
+                .map_err(|e| ApiError::Internal(format!("argon2 task: {e}")))?
+        };
+        let user = match (ok, usable) {
+            (true, Some(u)) => Arc::clone(u),
+            _ => {
+                self.record_failure(&limit_keys, now_ms());
+                return Err(ApiError::InvalidCredentials);
+            }
+        };
+        self.issue_token(store, &user)
+    }
+
+    fn issue_token(&self, store: &Store, user: &UserRecord) -> Result<(String, i64), ApiError> {
+        let token = format!("fgt_{}", random_hex());
+        let hash = token_hash(&token);
+        let now = now_ms();
+        let ttl = i64::try_from(self.config.token_ttl_secs).unwrap_or(i64::MAX / 2000) * 1000;
+        let rec = TokenRecord {
+            user: user.name.clone(),
+            key_generation: user.key_generation,
+            issued: now,
+            expires: now.saturating_add(ttl),
+        };
+        let mut tokens = self
+            .tokens
+            .write()
+            .map_err(|_| ApiError::Internal("token table poisoned".into()))?;
+        // The oldest live tokens of this user beyond the bound are evicted.
+        let mut mine: Vec<([u8; 32], i64)> = tokens
+            .iter()
+            .filter(|(_, r)| r.user == user.name)
+            .map(|(h, r)| (*h, r.issued))
+            .collect();
+        mine.sort_by_key(|(_, issued)| *issued);
+        let excess = (mine.len() + 1).saturating_sub(self.config.tokens_per_user);
+        let evicted: Vec<[u8; 32]> = mine.iter().take(excess).map(|(h, _)| *h).collect();
+        let evicted_keys: Vec<Vec<u8>> = evicted.iter().map(|h| h.to_vec()).collect();
+        store.put_token(&hash, &rec, &evicted_keys)?;
+        for h in &evicted {
+            tokens.remove(h);
+        }
+        let expires = rec.expires;
+        tokens.insert(hash, rec);
+        Ok((token, expires))
+    }
+
+    /// Applies a user change made through the CLI or the admin socket: the very next
+    /// request sees it. `None` means the user was removed.
+    pub fn user_changed(&self, name: &str, user: Option<UserRecord>) {
+        let revoke = match &user {
+            None => true,
+            Some(u) => {
+                u.disabled
+                    || self
+                        .users
+                        .read()
+                        .ok()
+                        .and_then(|m| {
+                            m.get(name)
+                                .map(|old| old.key_generation != u.key_generation)
+                        })
+                        .unwrap_or(false)
+            }
+        };
+        if let Ok(mut users) = self.users.write() {
+            match user {
+                Some(u) => {
+                    users.insert(name.to_string(), Arc::new(u));
+                }
+                None => {
+                    users.remove(name);
+                }
+            }
+        }
+        if revoke {
+            if let Ok(mut tokens) = self.tokens.write() {
+                tokens.retain(|_, r| r.user != name);
+            }
+        }
+    }
+
+    /// Drops expired tokens from memory and the store (periodic task).
+    pub fn purge_expired(&self, store: &Store) -> Result<usize, ApiError> {
+        let now = now_ms();
+        let dead: Vec<[u8; 32]> = match self.tokens.read() {
+            Ok(t) => t
+                .iter()
+                .filter(|(_, r)| r.expires <= now)
+                .map(|(h, _)| *h)
+                .collect(),
+            Err(_) => return Ok(0),
+        };
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        store.remove_tokens(&dead.iter().map(|h| h.to_vec()).collect::<Vec<_>>())?;
+        if let Ok(mut t) = self.tokens.write() {
+            for h in &dead {
+                t.remove(h);
+            }
+        }
+        Ok(dead.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_rule() {
+        assert!(valid_name("admin"));
+        assert!(valid_name("ci.bot_1@fleet-a"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name(&"a".repeat(65)));
+        assert!(!valid_name("ü"));
+    }
+
+    #[test]
+    fn keys_verify_only_themselves() {
+        let key = generate_key();
+        assert!(key.starts_with("fgk_") && key.len() == 68);
+        let phc = hash_key(&key).unwrap();
+        assert!(phc.starts_with("$argon2id$"));
+        assert!(!phc.contains(&key[4..]));
+        assert!(verify_key(&phc, &key));
+        assert!(!verify_key(&phc, "fgk_wrong"));
+        assert!(!verify_key("not a phc", &key));
+    }
+}

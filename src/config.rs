@@ -1,0 +1,544 @@
+//! Configuration: every key declared once with its type and default, loaded with the
+//! precedence flag > `FLEETGROUPS_<SECTION>_<KEY>` environment variable > TOML file >
+//! built-in default, and validated before anything starts (operations.md
+//! "Configuration"). There is no global: a `Config` value is passed to the server, so
+//! two servers with different configurations can run in one process.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. Field names are the TOML keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address and port the HTTP listener binds.
+    pub listen: String,
+    /// Directory holding the store, the initial key file and the admin socket.
+    pub data_dir: PathBuf,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_secs: u64,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub storage: StorageConfig,
+    pub retention: RetentionConfig,
+    pub tls: TlsConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Bearer token lifetime in seconds.
+    pub token_ttl_secs: u64,
+    /// Live tokens kept per user; the oldest is evicted past this.
+    pub tokens_per_user: usize,
+    /// Failed logins per userName or client address within the window before 429.
+    pub max_failed_logins: u32,
+    /// Window for counting failed logins, in seconds.
+    pub failed_login_window_secs: u64,
+    /// Argon2 verifications allowed to run at once (each uses ~19 MiB and one core).
+    pub hash_concurrency: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: u64,
+    /// Most distinct device IDs in one group.
+    pub max_devices_per_group: usize,
+    /// Most groups in one account.
+    pub max_groups_per_account: u64,
+    /// Most simultaneous client connections.
+    pub max_connections: usize,
+    /// Seconds a client has to send a complete request head, counted from the
+    /// connection or the previous response (so also the keep-alive idle timeout).
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body.
+    pub body_timeout_secs: u64,
+    /// Requests per minute per user; 0 turns the limit off.
+    pub requests_per_minute: u64,
+    /// Default daily request limit for users without their own; 0 means none.
+    pub daily_limit: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `fsync`: a 2xx means the change is on disk. `relaxed`: flushed within ~0.5 s.
+    pub durability: Durability,
+    /// Memory for sled's page cache, in MiB.
+    pub cache_mb: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    Fsync,
+    Relaxed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Days change-feed entries are kept.
+    pub changes_days: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key`, the server speaks HTTPS only. Empty: off.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Admin socket path; empty means `<data_dir>/admin.sock`.
+    pub socket: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("data"),
+            shutdown_grace_secs: 10,
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            storage: StorageConfig::default(),
+            retention: RetentionConfig::default(),
+            tls: TlsConfig::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            admin: AdminConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_ttl_secs: 86_400,
+            tokens_per_user: 20,
+            max_failed_logins: 10,
+            failed_login_window_secs: 60,
+            hash_concurrency: 1,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 1_048_576,
+            max_devices_per_group: 10_000,
+            max_groups_per_account: 1_000_000,
+            max_connections: 1024,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            requests_per_minute: 0,
+            daily_limit: 0,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            durability: Durability::Fsync,
+            cache_mb: 16,
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { changes_days: 30 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
+    }
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+}
+
+/// A configuration problem; the message names the key. Exit code 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "configuration error: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Loads the configuration from the process environment and `overrides`.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("FLEETGROUPS_"))
+            .collect();
+        Self::load_from(overrides, &env)
+    }
+
+    /// Loads from an explicit environment map (tests use this; no global state).
+    pub fn load_from(
+        overrides: &Overrides,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let file = overrides
+            .config_file
+            .clone()
+            .or_else(|| env.get("FLEETGROUPS_CONFIG").map(PathBuf::from))
+            .map(|p| (p, true))
+            .or_else(|| {
+                let p = PathBuf::from("config.toml");
+                p.exists().then_some((p, false))
+            });
+        let mut table = match &file {
+            Some((path, _)) => read_table(path)?,
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        check_each_key(&table)?;
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(describe_toml_error(&e)))?;
+        if let Some(dir) = &overrides.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(listen) = &overrides.listen {
+            config.listen = listen.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "listen",
+                "must be an IP address and port, e.g. 127.0.0.1:8080",
+            );
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "must not be empty");
+        }
+        if self.auth.token_ttl_secs == 0 {
+            return bad("auth.token_ttl_secs", "must be at least 1");
+        }
+        if self.auth.tokens_per_user == 0 {
+            return bad("auth.tokens_per_user", "must be at least 1");
+        }
+        if self.auth.max_failed_logins == 0 {
+            return bad("auth.max_failed_logins", "must be at least 1");
+        }
+        if self.auth.failed_login_window_secs == 0 {
+            return bad("auth.failed_login_window_secs", "must be at least 1");
+        }
+        if self.auth.hash_concurrency == 0 {
+            return bad("auth.hash_concurrency", "must be at least 1");
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return bad("limits.max_body_bytes", "must be at least 1024");
+        }
+        if self.limits.max_devices_per_group == 0 {
+            return bad("limits.max_devices_per_group", "must be at least 1");
+        }
+        if self.limits.max_groups_per_account == 0 {
+            return bad("limits.max_groups_per_account", "must be at least 1");
+        }
+        if self.limits.max_connections == 0 {
+            return bad("limits.max_connections", "must be at least 1");
+        }
+        for (key, v) in [
+            (
+                "limits.header_timeout_secs",
+                self.limits.header_timeout_secs,
+            ),
+            ("limits.body_timeout_secs", self.limits.body_timeout_secs),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1");
+            }
+        }
+        if self.storage.cache_mb == 0 {
+            return bad("storage.cache_mb", "must be at least 1");
+        }
+        if self.retention.changes_days == 0 {
+            return bad("retention.changes_days", "must be at least 1");
+        }
+        if self.tls.cert.is_empty() != self.tls.key.is_empty() {
+            return bad("tls", "set both cert and key, or neither");
+        }
+        if !matches!(
+            self.log.level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) {
+            return bad(
+                "log.level",
+                "must be one of error, warn, info, debug, trace",
+            );
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets redacted (`check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.tls.key.is_empty() {
+            shown.tls.key = "***".into();
+        }
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// The admin socket path.
+    pub fn admin_socket(&self) -> PathBuf {
+        if self.admin.socket.is_empty() {
+            self.data_dir.join("admin.sock")
+        } else {
+            PathBuf::from(&self.admin.socket)
+        }
+    }
+
+    /// The daily limit for a user with `own` as its personal setting.
+    pub fn effective_daily_limit(&self, own: Option<u64>) -> Option<u64> {
+        own.or((self.limits.daily_limit > 0).then_some(self.limits.daily_limit))
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError(format!("{}: {}", path.display(), describe_toml_error(&e))))
+}
+
+/// toml's errors name the key ("unknown field `x`, expected one of …", "invalid type");
+/// keep the first line so the message stays one line.
+fn describe_toml_error(e: &toml::de::Error) -> String {
+    e.message().trim().lines().next().unwrap_or("").to_string()
+}
+
+/// Deserialises every key on its own so that an error (unknown key, wrong type, bad
+/// enum value) names the key it belongs to, e.g. `limits.max_body_bytes: invalid type`.
+fn check_each_key(table: &toml::Table) -> Result<(), ConfigError> {
+    let try_one = |path: String, single: toml::Table| -> Result<(), ConfigError> {
+        toml::Value::Table(single)
+            .try_into::<Config>()
+            .map(|_| ())
+            .map_err(|e: toml::de::Error| ConfigError(format!("{path}: {}", describe_toml_error(&e))))
+    };
+    for (key, value) in table {
+        match value {
+            toml::Value::Table(section) if toml::Value::try_from(Config::default())
+                .ok()
+                .and_then(|d| d.get(key).map(toml::Value::is_table))
+                .unwrap_or(false) =>
+            {
+                for (sk, sv) in section {
+                    let mut inner = toml::Table::new();
+                    inner.insert(sk.clone(), sv.clone());
+                    let mut single = toml::Table::new();
+                    single.insert(key.clone(), toml::Value::Table(inner));
+                    try_one(format!("{key}.{sk}"), single)?;
+                }
+            }
+            other => {
+                let mut single = toml::Table::new();
+                single.insert(key.clone(), other.clone());
+                try_one(key.clone(), single)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every known key as (section or "", key, default value), derived from the defaults so
+/// the list cannot drift from the struct.
+fn known_keys() -> Vec<(String, String, toml::Value)> {
+    let mut out = Vec::new();
+    if let Ok(toml::Value::Table(top)) = toml::Value::try_from(Config::default()) {
+        for (k, v) in top {
+            match v {
+                toml::Value::Table(section) => {
+                    for (sk, sv) in section {
+                        out.push((k.clone(), sk, sv));
+                    }
+                }
+                other => out.push((String::new(), k, other)),
+            }
+        }
+    }
+    out
+}
+
+fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    let keys = known_keys();
+    for (name, raw) in env {
+        if name == "FLEETGROUPS_CONFIG" {
+            continue;
+        }
+        let found = keys.iter().find(|(section, key, _)| {
+            let full = if section.is_empty() {
+                format!("FLEETGROUPS_{}", key.to_uppercase())
+            } else {
+                format!(
+                    "FLEETGROUPS_{}_{}",
+                    section.to_uppercase(),
+                    key.to_uppercase()
+                )
+            };
+            &full == name
+        });
+        let Some((section, key, default)) = found else {
+            return Err(ConfigError(format!(
+                "{name}: unknown environment variable (no such configuration key)"
+            )));
+        };
+        let value = match default {
+            toml::Value::Integer(_) => raw
+                .trim()
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| ConfigError(format!("{name}: expected an integer, got {raw:?}")))?,
+            toml::Value::Boolean(_) => raw
+                .trim()
+                .parse::<bool>()
+                .map(toml::Value::Boolean)
+                .map_err(|_| ConfigError(format!("{name}: expected true or false, got {raw:?}")))?,
+            _ => toml::Value::String(raw.clone()),
+        };
+        if section.is_empty() {
+            table.insert(key.clone(), value);
+        } else {
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => {
+                    t.insert(key.clone(), value);
+                }
+                _ => {
+                    return Err(ConfigError(format!("{section}: must be a table")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)], file: Option<&str>) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut overrides = Overrides::default();
+        if let Some(text) = file {
+            let p = dir.path().join("c.toml");
+            std::fs::write(&p, text).unwrap();
+            overrides.config_file = Some(p);
+        } else {
+            // Point at an empty file so a ./config.toml in the working directory
+            // cannot influence the test.
+            let p = dir.path().join("empty.toml");
+            std::fs::write(&p, "").unwrap();
+            overrides.config_file = Some(p);
+        }
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_from(&overrides, &env)
+    }
+
+    #[test]
+    fn shipped_config_equals_defaults() {
+        let text = include_str!("../config.toml");
+        assert_eq!(load(&[], Some(text)).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn precedence_is_env_over_file() {
+        let c = load(
+            &[("FLEETGROUPS_LIMITS_MAX_BODY_BYTES", "4096"), ("FLEETGROUPS_LISTEN", "0.0.0.0:9000")],
+            Some("listen = \"127.0.0.1:1\"\n[limits]\nmax_body_bytes = 2048\nrequests_per_minute = 5\n"),
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_body_bytes, 4096);
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.limits.requests_per_minute, 5);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load(&[], Some("[limits]\nmax_bodyy = 1\n")).unwrap_err();
+        assert!(e.0.contains("max_bodyy"), "{e}");
+        let e = load(&[], Some("[limits]\nmax_body_bytes = \"big\"\n")).unwrap_err();
+        assert!(e.0.starts_with("limits.max_body_bytes: invalid type"), "{e}");
+        let e = load(&[], Some("[limitz]\nx = 1\n")).unwrap_err();
+        assert!(e.0.starts_with("limitz"), "{e}");
+        let e = load(&[("FLEETGROUPS_LIMITS_MAX_BODY_BYTES", "x")], None).unwrap_err();
+        assert!(e.0.contains("FLEETGROUPS_LIMITS_MAX_BODY_BYTES"), "{e}");
+        let e = load(&[("FLEETGROUPS_NOPE", "1")], None).unwrap_err();
+        assert!(e.0.contains("FLEETGROUPS_NOPE"), "{e}");
+        let e = load(&[], Some("listen = \"nowhere\"\n")).unwrap_err();
+        assert!(e.0.starts_with("listen"), "{e}");
+        let e = load(&[], Some("[storage]\ndurability = \"sometimes\"\n")).unwrap_err();
+        assert!(e.0.starts_with("storage.durability:") && e.0.contains("sometimes"), "{e}");
+    }
+}

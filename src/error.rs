@@ -1,0 +1,298 @@
+//! The one error type of the request path and the one place that turns an error into
+//! an HTTP status, a stable `errorCode` and a client-safe message (api.md §6).
+//!
+//! Handlers, the store and the auth layer all return [`ApiError`]; nothing else in the
+//! crate picks a status code. Internal causes (`Internal`, `Unavailable`) carry a detail
+//! string that goes to the log with the request ID and never to the client.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Everything a request can fail with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// 400: a body or parameter broke a rule; the text names the field.
+    InvalidInput(String),
+    /// 400: a JSON Patch document is malformed or addresses something outside the group.
+    InvalidPatch(String),
+    /// 401: no, a malformed, unknown, expired or revoked bearer token.
+    Unauthorized,
+    /// 401: token exchange with an unknown user, a wrong key or a disabled user.
+    InvalidCredentials,
+    /// 403: the caller may not do this (a `read` user writing, a quota).
+    Forbidden(String),
+    /// 404: no such group in the caller's account (or in another one: same answer).
+    GroupNotFound,
+    /// 404: no such route.
+    NotFound,
+    /// 405: the path exists but not with this method; carries the `Allow` value.
+    MethodNotAllowed(&'static str),
+    /// 408: the body did not arrive in time.
+    RequestTimeout,
+    /// 409: another group of the account has this name (case-insensitively).
+    NameConflict,
+    /// 409: a JSON Patch `test` operation failed at this path.
+    PatchTestFailed(String),
+    /// 412: `If-Match` named another revision.
+    PreconditionFailed,
+    /// 413: the body is over `limits.max_body_bytes`.
+    BodyTooLarge,
+    /// 415: the body's content type is not one this route accepts.
+    UnsupportedMediaType(String),
+    /// 422: an `Idempotency-Key` was reused with a different request.
+    IdempotencyKeyReused,
+    /// 429: over `limits.requests_per_minute`.
+    RateLimited { retry_after: u64 },
+    /// 429: over the user's daily limit.
+    DailyLimitExceeded { retry_after: u64 },
+    /// 429: too many failed logins for a userName or a client address.
+    TooManyFailedLogins { retry_after: u64 },
+    /// 500: a bug or an unexpected state; the detail is for the log only.
+    Internal(String),
+    /// 503: storage cannot take writes (or the server is stopping); detail for the log.
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// The HTTP status code.
+    pub fn status(&self) -> u16 {
+        use ApiError::*;
+        match self {
+            InvalidInput(_) | InvalidPatch(_) => 400,
+            Unauthorized | InvalidCredentials => 401,
+            Forbidden(_) => 403,
+            GroupNotFound | NotFound => 404,
+            MethodNotAllowed(_) => 405,
+            RequestTimeout => 408,
+            NameConflict | PatchTestFailed(_) => 409,
+            PreconditionFailed => 412,
+            BodyTooLarge => 413,
+            UnsupportedMediaType(_) => 415,
+            IdempotencyKeyReused => 422,
+            RateLimited { .. } | DailyLimitExceeded { .. } | TooManyFailedLogins { .. } => 429,
+            Internal(_) => 500,
+            Unavailable(_) => 503,
+        }
+    }
+
+    /// The stable snake_case `errorCode` clients match on.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            InvalidInput(_) => "invalid_input",
+            InvalidPatch(_) => "invalid_patch",
+            Unauthorized => "unauthorized",
+            InvalidCredentials => "invalid_credentials",
+            Forbidden(_) => "forbidden",
+            GroupNotFound => "group_not_found",
+            NotFound => "not_found",
+            MethodNotAllowed(_) => "method_not_allowed",
+            RequestTimeout => "request_timeout",
+            NameConflict => "name_conflict",
+            PatchTestFailed(_) => "patch_test_failed",
+            PreconditionFailed => "precondition_failed",
+            BodyTooLarge => "body_too_large",
+            UnsupportedMediaType(_) => "unsupported_media_type",
+            IdempotencyKeyReused => "idempotency_key_reused",
+            RateLimited { .. } => "rate_limited",
+            DailyLimitExceeded { .. } => "daily_limit_exceeded",
+            TooManyFailedLogins { .. } => "too_many_failed_logins",
+            Internal(_) => "internal",
+            Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The human-readable `error` message. Never contains internal details.
+    pub fn message(&self) -> Cow<'static, str> {
+        use ApiError::*;
+        match self {
+            InvalidInput(what) => format!("Invalid input: {what}").into(),
+            InvalidPatch(what) => format!("Invalid patch operation: {what}").into(),
+            Unauthorized => "Unauthorized access".into(),
+            InvalidCredentials => "Invalid API key or username.".into(),
+            Forbidden(why) => format!("Forbidden: {why}").into(),
+            GroupNotFound => "Group not found".into(),
+            NotFound => "Not found".into(),
+            MethodNotAllowed(_) => "Method not allowed".into(),
+            RequestTimeout => "Request timeout".into(),
+            NameConflict => "Group name already exists".into(),
+            PatchTestFailed(path) => format!("Patch test failed: {path}").into(),
+            PreconditionFailed => "Precondition failed".into(),
+            BodyTooLarge => "Request body too large".into(),
+            UnsupportedMediaType(sent) => format!("Unsupported media type: {sent}").into(),
+            IdempotencyKeyReused => "Idempotency key reused with a different request".into(),
+            RateLimited { .. } => "Too many requests".into(),
+            DailyLimitExceeded { .. } => "Daily API limit exceeded".into(),
+            TooManyFailedLogins { .. } => "Too many failed login attempts".into(),
+            Internal(_) => "Internal server error".into(),
+            Unavailable(_) => "Service unavailable".into(),
+        }
+    }
+
+    /// Extra response headers this error requires (`Allow`, `Retry-After`,
+    /// `WWW-Authenticate`), as (name, value) pairs.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        use ApiError::*;
+        match self {
+            Unauthorized => vec![("www-authenticate", "Bearer".to_string())],
+            MethodNotAllowed(allow) => vec![("allow", (*allow).to_string())],
+            RateLimited { retry_after }
+            | DailyLimitExceeded { retry_after }
+            | TooManyFailedLogins { retry_after } => {
+                vec![("retry-after", retry_after.to_string())]
+            }
+            RequestTimeout => vec![("connection", "close".to_string())],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether this answer is refused for a limit, and so does not count as usage (§3).
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            ApiError::RateLimited { .. } | ApiError::DailyLimitExceeded { .. }
+        )
+    }
+
+    /// The detail to log for server-side failures, if any.
+    pub fn log_detail(&self) -> Option<&str> {
+        match self {
+            ApiError::Internal(d) | ApiError::Unavailable(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status(), self.code())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_matches_the_spec() {
+        let rows: Vec<(ApiError, u16, &str, &str)> = vec![
+            (
+                ApiError::InvalidInput("name is required".into()),
+                400,
+                "invalid_input",
+                "Invalid input: name is required",
+            ),
+            (
+                ApiError::InvalidPatch("op".into()),
+                400,
+                "invalid_patch",
+                "Invalid patch operation: op",
+            ),
+            (
+                ApiError::Unauthorized,
+                401,
+                "unauthorized",
+                "Unauthorized access",
+            ),
+            (
+                ApiError::InvalidCredentials,
+                401,
+                "invalid_credentials",
+                "Invalid API key or username.",
+            ),
+            (
+                ApiError::Forbidden("read-only user".into()),
+                403,
+                "forbidden",
+                "Forbidden: read-only user",
+            ),
+            (
+                ApiError::GroupNotFound,
+                404,
+                "group_not_found",
+                "Group not found",
+            ),
+            (ApiError::NotFound, 404, "not_found", "Not found"),
+            (
+                ApiError::MethodNotAllowed("GET"),
+                405,
+                "method_not_allowed",
+                "Method not allowed",
+            ),
+            (
+                ApiError::RequestTimeout,
+                408,
+                "request_timeout",
+                "Request timeout",
+            ),
+            (
+                ApiError::NameConflict,
+                409,
+                "name_conflict",
+                "Group name already exists",
+            ),
+            (
+                ApiError::PatchTestFailed("/name".into()),
+                409,
+                "patch_test_failed",
+                "Patch test failed: /name",
+            ),
+            (
+                ApiError::PreconditionFailed,
+                412,
+                "precondition_failed",
+                "Precondition failed",
+            ),
+            (
+                ApiError::BodyTooLarge,
+                413,
+                "body_too_large",
+                "Request body too large",
+            ),
+            (
+                ApiError::UnsupportedMediaType("text/plain".into()),
+                415,
+                "unsupported_media_type",
+                "Unsupported media type: text/plain",
+            ),
+            (
+                ApiError::IdempotencyKeyReused,
+                422,
+                "idempotency_key_reused",
+                "Idempotency key reused with a different request",
+            ),
+            (
+                ApiError::RateLimited { retry_after: 3 },
+                429,
+                "rate_limited",
+                "Too many requests",
+            ),
+            (
+                ApiError::DailyLimitExceeded { retry_after: 3 },
+                429,
+                "daily_limit_exceeded",
+                "Daily API limit exceeded",
+            ),
+            (
+                ApiError::Internal("secret detail".into()),
+                500,
+                "internal",
+                "Internal server error",
+            ),
+            (
+                ApiError::Unavailable("disk".into()),
+                503,
+                "unavailable",
+                "Service unavailable",
+            ),
+        ];
+        for (err, status, code, message) in rows {
+            assert_eq!(
+                (err.status(), err.code(), err.message().as_ref()),
+                (status, code, message)
+            );
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Reading request bodies safely: the content type is checked first (415), a declared
+//! length over the limit is refused before a byte is read (413), a chunked body is cut
+//! off as soon as it passes the limit, and a body that does not arrive within
+//! `limits.body_timeout_secs` is a 408. Then the bytes are parsed as JSON (400).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use hyper::HeaderMap;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::http::router::Op;
+
+/// How the body is to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/json`.
+    Json,
+    /// `application/json-patch+json` (PATCH only).
+    JsonPatch,
+    /// `application/merge-patch+json` (PATCH only).
+    MergePatch,
+}
+
+/// A parsed request body.
+#[derive(Debug)]
+pub struct JsonBody {
+    pub kind: BodyKind,
+    pub value: Value,
+}
+
+/// Decides the body kind from the headers, before reading anything.
+pub fn check_headers(op: Op, headers: &HeaderMap, max: u64) -> Result<Option<BodyKind>, ApiError> {
+    let declared = match headers.get(CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::InvalidInput("Content-Length is not a number".into()))?,
+        ),
+        None => None,
+    };
+    if declared.is_some_and(|n| n > max) {
+        return Err(ApiError::BodyTooLarge);
+    }
+    let has_body = declared.is_some_and(|n| n > 0) || headers.contains_key(TRANSFER_ENCODING);
+    let ctype = match headers.get(CONTENT_TYPE) {
+        Some(v) => v.to_str().unwrap_or("(not text)").to_string(),
+        None if has_body => return Err(ApiError::UnsupportedMediaType("none".into())),
+        None => return Ok(Some(BodyKind::Json)),
+    };
+    let essence = ctype
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let kind = match essence.as_str() {
+        "application/json" => BodyKind::Json,
+        "application/json-patch+json" if op == Op::PatchGroup => BodyKind::JsonPatch,
+        "application/merge-patch+json" if op == Op::PatchGroup => BodyKind::MergePatch,
+        _ => {
+            let shown: String = ctype
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(100)
+                .collect();
+            return Err(ApiError::UnsupportedMediaType(shown));
+        }
+    };
+    Ok(Some(kind))
+}
+
+/// Reads and parses the body within the size and time limits.
+pub async fn read_json(
+    body: Incoming,
+    kind: BodyKind,
+    max: u64,
+    timeout: Duration,
+) -> Result<JsonBody, ApiError> {
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ApiError::RequestTimeout)?;
+    let bytes: Bytes = match collected {
+        Ok(c) => c.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(ApiError::BodyTooLarge)
+        }
+        Err(e) => {
+            return Err(ApiError::InvalidInput(format!(
+                "the body could not be read ({e})"
+            )))
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::InvalidInput("a JSON body is required".into()));
+    }
+    let value = serde_json::from_slice::<Value>(&bytes)
+        .map_err(|e| ApiError::InvalidInput(format!("the body is not valid JSON ({e})")))?;
+    Ok(JsonBody { kind, value })
+}

@@ -1,0 +1,227 @@
+//! The HTTP layer: turns a hyper request into a call of one handler and the handler's
+//! result (or error) into a hyper response. Only this module and `server.rs` touch
+//! hyper. Per request it: assigns the request ID, routes, authenticates and counts
+//! usage, checks the role, reads the body, calls the handler (a panic becomes a 500 for
+//! this request only), renders the envelope, records metrics and writes one log line.
+
+pub mod body;
+pub mod response;
+pub mod router;
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{HeaderMap, Request, Response, StatusCode};
+
+use crate::api::{self, Ctx, RequestInfo};
+use crate::app::App;
+use crate::error::ApiError;
+use crate::store::users::Role;
+use crate::usage::Limits;
+use body::{check_headers, read_json};
+use response::{error_body, success_body, Reply};
+use router::Op;
+
+const JSON: &str = "application/json; charset=utf-8";
+
+/// Serves one request. Never fails: every outcome is a response.
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let request_id = request_id(req.headers());
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let mut outcome = Outcome::default();
+    let result = AssertUnwindSafe(serve(&app, req, peer, &mut outcome))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(ApiError::Internal(format!("handler panicked: {what}")))
+        });
+    let response = match result {
+        Ok(reply) => render(reply, outcome.usage, &request_id),
+        Err(err) => {
+            if let Some(detail) = err.log_detail() {
+                tracing::error!(request_id = %request_id, detail, "request failed");
+            }
+            render_error(&err, outcome.usage, &request_id)
+        }
+    };
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    app.metrics
+        .observe(outcome.op.map_or("unmatched", Op::label), status, elapsed);
+    tracing::info!(
+        target: "fleetgroups::access",
+        method = %method,
+        path = %path,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        request_id = %request_id,
+        user = outcome.user.as_deref().unwrap_or("-"),
+        "request"
+    );
+    response
+}
+
+/// What the log line and the envelope need to know about a request as it progresses.
+#[derive(Default)]
+struct Outcome {
+    op: Option<Op>,
+    user: Option<String>,
+    usage: Option<(u64, u64)>,
+}
+
+async fn serve(
+    app: &App,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    outcome: &mut Outcome,
+) -> Result<Reply, ApiError> {
+    let matched = router::route(req.method().as_str(), req.uri().path())?;
+    let op = matched.op;
+    outcome.op = Some(op);
+    let user = if op.needs_auth() {
+        let user = app
+            .auth
+            .authenticate(req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes))?;
+        outcome.user = Some(user.name.clone());
+        let limits = Limits {
+            daily: app.config.effective_daily_limit(user.daily_limit),
+            per_minute: app.config.limits.requests_per_minute,
+        };
+        match app.usage.count(&user.name, limits, crate::time::now_ms()) {
+            Ok(counts) => outcome.usage = Some(counts),
+            Err((err, total, daily)) => {
+                outcome.usage = Some((total, daily));
+                return Err(err);
+            }
+        }
+        if op.writes() && user.role == Role::Read {
+            return Err(ApiError::Forbidden(
+                "this user has the read role and cannot change groups".into(),
+            ));
+        }
+        Some(user)
+    } else {
+        None
+    };
+    let info = RequestInfo {
+        if_match: header_string(req.headers(), "if-match"),
+        if_none_match: header_string(req.headers(), "if-none-match"),
+        idempotency_key: header_string(req.headers(), "idempotency-key"),
+        peer: Some(peer.ip()),
+        query: req.uri().query().map(str::to_string),
+    };
+    let body = if op.has_body() {
+        let limits = &app.config.limits;
+        let kind = check_headers(op, req.headers(), limits.max_body_bytes)?;
+        match kind {
+            Some(kind) => Some(
+                read_json(
+                    req.into_body(),
+                    kind,
+                    limits.max_body_bytes,
+                    Duration::from_secs(limits.body_timeout_secs),
+                )
+                .await?,
+            ),
+            None => None,
+        }
+    } else {
+        None
+    };
+    let ctx = Ctx {
+        app,
+        user: user.as_deref(),
+        params: &matched.params,
+        info: &info,
+        body,
+    };
+    api::dispatch(op, ctx).await
+}
+
+fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The client's `X-Request-Id` when it is sane (1–128 of `A-Za-z0-9-_.:`), else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        if (1..=128).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        {
+            return id.to_string();
+        }
+    }
+    crate::app::new_request_id()
+}
+
+fn render(reply: Reply, usage: Option<(u64, u64)>, request_id: &str) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    let (ctype, body) = match reply.raw {
+        Some((ctype, bytes)) => (ctype, bytes),
+        None if status == StatusCode::NOT_MODIFIED => (JSON, Vec::new()),
+        None => (JSON, success_body(usage, &reply.members)),
+    };
+    build(status, ctype, body, &reply.headers, request_id)
+}
+
+fn render_error(
+    err: &ApiError,
+    usage: Option<(u64, u64)>,
+    request_id: &str,
+) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut headers = err.headers();
+    // A body we did not read (413) leaves the connection in an unknown state.
+    if matches!(err, ApiError::BodyTooLarge) {
+        headers.push(("connection", "close".to_string()));
+    }
+    build(status, JSON, error_body(err, usage), &headers, request_id)
+}
+
+fn build(
+    status: StatusCode,
+    ctype: &'static str,
+    body: Vec<u8>,
+    headers: &[(&'static str, String)],
+    request_id: &str,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(HeaderName::from_static("x-request-id"), v);
+    }
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            h.append(n, v);
+        }
+    }
+    resp
+}

@@ -1,0 +1,21 @@
+//! fleetgroups: a self-hosted, single-binary server for the Plaspy Groups API, with
+//! its data in an embedded sled store. `main.rs` only calls [`cli::main`]; everything
+//! else is this library. See ARCHITECTURE.md for the map and the invariants.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod log;
+pub mod metrics;
+pub mod model;
+pub mod patch;
+pub mod server;
+pub mod signals;
+pub mod store;
+pub mod time;
+pub mod usage;
+pub mod users;

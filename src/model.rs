@@ -1,0 +1,327 @@
+//! The group resource (api.md §4): typed IDs, the validated document a client may set
+//! (`name`, `description`, `devices`), and the rules every create, replace, patch and
+//! membership change must pass. Pure logic, no I/O: the same checks run for POST, PUT,
+//! JSON Patch and Merge Patch results, so there is exactly one definition of "valid".
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// Longest group name, in characters, after trimming.
+pub const MAX_NAME_CHARS: usize = 128;
+/// Longest description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 1024;
+/// Longest device ID, in characters.
+pub const MAX_DEVICE_CHARS: usize = 64;
+
+/// A group's number: `grp-<n>` on the wire, `n` inside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub u64);
+
+impl GroupId {
+    /// Parses the canonical `grp-<n>` form: `n` positive, decimal, no sign, no leading
+    /// zero. Anything else is not the ID of any group (and so answers 404, not 400).
+    pub fn parse(s: &str) -> Option<GroupId> {
+        let digits = s.strip_prefix("grp-")?;
+        if digits.is_empty()
+            || digits.len() > 20
+            || digits.starts_with('0')
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        digits.parse().ok().map(GroupId)
+    }
+}
+
+impl std::fmt::Display for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "grp-{}", self.0)
+    }
+}
+
+/// The part of a group a client controls, already validated and normalised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDoc {
+    pub name: String,
+    pub description: Option<String>,
+    pub devices: Vec<String>,
+}
+
+impl GroupDoc {
+    /// The document JSON Patch and Merge Patch operate on.
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({
+            "name": self.name,
+            "description": self.description,
+            "devices": self.devices,
+        })
+    }
+}
+
+/// A stored group with its server-managed fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub id: GroupId,
+    pub doc: GroupDoc,
+    /// Milliseconds since the epoch.
+    pub creation: i64,
+    /// Milliseconds since the epoch; strictly increasing per group.
+    pub last_modified: i64,
+    /// Grows by one with every change; sent as the strong `ETag`.
+    pub revision: u64,
+}
+
+/// Limits that depend on configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub max_devices: usize,
+}
+
+/// Validates a POST/PUT body (or a patched document): an object with `name`,
+/// optional `description` and `devices`; unknown fields are ignored.
+pub fn validate_doc(body: &Value, rules: Rules) -> Result<GroupDoc, ApiError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| invalid("the body must be a JSON object"))?;
+    Ok(GroupDoc {
+        name: validate_name(obj)?,
+        description: validate_description(obj)?,
+        devices: validate_devices(obj.get("devices"), rules)?,
+    })
+}
+
+fn invalid(what: impl Into<String>) -> ApiError {
+    ApiError::InvalidInput(what.into())
+}
+
+fn validate_name(obj: &Map<String, Value>) -> Result<String, ApiError> {
+    let raw = match obj.get("name") {
+        None | Some(Value::Null) => return Err(invalid("name is required")),
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(invalid("name must be a string")),
+    };
+    let name = raw.trim();
+    let len = name.chars().count();
+    if len == 0 {
+        return Err(invalid("name must not be empty"));
+    }
+    if len > MAX_NAME_CHARS {
+        return Err(invalid(format!(
+            "name must be at most {MAX_NAME_CHARS} characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid("name must not contain control characters"));
+    }
+    Ok(name.to_string())
+}
+
+fn validate_description(obj: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    match obj.get("description") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            if s.chars().count() > MAX_DESCRIPTION_CHARS {
+                return Err(invalid(format!(
+                    "description must be at most {MAX_DESCRIPTION_CHARS} characters"
+                )));
+            }
+            // Line breaks and tabs are text in a description; other control
+            // characters (NUL, escape sequences) are not.
+            if s.chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+            {
+                return Err(invalid(
+                    "description must not contain control characters other than tab and line breaks",
+                ));
+            }
+            Ok(Some(s.clone()))
+        }
+        Some(_) => Err(invalid("description must be a string or null")),
+    }
+}
+
+fn validate_devices(value: Option<&Value>, rules: Rules) -> Result<Vec<String>, ApiError> {
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(invalid("devices must be an array of strings")),
+    };
+    let mut out: Vec<String> = Vec::with_capacity(items.len().min(rules.max_devices));
+    let mut seen = std::collections::HashSet::with_capacity(items.len().min(rules.max_devices));
+    for (i, item) in items.iter().enumerate() {
+        let id = item
+            .as_str()
+            .ok_or_else(|| invalid(format!("devices[{i}] must be a string")))?;
+        check_device_id(id).map_err(|why| invalid(format!("devices[{i}] {why}")))?;
+        if seen.insert(id) {
+            out.push(id.to_string());
+            if out.len() > rules.max_devices {
+                return Err(invalid(format!(
+                    "devices must hold at most {} distinct IDs",
+                    rules.max_devices
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks one device ID (§4); the error completes a sentence that starts with the
+/// field's name.
+pub fn check_device_id(id: &str) -> Result<(), &'static str> {
+    let len = id.chars().count();
+    if len == 0 {
+        return Err("must not be empty");
+    }
+    if len > MAX_DEVICE_CHARS {
+        return Err("must be at most 64 characters");
+    }
+    if id.starts_with(char::is_whitespace) || id.ends_with(char::is_whitespace) {
+        return Err("must not start or end with white space");
+    }
+    if id.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    Ok(())
+}
+
+/// The case-insensitive form of a name used for uniqueness within an account.
+pub fn name_key(name: &str) -> String {
+    name.to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const RULES: Rules = Rules { max_devices: 3 };
+
+    fn err(body: Value) -> String {
+        match validate_doc(&body, RULES) {
+            Err(ApiError::InvalidInput(m)) => m,
+            other => panic!("expected invalid input, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_only_canonical_ids() {
+        assert_eq!(GroupId::parse("grp-1"), Some(GroupId(1)));
+        assert_eq!(
+            GroupId::parse("grp-18446744073709551615"),
+            Some(GroupId(u64::MAX))
+        );
+        for bad in [
+            "grp-0",
+            "grp-01",
+            "grp-",
+            "grp--1",
+            "grp-+1",
+            "GRP-1",
+            "grp-1x",
+            "grp-18446744073709551616",
+            "1",
+        ] {
+            assert_eq!(GroupId::parse(bad), None, "{bad}");
+        }
+        assert_eq!(GroupId(42).to_string(), "grp-42");
+    }
+
+    #[test]
+    fn plaspy_example_is_valid() {
+        let doc = validate_doc(
+            &json!({"name": "New Group", "description": "Description of the new group", "devices": ["dev-456", "dev-789"]}),
+            RULES,
+        )
+        .unwrap();
+        assert_eq!(doc.name, "New Group");
+        assert_eq!(
+            doc.description.as_deref(),
+            Some("Description of the new group")
+        );
+        assert_eq!(doc.devices, vec!["dev-456", "dev-789"]);
+    }
+
+    #[test]
+    fn normalises_name_and_devices() {
+        let doc = validate_doc(
+            &json!({"name": "  Trucks \t", "devices": ["a", "b", "a", "c", "b"], "id": "grp-9", "success": true}),
+            RULES,
+        )
+        .unwrap();
+        assert_eq!(doc.name, "Trucks");
+        assert_eq!(doc.description, None);
+        assert_eq!(doc.devices, vec!["a", "b", "c"]);
+        let doc = validate_doc(
+            &json!({"name": "x", "devices": null, "description": null}),
+            RULES,
+        )
+        .unwrap();
+        assert!(doc.devices.is_empty());
+    }
+
+    #[test]
+    fn names_each_broken_rule() {
+        assert_eq!(err(json!([])), "the body must be a JSON object");
+        assert_eq!(err(json!({})), "name is required");
+        assert_eq!(err(json!({"name": 5})), "name must be a string");
+        assert_eq!(err(json!({"name": "   "})), "name must not be empty");
+        assert_eq!(
+            err(json!({"name": "a".repeat(129)})),
+            "name must be at most 128 characters"
+        );
+        assert!(validate_doc(&json!({"name": "é".repeat(128)}), RULES).is_ok());
+        assert_eq!(
+            err(json!({"name": "a\u{0}b"})),
+            "name must not contain control characters"
+        );
+        assert_eq!(
+            err(json!({"name": "a", "description": 1})),
+            "description must be a string or null"
+        );
+        assert!(err(json!({"name": "a", "description": "x".repeat(1025)}))
+            .starts_with("description must be at most"));
+        assert!(validate_doc(&json!({"name": "a", "description": "line\nbreak"}), RULES).is_ok());
+        assert_eq!(
+            err(json!({"name": "a", "devices": "d"})),
+            "devices must be an array of strings"
+        );
+        assert_eq!(
+            err(json!({"name": "a", "devices": [1]})),
+            "devices[0] must be a string"
+        );
+        assert_eq!(
+            err(json!({"name": "a", "devices": ["ok", ""]})),
+            "devices[1] must not be empty"
+        );
+        assert_eq!(
+            err(json!({"name": "a", "devices": [" d"]})),
+            "devices[0] must not start or end with white space"
+        );
+        assert_eq!(
+            err(json!({"name": "a", "devices": ["d\u{7}"]})),
+            "devices[0] must not contain control characters"
+        );
+        assert_eq!(
+            err(json!({"name": "a", "devices": ["x".repeat(65)]})),
+            "devices[0] must be at most 64 characters"
+        );
+        assert_eq!(
+            err(json!({"name": "a", "devices": ["1", "2", "3", "4"]})),
+            "devices must hold at most 3 distinct IDs"
+        );
+        // Duplicates do not count against the limit.
+        assert!(validate_doc(
+            &json!({"name": "a", "devices": ["1", "2", "3", "3", "1"]}),
+            RULES
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn name_key_is_case_insensitive() {
+        assert_eq!(name_key("Trucks ÄÖ"), name_key("TRUCKS äö"));
+    }
+}

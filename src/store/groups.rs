@@ -1,0 +1,645 @@
+//! Group operations on the store: reads straight from the trees, and writes that check,
+//! update the group, its name-index and device-index entries, the per-account count,
+//! the ID sequence, the change feed and the idempotency record in one sled transaction
+//! under the writer mutex.
+//!
+//! A stored group is `revision | creation ms | lastModified ms | public JSON` (three
+//! big-endian 8-byte numbers, then the exact JSON fields the API shows), so a read
+//! answers by copying bytes into the response instead of parsing and re-serialising.
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::IVec;
+use sled::Transactional;
+
+use super::{keys, lock, tx_result, Store, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
+use crate::error::ApiError;
+use crate::model::{name_key, GroupDoc, GroupId};
+use crate::time::{now_ms, rfc3339_ms};
+
+const HEADER: usize = 24;
+
+/// A stored group as read from the store; cheap to clone (sled's `IVec`).
+#[derive(Debug, Clone)]
+pub struct GroupView {
+    pub id: GroupId,
+    raw: IVec,
+}
+
+impl GroupView {
+    fn new(id: GroupId, raw: IVec) -> Result<GroupView, ApiError> {
+        if raw.len() < HEADER + 2 {
+            return Err(ApiError::Internal(format!("corrupt group record {id}")));
+        }
+        Ok(GroupView { id, raw })
+    }
+
+    fn num(&self, at: usize) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.raw[at..at + 8]);
+        u64::from_be_bytes(b)
+    }
+
+    /// The revision, sent as the strong `ETag`.
+    pub fn revision(&self) -> u64 {
+        self.num(0)
+    }
+
+    fn last_modified(&self) -> i64 {
+        self.num(16) as i64
+    }
+
+    fn creation(&self) -> i64 {
+        self.num(8) as i64
+    }
+
+    /// The group's public fields as one JSON object: `{"id", "name", "description",
+    /// "devices", "creation", "lastModified"}`.
+    pub fn json(&self) -> &[u8] {
+        &self.raw[HEADER..]
+    }
+
+    /// The client-controlled part, parsed.
+    pub fn doc(&self) -> Result<GroupDoc, ApiError> {
+        serde_json::from_slice::<PublicGroup>(self.json())
+            .map(|p| GroupDoc {
+                name: p.name,
+                description: p.description,
+                devices: p.devices,
+            })
+            .map_err(|e| ApiError::Internal(format!("corrupt group record {}: {e}", self.id)))
+    }
+}
+
+/// The wire form of a group (field order is the API's).
+#[derive(Serialize, Deserialize)]
+struct PublicGroup {
+    id: String,
+    name: String,
+    description: Option<String>,
+    devices: Vec<String>,
+    creation: String,
+    #[serde(rename = "lastModified")]
+    last_modified: String,
+}
+
+fn encode(id: GroupId, doc: &GroupDoc, revision: u64, creation: i64, modified: i64) -> Vec<u8> {
+    let public = PublicGroup {
+        id: id.to_string(),
+        name: doc.name.clone(),
+        description: doc.description.clone(),
+        devices: doc.devices.clone(),
+        creation: rfc3339_ms(creation),
+        last_modified: rfc3339_ms(modified),
+    };
+    let mut out = Vec::with_capacity(HEADER + 96 + doc.devices.len() * 16);
+    out.extend_from_slice(&revision.to_be_bytes());
+    out.extend_from_slice(&creation.to_be_bytes());
+    out.extend_from_slice(&modified.to_be_bytes());
+    // Serialising plain strings into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &public);
+    out
+}
+
+/// Who is writing: the account that owns the data and the user for the audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor<'a> {
+    pub account: &'a str,
+    pub user: &'a str,
+}
+
+/// An `Idempotency-Key` and the fingerprint of the request that carries it.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRequest {
+    pub key: String,
+    pub fingerprint: String,
+    pub ttl_ms: i64,
+}
+
+/// A remembered create.
+#[derive(Serialize, Deserialize)]
+struct IdempotencyRecord {
+    fingerprint: String,
+    id: u64,
+    revision: u64,
+    json: String,
+    expires: i64,
+}
+
+/// The result of a create.
+#[derive(Debug)]
+pub struct Created {
+    pub group: GroupView,
+    /// True when an `Idempotency-Key` matched and the first answer is replayed.
+    pub replayed: bool,
+}
+
+/// Filters and paging for a list (api.md §5 [ext]).
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub after: Option<u64>,
+    pub limit: Option<usize>,
+    pub device: Option<String>,
+    pub name: Option<String>,
+}
+
+/// A page of groups; `next` is set when `limit` was given and more may follow.
+#[derive(Debug)]
+pub struct Page {
+    pub groups: Vec<GroupView>,
+    pub next: Option<GroupId>,
+}
+
+/// Everything a group write changes, computed under the writer mutex and applied in
+/// one transaction.
+#[derive(Default)]
+struct Plan {
+    groups: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    names: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    devices: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    idempotency: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+fn apply_ops(
+    tree: &TransactionalTree,
+    ops: &[(Vec<u8>, Option<Vec<u8>>)],
+) -> Result<(), ConflictableTransactionError<ApiError>> {
+    for (k, v) in ops {
+        match v {
+            Some(v) => {
+                tree.insert(k.as_slice(), v.as_slice())?;
+            }
+            None => {
+                tree.remove(k.as_slice())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn count_key(account: &str) -> Vec<u8> {
+    let mut k = b"groups\0".to_vec();
+    k.extend_from_slice(account.as_bytes());
+    k
+}
+
+/// A change-feed entry: `{seq, time, op, id, userName, group}` with `group` the raw
+/// public JSON (or null).
+fn change_entry(
+    seq: u64,
+    time: i64,
+    op: &str,
+    id: GroupId,
+    user: &str,
+    group: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + group.map_or(4, <[u8]>::len));
+    out.extend_from_slice(b"{\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"time\":\"");
+    out.extend_from_slice(rfc3339_ms(time).as_bytes());
+    out.extend_from_slice(b"\",\"op\":\"");
+    out.extend_from_slice(op.as_bytes());
+    out.extend_from_slice(b"\",\"id\":\"");
+    out.extend_from_slice(id.to_string().as_bytes());
+    out.extend_from_slice(b"\",\"userName\":");
+    let _ = serde_json::to_writer(&mut out, user);
+    out.extend_from_slice(b",\"group\":");
+    out.extend_from_slice(group.unwrap_or(b"null"));
+    out.push(b'}');
+    out
+}
+
+impl Store {
+    fn apply(
+        &self,
+        w: &mut Writer,
+        plan: Plan,
+        next_group: u64,
+        next_change: u64,
+    ) -> Result<(), ApiError> {
+        let mut plan = plan;
+        plan.meta.push((
+            META_NEXT_GROUP.to_vec(),
+            Some(next_group.to_be_bytes().to_vec()),
+        ));
+        plan.meta.push((
+            META_NEXT_CHANGE.to_vec(),
+            Some(next_change.to_be_bytes().to_vec()),
+        ));
+        let r = (
+            &self.groups,
+            &self.names,
+            &self.devices,
+            &self.changes,
+            &self.idempotency,
+            &self.meta,
+        )
+            .transaction(|(g, n, d, c, i, m)| {
+                apply_ops(g, &plan.groups)?;
+                apply_ops(n, &plan.names)?;
+                apply_ops(d, &plan.devices)?;
+                apply_ops(c, &plan.changes)?;
+                apply_ops(i, &plan.idempotency)?;
+                apply_ops(m, &plan.meta)?;
+                Ok(())
+            });
+        tx_result(self, r)?;
+        w.next_group = next_group;
+        w.next_change = next_change;
+        Ok(())
+    }
+
+    /// One group of an account, if it exists there.
+    pub fn get_group(&self, account: &str, id: GroupId) -> Result<Option<GroupView>, ApiError> {
+        match self
+            .groups
+            .get(keys::group(account, id.0))
+            .map_err(|e| self.read_err(e))?
+        {
+            Some(raw) => Ok(Some(GroupView::new(id, raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Groups of an account in ID order, filtered and paged.
+    pub fn list_groups(&self, account: &str, q: &ListQuery) -> Result<Page, ApiError> {
+        let name_filter = q.name.as_deref().map(name_key);
+        let matches_name = |v: &GroupView| -> Result<bool, ApiError> {
+            Ok(match &name_filter {
+                None => true,
+                Some(f) => name_key(&v.doc()?.name).contains(f.as_str()),
+            })
+        };
+        let want = q.limit.map(|l| l + 1);
+        let mut out = Vec::new();
+        let start_after = q.after.unwrap_or(0);
+        if let Some(device) = &q.device {
+            let prefix = keys::device_prefix(account, device);
+            let mut from = prefix.clone();
+            from.extend_from_slice(&start_after.saturating_add(1).to_be_bytes());
+            for item in self.devices.range(from..) {
+                let (k, _) = item.map_err(|e| self.read_err(e))?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let Some(n) = keys::trailing_u64(&k) else {
+                    continue;
+                };
+                if let Some(v) = self.get_group(account, GroupId(n))? {
+                    if matches_name(&v)? {
+                        out.push(v);
+                    }
+                }
+                if want.is_some_and(|w| out.len() >= w) {
+                    break;
+                }
+            }
+        } else {
+            let prefix = keys::account_prefix(account);
+            let from = keys::group(account, start_after.saturating_add(1));
+            for item in self.groups.range(from..) {
+                let (k, raw) = item.map_err(|e| self.read_err(e))?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let Some(n) = keys::trailing_u64(&k) else {
+                    continue;
+                };
+                let v = GroupView::new(GroupId(n), raw)?;
+                if matches_name(&v)? {
+                    out.push(v);
+                }
+                if want.is_some_and(|w| out.len() >= w) {
+                    break;
+                }
+            }
+        }
+        let next = match q.limit {
+            Some(limit) if out.len() > limit => {
+                out.truncate(limit);
+                out.last().map(|v| v.id)
+            }
+            _ => None,
+        };
+        Ok(Page { groups: out, next })
+    }
+
+    /// Every group of the account that contains `device`, from the reverse index.
+    pub fn device_groups(&self, account: &str, device: &str) -> Result<Vec<GroupView>, ApiError> {
+        let q = ListQuery {
+            device: Some(device.to_string()),
+            ..ListQuery::default()
+        };
+        Ok(self.list_groups(account, &q)?.groups)
+    }
+
+    /// Number of groups in every account together (metrics).
+    pub fn group_count(&self) -> u64 {
+        self.meta
+            .scan_prefix(b"groups\0")
+            .filter_map(Result::ok)
+            .filter_map(|(_, v)| keys::read_u64(&v))
+            .sum()
+    }
+
+    fn account_count(&self, account: &str) -> Result<u64, ApiError> {
+        Ok(self
+            .meta
+            .get(count_key(account))
+            .map_err(|e| self.read_err(e))?
+            .and_then(|v| keys::read_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Creates a group. Checks the name, the account quota and the idempotency key, then
+    /// writes everything in one transaction. Not yet durable: call `durable()`.
+    pub fn create_group(
+        &self,
+        actor: Actor<'_>,
+        doc: &GroupDoc,
+        max_groups: u64,
+        idempotency: Option<&IdempotencyRequest>,
+    ) -> Result<Created, ApiError> {
+        self.check_writable()?;
+        let mut w = lock(&self.writer);
+        let now = now_ms();
+        let idem_key = idempotency.map(|i| keys::idempotency(actor.user, &i.key));
+        if let (Some(req), Some(k)) = (idempotency, &idem_key) {
+            if let Some(raw) = self.idempotency.get(k).map_err(|e| self.read_err(e))? {
+                if let Ok(rec) = serde_json::from_slice::<IdempotencyRecord>(&raw) {
+                    if rec.expires > now {
+                        if rec.fingerprint != req.fingerprint {
+                            return Err(ApiError::IdempotencyKeyReused);
+                        }
+                        let mut bytes = Vec::with_capacity(HEADER + rec.json.len());
+                        bytes.extend_from_slice(&rec.revision.to_be_bytes());
+                        bytes.extend_from_slice(&[0u8; 16]);
+                        bytes.extend_from_slice(rec.json.as_bytes());
+                        return Ok(Created {
+                            group: GroupView::new(GroupId(rec.id), bytes.into())?,
+                            replayed: true,
+                        });
+                    }
+                }
+            }
+        }
+        let lname = name_key(&doc.name);
+        let name_k = keys::name(actor.account, &lname);
+        if self
+            .names
+            .get(&name_k)
+            .map_err(|e| self.read_err(e))?
+            .is_some()
+        {
+            return Err(ApiError::NameConflict);
+        }
+        let count = self.account_count(actor.account)?;
+        if count >= max_groups {
+            return Err(ApiError::Forbidden(format!(
+                "the account already has the maximum of {max_groups} groups"
+            )));
+        }
+        let id = GroupId(w.next_group);
+        let seq = w.next_change;
+        let raw = encode(id, doc, 1, now, now);
+        let mut plan = Plan::default();
+        plan.groups
+            .push((keys::group(actor.account, id.0), Some(raw.clone())));
+        plan.names.push((name_k, Some(id.0.to_be_bytes().to_vec())));
+        for d in &doc.devices {
+            plan.devices
+                .push((keys::device(actor.account, d, id.0), Some(Vec::new())));
+        }
+        plan.meta.push((
+            count_key(actor.account),
+            Some((count + 1).to_be_bytes().to_vec()),
+        ));
+        let json = &raw[HEADER..];
+        plan.changes.push((
+            keys::change(actor.account, seq),
+            Some(change_entry(
+                seq,
+                now,
+                "created",
+                id,
+                actor.user,
+                Some(json),
+            )),
+        ));
+        if let (Some(req), Some(k)) = (idempotency, idem_key) {
+            let rec = IdempotencyRecord {
+                fingerprint: req.fingerprint.clone(),
+                id: id.0,
+                revision: 1,
+                json: String::from_utf8_lossy(json).into_owned(),
+                expires: now + req.ttl_ms,
+            };
+            let bytes = serde_json::to_vec(&rec)
+                .map_err(|e| ApiError::Internal(format!("encode idempotency record: {e}")))?;
+            plan.idempotency.push((k, Some(bytes)));
+        }
+        let (ng, nc) = (id.0 + 1, seq + 1);
+        self.apply(&mut w, plan, ng, nc)?;
+        Ok(Created {
+            group: GroupView::new(id, raw.into())?,
+            replayed: false,
+        })
+    }
+
+    /// Changes a group: `change` gets the current document and returns the new one and
+    /// a value for the caller. `if_match` is checked against the revision under the same
+    /// lock as the write. A change that leaves the document as it was writes nothing.
+    pub fn update_group<T>(
+        &self,
+        actor: Actor<'_>,
+        id: GroupId,
+        if_match: Option<&[u64]>,
+        change: impl FnOnce(&GroupDoc) -> Result<(GroupDoc, T), ApiError>,
+    ) -> Result<(GroupView, T), ApiError> {
+        self.check_writable()?;
+        let mut w = lock(&self.writer);
+        let current = self
+            .get_group(actor.account, id)?
+            .ok_or(ApiError::GroupNotFound)?;
+        if if_match.is_some_and(|revs| !revs.contains(&current.revision())) {
+            return Err(ApiError::PreconditionFailed);
+        }
+        let old = current.doc()?;
+        let (new, extra) = change(&old)?;
+        if new == old {
+            return Ok((current, extra));
+        }
+        let mut plan = Plan::default();
+        let (old_lname, new_lname) = (name_key(&old.name), name_key(&new.name));
+        if old_lname != new_lname {
+            let new_k = keys::name(actor.account, &new_lname);
+            if self
+                .names
+                .get(&new_k)
+                .map_err(|e| self.read_err(e))?
+                .is_some()
+            {
+                return Err(ApiError::NameConflict);
+            }
+            plan.names
+                .push((keys::name(actor.account, &old_lname), None));
+            plan.names.push((new_k, Some(id.0.to_be_bytes().to_vec())));
+        }
+        let old_set: std::collections::HashSet<&str> =
+            old.devices.iter().map(String::as_str).collect();
+        let new_set: std::collections::HashSet<&str> =
+            new.devices.iter().map(String::as_str).collect();
+        for d in old_set.difference(&new_set) {
+            plan.devices
+                .push((keys::device(actor.account, d, id.0), None));
+        }
+        for d in new_set.difference(&old_set) {
+            plan.devices
+                .push((keys::device(actor.account, d, id.0), Some(Vec::new())));
+        }
+        let now = now_ms().max(current.last_modified() + 1);
+        let raw = encode(id, &new, current.revision() + 1, current.creation(), now);
+        plan.groups
+            .push((keys::group(actor.account, id.0), Some(raw.clone())));
+        let seq = w.next_change;
+        plan.changes.push((
+            keys::change(actor.account, seq),
+            Some(change_entry(
+                seq,
+                now,
+                "updated",
+                id,
+                actor.user,
+                Some(&raw[HEADER..]),
+            )),
+        ));
+        let ng = w.next_group;
+        self.apply(&mut w, plan, ng, seq + 1)?;
+        Ok((GroupView::new(id, raw.into())?, extra))
+    }
+
+    /// Deletes a group with its index entries.
+    pub fn delete_group(
+        &self,
+        actor: Actor<'_>,
+        id: GroupId,
+        if_match: Option<&[u64]>,
+    ) -> Result<(), ApiError> {
+        self.check_writable()?;
+        let mut w = lock(&self.writer);
+        let current = self
+            .get_group(actor.account, id)?
+            .ok_or(ApiError::GroupNotFound)?;
+        if if_match.is_some_and(|revs| !revs.contains(&current.revision())) {
+            return Err(ApiError::PreconditionFailed);
+        }
+        let doc = current.doc()?;
+        let mut plan = Plan::default();
+        plan.groups.push((keys::group(actor.account, id.0), None));
+        plan.names
+            .push((keys::name(actor.account, &name_key(&doc.name)), None));
+        for d in &doc.devices {
+            plan.devices
+                .push((keys::device(actor.account, d, id.0), None));
+        }
+        let count = self.account_count(actor.account)?;
+        plan.meta.push((
+            count_key(actor.account),
+            Some(count.saturating_sub(1).to_be_bytes().to_vec()),
+        ));
+        let seq = w.next_change;
+        plan.changes.push((
+            keys::change(actor.account, seq),
+            Some(change_entry(seq, now_ms(), "deleted", id, actor.user, None)),
+        ));
+        let ng = w.next_group;
+        self.apply(&mut w, plan, ng, seq + 1)
+    }
+
+    /// Change-feed entries of an account after `after`, at most `limit`; the second
+    /// value is the sequence to pass next, when more entries follow.
+    pub fn changes(
+        &self,
+        account: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<IVec>, Option<u64>), ApiError> {
+        let prefix = keys::account_prefix(account);
+        let mut out = Vec::new();
+        let mut last = None;
+        for item in self
+            .changes
+            .range(keys::change(account, after.saturating_add(1))..)
+        {
+            let (k, v) = item.map_err(|e| self.read_err(e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if out.len() == limit {
+                return Ok((out, last));
+            }
+            last = keys::trailing_u64(&k);
+            out.push(v);
+        }
+        Ok((out, None))
+    }
+
+    /// Removes change-feed entries older than `cutoff_ms` and expired idempotency
+    /// records. Runs in small batches so writers are never blocked for long.
+    pub fn purge(&self, cutoff_ms: i64, now: i64) -> Result<usize, ApiError> {
+        #[derive(Deserialize)]
+        struct TimeOnly {
+            time: String,
+        }
+        let cutoff = rfc3339_ms(cutoff_ms);
+        let mut removed = 0;
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        // Entries are in sequence order within an account, and sequence follows time,
+        // so each account's scan stops at its first entry that is still young.
+        let mut skip_account: Option<Vec<u8>> = None;
+        for item in self.changes.iter() {
+            let (k, v) = item.map_err(|e| self.read_err(e))?;
+            let acct_end = k.len().saturating_sub(8);
+            let acct = k[..acct_end].to_vec();
+            if skip_account.as_ref() == Some(&acct) {
+                continue;
+            }
+            let young = serde_json::from_slice::<TimeOnly>(&v)
+                .map(|t| t.time >= cutoff)
+                .unwrap_or(true);
+            if young {
+                skip_account = Some(acct);
+                continue;
+            }
+            batch.remove(k);
+            in_batch += 1;
+            removed += 1;
+            if in_batch == 512 {
+                self.changes
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(|e| self.fail(e))?;
+                in_batch = 0;
+            }
+        }
+        self.changes.apply_batch(batch).map_err(|e| self.fail(e))?;
+        let mut batch = sled::Batch::default();
+        for item in self.idempotency.iter() {
+            let (k, v) = item.map_err(|e| self.read_err(e))?;
+            let expired = serde_json::from_slice::<IdempotencyRecord>(&v)
+                .map(|r| r.expires <= now)
+                .unwrap_or(true);
+            if expired {
+                batch.remove(k);
+                removed += 1;
+            }
+        }
+        self.idempotency
+            .apply_batch(batch)
+            .map_err(|e| self.fail(e))?;
+        Ok(removed)
+    }
+}

@@ -1,0 +1,91 @@
+//! Byte layout of every key in the store. Keys that belong to an account start with the
+//! account name and a 0x00 byte, so one account's entries are one contiguous range:
+//! listing an account, a device's groups or a change-feed page is a range scan whose
+//! cost follows the page, not the store. Numbers are big-endian so byte order is numeric
+//! order. Account names, user names and device IDs never contain 0x00 (validation
+//! rejects control characters), so the separator is unambiguous.
+
+/// `account 0x00`: the prefix of everything an account owns in a tree.
+pub fn account_prefix(account: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(account.len() + 1);
+    k.extend_from_slice(account.as_bytes());
+    k.push(0);
+    k
+}
+
+/// `account 0x00 n`: a group.
+pub fn group(account: &str, n: u64) -> Vec<u8> {
+    let mut k = account_prefix(account);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// `account 0x00 lowercased-name`: the name index (value: group number).
+pub fn name(account: &str, name_key: &str) -> Vec<u8> {
+    let mut k = account_prefix(account);
+    k.extend_from_slice(name_key.as_bytes());
+    k
+}
+
+/// `account 0x00 device 0x00`: the prefix of a device's reverse-index entries.
+pub fn device_prefix(account: &str, device: &str) -> Vec<u8> {
+    let mut k = account_prefix(account);
+    k.extend_from_slice(device.as_bytes());
+    k.push(0);
+    k
+}
+
+/// `account 0x00 device 0x00 n`: "device is in group n" (empty value).
+pub fn device(account: &str, device: &str, n: u64) -> Vec<u8> {
+    let mut k = device_prefix(account, device);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// `account 0x00 seq`: a change-feed entry.
+pub fn change(account: &str, seq: u64) -> Vec<u8> {
+    let mut k = account_prefix(account);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `user 0x00 idempotency-key`: a remembered create.
+pub fn idempotency(user: &str, key: &str) -> Vec<u8> {
+    let mut k = account_prefix(user);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The trailing big-endian u64 of a key (group number or sequence), if there is one.
+pub fn trailing_u64(key: &[u8]) -> Option<u64> {
+    let start = key.len().checked_sub(8)?;
+    let bytes: [u8; 8] = key[start..].try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// Reads a big-endian u64 value.
+pub fn read_u64(value: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = value.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_order_is_byte_order() {
+        assert!(group("a", 2) < group("a", 10));
+        assert!(group("a", u64::MAX) < account_prefix("a\u{1}"));
+        assert_eq!(trailing_u64(&group("acct", 77)), Some(77));
+    }
+
+    #[test]
+    fn accounts_and_devices_do_not_overlap() {
+        // "ab" must not fall inside the range of account "a".
+        assert!(!group("ab", 1).starts_with(&account_prefix("a")));
+        // Device "d1" entries are not inside the prefix of device "d".
+        assert!(!device("a", "d1", 5).starts_with(&device_prefix("a", "d")));
+        assert!(device("a", "d", 5).starts_with(&device_prefix("a", "d")));
+    }
+}

@@ -1,0 +1,217 @@
+//! Users, bearer-token hashes and usage counters in the store. These records are small
+//! JSON values keyed by userName (users, usage) or by the SHA-256 of a token (tokens).
+//! User changes are rare (CLI and admin socket) and are flushed before they return.
+
+use serde::{Deserialize, Serialize};
+
+use sled::Transactional;
+
+use super::Store;
+use crate::error::ApiError;
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Write,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "read" => Ok(Role::Read),
+            "write" => Ok(Role::Write),
+            other => Err(format!("role must be read or write, not {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Read => "read",
+            Role::Write => "write",
+        })
+    }
+}
+
+/// A user as stored. The API key itself is never stored: only its argon2id PHC string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub name: String,
+    pub account: String,
+    pub role: Role,
+    pub daily_limit: Option<u64>,
+    pub disabled: bool,
+    /// argon2id PHC string of the current API key.
+    pub key_hash: String,
+    /// Bumped on every key rotation; tokens carry the generation they were issued for.
+    pub key_generation: u64,
+    /// When the current key was created (ms).
+    pub key_created: i64,
+    pub created: i64,
+}
+
+/// A bearer token as stored under the SHA-256 of the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub user: String,
+    pub key_generation: u64,
+    pub issued: i64,
+    pub expires: i64,
+}
+
+/// Persisted usage counters of one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub total: u64,
+    /// UTC day number `daily` counts for.
+    pub day: i64,
+    pub daily: u64,
+    /// Last authenticated request (ms), 0 when never.
+    pub last_used: i64,
+}
+
+fn storage(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(format!("storage: {e}"))
+}
+
+impl Store {
+    /// All users, sorted by name.
+    pub fn users(&self) -> Result<Vec<UserRecord>, ApiError> {
+        let mut out = Vec::new();
+        for item in self.users.iter() {
+            let (_, v) = item.map_err(storage)?;
+            out.push(decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// One user.
+    pub fn user(&self, name: &str) -> Result<Option<UserRecord>, ApiError> {
+        match self.users.get(name.as_bytes()).map_err(storage)? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates or replaces a user and makes it durable. When `revoke` is set, every token
+    /// of the user is deleted in the same transaction.
+    pub fn put_user(&self, user: &UserRecord, revoke: bool) -> Result<(), ApiError> {
+        let value = serde_json::to_vec(user).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let doomed = if revoke {
+            self.token_keys_of(&user.name)?
+        } else {
+            Vec::new()
+        };
+        (&self.users, &self.tokens)
+            .transaction(|(u, t)| {
+                u.insert(user.name.as_bytes(), value.as_slice())?;
+                for k in &doomed {
+                    t.remove(k.as_slice())?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<ApiError>>(())
+            })
+            .map_err(storage)?;
+        self.flush_blocking().map_err(storage)
+    }
+
+    /// Removes a user, its tokens and its counters (its account's groups stay).
+    pub fn remove_user(&self, name: &str) -> Result<bool, ApiError> {
+        let doomed = self.token_keys_of(name)?;
+        let existed = (&self.users, &self.tokens, &self.usage)
+            .transaction(|(u, t, c)| {
+                let existed = u.remove(name.as_bytes())?.is_some();
+                for k in &doomed {
+                    t.remove(k.as_slice())?;
+                }
+                c.remove(name.as_bytes())?;
+                Ok::<bool, sled::transaction::ConflictableTransactionError<ApiError>>(existed)
+            })
+            .map_err(storage)?;
+        self.flush_blocking().map_err(storage)?;
+        Ok(existed)
+    }
+
+    fn token_keys_of(&self, user: &str) -> Result<Vec<Vec<u8>>, ApiError> {
+        let mut out = Vec::new();
+        for (k, rec) in self.tokens()? {
+            if rec.user == user {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored token (hash, record), for loading the in-memory table.
+    pub fn tokens(&self) -> Result<Vec<(Vec<u8>, TokenRecord)>, ApiError> {
+        let mut out = Vec::new();
+        for item in self.tokens.iter() {
+            let (k, v) = item.map_err(storage)?;
+            if let Ok(rec) = serde_json::from_slice::<TokenRecord>(&v) {
+                out.push((k.to_vec(), rec));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a new token hash and deletes evicted ones, atomically. Tokens are not
+    /// fsynced before the answer: losing one in a crash only means logging in again.
+    pub fn put_token(
+        &self,
+        hash: &[u8],
+        rec: &TokenRecord,
+        evicted: &[Vec<u8>],
+    ) -> Result<(), ApiError> {
+        let value = serde_json::to_vec(rec).map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.tokens
+            .transaction(|t| {
+                t.insert(hash, value.as_slice())?;
+                for k in evicted {
+                    t.remove(k.as_slice())?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<ApiError>>(())
+            })
+            .map_err(storage)
+    }
+
+    /// Deletes token hashes (expired ones, by the purge task).
+    pub fn remove_tokens(&self, hashes: &[Vec<u8>]) -> Result<(), ApiError> {
+        let mut batch = sled::Batch::default();
+        for h in hashes {
+            batch.remove(h.as_slice());
+        }
+        self.tokens.apply_batch(batch).map_err(storage)
+    }
+
+    /// Every user's persisted counters.
+    pub fn usage_records(&self) -> Result<Vec<(String, UsageRecord)>, ApiError> {
+        let mut out = Vec::new();
+        for item in self.usage.iter() {
+            let (k, v) = item.map_err(storage)?;
+            if let Ok(rec) = serde_json::from_slice::<UsageRecord>(&v) {
+                out.push((String::from_utf8_lossy(&k).into_owned(), rec));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a batch of counters (every second, and at shutdown). Counters of users
+    /// removed meanwhile are skipped so a removal is not undone.
+    pub fn put_usage(&self, records: &[(String, UsageRecord)]) -> Result<(), ApiError> {
+        let mut batch = sled::Batch::default();
+        for (name, rec) in records {
+            if self.users.contains_key(name.as_bytes()).map_err(storage)? {
+                let v = serde_json::to_vec(rec).map_err(|e| ApiError::Internal(e.to_string()))?;
+                batch.insert(name.as_bytes(), v);
+            }
+        }
+        self.usage.apply_batch(batch).map_err(storage)
+    }
+}
+
+fn decode(v: &[u8]) -> Result<UserRecord, ApiError> {
+    serde_json::from_slice(v).map_err(|e| ApiError::Internal(format!("corrupt user record: {e}")))
+}

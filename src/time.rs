@@ -1,0 +1,90 @@
+//! Wall-clock time as the API shows it: milliseconds since the Unix epoch inside the
+//! program, RFC 3339 UTC with millisecond precision and a `Z` suffix on the wire
+//! (`2026-11-26T10:01:42.123Z`). Hand-rolled because it is one small, fully tested
+//! function and the only date arithmetic the server needs.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch, now. A clock before 1970 reads as 0 rather than
+/// failing: the only effect is odd timestamps, never a crash.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Day number since the epoch (UTC) for a millisecond timestamp; usage counters roll
+/// over when it changes.
+pub fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(86_400_000)
+}
+
+/// Whole seconds from `ms` until the next 00:00 UTC (at least 1), for `Retry-After`.
+pub fn secs_until_next_day(ms: i64) -> u64 {
+    let next = (day_of(ms) + 1) * 86_400_000;
+    u64::try_from((next - ms + 999) / 1000).unwrap_or(1).max(1)
+}
+
+/// Formats a millisecond timestamp as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let mut out = String::with_capacity(24);
+    write_rfc3339_ms(&mut out, ms);
+    out
+}
+
+/// Appends the RFC 3339 form of `ms` to `out` (no allocation beyond `out`'s growth).
+pub fn write_rfc3339_ms(out: &mut String, ms: i64) {
+    let days = ms.div_euclid(86_400_000);
+    let rem = ms.rem_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    let (hh, mm, ss, milli) = (
+        rem / 3_600_000,
+        (rem / 60_000) % 60,
+        (rem / 1000) % 60,
+        rem % 1000,
+    );
+    use std::fmt::Write;
+    // Writing into a String cannot fail.
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{milli:03}Z"
+    );
+}
+
+/// Howard Hinnant's `civil_from_days`: proleptic Gregorian date of a day number.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_685_620_800_000), "2023-06-01T12:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_795_687_302_123), "2026-11-26T10:01:42.123Z");
+        // Leap day and the last millisecond of a year.
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_704_067_199_999), "2023-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn retry_after_counts_to_midnight() {
+        let midnight = 1_795_651_200_000; // 2026-11-26T00:00:00Z
+        assert_eq!(secs_until_next_day(midnight), 86_400);
+        assert_eq!(secs_until_next_day(midnight + 86_399_500), 1);
+        assert_eq!(day_of(midnight + 1), day_of(midnight));
+    }
+}

@@ -1,0 +1,230 @@
+//! User management (operations.md "CLI"): add, list, rotate-key, set, remove. The same
+//! code serves the CLI when the server is stopped (it opens the store itself) and the
+//! admin socket when the server runs; in the latter case every change is also applied
+//! to the live auth tables, so it takes effect for the very next HTTP request.
+
+use crate::auth::{generate_key, hash_key, valid_name, Auth};
+use crate::store::users::{Role, UsageRecord, UserRecord};
+use crate::store::Store;
+use crate::time::{now_ms, rfc3339_ms};
+use crate::usage::Usage;
+
+/// A failed admin operation; the message is for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminError(pub String);
+
+impl std::fmt::Display for AdminError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<crate::error::ApiError> for AdminError {
+    fn from(e: crate::error::ApiError) -> AdminError {
+        AdminError(match e.log_detail() {
+            Some(d) => d.to_string(),
+            None => e.message().into_owned(),
+        })
+    }
+}
+
+/// Changes to apply with `user set`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserChanges {
+    pub role: Option<Role>,
+    /// `Some(None)` clears the personal limit.
+    pub daily_limit: Option<Option<u64>>,
+    pub disabled: Option<bool>,
+}
+
+/// One row of `user list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub user: UserRecord,
+    pub usage: UsageRecord,
+}
+
+/// User management over a store, optionally mirrored into a running server.
+pub struct Admin<'a> {
+    store: &'a Store,
+    live: Option<(&'a Auth, &'a Usage)>,
+}
+
+impl<'a> Admin<'a> {
+    /// For the CLI with the server stopped.
+    pub fn offline(store: &'a Store) -> Admin<'a> {
+        Admin { store, live: None }
+    }
+
+    /// For the admin socket of a running server.
+    pub fn live(store: &'a Store, auth: &'a Auth, usage: &'a Usage) -> Admin<'a> {
+        Admin {
+            store,
+            live: Some((auth, usage)),
+        }
+    }
+
+    fn existing(&self, name: &str) -> Result<UserRecord, AdminError> {
+        self.store
+            .user(name)?
+            .ok_or_else(|| AdminError(format!("no user named {name:?}")))
+    }
+
+    fn publish(&self, name: &str, user: Option<UserRecord>) {
+        if let Some((auth, usage)) = self.live {
+            if user.is_none() {
+                usage.remove(name);
+            }
+            auth.user_changed(name, user);
+        }
+    }
+
+    /// Creates a user; returns its API key (shown once, never stored).
+    pub fn add(
+        &self,
+        name: &str,
+        account: &str,
+        role: Role,
+        daily_limit: Option<u64>,
+    ) -> Result<String, AdminError> {
+        if !valid_name(name) {
+            return Err(AdminError(format!(
+                "invalid user name {name:?}: use 1-64 of A-Z a-z 0-9 . _ @ -"
+            )));
+        }
+        if !valid_name(account) {
+            return Err(AdminError(format!(
+                "invalid account name {account:?}: use 1-64 of A-Z a-z 0-9 . _ @ -"
+            )));
+        }
+        if self.store.user(name)?.is_some() {
+            return Err(AdminError(format!("a user named {name:?} already exists")));
+        }
+        let key = generate_key();
+        let now = now_ms();
+        let user = UserRecord {
+            name: name.to_string(),
+            account: account.to_string(),
+            role,
+            daily_limit,
+            disabled: false,
+            key_hash: hash_key(&key)?,
+            key_generation: 1,
+            key_created: now,
+            created: now,
+        };
+        self.store.put_user(&user, false)?;
+        self.publish(name, Some(user));
+        Ok(key)
+    }
+
+    /// Every user with its counters.
+    pub fn list(&self) -> Result<Vec<UserRow>, AdminError> {
+        let stored: std::collections::HashMap<String, UsageRecord> =
+            self.store.usage_records()?.into_iter().collect();
+        let now = now_ms();
+        Ok(self
+            .store
+            .users()?
+            .into_iter()
+            .map(|user| {
+                let usage = match self.live {
+                    Some((_, usage)) => usage.get(&user.name, now),
+                    None => {
+                        let mut u = stored.get(&user.name).copied().unwrap_or_default();
+                        if u.day != crate::time::day_of(now) {
+                            u.daily = 0;
+                        }
+                        u
+                    }
+                };
+                UserRow { user, usage }
+            })
+            .collect())
+    }
+
+    /// Gives a user a new key; the old key and every token issued from it die at once.
+    pub fn rotate_key(&self, name: &str) -> Result<String, AdminError> {
+        let mut user = self.existing(name)?;
+        let key = generate_key();
+        user.key_hash = hash_key(&key)?;
+        user.key_generation += 1;
+        user.key_created = now_ms();
+        self.store.put_user(&user, true)?;
+        self.publish(name, Some(user));
+        Ok(key)
+    }
+
+    /// Changes role, daily limit or the disabled flag; disabling revokes the tokens.
+    pub fn set(&self, name: &str, changes: &UserChanges) -> Result<UserRecord, AdminError> {
+        let mut user = self.existing(name)?;
+        if let Some(role) = changes.role {
+            user.role = role;
+        }
+        if let Some(limit) = changes.daily_limit {
+            user.daily_limit = limit;
+        }
+        if let Some(disabled) = changes.disabled {
+            user.disabled = disabled;
+        }
+        self.store.put_user(&user, user.disabled)?;
+        self.publish(name, Some(user.clone()));
+        Ok(user)
+    }
+
+    /// Removes a user and its tokens; its account's groups stay.
+    pub fn remove(&self, name: &str) -> Result<(), AdminError> {
+        self.existing(name)?;
+        self.store.remove_user(name)?;
+        self.publish(name, None);
+        Ok(())
+    }
+}
+
+/// Renders `user list` as aligned columns.
+pub fn render_list(rows: &[UserRow]) -> String {
+    let mut table: Vec<[String; 9]> = vec![[
+        "NAME".into(),
+        "ACCOUNT".into(),
+        "ROLE".into(),
+        "DAILY_LIMIT".into(),
+        "DISABLED".into(),
+        "API_USAGE".into(),
+        "API_DAILY_USAGE".into(),
+        "KEY_CREATED".into(),
+        "LAST_USED".into(),
+    ]];
+    for r in rows {
+        table.push([
+            r.user.name.clone(),
+            r.user.account.clone(),
+            r.user.role.to_string(),
+            r.user
+                .daily_limit
+                .map_or_else(|| "none".into(), |l| l.to_string()),
+            r.user.disabled.to_string(),
+            r.usage.total.to_string(),
+            r.usage.daily.to_string(),
+            rfc3339_ms(r.user.key_created),
+            if r.usage.last_used > 0 {
+                rfc3339_ms(r.usage.last_used)
+            } else {
+                "never".into()
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..9)
+        .map(|c| table.iter().map(|row| row[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &table {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| format!("{cell:<w$}", w = widths[c]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
