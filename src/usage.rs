@@ -62,7 +62,13 @@ impl Usage {
         now: i64,
     ) -> Result<(u64, u64), (ApiError, u64, u64)> {
         let mut map = lock(&self.entries);
-        let e = map.entry(user.to_string()).or_default();
+        // Look up before inserting so the common case does not allocate a key.
+        if !map.contains_key(user) {
+            map.insert(user.to_string(), Entry::default());
+        }
+        let Some(e) = map.get_mut(user) else {
+            return Err((ApiError::Internal("usage entry vanished".into()), 0, 0));
+        };
         let today = day_of(now);
         if e.rec.day != today {
             e.rec.day = today;
