@@ -52,13 +52,16 @@ struct ServeArgs {
 enum UserCommand {
     /// Create a user and print its API key alone on stdout.
     Add {
+        /// 1-64 of A-Z a-z 0-9 . _ @ -
+        #[arg(value_parser = parse_name)]
         name: String,
-        #[arg(long, default_value = "default")]
+        /// The tenant whose groups the user sees (same characters as a name).
+        #[arg(long, default_value = "default", value_parser = parse_name)]
         account: String,
         #[arg(long, default_value = "write", value_parser = parse_role)]
         role: Role,
-        /// Requests per UTC day; omit for the configured default.
-        #[arg(long, value_name = "N")]
+        /// Requests per UTC day (at least 1); omit for the configured default.
+        #[arg(long, value_name = "N", value_parser = parse_daily_limit)]
         daily_limit: Option<u64>,
     },
     /// List users with their counters.
@@ -70,9 +73,9 @@ enum UserCommand {
         name: String,
         #[arg(long, value_parser = parse_role)]
         role: Option<Role>,
-        /// A number, or `none` to use the configured default.
+        /// A number (at least 1), or `none` to use the configured default.
         #[arg(long, value_name = "N|none", value_parser = parse_limit)]
-        daily_limit: Option<Option<u64>>,
+        daily_limit: Option<LimitSetting>,
         #[arg(long, value_name = "true|false")]
         disabled: Option<bool>,
     },
@@ -84,13 +87,40 @@ fn parse_role(s: &str) -> Result<Role, String> {
     s.parse()
 }
 
-fn parse_limit(s: &str) -> Result<Option<u64>, String> {
-    if s == "none" {
-        return Ok(None);
+/// A user or account name is checked while parsing, so a bad one is a usage error
+/// (exit 2) like any other malformed argument.
+fn parse_name(s: &str) -> Result<String, String> {
+    if crate::auth::valid_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err("use 1-64 of A-Z a-z 0-9 . _ @ -".into())
     }
-    s.parse::<u64>()
-        .map(Some)
-        .map_err(|_| format!("expected a number or none, got {s:?}"))
+}
+
+/// A personal daily limit. 0 is refused rather than guessed at: the configuration's
+/// `limits.daily_limit = 0` means "no limit", a personal 0 would mean "no requests",
+/// and `--disabled true` already says that plainly.
+fn parse_daily_limit(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number of requests, at least 1".into()),
+    }
+}
+
+/// The value of `user set --daily-limit`: a limit, or `none` for the configured default.
+///
+/// A newtype because clap's derive reads `Option<Option<T>>` as "a flag whose value
+/// may be omitted", which does not match this parser's output type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LimitSetting(Option<u64>);
+
+fn parse_limit(s: &str) -> Result<LimitSetting, String> {
+    if s == "none" {
+        return Ok(LimitSetting(None));
+    }
+    parse_daily_limit(s)
+        .map(|n| LimitSetting(Some(n)))
+        .map_err(|e| format!("{e}, or none"))
 }
 
 /// Parses the arguments and runs the command.
@@ -204,7 +234,7 @@ fn run_user(config: &Config, cmd: UserCommand) -> ExitCode {
         } => {
             let changes = UserChanges {
                 role,
-                daily_limit,
+                daily_limit: daily_limit.map(|l| l.0),
                 disabled,
             };
             admin.set(&name, &changes).map(|u| {
@@ -226,5 +256,100 @@ fn run_user(config: &Config, cmd: UserCommand) -> ExitCode {
             eprintln!("fleetgroups: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("fleetgroups").chain(args.iter().copied()))
+    }
+
+    fn user(args: &[&str]) -> UserCommand {
+        match parse(args).map(|c| c.command) {
+            Ok(Some(Command::User(cmd))) => cmd,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn set_daily_limit_takes_a_number_or_none() {
+        let limit = |args: &[&str]| match user(args) {
+            UserCommand::Set { daily_limit, .. } => daily_limit,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            limit(&["user", "set", "bob", "--daily-limit", "5"]),
+            Some(LimitSetting(Some(5)))
+        );
+        assert_eq!(
+            limit(&["user", "set", "bob", "--daily-limit", "none"]),
+            Some(LimitSetting(None))
+        );
+        assert_eq!(limit(&["user", "set", "bob"]), None);
+        for bad in ["0", "-1", "lots", ""] {
+            assert!(
+                parse(&["user", "set", "bob", "--daily-limit", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn add_checks_names_and_limits_while_parsing() {
+        match user(&[
+            "user",
+            "add",
+            "ci.bot@x",
+            "--account",
+            "acme",
+            "--role",
+            "read",
+        ]) {
+            UserCommand::Add {
+                name,
+                account,
+                role,
+                daily_limit,
+            } => assert_eq!(
+                (name.as_str(), account.as_str(), role, daily_limit),
+                ("ci.bot@x", "acme", Role::Read, None)
+            ),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            &["user", "add", "a b"][..],
+            &["user", "add", ""],
+            &["user", "add", "ok", "--account", "a/b"],
+            &["user", "add", "ok", "--daily-limit", "0"],
+            &["user", "add", "ok", "--role", "admin"],
+        ] {
+            let e = parse(bad).map(|_| ()).unwrap_err();
+            assert!(e.use_stderr(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_command() {
+        for args in [
+            &["--data-dir", "d", "user", "list"][..],
+            &["user", "list", "--data-dir", "d"],
+            &["user", "--data-dir", "d", "list"],
+        ] {
+            let cli = parse(args).unwrap();
+            assert_eq!(cli.data_dir, Some(PathBuf::from("d")), "{args:?}");
+        }
+        assert!(
+            parse(&[]).unwrap().command.is_none(),
+            "no command means serve"
+        );
     }
 }
