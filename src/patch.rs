@@ -60,6 +60,12 @@ pub fn apply_json_patch(
     let mut doc = current.to_value();
     json_patch::patch(&mut doc, ops).map_err(|e| match e.kind {
         PatchErrorKind::TestFailed => ApiError::PatchTestFailed(e.path.to_string()),
+        // A `test` of a location that does not exist (`/devices/7` in a shorter list)
+        // did not hold either: the client asked "is this still so?" and the answer is
+        // no, which is a 409, not a malformed request.
+        _ if matches!(ops.get(e.operation), Some(PatchOperation::Test(_))) => {
+            ApiError::PatchTestFailed(e.path.to_string())
+        }
         ref kind => ApiError::InvalidPatch(format!(
             "operation {} at '{}': {kind}",
             e.operation,
@@ -200,6 +206,14 @@ mod tests {
         assert_eq!(
             run(json!([{"op": "test", "path": "/name", "value": "Nope"}])).unwrap_err(),
             ApiError::PatchTestFailed("/name".into())
+        );
+        assert_eq!(
+            run(json!([{"op": "test", "path": "/devices/7", "value": "a"}])).unwrap_err(),
+            ApiError::PatchTestFailed("/devices/7".into())
+        );
+        assert_eq!(
+            run(json!([{"op": "test", "path": "/description", "value": null}])),
+            Ok(doc())
         );
     }
 
