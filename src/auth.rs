@@ -363,6 +363,85 @@ mod tests {
         assert!(!valid_name("ü"));
     }
 
+    fn auth_with_user(config: AuthConfig) -> (tempfile::TempDir, Store, Auth, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            &crate::store::StoreOptions {
+                cache_bytes: 1 << 20,
+                durability: crate::config::Durability::Relaxed,
+            },
+        )
+        .unwrap();
+        let key = crate::users::Admin::offline(&store)
+            .add("bob", "default", crate::store::users::Role::Write, None)
+            .unwrap();
+        let auth = Auth::load(&store, &config).unwrap();
+        (dir, store, auth, key)
+    }
+
+    #[test]
+    fn bearer_header_forms() {
+        let (_dir, store, auth, _) = auth_with_user(AuthConfig::default());
+        let user = auth.users.read().unwrap().get("bob").cloned().unwrap();
+        let (token, _) = auth.issue_token(&store, &user).unwrap();
+        let ok = |h: String| {
+            auth.authenticate(Some(h.as_bytes()))
+                .map(|u| u.name.clone())
+        };
+        for h in [
+            format!("Bearer {token}"),
+            format!("bearer {token}"),
+            format!("BEARER {token}"),
+            format!("Bearer   {token}  "),
+        ] {
+            assert_eq!(ok(h.clone()), Ok("bob".to_string()), "{h}");
+        }
+        for h in [
+            String::new(),
+            "Bearer".to_string(),
+            "Bearer ".to_string(),
+            token.clone(),
+            format!("Basic {token}"),
+            format!("Bearer {token}x"),
+            format!("Bearer {}", "a".repeat(300)),
+        ] {
+            assert_eq!(ok(h.clone()), Err(ApiError::Unauthorized), "{h:?}");
+        }
+        assert_eq!(
+            auth.authenticate(None).map(|_| ()),
+            Err(ApiError::Unauthorized)
+        );
+        assert_eq!(
+            auth.authenticate(Some(b"Bearer \xff\xfe")).map(|_| ()),
+            Err(ApiError::Unauthorized)
+        );
+    }
+
+    #[test]
+    fn failed_logins_block_within_the_window_only() {
+        let config = AuthConfig {
+            max_failed_logins: 2,
+            failed_login_window_secs: 60,
+            ..AuthConfig::default()
+        };
+        let (_dir, _store, auth, _) = auth_with_user(config);
+        let keys = ["u:bob".to_string(), "ip:10.0.0.1".to_string()];
+        let t = 1_000_000;
+        assert_eq!(auth.check_failures(&keys, t), Ok(()));
+        auth.record_failure(&keys, t);
+        auth.record_failure(&keys[..1], t + 10_000);
+        // Two failures of u:bob within 60 s: blocked until the first one is 60 s old.
+        assert_eq!(
+            auth.check_failures(&keys, t + 20_000),
+            Err(ApiError::TooManyFailedLogins { retry_after: 40 })
+        );
+        // The address alone has one failure: not blocked.
+        assert_eq!(auth.check_failures(&keys[1..], t + 20_000), Ok(()));
+        // Once the first failure leaves the window, one remains: allowed again.
+        assert_eq!(auth.check_failures(&keys, t + 60_000), Ok(()));
+    }
+
     #[test]
     fn keys_verify_only_themselves() {
         let key = generate_key();

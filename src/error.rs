@@ -276,6 +276,12 @@ mod tests {
                 "Daily API limit exceeded",
             ),
             (
+                ApiError::TooManyFailedLogins { retry_after: 3 },
+                429,
+                "too_many_failed_logins",
+                "Too many failed login attempts",
+            ),
+            (
                 ApiError::Internal("secret detail".into()),
                 500,
                 "internal",
@@ -294,5 +300,41 @@ mod tests {
                 (status, code, message)
             );
         }
+    }
+
+    #[test]
+    fn headers_that_errors_require() {
+        assert_eq!(
+            ApiError::Unauthorized.headers(),
+            vec![("www-authenticate", "Bearer".to_string())]
+        );
+        assert_eq!(
+            ApiError::MethodNotAllowed("GET, POST").headers(),
+            vec![("allow", "GET, POST".to_string())]
+        );
+        for e in [
+            ApiError::RateLimited { retry_after: 7 },
+            ApiError::DailyLimitExceeded { retry_after: 7 },
+            ApiError::TooManyFailedLogins { retry_after: 7 },
+        ] {
+            assert_eq!(e.headers(), vec![("retry-after", "7".to_string())], "{e}");
+        }
+        assert!(ApiError::InvalidCredentials.headers().is_empty());
+        assert!(ApiError::GroupNotFound.headers().is_empty());
+    }
+
+    #[test]
+    fn only_usage_limits_are_limits_and_only_server_faults_log_details() {
+        assert!(ApiError::RateLimited { retry_after: 1 }.is_limit());
+        assert!(ApiError::DailyLimitExceeded { retry_after: 1 }.is_limit());
+        assert!(!ApiError::TooManyFailedLogins { retry_after: 1 }.is_limit());
+        assert!(!ApiError::Forbidden("x".into()).is_limit());
+        assert_eq!(ApiError::Internal("d".into()).log_detail(), Some("d"));
+        assert_eq!(ApiError::Unavailable("d".into()).log_detail(), Some("d"));
+        assert_eq!(ApiError::InvalidInput("d".into()).log_detail(), None);
+        // Internal details never reach the message.
+        assert!(!ApiError::Internal("secret".into())
+            .message()
+            .contains("secret"));
     }
 }

@@ -228,3 +228,53 @@ pub fn render_list(rows: &[UserRow]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, limit: Option<u64>, total: u64, last_used: i64) -> UserRow {
+        UserRow {
+            user: UserRecord {
+                name: name.into(),
+                account: "default".into(),
+                role: Role::Write,
+                daily_limit: limit,
+                disabled: false,
+                key_hash: "$argon2id$secret".into(),
+                key_generation: 1,
+                key_created: 0,
+                created: 0,
+            },
+            usage: UsageRecord {
+                total,
+                day: 0,
+                daily: total,
+                last_used,
+            },
+        }
+    }
+
+    #[test]
+    fn list_has_aligned_columns_and_no_secrets() {
+        let out = render_list(&[
+            row("admin", None, 12, 1_000),
+            row("a-much-longer-name", Some(5), 0, 0),
+        ]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NAME                ACCOUNT  ROLE   DAILY_LIMIT  DISABLED  API_USAGE  API_DAILY_USAGE  KEY_CREATED               LAST_USED"
+        );
+        assert_eq!(
+            lines[1],
+            "admin               default  write  none         false     12         12               1970-01-01T00:00:00.000Z  1970-01-01T00:00:01.000Z"
+        );
+        assert_eq!(
+            lines[2],
+            "a-much-longer-name  default  write  5            false     0          0                1970-01-01T00:00:00.000Z  never"
+        );
+        assert!(!out.contains("argon2"));
+        assert_eq!(render_list(&[]).lines().count(), 1, "the header alone");
+    }
+}

@@ -107,3 +107,128 @@ pub async fn read_json(
         .map_err(|e| ApiError::InvalidInput(format!("the body is not valid JSON ({e})")))?;
     Ok(JsonBody { kind, value })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn kind(op: Op, pairs: &[(&'static str, &'static str)]) -> Result<Option<BodyKind>, ApiError> {
+        check_headers(op, &headers(pairs), 1024)
+    }
+
+    #[test]
+    fn json_with_or_without_parameters_in_any_case() {
+        for ct in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/json;charset=UTF-8",
+            "Application/JSON",
+            " application/json ",
+        ] {
+            assert_eq!(
+                kind(
+                    Op::CreateGroup,
+                    &[("content-type", ct), ("content-length", "2")]
+                ),
+                Ok(Some(BodyKind::Json)),
+                "{ct}"
+            );
+        }
+    }
+
+    #[test]
+    fn patch_types_only_on_patch() {
+        let patch = [
+            ("content-type", "application/json-patch+json"),
+            ("content-length", "2"),
+        ];
+        let merge = [
+            ("content-type", "application/merge-patch+json"),
+            ("content-length", "2"),
+        ];
+        assert_eq!(kind(Op::PatchGroup, &patch), Ok(Some(BodyKind::JsonPatch)));
+        assert_eq!(kind(Op::PatchGroup, &merge), Ok(Some(BodyKind::MergePatch)));
+        for op in [Op::CreateGroup, Op::PutGroup, Op::Token, Op::AddDevices] {
+            assert_eq!(
+                kind(op, &patch),
+                Err(ApiError::UnsupportedMediaType(
+                    "application/json-patch+json".into()
+                ))
+            );
+        }
+    }
+
+    #[test]
+    fn other_types_and_missing_types_are_415() {
+        assert_eq!(
+            kind(
+                Op::CreateGroup,
+                &[("content-type", "text/plain"), ("content-length", "2")]
+            ),
+            Err(ApiError::UnsupportedMediaType("text/plain".into()))
+        );
+        assert_eq!(
+            kind(Op::CreateGroup, &[("content-length", "2")]),
+            Err(ApiError::UnsupportedMediaType("none".into()))
+        );
+        assert_eq!(
+            kind(Op::CreateGroup, &[("transfer-encoding", "chunked")]),
+            Err(ApiError::UnsupportedMediaType("none".into()))
+        );
+        // No body and no type: the handler reports the missing body (400), not 415.
+        assert_eq!(kind(Op::CreateGroup, &[]), Ok(Some(BodyKind::Json)));
+        assert_eq!(
+            kind(Op::CreateGroup, &[("content-length", "0")]),
+            Ok(Some(BodyKind::Json))
+        );
+        // The echoed type is cut short and has no control characters.
+        let long = "x/".to_string() + &"y".repeat(300);
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_str(&long).unwrap());
+        h.insert("content-length", HeaderValue::from_static("2"));
+        match check_headers(Op::CreateGroup, &h, 1024) {
+            Err(ApiError::UnsupportedMediaType(shown)) => assert_eq!(shown.len(), 100),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn declared_length_over_the_limit_is_413_before_the_type() {
+        assert_eq!(
+            kind(
+                Op::CreateGroup,
+                &[("content-type", "text/plain"), ("content-length", "1025")]
+            ),
+            Err(ApiError::BodyTooLarge)
+        );
+        assert_eq!(
+            kind(
+                Op::CreateGroup,
+                &[
+                    ("content-type", "application/json"),
+                    ("content-length", "1024")
+                ]
+            ),
+            Ok(Some(BodyKind::Json))
+        );
+        assert!(matches!(
+            kind(
+                Op::CreateGroup,
+                &[
+                    ("content-type", "application/json"),
+                    ("content-length", "lots")
+                ]
+            ),
+            Err(ApiError::InvalidInput(_))
+        ));
+    }
+}

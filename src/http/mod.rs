@@ -225,3 +225,29 @@ fn build(
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id_for(value: &str) -> String {
+        let mut h = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert("x-request-id", v);
+        }
+        request_id(&h)
+    }
+
+    #[test]
+    fn sane_client_request_ids_are_kept_others_replaced() {
+        for sane in ["a", "abc-123", "trace:1.2_3", &"x".repeat(128)] {
+            assert_eq!(id_for(sane), sane);
+        }
+        for insane in ["", "has space", "semi;colon", "quote\"", &"x".repeat(129)] {
+            let got = id_for(insane);
+            assert_ne!(got, insane);
+            assert!(!got.is_empty());
+        }
+        assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+    }
+}
