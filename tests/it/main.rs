@@ -3,4 +3,12 @@
 
 mod support;
 
+mod auth;
+mod cli;
+mod durability;
+mod errors;
+mod groups;
 mod smoke;
+mod start;
+mod usage;
+mod validation;

@@ -59,6 +59,25 @@ impl TestServer {
         }
     }
 
+    /// A data directory with no server running yet: run CLI commands first (e.g.
+    /// `user add`), then `restart()` starts the server for the first time. The server
+    /// only bootstraps `admin` when no user exists at that point.
+    pub fn unstarted(options: Options) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        TestServer {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+            options,
+        }
+    }
+
+    /// Whether a server process is running (not stopped or killed by the test).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -88,6 +107,7 @@ impl TestServer {
             path: path.to_string(),
             headers: Vec::new(),
             body: None,
+            from: None,
         }
     }
 
@@ -95,6 +115,17 @@ impl TestServer {
     pub fn login(&self, user: &str, key: &str) -> String {
         let r = self
             .req("POST", "/api/Auth/Token")
+            .json(&serde_json::json!({"userName": user, "apiKey": key}))
+            .send();
+        assert_eq!(r.status, 200, "login failed: {}", r.text());
+        r.json()["token"].as_str().expect("token").to_string()
+    }
+
+    /// Like `login`, connecting from a chosen local address.
+    pub fn login_from(&self, ip: &str, user: &str, key: &str) -> String {
+        let r = self
+            .req("POST", "/api/Auth/Token")
+            .source_ip(ip)
             .json(&serde_json::json!({"userName": user, "apiKey": key}))
             .send();
         assert_eq!(r.status, 200, "login failed: {}", r.text());
@@ -109,6 +140,30 @@ impl TestServer {
     /// Runs the CLI against this server's data directory.
     pub fn cli(&self, args: &[&str]) -> CliOutput {
         cli_in(&self.data_dir(), args, &self.options.env)
+    }
+
+    /// Starts another `serve` process on this server's data directory and waits (up to
+    /// 30 s) for it to exit; panics if it is still running then.
+    pub fn second_server(&self) -> CliOutput {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(self.dir.path())
+            .args(["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"])
+            .env_remove("FLEETGROUPS_CONFIG")
+            .envs(
+                self.options
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            );
+        run_with_deadline(cmd, Duration::from_secs(30))
+    }
+
+    /// A client that sends `token` as its bearer token.
+    pub fn client(&self, token: &str) -> Client<'_> {
+        Client {
+            server: self,
+            token: token.to_string(),
+        }
     }
 
     /// SIGKILL, no chance to flush.
@@ -140,7 +195,8 @@ impl TestServer {
         self.wait()
     }
 
-    /// Starts the server again on the same data directory (new port).
+    /// Starts the server again on the same data directory (new port); also the first
+    /// start of an `unstarted` one.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the server first");
         let (child, addr, log) = spawn(self.dir.path(), &self.options);
@@ -216,22 +272,157 @@ pub struct CliOutput {
     pub stderr: String,
 }
 
-/// Runs `fleetgroups --data-dir DIR args…`.
+/// Runs `fleetgroups --data-dir DIR args…` (failing the test if it runs over a minute).
 pub fn cli_in(data_dir: &Path, args: &[&str], env: &[(String, String)]) -> CliOutput {
-    let out = Command::new(BIN)
-        .arg("--data-dir")
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--data-dir")
         .arg(data_dir)
         .args(args)
         .env_remove("FLEETGROUPS_CONFIG")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .current_dir(data_dir.parent().unwrap_or(data_dir))
-        .output()
-        .expect("run fleetgroups");
+        .current_dir(data_dir.parent().unwrap_or(data_dir));
+    run_with_deadline(cmd, Duration::from_secs(60))
+}
+
+/// Runs a command to completion, killing it (and failing the test) past `deadline`.
+pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> CliOutput {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fleetgroups");
+    // Drain both pipes on threads so a chatty child cannot block on a full pipe.
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "process still running after {deadline:?}; stderr:\n{}",
+                err.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     CliOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: status.code().unwrap_or(-1),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing the test after `deadline`.
+pub fn poll_until<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl CliOutput {
+    /// Asserts success and that stdout is exactly one line holding an API key; returns it.
+    pub fn key(&self) -> String {
+        assert_eq!(self.code, 0, "{self:?}");
+        let lines: Vec<&str> = self.stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "stdout must be the key alone: {self:?}");
+        assert!(
+            lines[0].starts_with("fgk_") && lines[0].len() == 68,
+            "{self:?}"
+        );
+        assert!(self.stdout.ends_with('\n'));
+        lines[0].to_string()
+    }
+}
+
+/// Sends requests with one bearer token.
+pub struct Client<'a> {
+    pub server: &'a TestServer,
+    pub token: String,
+}
+
+impl<'a> Client<'a> {
+    /// A request carrying the token, to extend before `send()`.
+    pub fn req(&self, method: &str, path: &str) -> Req<'a> {
+        self.server.req(method, path).bearer(&self.token)
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        self.req("GET", path).send()
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Resp {
+        self.req("POST", path).json(body).send()
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Resp {
+        self.req("PUT", path).json(body).send()
+    }
+
+    /// PATCH with `Content-Type: application/json` (what Plaspy clients send).
+    pub fn patch(&self, path: &str, body: &Value) -> Resp {
+        self.req("PATCH", path).json(body).send()
+    }
+
+    pub fn delete(&self, path: &str) -> Resp {
+        self.req("DELETE", path).send()
+    }
+
+    /// Creates a group and returns its fields (asserts 201).
+    pub fn create(&self, body: &Value) -> Value {
+        self.post("/api/groups", body).expect_ok(201)
+    }
+
+    /// The group as GET shows it now (asserts 200), without the envelope.
+    pub fn group(&self, id: &str) -> Value {
+        let v = self.get(&format!("/api/groups/{id}")).expect_ok(200);
+        without_envelope(v)
+    }
+
+    /// Every group of the caller's account (asserts 200).
+    pub fn groups(&self) -> Vec<Value> {
+        let v = self.get("/api/groups").expect_ok(200);
+        v["groups"].as_array().expect("groups array").clone()
+    }
+}
+
+/// The resource fields of an answer: the object without `success`, `error`,
+/// `errorCode`, `apiUsage` and `apiDailyUsage`.
+pub fn without_envelope(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        for k in ["success", "error", "errorCode", "apiUsage", "apiDailyUsage"] {
+            o.remove(k);
+        }
+    }
+    v
 }
 
 /// A request being built.
@@ -241,9 +432,17 @@ pub struct Req<'a> {
     path: String,
     headers: Vec<(String, String)>,
     body: Option<Vec<u8>>,
+    from: Option<std::net::IpAddr>,
 }
 
 impl Req<'_> {
+    /// Connects from this local address (any 127.x.y.z works on Linux loopback), so a
+    /// test can act as several clients.
+    pub fn source_ip(mut self, ip: &str) -> Self {
+        self.from = Some(ip.parse().expect("ip"));
+        self
+    }
+
     pub fn header(mut self, k: &str, v: &str) -> Self {
         self.headers.push((k.to_string(), v.to_string()));
         self
@@ -288,7 +487,14 @@ impl Req<'_> {
         if let Some(b) = &self.body {
             bytes.extend_from_slice(b);
         }
-        raw(self.server.addr, &bytes)
+        match self.from {
+            None => raw(self.server.addr, &bytes),
+            Some(ip) => {
+                let mut s = connect_from(ip, self.server.addr);
+                s.write_all(&bytes).expect("write");
+                read_response(&mut s)
+            }
+        }
     }
 }
 
@@ -317,9 +523,51 @@ impl Resp {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Asserts what every JSON answer carries: the JSON content type and a request ID.
+    pub fn assert_json_answer(&self) {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json; charset=utf-8"),
+            "{self:?}"
+        );
+        assert!(
+            self.header("x-request-id").is_some_and(|v| !v.is_empty()),
+            "no X-Request-Id: {self:?}"
+        );
+    }
+
+    /// Asserts a success with this status (envelope: `success` true, `error` null, no
+    /// `errorCode`), returning the body.
+    pub fn expect_ok(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{}", self.text());
+        self.assert_json_answer();
+        let v = self.json();
+        assert_eq!(v["success"], true, "{v}");
+        assert!(v.get("error").is_some_and(Value::is_null), "{v}");
+        assert!(v.get("errorCode").is_none(), "no errorCode on success: {v}");
+        v
+    }
+
+    /// Asserts the status, the `errorCode` and the exact `error` message.
+    pub fn expect_error_message(&self, status: u16, code: &str, message: &str) -> Value {
+        let v = self.expect_error(status, code);
+        assert_eq!(v["error"], message, "{v}");
+        v
+    }
+
+    /// The (`apiUsage`, `apiDailyUsage`) pair, asserting both are present.
+    pub fn usage(&self) -> (u64, u64) {
+        let v = self.json();
+        match (v["apiUsage"].as_u64(), v["apiDailyUsage"].as_u64()) {
+            (Some(t), Some(d)) => (t, d),
+            _ => panic!("no usage counters in {v}"),
+        }
+    }
+
     /// Asserts the status and the `errorCode`, returning the body.
     pub fn expect_error(&self, status: u16, code: &str) -> Value {
         assert_eq!(self.status, status, "{}", self.text());
+        self.assert_json_answer();
         let v = self.json();
         assert_eq!(v["success"], false, "{v}");
         assert_eq!(v["errorCode"], code, "{v}");
@@ -335,6 +583,31 @@ pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Resp {
         .expect("timeout");
     s.write_all(bytes).expect("write");
     read_response(&mut s)
+}
+
+/// A blocking TCP connection from a chosen local address (std cannot bind before
+/// connecting; tokio's `TcpSocket` can).
+pub fn connect_from(ip: std::net::IpAddr, to: SocketAddr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    let s = rt
+        .block_on(async {
+            let socket = if ip.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(to).await
+        })
+        .expect("connect from address");
+    let s = s.into_std().expect("into_std");
+    s.set_nonblocking(false).expect("blocking");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    s
 }
 
 /// Reads one response from a stream.
@@ -379,4 +652,48 @@ pub fn read_response(s: &mut TcpStream) -> Resp {
         headers,
         body,
     }
+}
+
+/// Whether `s` is an API timestamp: `^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$`.
+pub fn is_timestamp(s: &str) -> bool {
+    let shape = "dddd-dd-ddTdd:dd:dd.dddZ";
+    s.len() == shape.len()
+        && s.bytes().zip(shape.bytes()).all(|(c, p)| match p {
+            b'd' => c.is_ascii_digit(),
+            _ => c == p,
+        })
+}
+
+/// Milliseconds since the epoch of an API timestamp (panics unless `is_timestamp`).
+pub fn timestamp_ms(s: &str) -> i64 {
+    assert!(is_timestamp(s), "not an API timestamp: {s:?}");
+    let n = |a: usize, b: usize| s[a..b].parse::<i64>().expect("digits");
+    let (y, m, d) = (n(0, 4), n(5, 7), n(8, 10));
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + n(11, 13)) * 60 + n(14, 16)) * 60_000 + n(17, 19) * 1000 + n(20, 23)
+}
+
+/// The test's own clock, in the same unit.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[test]
+fn timestamps_parse() {
+    assert!(is_timestamp("2026-11-26T10:01:42.123Z"));
+    assert!(!is_timestamp("2026-11-26T10:01:42Z"));
+    assert!(!is_timestamp("2026-11-26T10:01:42.123+00:00"));
+    assert_eq!(timestamp_ms("1970-01-01T00:00:00.000Z"), 0);
+    assert_eq!(timestamp_ms("2026-11-26T10:01:42.123Z"), 1_795_687_302_123);
+    assert_eq!(timestamp_ms("2000-02-29T00:00:00.000Z"), 951_782_400_000);
 }
