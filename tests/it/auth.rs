@@ -405,3 +405,33 @@ fn rotating_disabling_and_removing_revoke_keys_and_tokens() {
     let t = server.login("disabled", &disabled_key);
     server.client(&t).get("/api/groups").expect_ok(200);
 }
+
+#[test]
+fn failed_logins_are_forgotten_after_the_window() {
+    let server = TestServer::with(
+        Options::default()
+            .env("FLEETGROUPS_AUTH_MAX_FAILED_LOGINS", "2")
+            .env("FLEETGROUPS_AUTH_FAILED_LOGIN_WINDOW_SECS", "1"),
+    );
+    let key = server.admin_key();
+    for _ in 0..2 {
+        token_request(&server, "/api/Auth/Token", "admin", "fgk_guess")
+            .expect_error(401, "invalid_credentials");
+    }
+    let blocked_at = now_ms();
+    let r = token_request(&server, "/api/Auth/Token", "admin", &key);
+    r.expect_error(429, "too_many_failed_logins");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Poll with the right key: refused while the failures are in the window, then let in.
+    let let_in_at = poll_until(Duration::from_secs(10), "the window to pass", || {
+        let r = token_request(&server, "/api/Auth/Token", "admin", &key);
+        match r.status {
+            429 => None,
+            _ => {
+                r.expect_ok(200);
+                Some(now_ms())
+            }
+        }
+    });
+    assert!(let_in_at - blocked_at < 5_000);
+}
