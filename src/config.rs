@@ -380,14 +380,17 @@ fn check_each_key(table: &toml::Table) -> Result<(), ConfigError> {
         toml::Value::Table(single)
             .try_into::<Config>()
             .map(|_| ())
-            .map_err(|e: toml::de::Error| ConfigError(format!("{path}: {}", describe_toml_error(&e))))
+            .map_err(|e: toml::de::Error| {
+                ConfigError(format!("{path}: {}", describe_toml_error(&e)))
+            })
     };
     for (key, value) in table {
         match value {
-            toml::Value::Table(section) if toml::Value::try_from(Config::default())
-                .ok()
-                .and_then(|d| d.get(key).map(toml::Value::is_table))
-                .unwrap_or(false) =>
+            toml::Value::Table(section)
+                if toml::Value::try_from(Config::default())
+                    .ok()
+                    .and_then(|d| d.get(key).map(toml::Value::is_table))
+                    .unwrap_or(false) =>
             {
                 for (sk, sv) in section {
                     let mut inner = toml::Table::new();
@@ -529,7 +532,10 @@ mod tests {
         let e = load(&[], Some("[limits]\nmax_bodyy = 1\n")).unwrap_err();
         assert!(e.0.contains("max_bodyy"), "{e}");
         let e = load(&[], Some("[limits]\nmax_body_bytes = \"big\"\n")).unwrap_err();
-        assert!(e.0.starts_with("limits.max_body_bytes: invalid type"), "{e}");
+        assert!(
+            e.0.starts_with("limits.max_body_bytes: invalid type"),
+            "{e}"
+        );
         let e = load(&[], Some("[limitz]\nx = 1\n")).unwrap_err();
         assert!(e.0.starts_with("limitz"), "{e}");
         let e = load(&[("FLEETGROUPS_LIMITS_MAX_BODY_BYTES", "x")], None).unwrap_err();
@@ -539,6 +545,9 @@ mod tests {
         let e = load(&[], Some("listen = \"nowhere\"\n")).unwrap_err();
         assert!(e.0.starts_with("listen"), "{e}");
         let e = load(&[], Some("[storage]\ndurability = \"sometimes\"\n")).unwrap_err();
-        assert!(e.0.starts_with("storage.durability:") && e.0.contains("sometimes"), "{e}");
+        assert!(
+            e.0.starts_with("storage.durability:") && e.0.contains("sometimes"),
+            "{e}"
+        );
     }
 }
