@@ -81,6 +81,13 @@ impl App {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the store answers right now: it takes writes (no failed flush) and a
+    /// point read comes back. Cheap enough for every watchdog tick; blocking, so call
+    /// it off the async workers.
+    pub fn store_answers(&self) -> bool {
+        self.store.healthy() && self.store.user("admin").is_ok()
+    }
+
     /// Writes changed usage counters to the store.
     pub fn persist_usage(&self) {
         let dirty = self.usage.take_dirty();

@@ -146,6 +146,17 @@ async fn serve(
     } else {
         None
     };
+    if op == Op::Token {
+        // A login has no bearer user yet; the log names the user it is for.
+        if let Some(name) = body
+            .as_ref()
+            .and_then(|b| b.value.get("userName"))
+            .and_then(serde_json::Value::as_str)
+            .filter(|n| app.auth.is_user(n))
+        {
+            outcome.user = Some(name.to_string());
+        }
+    }
     let ctx = Ctx {
         app,
         user: user.as_deref(),
