@@ -71,7 +71,8 @@ pub async fn handle(
         method = %method,
         path = %path,
         status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        // Whole microseconds, so the value prints as 0.014 and not 0.013954999999999999.
+        duration_ms = elapsed.as_micros() as f64 / 1000.0,
         request_id = %request_id,
         user = outcome.user.as_deref().unwrap_or("-"),
         "request"
