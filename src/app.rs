@@ -81,6 +81,18 @@ impl App {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the store answers right now: a point read comes back without error.
+    /// Cheap enough for every watchdog tick; blocking, so call it off the async
+    /// workers (the caller's timeout catches a read that hangs).
+    ///
+    /// A store that refuses writes (`!store.healthy()`, e.g. the disk is full) still
+    /// answers: the server keeps serving reads then and `/readyz` says 503. Withholding
+    /// the watchdog for it would make systemd restart a server that works as designed,
+    /// and on a full disk the restarts can fail and leave no server at all.
+    pub fn store_answers(&self) -> bool {
+        self.store.user("admin").is_ok()
+    }
+
     /// Writes changed usage counters to the store.
     pub fn persist_usage(&self) {
         let dirty = self.usage.take_dirty();

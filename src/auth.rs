@@ -129,6 +129,12 @@ impl Auth {
         })
     }
 
+    /// Whether `name` is an existing user (the request log names the user of a login
+    /// only then, so a mistyped secret in `userName` never reaches the log).
+    pub fn is_user(&self, name: &str) -> bool {
+        self.users.read().is_ok_and(|u| u.contains_key(name))
+    }
+
     /// Number of users (metrics).
     pub fn user_count(&self) -> usize {
         self.users.read().map(|u| u.len()).unwrap_or(0)

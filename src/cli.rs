@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::app::App;
 use crate::config::{Config, Overrides};
 use crate::store::users::Role;
 use crate::store::Store;
@@ -156,6 +155,11 @@ pub fn main() -> ExitCode {
         None => serve(config),
         Some(Command::Serve(_)) => serve(config),
         Some(Command::CheckConfig) => {
+            // The TLS files are part of the configuration: a start would refuse them.
+            if let Err(e) = crate::tls::acceptor(&config.tls) {
+                eprintln!("fleetgroups: {e}");
+                return ExitCode::from(2);
+            }
             print!("{}", config.to_redacted_toml());
             eprintln!("configuration is valid");
             ExitCode::SUCCESS
@@ -165,41 +169,7 @@ pub fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    crate::log::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("fleetgroups: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async move {
-        let app = match App::open(config) {
-            Ok(a) => std::sync::Arc::new(a),
-            Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("fleetgroups: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let (listener, addr) = match crate::server::bind(&app.config.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                let msg = format!("cannot listen on {}: {e}", app.config.listen);
-                tracing::error!("{msg}");
-                eprintln!("fleetgroups: {msg}");
-                return ExitCode::FAILURE;
-            }
-        };
-        tracing::info!(data_dir = %app.config.data_dir.display(), "listening on http://{addr}");
-        match crate::server::serve(listener, app, crate::signals::shutdown()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(_) => ExitCode::FAILURE,
-        }
-    })
+    crate::server::run(config)
 }
 
 fn run_user(config: &Config, cmd: UserCommand) -> ExitCode {

@@ -16,6 +16,8 @@ pub mod patch;
 pub mod server;
 pub mod signals;
 pub mod store;
+pub mod systemd;
 pub mod time;
+pub mod tls;
 pub mod usage;
 pub mod users;

@@ -1,31 +1,107 @@
-//! The accept loop and connection handling (hyper 1.x). `serve` is a function of its
-//! inputs — a bound listener, the app state and a shutdown future — so `main` passes a
-//! signal future and tests pass a oneshot. A semaphore permit is taken before
-//! `accept()`, so the connection limit is a type, not a counter; accept errors (EMFILE)
-//! are logged and retried after a pause, never fatal.
+//! The accept loop and connection handling (hyper 1.x), and `run`, the `serve` command's
+//! start-up sequence. `serve` is a function of its inputs — a bound listener, the app
+//! state, an optional TLS acceptor and a shutdown future — so `run` passes a signal
+//! future and tests pass a oneshot. A semaphore permit is taken before `accept()`, so
+//! the connection limit is a type, not a counter; accept errors (EMFILE) are logged and
+//! retried after a pause, never fatal.
 //!
-//! Shutdown: stop accepting, mark the app stopping (`/readyz` → 503), let in-flight
+//! Connections are served by one function generic over the IO type, so plain TCP and
+//! TLS share everything after the handshake. The TLS handshake runs in the
+//! connection's own task, bounded by `header_timeout_secs`, so a slow or silent client
+//! never holds up the accept loop.
+//!
+//! Shutdown: mark the app stopping (`/readyz` → 503), stop accepting, let in-flight
 //! requests finish within the grace period, then flush counters and the store.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
+use crate::config::Config;
+use crate::systemd::Notifier;
+
+/// The `serve` command: checks the TLS files, opens the store, binds, tells systemd it
+/// is ready and serves until SIGTERM/SIGINT. Exit codes: 0 after a clean shutdown, 1
+/// when the store or the listener cannot be had or the final flush failed, 2 for a
+/// configuration problem (the TLS files).
+pub fn run(config: Config) -> ExitCode {
+    crate::log::init(&config.log);
+    // Configuration problems first, before anything touches the data directory.
+    let tls = match crate::tls::acceptor(&config.tls) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let signals = match crate::signals::Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install the SIGTERM/SIGINT handlers");
+                return ExitCode::FAILURE;
+            }
+        };
+        let app = match App::open(config) {
+            Ok(a) => Arc::new(a),
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let (listener, addr) = match bind(&app.config.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("cannot listen on {}: {e}", app.config.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(data_dir = %app.config.data_dir.display(), "listening on {scheme}://{addr}");
+        let notifier = Arc::new(Notifier::from_env());
+        notifier.ready(&format!("serving on {scheme}://{addr}"));
+        notifier.spawn_watchdog(&app);
+        let stop_notifier = Arc::clone(&notifier);
+        let shutdown = async move {
+            signals.shutdown().await;
+            stop_notifier.stopping();
+        };
+        match serve(listener, app, tls, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        }
+    })
+}
 
 /// Runs the server until `shutdown` resolves, then drains and closes the store.
+/// With `tls`, every connection must complete a TLS handshake first (HTTPS only).
 /// Returns Err when the final flush failed.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     crate::app::spawn_upkeep(&app);
@@ -37,6 +113,7 @@ pub async fn serve(
         .header_read_timeout(Duration::from_secs(limits.header_timeout_secs))
         .keep_alive(true)
         .max_buf_size(64 * 1024);
+    let handshake_timeout = Duration::from_secs(limits.header_timeout_secs);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -59,23 +136,33 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // Taken now, so a shutdown that begins during a TLS handshake still waits for
+        // this connection (bounded by the handshake timeout and the grace period).
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
         let app = Arc::clone(&app);
-        let service = service_fn(move |req| {
-            let app = Arc::clone(&app);
-            async move { Ok::<_, std::convert::Infallible>(crate::http::handle(app, req, peer).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let tls = tls.clone();
         tokio::spawn(async move {
             // The permit lives as long as the connection.
             let _permit = permit;
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            match tls {
+                None => serve_connection(&builder, watcher, stream, app, peer).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(&builder, watcher, stream, app, peer).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
-    drop(listener);
     app.begin_stop();
+    drop(listener);
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
     let grace = Duration::from_secs(app.config.shutdown_grace_secs);
     if tokio::time::timeout(grace, graceful.shutdown())
@@ -95,9 +182,102 @@ pub async fn serve(
     closed
 }
 
+/// Serves HTTP/1.1 on one connection of any transport until it closes.
+async fn serve_connection<S>(
+    builder: &http1::Builder,
+    watcher: Watcher,
+    stream: S,
+    app: Arc<App>,
+    peer: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let app = Arc::clone(&app);
+        async move { Ok::<_, std::convert::Infallible>(crate::http::handle(app, req, peer).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    }
+}
+
 /// Binds the configured address.
 pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((listener, local))
+}
+
+#[cfg(test)]
+mod tests {
+    //! In-process, because it must look at `/readyz` from inside: once shutdown begins
+    //! the listener is closed and idle connections are closed, so no client could ask.
+
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpStream;
+
+    async fn exchange(addr: SocketAddr, request: String) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readyz_turns_503_while_in_flight_requests_drain() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        let app = Arc::new(App::open(config).unwrap());
+        let (listener, addr) = bind("127.0.0.1:0").await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, Arc::clone(&app), None, async {
+            let _ = stopped.await;
+        }));
+        assert!(crate::api::ops::readyz(&app).is_ok());
+
+        let key = std::fs::read_to_string(dir.path().join("data/initial-api-key")).unwrap();
+        let login = format!("{{\"userName\":\"admin\",\"apiKey\":\"{}\"}}", key.trim());
+        let answer = exchange(addr, format!(
+            "POST /api/Auth/Token HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{login}",
+            login.len()
+        ))
+        .await;
+        let json = answer.split("\r\n\r\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        let token = v["token"].as_str().unwrap().to_string();
+
+        // A create whose body is still coming: 100 Continue says the handler waits for it.
+        let body = r#"{"name":"late"}"#;
+        let mut slow = BufReader::new(TcpStream::connect(addr).await.unwrap());
+        slow.get_mut().write_all(format!(
+            "POST /api/groups HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        ).as_bytes()).await.unwrap();
+        let mut line = String::new();
+        slow.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("HTTP/1.1 100"), "{line:?}");
+
+        stop.send(()).unwrap();
+        while !app.is_stopping() {
+            tokio::task::yield_now().await;
+        }
+        let refused = crate::api::ops::readyz(&app).err().unwrap();
+        assert_eq!(refused.status(), 503);
+        assert!(
+            !server.is_finished(),
+            "the server must wait for the in-flight request"
+        );
+
+        slow.get_mut().write_all(body.as_bytes()).await.unwrap();
+        let mut rest = String::new();
+        slow.read_to_string(&mut rest).await.unwrap();
+        assert!(rest.contains("HTTP/1.1 201"), "{rest}");
+        server.await.unwrap().unwrap();
+    }
 }

@@ -8,7 +8,7 @@ mod changes;
 mod devices;
 mod groups;
 pub mod openapi;
-mod ops;
+pub(crate) mod ops;
 
 use std::net::IpAddr;
 

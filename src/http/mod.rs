@@ -71,7 +71,8 @@ pub async fn handle(
         method = %method,
         path = %path,
         status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        // Whole microseconds, so the value prints as 0.014 and not 0.013954999999999999.
+        duration_ms = elapsed.as_micros() as f64 / 1000.0,
         request_id = %request_id,
         user = outcome.user.as_deref().unwrap_or("-"),
         "request"
@@ -146,6 +147,17 @@ async fn serve(
     } else {
         None
     };
+    if op == Op::Token {
+        // A login has no bearer user yet; the log names the user it is for.
+        if let Some(name) = body
+            .as_ref()
+            .and_then(|b| b.value.get("userName"))
+            .and_then(serde_json::Value::as_str)
+            .filter(|n| app.auth.is_user(n))
+        {
+            outcome.user = Some(name.to_string());
+        }
+    }
     let ctx = Ctx {
         app,
         user: user.as_deref(),

@@ -1,14 +1,25 @@
 //! The integration tests: one test binary, one module per area. Every test starts the
 //! real `fleetgroups` binary (see `support.rs`) and talks HTTP to it.
 
+// Tests may unwrap (house rules); clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers beside them.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 mod auth;
 mod cli;
+mod config;
 mod durability;
 mod errors;
 mod groups;
+mod logs;
+mod notify;
+mod ops_endpoints;
+mod shutdown;
 mod smoke;
 mod start;
+mod tls;
+mod unit_file;
 mod usage;
 mod validation;

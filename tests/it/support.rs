@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +32,12 @@ impl Options {
         self.env.push((k.to_string(), v.to_string()));
         self
     }
+
+    /// Passes `text` as the configuration file (`--config`).
+    pub fn config(mut self, text: &str) -> Self {
+        self.config = Some(text.to_string());
+        self
+    }
 }
 
 /// A running server process with its own data directory.
@@ -39,6 +46,10 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
+    /// Set when the server's stderr closed (the process ended).
+    log_closed: Arc<AtomicBool>,
+    /// Logs of the earlier runs of this server (before `restart`).
+    past_logs: String,
     options: Options,
 }
 
@@ -49,12 +60,14 @@ impl TestServer {
 
     pub fn with(options: Options) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (child, addr, log) = spawn(dir.path(), &options);
+        let (child, addr, log, log_closed) = spawn(dir.path(), &options);
         TestServer {
             addr,
             dir,
             child: Some(child),
             log,
+            log_closed,
+            past_logs: String::new(),
             options,
         }
     }
@@ -69,6 +82,8 @@ impl TestServer {
             dir,
             child: None,
             log: Arc::new(Mutex::new(String::new())),
+            log_closed: Arc::new(AtomicBool::new(true)),
+            past_logs: String::new(),
             options,
         }
     }
@@ -93,6 +108,54 @@ impl TestServer {
     /// Everything the server wrote to stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The logs of every run of this server, the current one last.
+    pub fn all_logs(&self) -> String {
+        format!("{}{}", self.past_logs, self.log())
+    }
+
+    /// Waits (polling, with a deadline) until the log contains `needle`; panics with
+    /// the log when it does not appear in time.
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return;
+            }
+            if self.log_closed.load(Ordering::Relaxed) && !self.log().contains(needle) {
+                panic!(
+                    "server exited before logging {needle:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{needle:?} not logged within 30 s; log:\n{}", self.log());
+    }
+
+    /// Waits up to `limit` for the process to exit; `None` if it still runs then.
+    pub fn wait_timeout(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let child = self.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A raw TCP connection to the server, for tests that pace their own bytes.
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s
     }
 
     pub fn pid(&self) -> u32 {
@@ -199,10 +262,12 @@ impl TestServer {
     /// start of an `unstarted` one.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the server first");
-        let (child, addr, log) = spawn(self.dir.path(), &self.options);
+        let (child, addr, log, log_closed) = spawn(self.dir.path(), &self.options);
+        self.past_logs.push_str(&self.log());
         self.child = Some(child);
         self.addr = addr;
         self.log = log;
+        self.log_closed = log_closed;
     }
 }
 
@@ -212,7 +277,9 @@ impl Drop for TestServer {
     }
 }
 
-fn spawn(dir: &Path, options: &Options) -> (Child, SocketAddr, Arc<Mutex<String>>) {
+type Spawned = (Child, SocketAddr, Arc<Mutex<String>>, Arc<AtomicBool>);
+
+fn spawn(dir: &Path, options: &Options) -> Spawned {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir);
     if let Some(text) = &options.config {
@@ -222,6 +289,10 @@ fn spawn(dir: &Path, options: &Options) -> (Child, SocketAddr, Arc<Mutex<String>
     }
     cmd.args(["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"])
         .env_remove("FLEETGROUPS_CONFIG")
+        // A test run under systemd must not notify the test runner's own unit.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -231,12 +302,22 @@ fn spawn(dir: &Path, options: &Options) -> (Child, SocketAddr, Arc<Mutex<String>
     let log = Arc::new(Mutex::new(String::new()));
     let (tx, rx) = mpsc::channel();
     let sink = Arc::clone(&log);
+    let closed = Arc::new(AtomicBool::new(false));
+    let closed_flag = Arc::clone(&closed);
     std::thread::spawn(move || {
         let mut tx = Some(tx);
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if let Some(pos) = line.find("listening on http://") {
-                let rest = &line[pos + "listening on http://".len()..];
+            // Into the log first, so a test that got the address also sees the line.
+            if let Ok(mut l) = sink.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+            let found = ["listening on http://", "listening on https://"]
+                .iter()
+                .find_map(|m| line.find(m).map(|pos| pos + m.len()));
+            if let Some(start) = found {
+                let rest = &line[start..];
                 let addr: String = rest
                     .chars()
                     .take_while(|c| !c.is_whitespace() && *c != '"')
@@ -245,11 +326,8 @@ fn spawn(dir: &Path, options: &Options) -> (Child, SocketAddr, Arc<Mutex<String>
                     let _ = tx.send(addr);
                 }
             }
-            if let Ok(mut l) = sink.lock() {
-                l.push_str(&line);
-                l.push('\n');
-            }
         }
+        closed_flag.store(true, Ordering::Relaxed);
     });
     let addr = match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(a) => a,
@@ -261,7 +339,7 @@ fn spawn(dir: &Path, options: &Options) -> (Child, SocketAddr, Arc<Mutex<String>
             );
         }
     };
-    (child, addr, log)
+    (child, addr, log, closed)
 }
 
 /// Output of one CLI run.
@@ -425,6 +503,40 @@ pub fn without_envelope(mut v: Value) -> Value {
     v
 }
 
+/// Runs the binary with `args` in `dir` and waits at most 30 s for it to exit (a start
+/// that should fail but serves instead is killed and reported, not waited on forever).
+pub fn run_expecting_exit(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("FLEETGROUPS_CONFIG")
+        .env_remove("NOTIFY_SOCKET")
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fleetgroups");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "fleetgroups {args:?} did not exit; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("output");
+    CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// A request being built.
 pub struct Req<'a> {
     server: &'a TestServer,
@@ -576,6 +688,38 @@ impl Resp {
     }
 }
 
+/// Starts a request whose body the test sends itself: writes the head with
+/// `Expect: 100-continue` and returns once the server answered `100 Continue`, which it
+/// does only when the handler has authenticated the request and starts reading the
+/// body — so the request is in flight on the server when this returns.
+pub fn begin_slow_request(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    token: &str,
+    body_len: usize,
+) -> TcpStream {
+    let mut s = server.connect();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {body_len}\r\nExpect: 100-continue\r\n\r\n",
+        server.addr
+    );
+    s.write_all(head.as_bytes()).expect("write head");
+    let mut line = String::new();
+    let mut reader = BufReader::new(&mut s);
+    reader.read_line(&mut line).expect("interim status line");
+    assert!(
+        line.starts_with("HTTP/1.1 100"),
+        "expected 100 Continue, got {line:?}"
+    );
+    let mut blank = String::new();
+    reader
+        .read_line(&mut blank)
+        .expect("end of interim response");
+    assert_eq!(blank, "\r\n");
+    s
+}
+
 /// Sends raw bytes and parses the response (reads to EOF; the request says close).
 pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Resp {
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -610,8 +754,8 @@ pub fn connect_from(ip: std::net::IpAddr, to: SocketAddr) -> TcpStream {
     s
 }
 
-/// Reads one response from a stream.
-pub fn read_response(s: &mut TcpStream) -> Resp {
+/// Reads one response from a stream (TCP or TLS).
+pub fn read_response<S: Read>(s: &mut S) -> Resp {
     let mut reader = BufReader::new(s);
     let mut line = String::new();
     reader.read_line(&mut line).expect("status line");
