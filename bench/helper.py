@@ -314,8 +314,10 @@ def cmd_report(results_path, out_path):
         med, cell = rps_cell(runs)
         p50 = statistics.median(x["p50_us"] for x in runs)
         p99 = statistics.median(x["p99_us"] for x in runs)
-        errs = sum(int(x["non2xx"] + x["sockerr"]) for x in runs)
-        reqs = sum(int(x["requests"]) for x in runs)
+        # Every run of the scenario counts for errors, the baseline runs too.
+        every = runs + [parse_kv(x) for x in d.get("base_run", [])]
+        errs = sum(int(x["non2xx"] + x["sockerr"]) for x in every)
+        reqs = sum(int(x["requests"]) for x in every)
         row = [label, cell, ms(p50), ms(p99)]
         ratio = None
         if ceil:
@@ -327,7 +329,8 @@ def cmd_report(results_path, out_path):
             row += ["–", "–"]
         if "peak_rss_kb" in d:
             kib = float(d["peak_rss_kb"][0])
-            peak.append((kib, label))
+            if key != "ceiling":  # that one is the ceiling's own RSS
+                peak.append((kib, label))
             row.append(mib(kib))
         else:
             row.append("–")
