@@ -379,7 +379,8 @@ def cmd_report(results_path, out_path):
                   "≤ 4× backup", x <= 4.0)
         else:
             extra(f"{n:,} groups: data dir size", f"{mib(dd, False)} MiB; backup n/a",
-                  "≤ 4× backup", False)
+                  "≤ 4× backup", None)
+            rows[-1][-1] = "n/a"
         if "seed_rate" in s:
             notes.append(f"Seeding {n:,} groups: {s['seed_rate'][0]}.")
         if "peak_rss_kb" in s:
