@@ -305,7 +305,9 @@ def cmd_report(results_path, out_path):
             continue
         shown.add(key)
         if "failed" in d:
-            rows.append([label] + ["–"] * 7 + [d["failed"][0], "", "FAIL"])
+            tgt = "" if target is None else (
+                f"≥ {target}× ceiling" if kind == "ratio" else f"≤ {target}× p99")
+            rows.append([label] + ["–"] * 7 + [d["failed"][0], tgt, "FAIL"])
             continue
         runs = [parse_kv(x) for x in d.get("server_run", [])]
         ceil = [parse_kv(x) for x in d.get("ceiling_run", [])]

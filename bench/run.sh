@@ -14,7 +14,7 @@
 # SCENARIOS (comma list, default all), SEED_GROUPS (default 100000), QUICK=1,
 # CONNECTIONS (default 64), SKIP_BUILD=1, KEEP=1 (keep the temp dir and logs),
 # BENCH_TMPDIR (where the data directories go; default $TMPDIR or /tmp),
-# FLEETGROUPS_BIN (server binary; default target/release/fleetgroups).
+# BENCH_SERVER_BIN (server binary; default target/release/fleetgroups).
 # shellcheck disable=SC2317 # functions are called indirectly (traps, "scen_$name")
 set -euo pipefail
 
@@ -24,7 +24,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LUA=$ROOT/bench/lua
 H=(python3 "$ROOT/bench/helper.py")
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=${FLEETGROUPS_BIN:-$CARGO_TARGET_DIR/release/fleetgroups}
+BIN=${BENCH_SERVER_BIN:-$CARGO_TARGET_DIR/release/fleetgroups}
 CEILING=$CARGO_TARGET_DIR/release/examples/ceiling
 
 if [[ ${QUICK:-0} == 1 ]]; then
@@ -115,13 +115,18 @@ launch_server() {
   fi
 }
 
-# auth: read the initial API key and get a token; sets KEY and TOKEN.
+# auth: read admin's initial API key and get a token; sets KEY and TOKEN.
 auth() {
   local f=$SRV_DIR/initial-api-key i
   for ((i = 0; i < 200; i++)); do [[ -s $f ]] && break; sleep 0.05; done
   [[ -s $f ]] || { log "  no $f"; return 1; }
   KEY=$(head -n 1 "$f")
-  TOKEN=$("${H[@]}" token "$SRV_URL" admin "$KEY")
+  auth_as admin "$KEY"
+}
+
+# auth_as USER KEY: get a token for USER; sets TOKEN and AUTH_H (wrk -H).
+auth_as() {
+  TOKEN=$("${H[@]}" token "$SRV_URL" "$1" "$2")
   AUTH_H=(-H "Authorization: Bearer $TOKEN")
 }
 
@@ -273,17 +278,25 @@ scen_token() {
   measure /api/Auth/Token token.lua admin "$KEY"
 }
 
-# GET one group alone, then with 20 token exchanges per second running.
+# GET one group alone, then with 20 token exchanges per second running. The
+# exchanges are made by a second user: a user's live tokens are bounded
+# (auth.tokens_per_user, oldest evicted first), so 20/s by the GET user would
+# revoke wrk's own token within a second. Both users are made with
+# `fleetgroups user add` before the first start (so no admin is created).
 scen_get_tokens() {
-  start_server "$SCEN"
-  auth
+  SRV_DIR=$WORK/$SCEN.data
+  SRV_LOG=$WORK/$SCEN.log
+  local id rep bg out get_key bg_key
+  get_key=$("$BIN" --data-dir "$SRV_DIR" user add bench-get 2>>"$SRV_LOG")
+  bg_key=$("$BIN" --data-dir "$SRV_DIR" user add bench-tokens 2>>"$SRV_LOG")
+  launch_server
+  auth_as bench-get "$get_key"
   seed 100
-  local id rep bg out
   id=$(head -n 1 "$IDS")
   for ((rep = 1; rep <= REPEATS; rep++)); do
     run_wrk base_run "$SRV_URL/api/groups/$id" get.lua
     out=$WORK/$SCEN.tokens.$rep
-    "${H[@]}" tokens-bg "$SRV_URL" admin "$KEY" 20 $((DURATION + 2)) "$out" &
+    "${H[@]}" tokens-bg "$SRV_URL" bench-tokens "$bg_key" 20 $((DURATION + 2)) "$out" &
     bg=$!
     PIDS+=("$bg")
     sleep 1
