@@ -143,7 +143,7 @@ start_ceiling() {
   CEIL_PID=$!
   PIDS+=("$CEIL_PID")
   for ((i = 0; i < 250; i++)); do
-    line=$(head -n 1 "$out")
+    line=$(head -n 1 "$out" 2>/dev/null) || true # not created yet at first
     [[ $line == "listening on "* ]] && break
     sleep 0.02
   done
