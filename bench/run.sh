@@ -156,6 +156,7 @@ record() { printf '%s\t%s\t%s\n' "$SCEN" "$1" "$2" >>"$RESULTS"; }
 
 WRK_N=0
 # run_wrk KEY URL SCRIPT [SCRIPT ARGS...]: one wrk run; records its BENCH line.
+# BENCH_RUN (the run's number) lets post.lua make names unique across runs.
 run_wrk() {
   local key=$1 url=$2 script=$3 out line
   shift 3
@@ -164,7 +165,7 @@ run_wrk() {
   local args=(-t1 "-c$CONNECTIONS" "-d${DURATION}s" --timeout 10s --latency)
   args+=(${AUTH_H[@]+"${AUTH_H[@]}"} -s "$LUA/$script" "$url")
   [[ $# -gt 0 ]] && args+=(-- "$@")
-  wrk "${args[@]}" >"$out" 2>&1 || { log "  wrk failed:"; cat "$out" >&2; return 1; }
+  BENCH_RUN=$WRK_N wrk "${args[@]}" >"$out" 2>&1 || { log "  wrk failed:"; cat "$out" >&2; return 1; }
   line=$(grep '^BENCH ' "$out") || { log "  no BENCH line:"; cat "$out" >&2; return 1; }
   record "$key" "${line#BENCH }"
   log "    $key: ${line#BENCH }"

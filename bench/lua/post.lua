@@ -1,7 +1,9 @@
 -- wrk script for the create scenario: POST /api/groups with a unique name per
--- request. Names are "<prefix>-<thread>-<counter>"; the prefix comes from the
--- script argument (wrk ... -- PREFIX) and must differ between runs against the
--- same data directory, so no request ever hits the 409 of a duplicate name.
+-- request. Names are "<prefix>r<run>-<thread>-<counter>": the prefix comes
+-- from the script argument (wrk ... -- PREFIX), the run number from the
+-- environment variable BENCH_RUN (bench/run.sh numbers every wrk run), so that
+-- repeated runs against the same data directory never hit the 409 of a
+-- duplicate name. Without BENCH_RUN, the time in seconds stands in.
 -- Each group has a description and 10 device IDs, like the seeded groups.
 -- The request is assembled by plain concatenation around a head built once
 -- (wrk.format per request would make wrk, not the server, the bottleneck
@@ -17,7 +19,8 @@ end
 
 local prefix, counter, head
 function init(args)
-   prefix = (args[1] or ("p" .. os.time())) .. "-" .. tostring(tid or 1)
+   local run = os.getenv("BENCH_RUN") or tostring(os.time())
+   prefix = (args[1] or "p") .. "r" .. run .. "-" .. tostring(tid or 1)
    counter = 0
    -- wrk.format with an empty body ends in "Content-Length: 0\r\n\r\n" (or
    -- has no Content-Length); cut it there and append our own.
