@@ -412,7 +412,7 @@ def cmd_report(results_path, out_path):
             notes.append(f"{scen}: {n}")
 
     lines = ["# fleetgroups benchmark — latest run", ""]
-    for k in ("date", "commit", "machine", "settings"):
+    for k in ("date", "commit", "server", "machine", "load", "settings"):
         if k in meta:
             lines.append(f"- {k}: {meta[k][0]}")
     lines += ["", "| " + " | ".join(header) + " |",

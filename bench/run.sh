@@ -385,12 +385,16 @@ printf 'meta\tdate\t%s\n' "$(date -u +%Y-%m-%dT%H:%MZ)" >>"$RESULTS"
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -z $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] || commit="$commit (with local changes)"
 printf 'meta\tcommit\t%s\n' "$commit" >>"$RESULTS"
+if [[ -n ${BENCH_SERVER_BIN:-} ]]; then
+  printf 'meta\tserver\t%s (modified %s)\n' "$BIN" "$(date -u -r "$BIN" +%Y-%m-%dT%H:%MZ 2>/dev/null || echo '?')" >>"$RESULTS"
+fi
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 printf 'meta\tmachine\t%s cores, %s, %s GiB RAM; data dir on %s\n' "$(nproc)" "${cpu:-unknown CPU}" \
   "$(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo)" "$fstype" >>"$RESULTS"
 printf 'meta\tsettings\twrk -t1 -c%s -d%ss --latency, %s repeat(s), medians; %s groups for startup\n' \
   "$CONNECTIONS" "$DURATION" "$REPEATS" "$SEED_GROUPS" >>"$RESULTS"
 
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 failed=0
 for s in "${WANT[@]}"; do
   # In the background so that a signal to this script reaches it (the trap
@@ -408,6 +412,8 @@ for s in "${WANT[@]}"; do
   fi
 done
 
+printf 'meta\tload\t1/5/15-min load average %s at the start, %s at the end (2 cores; other work on the machine skews the figures)\n' \
+  "$load_start" "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS"
 mkdir -p "$ROOT/bench/results"
 "${H[@]}" report "$RESULTS" "$ROOT/bench/results/latest.md"
 log "written to bench/results/latest.md"
