@@ -1,0 +1,449 @@
+#!/usr/bin/env python3
+"""Helpers for bench/run.sh, the fleetgroups benchmark: everything that is
+awkward in bash. Standard library only; every request goes to 127.0.0.1.
+
+Subcommands:
+  freeport                          print a free TCP port on 127.0.0.1
+  wait-ready URL TIMEOUT [PID]      poll URL/readyz every 10 ms until it answers
+                                    200; print the wall-clock time (epoch seconds)
+                                    of that answer; fail if PID exits first
+  token URL USER KEY                exchange an API key for a bearer token; print it
+  probe URL METHOD PATH TOKEN [BODY]  one request; print "<status> <body bytes>"
+  seed URL TOKEN COUNT PREFIX IDS [THREADS]
+                                    create COUNT groups (10 devices each) over
+                                    keep-alive connections; write their IDs, one
+                                    per line, to IDS; print the rate to stderr
+  tokens-bg URL USER KEY RATE SECONDS OUT
+                                    run RATE token exchanges per second for
+                                    SECONDS (each on a new connection, like curl);
+                                    write "sent=.. ok=.. fail=.. rate=.." to OUT
+  rss PID [VmHWM|VmRSS]             print the field of /proc/PID/status in KiB
+  report RESULTS OUT_MD             turn the results file into the table
+"""
+
+import http.client
+import inspect
+import itertools
+import json
+import os
+import socket
+import statistics
+import sys
+import threading
+import time
+import urllib.parse
+
+
+def die(msg):
+    print(f"helper: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def hostport(url):
+    u = urllib.parse.urlsplit(url)
+    if u.hostname not in ("127.0.0.1", "localhost", "::1"):
+        die(f"refusing a non-loopback target: {url}")
+    return u.hostname, u.port
+
+
+def conn(url, timeout=30):
+    host, port = hostport(url)
+    return http.client.HTTPConnection(host, port, timeout=timeout)
+
+
+def request(c, method, path, token=None, body=None):
+    headers = {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None
+    if body is not None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    c.request(method, path, body=data, headers=headers)
+    r = c.getresponse()
+    return r.status, r.read()
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_freeport():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    print(s.getsockname()[1])
+    s.close()
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("State:"):
+                    return "Z" not in line.split()[1]
+    except OSError:
+        return False
+    return True
+
+
+def cmd_wait_ready(url, timeout, pid=None):
+    host, port = hostport(url)
+    deadline = time.monotonic() + float(timeout)
+    while time.monotonic() < deadline:
+        if pid and not alive(int(pid)):
+            die(f"server (pid {pid}) exited before it was ready")
+        try:
+            c = http.client.HTTPConnection(host, port, timeout=1)
+            c.request("GET", "/readyz")
+            status = c.getresponse().status
+            c.close()
+            if status == 200:
+                print(f"{time.time():.6f}")
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
+    die(f"{url}/readyz not 200 within {timeout} s")
+
+
+def cmd_token(url, user, key):
+    status, body = request(conn(url), "POST", "/api/Auth/Token",
+                           body={"userName": user, "apiKey": key})
+    if status != 200:
+        die(f"token exchange answered {status}: {body[:200]!r}")
+    print(json.loads(body)["token"])
+
+
+def cmd_probe(url, method, path, token, body=None):
+    status, data = request(conn(url), method, path, token,
+                           body.encode() if body is not None else None)
+    if not 200 <= status < 300:
+        die(f"{method} {path} answered {status}: {data[:200]!r}")
+    print(status, len(data))
+
+
+def group_body(prefix, i):
+    return {
+        "name": f"seed-{prefix}-{i}",
+        "description": f"Benchmark group {i}",
+        "devices": [f"dev-{prefix}-{i}-{k}" for k in range(10)],
+    }
+
+
+def cmd_seed(url, token, count, prefix, ids_path, threads=16):
+    count, threads = int(count), int(threads)
+    ids = [None] * count
+    numbers = itertools.count()  # next() is atomic under the GIL
+    errors = []
+    done = [0]
+    lock = threading.Lock()
+
+    def worker():
+        c = conn(url)
+        while not errors:
+            i = next(numbers)
+            if i >= count:
+                break
+            for attempt in range(3):
+                try:
+                    status, data = request(c, "POST", "/api/groups", token,
+                                           group_body(prefix, i))
+                    break
+                except (OSError, http.client.HTTPException):
+                    c.close()
+                    c = conn(url)
+                    if attempt == 2:
+                        raise
+            if status != 201:
+                errors.append(f"POST /api/groups answered {status}: {data[:200]!r}")
+                break
+            ids[i] = json.loads(data)["id"]
+            with lock:
+                done[0] += 1
+                if done[0] % 10000 == 0:
+                    print(f"  seeded {done[0]}/{count}", file=sys.stderr)
+        c.close()
+
+    t0 = time.monotonic()
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        die(errors[0])
+    secs = time.monotonic() - t0
+    with open(ids_path, "w") as f:
+        f.write("\n".join(ids) + "\n")
+    print(f"  seeded {count} groups in {secs:.1f} s ({count / secs:.0f}/s)",
+          file=sys.stderr)
+
+
+def cmd_tokens_bg(url, user, key, rate, seconds, out):
+    rate, seconds = float(rate), float(seconds)
+    body = json.dumps({"userName": user, "apiKey": key}).encode()
+    stats = {"sent": 0, "ok": 0, "fail": 0, "skipped": 0}
+    lock = threading.Lock()
+    inflight = threading.BoundedSemaphore(64)
+
+    def one():
+        try:
+            c = conn(url, timeout=10)
+            status, _ = request(c, "POST", "/api/Auth/Token", body=body)
+            c.close()
+            ok = status == 200
+        except (OSError, http.client.HTTPException):
+            ok = False
+        with lock:
+            stats["ok" if ok else "fail"] += 1
+        inflight.release()
+
+    t0 = time.monotonic()
+    n = 0
+    while True:
+        due = t0 + n / rate
+        if due - t0 >= seconds:
+            break
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        n += 1
+        if not inflight.acquire(blocking=False):
+            stats["skipped"] += 1
+            continue
+        stats["sent"] += 1
+        threading.Thread(target=one, daemon=True).start()
+    elapsed = time.monotonic() - t0
+    for _ in range(64):  # wait for the stragglers, at most 10 s
+        if not inflight.acquire(timeout=10):
+            break
+    with open(out, "w") as f:
+        f.write(f"sent={stats['sent']} ok={stats['ok']} fail={stats['fail']} "
+                f"skipped={stats['skipped']} rate={stats['ok'] / elapsed:.1f}\n")
+
+
+def cmd_rss(pid, field="VmHWM"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                print(line.split()[1])
+                return
+    die(f"no {field} in /proc/{pid}/status")
+
+
+# ---------------------------------------------------------------- report
+
+# scenario key -> (label, kind, target)
+SCENARIOS = [
+    ("ceiling", "ceiling vs. a 2nd ceiling (noise check)", "ratio", None),
+    ("get_one", "GET one group", "ratio", 0.5),
+    ("list_100", "GET list of 100 groups", "ratio", 0.2),
+    ("post", "POST create (fsync)", "ratio", 0.25),
+    ("put", "PUT update (fsync)", "ratio", 0.2),
+    ("mix", "90/10 GET/PUT mix", "ratio", None),
+    ("token", "token exchange (argon2)", "ratio", None),
+    ("get_tokens", "GET one + 20 token/s", "p99x", 2.0),
+]
+
+
+def parse_kv(s):
+    out = {}
+    for part in s.split():
+        k, _, v = part.partition("=")
+        try:
+            out[k] = float(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def load(path):
+    res = {}
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            scen, key, value = line.split("\t", 2)
+            res.setdefault(scen, {}).setdefault(key, []).append(value)
+    return res
+
+
+def ms(us):
+    return f"{us / 1000:.2f} ms" if us < 10_000 else f"{us / 1000:.0f} ms"
+
+
+def mib(kb_or_bytes, unit_kb=True):
+    v = float(kb_or_bytes) / (1024 if unit_kb else 1024 * 1024)
+    return f"{v:.1f}"
+
+
+def rps_cell(runs):
+    r = [x["rps"] for x in runs]
+    med = statistics.median(r)
+    if len(r) == 1:
+        return med, f"{med:,.0f}"
+    return med, f"{med:,.0f} ({min(r):,.0f}–{max(r):,.0f})"
+
+
+def verdict(ok):
+    return "PASS" if ok else "FAIL"
+
+
+def cmd_report(results_path, out_path):
+    res = load(results_path)
+    meta = res.get("meta", {})
+    header = ["Scenario", "req/s median (min–max)", "p50", "p99", "ceiling req/s",
+              "ratio", "peak RSS MiB", "errors", "measured", "target", "result"]
+    rows = []
+    notes = []
+    shown = {"meta"}
+    peak = []  # (kib, scenario)
+
+    for key, label, kind, target in SCENARIOS:
+        d = res.get(key)
+        if not d:
+            continue
+        shown.add(key)
+        if "failed" in d:
+            tgt = "" if target is None else (
+                f"≥ {target}× ceiling" if kind == "ratio" else f"≤ {target}× p99")
+            rows.append([label] + ["–"] * 7 + [d["failed"][0], tgt, "FAIL"])
+            continue
+        runs = [parse_kv(x) for x in d.get("server_run", [])]
+        ceil = [parse_kv(x) for x in d.get("ceiling_run", [])]
+        if not runs:
+            continue
+        med, cell = rps_cell(runs)
+        p50 = statistics.median(x["p50_us"] for x in runs)
+        p99 = statistics.median(x["p99_us"] for x in runs)
+        # Every run of the scenario counts for errors, the baseline runs too.
+        every = runs + [parse_kv(x) for x in d.get("base_run", [])]
+        errs = sum(int(x["non2xx"] + x["sockerr"]) for x in every)
+        reqs = sum(int(x["requests"]) for x in every)
+        row = [label, cell, ms(p50), ms(p99)]
+        ratio = None
+        if ceil:
+            cmed = statistics.median(x["rps"] for x in ceil)
+            ratio = med / cmed if cmed else 0.0
+            body = d.get("body_bytes", ["?"])[0]
+            row += [f"{cmed:,.0f} ({body} B)", f"{ratio:.2f}"]
+        else:
+            row += ["–", "–"]
+        if "peak_rss_kb" in d:
+            kib = float(d["peak_rss_kb"][0])
+            if key != "ceiling":  # that one is the ceiling's own RSS
+                peak.append((kib, label))
+            row.append(mib(kib))
+        else:
+            row.append("–")
+        row.append(f"{errs} / {reqs:,}" if errs else "0")
+        if kind == "ratio":
+            measured = f"{ratio:.2f}× ceiling" if ratio is not None else "–"
+            tgt = f"≥ {target}× ceiling" if target else "(info)"
+            ok = None if target is None or ratio is None else ratio >= target
+        else:  # p99x: GET p99 with tokens vs without
+            base = [parse_kv(x) for x in d.get("base_run", [])]
+            bp99 = statistics.median(x["p99_us"] for x in base) if base else 0
+            x = p99 / bp99 if bp99 else float("inf")
+            measured = f"p99 {ms(bp99)} → {ms(p99)} = {x:.2f}×"
+            tgt = f"≤ {target}× p99"
+            ok = x <= target
+            if "tokens_bg" in d:
+                notes.append(f"{label}: background token exchanges per repeat: "
+                             + "; ".join(d["tokens_bg"]))
+        if errs:
+            result = "ERR"
+            notes.append(f"{label}: {errs} of {reqs} requests failed (non-2xx or socket "
+                         "errors); its figures are not valid.")
+        else:
+            result = "" if ok is None else verdict(ok)
+        rows.append(row + [measured, tgt, result])
+
+    def extra(label, measured, target, ok, rss="–"):
+        rows.append([label, "–", "–", "–", "–", "–", rss, "–", measured, target,
+                     "" if ok is None else verdict(ok)])
+
+    s = res.get("startup", {})
+    shown.add("startup")
+    if "failed" in s:
+        extra("startup with the seeded groups", s["failed"][0], "≤ 2 s", False)
+    elif "ready_s" in s:
+        n = int(float(s["seeded"][0]))
+        t = float(s["ready_s"][0])
+        extra(f"{n:,} groups: exec → /readyz 200", f"{t:.2f} s", "≤ 2 s", t <= 2.0,
+              mib(s["restart_rss_kb"][0]) if "restart_rss_kb" in s else "–")
+        dd = float(s["datadir_bytes"][0])
+        if "backup_bytes" in s:
+            bb = float(s["backup_bytes"][0])
+            x = dd / bb if bb else float("inf")
+            extra(f"{n:,} groups: data dir size",
+                  f"{mib(dd, False)} MiB = {x:.1f}× backup ({mib(bb, False)} MiB)",
+                  "≤ 4× backup", x <= 4.0)
+        else:
+            extra(f"{n:,} groups: data dir size", f"{mib(dd, False)} MiB; backup n/a",
+                  "≤ 4× backup", None)
+            rows[-1][-1] = "n/a"
+        if "seed_rate" in s:
+            notes.append(f"Seeding {n:,} groups: {s['seed_rate'][0]}.")
+        if "peak_rss_kb" in s:
+            peak.append((float(s["peak_rss_kb"][0]), f"seeding {n:,} groups"))
+        notes.append("The RSS on the startup row is VmRSS right after /readyz "
+                     "answered 200 on the restart with the seeded data.")
+    i = res.get("idle", {})
+    if "idle_rss_kb" in i:
+        shown.add("idle")
+        kib = float(i["idle_rss_kb"][0])
+        extra("idle RSS (fresh start, no load)", f"{mib(kib)} MiB", "≤ 20 MiB",
+              kib <= 20 * 1024, mib(kib))
+    if peak:
+        kib, where = max(peak)
+        extra("peak RSS (max over scenarios)", f"{mib(kib)} MiB ({where})", "≤ 64 MiB",
+              kib <= 64 * 1024)
+    b = res.get("binary", {})
+    if "binary_bytes" in b:
+        shown.add("binary")
+        v = float(b["binary_bytes"][0])
+        extra("release binary size", f"{mib(v, False)} MiB", "≤ 15 MiB",
+              v <= 15 * 1024 * 1024)
+    for scen, d in res.items():
+        if scen not in shown and "failed" in d:
+            extra(scen, d["failed"][0], "", False)
+        for n in d.get("note", []):
+            notes.append(f"{scen}: {n}")
+
+    lines = ["# fleetgroups benchmark — latest run", ""]
+    for k in ("date", "commit", "server", "machine", "load", "settings"):
+        if k in meta:
+            lines.append(f"- {k}: {meta[k][0]}")
+    lines += ["", "| " + " | ".join(header) + " |",
+              "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    text = "\n".join(lines) + "\n"
+    with open(out_path, "w") as f:
+        f.write(text)
+    print(text)
+
+
+COMMANDS = {
+    "freeport": cmd_freeport,
+    "wait-ready": cmd_wait_ready,
+    "token": cmd_token,
+    "probe": cmd_probe,
+    "seed": cmd_seed,
+    "tokens-bg": cmd_tokens_bg,
+    "rss": cmd_rss,
+    "report": cmd_report,
+}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    fn = COMMANDS[sys.argv[1]]
+    try:
+        inspect.signature(fn).bind(*sys.argv[2:])
+    except TypeError as e:
+        die(f"bad arguments for {sys.argv[1]}: {e}")
+    fn(*sys.argv[2:])
