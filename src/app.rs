@@ -45,6 +45,7 @@ pub fn store_options(config: &Config) -> StoreOptions {
     StoreOptions {
         cache_bytes: config.storage.cache_mb.saturating_mul(1024 * 1024),
         durability: config.storage.durability,
+        fail_flush_after: config.fault.fail_flush_after,
     }
 }
 

@@ -376,6 +376,7 @@ mod tests {
             &crate::store::StoreOptions {
                 cache_bytes: 1 << 20,
                 durability: crate::config::Durability::Relaxed,
+                fail_flush_after: None,
             },
         )
         .unwrap();

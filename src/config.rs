@@ -27,6 +27,22 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
+    /// Test-only fault injection; never in the file, never printed.
+    #[serde(skip)]
+    pub fault: FaultInjection,
+}
+
+/// Name of the one `FLEETGROUPS_*` variable that is not a configuration key: a
+/// test-only switch that makes the store's flusher report failure after N successful
+/// flushes, so the storage-failure behaviour (503, rollback, `/readyz`) can be tested
+/// on a machine where the disk cannot be made to fail. Logged loudly when set.
+pub const FAULT_FAIL_FLUSH_AFTER: &str = "FLEETGROUPS_FAULT_FAIL_FLUSH_AFTER";
+
+/// Faults to inject (tests only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultInjection {
+    /// See [`FAULT_FAIL_FLUSH_AFTER`].
+    pub fail_flush_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +158,7 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             admin: AdminConfig::default(),
+            fault: FaultInjection::default(),
         }
     }
 }
@@ -260,6 +277,13 @@ impl Config {
         }
         if let Some(listen) = &overrides.listen {
             config.listen = listen.clone();
+        }
+        if let Some(raw) = env.get(FAULT_FAIL_FLUSH_AFTER) {
+            config.fault.fail_flush_after = Some(raw.trim().parse().map_err(|_| {
+                ConfigError(format!(
+                    "{FAULT_FAIL_FLUSH_AFTER}: expected an integer, got {raw:?}"
+                ))
+            })?);
         }
         config.validate()?;
         Ok(config)
@@ -432,7 +456,7 @@ fn known_keys() -> Vec<(String, String, toml::Value)> {
 fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     let keys = known_keys();
     for (name, raw) in env {
-        if name == "FLEETGROUPS_CONFIG" {
+        if name == "FLEETGROUPS_CONFIG" || name == FAULT_FAIL_FLUSH_AFTER {
             continue;
         }
         let found = keys.iter().find(|(section, key, _)| {
@@ -528,6 +552,15 @@ mod tests {
     }
 
     #[test]
+    fn fault_switch_is_the_only_extra_variable() {
+        let c = load(&[(FAULT_FAIL_FLUSH_AFTER, "3")], None).unwrap();
+        assert_eq!(c.fault.fail_flush_after, Some(3));
+        assert!(!c.to_redacted_toml().contains("fault"));
+        let e = load(&[("FLEETGROUPS_FAULT_OTHER", "3")], None).unwrap_err();
+        assert!(e.0.contains("FLEETGROUPS_FAULT_OTHER"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = load(&[], Some("[limits]\nmax_bodyy = 1\n")).unwrap_err();
         assert!(e.0.contains("max_bodyy"), "{e}");
@@ -540,6 +573,8 @@ mod tests {
         assert!(e.0.starts_with("limitz"), "{e}");
         let e = load(&[("FLEETGROUPS_LIMITS_MAX_BODY_BYTES", "x")], None).unwrap_err();
         assert!(e.0.contains("FLEETGROUPS_LIMITS_MAX_BODY_BYTES"), "{e}");
+        let e = load(&[(FAULT_FAIL_FLUSH_AFTER, "x")], None).unwrap_err();
+        assert!(e.0.contains(FAULT_FAIL_FLUSH_AFTER), "{e}");
         let e = load(&[("FLEETGROUPS_NOPE", "1")], None).unwrap_err();
         assert!(e.0.contains("FLEETGROUPS_NOPE"), "{e}");
         let e = load(&[], Some("listen = \"nowhere\"\n")).unwrap_err();

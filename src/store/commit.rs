@@ -4,6 +4,12 @@
 //! covering every write that asked before the flush began: N concurrent writers share
 //! one fsync instead of paying N.
 //!
+//! A failed flush is sticky: the disk is not trusted again until a restart, so every
+//! later ticket fails too. Before the failure is published, the flusher calls the
+//! store's rollback hook, which undoes (under the writer mutex) every change applied
+//! since the last good flush; only then do the waiting writers answer 503, and nothing
+//! they were refused stays visible.
+//!
 //! Why the extra sync: sled 0.34.7's `flush()` ends in `sync_file_range`, which pushes
 //! dirty pages to the device but neither flushes the drive's write cache nor persists
 //! file metadata (the log's new length), and large values ("blobs") are written to
@@ -17,13 +23,33 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::watch;
 
-/// Flush progress: every ticket `<= done` is durable; every ticket in
-/// `(done, failed]` failed to flush.
+/// Flush progress: every ticket `<= done` is durable; once `broken`, every later ticket
+/// fails; `closed` means the flusher has stopped and takes no more tickets.
 #[derive(Debug, Clone, Copy, Default)]
 struct Progress {
     done: u64,
-    failed: u64,
+    broken: bool,
+    closed: bool,
 }
+
+impl Progress {
+    /// The outcome of `ticket`, if it is known yet.
+    fn outcome(&self, ticket: u64) -> Option<Result<(), String>> {
+        if self.done >= ticket {
+            Some(Ok(()))
+        } else if self.broken {
+            Some(Err("flushing the store to disk failed".to_string()))
+        } else if self.closed {
+            Some(Err("the store is closed".to_string()))
+        } else {
+            None
+        }
+    }
+}
+
+/// Called by the flusher after a failed flush and before anyone hears of it, with the
+/// last durable ticket: the store undoes what was applied after it.
+pub type RollbackHook = Box<dyn FnMut(u64) + Send>;
 
 struct Shared {
     requested: Mutex<Requested>,
@@ -50,11 +76,25 @@ pub struct GroupCommit {
 pub struct SyncTarget {
     pub db: sled::Db,
     pub dir: PathBuf,
+    /// Test-only fault injection: report failure after this many successful flushes
+    /// (`FLEETGROUPS_FAULT_FAIL_FLUSH_AFTER`, see config.rs). `None` in production.
+    pub fail_after: Option<u64>,
 }
 
 impl SyncTarget {
     /// Flushes sled and fsyncs its files. Blob files already synced are remembered.
-    fn sync(&self, log: &File, synced_blobs: &mut HashSet<PathBuf>) -> std::io::Result<()> {
+    fn sync(
+        &self,
+        log: &File,
+        synced_blobs: &mut HashSet<PathBuf>,
+        succeeded: u64,
+    ) -> std::io::Result<()> {
+        if self.fail_after.is_some_and(|n| succeeded >= n) {
+            // Like a disk that refuses writes: nothing reaches the files.
+            return Err(std::io::Error::other(
+                "injected fault (FLEETGROUPS_FAULT_FAIL_FLUSH_AFTER)",
+            ));
+        }
         self.db
             .flush()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -84,7 +124,7 @@ impl SyncTarget {
 
 impl GroupCommit {
     /// Starts the flusher thread for a store in `target.dir`.
-    pub fn start(target: SyncTarget) -> std::io::Result<GroupCommit> {
+    pub fn start(target: SyncTarget, rollback: RollbackHook) -> std::io::Result<GroupCommit> {
         let log = File::open(target.dir.join("db"))?;
         // The store's directory entries themselves must be durable once.
         sync_dir(&target.dir)?;
@@ -98,7 +138,7 @@ impl GroupCommit {
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("fg-flusher".into())
-            .spawn(move || flusher(thread_shared, tx, target, log))?;
+            .spawn(move || flusher(thread_shared, tx, target, log, rollback))?;
         Ok(GroupCommit {
             shared,
             progress: rx,
@@ -116,36 +156,48 @@ impl GroupCommit {
         ticket
     }
 
+    /// The number of tickets handed out so far. A change applied before this call is
+    /// covered by every flush whose ticket is greater than the value returned.
+    pub fn last_requested(&self) -> u64 {
+        lock(&self.shared.requested).last
+    }
+
+    /// The last durable ticket.
+    pub fn done(&self) -> u64 {
+        lock(&self.shared.progress).done
+    }
+
+    /// Whether a flush has failed (sticky until restart).
+    pub fn broken(&self) -> bool {
+        lock(&self.shared.progress).broken
+    }
+
     /// Waits until `ticket` is durable. Err when the flush covering it failed.
     pub async fn wait(&self, ticket: u64) -> Result<(), String> {
         let mut rx = self.progress.clone();
         let seen = rx
-            .wait_for(|p| p.done >= ticket || p.failed >= ticket)
+            .wait_for(|p| p.outcome(ticket).is_some())
             .await
             .map(|p| *p)
             .map_err(|_| "the flusher has stopped".to_string())?;
-        if seen.done >= ticket {
-            Ok(())
-        } else {
-            Err("flushing the store to disk failed".to_string())
-        }
+        seen.outcome(ticket)
+            .unwrap_or_else(|| Err("the flusher has stopped".to_string()))
     }
 
-    /// Blocking form of `request` + `wait`, for the CLI and shutdown.
+    /// Blocking form of `request` + `wait`, for the CLI and shutdown. Never waits on a
+    /// stopped flusher: after `stop` it answers Err at once.
     pub fn flush_blocking(&self) -> Result<(), String> {
         let ticket = self.request();
         let mut p = lock(&self.shared.progress);
-        while p.done < ticket && p.failed < ticket {
+        loop {
+            if let Some(outcome) = p.outcome(ticket) {
+                return outcome;
+            }
             p = self
                 .shared
                 .progressed
                 .wait(p)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        if p.done >= ticket {
-            Ok(())
-        } else {
-            Err("flushing the store to disk failed".into())
         }
     }
 
@@ -165,13 +217,26 @@ impl Drop for GroupCommit {
     }
 }
 
-fn flusher(shared: Arc<Shared>, tx: watch::Sender<Progress>, target: SyncTarget, log: File) {
+fn flusher(
+    shared: Arc<Shared>,
+    tx: watch::Sender<Progress>,
+    target: SyncTarget,
+    log: File,
+    mut rollback: RollbackHook,
+) {
     let mut synced_blobs = HashSet::new();
     let mut progress = Progress::default();
+    let mut succeeded = 0u64;
+    let publish = |progress: Progress| {
+        tx.send_replace(progress);
+        *lock(&shared.progress) = progress;
+        shared.progressed.notify_all();
+    };
     loop {
         let (upto, stop) = {
             let mut req = lock(&shared.requested);
-            while req.last <= progress.done.max(progress.failed) && !req.stop {
+            // Once broken, nothing is flushed again: waiters already see the failure.
+            while (req.last <= progress.done || progress.broken) && !req.stop {
                 req = shared
                     .wake
                     .wait(req)
@@ -179,19 +244,25 @@ fn flusher(shared: Arc<Shared>, tx: watch::Sender<Progress>, target: SyncTarget,
             }
             (req.last, req.stop)
         };
-        if upto > progress.done.max(progress.failed) {
-            match target.sync(&log, &mut synced_blobs) {
-                Ok(()) => progress.done = upto,
+        if upto > progress.done && !progress.broken {
+            match target.sync(&log, &mut synced_blobs, succeeded) {
+                Ok(()) => {
+                    succeeded += 1;
+                    progress.done = upto;
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "store flush failed; the writes waiting on it answer 503");
-                    progress.failed = upto;
+                    tracing::error!(error = %e, "store flush failed; undoing the changes it should have made durable; writes answer 503 until restart");
+                    // Undo first, then tell the waiters: a 503 never leaves its change
+                    // visible behind it.
+                    rollback(progress.done);
+                    progress.broken = true;
                 }
             }
-            tx.send_replace(progress);
-            *lock(&shared.progress) = progress;
-            shared.progressed.notify_all();
+            publish(progress);
         }
         if stop {
+            progress.closed = true;
+            publish(progress);
             return;
         }
     }

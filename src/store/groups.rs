@@ -8,11 +8,9 @@
 //! answers by copying bytes into the response instead of parsing and re-serialising.
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::IVec;
-use sled::Transactional;
 
-use super::{keys, lock, tx_result, Store, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
+use super::{keys, Op, Store, TreeId, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
 use crate::error::ApiError;
 use crate::model::{name_key, GroupDoc, GroupId};
 use crate::time::{now_ms, rfc3339_ms};
@@ -27,7 +25,7 @@ pub struct GroupView {
 }
 
 impl GroupView {
-    fn new(id: GroupId, raw: IVec) -> Result<GroupView, ApiError> {
+    pub(super) fn new(id: GroupId, raw: IVec) -> Result<GroupView, ApiError> {
         if raw.len() < HEADER + 2 {
             return Err(ApiError::Internal(format!("corrupt group record {id}")));
         }
@@ -45,11 +43,11 @@ impl GroupView {
         self.num(0)
     }
 
-    fn last_modified(&self) -> i64 {
+    pub(super) fn last_modified(&self) -> i64 {
         self.num(16) as i64
     }
 
-    fn creation(&self) -> i64 {
+    pub(super) fn creation(&self) -> i64 {
         self.num(8) as i64
     }
 
@@ -71,9 +69,11 @@ impl GroupView {
     }
 }
 
-/// The wire form of a group (field order is the API's).
-#[derive(Serialize, Deserialize)]
-struct PublicGroup {
+/// The wire form of a group (field order is the API's; serialising it again gives the
+/// same bytes, which restore relies on for change-feed entries).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicGroup {
     id: String,
     name: String,
     description: Option<String>,
@@ -83,7 +83,13 @@ struct PublicGroup {
     last_modified: String,
 }
 
-fn encode(id: GroupId, doc: &GroupDoc, revision: u64, creation: i64, modified: i64) -> Vec<u8> {
+pub(super) fn encode(
+    id: GroupId,
+    doc: &GroupDoc,
+    revision: u64,
+    creation: i64,
+    modified: i64,
+) -> Vec<u8> {
     let public = PublicGroup {
         id: id.to_string(),
         name: doc.name.clone(),
@@ -118,12 +124,12 @@ pub struct IdempotencyRequest {
 
 /// A remembered create.
 #[derive(Serialize, Deserialize)]
-struct IdempotencyRecord {
-    fingerprint: String,
-    id: u64,
-    revision: u64,
-    json: String,
-    expires: i64,
+pub(super) struct IdempotencyRecord {
+    pub(super) fingerprint: String,
+    pub(super) id: u64,
+    pub(super) revision: u64,
+    pub(super) json: String,
+    pub(super) expires: i64,
 }
 
 /// The result of a create.
@@ -162,24 +168,8 @@ struct Plan {
     meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
-fn apply_ops(
-    tree: &TransactionalTree,
-    ops: &[(Vec<u8>, Option<Vec<u8>>)],
-) -> Result<(), ConflictableTransactionError<ApiError>> {
-    for (k, v) in ops {
-        match v {
-            Some(v) => {
-                tree.insert(k.as_slice(), v.as_slice())?;
-            }
-            None => {
-                tree.remove(k.as_slice())?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn count_key(account: &str) -> Vec<u8> {
+/// `groups 0x00 account` in `meta`: the number of groups of an account.
+pub(super) fn count_key(account: &str) -> Vec<u8> {
     let mut k = b"groups\0".to_vec();
     k.extend_from_slice(account.as_bytes());
     k
@@ -195,11 +185,23 @@ fn change_entry(
     user: &str,
     group: Option<&[u8]>,
 ) -> Vec<u8> {
+    change_entry_at(seq, &rfc3339_ms(time), op, id, user, group)
+}
+
+/// `change_entry` with the time already formatted (restore keeps the stored text).
+pub(super) fn change_entry_at(
+    seq: u64,
+    time: &str,
+    op: &str,
+    id: GroupId,
+    user: &str,
+    group: Option<&[u8]>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + group.map_or(4, <[u8]>::len));
     out.extend_from_slice(b"{\"seq\":");
     out.extend_from_slice(seq.to_string().as_bytes());
     out.extend_from_slice(b",\"time\":\"");
-    out.extend_from_slice(rfc3339_ms(time).as_bytes());
+    out.extend_from_slice(time.as_bytes());
     out.extend_from_slice(b"\",\"op\":\"");
     out.extend_from_slice(op.as_bytes());
     out.extend_from_slice(b"\",\"id\":\"");
@@ -213,6 +215,8 @@ fn change_entry(
 }
 
 impl Store {
+    /// Applies a plan and the new sequences in one transaction (under the writer
+    /// mutex), keeping its undo until a flush covers it.
     fn apply(
         &self,
         w: &mut Writer,
@@ -220,33 +224,30 @@ impl Store {
         next_group: u64,
         next_change: u64,
     ) -> Result<(), ApiError> {
-        let mut plan = plan;
-        plan.meta.push((
+        let mut ops: Vec<Op> = Vec::new();
+        for (tree, list) in [
+            (TreeId::Groups, plan.groups),
+            (TreeId::Names, plan.names),
+            (TreeId::Devices, plan.devices),
+            (TreeId::Changes, plan.changes),
+            (TreeId::Idempotency, plan.idempotency),
+            (TreeId::Meta, plan.meta),
+        ] {
+            ops.extend(list.into_iter().map(|(k, v)| (tree, k, v)));
+        }
+        ops.push((
+            TreeId::Meta,
             META_NEXT_GROUP.to_vec(),
             Some(next_group.to_be_bytes().to_vec()),
         ));
-        plan.meta.push((
+        ops.push((
+            TreeId::Meta,
             META_NEXT_CHANGE.to_vec(),
             Some(next_change.to_be_bytes().to_vec()),
         ));
-        let r = (
-            &self.groups,
-            &self.names,
-            &self.devices,
-            &self.changes,
-            &self.idempotency,
-            &self.meta,
-        )
-            .transaction(|(g, n, d, c, i, m)| {
-                apply_ops(g, &plan.groups)?;
-                apply_ops(n, &plan.names)?;
-                apply_ops(d, &plan.devices)?;
-                apply_ops(c, &plan.changes)?;
-                apply_ops(i, &plan.idempotency)?;
-                apply_ops(m, &plan.meta)?;
-                Ok(())
-            });
-        tx_result(self, r)?;
+        // With relaxed durability nobody waits for a flush, so there is nothing to undo.
+        let undo = self.durability == crate::config::Durability::Fsync;
+        self.apply_ops(w, &ops, undo)?;
         w.next_group = next_group;
         w.next_change = next_change;
         Ok(())
@@ -363,8 +364,7 @@ impl Store {
         max_groups: u64,
         idempotency: Option<&IdempotencyRequest>,
     ) -> Result<Created, ApiError> {
-        self.check_writable()?;
-        let mut w = lock(&self.writer);
+        let mut w = self.write_lock()?;
         let now = now_ms();
         let idem_key = idempotency.map(|i| keys::idempotency(actor.user, &i.key));
         if let (Some(req), Some(k)) = (idempotency, &idem_key) {
@@ -459,8 +459,7 @@ impl Store {
         if_match: Option<&[u64]>,
         change: impl FnOnce(&GroupDoc) -> Result<(GroupDoc, T), ApiError>,
     ) -> Result<(GroupView, T), ApiError> {
-        self.check_writable()?;
-        let mut w = lock(&self.writer);
+        let mut w = self.write_lock()?;
         let current = self
             .get_group(actor.account, id)?
             .ok_or(ApiError::GroupNotFound)?;
@@ -528,8 +527,7 @@ impl Store {
         id: GroupId,
         if_match: Option<&[u64]>,
     ) -> Result<(), ApiError> {
-        self.check_writable()?;
-        let mut w = lock(&self.writer);
+        let mut w = self.write_lock()?;
         let current = self
             .get_group(actor.account, id)?
             .ok_or(ApiError::GroupNotFound)?;
@@ -619,13 +617,17 @@ impl Store {
             in_batch += 1;
             removed += 1;
             if in_batch == 512 {
+                // Under the writer mutex so a backup sees each batch whole or not at all.
+                let _w = self.lock_writer();
                 self.changes
                     .apply_batch(std::mem::take(&mut batch))
                     .map_err(|e| self.fail(e))?;
                 in_batch = 0;
             }
         }
+        let w = self.lock_writer();
         self.changes.apply_batch(batch).map_err(|e| self.fail(e))?;
+        drop(w);
         let mut batch = sled::Batch::default();
         for item in self.idempotency.iter() {
             let (k, v) = item.map_err(|e| self.read_err(e))?;
@@ -637,9 +639,11 @@ impl Store {
                 removed += 1;
             }
         }
+        let w = self.lock_writer();
         self.idempotency
             .apply_batch(batch)
             .map_err(|e| self.fail(e))?;
+        drop(w);
         Ok(removed)
     }
 }

@@ -7,30 +7,43 @@
 //! `changes` (change feed), `idempotency`, `users`, `tokens` (SHA-256 of bearer tokens),
 //! `usage` (per-user counters) and `meta` (format version, ID sequences, counts).
 //!
-//! All group writers take one mutex (`writer`) for the read-check-write step, so the
-//! uniqueness check, the `If-Match` check and the write are one atomic step, IDs come
-//! from an in-memory sequence, and sled's transaction never has to retry. The mutex is
-//! held only for in-memory work; the fsync happens after it is released, shared.
+//! All group and user writers take one mutex (`writer`) for the read-check-write step,
+//! so the uniqueness check, the `If-Match` check and the write are one atomic step, IDs
+//! come from an in-memory sequence, and sled's transaction never has to retry. The
+//! mutex is held only for in-memory work; the fsync happens after it is released,
+//! shared. Rule: nobody waits for the flusher while holding the mutex (the flusher
+//! takes it to roll back after a failed flush).
+//!
+//! Undo log: every applied change keeps the previous values of the keys it wrote until
+//! a flush covers it. When a flush fails, the flusher undoes the uncovered changes in
+//! reverse order under the writer mutex before any waiter hears of the failure, so a
+//! write answered 503 never stays visible (operations.md "Data"). ID sequences are not
+//! undone: a skipped number costs nothing, a reused one could confuse a reader.
 
 mod commit;
+pub mod export;
 pub mod groups;
 pub mod keys;
 pub mod users;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{IVec, Transactional};
 
 use crate::config::Durability;
 use crate::error::ApiError;
-pub use commit::lock;
+pub use commit::{lock, sync_dir};
 use commit::{GroupCommit, SyncTarget};
 
 /// The store format this binary reads and writes.
 pub const FORMAT_VERSION: u64 = 1;
 
 const META_FORMAT: &[u8] = b"format_version";
+/// The plain file in the store directory that repeats the format version (decimal).
+pub const FORMAT_MARKER: &str = "format_version";
 const META_NEXT_GROUP: &[u8] = b"next_group";
 const META_NEXT_CHANGE: &[u8] = b"next_change";
 
@@ -70,13 +83,55 @@ impl std::error::Error for OpenError {}
 pub struct StoreOptions {
     pub cache_bytes: u64,
     pub durability: Durability,
+    /// Test-only fault injection (see `config::FaultInjection`): the flusher reports
+    /// failure after this many successful flushes.
+    pub fail_flush_after: Option<u64>,
 }
 
-/// Sequences handed out under the writer mutex.
-#[derive(Debug)]
+/// The trees a write may touch; the discriminant indexes `Store::trees`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TreeId {
+    Groups = 0,
+    Names,
+    Devices,
+    Changes,
+    Idempotency,
+    Users,
+    Tokens,
+    Usage,
+    Meta,
+}
+
+/// The sled tree names, in `TreeId` order.
+const TREE_NAMES: [&str; 9] = [
+    "groups",
+    "names",
+    "devices",
+    "changes",
+    "idempotency",
+    "users",
+    "tokens",
+    "usage",
+    "meta",
+];
+
+/// One key written by a change: the tree, the key, the new value (None removes it).
+type Op = (TreeId, Vec<u8>, Option<Vec<u8>>);
+
+/// What to write back to undo one applied change.
+struct UndoEntry {
+    /// `GroupCommit::last_requested()` right after the change was applied: any flush
+    /// with a greater ticket covers it.
+    epoch: u64,
+    /// (tree, key, previous value), in the order the change wrote them.
+    previous: Vec<(TreeId, Vec<u8>, Option<IVec>)>,
+}
+
+/// State guarded by the writer mutex: the sequences and the undo log.
 struct Writer {
     next_group: u64,
     next_change: u64,
+    undo: Vec<UndoEntry>,
 }
 
 /// The open store.
@@ -91,12 +146,14 @@ pub struct Store {
     tokens: sled::Tree,
     usage: sled::Tree,
     meta: sled::Tree,
-    writer: Mutex<Writer>,
+    /// Every tree in `TreeId` order, for writes that span several.
+    trees: Vec<sled::Tree>,
+    writer: Arc<Mutex<Writer>>,
     commit: GroupCommit,
     durability: Durability,
     dir: PathBuf,
     /// Set when a flush or write failed: writes answer 503 and `/readyz` says so.
-    failed: std::sync::atomic::AtomicBool,
+    failed: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -106,10 +163,36 @@ impl Store {
             .map_err(|e| OpenError::Other(format!("cannot create {}: {e}", data_dir.display())))?;
         let dir = data_dir.join("store");
         let fresh = !dir.join("db").exists();
+        // sled rewrites files whenever it opens a store (recovery writes a snapshot), so
+        // the version must be known before sled is opened for "refuse without touching
+        // anything" to hold. The marker file carries it; `meta` keeps it too.
+        let marker = dir.join(FORMAT_MARKER);
+        let marked = match std::fs::read_to_string(&marker) {
+            Ok(text) => {
+                let found = text.trim().parse::<u64>().unwrap_or(u64::MAX);
+                if found != FORMAT_VERSION {
+                    return Err(OpenError::Version {
+                        found,
+                        path: data_dir.to_path_buf(),
+                    });
+                }
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(OpenError::Other(format!(
+                    "cannot read {}: {e}",
+                    marker.display()
+                )))
+            }
+        };
+        // With a flush fault injected, sled must not write behind the flusher's back on
+        // its own timer, or the "disk" would not really refuse writes.
+        let background_flush = options.fail_flush_after.is_none().then_some(500);
         let db = sled::Config::new()
             .path(&dir)
             .cache_capacity(options.cache_bytes)
-            .flush_every_ms(Some(500))
+            .flush_every_ms(background_flush)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
@@ -147,37 +230,67 @@ impl Store {
                 .and_then(|v| keys::read_u64(&v))
                 .unwrap_or(1))
         };
-        let writer = Writer {
+        let writer = Arc::new(Mutex::new(Writer {
             next_group: read_seq(META_NEXT_GROUP)?,
             next_change: read_seq(META_NEXT_CHANGE)?,
-        };
-        let commit = GroupCommit::start(SyncTarget {
-            db: db.clone(),
-            dir: dir.clone(),
-        })
+            undo: Vec::new(),
+        }));
+        let trees = TREE_NAMES
+            .iter()
+            .map(|name| {
+                if *name == "meta" {
+                    Ok(meta.clone())
+                } else {
+                    tree(name)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let failed = Arc::new(AtomicBool::new(false));
+        if let Some(n) = options.fail_flush_after {
+            tracing::warn!(
+                after = n,
+                "FAULT INJECTION: store flushes will fail after {n} successful ones (test only)"
+            );
+        }
+        let commit = GroupCommit::start(
+            SyncTarget {
+                db: db.clone(),
+                dir: dir.clone(),
+                fail_after: options.fail_flush_after,
+            },
+            rollback_hook(Arc::clone(&writer), Arc::clone(&failed), trees.clone()),
+        )
         .map_err(|e| OpenError::Other(format!("cannot start the flusher: {e}")))?;
+        let at = |id: TreeId| trees[id as usize].clone();
         let store = Store {
-            groups: tree("groups")?,
-            names: tree("names")?,
-            devices: tree("devices")?,
-            changes: tree("changes")?,
-            idempotency: tree("idempotency")?,
-            users: tree("users")?,
-            tokens: tree("tokens")?,
-            usage: tree("usage")?,
+            groups: at(TreeId::Groups),
+            names: at(TreeId::Names),
+            devices: at(TreeId::Devices),
+            changes: at(TreeId::Changes),
+            idempotency: at(TreeId::Idempotency),
+            users: at(TreeId::Users),
+            tokens: at(TreeId::Tokens),
+            usage: at(TreeId::Usage),
             meta,
-            writer: Mutex::new(writer),
+            trees,
+            writer,
             commit,
             durability: options.durability,
             dir,
             db,
-            failed: std::sync::atomic::AtomicBool::new(false),
+            failed,
         };
         if fresh {
             // The format version and the new files must be on disk before anything
             // else is acknowledged; the data directory entry too.
             store.flush_blocking().map_err(OpenError::Other)?;
             commit::sync_dir(data_dir).map_err(|e| OpenError::Other(e.to_string()))?;
+        }
+        if !marked {
+            // A new store, or one made before the marker existed (its `meta` version was
+            // checked above).
+            write_marker(&store.dir)
+                .map_err(|e| OpenError::Other(format!("cannot write {}: {e}", marker.display())))?;
         }
         Ok(store)
     }
@@ -198,13 +311,12 @@ impl Store {
 
     /// Whether the store currently takes writes.
     pub fn healthy(&self) -> bool {
-        !self.failed.load(std::sync::atomic::Ordering::Relaxed)
+        !self.failed.load(Ordering::SeqCst)
     }
 
     /// Marks the store failed and turns a storage error into 503.
     fn fail(&self, detail: impl std::fmt::Display) -> ApiError {
-        self.failed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.failed.store(true, Ordering::SeqCst);
         ApiError::Unavailable(format!("storage: {detail}"))
     }
 
@@ -217,6 +329,74 @@ impl Store {
                 "storage: an earlier write failed; refusing writes until restart".into(),
             ))
         }
+    }
+
+    /// Takes the writer mutex. When it is contended inside a multi-threaded runtime
+    /// (a long export holds it), the wait moves off the async worker with
+    /// `block_in_place`, so requests that only read keep being served meanwhile.
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        match self.writer.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                let multi = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                });
+                if multi {
+                    tokio::task::block_in_place(|| lock(&self.writer))
+                } else {
+                    lock(&self.writer)
+                }
+            }
+        }
+    }
+
+    /// Takes the writer mutex for a write: refused (503) once the store has failed.
+    /// The check is made under the mutex, so no change slips in after a rollback.
+    fn write_lock(&self) -> Result<MutexGuard<'_, Writer>, ApiError> {
+        self.check_writable()?;
+        let w = self.lock_writer();
+        self.check_writable()?;
+        Ok(w)
+    }
+
+    /// Applies `ops` in one transaction across the trees they name and, when `undo`,
+    /// remembers the previous values until a flush covers the change.
+    fn apply_ops(&self, w: &mut Writer, ops: &[Op], undo: bool) -> Result<(), ApiError> {
+        let refs: Vec<&sled::Tree> = self.trees.iter().collect();
+        let r = refs[..].transaction(|view| {
+            let mut previous = Vec::with_capacity(ops.len());
+            for (tree, k, v) in ops {
+                let t = &view[*tree as usize];
+                let old = match v {
+                    Some(v) => t.insert(k.as_slice(), v.as_slice())?,
+                    None => t.remove(k.as_slice())?,
+                };
+                previous.push(old);
+            }
+            Ok(previous)
+        });
+        let previous = tx_result(self, r)?;
+        if undo {
+            let epoch = self.commit.last_requested();
+            let done = self.commit.done();
+            w.undo.retain(|e| e.epoch >= done);
+            w.undo.push(UndoEntry {
+                epoch,
+                previous: ops
+                    .iter()
+                    .zip(previous)
+                    // Sequences only move forward (see the module comment).
+                    .filter(|((tree, k, _), _)| {
+                        !(*tree == TreeId::Meta
+                            && (k.as_slice() == META_NEXT_GROUP
+                                || k.as_slice() == META_NEXT_CHANGE))
+                    })
+                    .map(|((tree, k, _), old)| (*tree, k.clone(), old))
+                    .collect(),
+            });
+        }
+        Ok(())
     }
 
     /// Total bytes sled reports on disk (metrics).
@@ -240,6 +420,62 @@ impl Store {
     fn read_err(&self, e: sled::Error) -> ApiError {
         ApiError::Unavailable(format!("storage read: {e}"))
     }
+}
+
+/// Writes the format marker durably: temp file, fsync, rename, fsync the directory.
+fn write_marker(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{FORMAT_MARKER}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(format!("{FORMAT_VERSION}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(FORMAT_MARKER))?;
+    commit::sync_dir(dir)
+}
+
+/// The flusher's rollback after a failed flush: marks the store failed and undoes,
+/// newest first and in one transaction, every change no successful flush covered.
+fn rollback_hook(
+    writer: Arc<Mutex<Writer>>,
+    failed: Arc<AtomicBool>,
+    trees: Vec<sled::Tree>,
+) -> commit::RollbackHook {
+    Box::new(move |done: u64| {
+        let mut w = lock(&writer);
+        failed.store(true, Ordering::SeqCst);
+        let entries = std::mem::take(&mut w.undo);
+        let undo: Vec<(TreeId, Vec<u8>, Option<IVec>)> = entries
+            .into_iter()
+            .filter(|e| e.epoch >= done)
+            .rev()
+            .flat_map(|e| e.previous.into_iter().rev())
+            .collect();
+        if undo.is_empty() {
+            return;
+        }
+        let refs: Vec<&sled::Tree> = trees.iter().collect();
+        let r = refs[..].transaction(|view| {
+            for (tree, k, old) in &undo {
+                let t = &view[*tree as usize];
+                match old {
+                    Some(v) => t.insert(k.as_slice(), v.clone())?,
+                    None => t.remove(k.as_slice())?,
+                };
+            }
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        match r {
+            Ok(()) => tracing::warn!(
+                keys = undo.len(),
+                "undid the changes no flush made durable; their writers answer 503"
+            ),
+            Err(e) => tracing::error!(
+                error = ?e,
+                "could not undo the changes no flush made durable; they may stay visible until restart"
+            ),
+        }
+        drop(w);
+    })
 }
 
 /// Turns the result of a sled transaction into ours.

@@ -1,12 +1,11 @@
 //! Users, bearer-token hashes and usage counters in the store. These records are small
 //! JSON values keyed by userName (users, usage) or by the SHA-256 of a token (tokens).
-//! User changes are rare (CLI and admin socket) and are flushed before they return.
+//! User changes are rare (CLI and admin socket); they take the writer mutex (so a backup
+//! sees them whole), keep an undo like group writes, and are flushed before they return.
 
 use serde::{Deserialize, Serialize};
 
-use sled::Transactional;
-
-use super::Store;
+use super::{Op, Store, TreeId};
 use crate::error::ApiError;
 
 /// What a user may do.
@@ -101,36 +100,31 @@ impl Store {
     /// of the user is deleted in the same transaction.
     pub fn put_user(&self, user: &UserRecord, revoke: bool) -> Result<(), ApiError> {
         let value = serde_json::to_vec(user).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let doomed = if revoke {
-            self.token_keys_of(&user.name)?
-        } else {
-            Vec::new()
-        };
-        (&self.users, &self.tokens)
-            .transaction(|(u, t)| {
-                u.insert(user.name.as_bytes(), value.as_slice())?;
-                for k in &doomed {
-                    t.remove(k.as_slice())?;
-                }
-                Ok::<(), sled::transaction::ConflictableTransactionError<ApiError>>(())
-            })
-            .map_err(storage)?;
+        let mut w = self.write_lock()?;
+        let mut ops: Vec<Op> = vec![(TreeId::Users, user.name.as_bytes().to_vec(), Some(value))];
+        if revoke {
+            for k in self.token_keys_of(&user.name)? {
+                ops.push((TreeId::Tokens, k, None));
+            }
+        }
+        self.apply_ops(&mut w, &ops, true)?;
+        drop(w);
         self.flush_blocking().map_err(storage)
     }
 
     /// Removes a user, its tokens and its counters (its account's groups stay).
     pub fn remove_user(&self, name: &str) -> Result<bool, ApiError> {
-        let doomed = self.token_keys_of(name)?;
-        let existed = (&self.users, &self.tokens, &self.usage)
-            .transaction(|(u, t, c)| {
-                let existed = u.remove(name.as_bytes())?.is_some();
-                for k in &doomed {
-                    t.remove(k.as_slice())?;
-                }
-                c.remove(name.as_bytes())?;
-                Ok::<bool, sled::transaction::ConflictableTransactionError<ApiError>>(existed)
-            })
-            .map_err(storage)?;
+        let mut w = self.write_lock()?;
+        let existed = self.users.contains_key(name.as_bytes()).map_err(storage)?;
+        let mut ops: Vec<Op> = vec![
+            (TreeId::Users, name.as_bytes().to_vec(), None),
+            (TreeId::Usage, name.as_bytes().to_vec(), None),
+        ];
+        for k in self.token_keys_of(name)? {
+            ops.push((TreeId::Tokens, k, None));
+        }
+        self.apply_ops(&mut w, &ops, true)?;
+        drop(w);
         self.flush_blocking().map_err(storage)?;
         Ok(existed)
     }
