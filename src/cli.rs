@@ -1,16 +1,18 @@
-//! The command line (clap): `serve` (the default), `user …` and `check-config`. Exit
-//! codes: 0 done, 1 failed, 2 bad usage or configuration. Secrets printed for the
-//! operator (a new API key) go alone on stdout; everything else goes to stderr.
+//! The command line (clap): `serve` (the default), `user …`, `backup`, `restore` and
+//! `check-config`. Exit codes: 0 done, 1 failed, 2 bad usage or configuration. Secrets
+//! printed for the operator (a new API key) go alone on stdout; everything else goes to
+//! stderr. `user …` and `backup` go through the admin socket when a server answers on
+//! it and open the store themselves otherwise (admin.rs runs both the same way).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::admin::{ClientError, Command as AdminCommand, LimitChange, Outcome};
 use crate::config::{Config, Overrides};
 use crate::store::users::Role;
-use crate::store::Store;
-use crate::users::{render_list, Admin, UserChanges};
+use crate::store::{OpenError, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,6 +38,16 @@ enum Command {
     /// Manage users and their API keys.
     #[command(subcommand)]
     User(UserCommand),
+    /// Write a consistent snapshot of everything to FILE (JSON Lines, mode 0600).
+    Backup {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Load a backup into an empty data directory.
+    Restore {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Validate the configuration and print the effective values (secrets redacted).
     CheckConfig,
 }
@@ -164,7 +176,15 @@ pub fn main() -> ExitCode {
             eprintln!("configuration is valid");
             ExitCode::SUCCESS
         }
-        Some(Command::User(cmd)) => run_user(&config, cmd),
+        Some(Command::User(cmd)) => run_admin(&config, user_command(cmd)),
+        Some(Command::Backup { file }) => match std::path::absolute(&file) {
+            Ok(file) => run_admin(&config, AdminCommand::Backup { file }),
+            Err(e) => {
+                eprintln!("fleetgroups: {}: {e}", file.display());
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Restore { file }) => restore(&config, &file),
     }
 }
 
@@ -172,58 +192,91 @@ fn serve(config: Config) -> ExitCode {
     crate::server::run(config)
 }
 
-fn run_user(config: &Config, cmd: UserCommand) -> ExitCode {
-    let store = match Store::open(&config.data_dir, &crate::app::store_options(config)) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("fleetgroups: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let admin = Admin::offline(&store);
-    let result = match cmd {
+fn user_command(cmd: UserCommand) -> AdminCommand {
+    match cmd {
         UserCommand::Add {
             name,
             account,
             role,
             daily_limit,
-        } => admin.add(&name, &account, role, daily_limit).map(|key| {
-            println!("{key}");
-            eprintln!("created user {name} (account {account}, role {role}); the line above is its API key, shown only now");
-        }),
-        UserCommand::List => admin.list().map(|rows| print!("{}", render_list(&rows))),
-        UserCommand::RotateKey { name } => admin.rotate_key(&name).map(|key| {
-            println!("{key}");
-            eprintln!("rotated the key of {name}; the old key and its tokens no longer work");
-        }),
+        } => AdminCommand::UserAdd {
+            name,
+            account,
+            role,
+            daily_limit,
+        },
+        UserCommand::List => AdminCommand::UserList,
+        UserCommand::RotateKey { name } => AdminCommand::UserRotateKey { name },
         UserCommand::Set {
             name,
             role,
             daily_limit,
             disabled,
-        } => {
-            let changes = UserChanges {
-                role,
-                daily_limit: daily_limit.map(|l| l.0),
-                disabled,
-            };
-            admin.set(&name, &changes).map(|u| {
-                eprintln!(
-                    "updated {name}: role {}, daily limit {}, disabled {}",
-                    u.role,
-                    u.daily_limit.map_or_else(|| "none".to_string(), |l| l.to_string()),
-                    u.disabled
-                );
-            })
-        }
-        UserCommand::Remove { name } => admin.remove(&name).map(|()| {
-            eprintln!("removed user {name}; its account's groups stay");
-        }),
+        } => AdminCommand::UserSet {
+            name,
+            role,
+            daily_limit: daily_limit.map(|l| LimitChange { limit: l.0 }),
+            disabled,
+        },
+        UserCommand::Remove { name } => AdminCommand::UserRemove { name },
+    }
+}
+
+/// Runs a command through the running server's admin socket, or on the store directly
+/// when no server answers there.
+fn run_admin(config: &Config, command: AdminCommand) -> ExitCode {
+    let socket = config.admin_socket();
+    let outcome = match crate::admin::request(&socket, &command) {
+        Ok(outcome) => outcome,
+        Err(ClientError::Failed(why)) => Outcome::failed(1, why),
+        Err(ClientError::NotRunning(why)) => offline(config, &command, &why),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    print!("{}", outcome.stdout);
+    eprint!("{}", outcome.stderr);
+    ExitCode::from(outcome.code)
+}
+
+/// The server is not answering: open the store (which fails if a server holds it).
+fn offline(config: &Config, command: &AdminCommand, socket_error: &str) -> Outcome {
+    if matches!(command, AdminCommand::Backup { .. }) && !config.data_dir.join("store").exists() {
+        return Outcome::failed(
+            1,
+            format!(
+                "there is no store in {} to back up",
+                config.data_dir.display()
+            ),
+        );
+    }
+    match Store::open(&config.data_dir, &crate::app::store_options(config)) {
+        Ok(store) => {
+            let outcome = crate::admin::execute(command, &store, None);
+            if let Err(e) = store.close() {
+                return Outcome::failed(1, format!("closing the store: {e}"));
+            }
+            outcome
+        }
+        Err(OpenError::Locked(dir)) => Outcome::failed(
+            1,
+            format!(
+                "the store in {} is locked by a running fleetgroups, but its admin socket does not answer ({socket_error}); check admin.socket, or wait for the server to finish starting",
+                dir.display()
+            ),
+        ),
+        Err(e) => Outcome::failed(1, e),
+    }
+}
+
+fn restore(config: &Config, file: &std::path::Path) -> ExitCode {
+    match crate::backup::restore(&config.data_dir, &crate::app::store_options(config), file) {
+        Ok(counts) => {
+            eprintln!(
+                "restored {counts} into {}; start the server on it",
+                config.data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("fleetgroups: {e}");
+            eprintln!("fleetgroups: restore failed: {e}");
             ExitCode::FAILURE
         }
     }

@@ -2,9 +2,11 @@
 //! its data in an embedded sled store. `main.rs` only calls [`cli::main`]; everything
 //! else is this library. See ARCHITECTURE.md for the map and the invariants.
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -78,6 +78,14 @@ pub fn run(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let admin = match crate::admin::start(&app).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let stop_admin = admin.stopper();
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(data_dir = %app.config.data_dir.display(), "listening on {scheme}://{addr}");
         let notifier = Arc::new(Notifier::from_env());
@@ -86,9 +94,12 @@ pub fn run(config: Config) -> ExitCode {
         let stop_notifier = Arc::clone(&notifier);
         let shutdown = async move {
             signals.shutdown().await;
+            stop_admin();
             stop_notifier.stopping();
         };
-        match serve(listener, app, tls, shutdown).await {
+        let served = serve(listener, app, tls, shutdown).await;
+        admin.finished().await;
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(_) => ExitCode::FAILURE,
         }

@@ -1,0 +1,525 @@
+//! The admin socket: how `fleetgroups user …` and `fleetgroups backup` reach a running
+//! server (operations.md "CLI"). A Unix domain socket at `Config::admin_socket()`, mode
+//! 0600, that only answers peers whose uid (`SO_PEERCRED`) is the server's own; anyone
+//! else is refused and logged.
+//!
+//! Protocol, version 1: the client sends one JSON line and reads one JSON line back.
+//!
+//! ```text
+//! → {"v":1,"command":{"cmd":"user-set","name":"ci","role":"read","dailyLimit":{"limit":null},"disabled":null}}
+//! ← {"v":1,"code":0,"stdout":"","stderr":"updated ci: role read, daily limit none, disabled false\n"}
+//! ```
+//!
+//! The answer carries the exact stdout, stderr and exit code the command has when the
+//! server is stopped: both paths run [`execute`], so they cannot drift apart. A new API
+//! key travels only in `stdout`; nothing here logs stdout, so keys are never logged.
+//!
+//! The CLI side ([`request`]) decides: a socket that answers is used; no socket, or one
+//! nobody listens on, means the server is not running and the CLI opens the store.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::app::App;
+use crate::store::users::Role;
+use crate::store::Store;
+use crate::users::{render_list, Admin, UserChanges};
+
+/// The protocol version this binary speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest request line accepted.
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// One request line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub v: u32,
+    pub command: Command,
+}
+
+/// One answer line: what the CLI prints and exits with.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    pub v: u32,
+    pub code: u8,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    fn ok(stdout: String, stderr: String) -> Outcome {
+        Outcome {
+            v: PROTOCOL_VERSION,
+            code: 0,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// A failed command: `fleetgroups: <why>` on stderr, exit code 1 (or 2 for usage).
+    pub fn failed(code: u8, why: impl std::fmt::Display) -> Outcome {
+        Outcome {
+            v: PROTOCOL_VERSION,
+            code,
+            stdout: String::new(),
+            stderr: format!("fleetgroups: {why}\n"),
+        }
+    }
+}
+
+/// A new daily limit for `user set`: `{"limit": N}` or `{"limit": null}` (use the
+/// configured default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitChange {
+    pub limit: Option<u64>,
+}
+
+/// The commands that work the same with the server running or stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Command {
+    #[serde(rename_all = "camelCase")]
+    UserAdd {
+        name: String,
+        account: String,
+        role: Role,
+        daily_limit: Option<u64>,
+    },
+    UserList,
+    UserRotateKey {
+        name: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    UserSet {
+        name: String,
+        role: Option<Role>,
+        daily_limit: Option<LimitChange>,
+        disabled: Option<bool>,
+    },
+    UserRemove {
+        name: String,
+    },
+    /// `file` is absolute: the server's working directory is not the client's.
+    Backup {
+        file: PathBuf,
+    },
+}
+
+impl Command {
+    /// The command's name, for the log.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::UserAdd { .. } => "user add",
+            Command::UserList => "user list",
+            Command::UserRotateKey { .. } => "user rotate-key",
+            Command::UserSet { .. } => "user set",
+            Command::UserRemove { .. } => "user remove",
+            Command::Backup { .. } => "backup",
+        }
+    }
+
+    /// The user it is about, for the log.
+    fn subject(&self) -> &str {
+        match self {
+            Command::UserAdd { name, .. }
+            | Command::UserRotateKey { name }
+            | Command::UserSet { name, .. }
+            | Command::UserRemove { name } => name,
+            Command::UserList | Command::Backup { .. } => "-",
+        }
+    }
+}
+
+/// Runs a command against a store — the running server's (`live`) or one the CLI
+/// opened — and returns what to print. Blocking (argon2, fsync).
+pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome {
+    let admin = match live {
+        Some(app) => Admin::live(&app.store, &app.auth, &app.usage),
+        None => Admin::offline(store),
+    };
+    let result = match command {
+        Command::UserAdd {
+            name,
+            account,
+            role,
+            daily_limit,
+        } => admin.add(name, account, *role, *daily_limit).map(|key| {
+            Outcome::ok(
+                format!("{key}\n"),
+                format!("created user {name} (account {account}, role {role}); the line above is its API key, shown only now\n"),
+            )
+        }),
+        Command::UserList => admin
+            .list()
+            .map(|rows| Outcome::ok(render_list(&rows), String::new())),
+        Command::UserRotateKey { name } => admin.rotate_key(name).map(|key| {
+            Outcome::ok(
+                format!("{key}\n"),
+                format!("rotated the key of {name}; the old key and its tokens no longer work\n"),
+            )
+        }),
+        Command::UserSet {
+            name,
+            role,
+            daily_limit,
+            disabled,
+        } => {
+            let changes = UserChanges {
+                role: *role,
+                daily_limit: daily_limit.map(|c| c.limit),
+                disabled: *disabled,
+            };
+            admin.set(name, &changes).map(|u| {
+                Outcome::ok(
+                    String::new(),
+                    format!(
+                        "updated {name}: role {}, daily limit {}, disabled {}\n",
+                        u.role,
+                        u.daily_limit
+                            .map_or_else(|| "none".to_string(), |l| l.to_string()),
+                        u.disabled
+                    ),
+                )
+            })
+        }
+        Command::UserRemove { name } => admin.remove(name).map(|()| {
+            Outcome::ok(
+                String::new(),
+                format!("removed user {name}; its account's groups stay\n"),
+            )
+        }),
+        Command::Backup { file } => {
+            if let Some(app) = live {
+                // The counters live in memory; the backup should have the latest.
+                app.persist_usage();
+            }
+            return match crate::backup::write(store, file) {
+                Ok(counts) => Outcome::ok(
+                    String::new(),
+                    format!("wrote a backup of {counts} to {}\n", file.display()),
+                ),
+                Err(e) => Outcome::failed(1, format!("backup failed: {e}")),
+            };
+        }
+    };
+    result.unwrap_or_else(|e| Outcome::failed(1, e))
+}
+
+// ---------------------------------------------------------------------------------
+// Client (the CLI).
+
+/// Why the CLI could not get an answer over the socket.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Nothing listens there: the server is not running (or has no socket yet).
+    NotRunning(String),
+    /// Something listens but the exchange failed; the server may be running.
+    Failed(String),
+}
+
+/// Sends one command to a running server and returns its answer.
+pub fn request(socket: &Path, command: &Command) -> Result<Outcome, ClientError> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        ClientError::NotRunning(format!("cannot connect to {}: {e}", socket.display()))
+    })?;
+    let failed =
+        |e: std::io::Error| ClientError::Failed(format!("admin socket {}: {e}", socket.display()));
+    // A backup of a big store takes a while; anything else answers within seconds.
+    let patience = match command {
+        Command::Backup { .. } => Duration::from_secs(3600),
+        _ => Duration::from_secs(120),
+    };
+    stream.set_read_timeout(Some(patience)).map_err(failed)?;
+    let mut line = serde_json::to_vec(&Request {
+        v: PROTOCOL_VERSION,
+        command: command.clone(),
+    })
+    .map_err(|e| ClientError::Failed(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(failed)?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(failed)?;
+    if answer.is_empty() {
+        return Err(ClientError::Failed(format!(
+            "admin socket {}: the server closed the connection without answering",
+            socket.display()
+        )));
+    }
+    serde_json::from_str::<Outcome>(&answer).map_err(|e| {
+        ClientError::Failed(format!(
+            "admin socket {}: unreadable answer ({e})",
+            socket.display()
+        ))
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Server.
+
+/// A bound admin socket, ready to serve.
+pub struct AdminSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    /// (device, inode) of the socket file we created, so we only ever remove our own.
+    identity: (u64, u64),
+    own_uid: u32,
+}
+
+impl AdminSocket {
+    /// Where it listens.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Binds the admin socket at `path`. A socket file left by a crashed run is removed
+/// only when nothing answers on it; a live one, or a file that is not a socket, stops
+/// the start with a message.
+pub async fn bind(path: &Path) -> Result<AdminSocket, String> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(format!(
+                "{} exists and is not a socket; remove it or set admin.socket to another path",
+                path.display()
+            ));
+        }
+        match UnixStream::connect(path).await {
+            Ok(_) => {
+                return Err(format!(
+                    "another process answers on the admin socket {}; is another fleetgroups using it? Stop it or set admin.socket to another path",
+                    path.display()
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(|e| {
+                    format!("cannot remove the stale admin socket {}: {e}", path.display())
+                })?;
+                tracing::info!(path = %path.display(), "removed a stale admin socket left by an earlier run");
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot check the existing admin socket {}: {e}",
+                    path.display()
+                ))
+            }
+        }
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot create the admin socket {}: {e}", path.display()))?;
+    // The peer-uid check below is what keeps others out; the mode is a second fence.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    // Our uid without `unsafe`: the owner of /proc/self is the process's effective uid;
+    // without /proc, the owner of the socket file we just created is the same.
+    let own_uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(meta.uid());
+    Ok(AdminSocket {
+        listener,
+        path: path.to_path_buf(),
+        identity: (meta.dev(), meta.ino()),
+        own_uid,
+    })
+}
+
+/// The running admin socket task, as `server::run` holds it.
+pub struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Something to call when shutdown begins; the socket stops taking commands.
+    pub fn stopper(&self) -> impl FnOnce() + Send + 'static {
+        let stop = self.stop.clone();
+        move || {
+            let _ = stop.send(true);
+        }
+    }
+
+    /// Waits until the commands in flight are done and the socket file is removed.
+    pub async fn finished(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds the admin socket and serves it on its own task until stopped. Call it before
+/// "listening" is logged, so a CLI started after that line always finds the socket.
+pub async fn start(app: &Arc<App>) -> Result<Running, String> {
+    let socket = bind(&app.config.admin_socket()).await?;
+    tracing::info!(path = %socket.path().display(), "admin socket ready");
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(serve(socket, Arc::clone(app), async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    Ok(Running { stop, task })
+}
+
+/// Serves admin connections until `shutdown` resolves, lets the ones in flight finish
+/// (bounded), then removes the socket file if it is still ours.
+pub async fn serve(socket: AdminSocket, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let mut running = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = socket.listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let app = Arc::clone(&app);
+                    running.spawn(connection(stream, app, socket.own_uid));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket: accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            () = &mut shutdown => break,
+        }
+    }
+    drop(socket.listener);
+    let drain = async { while running.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("admin socket: commands still running at shutdown were abandoned");
+    }
+    let still_ours = std::fs::symlink_metadata(&socket.path)
+        .is_ok_and(|m| (m.dev(), m.ino()) == socket.identity);
+    if still_ours {
+        if let Err(e) = std::fs::remove_file(&socket.path) {
+            tracing::warn!(path = %socket.path.display(), error = %e, "cannot remove the admin socket");
+        }
+    }
+}
+
+/// One admin connection: check the peer, read one request, answer it.
+async fn connection(mut stream: UnixStream, app: Arc<App>, own_uid: u32) {
+    let peer = stream.peer_cred();
+    let peer_uid = peer.as_ref().map(|c| c.uid()).ok();
+    if peer_uid != Some(own_uid) {
+        let pid = peer.as_ref().ok().and_then(|c| c.pid());
+        tracing::warn!(
+            peer_uid = ?peer_uid,
+            peer_pid = ?pid,
+            server_uid = own_uid,
+            "admin socket: refused a connection from another user"
+        );
+        let answer = Outcome::failed(
+            1,
+            "refused: the admin socket only serves the user the server runs as",
+        );
+        let _ = send(&mut stream, &answer).await;
+        return;
+    }
+    let (read, mut write) = stream.split();
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST_BYTES));
+    let got = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line)).await;
+    let answer = match got {
+        Err(_) => Outcome::failed(2, "admin socket: no request line within 10 s"),
+        Ok(Err(e)) => Outcome::failed(2, format!("admin socket: reading the request: {e}")),
+        Ok(Ok(_)) if !line.ends_with('\n') => Outcome::failed(
+            2,
+            format!(
+                "admin socket: the request must be one line of at most {MAX_REQUEST_BYTES} bytes"
+            ),
+        ),
+        Ok(Ok(_)) => answer(&line, app).await,
+    };
+    let _ = send_half(&mut write, &answer).await;
+}
+
+async fn answer(line: &str, app: Arc<App>) -> Outcome {
+    let request: Request = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => {
+            // Tell an old or new client which version this server speaks.
+            let v = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("v").and_then(serde_json::Value::as_u64));
+            return match v {
+                Some(v) if v != u64::from(PROTOCOL_VERSION) => Outcome::failed(
+                    2,
+                    format!("admin protocol version {v} is not supported; this server speaks version {PROTOCOL_VERSION}"),
+                ),
+                _ => Outcome::failed(2, format!("admin socket: bad request: {e}")),
+            };
+        }
+    };
+    if request.v != PROTOCOL_VERSION {
+        return Outcome::failed(
+            2,
+            format!(
+                "admin protocol version {} is not supported; this server speaks version {PROTOCOL_VERSION}",
+                request.v
+            ),
+        );
+    }
+    let command = request.command;
+    let (name, subject) = (command.name(), command.subject().to_string());
+    let outcome = tokio::task::spawn_blocking(move || execute(&command, &app.store, Some(&app)))
+        .await
+        .unwrap_or_else(|e| Outcome::failed(1, format!("the command failed: {e}")));
+    // stdout may hold a new API key: only the command, its subject and the code are logged.
+    tracing::info!(command = name, user = %subject, code = outcome.code, "admin command");
+    outcome
+}
+
+async fn send(stream: &mut UnixStream, answer: &Outcome) -> std::io::Result<()> {
+    let (_, mut write) = stream.split();
+    send_half(&mut write, answer).await
+}
+
+async fn send_half(
+    write: &mut tokio::net::unix::WriteHalf<'_>,
+    answer: &Outcome,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(answer).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    write.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_wire_form() {
+        let r = Request {
+            v: 1,
+            command: Command::UserSet {
+                name: "ci".into(),
+                role: Some(Role::Read),
+                daily_limit: Some(LimitChange { limit: None }),
+                disabled: None,
+            },
+        };
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            line,
+            r#"{"v":1,"command":{"cmd":"user-set","name":"ci","role":"read","dailyLimit":{"limit":null},"disabled":null}}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
+        let unknown = r#"{"v":1,"command":{"cmd":"user-drop","name":"ci"}}"#;
+        assert!(serde_json::from_str::<Request>(unknown).is_err());
+    }
+}
