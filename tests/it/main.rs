@@ -7,7 +7,9 @@
 
 mod support;
 
+mod admin;
 mod auth;
+mod backup;
 mod cli;
 mod config;
 mod durability;
@@ -19,6 +21,7 @@ mod ops_endpoints;
 mod shutdown;
 mod smoke;
 mod start;
+mod storage;
 mod tls;
 mod unit_file;
 mod usage;

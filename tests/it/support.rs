@@ -59,7 +59,12 @@ impl TestServer {
     }
 
     pub fn with(options: Options) -> TestServer {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::with_dir(tempfile::tempdir().expect("tempdir"), options)
+    }
+
+    /// Starts a server on an existing directory; its data directory is `dir/data`
+    /// (e.g. one filled by `restore`).
+    pub fn with_dir(dir: tempfile::TempDir, options: Options) -> TestServer {
         let (child, addr, log, log_closed) = spawn(dir.path(), &options);
         TestServer {
             addr,
@@ -132,6 +137,20 @@ impl TestServer {
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("{needle:?} not logged within 30 s; log:\n{}", self.log());
+    }
+
+    /// Waits (polling, with a deadline) until the log contains `needle` `n` times;
+    /// returns the log.
+    pub fn wait_for_log_count(&self, needle: &str, n: usize) -> String {
+        poll_until(Duration::from_secs(10), needle, || {
+            let log = self.log();
+            (log.matches(needle).count() >= n).then_some(log)
+        })
+    }
+
+    /// The options the server runs with.
+    pub fn options(&self) -> &Options {
+        &self.options
     }
 
     /// Waits up to `limit` for the process to exit; `None` if it still runs then.
@@ -262,6 +281,17 @@ impl TestServer {
     /// start of an `unstarted` one.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the server first");
+        self.start_process();
+    }
+
+    /// Starts the server again on the same data directory with other options.
+    pub fn restart_with(&mut self, options: Options) {
+        assert!(self.child.is_none(), "stop or kill the server first");
+        self.options = options;
+        self.start_process();
+    }
+
+    fn start_process(&mut self) {
         let (child, addr, log, log_closed) = spawn(self.dir.path(), &self.options);
         self.past_logs.push_str(&self.log());
         self.child = Some(child);

@@ -1,0 +1,342 @@
+//! `backup` and `restore`: a round trip keeps every group, user, counter, change-feed
+//! entry, idempotency record and the ID sequences; a backup works with the server
+//! running (through the admin socket) and stopped, and both give the same records;
+//! restore refuses bad input and a non-empty directory and leaves nothing behind.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::support::{cli_in, CliOutput, Options, TestServer};
+
+fn ok(out: CliOutput) -> CliOutput {
+    assert_eq!(
+        out.code, 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    out
+}
+
+fn create(server: &TestServer, token: &str, body: Value) -> Value {
+    let r = server
+        .req("POST", "/api/groups")
+        .bearer(token)
+        .json(&body)
+        .send();
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()
+}
+
+/// What a client can see of an account: groups, the change feed, a device lookup.
+fn visible(server: &TestServer, token: &str) -> Value {
+    let get = |path: &str| {
+        let r = server.req("GET", path).bearer(token).send();
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        r.json()
+    };
+    let groups = get("/api/groups")["groups"].clone();
+    let etags: Vec<Value> = groups
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| {
+            let id = g["id"].as_str().expect("id");
+            let r = server
+                .req("GET", &format!("/api/groups/{id}"))
+                .bearer(token)
+                .send();
+            json!(r.header("etag"))
+        })
+        .collect();
+    json!({
+        "groups": groups,
+        "etags": etags,
+        "changes": get("/api/changes?limit=1000")["changes"],
+        "dev-1": get("/api/devices/dev-1/groups")["groups"],
+    })
+}
+
+/// The body lines of a backup (everything after the header, whose `created` varies).
+fn body(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).expect("read backup");
+    text.lines().skip(1).map(str::to_string).collect()
+}
+
+#[test]
+fn a_round_trip_keeps_everything_and_never_reuses_an_id() {
+    let mut a = TestServer::start();
+    let admin = a.admin_token();
+    create(
+        &a,
+        &admin,
+        json!({"name": "One", "devices": ["dev-1", "dev-2"]}),
+    );
+    let r = a
+        .req("POST", "/api/groups")
+        .bearer(&admin)
+        .header("Idempotency-Key", "k-2")
+        .json(&json!({"name": "Two", "description": "second", "devices": ["dev-1"]}))
+        .send();
+    assert_eq!(r.status, 201);
+    create(&a, &admin, json!({"name": "Three"}));
+    let r = a
+        .req("PATCH", "/api/groups/grp-2")
+        .bearer(&admin)
+        .body_as(
+            "application/merge-patch+json",
+            br#"{"description":"patched"}"#,
+        )
+        .send();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        a.req("DELETE", "/api/groups/grp-3")
+            .bearer(&admin)
+            .send()
+            .status,
+        200
+    );
+
+    let ci_key = ok(a.cli(&["user", "add", "ci", "--daily-limit", "50"]))
+        .stdout
+        .trim()
+        .to_string();
+    let ci = a.login("ci", &ci_key);
+    for _ in 0..3 {
+        assert_eq!(a.req("GET", "/api/groups").bearer(&ci).send().status, 200);
+    }
+    let before = visible(&a, &admin);
+    let list_before = ok(a.cli(&["user", "list"])).stdout;
+
+    // Backup with the server running: the server writes the file.
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let file = out_dir.path().join("snap.jsonl");
+    let out = ok(a.cli(&["backup", file.to_str().expect("utf-8")]));
+    assert!(out.stderr.contains("2 groups, 2 users"), "{}", out.stderr);
+    a.wait_for_log("command=\"backup\"");
+    let mode = std::fs::metadata(&file)
+        .expect("backup file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let text = std::fs::read_to_string(&file).expect("read");
+    let header: Value = serde_json::from_str(text.lines().next().expect("header")).expect("json");
+    assert_eq!(header["format"], "fleetgroups-backup");
+    assert_eq!(header["version"], 1);
+    assert_eq!(header["storeFormat"], 1);
+    assert!(header["created"].as_str().expect("created").ends_with('Z'));
+    assert!(
+        !text.contains(&ci_key) && !text.contains(&ci),
+        "no key or token in a backup"
+    );
+    assert_eq!(
+        text.lines().last(),
+        Some(
+            format!(
+                "{{\"type\":\"end\",\"records\":{}}}",
+                text.lines().count() - 2
+            )
+            .as_str()
+        )
+    );
+
+    // The same snapshot with the server stopped: the CLI opens the store itself.
+    a.stop();
+    let offline = out_dir.path().join("offline.jsonl");
+    ok(a.cli(&["backup", offline.to_str().expect("utf-8")]));
+    assert_eq!(
+        body(&file),
+        body(&offline),
+        "running and stopped backups differ"
+    );
+
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    let b_data = b_dir.path().join("data");
+    let out = ok(cli_in(
+        &b_data,
+        &["restore", file.to_str().expect("utf-8")],
+        &[],
+    ));
+    assert!(
+        out.stderr.contains("restored 2 groups, 2 users"),
+        "{}",
+        out.stderr
+    );
+    assert!(!b_data.join("initial-api-key").exists());
+    let b = TestServer::with_dir(b_dir, Options::default());
+    assert!(
+        !b.log().contains("first start"),
+        "users came back: no bootstrap"
+    );
+
+    // API keys keep working (their hashes came along); tokens do not (not backed up).
+    assert_eq!(
+        b.req("GET", "/api/groups").bearer(&admin).send().status,
+        401
+    );
+    let admin_b = b.login("admin", &a.admin_key());
+    let ci_b = b.login("ci", &ci_key);
+    // Counters, limits, roles and key dates came along (logins are not counted).
+    let list_after = ok(b.cli(&["user", "list"])).stdout;
+    assert_eq!(list_after, list_before);
+    assert_eq!(visible(&b, &admin_b), before);
+    assert_eq!(
+        b.req("GET", "/api/groups").bearer(&ci_b).send().json()["apiUsage"],
+        4
+    );
+
+    // The name index was rebuilt; the ID sequence continues after the deleted grp-3.
+    let r = b
+        .req("POST", "/api/groups")
+        .bearer(&admin_b)
+        .json(&json!({"name": "one"}))
+        .send();
+    r.expect_error(409, "name_conflict");
+    let four = create(&b, &admin_b, json!({"name": "Four"}));
+    assert_eq!(four["id"], "grp-4");
+    let changes = b
+        .req("GET", "/api/changes?limit=1000")
+        .bearer(&admin_b)
+        .send()
+        .json();
+    let seqs: Vec<u64> = changes["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| c["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3, 4, 5, 6],
+        "the change sequence continues too"
+    );
+    // The idempotency record came along: a replay answers with the first grp-2.
+    let r = b
+        .req("POST", "/api/groups")
+        .bearer(&admin_b)
+        .header("Idempotency-Key", "k-2")
+        .json(&json!({"name": "Two", "description": "second", "devices": ["dev-1"]}))
+        .send();
+    assert_eq!(r.json()["id"], "grp-2", "{}", r.text());
+}
+
+#[test]
+fn restore_refuses_bad_input_and_leaves_nothing_behind() {
+    let mut a = TestServer::start();
+    let admin = a.admin_token();
+    create(&a, &admin, json!({"name": "One"}));
+    create(&a, &admin, json!({"name": "Two"}));
+    a.stop();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.jsonl");
+    ok(a.cli(&["backup", good.to_str().expect("utf-8")]));
+    let lines: Vec<String> = std::fs::read_to_string(&good)
+        .expect("read")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let write = |name: &str, lines: &[String]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, lines.join("\n") + "\n").expect("write");
+        p
+    };
+    let restore =
+        |data: &Path, file: &Path| cli_in(data, &["restore", file.to_str().expect("utf-8")], &[]);
+
+    // A non-empty data directory: refused, untouched.
+    let busy = dir.path().join("busy");
+    std::fs::create_dir(&busy).expect("mkdir");
+    std::fs::write(busy.join("keep"), b"mine").expect("write");
+    let out = restore(&busy, &good);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("is not empty"), "{}", out.stderr);
+    assert_eq!(std::fs::read_dir(&busy).expect("ls").count(), 1);
+    assert_eq!(std::fs::read(busy.join("keep")).expect("read"), b"mine");
+
+    let mut cases: Vec<(&str, Vec<String>, &str)> = Vec::new();
+    let mut v2 = lines.clone();
+    v2[0] = v2[0].replace("\"version\":1", "\"version\":2");
+    cases.push(("v2", v2, "backup format version 2"));
+    let mut foreign = lines.clone();
+    foreign[0] = "{\"hello\":1}".into();
+    cases.push(("foreign", foreign, "not a fleetgroups backup"));
+    cases.push(("truncated", lines[..lines.len() - 1].to_vec(), "truncated"));
+    let mut dup = lines.clone();
+    let group_line = lines
+        .iter()
+        .find(|l| l.contains("\"type\":\"group\""))
+        .expect("group")
+        .clone();
+    dup.insert(2, group_line.replace("\"id\":1", "\"id\":77"));
+    let n = dup.len();
+    dup[n - 1] = format!("{{\"type\":\"end\",\"records\":{}}}", n - 2);
+    cases.push(("dup-name", dup, "has the name"));
+    let mut low_seq = lines.clone();
+    let seq_at = low_seq
+        .iter()
+        .position(|l| l.contains("\"type\":\"sequences\""))
+        .expect("seq");
+    low_seq[seq_at] = "{\"type\":\"sequences\",\"nextGroup\":2,\"nextChange\":9}".into();
+    cases.push(("low-seq", low_seq, "not above the highest group"));
+    let mut unknown = lines.clone();
+    unknown[seq_at] = unknown[seq_at].replace("}", ",\"extra\":true}");
+    cases.push(("unknown-field", unknown, "unknown field"));
+
+    for (name, content, expected) in cases {
+        let file = write(&format!("{name}.jsonl"), &content);
+        // Into a missing directory: it must not exist afterwards.
+        let missing = dir.path().join(format!("{name}-missing"));
+        let out = restore(&missing, &file);
+        assert_eq!(out.code, 1, "{name}: {out:?}");
+        assert!(out.stderr.contains(expected), "{name}: {}", out.stderr);
+        assert!(
+            !missing.exists(),
+            "{name}: restore left {} behind",
+            missing.display()
+        );
+        // Into an empty directory: it must be empty afterwards.
+        let empty = dir.path().join(format!("{name}-empty"));
+        std::fs::create_dir(&empty).expect("mkdir");
+        assert_eq!(restore(&empty, &file).code, 1, "{name}");
+        assert_eq!(std::fs::read_dir(&empty).expect("ls").count(), 0, "{name}");
+    }
+    // And the good file still restores.
+    let fine = dir.path().join("fine");
+    ok(restore(&fine, &good));
+}
+
+#[test]
+fn backups_taken_under_concurrent_writes_are_consistent() {
+    let server = TestServer::start();
+    let token = server.admin_token();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            for i in 0..60 {
+                create(
+                    &server,
+                    &token,
+                    json!({"name": format!("g{i}"), "devices": ["dev-1"]}),
+                );
+            }
+        });
+        let mut files = Vec::new();
+        for i in 0..3 {
+            let f = dir.path().join(format!("b{i}.jsonl"));
+            ok(server.cli(&["backup", f.to_str().expect("utf-8")]));
+            files.push(f);
+        }
+        writer.join().expect("writer");
+        for (i, f) in files.iter().enumerate() {
+            // Restore checks names, IDs and sequences; on top, every group must have
+            // its "created" entry and nothing more (there were no other changes).
+            let data = dir.path().join(format!("r{i}"));
+            ok(cli_in(&data, &["restore", f.to_str().expect("utf-8")], &[]));
+            let text = std::fs::read_to_string(f).expect("read");
+            let groups = text.matches("\"type\":\"group\"").count();
+            let changes = text.matches("\"type\":\"change\"").count();
+            assert_eq!(groups, changes, "backup {i} is not a snapshot");
+        }
+    });
+}
