@@ -248,11 +248,15 @@ pub fn request(socket: &Path, command: &Command) -> Result<Outcome, ClientError>
     })
     .map_err(|e| ClientError::Failed(e.to_string()))?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(failed)?;
+    // A server that refuses us (another uid) answers and closes without reading, so the
+    // write may fail with a broken pipe while the answer is already waiting: read it.
+    let written = stream.write_all(&line);
     let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .map_err(failed)?;
+    let read = BufReader::new(stream).read_line(&mut answer);
+    if answer.is_empty() {
+        written.map_err(failed)?;
+        read.map_err(failed)?;
+    }
     if answer.is_empty() {
         return Err(ClientError::Failed(format!(
             "admin socket {}: the server closed the connection without answering",
