@@ -4,21 +4,22 @@
 //!
 //! Users and live tokens are mirrored in memory so checking a bearer token costs one
 //! SHA-256 and two hash-map lookups; the store stays the source of truth and every
-//! change goes to both. Argon2 runs on the blocking pool behind a semaphore, so a burst
-//! of logins queues there instead of stalling the async workers.
+//! change goes to both. Argon2 runs on a small pool of dedicated threads
+//! (`hashing.rs`), so a burst of logins queues there instead of stalling the async
+//! workers or growing memory.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::Argon2;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 
 use crate::config::AuthConfig;
 use crate::error::ApiError;
+use crate::hashing::Verifier;
 use crate::store::lock;
 use crate::store::users::{TokenRecord, UserRecord};
 use crate::store::Store;
@@ -53,7 +54,9 @@ pub fn hash_key(key: &str) -> Result<String, ApiError> {
         .map_err(|e| ApiError::Internal(format!("argon2 hash: {e}")))
 }
 
+#[cfg(test)]
 fn verify_key(phc: &str, key: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
     PasswordHash::new(phc)
         .map(|h| {
             Argon2::default()
@@ -87,11 +90,15 @@ pub struct Auth {
     users: RwLock<HashMap<String, Arc<UserRecord>>>,
     tokens: RwLock<HashMap<[u8; 32], TokenRecord>>,
     failures: std::sync::Mutex<FailedLogins>,
-    hashing: Semaphore,
-    /// Verified against when the user is unknown or disabled, so those answers take as
-    /// long as a wrong key.
-    dummy_hash: String,
+    /// Argon2 verifications run here, `hash_concurrency` at a time.
+    verifier: Verifier,
 }
+
+/// Verified against when the user is unknown or disabled, so those answers take as long
+/// as a wrong key. Same parameters as `Argon2::default()` (m=19456 KiB, t=2, p=1); the
+/// key it hashes is public and matches no API key (those start with `fgk_`).
+const DUMMY_PHC: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$YChB3+H4xQp+i38yqiDVXQ$ltHof3VkrTTvupZCRsY502+A+IWNFjCUI+QKj8nyT6Y";
 
 impl Auth {
     /// Loads users and live tokens from the store.
@@ -124,8 +131,7 @@ impl Auth {
             failures: std::sync::Mutex::new(FailedLogins {
                 by_key: HashMap::new(),
             }),
-            hashing: Semaphore::new(config.hash_concurrency),
-            dummy_hash: hash_key("fleetgroups-dummy-key")?,
+            verifier: Verifier::start(config.hash_concurrency)?,
         })
     }
 
@@ -240,18 +246,8 @@ impl Auth {
         let usable = user
             .as_ref()
             .filter(|u| !u.disabled && api_key.len() <= 512);
-        let phc = usable.map_or_else(|| self.dummy_hash.clone(), |u| u.key_hash.clone());
-        let key = api_key.to_string();
-        let ok = {
-            let _permit = self
-                .hashing
-                .acquire()
-                .await
-                .map_err(|_| ApiError::Unavailable("hashing pool closed".into()))?;
-            tokio::task::spawn_blocking(move || verify_key(&phc, &key))
-                .await
-                .map_err(|e| ApiError::Internal(format!("argon2 task: {e}")))?
-        };
+        let phc = usable.map_or_else(|| DUMMY_PHC.to_string(), |u| u.key_hash.clone());
+        let ok = self.verifier.verify(phc, api_key.to_string()).await?;
         let user = match (ok, usable) {
             (true, Some(u)) => Arc::clone(u),
             _ => {
@@ -459,5 +455,12 @@ mod tests {
         assert!(verify_key(&phc, &key));
         assert!(!verify_key(&phc, "fgk_wrong"));
         assert!(!verify_key("not a phc", &key));
+        // The dummy hash must cost what a real one costs.
+        use argon2::password_hash::PasswordHash;
+        let dummy = PasswordHash::new(DUMMY_PHC).unwrap();
+        let real = PasswordHash::new(&phc).unwrap();
+        assert_eq!(dummy.params, real.params);
+        assert_eq!(dummy.algorithm, real.algorithm);
+        assert!(verify_key(DUMMY_PHC, "fleetgroups-dummy-key"));
     }
 }

@@ -10,6 +10,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod hashing;
 pub mod http;
 pub mod log;
 pub mod metrics;
