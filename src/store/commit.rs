@@ -68,8 +68,23 @@ struct Requested {
 /// Hands out tickets and tells when they are durable.
 pub struct GroupCommit {
     shared: Arc<Shared>,
+    /// Counters for `/metrics`: how often and how long the flusher works.
+    pub stats: Arc<FlushStats>,
     progress: watch::Receiver<Progress>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Flusher counters (monotonic), exported as Prometheus counters.
+#[derive(Debug, Default)]
+pub struct FlushStats {
+    /// Completed flushes.
+    pub flushes: std::sync::atomic::AtomicU64,
+    /// Tickets (acknowledged writes and other waits) those flushes covered.
+    pub tickets: std::sync::atomic::AtomicU64,
+    /// Microseconds spent in sled's `flush()` (log write + `sync_file_range`).
+    pub sled_micros: std::sync::atomic::AtomicU64,
+    /// Microseconds spent in `fdatasync` of the log and blob files.
+    pub sync_micros: std::sync::atomic::AtomicU64,
 }
 
 /// What the flusher needs to make sled's files durable.
@@ -88,6 +103,7 @@ impl SyncTarget {
         log: &File,
         synced_blobs: &mut HashSet<PathBuf>,
         succeeded: u64,
+        stats: &FlushStats,
     ) -> std::io::Result<()> {
         if self.fail_after.is_some_and(|n| succeeded >= n) {
             // Like a disk that refuses writes: nothing reaches the files.
@@ -95,10 +111,13 @@ impl SyncTarget {
                 "injected fault (FLEETGROUPS_FAULT_FAIL_FLUSH_AFTER)",
             ));
         }
+        let started = std::time::Instant::now();
         self.db
             .flush()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let flushed = std::time::Instant::now();
         log.sync_data()?;
+        add_micros(&stats.sled_micros, flushed - started);
         let blobs = self.dir.join("blobs");
         let mut new_blob = false;
         if let Ok(entries) = std::fs::read_dir(&blobs) {
@@ -118,8 +137,16 @@ impl SyncTarget {
         if new_blob {
             File::open(&blobs)?.sync_all()?;
         }
+        add_micros(&stats.sync_micros, flushed.elapsed());
         Ok(())
     }
+}
+
+fn add_micros(counter: &std::sync::atomic::AtomicU64, d: std::time::Duration) {
+    counter.fetch_add(
+        u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
 }
 
 impl GroupCommit {
@@ -136,11 +163,14 @@ impl GroupCommit {
         });
         let (tx, rx) = watch::channel(Progress::default());
         let thread_shared = Arc::clone(&shared);
+        let stats = Arc::new(FlushStats::default());
+        let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("fg-flusher".into())
-            .spawn(move || flusher(thread_shared, tx, target, log, rollback))?;
+            .spawn(move || flusher(thread_shared, tx, target, log, rollback, &thread_stats))?;
         Ok(GroupCommit {
             shared,
+            stats,
             progress: rx,
             thread: Mutex::new(Some(thread)),
         })
@@ -223,6 +253,7 @@ fn flusher(
     target: SyncTarget,
     log: File,
     mut rollback: RollbackHook,
+    stats: &FlushStats,
 ) {
     let mut synced_blobs = HashSet::new();
     let mut progress = Progress::default();
@@ -245,9 +276,13 @@ fn flusher(
             (req.last, req.stop)
         };
         if upto > progress.done && !progress.broken {
-            match target.sync(&log, &mut synced_blobs, succeeded) {
+            match target.sync(&log, &mut synced_blobs, succeeded, stats) {
                 Ok(()) => {
                     succeeded += 1;
+                    stats.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    stats
+                        .tickets
+                        .fetch_add(upto - progress.done, std::sync::atomic::Ordering::Relaxed);
                     progress.done = upto;
                 }
                 Err(e) => {

@@ -399,6 +399,11 @@ impl Store {
         Ok(())
     }
 
+    /// Group-commit counters (metrics).
+    pub fn flush_stats(&self) -> &commit::FlushStats {
+        &self.commit.stats
+    }
+
     /// Total bytes sled reports on disk (metrics).
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
