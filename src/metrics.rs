@@ -96,6 +96,37 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
         }
+        let f = app.store.flush_stats();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let secs = |a: &AtomicU64| (load(a) as f64 / 1e6).to_string();
+        let counters = [
+            (
+                "fleetgroups_store_flushes_total",
+                "Group-commit flushes (sled flush + fdatasync).",
+                load(&f.flushes).to_string(),
+            ),
+            (
+                "fleetgroups_store_flush_waits_total",
+                "Durable-write waits those flushes released.",
+                load(&f.tickets).to_string(),
+            ),
+            (
+                "fleetgroups_store_flush_sled_seconds_total",
+                "Time in sled's flush (log write, sync_file_range).",
+                secs(&f.sled_micros),
+            ),
+            (
+                "fleetgroups_store_flush_fsync_seconds_total",
+                "Time in fdatasync of the store files.",
+                secs(&f.sync_micros),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
         out
     }
 }

@@ -279,7 +279,9 @@ fn flusher(
             match target.sync(&log, &mut synced_blobs, succeeded, stats) {
                 Ok(()) => {
                     succeeded += 1;
-                    stats.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    stats
+                        .flushes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     stats
                         .tickets
                         .fetch_add(upto - progress.done, std::sync::atomic::Ordering::Relaxed);
