@@ -151,12 +151,17 @@ impl Store {
         out: &mut dyn FnMut(&Record) -> std::io::Result<()>,
     ) -> Result<Counts, String> {
         let w = self.lock_writer();
+        self.long_hold
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         // After a failed flush everything not durable has been rolled back already
         // (under this mutex), and no flush will succeed again: what is in memory is
         // exactly what is durable, and there is nothing to wait for.
         let broken = self.commit.broken();
-        let counts = self.export_locked(w.next_group, w.next_change, out)?;
+        let counts = self.export_locked(w.next_group, w.next_change, out);
+        self.long_hold
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         drop(w);
+        let counts = counts?;
         if !broken {
             // Everything exported was applied before this flush was asked for, so
             // once it succeeds the whole snapshot is durable.
