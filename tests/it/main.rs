@@ -18,6 +18,7 @@ mod groups;
 mod logs;
 mod notify;
 mod ops_endpoints;
+mod crash;
 mod shutdown;
 mod smoke;
 mod start;
