@@ -5,6 +5,8 @@
 //! this request only), renders the envelope, records metrics and writes one log line.
 
 pub mod body;
+#[cfg(test)]
+mod body_props;
 pub mod response;
 pub mod router;
 
