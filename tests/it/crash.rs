@@ -18,6 +18,11 @@
 //! `FLEETGROUPS_CRASH_ROUNDS=200 cargo test --release --test it crash -- --nocapture`.
 //! `FLEETGROUPS_CRASH_DURABILITY=relaxed` runs the server without the fsync before the
 //! answer: a control run that shows the harness does catch lost writes (it fails).
+//!
+//! `FLEETGROUPS_CRASH_POWERCUT=1` turns each SIGKILL into a simulated power cut: the
+//! server runs under the LD_PRELOAD shim `tests/powercut/powercut.c` (built with `cc`),
+//! which keeps an undo log of every file write, and after the kill every write since
+//! its file's last fsync/fdatasync is undone before the restart (see the shim).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -359,6 +364,11 @@ fn acknowledged_writes_survive_sigkill() {
     if let Ok(d) = std::env::var("FLEETGROUPS_CRASH_DURABILITY") {
         options = options.env("FLEETGROUPS_STORAGE_DURABILITY", &d);
     }
+    let powercut = PowerCut::from_env();
+    if let Some(p) = &powercut {
+        options = p.options(options);
+    }
+    let mut reverted = 0;
     let mut server = TestServer::with(options);
     let mut token = server.admin_token();
     let mut model = Model {
@@ -403,6 +413,9 @@ fn acknowledged_writes_survive_sigkill() {
                 .collect()
         });
         server.kill9();
+        if let Some(p) = &powercut {
+            reverted += p.cut();
+        }
         let mut pendings = Vec::new();
         for (t, (pending, acked, new_ids)) in results.into_iter().enumerate() {
             tally.acknowledged += acked;
@@ -433,6 +446,9 @@ fn acknowledged_writes_survive_sigkill() {
     }
     let elapsed = started.elapsed();
     delays.sort();
+    if powercut.is_some() {
+        println!("power cut: {reverted} unsynced writes undone over {rounds} cuts");
+    }
     println!(
         "crash: {rounds} rounds (seed {seed:#x}), {} acknowledged writes, {} in flight at the kill ({} applied wholly, {} absent wholly), {} group states and {} index entries checked, {} lost, kill delays {:?}..{:?} (median {:?}), {:.1} s",
         tally.acknowledged,
@@ -754,5 +770,120 @@ fn check_devices(client: &Client, model: &Model, tally: &mut Tally, round: u64) 
         let filtered = ids(client.must("GET", &format!("/api/groups?device={d}"), None));
         assert_eq!(&filtered, want, "round {round}: /api/groups?device={d}");
         tally.index_checks += 2;
+    }
+}
+
+/// The power-cut simulation: the shim, built for this run, and its undo log.
+struct PowerCut {
+    dir: tempfile::TempDir,
+}
+
+impl PowerCut {
+    fn from_env() -> Option<PowerCut> {
+        std::env::var("FLEETGROUPS_CRASH_POWERCUT").ok()?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/powercut/powercut.c");
+        let status = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(dir.path().join("powercut.so"))
+            .arg(src)
+            .arg("-ldl")
+            .status()
+            .expect("run cc");
+        assert!(status.success(), "building the power-cut shim failed");
+        Some(PowerCut { dir })
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("undo.log")
+    }
+
+    /// The server (and the CLI) run under the shim, tracking every file they write
+    /// below the temporary directory (the data directory is in there).
+    fn options(&self, options: Options) -> Options {
+        let shim = self.dir.path().join("powercut.so");
+        let tracked = std::fs::canonicalize(std::env::temp_dir()).expect("temp dir");
+        options
+            .env("LD_PRELOAD", &shim.to_string_lossy())
+            .env("POWERCUT_DIR", &tracked.to_string_lossy())
+            .env("POWERCUT_LOG", &self.log().to_string_lossy())
+    }
+
+    /// After the SIGKILL: undoes, newest first, every write of each file made after
+    /// that file's last successful fsync/fdatasync. Returns the writes undone.
+    fn cut(&self) -> usize {
+        use std::os::unix::fs::FileExt;
+        let bytes = std::fs::read(self.log()).unwrap_or_default();
+        struct Rec {
+            kind: u8,
+            path: String,
+            at: u64,
+            size: u64,
+            old: std::ops::Range<usize>,
+        }
+        let mut recs = Vec::new();
+        let mut i = 0;
+        let take = |i: &mut usize, n: usize| -> std::ops::Range<usize> {
+            let r = *i..*i + n;
+            *i += n;
+            r
+        };
+        let u64_at =
+            |r: std::ops::Range<usize>| u64::from_ne_bytes(bytes[r].try_into().expect("8 bytes"));
+        // The shim logs a record before doing the write, so a record torn by the kill
+        // belongs to a write that never ran: parsing stops there.
+        while i < bytes.len() {
+            let kind = bytes[i];
+            i += 1;
+            if i + 4 > bytes.len() {
+                break;
+            }
+            let plen = u32::from_ne_bytes(bytes[take(&mut i, 4)].try_into().expect("4")) as usize;
+            if i + plen > bytes.len() {
+                break;
+            }
+            let path = String::from_utf8_lossy(&bytes[take(&mut i, plen)]).into_owned();
+            let (mut at, mut size, mut old) = (0, 0, 0..0);
+            if kind != b'S' {
+                if i + 24 > bytes.len() {
+                    break;
+                }
+                at = u64_at(take(&mut i, 8));
+                size = u64_at(take(&mut i, 8));
+                let saved = u64_at(take(&mut i, 8)) as usize;
+                if i + saved > bytes.len() {
+                    break;
+                }
+                old = take(&mut i, saved);
+            }
+            recs.push(Rec {
+                kind,
+                path,
+                at,
+                size,
+                old,
+            });
+        }
+        let mut last_sync: HashMap<&str, usize> = HashMap::new();
+        for (n, r) in recs.iter().enumerate() {
+            if r.kind == b'S' {
+                last_sync.insert(&r.path, n);
+            }
+        }
+        let mut undone = 0;
+        for (n, r) in recs.iter().enumerate().rev() {
+            if r.kind == b'S' || last_sync.get(r.path.as_str()).is_some_and(|s| n < *s) {
+                continue;
+            }
+            let Ok(f) = std::fs::OpenOptions::new().write(true).open(&r.path) else {
+                continue;
+            };
+            f.write_all_at(&bytes[r.old.clone()], r.at)
+                .expect("undo write");
+            f.set_len(r.size).expect("undo length");
+            undone += 1;
+        }
+        std::fs::remove_file(self.log()).ok();
+        undone
     }
 }
