@@ -156,7 +156,9 @@ pub async fn serve(
             Ok(p) => p,
             Err(_) => {
                 if conns.evict_idle() {
-                    tracing::debug!("connection limit reached; closing the longest-idle connection");
+                    tracing::debug!(
+                        "connection limit reached; closing the longest-idle connection"
+                    );
                 }
                 tokio::select! {
                     p = Arc::clone(&permits).acquire_owned() => match p {
@@ -168,18 +170,18 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let handle = Arc::new(conns.register());
+        let handle = Arc::new(conns.register(permit));
         let builder = builder.clone();
         let app = Arc::clone(&app);
         let tls = tls.clone();
         let stop = stop_rx.clone();
         tokio::spawn(async move {
-            // The permit and the registration live as long as the connection.
-            let _permit = permit;
+            // The registration (with the permit) lives as long as the connection.
             match tls {
                 None => serve_connection(&builder, &handle, stop, stream, app, peer).await,
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                    let handshake =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
                     tokio::select! {
                         done = handshake => match done {
                             Ok(Ok(stream)) => {

@@ -26,7 +26,7 @@ use hyper::body::{Body, Incoming};
 use hyper::rt::{Read, Write};
 use hyper::server::conn::http1;
 use hyper::service::HttpService;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 
 use crate::store::lock;
 
@@ -48,13 +48,19 @@ pub struct ConnState {
     last_active: AtomicU64,
     /// Asks the connection to close (eviction).
     evict: Notify,
+    /// Already asked; not picked again.
+    evicting: std::sync::atomic::AtomicBool,
 }
 
-/// A registered connection; leaves the table when dropped.
+/// A registered connection; leaves the table when dropped, and only then gives its
+/// connection permit back. (In the other order, the accept loop could take the freed
+/// permit, find the same connection still in the table, pick it as the next victim and
+/// wait for a permit that never comes.)
 pub struct ConnHandle {
     conns: Arc<Conns>,
     id: u64,
     pub state: Arc<ConnState>,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Marks a request in progress until dropped (also when hyper drops the handler
@@ -77,8 +83,8 @@ impl Conns {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Registers a newly accepted connection.
-    pub fn register(self: &Arc<Self>) -> ConnHandle {
+    /// Registers a newly accepted connection holding `permit`.
+    pub fn register(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> ConnHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(ConnState::default());
         state.last_active.store(self.now(), Ordering::Relaxed);
@@ -87,6 +93,7 @@ impl Conns {
             conns: Arc::clone(self),
             id,
             state,
+            _permit: permit,
         }
     }
 
@@ -106,10 +113,11 @@ impl Conns {
         let table = lock(&self.table);
         let victim = table
             .values()
-            .filter(|c| c.busy.load(Ordering::Relaxed) == 0)
+            .filter(|c| c.busy.load(Ordering::Relaxed) == 0 && !c.evicting.load(Ordering::Relaxed))
             .min_by_key(|c| c.last_active.load(Ordering::Relaxed));
         match victim {
             Some(c) => {
+                c.evicting.store(true, Ordering::Relaxed);
                 c.evict.notify_one();
                 true
             }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{try_read_response, Options, Resp, TestServer};
+use crate::support::{begin_slow_request, try_read_response, Options, Resp, TestServer};
 
 fn connect(server: &TestServer) -> TcpStream {
     let s = TcpStream::connect(server.addr).expect("connect");
@@ -127,19 +127,9 @@ fn idle_connections_at_the_limit_do_not_lock_out_new_clients() {
         TestServer::with(Options::default().env("FLEETGROUPS_LIMITS_MAX_CONNECTIONS", "50"));
     let token = server.admin_token();
     // A request that is inside its handler (head sent, body still coming) must never
-    // be cut to make room.
-    let mut inflight = connect(&server);
-    inflight
-        .write_all(
-            format!("POST /api/groups HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{{\"name\":")
-                .as_bytes(),
-        )
-        .expect("write");
-    // Its head went out before any other connection was opened, and the limit is only
-    // reached 50 connections later, so its handler is running (and the connection
-    // busy) by then; this round trip orders it before the flood.
-    let (r, _) = timed_get(&server, "/healthz", &token);
-    assert_eq!(r.expect("healthz").status, 200);
+    // be cut to make room. `100 Continue` comes back once its handler reads the body.
+    let body = br#"{"name": "Kept"}"#;
+    let mut inflight = begin_slow_request(&server, "POST", "/api/groups", &token, body.len());
 
     // 200 idle connections (no bytes), 50 slow heads and 20 keep-alive connections
     // that served one request and now sit idle: far past the limit of 50.
@@ -172,8 +162,11 @@ fn idle_connections_at_the_limit_do_not_lock_out_new_clients() {
         worst < Duration::from_secs(3),
         "a new client waited {worst:?}"
     );
+    println!(
+        "270 idle/slow/keep-alive connections at a limit of 50: worst new-client latency {worst:?}"
+    );
     // The request in progress was not cut: finishing its body completes it.
-    inflight.write_all(b" \"Kept\"}").expect("finish body");
+    inflight.write_all(body).expect("finish body");
     let r = try_read_response(&mut inflight).expect("answer to the in-flight request");
     assert_eq!(r.status, 201, "{}", r.text());
     drop(idle);

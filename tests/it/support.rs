@@ -397,8 +397,7 @@ pub fn cli_in(data_dir: &Path, args: &[&str], env: &[(String, String)]) -> CliOu
     let mut cmd = Command::new(BIN);
     cmd.arg("--data-dir").arg(data_dir).args(args);
     clear_fleetgroups_env(&mut cmd);
-    cmd
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(data_dir.parent().unwrap_or(data_dir));
     run_with_deadline(cmd, Duration::from_secs(60))
 }
