@@ -11,7 +11,10 @@
 //! - the name index agrees with the groups (a taken name 409s, a released one is free),
 //!   so does the device index (`/api/devices/{d}/groups` and `?device=`), and so does
 //!   the change feed (its latest entry per ID is the group's current state);
-//! - the store reopens every time, and the rotated key revoked the old token.
+//! - the store reopens every time, and the rotated key revoked the old token;
+//! - a second user's key, rotated through the admin socket (`user rotate-key` while the
+//!   server runs) throughout the round, is the last acknowledged one after the restart
+//!   (or, if a rotation was cut off by the kill, possibly the one after it).
 //!
 //! `FLEETGROUPS_CRASH_ROUNDS` (default 3) sets the number of rounds and
 //! `FLEETGROUPS_CRASH_SEED` the seed; run many rounds with
@@ -113,6 +116,7 @@ struct Tally {
     in_flight: usize,
     in_flight_applied: usize,
     groups_checked: usize,
+    rotations: usize,
     index_checks: usize,
     lost: usize,
 }
@@ -364,6 +368,9 @@ fn acknowledged_writes_survive_sigkill() {
     if let Ok(d) = std::env::var("FLEETGROUPS_CRASH_DURABILITY") {
         options = options.env("FLEETGROUPS_STORAGE_DURABILITY", &d);
     }
+    // Each round tries the key a rotation replaced; the failed-login limit would
+    // start answering those (and, per address, everything) with 429.
+    options = options.env("FLEETGROUPS_AUTH_MAX_FAILED_LOGINS", "1000000");
     let powercut = PowerCut::from_env();
     if let Some(p) = &powercut {
         options = p.options(options);
@@ -371,6 +378,8 @@ fn acknowledged_writes_survive_sigkill() {
     let mut reverted = 0;
     let mut server = TestServer::with(options);
     let mut token = server.admin_token();
+    // User `rot` gets its key rotated through the admin socket during every round.
+    let mut rot_key = server.cli(&["user", "add", "rot"]).key();
     let mut model = Model {
         slots: vec![vec![Slot::default(); SLOTS]; THREADS],
         created: BTreeSet::new(),
@@ -392,26 +401,32 @@ fn acknowledged_writes_survive_sigkill() {
         let mut thread_rngs: Vec<StdRng> = (0..THREADS)
             .map(|t| StdRng::seed_from_u64(rng.gen::<u64>() ^ t as u64))
             .collect();
-        let results: Vec<(Option<Pending>, usize, Vec<u64>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = model
-                .slots
-                .iter_mut()
-                .zip(thread_rngs.iter_mut())
-                .enumerate()
-                .map(|(t, (slots, trng))| {
-                    let (client, killed) = (&client, &killed);
-                    scope.spawn(move || writer(t, client, slots, trng, min_new_id, killed))
-                })
-                .collect();
-            // The kill moment is the experiment's variable, drawn from the seeded RNG.
-            std::thread::sleep(delay);
-            killed.store(true, Ordering::SeqCst);
-            server.signal("KILL");
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("writer thread"))
-                .collect()
-        });
+        let (results, rotations): (Vec<(Option<Pending>, usize, Vec<u64>)>, _) =
+            std::thread::scope(|scope| {
+                let rotator = {
+                    let (server, killed) = (&server, &killed);
+                    scope.spawn(move || rotate_during(server, killed))
+                };
+                let handles: Vec<_> = model
+                    .slots
+                    .iter_mut()
+                    .zip(thread_rngs.iter_mut())
+                    .enumerate()
+                    .map(|(t, (slots, trng))| {
+                        let (client, killed) = (&client, &killed);
+                        scope.spawn(move || writer(t, client, slots, trng, min_new_id, killed))
+                    })
+                    .collect();
+                // The kill moment is the experiment's variable, drawn from the seeded RNG.
+                std::thread::sleep(delay);
+                killed.store(true, Ordering::SeqCst);
+                server.signal("KILL");
+                let results = handles
+                    .into_iter()
+                    .map(|h| h.join().expect("writer thread"))
+                    .collect();
+                (results, rotator.join().expect("rotation thread"))
+            });
         server.kill9();
         if let Some(p) = &powercut {
             reverted += p.cut();
@@ -436,6 +451,7 @@ fn acknowledged_writes_survive_sigkill() {
         let old = server.req("GET", "/api/groups").bearer(&token).send();
         old.expect_error(401, "unauthorized");
         token = server.login("admin", &key);
+        rot_key = check_rotations(&server, rot_key, rotations, &mut tally, round);
         let client = Client {
             addr: server.addr,
             token: token.clone(),
@@ -450,8 +466,9 @@ fn acknowledged_writes_survive_sigkill() {
         println!("power cut: {reverted} unsynced writes undone over {rounds} cuts");
     }
     println!(
-        "crash: {rounds} rounds (seed {seed:#x}), {} acknowledged writes, {} in flight at the kill ({} applied wholly, {} absent wholly), {} group states and {} index entries checked, {} lost, kill delays {:?}..{:?} (median {:?}), {:.1} s",
+        "crash: {rounds} rounds (seed {seed:#x}), {} acknowledged writes and {} key rotations through the admin socket, {} in flight at the kill ({} applied wholly, {} absent wholly), {} group states and {} index entries checked, {} lost, kill delays {:?}..{:?} (median {:?}), {:.1} s",
         tally.acknowledged,
+        tally.rotations,
         tally.in_flight,
         tally.in_flight_applied,
         tally.in_flight - tally.in_flight_applied,
@@ -464,6 +481,67 @@ fn acknowledged_writes_survive_sigkill() {
         elapsed.as_secs_f64()
     );
     assert_eq!(tally.lost, 0);
+}
+
+/// Rotates user `rot`'s key with the CLI (through the admin socket) until the kill.
+/// Returns the keys acknowledged (exit 0, key printed), in order, and whether a rotation
+/// was cut off by the kill (it may or may not have happened).
+fn rotate_during(server: &TestServer, killed: &AtomicBool) -> (Vec<String>, bool) {
+    let mut keys = Vec::new();
+    while !killed.load(Ordering::SeqCst) {
+        let out = server.cli(&["user", "rotate-key", "rot"]);
+        if out.code == 0 {
+            keys.push(out.key());
+        } else {
+            assert!(
+                killed.load(Ordering::SeqCst),
+                "rotate-key failed before the kill: {}",
+                out.stderr
+            );
+            return (keys, true);
+        }
+    }
+    (keys, false)
+}
+
+/// After the restart: the last acknowledged key of `rot` works (unless a rotation was
+/// in flight, which may have replaced it), and the key before it does not. Returns the
+/// key to use from now on.
+fn check_rotations(
+    server: &TestServer,
+    mut key: String,
+    (keys, in_flight): (Vec<String>, bool),
+    tally: &mut Tally,
+    round: u64,
+) -> String {
+    tally.rotations += keys.len();
+    let mut previous = None;
+    if let Some(last) = keys.last() {
+        previous = Some(std::mem::replace(&mut key, last.clone()));
+    }
+    let login = |k: &str| {
+        server
+            .req("POST", "/api/Auth/Token")
+            .json(&json!({"userName": "rot", "apiKey": k}))
+            .send()
+    };
+    if let Some(old) = previous {
+        login(&old).expect_error(401, "invalid_credentials");
+    }
+    let r = login(&key);
+    match (r.status, in_flight) {
+        (200, _) => key,
+        (401, true) => {
+            // The cut-off rotation happened; its key was never shown. Start afresh.
+            let out = server.cli(&["user", "rotate-key", "rot"]);
+            out.key()
+        }
+        _ => panic!(
+            "round {round}: the last acknowledged key of rot answers {}: {}",
+            r.status,
+            r.text()
+        ),
+    }
 }
 
 /// Checks the restarted server against the model and resolves the in-flight writes.

@@ -228,15 +228,20 @@ impl TestServer {
     /// 30 s) for it to exit; panics if it is still running then.
     pub fn second_server(&self) -> CliOutput {
         let mut cmd = Command::new(BIN);
-        cmd.current_dir(self.dir.path())
-            .args(["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"])
-            .env_remove("FLEETGROUPS_CONFIG")
-            .envs(
-                self.options
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            );
+        cmd.current_dir(self.dir.path()).args([
+            "--data-dir",
+            "data",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        clear_fleetgroups_env(&mut cmd);
+        cmd.envs(
+            self.options
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         run_with_deadline(cmd, Duration::from_secs(30))
     }
 
@@ -376,7 +381,7 @@ fn spawn(dir: &Path, options: &Options) -> Spawned {
 /// The server refuses unknown `FLEETGROUPS_*` variables, and the test process may carry
 /// its own (`FLEETGROUPS_CRASH_ROUNDS`) or an operator's: children get only what a test
 /// passes in `Options`.
-fn clear_fleetgroups_env(cmd: &mut Command) {
+pub fn clear_fleetgroups_env(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("FLEETGROUPS_") {
             cmd.env_remove(k);
@@ -546,9 +551,10 @@ pub fn without_envelope(mut v: Value) -> Value {
 /// Runs the binary with `args` in `dir` and waits at most 30 s for it to exit (a start
 /// that should fail but serves instead is killed and reported, not waited on forever).
 pub fn run_expecting_exit(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
-    let mut child = Command::new(BIN)
+    let mut cmd = Command::new(BIN);
+    clear_fleetgroups_env(&mut cmd);
+    let mut child = cmd
         .args(args)
-        .env_remove("FLEETGROUPS_CONFIG")
         .env_remove("NOTIFY_SOCKET")
         .envs(env.iter().copied())
         .current_dir(dir)
