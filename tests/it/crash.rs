@@ -167,6 +167,10 @@ fn random_devices(rng: &mut StdRng) -> Vec<String> {
     dedup((0..n).map(|_| device(rng.gen_range(0..DEVICES))))
 }
 
+/// What a writer reports: its write in flight at the kill, its acknowledged writes and
+/// the group numbers it created.
+type WriterResult = (Option<Pending>, usize, Vec<u64>);
+
 /// One writer thread for one round: random writes on its own slots until the server
 /// dies (or `MAX_OPS`). Returns the write that was in flight, if any, and the number of
 /// acknowledged writes.
@@ -177,7 +181,7 @@ fn writer(
     rng: &mut StdRng,
     min_new_id: u64,
     killed: &AtomicBool,
-) -> (Option<Pending>, usize, Vec<u64>) {
+) -> WriterResult {
     let mut acked = 0;
     let mut new_ids = Vec::new();
     for _ in 0..MAX_OPS {
@@ -401,32 +405,31 @@ fn acknowledged_writes_survive_sigkill() {
         let mut thread_rngs: Vec<StdRng> = (0..THREADS)
             .map(|t| StdRng::seed_from_u64(rng.gen::<u64>() ^ t as u64))
             .collect();
-        let (results, rotations): (Vec<(Option<Pending>, usize, Vec<u64>)>, _) =
-            std::thread::scope(|scope| {
-                let rotator = {
-                    let (server, killed) = (&server, &killed);
-                    scope.spawn(move || rotate_during(server, killed))
-                };
-                let handles: Vec<_> = model
-                    .slots
-                    .iter_mut()
-                    .zip(thread_rngs.iter_mut())
-                    .enumerate()
-                    .map(|(t, (slots, trng))| {
-                        let (client, killed) = (&client, &killed);
-                        scope.spawn(move || writer(t, client, slots, trng, min_new_id, killed))
-                    })
-                    .collect();
-                // The kill moment is the experiment's variable, drawn from the seeded RNG.
-                std::thread::sleep(delay);
-                killed.store(true, Ordering::SeqCst);
-                server.signal("KILL");
-                let results = handles
-                    .into_iter()
-                    .map(|h| h.join().expect("writer thread"))
-                    .collect();
-                (results, rotator.join().expect("rotation thread"))
-            });
+        let (results, rotations): (Vec<WriterResult>, _) = std::thread::scope(|scope| {
+            let rotator = {
+                let (server, killed) = (&server, &killed);
+                scope.spawn(move || rotate_during(server, killed))
+            };
+            let handles: Vec<_> = model
+                .slots
+                .iter_mut()
+                .zip(thread_rngs.iter_mut())
+                .enumerate()
+                .map(|(t, (slots, trng))| {
+                    let (client, killed) = (&client, &killed);
+                    scope.spawn(move || writer(t, client, slots, trng, min_new_id, killed))
+                })
+                .collect();
+            // The kill moment is the experiment's variable, drawn from the seeded RNG.
+            std::thread::sleep(delay);
+            killed.store(true, Ordering::SeqCst);
+            server.signal("KILL");
+            let results = handles
+                .into_iter()
+                .map(|h| h.join().expect("writer thread"))
+                .collect();
+            (results, rotator.join().expect("rotation thread"))
+        });
         server.kill9();
         if let Some(p) = &powercut {
             reverted += p.cut();
