@@ -18,8 +18,12 @@ fn check(doc: &GroupDoc) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, body)) = data.split_first() else { return };
-    let Ok(value) = serde_json::from_slice::<Value>(body) else { return };
+    let Some((&mode, body)) = data.split_first() else {
+        return;
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return;
+    };
     let current = GroupDoc {
         name: "Trucks".into(),
         description: Some("line\nbreak".into()),
