@@ -16,6 +16,8 @@ pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod patch;
+#[cfg(test)]
+mod proptests;
 pub mod server;
 pub mod signals;
 pub mod store;

@@ -1,17 +1,19 @@
 //! The accept loop and connection handling (hyper 1.x), and `run`, the `serve` command's
 //! start-up sequence. `serve` is a function of its inputs — a bound listener, the app
 //! state, an optional TLS acceptor and a shutdown future — so `run` passes a signal
-//! future and tests pass a oneshot. A semaphore permit is taken before `accept()`, so
-//! the connection limit is a type, not a counter; accept errors (EMFILE) are logged and
-//! retried after a pause, never fatal.
+//! future and tests pass a oneshot. Each connection holds a semaphore permit, so the
+//! connection limit is a type, not a counter; at the limit, a waiting client closes the
+//! longest-idle connection to make room (`http/conns.rs`). Accept errors (EMFILE) are
+//! logged and retried after a pause, never fatal.
 //!
 //! Connections are served by one function generic over the IO type, so plain TCP and
 //! TLS share everything after the handshake. The TLS handshake runs in the
 //! connection's own task, bounded by `header_timeout_secs`, so a slow or silent client
 //! never holds up the accept loop.
 //!
-//! Shutdown: mark the app stopping (`/readyz` → 503), stop accepting, let in-flight
-//! requests finish within the grace period, then flush counters and the store.
+//! Shutdown: mark the app stopping (`/readyz` → 503), stop accepting, close connections
+//! that have not started a request, let in-flight requests finish within the grace
+//! period (every permit back means drained), then flush counters and the store.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,14 +24,14 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
 use crate::config::Config;
+use crate::http::conns::{self, ConnHandle, Conns};
 use crate::systemd::Notifier;
 
 /// The `serve` command: checks the TLS files, opens the store, binds, tells systemd it
@@ -117,24 +119,25 @@ pub async fn serve(
 ) -> Result<(), String> {
     crate::app::spawn_upkeep(&app);
     let limits = &app.config.limits;
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Bounded so that `acquire_many` below can name every permit.
+    let max = u32::try_from(limits.max_connections)
+        .unwrap_or(u32::MAX)
+        .min(1 << 20);
+    let permits = Arc::new(Semaphore::new(max as usize));
+    let conns = Conns::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(limits.header_timeout_secs))
         .keep_alive(true)
+        // A hard cap on the request head (hyper's `max_buf_size` alone is not one: a
+        // head read in one go may exceed it); past it, hyper answers 431 and closes.
+        .max_header_size(16 * 1024)
         .max_buf_size(64 * 1024);
     let handshake_timeout = Duration::from_secs(limits.header_timeout_secs);
-    let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -146,27 +149,51 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // The permit is taken after accept so that a client waiting at the limit can be
+        // seen: it makes room by closing the longest-idle connection (http/conns.rs).
+        // When every connection is inside a request, it waits for one to finish.
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if conns.evict_idle() {
+                    tracing::debug!(
+                        "connection limit reached; closing the longest-idle connection"
+                    );
+                }
+                tokio::select! {
+                    p = Arc::clone(&permits).acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
-        // Taken now, so a shutdown that begins during a TLS handshake still waits for
-        // this connection (bounded by the handshake timeout and the grace period).
-        let watcher = graceful.watcher();
+        let handle = Arc::new(conns.register(permit));
         let builder = builder.clone();
         let app = Arc::clone(&app);
         let tls = tls.clone();
+        let stop = stop_rx.clone();
         tokio::spawn(async move {
-            // The permit lives as long as the connection.
-            let _permit = permit;
+            // The registration (with the permit) lives as long as the connection.
             match tls {
-                None => serve_connection(&builder, watcher, stream, app, peer).await,
+                None => serve_connection(&builder, &handle, stop, stream, app, peer).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            serve_connection(&builder, watcher, stream, app, peer).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    let handshake =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                    tokio::select! {
+                        done = handshake => match done {
+                            Ok(Ok(stream)) => {
+                                serve_connection(&builder, &handle, stop, stream, app, peer).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                            }
+                            Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                        },
+                        // Evicted at the connection limit before it sent anything.
+                        () = handle.state.evicted() => {}
                     }
                 }
             }
@@ -175,12 +202,17 @@ pub async fn serve(
     app.begin_stop();
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+    let _ = stop_tx.send(true);
     let grace = Duration::from_secs(app.config.shutdown_grace_secs);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    // Every connection holds a permit until it ends: all permits back means drained.
+    if tokio::time::timeout(grace, permits.acquire_many(max))
         .await
         .is_err()
     {
-        tracing::warn!("grace period over; closing remaining connections");
+        tracing::warn!(
+            open = conns.len(),
+            "grace period over; closing remaining connections"
+        );
     }
     let app2 = Arc::clone(&app);
     let closed = tokio::task::spawn_blocking(move || app2.close())
@@ -193,22 +225,30 @@ pub async fn serve(
     closed
 }
 
-/// Serves HTTP/1.1 on one connection of any transport until it closes.
+/// Serves HTTP/1.1 on one connection of any transport until it closes, is evicted at
+/// the connection limit, or the server shuts down (see `http/conns.rs`).
 async fn serve_connection<S>(
     builder: &http1::Builder,
-    watcher: Watcher,
+    handle: &Arc<ConnHandle>,
+    stop: watch::Receiver<bool>,
     stream: S,
     app: Arc<App>,
     peer: SocketAddr,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let requests = Arc::clone(handle);
     let service = service_fn(move |req| {
         let app = Arc::clone(&app);
-        async move { Ok::<_, std::convert::Infallible>(crate::http::handle(app, req, peer).await) }
+        let guard = requests.begin_request();
+        async move {
+            let response = crate::http::handle(app, req, peer).await;
+            drop(guard);
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(conn).await {
+    if let Err(e) = conns::run(conn, &handle.state, stop).await {
         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
     }
 }

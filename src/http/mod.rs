@@ -5,6 +5,9 @@
 //! this request only), renders the envelope, records metrics and writes one log line.
 
 pub mod body;
+#[cfg(test)]
+mod body_props;
+pub mod conns;
 pub mod response;
 pub mod router;
 
@@ -98,9 +101,14 @@ async fn serve(
     let op = matched.op;
     outcome.op = Some(op);
     let user = if op.needs_auth() {
-        let user = app
-            .auth
-            .authenticate(req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes))?;
+        // Two Authorization headers are ambiguous (proxies and we might pick different
+        // ones), so they are refused like a malformed one.
+        let mut auth_headers = req.headers().get_all(AUTHORIZATION).iter();
+        let header = auth_headers.next();
+        if auth_headers.next().is_some() {
+            return Err(ApiError::Unauthorized);
+        }
+        let user = app.auth.authenticate(header.map(HeaderValue::as_bytes))?;
         outcome.user = Some(user.name.clone());
         let limits = Limits {
             daily: app.config.effective_daily_limit(user.daily_limit),

@@ -7,17 +7,21 @@
 
 mod support;
 
+mod abuse;
 mod admin;
 mod auth;
 mod backup;
+mod badinput;
 mod cli;
 mod config;
+mod crash;
 mod durability;
 mod errors;
 mod groups;
 mod logs;
 mod notify;
 mod ops_endpoints;
+mod security;
 mod shutdown;
 mod smoke;
 mod start;

@@ -228,15 +228,20 @@ impl TestServer {
     /// 30 s) for it to exit; panics if it is still running then.
     pub fn second_server(&self) -> CliOutput {
         let mut cmd = Command::new(BIN);
-        cmd.current_dir(self.dir.path())
-            .args(["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"])
-            .env_remove("FLEETGROUPS_CONFIG")
-            .envs(
-                self.options
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            );
+        cmd.current_dir(self.dir.path()).args([
+            "--data-dir",
+            "data",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        clear_fleetgroups_env(&mut cmd);
+        cmd.envs(
+            self.options
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         run_with_deadline(cmd, Duration::from_secs(30))
     }
 
@@ -317,8 +322,9 @@ fn spawn(dir: &Path, options: &Options) -> Spawned {
         std::fs::write(&p, text).expect("write config");
         cmd.arg("--config").arg(&p);
     }
-    cmd.args(["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"])
-        .env_remove("FLEETGROUPS_CONFIG")
+    cmd.args(["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"]);
+    clear_fleetgroups_env(&mut cmd);
+    cmd
         // A test run under systemd must not notify the test runner's own unit.
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
@@ -372,6 +378,17 @@ fn spawn(dir: &Path, options: &Options) -> Spawned {
     (child, addr, log, closed)
 }
 
+/// The server refuses unknown `FLEETGROUPS_*` variables, and the test process may carry
+/// its own (`FLEETGROUPS_CRASH_ROUNDS`) or an operator's: children get only what a test
+/// passes in `Options`.
+pub fn clear_fleetgroups_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("FLEETGROUPS_") {
+            cmd.env_remove(k);
+        }
+    }
+}
+
 /// Output of one CLI run.
 #[derive(Debug)]
 pub struct CliOutput {
@@ -383,11 +400,9 @@ pub struct CliOutput {
 /// Runs `fleetgroups --data-dir DIR args…` (failing the test if it runs over a minute).
 pub fn cli_in(data_dir: &Path, args: &[&str], env: &[(String, String)]) -> CliOutput {
     let mut cmd = Command::new(BIN);
-    cmd.arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("FLEETGROUPS_CONFIG")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    cmd.arg("--data-dir").arg(data_dir).args(args);
+    clear_fleetgroups_env(&mut cmd);
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(data_dir.parent().unwrap_or(data_dir));
     run_with_deadline(cmd, Duration::from_secs(60))
 }
@@ -536,9 +551,10 @@ pub fn without_envelope(mut v: Value) -> Value {
 /// Runs the binary with `args` in `dir` and waits at most 30 s for it to exit (a start
 /// that should fail but serves instead is killed and reported, not waited on forever).
 pub fn run_expecting_exit(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
-    let mut child = Command::new(BIN)
+    let mut cmd = Command::new(BIN);
+    clear_fleetgroups_env(&mut cmd);
+    let mut child = cmd
         .args(args)
-        .env_remove("FLEETGROUPS_CONFIG")
         .env_remove("NOTIFY_SOCKET")
         .envs(env.iter().copied())
         .current_dir(dir)
@@ -614,6 +630,26 @@ impl Req<'_> {
     }
 
     pub fn send(self) -> Resp {
+        let bytes = self.bytes();
+        match self.from {
+            None => raw(self.server.addr, &bytes),
+            Some(ip) => {
+                let mut s = connect_from(ip, self.server.addr);
+                s.write_all(&bytes).expect("write");
+                read_response(&mut s)
+            }
+        }
+    }
+
+    /// Like `send`, but a refused or broken connection is an `Err` instead of a panic
+    /// (crash tests send while the server may be killed).
+    pub fn try_send(self) -> std::io::Result<Resp> {
+        let bytes = self.bytes();
+        try_raw(self.server.addr, &bytes)
+    }
+
+    /// The request as bytes on the wire.
+    pub fn bytes(&self) -> Vec<u8> {
         let mut req = format!(
             "{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
             self.method, self.path, self.server.addr
@@ -629,14 +665,7 @@ impl Req<'_> {
         if let Some(b) = &self.body {
             bytes.extend_from_slice(b);
         }
-        match self.from {
-            None => raw(self.server.addr, &bytes),
-            Some(ip) => {
-                let mut s = connect_from(ip, self.server.addr);
-                s.write_all(&bytes).expect("write");
-                read_response(&mut s)
-            }
-        }
+        bytes
     }
 }
 
@@ -752,11 +781,15 @@ pub fn begin_slow_request(
 
 /// Sends raw bytes and parses the response (reads to EOF; the request says close).
 pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    s.write_all(bytes).expect("write");
-    read_response(&mut s)
+    try_raw(addr, bytes).expect("request")
+}
+
+/// `raw` that returns connection errors instead of panicking.
+pub fn try_raw(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(bytes)?;
+    try_read_response(&mut s)
 }
 
 /// A blocking TCP connection from a chosen local address (std cannot bind before
@@ -786,18 +819,29 @@ pub fn connect_from(ip: std::net::IpAddr, to: SocketAddr) -> TcpStream {
 
 /// Reads one response from a stream (TCP or TLS).
 pub fn read_response<S: Read>(s: &mut S) -> Resp {
+    try_read_response(s).expect("response")
+}
+
+/// Reads one response from a stream; a connection that ends before a whole response
+/// arrived is an `Err`.
+pub fn try_read_response<S: Read>(s: &mut S) -> std::io::Result<Resp> {
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let mut reader = BufReader::new(s);
     let mut line = String::new();
-    reader.read_line(&mut line).expect("status line");
+    if reader.read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     let status: u16 = line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+        .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
     let mut headers = Vec::new();
     loop {
         let mut h = String::new();
-        reader.read_line(&mut h).expect("header");
+        if reader.read_line(&mut h)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         let h = h.trim_end();
         if h.is_empty() {
             break;
@@ -814,18 +858,18 @@ pub fn read_response<S: Read>(s: &mut S) -> Resp {
     match len {
         Some(n) => {
             body.resize(n, 0);
-            reader.read_exact(&mut body).expect("body");
+            reader.read_exact(&mut body)?;
         }
         None if status == 304 || status == 204 => {}
         None => {
             let _ = reader.read_to_end(&mut body);
         }
     }
-    Resp {
+    Ok(Resp {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// Whether `s` is an API timestamp: `^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$`.
