@@ -118,8 +118,9 @@ impl App {
         let days = i64::try_from(self.config.retention.changes_days).unwrap_or(36_500);
         let cutoff = now - days * 86_400_000;
         match self.store.purge(cutoff, now) {
-            Ok(n) if n > 0 => tracing::info!(
-                removed = n,
+            Ok(p) if p.changes + p.idempotency > 0 => tracing::info!(
+                changes = p.changes,
+                idempotency_records = p.idempotency,
                 "purged old change-feed entries and idempotency records"
             ),
             Ok(_) => {}

@@ -80,6 +80,9 @@ pub struct LimitsConfig {
     pub requests_per_minute: u64,
     /// Default daily request limit for users without their own; 0 means none.
     pub daily_limit: u64,
+    /// `Idempotency-Key` records kept per user (24 h each); past it the oldest goes, so
+    /// storage stays bounded between hourly purges.
+    pub idempotency_keys_per_user: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +189,7 @@ impl Default for LimitsConfig {
             body_timeout_secs: 30,
             requests_per_minute: 0,
             daily_limit: 0,
+            idempotency_keys_per_user: 10_000,
         }
     }
 }
@@ -324,6 +328,9 @@ impl Config {
         }
         if self.limits.max_groups_per_account == 0 {
             return bad("limits.max_groups_per_account", "must be at least 1");
+        }
+        if self.limits.idempotency_keys_per_user == 0 {
+            return bad("limits.idempotency_keys_per_user", "must be at least 1");
         }
         if self.limits.max_connections == 0 {
             return bad("limits.max_connections", "must be at least 1");

@@ -9,14 +9,14 @@ use crate::http::response::{push_member, Reply};
 pub fn list(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
     let mut after = 0u64;
     let mut limit = 100usize;
-    for (k, v) in ctx.query()? {
-        match k.as_str() {
+    for (k, v) in ctx.query(&["after", "limit"])? {
+        match k {
             "after" => {
                 after = v.parse().map_err(|_| {
                     ApiError::InvalidInput("after must be a non-negative integer".into())
                 })?
             }
-            "limit" => {
+            _ => {
                 limit = v
                     .parse()
                     .ok()
@@ -25,13 +25,12 @@ pub fn list(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
                         ApiError::InvalidInput("limit must be an integer from 1 to 1000".into())
                     })?
             }
-            _ => {}
         }
     }
-    let (entries, next) = ctx.app.store.changes(&ctx.user()?.account, after, limit)?;
-    let mut list = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+    let page = ctx.app.store.changes(&ctx.user()?.account, after, limit)?;
+    let mut list = Vec::with_capacity(page.entries.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
     list.push(b'[');
-    for (i, e) in entries.iter().enumerate() {
+    for (i, e) in page.entries.iter().enumerate() {
         if i > 0 {
             list.push(b',');
         }
@@ -40,7 +39,9 @@ pub fn list(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
     list.push(b']');
     let mut m = Vec::with_capacity(list.len() + 32);
     push_member(&mut m, "changes", &list);
-    let next = next.map_or_else(|| "null".to_string(), |n| n.to_string());
+    let next = page
+        .next
+        .map_or_else(|| "null".to_string(), |n| n.to_string());
     push_member(&mut m, "next", next.as_bytes());
     Ok(Reply::ok(m))
 }

@@ -9,9 +9,10 @@ use super::Ctx;
 use crate::error::ApiError;
 use crate::http::body::BodyKind;
 use crate::http::response::{push_member, push_object_members, Reply};
-use crate::model::{check_device_id, validate_doc, GroupId, Rules};
+use crate::model::{check_device_id, validate_doc, GroupId, Rules, MAX_NAME_CHARS};
 use crate::patch::{apply_json_patch, apply_merge_patch, parse_json_patch};
-use crate::store::groups::{Actor, GroupView, IdempotencyRequest, ListQuery};
+use crate::store::groups::{Actor, GroupView, ListQuery};
+use crate::store::idempotency::IdempotencyRequest;
 
 /// Idempotency keys are remembered this long (api.md §5).
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
@@ -63,27 +64,47 @@ pub fn groups_member(groups: &[GroupView]) -> Vec<u8> {
     m
 }
 
-/// Parses an `If-Match` value: `None` for `*` (any current revision), else the list of
-/// revisions it names. Weak tags never match (RFC 9110 strong comparison).
+/// The `If-Match` condition of a write: `None` when there is none or it is `*` (any
+/// current revision: the group only has to exist, which the write checks anyway), else
+/// the revisions it names. Strong comparison (RFC 9110 §13.1.1): a weak tag `W/"3"`
+/// never matches, and a tag matches only when it is exactly `"<revision>"` as the
+/// server sent it (`"03"` is not `"3"`). A value that names no revision at all (empty,
+/// garbage) can never match, so it gives 412 like a stale tag.
 fn if_match(ctx: &Ctx<'_>) -> Option<Vec<u64>> {
-    let raw = ctx.info.if_match.as_deref()?;
+    parse_if_match(ctx.info.if_match.as_deref()?)
+}
+
+fn parse_if_match(raw: &str) -> Option<Vec<u64>> {
     if raw.trim() == "*" {
         return None;
     }
     Some(
         raw.split(',')
-            .filter_map(|t| {
-                let t = t.trim();
-                t.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
-            })
+            .filter_map(|t| strong_tag(t.trim()))
             .collect(),
     )
 }
 
+/// The revision a strong entity tag names, if it is one the server could have sent.
+fn strong_tag(t: &str) -> Option<u64> {
+    let inner = t.strip_prefix('"')?.strip_suffix('"')?;
+    let n: u64 = inner.parse().ok()?;
+    (n.to_string() == inner).then_some(n)
+}
+
+/// Whether an `If-None-Match` value matches the current revision: weak comparison
+/// (RFC 9110 §13.1.2), so `W/"3"` matches revision 3, and `*` matches any group.
+fn if_none_match_hits(raw: &str, revision: u64) -> bool {
+    raw.split(',').any(|t| {
+        let t = t.trim();
+        t == "*" || strong_tag(t.strip_prefix("W/").unwrap_or(t)) == Some(revision)
+    })
+}
+
 pub fn list(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
     let mut q = ListQuery::default();
-    for (k, v) in ctx.query()? {
-        match k.as_str() {
+    for (k, v) in ctx.query(&["limit", "after", "device", "name"])? {
+        match k {
             "limit" => {
                 q.limit = Some(
                     v.parse()
@@ -108,19 +129,20 @@ pub fn list(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
                     .map_err(|why| ApiError::InvalidInput(format!("device {why}")))?;
                 q.device = Some(v);
             }
-            "name" => {
-                if v.is_empty() || v.chars().count() > 128 {
-                    return Err(ApiError::InvalidInput(
-                        "name must be 1 to 128 characters".into(),
-                    ));
+            _ => {
+                if v.is_empty() || v.chars().count() > MAX_NAME_CHARS {
+                    return Err(ApiError::InvalidInput(format!(
+                        "name must be 1 to {MAX_NAME_CHARS} characters"
+                    )));
                 }
                 q.name = Some(v);
             }
-            _ => {}
         }
     }
     let page = ctx.app.store.list_groups(&ctx.user()?.account, &q)?;
     let mut m = groups_member(&page.groups);
+    // A client that pages (gives limit or after) gets `next`; a plain Plaspy client
+    // gets exactly the Plaspy answer.
     if q.limit.is_some() || q.after.is_some() {
         let next = page
             .next
@@ -141,14 +163,11 @@ pub async fn create(mut ctx: Ctx<'_>) -> Result<Reply, ApiError> {
                     "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
                 ));
             }
-            // The fingerprint is of the parsed body, so white space and key order do
-            // not make two equal requests different.
-            let canonical =
-                serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
             Some(IdempotencyRequest {
                 key: key.clone(),
-                fingerprint: format!("{:x}", Sha256::digest(&canonical)),
+                fingerprint: fingerprint(&body),
                 ttl_ms: IDEMPOTENCY_TTL_MS,
+                max_per_user: ctx.app.config.limits.idempotency_keys_per_user,
             })
         }
         None => None,
@@ -178,14 +197,7 @@ pub fn get(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
         .get_group(&ctx.user()?.account, id)?
         .ok_or(ApiError::GroupNotFound)?;
     if let Some(inm) = ctx.info.if_none_match.as_deref() {
-        let current = v.revision().to_string();
-        let hit = inm.split(',').any(|t| {
-            let t = t.trim();
-            let t = t.strip_prefix("W/").unwrap_or(t);
-            t == "*"
-                || t.strip_prefix('"').and_then(|t| t.strip_suffix('"')) == Some(current.as_str())
-        });
-        if hit {
+        if if_none_match_hits(inm, v.revision()) {
             return Ok(Reply {
                 status: 304,
                 ..Reply::default()
@@ -322,4 +334,96 @@ pub async fn remove_device(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
         if removed { b"true" } else { b"false" },
     );
     Ok(reply)
+}
+
+/// The fingerprint of a create body: SHA-256 of its canonical JSON (object keys sorted,
+/// no white space), so a retry that differs only in formatting or key order is the same
+/// request, while any difference in a value (unknown members included) is another.
+fn fingerprint(body: &Value) -> String {
+    fn canonical(v: &Value, out: &mut Vec<u8>) {
+        match v {
+            Value::Object(map) => {
+                let mut members: Vec<(&String, &Value)> = map.iter().collect();
+                members.sort_by(|a, b| a.0.cmp(b.0));
+                out.push(b'{');
+                for (i, (k, v)) in members.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    // Serialising a string into a Vec cannot fail.
+                    let _ = serde_json::to_writer(&mut *out, k);
+                    out.push(b':');
+                    canonical(v, out);
+                }
+                out.push(b'}');
+            }
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    canonical(v, out);
+                }
+                out.push(b']');
+            }
+            scalar => {
+                let _ = serde_json::to_writer(&mut *out, scalar);
+            }
+        }
+    }
+    let mut bytes = Vec::new();
+    canonical(body, &mut bytes);
+    format!("{:x}", Sha256::digest(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn if_match_is_strong_and_exact() {
+        assert_eq!(parse_if_match("*"), None);
+        assert_eq!(parse_if_match(" * "), None);
+        assert_eq!(parse_if_match("\"3\""), Some(vec![3]));
+        assert_eq!(parse_if_match("\"1\", \"7\""), Some(vec![1, 7]));
+        assert_eq!(parse_if_match("W/\"3\""), Some(vec![]));
+        assert_eq!(parse_if_match("\"03\""), Some(vec![]));
+        assert_eq!(parse_if_match("\"+3\""), Some(vec![]));
+        assert_eq!(parse_if_match("3"), Some(vec![]));
+        assert_eq!(parse_if_match(""), Some(vec![]));
+    }
+
+    #[test]
+    fn if_none_match_is_weak() {
+        assert!(if_none_match_hits("\"3\"", 3));
+        assert!(if_none_match_hits("W/\"3\"", 3));
+        assert!(if_none_match_hits("\"1\", W/\"3\"", 3));
+        assert!(if_none_match_hits("*", 3));
+        assert!(!if_none_match_hits("\"4\"", 3));
+        assert!(!if_none_match_hits("\"03\"", 3));
+        assert!(!if_none_match_hits("", 3));
+    }
+
+    #[test]
+    fn fingerprint_ignores_formatting_only() {
+        let a = json!({"name": "x", "devices": ["a", "b"], "description": null});
+        let b: Value =
+            serde_json::from_str(r#"{ "description" : null, "devices":["a","b"], "name":"x" }"#)
+                .unwrap();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(
+            fingerprint(&a),
+            fingerprint(&json!({"name": "x", "devices": ["b", "a"], "description": null}))
+        );
+        assert_ne!(
+            fingerprint(&json!({"name": "x"})),
+            fingerprint(&json!({"name": "x", "id": 1}))
+        );
+        assert_ne!(
+            fingerprint(&json!({"a": {"b": 1, "c": 2}})),
+            fingerprint(&json!({"a": {"b": 2, "c": 1}}))
+        );
+    }
 }

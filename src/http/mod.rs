@@ -231,7 +231,10 @@ fn build(
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    // A 304 has no content, so no content type (RFC 9110 §15.4.5).
+    if status != StatusCode::NOT_MODIFIED {
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    }
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert(HeaderName::from_static("x-request-id"), v);
     }

@@ -15,9 +15,9 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::groups::{
-    change_entry_at, count_key, encode, GroupView, IdempotencyRecord, PublicGroup,
-};
+use super::changes::change_entry_at;
+use super::groups::{count_key, encode, GroupView, PublicGroup};
+use super::idempotency::{self, IdempotencyRecord};
 use super::users::{Role, UsageRecord, UserRecord};
 use super::{keys, Store, TreeId, META_NEXT_CHANGE, META_NEXT_GROUP, TREE_NAMES};
 use crate::auth::valid_name;
@@ -190,7 +190,12 @@ impl Store {
             },
             &mut counts,
         )?;
+        // Idempotency records are scoped by account and user; only those of a user's
+        // current account are exported (a removed user's records are a retry cache
+        // that has lost its owner).
+        let mut accounts: HashMap<String, String> = HashMap::new();
         for user in self.users().map_err(|e| format!("reading users: {e:?}"))? {
+            accounts.insert(user.name.clone(), user.account.clone());
             emit(
                 Record::User {
                     name: user.name,
@@ -267,12 +272,17 @@ impl Store {
         }
         for item in self.idempotency.iter() {
             let (k, v) = item.map_err(io)?;
-            let (user, key) = split_key(&k).ok_or("corrupt idempotency key")?;
+            let (account, rest) = split_key(&k).ok_or("corrupt idempotency key")?;
+            let (user, key) = split_key(rest).ok_or("corrupt idempotency key")?;
+            let (account, user) = (text(account, "idempotency")?, text(user, "idempotency")?);
+            if accounts.get(&user) != Some(&account) {
+                continue;
+            }
             let r: IdempotencyRecord = serde_json::from_slice(&v)
                 .map_err(|e| format!("corrupt idempotency record: {e}"))?;
             emit(
                 Record::Idempotency {
-                    user: text(user, "idempotency")?,
+                    user,
                     key: text(key, "idempotency")?,
                     fingerprint: r.fingerprint,
                     id: r.id,
@@ -301,10 +311,11 @@ impl Store {
             sequences: None,
             group_ids: HashSet::new(),
             names: HashSet::new(),
-            users: HashSet::new(),
+            users: HashMap::new(),
             usage: HashSet::new(),
             change_seqs: HashSet::new(),
             idempotency: HashSet::new(),
+            idempotency_counts: HashMap::new(),
             per_account: HashMap::new(),
             max_group: 0,
             max_change: 0,
@@ -322,10 +333,13 @@ pub struct Importer<'a> {
     sequences: Option<(u64, u64)>,
     group_ids: HashSet<u64>,
     names: HashSet<Vec<u8>>,
-    users: HashSet<String>,
+    /// userName → account.
+    users: HashMap<String, String>,
     usage: HashSet<String>,
     change_seqs: HashSet<u64>,
     idempotency: HashSet<Vec<u8>>,
+    /// Records per idempotency scope (account, user), for the counts in `meta`.
+    idempotency_counts: HashMap<Vec<u8>, u64>,
     per_account: HashMap<String, u64>,
     max_group: u64,
     max_change: u64,
@@ -422,7 +436,7 @@ impl Importer<'_> {
                 if !key_hash.starts_with("$argon2") {
                     return Err(format!("user {name}: keyHash is not an argon2 PHC string"));
                 }
-                if !self.users.insert(name.clone()) {
+                if self.users.insert(name.clone(), account.clone()).is_some() {
                     return Err(format!("user {name} appears twice"));
                 }
                 let user = UserRecord {
@@ -447,7 +461,7 @@ impl Importer<'_> {
                 daily,
                 last_used,
             } => {
-                if !self.users.contains(&user) {
+                if !self.users.contains_key(&user) {
                     return Err(format!(
                         "usage counters of {user:?}, who is not a user (users come first)"
                     ));
@@ -557,13 +571,30 @@ impl Importer<'_> {
                 json,
                 expires,
             } => {
-                if user.contains('\0') || key.contains('\0') || user.is_empty() {
-                    return Err("idempotency record: invalid user or key".into());
+                if user.contains('\0')
+                    || !(1..=255).contains(&key.len())
+                    || key.bytes().any(|b| !(0x21..=0x7e).contains(&b))
+                    || id == 0
+                {
+                    return Err("idempotency record: invalid user, key or group".into());
                 }
-                let k = keys::idempotency(&user, &key);
+                // Records belong to the user's account (the backup names only the user).
+                let account = self.users.get(&user).cloned().ok_or_else(|| {
+                    format!("idempotency record of {user:?}, who is not a user (users come first)")
+                })?;
+                let k = keys::idempotency(&account, &user, &key);
                 if !self.idempotency.insert(k.clone()) {
                     return Err(format!("idempotency key {key:?} of {user} appears twice"));
                 }
+                self.put(
+                    TreeId::IdempotencyOrder,
+                    keys::idempotency_order(&account, &user, id),
+                    key.as_bytes().to_vec(),
+                )?;
+                *self
+                    .idempotency_counts
+                    .entry(keys::idempotency_scope(&account, &user))
+                    .or_default() += 1;
                 let rec = IdempotencyRecord {
                     fingerprint,
                     id,
@@ -595,6 +626,13 @@ impl Importer<'_> {
                 "the next change sequence {next_change} is not above the highest entry {}",
                 self.max_change
             ));
+        }
+        for (scope, n) in std::mem::take(&mut self.idempotency_counts) {
+            self.put(
+                TreeId::Meta,
+                idempotency::count_key(&scope),
+                n.to_be_bytes().to_vec(),
+            )?;
         }
         let per_account = std::mem::take(&mut self.per_account);
         for (account, n) in per_account {

@@ -1,7 +1,7 @@
 //! Group operations on the store: reads straight from the trees, and writes that check,
 //! update the group, its name-index and device-index entries, the per-account count,
-//! the ID sequence, the change feed and the idempotency record in one sled transaction
-//! under the writer mutex.
+//! the ID sequence, the change feed (`changes.rs`) and the idempotency record
+//! (`idempotency.rs`) in one sled transaction under the writer mutex.
 //!
 //! A stored group is `revision | creation ms | lastModified ms | public JSON` (three
 //! big-endian 8-byte numbers, then the exact JSON fields the API shows), so a read
@@ -10,6 +10,8 @@
 use serde::{Deserialize, Serialize};
 use sled::IVec;
 
+use super::changes::change_entry;
+use super::idempotency::IdempotencyRequest;
 use super::{keys, Op, Store, TreeId, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
 use crate::error::ApiError;
 use crate::model::{name_key, GroupDoc, GroupId};
@@ -30,6 +32,20 @@ impl GroupView {
             return Err(ApiError::Internal(format!("corrupt group record {id}")));
         }
         Ok(GroupView { id, raw })
+    }
+
+    /// A view of a remembered answer (an idempotent replay): only the revision and the
+    /// public JSON are known; the timestamps live in the JSON.
+    pub(super) fn from_parts(
+        id: GroupId,
+        revision: u64,
+        json: &[u8],
+    ) -> Result<GroupView, ApiError> {
+        let mut bytes = Vec::with_capacity(HEADER + json.len());
+        bytes.extend_from_slice(&revision.to_be_bytes());
+        bytes.extend_from_slice(&[0u8; 16]);
+        bytes.extend_from_slice(json);
+        GroupView::new(id, bytes.into())
     }
 
     fn num(&self, at: usize) -> u64 {
@@ -55,6 +71,28 @@ impl GroupView {
     /// "devices", "creation", "lastModified"}`.
     pub fn json(&self) -> &[u8] {
         &self.raw[HEADER..]
+    }
+
+    /// Whether the group's `devices` holds `device` (parses only that member).
+    fn has_device(&self, device: &str) -> Result<bool, ApiError> {
+        #[derive(Deserialize)]
+        struct DevicesOnly {
+            devices: Vec<String>,
+        }
+        serde_json::from_slice::<DevicesOnly>(self.json())
+            .map(|d| d.devices.iter().any(|d| d == device))
+            .map_err(|e| ApiError::Internal(format!("corrupt group record {}: {e}", self.id)))
+    }
+
+    /// The group's name (parses only that member).
+    fn name(&self) -> Result<String, ApiError> {
+        #[derive(Deserialize)]
+        struct NameOnly {
+            name: String,
+        }
+        serde_json::from_slice::<NameOnly>(self.json())
+            .map(|n| n.name)
+            .map_err(|e| ApiError::Internal(format!("corrupt group record {}: {e}", self.id)))
     }
 
     /// The client-controlled part, parsed.
@@ -114,30 +152,19 @@ pub struct Actor<'a> {
     pub user: &'a str,
 }
 
-/// An `Idempotency-Key` and the fingerprint of the request that carries it.
-#[derive(Debug, Clone)]
-pub struct IdempotencyRequest {
-    pub key: String,
-    pub fingerprint: String,
-    pub ttl_ms: i64,
-}
-
-/// A remembered create.
-#[derive(Serialize, Deserialize)]
-pub(super) struct IdempotencyRecord {
-    pub(super) fingerprint: String,
-    pub(super) id: u64,
-    pub(super) revision: u64,
-    pub(super) json: String,
-    pub(super) expires: i64,
-}
-
 /// The result of a create.
 #[derive(Debug)]
 pub struct Created {
     pub group: GroupView,
     /// True when an `Idempotency-Key` matched and the first answer is replayed.
     pub replayed: bool,
+}
+
+/// What one purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub changes: usize,
+    pub idempotency: usize,
 }
 
 /// Filters and paging for a list (api.md §5 [ext]).
@@ -149,7 +176,7 @@ pub struct ListQuery {
     pub name: Option<String>,
 }
 
-/// A page of groups; `next` is set when `limit` was given and more may follow.
+/// A page of groups; `next` is set when `limit` was given and more follow.
 #[derive(Debug)]
 pub struct Page {
     pub groups: Vec<GroupView>,
@@ -159,13 +186,14 @@ pub struct Page {
 /// Everything a group write changes, computed under the writer mutex and applied in
 /// one transaction.
 #[derive(Default)]
-struct Plan {
-    groups: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    names: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    devices: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    idempotency: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+pub(super) struct Plan {
+    pub groups: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub names: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub devices: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub idempotency: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub idempotency_order: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// `groups 0x00 account` in `meta`: the number of groups of an account.
@@ -173,45 +201,6 @@ pub(super) fn count_key(account: &str) -> Vec<u8> {
     let mut k = b"groups\0".to_vec();
     k.extend_from_slice(account.as_bytes());
     k
-}
-
-/// A change-feed entry: `{seq, time, op, id, userName, group}` with `group` the raw
-/// public JSON (or null).
-fn change_entry(
-    seq: u64,
-    time: i64,
-    op: &str,
-    id: GroupId,
-    user: &str,
-    group: Option<&[u8]>,
-) -> Vec<u8> {
-    change_entry_at(seq, &rfc3339_ms(time), op, id, user, group)
-}
-
-/// `change_entry` with the time already formatted (restore keeps the stored text).
-pub(super) fn change_entry_at(
-    seq: u64,
-    time: &str,
-    op: &str,
-    id: GroupId,
-    user: &str,
-    group: Option<&[u8]>,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + group.map_or(4, <[u8]>::len));
-    out.extend_from_slice(b"{\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
-    out.extend_from_slice(b",\"time\":\"");
-    out.extend_from_slice(time.as_bytes());
-    out.extend_from_slice(b"\",\"op\":\"");
-    out.extend_from_slice(op.as_bytes());
-    out.extend_from_slice(b"\",\"id\":\"");
-    out.extend_from_slice(id.to_string().as_bytes());
-    out.extend_from_slice(b"\",\"userName\":");
-    let _ = serde_json::to_writer(&mut out, user);
-    out.extend_from_slice(b",\"group\":");
-    out.extend_from_slice(group.unwrap_or(b"null"));
-    out.push(b'}');
-    out
 }
 
 impl Store {
@@ -231,6 +220,7 @@ impl Store {
             (TreeId::Devices, plan.devices),
             (TreeId::Changes, plan.changes),
             (TreeId::Idempotency, plan.idempotency),
+            (TreeId::IdempotencyOrder, plan.idempotency_order),
             (TreeId::Meta, plan.meta),
         ] {
             ops.extend(list.into_iter().map(|(k, v)| (tree, k, v)));
@@ -265,13 +255,15 @@ impl Store {
         }
     }
 
-    /// Groups of an account in ID order, filtered and paged.
+    /// Groups of an account in ID order, filtered and paged. The `device` filter walks
+    /// the reverse index (cost follows the matches); the `name` filter has to look at
+    /// each group of the account in turn until the page is full.
     pub fn list_groups(&self, account: &str, q: &ListQuery) -> Result<Page, ApiError> {
         let name_filter = q.name.as_deref().map(name_key);
         let matches_name = |v: &GroupView| -> Result<bool, ApiError> {
             Ok(match &name_filter {
                 None => true,
-                Some(f) => name_key(&v.doc()?.name).contains(f.as_str()),
+                Some(f) => name_key(&v.name()?).contains(f.as_str()),
             })
         };
         let want = q.limit.map(|l| l + 1);
@@ -289,8 +281,11 @@ impl Store {
                 let Some(n) = keys::trailing_u64(&k) else {
                     continue;
                 };
+                // The index entry and the group are read one after the other, not as one
+                // snapshot: a writer may have taken the device out in between. The
+                // group itself is the truth, so check it.
                 if let Some(v) = self.get_group(account, GroupId(n))? {
-                    if matches_name(&v)? {
+                    if v.has_device(device)? && matches_name(&v)? {
                         out.push(v);
                     }
                 }
@@ -366,24 +361,12 @@ impl Store {
     ) -> Result<Created, ApiError> {
         let mut w = self.write_lock()?;
         let now = now_ms();
-        let idem_key = idempotency.map(|i| keys::idempotency(actor.user, &i.key));
-        if let (Some(req), Some(k)) = (idempotency, &idem_key) {
-            if let Some(raw) = self.idempotency.get(k).map_err(|e| self.read_err(e))? {
-                if let Ok(rec) = serde_json::from_slice::<IdempotencyRecord>(&raw) {
-                    if rec.expires > now {
-                        if rec.fingerprint != req.fingerprint {
-                            return Err(ApiError::IdempotencyKeyReused);
-                        }
-                        let mut bytes = Vec::with_capacity(HEADER + rec.json.len());
-                        bytes.extend_from_slice(&rec.revision.to_be_bytes());
-                        bytes.extend_from_slice(&[0u8; 16]);
-                        bytes.extend_from_slice(rec.json.as_bytes());
-                        return Ok(Created {
-                            group: GroupView::new(GroupId(rec.id), bytes.into())?,
-                            replayed: true,
-                        });
-                    }
-                }
+        if let Some(req) = idempotency {
+            if let Some(first) = self.idempotency_replay(actor.account, actor.user, req, now)? {
+                return Ok(Created {
+                    group: first,
+                    replayed: true,
+                });
             }
         }
         let lname = name_key(&doc.name);
@@ -429,17 +412,8 @@ impl Store {
                 Some(json),
             )),
         ));
-        if let (Some(req), Some(k)) = (idempotency, idem_key) {
-            let rec = IdempotencyRecord {
-                fingerprint: req.fingerprint.clone(),
-                id: id.0,
-                revision: 1,
-                json: String::from_utf8_lossy(json).into_owned(),
-                expires: now + req.ttl_ms,
-            };
-            let bytes = serde_json::to_vec(&rec)
-                .map_err(|e| ApiError::Internal(format!("encode idempotency record: {e}")))?;
-            plan.idempotency.push((k, Some(bytes)));
+        if let Some(req) = idempotency {
+            self.plan_idempotency(&mut plan, actor, req, (id, 1, json), now)?;
         }
         let (ng, nc) = (id.0 + 1, seq + 1);
         self.apply(&mut w, plan, ng, nc)?;
@@ -557,93 +531,13 @@ impl Store {
         self.apply(&mut w, plan, ng, seq + 1)
     }
 
-    /// Change-feed entries of an account after `after`, at most `limit`; the second
-    /// value is the sequence to pass next, when more entries follow.
-    pub fn changes(
-        &self,
-        account: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<(Vec<IVec>, Option<u64>), ApiError> {
-        let prefix = keys::account_prefix(account);
-        let mut out = Vec::new();
-        let mut last = None;
-        for item in self
-            .changes
-            .range(keys::change(account, after.saturating_add(1))..)
-        {
-            let (k, v) = item.map_err(|e| self.read_err(e))?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            if out.len() == limit {
-                return Ok((out, last));
-            }
-            last = keys::trailing_u64(&k);
-            out.push(v);
-        }
-        Ok((out, None))
-    }
-
-    /// Removes change-feed entries older than `cutoff_ms` and expired idempotency
-    /// records. Runs in small batches so writers are never blocked for long.
-    pub fn purge(&self, cutoff_ms: i64, now: i64) -> Result<usize, ApiError> {
-        #[derive(Deserialize)]
-        struct TimeOnly {
-            time: String,
-        }
-        let cutoff = rfc3339_ms(cutoff_ms);
-        let mut removed = 0;
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
-        // Entries are in sequence order within an account, and sequence follows time,
-        // so each account's scan stops at its first entry that is still young.
-        let mut skip_account: Option<Vec<u8>> = None;
-        for item in self.changes.iter() {
-            let (k, v) = item.map_err(|e| self.read_err(e))?;
-            let acct_end = k.len().saturating_sub(8);
-            let acct = k[..acct_end].to_vec();
-            if skip_account.as_ref() == Some(&acct) {
-                continue;
-            }
-            let young = serde_json::from_slice::<TimeOnly>(&v)
-                .map(|t| t.time >= cutoff)
-                .unwrap_or(true);
-            if young {
-                skip_account = Some(acct);
-                continue;
-            }
-            batch.remove(k);
-            in_batch += 1;
-            removed += 1;
-            if in_batch == 512 {
-                // Under the writer mutex so a backup sees each batch whole or not at all.
-                let _w = self.lock_writer();
-                self.changes
-                    .apply_batch(std::mem::take(&mut batch))
-                    .map_err(|e| self.fail(e))?;
-                in_batch = 0;
-            }
-        }
-        let w = self.lock_writer();
-        self.changes.apply_batch(batch).map_err(|e| self.fail(e))?;
-        drop(w);
-        let mut batch = sled::Batch::default();
-        for item in self.idempotency.iter() {
-            let (k, v) = item.map_err(|e| self.read_err(e))?;
-            let expired = serde_json::from_slice::<IdempotencyRecord>(&v)
-                .map(|r| r.expires <= now)
-                .unwrap_or(true);
-            if expired {
-                batch.remove(k);
-                removed += 1;
-            }
-        }
-        let w = self.lock_writer();
-        self.idempotency
-            .apply_batch(batch)
-            .map_err(|e| self.fail(e))?;
-        drop(w);
-        Ok(removed)
+    /// Background upkeep: removes change-feed entries older than `cutoff_ms` and
+    /// idempotency records expired at `now`. Neither part blocks requests for long:
+    /// both work in small batches, each under the writer mutex only briefly.
+    pub fn purge(&self, cutoff_ms: i64, now: i64) -> Result<Purged, ApiError> {
+        Ok(Purged {
+            changes: self.purge_changes(cutoff_ms)?,
+            idempotency: self.purge_idempotency(now)?,
+        })
     }
 }

@@ -49,11 +49,43 @@ pub fn change(account: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-/// `user 0x00 idempotency-key`: a remembered create.
-pub fn idempotency(user: &str, key: &str) -> Vec<u8> {
-    let mut k = account_prefix(user);
+/// `account 0x00 user 0x00`: the scope of one user's idempotency records (and of their
+/// order entries in the `idempotency_order` tree). The account is part of the scope so a
+/// user removed and re-created under the same name in another account can never replay
+/// an answer of the first account.
+pub fn idempotency_scope(account: &str, user: &str) -> Vec<u8> {
+    let mut k = account_prefix(account);
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k
+}
+
+/// `account 0x00 user 0x00 idempotency-key`: a remembered create.
+pub fn idempotency(account: &str, user: &str, key: &str) -> Vec<u8> {
+    let mut k = idempotency_scope(account, user);
     k.extend_from_slice(key.as_bytes());
     k
+}
+
+/// `account 0x00 user 0x00 seq`: the order entry of a remembered create (value: the
+/// idempotency key), so the oldest record of a user is the first key of its range.
+pub fn idempotency_order(account: &str, user: &str, seq: u64) -> Vec<u8> {
+    let mut k = idempotency_scope(account, user);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The smallest key greater than every key that starts with `prefix` (the end of a
+/// prefix range), or None when no such key exists (a prefix of only 0xff bytes).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 /// The trailing big-endian u64 of a key (group number or sequence), if there is one.
@@ -87,5 +119,18 @@ mod tests {
         // Device "d1" entries are not inside the prefix of device "d".
         assert!(!device("a", "d1", 5).starts_with(&device_prefix("a", "d")));
         assert!(device("a", "d", 5).starts_with(&device_prefix("a", "d")));
+        // One user's idempotency scope does not contain another user's ("u" vs "u2").
+        assert!(!idempotency("a", "u2", "k").starts_with(&idempotency_scope("a", "u")));
+        assert!(idempotency_order("a", "u", 9).starts_with(&idempotency_scope("a", "u")));
+    }
+
+    #[test]
+    fn prefix_end_bounds_the_range() {
+        assert_eq!(prefix_end(b"a\0"), Some(b"a\x01".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        let end = prefix_end(&account_prefix("acct")).unwrap();
+        assert!(change("acct", u64::MAX) < end);
+        assert!(account_prefix("acct\u{1}") >= end);
     }
 }

@@ -4,8 +4,9 @@
 //! durable through group commit (`commit.rs`) before they are acknowledged.
 //!
 //! Trees: `groups`, `names` (case-insensitive name index), `devices` (reverse index),
-//! `changes` (change feed), `idempotency`, `users`, `tokens` (SHA-256 of bearer tokens),
-//! `usage` (per-user counters) and `meta` (format version, ID sequences, counts).
+//! `changes` (change feed), `idempotency` and `idempotency_order` (remembered creates
+//! and their age order), `users`, `tokens` (SHA-256 of bearer tokens), `usage`
+//! (per-user counters) and `meta` (format version, ID sequences, counts).
 //!
 //! All group and user writers take one mutex (`writer`) for the read-check-write step,
 //! so the uniqueness check, the `If-Match` check and the write are one atomic step, IDs
@@ -20,9 +21,11 @@
 //! write answered 503 never stays visible (operations.md "Data"). ID sequences are not
 //! undone: a skipped number costs nothing, a reused one could confuse a reader.
 
+pub mod changes;
 mod commit;
 pub mod export;
 pub mod groups;
+pub mod idempotency;
 pub mod keys;
 pub mod users;
 
@@ -96,6 +99,7 @@ enum TreeId {
     Devices,
     Changes,
     Idempotency,
+    IdempotencyOrder,
     Users,
     Tokens,
     Usage,
@@ -103,12 +107,13 @@ enum TreeId {
 }
 
 /// The sled tree names, in `TreeId` order.
-const TREE_NAMES: [&str; 9] = [
+const TREE_NAMES: [&str; 10] = [
     "groups",
     "names",
     "devices",
     "changes",
     "idempotency",
+    "idempotency_order",
     "users",
     "tokens",
     "usage",
@@ -142,6 +147,7 @@ pub struct Store {
     devices: sled::Tree,
     changes: sled::Tree,
     idempotency: sled::Tree,
+    idempotency_order: sled::Tree,
     users: sled::Tree,
     tokens: sled::Tree,
     usage: sled::Tree,
@@ -271,6 +277,7 @@ impl Store {
             devices: at(TreeId::Devices),
             changes: at(TreeId::Changes),
             idempotency: at(TreeId::Idempotency),
+            idempotency_order: at(TreeId::IdempotencyOrder),
             users: at(TreeId::Users),
             tokens: at(TreeId::Tokens),
             usage: at(TreeId::Usage),

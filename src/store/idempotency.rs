@@ -1,0 +1,412 @@
+//! Retry-safe create [ext]: the `Idempotency-Key` records of `POST /api/groups`. A record
+//! remembers the fingerprint of the request and the first answer, for a TTL (24 h). They
+//! are written in the create's own transaction (`groups.rs`), under the writer mutex, so
+//! two racing requests with one key cannot both create.
+//!
+//! Storage is bounded twice: expired records are purged in the background (`purge`), and
+//! each user keeps at most `limits.idempotency_keys_per_user` records — the oldest is
+//! evicted in the transaction that would go past the cap. The `idempotency_order` tree
+//! (`scope, group number → key`; group numbers grow with time) finds the oldest record
+//! with one seek; a per-user count in `meta` (`idem\0 scope`) says when to evict without
+//! counting.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::groups::{Actor, GroupView, Plan};
+use super::{keys, Op, Store, TreeId};
+use crate::error::ApiError;
+use crate::model::GroupId;
+
+/// An `Idempotency-Key` and the fingerprint of the request that carries it.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRequest {
+    pub key: String,
+    pub fingerprint: String,
+    pub ttl_ms: i64,
+    /// Most records kept per user; the oldest is evicted past it.
+    pub max_per_user: u64,
+}
+
+/// A remembered create. Its group number `id` is also its key in `idempotency_order`.
+#[derive(Serialize, Deserialize)]
+pub(super) struct IdempotencyRecord {
+    pub(super) fingerprint: String,
+    pub(super) id: u64,
+    pub(super) revision: u64,
+    pub(super) json: String,
+    pub(super) expires: i64,
+}
+
+/// Records removed per purge transaction, so the writer mutex is held only briefly.
+const PURGE_BATCH: usize = 256;
+
+/// `idem\0 account\0 user\0`: a user's record count in `meta`.
+pub(super) fn count_key(scope: &[u8]) -> Vec<u8> {
+    let mut k = b"idem\0".to_vec();
+    k.extend_from_slice(scope);
+    k
+}
+
+/// The scope (`account\0user\0`) of a record key, which ends with the idempotency key
+/// (visible ASCII, so it holds no 0x00).
+pub(super) fn scope_of(record_key: &[u8]) -> Option<&[u8]> {
+    let first = record_key.iter().position(|b| *b == 0)?;
+    let second = first + 1 + record_key[first + 1..].iter().position(|b| *b == 0)?;
+    Some(&record_key[..=second])
+}
+
+impl Store {
+    fn idem_count(&self, scope: &[u8]) -> Result<u64, ApiError> {
+        Ok(self
+            .meta
+            .get(count_key(scope))
+            .map_err(|e| self.read_err(e))?
+            .and_then(|v| keys::read_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Looks a key up for a create. `Ok(Some)`: the first answer, to replay. `Ok(None)`:
+    /// no live record, go ahead and create. `Err`: the key was used with another body.
+    /// Call with the writer mutex held.
+    pub(super) fn idempotency_replay(
+        &self,
+        account: &str,
+        user: &str,
+        req: &IdempotencyRequest,
+        now: i64,
+    ) -> Result<Option<GroupView>, ApiError> {
+        let k = keys::idempotency(account, user, &req.key);
+        let Some(raw) = self.idempotency.get(k).map_err(|e| self.read_err(e))? else {
+            return Ok(None);
+        };
+        // An unreadable record is treated as absent and replaced by this create.
+        let Ok(rec) = serde_json::from_slice::<IdempotencyRecord>(&raw) else {
+            return Ok(None);
+        };
+        if rec.expires <= now {
+            return Ok(None);
+        }
+        if rec.fingerprint != req.fingerprint {
+            return Err(ApiError::IdempotencyKeyReused);
+        }
+        Ok(Some(GroupView::from_parts(
+            GroupId(rec.id),
+            rec.revision,
+            rec.json.as_bytes(),
+        )?))
+    }
+
+    /// Adds the record of a create to `plan`, replacing an expired record under the same
+    /// key and evicting the user's oldest records so the count stays within the cap.
+    /// Call with the writer mutex held.
+    pub(super) fn plan_idempotency(
+        &self,
+        plan: &mut Plan,
+        actor: Actor<'_>,
+        req: &IdempotencyRequest,
+        created: (GroupId, u64, &[u8]),
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let Actor { account, user } = actor;
+        let (id, revision, json) = created;
+        let scope = keys::idempotency_scope(account, user);
+        let record_key = keys::idempotency(account, user, &req.key);
+        let mut count = self.idem_count(&scope)?;
+        if let Some(old) = self
+            .idempotency
+            .get(&record_key)
+            .map_err(|e| self.read_err(e))?
+        {
+            if let Ok(old) = serde_json::from_slice::<IdempotencyRecord>(&old) {
+                plan.idempotency_order
+                    .push((keys::idempotency_order(account, user, old.id), None));
+            }
+            count = count.saturating_sub(1);
+        }
+        let max = req.max_per_user.max(1);
+        if count >= max {
+            let mut to_evict = count - max + 1;
+            for item in self.idempotency_order.scan_prefix(&scope) {
+                if to_evict == 0 {
+                    break;
+                }
+                let (order_key, evicted_key) = item.map_err(|e| self.read_err(e))?;
+                // The record being replaced is already accounted for above.
+                if evicted_key.as_ref() == req.key.as_bytes() {
+                    continue;
+                }
+                let mut rk = scope.clone();
+                rk.extend_from_slice(&evicted_key);
+                plan.idempotency.push((rk, None));
+                plan.idempotency_order.push((order_key.to_vec(), None));
+                count = count.saturating_sub(1);
+                to_evict -= 1;
+            }
+        }
+        let rec = IdempotencyRecord {
+            fingerprint: req.fingerprint.clone(),
+            id: id.0,
+            revision,
+            json: String::from_utf8_lossy(json).into_owned(),
+            expires: now.saturating_add(req.ttl_ms),
+        };
+        let bytes = serde_json::to_vec(&rec)
+            .map_err(|e| ApiError::Internal(format!("encode idempotency record: {e}")))?;
+        plan.idempotency.push((record_key, Some(bytes)));
+        plan.idempotency_order.push((
+            keys::idempotency_order(account, user, id.0),
+            Some(req.key.as_bytes().to_vec()),
+        ));
+        plan.meta
+            .push((count_key(&scope), Some((count + 1).to_be_bytes().to_vec())));
+        Ok(())
+    }
+
+    /// Removes idempotency records that expired at `now`, in small transactions that
+    /// each hold the writer mutex only briefly. Returns how many were removed.
+    pub(super) fn purge_idempotency(&self, now: i64) -> Result<usize, ApiError> {
+        let mut removed = 0;
+        let mut cursor: Vec<u8> = Vec::new();
+        loop {
+            // Find candidates without the mutex; they are checked again under it.
+            let mut candidates = Vec::with_capacity(PURGE_BATCH);
+            let mut last_seen = None;
+            for item in self.idempotency.range(cursor.as_slice()..) {
+                let (k, v) = item.map_err(|e| self.read_err(e))?;
+                last_seen = Some(k.to_vec());
+                if is_expired(&v, now) {
+                    candidates.push(k.to_vec());
+                    if candidates.len() == PURGE_BATCH {
+                        break;
+                    }
+                }
+            }
+            let Some(last) = last_seen else { break };
+            removed += self.remove_expired(&candidates, now)?;
+            if candidates.len() < PURGE_BATCH {
+                break;
+            }
+            cursor = last;
+            cursor.push(0);
+        }
+        Ok(removed)
+    }
+
+    /// Removes the given records if they are still expired, in one transaction under
+    /// the writer mutex (counts stay exact; a backup sees the batch whole or not at
+    /// all). Not kept for undo: a purge need not survive a failed flush.
+    fn remove_expired(&self, candidates: &[Vec<u8>], now: i64) -> Result<usize, ApiError> {
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let mut w = self.lock_writer();
+        let mut ops: Vec<Op> = Vec::new();
+        let mut removed = 0;
+        let mut per_scope: HashMap<Vec<u8>, u64> = HashMap::new();
+        for k in candidates {
+            let Some(v) = self.idempotency.get(k).map_err(|e| self.read_err(e))? else {
+                continue;
+            };
+            if !is_expired(&v, now) {
+                continue;
+            }
+            ops.push((TreeId::Idempotency, k.clone(), None));
+            removed += 1;
+            let Some(scope) = scope_of(k) else { continue };
+            if let Ok(rec) = serde_json::from_slice::<IdempotencyRecord>(&v) {
+                let mut ok = scope.to_vec();
+                ok.extend_from_slice(&rec.id.to_be_bytes());
+                ops.push((TreeId::IdempotencyOrder, ok, None));
+            }
+            *per_scope.entry(scope.to_vec()).or_default() += 1;
+        }
+        for (scope, n) in per_scope {
+            let left = self.idem_count(&scope)?.saturating_sub(n);
+            let v = (left > 0).then(|| left.to_be_bytes().to_vec());
+            ops.push((TreeId::Meta, count_key(&scope), v));
+        }
+        self.apply_ops(&mut w, &ops, false)?;
+        Ok(removed)
+    }
+
+    /// How many idempotency records a user has (tests and diagnostics).
+    pub fn idempotency_records(&self, account: &str, user: &str) -> Result<u64, ApiError> {
+        let scope = keys::idempotency_scope(account, user);
+        let mut n = 0;
+        for item in self.idempotency.scan_prefix(&scope) {
+            item.map_err(|e| self.read_err(e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Whether a stored record is expired at `now`; an unreadable record counts as expired.
+fn is_expired(raw: &[u8], now: i64) -> bool {
+    #[derive(Deserialize)]
+    struct ExpiresOnly {
+        expires: i64,
+    }
+    serde_json::from_slice::<ExpiresOnly>(raw)
+        .map(|r| r.expires <= now)
+        .unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scope_of;
+
+    #[test]
+    fn scope_is_account_and_user() {
+        assert_eq!(scope_of(b"acct\0bob\0key-1"), Some(&b"acct\0bob\0"[..]));
+        assert_eq!(scope_of(b"acct\0bob"), None);
+        assert_eq!(scope_of(b"acct"), None);
+    }
+}
+
+#[cfg(test)]
+mod store_tests {
+    use super::IdempotencyRequest;
+    use crate::config::Durability;
+    use crate::error::ApiError;
+    use crate::model::GroupDoc;
+    use crate::store::groups::Actor;
+    use crate::store::{Store, StoreOptions};
+
+    const ACTOR: Actor<'static> = Actor {
+        account: "acct",
+        user: "u",
+    };
+
+    fn store(dir: &std::path::Path) -> Store {
+        Store::open(
+            dir,
+            &StoreOptions {
+                cache_bytes: 1 << 20,
+                durability: Durability::Relaxed,
+                fail_flush_after: None,
+            },
+        )
+        .unwrap()
+    }
+
+    fn doc(name: &str) -> GroupDoc {
+        GroupDoc {
+            name: name.into(),
+            description: None,
+            devices: vec![],
+        }
+    }
+
+    fn req(key: &str, fp: &str, ttl_ms: i64, max: u64) -> IdempotencyRequest {
+        IdempotencyRequest {
+            key: key.into(),
+            fingerprint: fp.into(),
+            ttl_ms,
+            max_per_user: max,
+        }
+    }
+
+    #[test]
+    fn replays_and_refuses_a_different_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let first = s
+            .create_group(ACTOR, &doc("a"), 100, Some(&req("k", "f1", 60_000, 10)))
+            .unwrap();
+        assert!(!first.replayed);
+        let again = s
+            .create_group(ACTOR, &doc("a"), 100, Some(&req("k", "f1", 60_000, 10)))
+            .unwrap();
+        assert!(again.replayed);
+        assert_eq!(again.group.id, first.group.id);
+        assert_eq!(again.group.json(), first.group.json());
+        assert_eq!(again.group.revision(), 1);
+        let e = s
+            .create_group(ACTOR, &doc("b"), 100, Some(&req("k", "f2", 60_000, 10)))
+            .unwrap_err();
+        assert_eq!(e, ApiError::IdempotencyKeyReused);
+        // Another user of the same account has its own keys.
+        let other = Actor {
+            account: "acct",
+            user: "u2",
+        };
+        let theirs = s
+            .create_group(other, &doc("c"), 100, Some(&req("k", "f3", 60_000, 10)))
+            .unwrap();
+        assert!(!theirs.replayed);
+        assert_eq!(s.group_count(), 2);
+    }
+
+    #[test]
+    fn the_cap_evicts_the_oldest_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        for i in 0..5 {
+            s.create_group(
+                ACTOR,
+                &doc(&format!("g{i}")),
+                100,
+                Some(&req(&format!("k{i}"), &format!("f{i}"), 60_000, 3)),
+            )
+            .unwrap();
+        }
+        assert_eq!(s.idempotency_records("acct", "u").unwrap(), 3);
+        // k0 and k1 were evicted: the same request creates again (and so conflicts on
+        // the name), while k4 still replays.
+        let e = s
+            .create_group(ACTOR, &doc("g0"), 100, Some(&req("k0", "f0", 60_000, 3)))
+            .unwrap_err();
+        assert_eq!(e, ApiError::NameConflict);
+        assert!(
+            s.create_group(ACTOR, &doc("g4"), 100, Some(&req("k4", "f4", 60_000, 3)))
+                .unwrap()
+                .replayed
+        );
+        // A lower cap (configuration changed) evicts down to it on the next create.
+        s.create_group(ACTOR, &doc("g5"), 100, Some(&req("k5", "f5", 60_000, 1)))
+            .unwrap();
+        assert_eq!(s.idempotency_records("acct", "u").unwrap(), 1);
+        assert_eq!(
+            s.idem_count(&crate::store::keys::idempotency_scope("acct", "u"))
+                .unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn expired_records_are_replaced_and_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        // A TTL of 0 expires at once: the same key creates again.
+        let a = s
+            .create_group(ACTOR, &doc("a"), 100, Some(&req("k", "f", 0, 10)))
+            .unwrap();
+        let b = s
+            .create_group(ACTOR, &doc("b"), 100, Some(&req("k", "f2", 60_000, 10)))
+            .unwrap();
+        assert!(!b.replayed);
+        assert_ne!(a.group.id, b.group.id);
+        assert_eq!(s.idempotency_records("acct", "u").unwrap(), 1);
+        for i in 0..600 {
+            s.create_group(
+                ACTOR,
+                &doc(&format!("x{i}")),
+                10_000,
+                Some(&req(&format!("x{i}"), "f", 60_000, 10_000)),
+            )
+            .unwrap();
+        }
+        // Nothing has expired yet.
+        assert_eq!(s.purge(0, crate::time::now_ms()).unwrap().idempotency, 0);
+        // Past the TTL, everything goes, over several batches.
+        let later = crate::time::now_ms() + 120_000;
+        assert_eq!(s.purge(0, later).unwrap().idempotency, 601);
+        assert_eq!(s.idempotency_records("acct", "u").unwrap(), 0);
+        let scope = crate::store::keys::idempotency_scope("acct", "u");
+        assert_eq!(s.idem_count(&scope).unwrap(), 0);
+        assert_eq!(s.idempotency_order.scan_prefix(&scope).count(), 0);
+    }
+}
