@@ -17,6 +17,8 @@ mod config;
 mod crash;
 mod durability;
 mod errors;
+mod ext_conditional;
+mod ext_idempotency;
 mod groups;
 mod logs;
 mod notify;

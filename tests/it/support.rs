@@ -219,6 +219,16 @@ impl TestServer {
         self.login("admin", &self.admin_key())
     }
 
+    /// Creates a user with the CLI (through the running server's admin socket) and
+    /// returns its API key.
+    pub fn add_user(&self, name: &str, extra: &[&str]) -> String {
+        let mut args = vec!["user", "add", name];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
+        assert_eq!(out.code, 0, "user add failed: {}", out.stderr);
+        out.stdout.trim().to_string()
+    }
+
     /// Runs the CLI against this server's data directory.
     pub fn cli(&self, args: &[&str]) -> CliOutput {
         cli_in(&self.data_dir(), args, &self.options.env)
@@ -733,6 +743,24 @@ impl Resp {
             (Some(t), Some(d)) => (t, d),
             _ => panic!("no usage counters in {v}"),
         }
+    }
+
+    /// The `ETag` header; panics when there is none.
+    pub fn etag(&self) -> String {
+        self.header("etag")
+            .unwrap_or_else(|| panic!("no ETag: {} {}", self.status, self.text()))
+            .to_string()
+    }
+
+    /// Asserts a 2xx status and returns the JSON body.
+    pub fn ok(&self) -> Value {
+        assert!(
+            (200..300).contains(&self.status),
+            "{} {}",
+            self.status,
+            self.text()
+        );
+        self.json()
     }
 
     /// Asserts the status and the `errorCode`, returning the body.
