@@ -18,7 +18,10 @@ fn feed(server: &TestServer, token: &str, query: &str) -> Value {
 }
 
 fn entries(v: &Value) -> Vec<Value> {
-    v["changes"].as_array().unwrap().clone()
+    v["changes"]
+        .as_array()
+        .expect("the answer has this shape")
+        .clone()
 }
 
 /// Reads the whole feed page by page and returns it.
@@ -42,7 +45,7 @@ fn read_all(server: &TestServer, token: &str, page: usize) -> Vec<Value> {
 }
 
 fn strip_envelope(mut v: Value) -> Value {
-    let o = v.as_object_mut().unwrap();
+    let o = v.as_object_mut().expect("the answer has this shape");
     for k in [
         "success",
         "error",

@@ -13,7 +13,13 @@ fn create(server: &TestServer, token: &str, body: Value) -> (String, String) {
         .json(&body)
         .send();
     assert_eq!(r.status, 201, "{}", r.text());
-    (r.json()["id"].as_str().unwrap().to_string(), r.etag())
+    (
+        r.json()["id"]
+            .as_str()
+            .expect("the answer has this shape")
+            .to_string(),
+        r.etag(),
+    )
 }
 
 fn get(server: &TestServer, token: &str, id: &str) -> (Value, String) {
@@ -52,7 +58,8 @@ fn every_group_answer_has_an_etag_and_stale_writes_change_nothing() {
     let (before, _) = get(&server, &t, &id);
 
     // Every write with a stale tag is 412 and leaves the group as it was.
-    let stale: Vec<(&str, String, Option<(&str, Vec<u8>)>)> = vec![
+    type Write<'a> = (&'a str, String, Option<(&'a str, Vec<u8>)>);
+    let stale: Vec<Write> = vec![
         (
             "PUT",
             path.clone(),

@@ -18,15 +18,20 @@ fn post(server: &TestServer, token: &str, key: &str, body: &[u8]) -> Resp {
 fn group_ids(server: &TestServer, token: &str) -> Vec<String> {
     server.req("GET", "/api/groups").bearer(token).send().ok()["groups"]
         .as_array()
-        .unwrap()
+        .expect("the answer has this shape")
         .iter()
-        .map(|g| g["id"].as_str().unwrap().to_string())
+        .map(|g| {
+            g["id"]
+                .as_str()
+                .expect("the answer has this shape")
+                .to_string()
+        })
         .collect()
 }
 
 /// The answer without the usage counters, which grow with every request.
 fn without_usage(mut v: Value) -> Value {
-    let o = v.as_object_mut().unwrap();
+    let o = v.as_object_mut().expect("the answer has this shape");
     o.remove("apiUsage");
     o.remove("apiDailyUsage");
     v

@@ -14,7 +14,10 @@ fn create(server: &TestServer, token: &str, body: Value) -> String {
         .json(&body)
         .send();
     assert_eq!(r.status, 201, "{}", r.text());
-    r.json()["id"].as_str().unwrap().to_string()
+    r.json()["id"]
+        .as_str()
+        .expect("the answer has this shape")
+        .to_string()
 }
 
 fn add(server: &TestServer, token: &str, id: &str, devices: Value) -> (u16, Value) {
@@ -42,9 +45,14 @@ fn lookup(server: &TestServer, token: &str, encoded: &str) -> Vec<String> {
         .send()
         .ok()["groups"]
         .as_array()
-        .unwrap()
+        .expect("the answer has this shape")
         .iter()
-        .map(|g| g["id"].as_str().unwrap().to_string())
+        .map(|g| {
+            g["id"]
+                .as_str()
+                .expect("the answer has this shape")
+                .to_string()
+        })
         .collect()
 }
 

@@ -17,14 +17,23 @@ fn list(server: &TestServer, token: &str, query: &str) -> Value {
 fn ids(v: &Value) -> Vec<u64> {
     v["groups"]
         .as_array()
-        .unwrap()
+        .expect("the answer has this shape")
         .iter()
-        .map(|g| g["id"].as_str().unwrap()[4..].parse().unwrap())
+        .map(|g| {
+            g["id"].as_str().expect("the answer has this shape")[4..]
+                .parse()
+                .expect("the answer has this shape")
+        })
         .collect()
 }
 
 fn keys(v: &Value) -> Vec<String> {
-    let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    let mut k: Vec<String> = v
+        .as_object()
+        .expect("the answer has this shape")
+        .keys()
+        .cloned()
+        .collect();
     k.sort();
     k
 }
