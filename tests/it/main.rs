@@ -26,6 +26,7 @@ mod ext_paging;
 mod groups;
 mod logs;
 mod notify;
+mod openapi;
 mod ops_endpoints;
 mod security;
 mod shutdown;
