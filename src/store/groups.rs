@@ -268,11 +268,17 @@ impl Store {
         };
         let want = q.limit.map(|l| l + 1);
         let mut out = Vec::new();
-        let start_after = q.after.unwrap_or(0);
+        // Nothing can follow the largest possible ID.
+        let Some(first) = q.after.unwrap_or(0).checked_add(1) else {
+            return Ok(Page {
+                groups: out,
+                next: None,
+            });
+        };
         if let Some(device) = &q.device {
             let prefix = keys::device_prefix(account, device);
             let mut from = prefix.clone();
-            from.extend_from_slice(&start_after.saturating_add(1).to_be_bytes());
+            from.extend_from_slice(&first.to_be_bytes());
             for item in self.devices.range(from..) {
                 let (k, _) = item.map_err(|e| self.read_err(e))?;
                 if !k.starts_with(&prefix) {
@@ -295,7 +301,7 @@ impl Store {
             }
         } else {
             let prefix = keys::account_prefix(account);
-            let from = keys::group(account, start_after.saturating_add(1));
+            let from = keys::group(account, first);
             for item in self.groups.range(from..) {
                 let (k, raw) = item.map_err(|e| self.read_err(e))?;
                 if !k.starts_with(&prefix) {

@@ -114,6 +114,17 @@ fn invalid_merge_patches_change_nothing() {
         let v = merge(&server, &t, id, body).expect_error(400, "invalid_input");
         assert!(v["error"].as_str().unwrap().contains(field), "{field}: {v}");
     }
+    // A body that is wrong on its own is 400 whatever the group or its If-Match.
+    for target in [id, "grp-99"] {
+        let v = server
+            .req("PATCH", &format!("/api/groups/{target}"))
+            .bearer(&t)
+            .header("If-Match", "\"77\"")
+            .body_as("application/merge-patch+json", b"-5931835954327")
+            .send()
+            .expect_error(400, "invalid_input");
+        assert!(v["error"].as_str().unwrap().contains("merge patch"), "{v}");
+    }
     merge(&server, &t, id, br#"{"name": "OTHER"}"#).expect_error(409, "name_conflict");
     merge(&server, &t, "grp-99", br#"{"name": "x"}"#).expect_error(404, "group_not_found");
     // A rename and back frees and takes the names in the index.
