@@ -196,6 +196,11 @@ pub(super) struct Plan {
     pub meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
+/// Whether `needle` occurs in `hay` (an empty needle occurs everywhere).
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
 /// `groups 0x00 account` in `meta`: the number of groups of an account.
 pub(super) fn count_key(account: &str) -> Vec<u8> {
     let mut k = b"groups\0".to_vec();
@@ -256,8 +261,8 @@ impl Store {
     }
 
     /// Groups of an account in ID order, filtered and paged. The `device` filter walks
-    /// the reverse index (cost follows the matches); the `name` filter has to look at
-    /// each group of the account in turn until the page is full.
+    /// the reverse index (cost follows the matches); the `name` filter alone reads the
+    /// account's whole name index (names only, no group) and then the page.
     pub fn list_groups(&self, account: &str, q: &ListQuery) -> Result<Page, ApiError> {
         let name_filter = q.name.as_deref().map(name_key);
         let matches_name = |v: &GroupView| -> Result<bool, ApiError> {
@@ -292,6 +297,34 @@ impl Store {
                 // group itself is the truth, so check it.
                 if let Some(v) = self.get_group(account, GroupId(n))? {
                     if v.has_device(device)? && matches_name(&v)? {
+                        out.push(v);
+                    }
+                }
+                if want.is_some_and(|w| out.len() >= w) {
+                    break;
+                }
+            }
+        } else if let Some(f) = &name_filter {
+            // The name index holds every name of the account already lowercased, a few
+            // bytes each: scanning it costs far less than reading every group. Matches
+            // come in name order, so they are sorted into ID order, then only the page
+            // is read (and re-checked: a rename may have happened since the index read).
+            let prefix = keys::account_prefix(account);
+            let mut matches = Vec::new();
+            for item in self.names.scan_prefix(&prefix) {
+                let (k, v) = item.map_err(|e| self.read_err(e))?;
+                let Some(n) = keys::read_u64(&v) else {
+                    continue;
+                };
+                // A byte substring of UTF-8 is a character substring.
+                if n >= first && contains(&k[prefix.len()..], f.as_bytes()) {
+                    matches.push(n);
+                }
+            }
+            matches.sort_unstable();
+            for n in matches {
+                if let Some(v) = self.get_group(account, GroupId(n))? {
+                    if matches_name(&v)? {
                         out.push(v);
                     }
                 }

@@ -393,7 +393,6 @@ fn reverse_lookup_under_concurrent_writers_never_shows_a_stale_group() {
             )
         })
         .collect();
-    let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         // Writers take the device out of and back into every group, over and over.
         let writer = s.spawn(|| {
@@ -407,10 +406,10 @@ fn reverse_lookup_under_concurrent_writers_never_shows_a_stale_group() {
                     add(&server, &t, id, json!(["flip", format!("r{round}")]));
                 }
             }
-            done.store(true, std::sync::atomic::Ordering::SeqCst);
         });
-        // Every group a lookup answers must contain the device in the answer itself.
-        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        // Every group a lookup answers must contain the device in the answer itself,
+        // until the writer is done (or has failed: join reports it).
+        while !writer.is_finished() {
             let v = server
                 .req("GET", "/api/devices/flip/groups")
                 .bearer(&t)

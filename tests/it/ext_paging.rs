@@ -2,6 +2,8 @@
 //! `device`, `name`; invalid values are 400, unknown parameters are ignored, and without
 //! parameters the answer is exactly Plaspy's.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde_json::{json, Value};
 
 use crate::support::TestServer;
@@ -247,4 +249,64 @@ fn invalid_values_are_400_naming_the_parameter() {
         ids(&list(&server, &t, &format!("?name={}", "n".repeat(128)))),
         Vec::<u64>::new()
     );
+}
+
+#[test]
+fn name_filter_under_concurrent_renames_never_shows_a_stale_name() {
+    let server = TestServer::start();
+    let t = server.admin_token();
+    for n in 1..=4 {
+        server
+            .req("POST", "/api/groups")
+            .bearer(&t)
+            .json(&json!({"name": format!("Blue {n}")}))
+            .send()
+            .ok();
+    }
+    /// Sets the flag when dropped, so readers stop also when the writer panics.
+    struct SetOnDrop<'a>(&'a AtomicBool);
+    impl Drop for SetOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // A writer renames every group away from "Blue" and back, over and over.
+        let writer = s.spawn(|| {
+            let _done = SetOnDrop(&done);
+            for round in 0..40 {
+                for n in 1..=4 {
+                    for name in [format!("Red {n} {round}"), format!("Blue {n}")] {
+                        server
+                            .req("PUT", &format!("/api/groups/grp-{n}"))
+                            .bearer(&t)
+                            .json(&json!({ "name": name }))
+                            .send()
+                            .ok();
+                    }
+                }
+            }
+        });
+        // Two readers, until the writer is done (or has failed: join reports it).
+        let readers: Vec<_> = ["?name=blue", "?name=blue&limit=2"]
+            .into_iter()
+            .map(|q| {
+                let (server, t, done) = (&server, &t, &done);
+                s.spawn(move || {
+                    while !done.load(Ordering::SeqCst) {
+                        let v = list(server, t, q);
+                        for g in v["groups"].as_array().unwrap() {
+                            assert!(g["name"].as_str().unwrap().starts_with("Blue"), "{g}");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for r in readers {
+            r.join().unwrap();
+        }
+        writer.join().unwrap();
+    });
+    assert_eq!(ids(&list(&server, &t, "?name=BLUE")), vec![1, 2, 3, 4]);
 }
