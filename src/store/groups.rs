@@ -196,6 +196,9 @@ pub(super) struct Plan {
     pub meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
+/// Groups a paged `name` filter reads directly before it switches to the name index.
+const NAME_DIRECT_SCAN: usize = 1000;
+
 /// Whether `needle` occurs in `hay` (an empty needle occurs everywhere).
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
@@ -261,8 +264,9 @@ impl Store {
     }
 
     /// Groups of an account in ID order, filtered and paged. The `device` filter walks
-    /// the reverse index (cost follows the matches); the `name` filter alone reads the
-    /// account's whole name index (names only, no group) and then the page.
+    /// the reverse index (cost follows the matches). The `name` filter alone reads up to
+    /// 1000 groups directly when a page size is given (common matches fill the page
+    /// there), else the account's whole name index (names only) and then the page.
     pub fn list_groups(&self, account: &str, q: &ListQuery) -> Result<Page, ApiError> {
         let name_filter = q.name.as_deref().map(name_key);
         let matches_name = |v: &GroupView| -> Result<bool, ApiError> {
@@ -305,31 +309,62 @@ impl Store {
                 }
             }
         } else if let Some(f) = &name_filter {
-            // The name index holds every name of the account already lowercased, a few
-            // bytes each: scanning it costs far less than reading every group. Matches
-            // come in name order, so they are sorted into ID order, then only the page
-            // is read (and re-checked: a rename may have happened since the index read).
             let prefix = keys::account_prefix(account);
-            let mut matches = Vec::new();
-            for item in self.names.scan_prefix(&prefix) {
-                let (k, v) = item.map_err(|e| self.read_err(e))?;
-                let Some(n) = keys::read_u64(&v) else {
-                    continue;
-                };
-                // A byte substring of UTF-8 is a character substring.
-                if n >= first && contains(&k[prefix.len()..], f.as_bytes()) {
-                    matches.push(n);
-                }
-            }
-            matches.sort_unstable();
-            for n in matches {
-                if let Some(v) = self.get_group(account, GroupId(n))? {
+            // With a page size, first read up to NAME_DIRECT_SCAN groups in ID order:
+            // when matches are common the page is full long before that.
+            let mut from = Some(first);
+            if let Some(w) = want {
+                let mut budget = NAME_DIRECT_SCAN;
+                for item in self.groups.range(keys::group(account, first)..) {
+                    let (k, raw) = item.map_err(|e| self.read_err(e))?;
+                    if !k.starts_with(&prefix) {
+                        from = None;
+                        break;
+                    }
+                    let Some(n) = keys::trailing_u64(&k) else {
+                        continue;
+                    };
+                    from = n.checked_add(1);
+                    let v = GroupView::new(GroupId(n), raw)?;
                     if matches_name(&v)? {
                         out.push(v);
                     }
+                    budget -= 1;
+                    if out.len() >= w || budget == 0 {
+                        break;
+                    }
                 }
-                if want.is_some_and(|w| out.len() >= w) {
-                    break;
+                if out.len() >= w {
+                    from = None;
+                }
+            }
+            // Rare matches: the name index holds every name of the account already
+            // lowercased, a few bytes each, so scanning it costs far less than reading
+            // the rest of the groups. Its matches come in name order; they are sorted
+            // into ID order and only the page is read (and re-checked: a rename may
+            // have come between the index read and the group read).
+            if let Some(first) = from {
+                let mut matches = Vec::new();
+                for item in self.names.scan_prefix(&prefix) {
+                    let (k, v) = item.map_err(|e| self.read_err(e))?;
+                    let Some(n) = keys::read_u64(&v) else {
+                        continue;
+                    };
+                    // A byte substring of UTF-8 is a character substring.
+                    if n >= first && contains(&k[prefix.len()..], f.as_bytes()) {
+                        matches.push(n);
+                    }
+                }
+                matches.sort_unstable();
+                for n in matches {
+                    if want.is_some_and(|w| out.len() >= w) {
+                        break;
+                    }
+                    if let Some(v) = self.get_group(account, GroupId(n))? {
+                        if matches_name(&v)? {
+                            out.push(v);
+                        }
+                    }
                 }
             }
         } else {
@@ -578,5 +613,104 @@ impl Store {
             changes: self.purge_changes(cutoff_ms)?,
             idempotency: self.purge_idempotency(now)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Actor, ListQuery, NAME_DIRECT_SCAN};
+    use crate::config::Durability;
+    use crate::model::GroupDoc;
+    use crate::store::{Store, StoreOptions};
+
+    /// The name filter gives the same pages whichever way it finds them: reading the
+    /// groups directly, switching to the name index after NAME_DIRECT_SCAN groups, or
+    /// the index alone (no limit).
+    #[test]
+    fn name_filter_pages_agree_with_a_brute_force_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(
+            dir.path(),
+            &StoreOptions {
+                cache_bytes: 4 << 20,
+                durability: Durability::Relaxed,
+                fail_flush_after: None,
+            },
+        )
+        .unwrap();
+        let actor = Actor {
+            account: "a",
+            user: "u",
+        };
+        let total = NAME_DIRECT_SCAN + 300;
+        let name = |n: usize| {
+            // Dense "Common" matches everywhere; rare "Rare" ones only past the direct
+            // scan; "ÜBER" to check Unicode case folding on the index path.
+            if n % 3 == 0 {
+                format!("Common {n}")
+            } else if n > NAME_DIRECT_SCAN + 100 && n % 50 == 1 {
+                format!("Rare über {n}")
+            } else {
+                format!("Other {n}")
+            }
+        };
+        for n in 1..=total {
+            let doc = GroupDoc {
+                name: name(n),
+                description: None,
+                devices: vec![],
+            };
+            s.create_group(actor, &doc, u64::MAX, None).unwrap();
+        }
+        for filter in ["common", "RARE", "ÜBER", "nothing"] {
+            let want: Vec<u64> = (1..=total as u64)
+                .filter(|n| {
+                    name(*n as usize)
+                        .to_lowercase()
+                        .contains(&filter.to_lowercase())
+                })
+                .collect();
+            // Without a limit: everything at once.
+            let all = s
+                .list_groups(
+                    "a",
+                    &ListQuery {
+                        name: Some(filter.into()),
+                        ..ListQuery::default()
+                    },
+                )
+                .unwrap();
+            assert_eq!(
+                all.groups.iter().map(|g| g.id.0).collect::<Vec<_>>(),
+                want,
+                "{filter}"
+            );
+            assert_eq!(all.next, None);
+            // Paged, following `next`.
+            for limit in [1, 7, 100] {
+                let mut seen = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = s
+                        .list_groups(
+                            "a",
+                            &ListQuery {
+                                name: Some(filter.into()),
+                                limit: Some(limit),
+                                after,
+                                ..ListQuery::default()
+                            },
+                        )
+                        .unwrap();
+                    assert!(page.groups.len() <= limit);
+                    seen.extend(page.groups.iter().map(|g| g.id.0));
+                    match page.next {
+                        Some(id) => after = Some(id.0),
+                        None => break,
+                    }
+                }
+                assert_eq!(seen, want, "{filter} limit {limit}");
+            }
+        }
     }
 }
