@@ -66,6 +66,9 @@ PY
 
 echo "schemathesis.sh: testing http://$ADDR for $MAX_TIME s (server log: kept on failure)"
 set +e
+# From the scratch directory, so Schemathesis's own cache (.schemathesis/) stays out of
+# the repository.
+cd "$WORK"
 "$VENV/bin/st" --config-file "$ROOT/scripts/schemathesis.toml" run \
     "http://$ADDR/api/openapi.json" \
     --header "Authorization: Bearer $TOKEN" \

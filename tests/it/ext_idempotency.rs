@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{Options, Resp, TestServer};
+use crate::support::{cli_in, Options, Resp, TestServer};
 
 fn post(server: &TestServer, token: &str, key: &str, body: &[u8]) -> Resp {
     server
@@ -209,4 +209,52 @@ fn records_per_user_are_capped_oldest_first() {
         .expect_error(409, "name_conflict");
     }
     assert_eq!(group_ids(&server, &t).len(), 5);
+}
+
+#[test]
+fn records_survive_backup_and_restore_with_their_scope_and_age() {
+    let cap = Options::default().env("FLEETGROUPS_LIMITS_IDEMPOTENCY_KEYS_PER_USER", "2");
+    let mut a = TestServer::with(cap.clone());
+    let t = a.admin_token();
+    let bob_key = a.add_user("bob", &["--account", "other"]);
+    let bob = a.login("bob", &bob_key);
+    for (token, body) in [(&t, r#"{"name": "a0"}"#), (&bob, r#"{"name": "b0"}"#)] {
+        assert_eq!(post(&a, token, "k0", body.as_bytes()).status, 201);
+    }
+    assert_eq!(post(&a, &t, "k1", br#"{"name": "a1"}"#).status, 201);
+    a.stop();
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let file = out_dir.path().join("b.jsonl");
+    let out = a.cli(&["backup", file.to_str().expect("utf-8")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("3 idempotency records"),
+        "{}",
+        out.stderr
+    );
+
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    let out = cli_in(
+        &b_dir.path().join("data"),
+        &["restore", file.to_str().expect("utf-8")],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let b = TestServer::with_dir(b_dir, cap);
+    let t = b.login("admin", &a.admin_key());
+    let bob = b.login("bob", &bob_key);
+    // Each user's k0 replays its own group (the scope came back with the user's account).
+    let r = post(&b, &t, "k0", br#"{"name": "a0"}"#);
+    assert_eq!((r.status, r.json()["name"].clone()), (201, json!("a0")));
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    let r = post(&b, &bob, "k0", br#"{"name": "b0"}"#);
+    assert_eq!((r.status, r.json()["name"].clone()), (201, json!("b0")));
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    // The age order and the count came back too: a third key evicts admin's oldest (k0).
+    assert_eq!(post(&b, &t, "k2", br#"{"name": "a2"}"#).status, 201);
+    post(&b, &t, "k0", br#"{"name": "a0"}"#).expect_error(409, "name_conflict");
+    assert_eq!(
+        post(&b, &t, "k1", br#"{"name": "a1"}"#).header("idempotent-replayed"),
+        Some("true")
+    );
 }
