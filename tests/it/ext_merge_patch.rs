@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{Resp, TestServer};
+use crate::support::{Options, Resp, TestServer};
 
 fn merge(server: &TestServer, token: &str, id: &str, body: &[u8]) -> Resp {
     server
@@ -87,7 +87,8 @@ fn merge_patch_sets_replaces_and_clears() {
 
 #[test]
 fn invalid_merge_patches_change_nothing() {
-    let server = TestServer::start();
+    let server =
+        TestServer::with(Options::default().env("FLEETGROUPS_LIMITS_MAX_DEVICES_PER_GROUP", "10"));
     let t = server.admin_token();
     for name in ["Other", "Trucks"] {
         server
@@ -116,14 +117,24 @@ fn invalid_merge_patches_change_nothing() {
     }
     // A body that is wrong on its own is 400 whatever the group or its If-Match.
     for target in [id, "grp-99"] {
-        let v = server
-            .req("PATCH", &format!("/api/groups/{target}"))
-            .bearer(&t)
-            .header("If-Match", "\"77\"")
-            .body_as("application/merge-patch+json", b"-5931835954327")
-            .send()
-            .expect_error(400, "invalid_input");
-        assert!(v["error"].as_str().unwrap().contains("merge patch"), "{v}");
+        for (body, field) in [
+            (b"-5931835954327".as_slice(), "merge patch"),
+            (br#"{"description": -3.5e-110}"#, "description"),
+            (br#"{"name": "  "}"#, "name"),
+            (
+                br#"{"devices": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"]}"#,
+                "at most",
+            ),
+        ] {
+            let v = server
+                .req("PATCH", &format!("/api/groups/{target}"))
+                .bearer(&t)
+                .header("If-Match", "\"77\"")
+                .body_as("application/merge-patch+json", body)
+                .send()
+                .expect_error(400, "invalid_input");
+            assert!(v["error"].as_str().unwrap().contains(field), "{v}");
+        }
     }
     merge(&server, &t, id, br#"{"name": "OTHER"}"#).expect_error(409, "name_conflict");
     merge(&server, &t, "grp-99", br#"{"name": "x"}"#).expect_error(404, "group_not_found");
