@@ -58,7 +58,11 @@ pub fn apply_json_patch(
     rules: Rules,
 ) -> Result<GroupDoc, ApiError> {
     let mut doc = current.to_value();
-    json_patch::patch(&mut doc, ops).map_err(|e| match e.kind {
+    // `patch_unsafe` leaves a half-patched copy on error, which is dropped. The crate's
+    // `patch` would undo the applied operations instead, and its undo panics on some
+    // sequences ("cannot move the value inside itself" after a move into a parent,
+    // found by Schemathesis); on a copy there is nothing to undo.
+    json_patch::patch_unsafe(&mut doc, ops).map_err(|e| match e.kind {
         PatchErrorKind::TestFailed => ApiError::PatchTestFailed(e.path.to_string()),
         // A `test` of a location that does not exist (`/devices/7` in a shorter list)
         // did not hold either: the client asked "is this still so?" and the answer is
@@ -169,6 +173,23 @@ mod tests {
         assert_eq!(e, ApiError::InvalidInput("name is required".into()));
         let out = run(json!([{"op": "add", "path": "/devices/-", "value": "a"}])).unwrap();
         assert_eq!(out.devices, vec!["a", "b"], "duplicates are dropped");
+    }
+
+    #[test]
+    fn a_failure_after_a_move_into_a_parent_is_an_error_not_a_panic() {
+        let e = run(json!([
+            {"op": "move", "from": "/devices/0", "path": "/devices"},
+            {"op": "remove", "path": "/description"},
+            {"op": "remove", "path": "/devices/7"}
+        ]))
+        .unwrap_err();
+        assert!(matches!(e, ApiError::InvalidPatch(_)), "{e:?}");
+        // The same move alone is applied, and the result re-validated.
+        let e = run(json!([{"op": "move", "from": "/devices/0", "path": "/devices"}])).unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::InvalidInput("devices must be an array of strings".into())
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! [ext] JSON Merge Patch (RFC 7396) on `PATCH /api/groups/{id}` sent as
-//! `application/merge-patch+json`: the same rules as a PUT body, all or nothing.
+//! `application/merge-patch+json`: the same rules as a PUT body, all or nothing. Also
+//! a JSON Patch sequence Schemathesis found that used to panic in the patch library.
 
 use serde_json::{json, Value};
 
@@ -185,4 +186,31 @@ fn invalid_merge_patches_change_nothing() {
         .json(&json!({"name": "trucks"}))
         .send()
         .expect_error(409, "name_conflict");
+}
+
+#[test]
+fn a_json_patch_failing_after_a_move_into_a_parent_is_400_and_changes_nothing() {
+    let server = TestServer::start();
+    let t = server.admin_token();
+    let r = server
+        .req("POST", "/api/groups")
+        .bearer(&t)
+        .json(&json!({"name": "G", "description": "d", "devices": ["a", "b"]}))
+        .send();
+    let before = r.json();
+    let r = server
+        .req("PATCH", "/api/groups/grp-1")
+        .bearer(&t)
+        .header("If-Match", "*")
+        .body_as(
+            "application/json-patch+json",
+            br#"[{"op": "move", "from": "/devices/0", "path": "/devices"},
+                 {"op": "remove", "path": "/description"},
+                 {"op": "remove", "path": "/devices/7"}]"#,
+        )
+        .send();
+    r.expect_error(400, "invalid_patch");
+    let after = group(&server, &t, "grp-1");
+    assert_eq!(fields(&after), fields(&before));
+    assert!(!server.log().contains("panicked"), "{}", server.log());
 }
