@@ -168,19 +168,15 @@ pub fn route(method: &str, path: &str) -> Result<Matched, ApiError> {
         .split('/')
         .map(percent_decode)
         .collect::<Result<_, _>>()?;
+    // Patterns are walked in place (no per-request allocation per route); the
+    // parameters are copied only for the route that matches.
     for def in ROUTES {
-        let pattern: Vec<&str> = def.pattern[1..].split('/').collect();
-        if pattern.len() != segments.len() {
+        if def.pattern.matches('/').count() != segments.len() {
             continue;
         }
-        let mut params = Vec::new();
-        let fits = pattern.iter().zip(&segments).all(|(p, s)| {
+        let fits = def.pattern[1..].split('/').zip(&segments).all(|(p, s)| {
             if p.starts_with('{') {
-                if s.is_empty() {
-                    return false;
-                }
-                params.push(s.clone());
-                true
+                !s.is_empty()
             } else if def.case_insensitive {
                 p.eq_ignore_ascii_case(s)
             } else {
@@ -191,7 +187,15 @@ pub fn route(method: &str, path: &str) -> Result<Matched, ApiError> {
             continue;
         }
         return match def.methods.iter().find(|(m, _)| *m == method) {
-            Some((_, op)) => Ok(Matched { op: *op, params }),
+            Some((_, op)) => {
+                let params = def.pattern[1..]
+                    .split('/')
+                    .zip(segments)
+                    .filter(|(p, _)| p.starts_with('{'))
+                    .map(|(_, s)| s)
+                    .collect();
+                Ok(Matched { op: *op, params })
+            }
             None => Err(ApiError::MethodNotAllowed(def.allow)),
         };
     }
