@@ -158,30 +158,10 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Durability;
-    use crate::model::{GroupDoc, GroupId};
+    use crate::model::GroupId;
     use crate::store::groups::Actor;
-    use crate::store::{Store, StoreOptions};
-
-    fn store(dir: &std::path::Path) -> Store {
-        Store::open(
-            dir,
-            &StoreOptions {
-                cache_bytes: 1 << 20,
-                durability: Durability::Relaxed,
-                fail_flush_after: None,
-            },
-        )
-        .unwrap()
-    }
-
-    fn doc(name: &str) -> GroupDoc {
-        GroupDoc {
-            name: name.into(),
-            description: None,
-            devices: vec![],
-        }
-    }
+    use crate::store::testing::{doc, store};
+    use crate::store::Store;
 
     /// (seq, time ms) of every entry of an account's feed.
     fn feed(s: &Store, account: &str) -> Vec<(u64, i64)> {

@@ -415,6 +415,14 @@ impl Store {
             .sum()
     }
 
+    /// 409 when the (account-scoped, lowercased) name key is taken.
+    fn check_name_free(&self, name_key: &[u8]) -> Result<(), ApiError> {
+        match self.names.get(name_key).map_err(|e| self.read_err(e))? {
+            Some(_) => Err(ApiError::NameConflict),
+            None => Ok(()),
+        }
+    }
+
     fn account_count(&self, account: &str) -> Result<u64, ApiError> {
         Ok(self
             .meta
@@ -445,14 +453,7 @@ impl Store {
         }
         let lname = name_key(&doc.name);
         let name_k = keys::name(actor.account, &lname);
-        if self
-            .names
-            .get(&name_k)
-            .map_err(|e| self.read_err(e))?
-            .is_some()
-        {
-            return Err(ApiError::NameConflict);
-        }
+        self.check_name_free(&name_k)?;
         let count = self.account_count(actor.account)?;
         if count >= max_groups {
             return Err(ApiError::Forbidden(format!(
@@ -523,14 +524,7 @@ impl Store {
         let (old_lname, new_lname) = (name_key(&old.name), name_key(&new.name));
         if old_lname != new_lname {
             let new_k = keys::name(actor.account, &new_lname);
-            if self
-                .names
-                .get(&new_k)
-                .map_err(|e| self.read_err(e))?
-                .is_some()
-            {
-                return Err(ApiError::NameConflict);
-            }
+            self.check_name_free(&new_k)?;
             plan.names
                 .push((keys::name(actor.account, &old_lname), None));
             plan.names.push((new_k, Some(id.0.to_be_bytes().to_vec())));

@@ -269,36 +269,15 @@ mod tests {
 #[cfg(test)]
 mod store_tests {
     use super::IdempotencyRequest;
-    use crate::config::Durability;
     use crate::error::ApiError;
-    use crate::model::GroupDoc;
     use crate::store::groups::Actor;
-    use crate::store::{Store, StoreOptions};
 
     const ACTOR: Actor<'static> = Actor {
         account: "acct",
         user: "u",
     };
 
-    fn store(dir: &std::path::Path) -> Store {
-        Store::open(
-            dir,
-            &StoreOptions {
-                cache_bytes: 1 << 20,
-                durability: Durability::Relaxed,
-                fail_flush_after: None,
-            },
-        )
-        .unwrap()
-    }
-
-    fn doc(name: &str) -> GroupDoc {
-        GroupDoc {
-            name: name.into(),
-            description: None,
-            devices: vec![],
-        }
-    }
+    use crate::store::testing::{doc, store};
 
     fn req(key: &str, fp: &str, ttl_ms: i64, max: u64) -> IdempotencyRequest {
         IdempotencyRequest {

@@ -524,3 +524,33 @@ fn tx_result<T>(store: &Store, r: Result<T, TransactionError<ApiError>>) -> Resu
 fn abort<T>(e: ApiError) -> Result<T, ConflictableTransactionError<ApiError>> {
     Err(ConflictableTransactionError::Abort(e))
 }
+
+/// Helpers shared by the store's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Store, StoreOptions};
+    use crate::config::Durability;
+    use crate::model::GroupDoc;
+
+    /// A store in `dir` with a small cache and relaxed durability.
+    pub fn store(dir: &std::path::Path) -> Store {
+        Store::open(
+            dir,
+            &StoreOptions {
+                cache_bytes: 1 << 20,
+                durability: Durability::Relaxed,
+                fail_flush_after: None,
+            },
+        )
+        .unwrap()
+    }
+
+    /// A group document with a name and nothing else.
+    pub fn doc(name: &str) -> GroupDoc {
+        GroupDoc {
+            name: name.into(),
+            description: None,
+            devices: vec![],
+        }
+    }
+}
