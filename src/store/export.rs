@@ -111,7 +111,7 @@ impl std::fmt::Display for Counts {
     }
 }
 
-/// A change-feed entry as stored (see `groups::change_entry`).
+/// A change-feed entry as stored (see `changes::change_entry`).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StoredChange {

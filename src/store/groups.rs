@@ -196,6 +196,24 @@ pub(super) struct Plan {
     pub meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
+impl Plan {
+    /// Adds the change-feed entry of this change (`group`: the state after it).
+    fn record_change(
+        &mut self,
+        actor: Actor<'_>,
+        seq: u64,
+        time: i64,
+        op: &str,
+        id: GroupId,
+        group: Option<&[u8]>,
+    ) {
+        self.changes.push((
+            keys::change(actor.account, seq),
+            Some(change_entry(seq, time, op, id, actor.user, group)),
+        ));
+    }
+}
+
 /// Groups a paged `name` filter reads directly before it switches to the name index.
 const NAME_DIRECT_SCAN: usize = 1000;
 
@@ -476,17 +494,7 @@ impl Store {
             Some((count + 1).to_be_bytes().to_vec()),
         ));
         let json = &raw[HEADER..];
-        plan.changes.push((
-            keys::change(actor.account, seq),
-            Some(change_entry(
-                seq,
-                now,
-                "created",
-                id,
-                actor.user,
-                Some(json),
-            )),
-        ));
+        plan.record_change(actor, seq, now, "created", id, Some(json));
         if let Some(req) = idempotency {
             self.plan_idempotency(&mut plan, actor, req, (id, 1, json), now)?;
         }
@@ -496,6 +504,24 @@ impl Store {
             group: GroupView::new(id, raw.into())?,
             replayed: false,
         })
+    }
+
+    /// The group a write is about to change, with `If-Match` checked: 404 when the
+    /// account has no such group, 412 when the revision is not one of `if_match`.
+    /// Called under the writer mutex, so the check and the write are one step.
+    fn current_for_write(
+        &self,
+        actor: Actor<'_>,
+        id: GroupId,
+        if_match: Option<&[u64]>,
+    ) -> Result<GroupView, ApiError> {
+        let current = self
+            .get_group(actor.account, id)?
+            .ok_or(ApiError::GroupNotFound)?;
+        if if_match.is_some_and(|revs| !revs.contains(&current.revision())) {
+            return Err(ApiError::PreconditionFailed);
+        }
+        Ok(current)
     }
 
     /// Changes a group: `change` gets the current document and returns the new one and
@@ -509,12 +535,7 @@ impl Store {
         change: impl FnOnce(&GroupDoc) -> Result<(GroupDoc, T), ApiError>,
     ) -> Result<(GroupView, T), ApiError> {
         let mut w = self.write_lock()?;
-        let current = self
-            .get_group(actor.account, id)?
-            .ok_or(ApiError::GroupNotFound)?;
-        if if_match.is_some_and(|revs| !revs.contains(&current.revision())) {
-            return Err(ApiError::PreconditionFailed);
-        }
+        let current = self.current_for_write(actor, id, if_match)?;
         let old = current.doc()?;
         let (new, extra) = change(&old)?;
         if new == old {
@@ -546,17 +567,7 @@ impl Store {
         plan.groups
             .push((keys::group(actor.account, id.0), Some(raw.clone())));
         let seq = w.next_change;
-        plan.changes.push((
-            keys::change(actor.account, seq),
-            Some(change_entry(
-                seq,
-                now,
-                "updated",
-                id,
-                actor.user,
-                Some(&raw[HEADER..]),
-            )),
-        ));
+        plan.record_change(actor, seq, now, "updated", id, Some(&raw[HEADER..]));
         let ng = w.next_group;
         self.apply(&mut w, plan, ng, seq + 1)?;
         Ok((GroupView::new(id, raw.into())?, extra))
@@ -570,12 +581,7 @@ impl Store {
         if_match: Option<&[u64]>,
     ) -> Result<(), ApiError> {
         let mut w = self.write_lock()?;
-        let current = self
-            .get_group(actor.account, id)?
-            .ok_or(ApiError::GroupNotFound)?;
-        if if_match.is_some_and(|revs| !revs.contains(&current.revision())) {
-            return Err(ApiError::PreconditionFailed);
-        }
+        let current = self.current_for_write(actor, id, if_match)?;
         let doc = current.doc()?;
         let mut plan = Plan::default();
         plan.groups.push((keys::group(actor.account, id.0), None));
@@ -591,10 +597,7 @@ impl Store {
             Some(count.saturating_sub(1).to_be_bytes().to_vec()),
         ));
         let seq = w.next_change;
-        plan.changes.push((
-            keys::change(actor.account, seq),
-            Some(change_entry(seq, now_ms(), "deleted", id, actor.user, None)),
-        ));
+        plan.record_change(actor, seq, now_ms(), "deleted", id, None);
         let ng = w.next_group;
         self.apply(&mut w, plan, ng, seq + 1)
     }
