@@ -20,13 +20,7 @@ fn ok(out: CliOutput) -> CliOutput {
 }
 
 fn create(server: &TestServer, token: &str, body: Value) -> Value {
-    let r = server
-        .req("POST", "/api/groups")
-        .bearer(token)
-        .json(&body)
-        .send();
-    assert_eq!(r.status, 201, "{}", r.text());
-    r.json()
+    server.client(token).create(&body)
 }
 
 /// What a client can see of an account: groups, the change feed, a device lookup.

@@ -141,14 +141,9 @@ fn a_known_path_with_another_method_is_405_with_allow() {
 
 #[test]
 fn another_accounts_group_is_answered_exactly_like_a_missing_one() {
-    let mut server = TestServer::unstarted(Options::default());
-    let admin_key = server.cli(&["user", "add", "admin"]).key();
-    let other_key = server
-        .cli(&["user", "add", "other", "--account", "acme"])
-        .key();
-    server.restart();
-    let admin = server.client(&server.login("admin", &admin_key));
-    let other = server.client(&server.login("other", &other_key));
+    let (server, admin_token, other_token) = TestServer::two_accounts();
+    let admin = server.client(&admin_token);
+    let other = server.client(&other_token);
     other.create(&json!({"name": "Theirs", "devices": ["x"]}));
     let theirs = other.groups();
 

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{cli_in, Options, Resp, TestServer};
+use crate::support::{cli_in, group_ids_of, Options, Resp, TestServer};
 
 fn post(server: &TestServer, token: &str, key: &str, body: &[u8]) -> Resp {
     server
@@ -16,17 +16,7 @@ fn post(server: &TestServer, token: &str, key: &str, body: &[u8]) -> Resp {
 }
 
 fn group_ids(server: &TestServer, token: &str) -> Vec<String> {
-    server.req("GET", "/api/groups").bearer(token).send().ok()["groups"]
-        .as_array()
-        .expect("the answer has this shape")
-        .iter()
-        .map(|g| {
-            g["id"]
-                .as_str()
-                .expect("the answer has this shape")
-                .to_string()
-        })
-        .collect()
+    group_ids_of(&server.req("GET", "/api/groups").bearer(token).send().ok())
 }
 
 /// The answer without the usage counters, which grow with every request.

@@ -5,16 +5,10 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{Options, TestServer};
+use crate::support::{group_ids_of, Options, TestServer};
 
 fn create(server: &TestServer, token: &str, body: Value) -> String {
-    let r = server
-        .req("POST", "/api/groups")
-        .bearer(token)
-        .json(&body)
-        .send();
-    assert_eq!(r.status, 201, "{}", r.text());
-    r.json()["id"]
+    server.client(token).create(&body)["id"]
         .as_str()
         .expect("the answer has this shape")
         .to_string()
@@ -39,21 +33,13 @@ fn group(server: &TestServer, token: &str, id: &str) -> Value {
 
 /// IDs of the groups a reverse lookup answers, given the encoded device ID.
 fn lookup(server: &TestServer, token: &str, encoded: &str) -> Vec<String> {
-    server
-        .req("GET", &format!("/api/devices/{encoded}/groups"))
-        .bearer(token)
-        .send()
-        .ok()["groups"]
-        .as_array()
-        .expect("the answer has this shape")
-        .iter()
-        .map(|g| {
-            g["id"]
-                .as_str()
-                .expect("the answer has this shape")
-                .to_string()
-        })
-        .collect()
+    group_ids_of(
+        &server
+            .req("GET", &format!("/api/devices/{encoded}/groups"))
+            .bearer(token)
+            .send()
+            .ok(),
+    )
 }
 
 #[test]

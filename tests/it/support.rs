@@ -93,6 +93,20 @@ impl TestServer {
         }
     }
 
+    /// A server with two accounts: `admin` in `default` and `other` in `acme` (both
+    /// `write`); returns it with a token for each.
+    pub fn two_accounts() -> (TestServer, String, String) {
+        let mut server = TestServer::unstarted(Options::default());
+        let admin_key = server.cli(&["user", "add", "admin"]).key();
+        let other_key = server
+            .cli(&["user", "add", "other", "--account", "acme"])
+            .key();
+        server.restart();
+        let admin = server.login("admin", &admin_key);
+        let other = server.login("other", &other_key);
+        (server, admin, other)
+    }
+
     /// Whether a server process is running (not stopped or killed by the test).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
@@ -545,6 +559,16 @@ impl<'a> Client<'a> {
         let v = self.get("/api/groups").expect_ok(200);
         v["groups"].as_array().expect("groups array").clone()
     }
+}
+
+/// The `id`s of the `groups` array of an answer, in order.
+pub fn group_ids_of(v: &Value) -> Vec<String> {
+    v["groups"]
+        .as_array()
+        .expect("the answer has a groups array")
+        .iter()
+        .map(|g| g["id"].as_str().expect("a group has an id").to_string())
+        .collect()
 }
 
 /// The resource fields of an answer: the object without `success`, `error`,

@@ -233,14 +233,9 @@ fn unknown_fields_are_ignored() {
 
 #[test]
 fn names_are_unique_per_account_ignoring_case() {
-    let mut server = TestServer::unstarted(Options::default());
-    let admin_key = server.cli(&["user", "add", "admin"]).key();
-    let other_key = server
-        .cli(&["user", "add", "other", "--account", "acme"])
-        .key();
-    server.restart();
-    let admin = server.client(&server.login("admin", &admin_key));
-    let other = server.client(&server.login("other", &other_key));
+    let (server, admin_token, other_token) = TestServer::two_accounts();
+    let admin = server.client(&admin_token);
+    let other = server.client(&other_token);
 
     admin.create(&json!({"name": "Trucks"}));
     admin.create(&json!({"name": "Vans"}));
