@@ -49,11 +49,38 @@ pub fn store_options(config: &Config) -> StoreOptions {
     }
 }
 
+/// How long a starting server waits for a store lock held by someone else.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the store. A CLI command run while the server starts (its admin socket is not
+/// up yet) opens the store itself and holds the lock for a moment; the server waits for
+/// it, up to `LOCK_WAIT`, rather than exit and leave the gateway down. A second server
+/// on the same directory still fails once the wait is over.
+fn open_waiting(config: &Config) -> Result<Store, StartError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut said = false;
+    loop {
+        match Store::open(&config.data_dir, &store_options(config)) {
+            Err(crate::store::OpenError::Locked(_)) if std::time::Instant::now() < deadline => {
+                if !said {
+                    tracing::info!(
+                        data_dir = %config.data_dir.display(),
+                        "the store is locked by another fleetgroups process (a CLI command?); waiting up to {} s",
+                        LOCK_WAIT.as_secs()
+                    );
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other.map_err(|e| StartError(e.to_string())),
+        }
+    }
+}
+
 impl App {
     /// Opens the store, creates the first user on a first start, loads auth and usage.
     pub fn open(config: Config) -> Result<App, StartError> {
-        let store = Store::open(&config.data_dir, &store_options(&config))
-            .map_err(|e| StartError(e.to_string()))?;
+        let store = open_waiting(&config)?;
         bootstrap(&store, &config.data_dir)?;
         let auth = Auth::load(&store, &config.auth)
             .map_err(|e| StartError(format!("loading users: {e:?}")))?;

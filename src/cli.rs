@@ -136,6 +136,8 @@ fn parse_limit(s: &str) -> Result<LimitSetting, String> {
 
 /// Parses the arguments and runs the command.
 pub fn main() -> ExitCode {
+    // Before anything can create a file: the data directory's files are owner-only.
+    crate::perms::restrict_umask();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

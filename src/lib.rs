@@ -16,6 +16,7 @@ pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod patch;
+pub mod perms;
 #[cfg(test)]
 mod proptests;
 pub mod server;

@@ -20,8 +20,8 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{HeaderMap, Request, Response, StatusCode, Version};
 
 use crate::api::{self, Ctx, RequestInfo};
 use crate::app::App;
@@ -97,6 +97,7 @@ async fn serve(
     peer: SocketAddr,
     outcome: &mut Outcome,
 ) -> Result<Reply, ApiError> {
+    check_host(&req)?;
     let matched = router::route(req.method().as_str(), req.uri().path())?;
     let op = matched.op;
     outcome.op = Some(op);
@@ -174,6 +175,24 @@ async fn serve(
         body,
     };
     api::dispatch(op, ctx).await
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without a `Host` header, or with more than one,
+/// is answered 400. HTTP/1.0 predates the header, so it may leave it out.
+fn check_host<B>(req: &Request<B>) -> Result<(), ApiError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ApiError::InvalidInput(
+            "the Host header must be given once".into(),
+        ));
+    }
+    if first.is_none() && req.version() != Version::HTTP_10 {
+        return Err(ApiError::InvalidInput(
+            "the Host header is required (RFC 9112)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {

@@ -168,8 +168,24 @@ pub struct Store {
 impl Store {
     /// Opens (creating if missing) the store under `data_dir/store`.
     pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<Store, OpenError> {
-        std::fs::create_dir_all(data_dir)
+        crate::perms::create_private_dir(data_dir)
             .map_err(|e| OpenError::Other(format!("cannot create {}: {e}", data_dir.display())))?;
+        // A directory made by an older version or under a looser umask (SECURITY.md
+        // promises 0700/0600) is repaired before the store is read.
+        match crate::perms::tighten(data_dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                data_dir = %data_dir.display(),
+                changed = n,
+                "made the data directory and its files owner-only (0700/0600)"
+            ),
+            Err(e) => {
+                return Err(OpenError::Other(format!(
+                    "cannot make {} owner-only: {e}",
+                    data_dir.display()
+                )))
+            }
+        }
         let dir = data_dir.join("store");
         let fresh = !dir.join("db").exists();
         // sled rewrites files whenever it opens a store (recovery writes a snapshot), so

@@ -438,3 +438,41 @@ fn garbage_on_the_wire_does_not_hurt_the_server() {
     assert_eq!(admin.group("grp-1")["name"], "Survivor");
     admin.create(&json!({"name": "After the garbage"}));
 }
+
+#[test]
+fn http11_without_exactly_one_host_is_400_and_http10_may_omit_it() {
+    let server = TestServer::start();
+    let token = server.admin_token();
+    let create = |host: &str, version: &str| {
+        let body = r#"{"name":"Hostless"}"#;
+        raw(
+            server.addr,
+            format!(
+                "POST /api/groups {version}\r\n{host}Connection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    let e = create("", "HTTP/1.1").expect_error(400, "invalid_input");
+    assert_eq!(
+        e["error"],
+        "Invalid input: the Host header is required (RFC 9112)"
+    );
+    create("Host: a\r\nHost: b\r\n", "HTTP/1.1").expect_error(400, "invalid_input");
+    let admin = server.client(&token);
+    assert_eq!(
+        admin.groups(),
+        Vec::<Value>::new(),
+        "a refused create left a group"
+    );
+    // Unauthenticated routes too: the check comes before routing.
+    raw(
+        server.addr,
+        b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .expect_error(400, "invalid_input");
+    // HTTP/1.0 has no Host requirement.
+    let ok = create("", "HTTP/1.0");
+    assert_eq!(ok.status, 201, "{:?}", ok.text());
+}

@@ -1,11 +1,18 @@
 //! Starting the server (operations.md "Start" and "Data"): the first start creates
 //! `admin` and its key file (0600) and logs the file's path but never the key; later
 //! starts keep both; a second server on the same data directory refuses with a clear
-//! message; a store written by another format version is refused untouched.
+//! message; a store written by another format version is refused untouched; the data
+//! directory is owner-only whatever the umask; a store lock held by a CLI command
+//! during start-up is waited for.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::TestServer;
+use crate::support::{clear_fleetgroups_env, raw, Options, TestServer, BIN};
 
 #[test]
 fn the_first_start_creates_admin_and_its_key_file() {
@@ -155,4 +162,136 @@ fn keys_and_tokens_are_not_stored_in_plain_text() {
         }
     }
     assert!(scanned > 0, "the store has files");
+}
+
+/// Every directory and file below `dir` with a mode that group or others can use.
+fn loose_modes(dir: &std::path::Path) -> Vec<(String, u32)> {
+    let mut loose = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let mode = std::fs::metadata(&d)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode != 0o700 {
+            loose.push((d.display().to_string(), mode));
+        }
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let kind = entry.file_type().expect("file type");
+            let mode = entry.metadata().expect("metadata").permissions().mode() & 0o777;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() && mode & 0o077 != 0 {
+                loose.push((entry.path().display().to_string(), mode));
+            }
+        }
+    }
+    loose
+}
+
+/// Serves under `umask 022` (what a shell or a container gives), writes a group and
+/// stops; returns the data directory's loose modes.
+fn serve_under_umask_022(server: &mut TestServer) -> Vec<(String, u32)> {
+    server.restart_with(Options::default().umask(0o022));
+    let admin = server.client(&server.admin_token());
+    admin.create(&json!({"name": format!("Private {}", admin.groups().len()), "devices": ["d1"]}));
+    assert!(server.stop().success());
+    loose_modes(&server.data_dir())
+}
+
+#[test]
+fn the_data_directory_is_owner_only_whatever_the_umask() {
+    let mut server = TestServer::unstarted(Options::default());
+    assert_eq!(
+        serve_under_umask_022(&mut server),
+        Vec::new(),
+        "a new store"
+    );
+
+    // A directory made by an older version under umask 022 is repaired at start.
+    let data = server.data_dir();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let db = data.join("store/db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    assert_eq!(loose_modes(&data).len(), 2);
+    assert_eq!(
+        serve_under_umask_022(&mut server),
+        Vec::new(),
+        "an old, loose store"
+    );
+}
+
+#[test]
+fn a_start_waits_for_a_cli_that_holds_the_store_lock() {
+    let mut server = TestServer::start();
+    server
+        .client(&server.admin_token())
+        .create(&json!({"name": "Before"}));
+    assert!(server.stop().success());
+
+    // Hold the lock the way a CLI command that opened the store does (sled takes an
+    // exclusive flock on `store/db`).
+    let db = std::fs::File::open(server.data_dir().join("store/db")).expect("open db");
+    rustix::fs::flock(&db, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .expect("take the store lock");
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(server.dir.path())
+        .args(["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    clear_fleetgroups_env(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut next_line = || {
+        lines
+            .next()
+            .expect("the server exited instead of waiting")
+            .expect("line")
+    };
+    loop {
+        let line = next_line();
+        assert!(
+            !line.contains("listening on"),
+            "served without the lock: {line}"
+        );
+        if line.contains("store is locked") {
+            break;
+        }
+    }
+    // The "CLI" finishes: the server takes the store and serves it.
+    let released = Instant::now();
+    drop(db);
+    let addr = loop {
+        let line = next_line();
+        if let Some(at) = line.find("listening on http://") {
+            let rest = &line[at + "listening on http://".len()..];
+            let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            break addr.parse::<std::net::SocketAddr>().expect("address");
+        }
+    };
+    assert!(released.elapsed() < Duration::from_secs(5));
+    let login = json!({"userName": "admin", "apiKey": server.admin_key()}).to_string();
+    let token = raw(
+        addr,
+        format!(
+            "POST /api/Auth/Token HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{login}",
+            login.len()
+        )
+        .as_bytes(),
+    )
+    .expect_ok(200)["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let list = raw(
+        addr,
+        format!("GET /api/groups HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes(),
+    )
+    .expect_ok(200);
+    assert_eq!(list["groups"].as_array().map(Vec::len), Some(1), "{list}");
+    let _ = child.kill();
+    let _ = child.wait();
 }

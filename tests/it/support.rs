@@ -25,11 +25,19 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Contents of a config file passed with `--config`.
     pub config: Option<String>,
+    /// The umask the server starts with (a shell's `umask` before `exec`).
+    pub umask: Option<u32>,
 }
 
 impl Options {
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    /// Starts the server under this umask.
+    pub fn umask(mut self, mask: u32) -> Self {
+        self.umask = Some(mask);
         self
     }
 
@@ -339,7 +347,14 @@ impl Drop for TestServer {
 type Spawned = (Child, SocketAddr, Arc<Mutex<String>>, Arc<AtomicBool>);
 
 fn spawn(dir: &Path, options: &Options) -> Spawned {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = match options.umask {
+        None => Command::new(BIN),
+        Some(mask) => {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", &format!("umask {mask:03o}; exec \"$0\" \"$@\""), BIN]);
+            sh
+        }
+    };
     cmd.current_dir(dir);
     if let Some(text) = &options.config {
         let p = dir.join("test-config.toml");
