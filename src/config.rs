@@ -76,6 +76,12 @@ pub struct LimitsConfig {
     pub header_timeout_secs: u64,
     /// Seconds a client has to send a request's body.
     pub body_timeout_secs: u64,
+    /// Seconds a write may wait for a client that takes none of the answer before the
+    /// connection is closed (a client that reads, however slowly, is not cut).
+    pub write_timeout_secs: u64,
+    /// Largest JSON a page of the change feed, the group list or the reverse lookup
+    /// holds (fewer entries, `next` continues; always at least one entry).
+    pub max_page_bytes: u64,
     /// Requests per minute per user; 0 turns the limit off.
     pub requests_per_minute: u64,
     /// Default daily request limit for users without their own; 0 means none.
@@ -187,6 +193,8 @@ impl Default for LimitsConfig {
             max_connections: 1024,
             header_timeout_secs: 10,
             body_timeout_secs: 30,
+            write_timeout_secs: 30,
+            max_page_bytes: 4 * 1024 * 1024,
             requests_per_minute: 0,
             daily_limit: 0,
             idempotency_keys_per_user: 10_000,
@@ -341,10 +349,14 @@ impl Config {
                 self.limits.header_timeout_secs,
             ),
             ("limits.body_timeout_secs", self.limits.body_timeout_secs),
+            ("limits.write_timeout_secs", self.limits.write_timeout_secs),
         ] {
             if v == 0 {
                 return bad(key, "must be at least 1");
             }
+        }
+        if self.limits.max_page_bytes < 1024 {
+            return bad("limits.max_page_bytes", "must be at least 1024");
         }
         if self.storage.cache_mb == 0 {
             return bad("storage.cache_mb", "must be at least 1");

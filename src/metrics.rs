@@ -23,6 +23,23 @@ pub struct Metrics {
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
+    /// Written by the connection table (`http/conns.rs`), shared with it.
+    pub conns: std::sync::Arc<ConnStats>,
+}
+
+/// What happened to client connections.
+#[derive(Default)]
+pub struct ConnStats {
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections with a write waiting for its client to read, now.
+    pub blocked: AtomicU64,
+    /// Closed because a write made no progress for `limits.write_timeout_secs`.
+    pub write_timeouts: AtomicU64,
+    /// Idle connections closed at the connection limit to make room.
+    pub evicted_idle: AtomicU64,
+    /// Connections whose client stopped reading, closed at the limit to make room.
+    pub evicted_stalled: AtomicU64,
 }
 
 impl Metrics {
@@ -96,8 +113,31 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
         }
-        let f = app.store.flush_stats();
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let c = &self.conns;
+        let _ = writeln!(
+            out,
+            "# HELP fleetgroups_connections_open Client connections open now.\n# TYPE fleetgroups_connections_open gauge\nfleetgroups_connections_open {}",
+            load(&c.open)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleetgroups_connections_blocked Connections whose answer waits for the client to read it.\n# TYPE fleetgroups_connections_blocked gauge\nfleetgroups_connections_blocked {}",
+            load(&c.blocked)
+        );
+        out.push_str("# HELP fleetgroups_connections_closed_total Connections the server closed, by reason.\n# TYPE fleetgroups_connections_closed_total counter\n");
+        for (reason, n) in [
+            ("write_timeout", &c.write_timeouts),
+            ("evicted_idle", &c.evicted_idle),
+            ("evicted_stalled", &c.evicted_stalled),
+        ] {
+            let _ = writeln!(
+                out,
+                "fleetgroups_connections_closed_total{{reason=\"{reason}\"}} {}",
+                load(n)
+            );
+        }
+        let f = app.store.flush_stats();
         let secs = |a: &AtomicU64| (load(a) as f64 / 1e6).to_string();
         let counters = [
             (

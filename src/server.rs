@@ -34,6 +34,11 @@ use crate::config::Config;
 use crate::http::conns::{self, ConnHandle, Conns};
 use crate::systemd::Notifier;
 
+/// The kernel send buffer of each client socket: what a client may leave unread in the
+/// kernel before our writes block. 256 KiB keeps a LAN or a 50 ms link busy (5 MB/s) and
+/// bounds what a thousand clients that never read can pin.
+const SEND_BUFFER_BYTES: usize = 256 * 1024;
+
 /// The `serve` command: checks the TLS files, opens the store, binds, tells systemd it
 /// is ready and serves until SIGTERM/SIGINT. Exit codes: 0 after a clean shutdown, 1
 /// when the store or the listener cannot be had or the final flush failed, 2 for a
@@ -124,7 +129,8 @@ pub async fn serve(
         .unwrap_or(u32::MAX)
         .min(1 << 20);
     let permits = Arc::new(Semaphore::new(max as usize));
-    let conns = Conns::new();
+    let conns = Conns::new(Arc::clone(&app.metrics.conns));
+    let write_timeout = Duration::from_secs(limits.write_timeout_secs);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut builder = http1::Builder::new();
     builder
@@ -137,7 +143,7 @@ pub async fn serve(
         .max_buf_size(64 * 1024);
     let handshake_timeout = Duration::from_secs(limits.header_timeout_secs);
     tokio::pin!(shutdown);
-    loop {
+    'accept: loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -147,30 +153,38 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut shutdown => break 'accept,
         };
         // The permit is taken after accept so that a client waiting at the limit can be
         // seen: it makes room by closing the longest-idle connection (http/conns.rs).
         // When every connection is inside a request, it waits for one to finish.
+        // When every connection is busy, it asks again every 100 ms: a
+        // connection may have stalled (its client stopped reading) since.
         let permit = match Arc::clone(&permits).try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => {
-                if conns.evict_idle() {
-                    tracing::debug!(
-                        "connection limit reached; closing the longest-idle connection"
-                    );
+            Err(_) => loop {
+                if conns.make_room() {
+                    tracing::debug!("connection limit reached; closing a connection to make room");
                 }
                 tokio::select! {
                     p = Arc::clone(&permits).acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
+                        Ok(p) => break p,
+                        Err(_) => return Err("the connection semaphore closed".into()),
                     },
-                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = &mut shutdown => break 'accept,
                 }
-            }
+            },
         };
         let _ = stream.set_nodelay(true);
+        // Bounded kernel memory per client: left to autotuning, a socket whose client
+        // reads nothing holds up to `tcp_wmem`'s maximum (4 MiB by default) of answers,
+        // 4 GiB at the connection limit. (Linux doubles the value for its bookkeeping.)
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, SEND_BUFFER_BYTES / 2);
         let handle = Arc::new(conns.register(permit));
+        // Watched below TLS, so a client that stops reading is seen the same way on
+        // both transports (and during the handshake).
+        let stream = handle.watch(stream, write_timeout);
         let builder = builder.clone();
         let app = Arc::clone(&app);
         let tls = tls.clone();
@@ -240,8 +254,11 @@ async fn serve_connection<S>(
     let requests = Arc::clone(handle);
     let service = service_fn(move |req| {
         let app = Arc::clone(&app);
-        let guard = requests.begin_request();
+        let requests = Arc::clone(&requests);
         async move {
+            // A pipelined request waits while the answers before it are stuck.
+            requests.drained().await;
+            let guard = requests.begin_request();
             let response = crate::http::handle(app, req, peer).await;
             drop(guard);
             Ok::<_, std::convert::Infallible>(response)

@@ -1,6 +1,7 @@
 //! `GET /api/changes?after=&limit=` [ext]: the caller's account's change feed, oldest
 //! first. `next` is the `after` for the following page, or null when this page is the
-//! end of the feed for now (a mirror then polls again with its last `seq`).
+//! end of the feed for now (a mirror then polls again with its last `seq`). A page
+//! stops at `limit` entries or `limits.max_page_bytes` of them, whichever comes first.
 
 use super::Ctx;
 use crate::error::ApiError;
@@ -27,7 +28,11 @@ pub fn list(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
             }
         }
     }
-    let page = ctx.app.store.changes(&ctx.user()?.account, after, limit)?;
+    let max_bytes = usize::try_from(ctx.app.config.limits.max_page_bytes).unwrap_or(usize::MAX);
+    let page = ctx
+        .app
+        .store
+        .changes(&ctx.user()?.account, after, limit, max_bytes)?;
     let mut list = Vec::with_capacity(page.entries.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
     list.push(b'[');
     for (i, e) in page.entries.iter().enumerate() {

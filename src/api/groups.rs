@@ -2,13 +2,17 @@
 //! and the membership calls [ext]. Writes wait for group commit before answering, so a
 //! 2xx means the change is on disk (api.md §7).
 
+use std::sync::Arc;
+
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::Ctx;
+use crate::app::App;
 use crate::error::ApiError;
 use crate::http::body::BodyKind;
-use crate::http::response::{push_member, push_object_members, Reply};
+use crate::http::response::{push_member, push_object_members, Reply, Streamed};
+use crate::http::stream::Chunks;
 use crate::model::{check_device_id, validate_doc, GroupDoc, GroupId, Rules, MAX_NAME_CHARS};
 use crate::patch::{apply_json_patch, apply_merge_patch, parse_json_patch};
 use crate::store::groups::{Actor, GroupView, ListQuery};
@@ -47,21 +51,104 @@ fn one(v: &GroupView) -> Reply {
     Reply::ok(m).header("etag", etag(v))
 }
 
-/// `"groups":[…]` for a list of groups.
-pub fn groups_member(groups: &[GroupView]) -> Vec<u8> {
-    let mut list =
-        Vec::with_capacity(groups.iter().map(|g| g.json().len() + 1).sum::<usize>() + 12);
-    list.push(b'[');
+/// Groups per chunk of a streamed list, and a chunk's byte budget: enough to keep the
+/// socket busy, small enough that a slow client holds little memory.
+const CHUNK_GROUPS: usize = 256;
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Appends the groups' JSON, comma-separated.
+fn join(groups: &[GroupView], out: &mut Vec<u8>) {
+    out.reserve(groups.iter().map(|g| g.json().len() + 1).sum());
     for (i, g) in groups.iter().enumerate() {
         if i > 0 {
-            list.push(b',');
+            out.push(b',');
         }
-        list.extend_from_slice(g.json());
+        out.extend_from_slice(g.json());
     }
+}
+
+/// `"groups":[…]` for a list of groups.
+fn groups_member(groups: &[GroupView]) -> Vec<u8> {
+    let mut list = Vec::new();
+    list.push(b'[');
+    join(groups, &mut list);
     list.push(b']');
     let mut m = Vec::with_capacity(list.len() + 12);
     push_member(&mut m, "groups", &list);
     m
+}
+
+/// The answer of a group list, and of the reverse lookup (a list with a `device`
+/// filter). A client that pages (gives `limit` or `after`) gets one page, at most
+/// `limits.max_page_bytes` of groups, and `next`; a plain Plaspy client gets exactly the
+/// Plaspy answer, every group, and when that is more than one chunk the rest is
+/// streamed as the client reads it (`http/stream.rs`). Each group in a streamed list is
+/// one whole state of that group; groups are read chunk by chunk, so a group created
+/// while the list streams may or may not be in it (as if the list were read a moment
+/// later), and none is ever shown twice or half-changed.
+pub fn list_reply(ctx: &Ctx<'_>, mut q: ListQuery) -> Result<Reply, ApiError> {
+    let account = &ctx.user()?.account;
+    if q.limit.is_some() || q.after.is_some() {
+        q.max_bytes =
+            Some(usize::try_from(ctx.app.config.limits.max_page_bytes).unwrap_or(usize::MAX));
+        let page = ctx.app.store.list_groups(account, &q)?;
+        let mut m = groups_member(&page.groups);
+        let next = page
+            .next
+            .map_or_else(|| "null".to_string(), |id| format!("\"{id}\""));
+        push_member(&mut m, "next", next.as_bytes());
+        return Ok(Reply::ok(m));
+    }
+    q.limit = Some(CHUNK_GROUPS);
+    q.max_bytes = Some(CHUNK_BYTES);
+    let page = ctx.app.store.list_groups(account, &q)?;
+    let Some(next) = page.next else {
+        return Ok(Reply::ok(groups_member(&page.groups)));
+    };
+    let mut first = Vec::new();
+    join(&page.groups, &mut first);
+    q.after = Some(next.0);
+    let rest = GroupChunks {
+        app: Arc::clone(ctx.app),
+        account: account.clone(),
+        q,
+        done: false,
+    };
+    Ok(Reply {
+        status: 200,
+        stream: Some(Streamed {
+            member: "groups",
+            first,
+            rest: Box::new(rest),
+        }),
+        ..Reply::default()
+    })
+}
+
+/// The rest of a streamed list: the next chunk after the last group sent.
+struct GroupChunks {
+    app: Arc<App>,
+    account: String,
+    q: ListQuery,
+    done: bool,
+}
+
+impl Chunks for GroupChunks {
+    fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<bool, ApiError> {
+        if self.done {
+            return Ok(false);
+        }
+        let page = self.app.store.list_groups(&self.account, &self.q)?;
+        match page.next {
+            Some(n) => self.q.after = Some(n.0),
+            None => self.done = true,
+        }
+        if page.groups.is_empty() {
+            return Ok(false);
+        }
+        join(&page.groups, out);
+        Ok(true)
+    }
 }
 
 /// The `If-Match` condition of a write: `None` when there is none or it is `*` (any
@@ -102,8 +189,14 @@ fn if_none_match_hits(raw: &str, revision: u64) -> bool {
 }
 
 pub fn list(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
+    let q = list_query(&ctx, &["limit", "after", "device", "name"])?;
+    list_reply(&ctx, q)
+}
+
+/// The list parameters among `known` (a subset of `limit`, `after`, `device`, `name`).
+pub fn list_query(ctx: &Ctx<'_>, known: &[&'static str]) -> Result<ListQuery, ApiError> {
     let mut q = ListQuery::default();
-    for (k, v) in ctx.query(&["limit", "after", "device", "name"])? {
+    for (k, v) in ctx.query(known)? {
         match k {
             "limit" => {
                 q.limit = Some(
@@ -131,17 +224,7 @@ pub fn list(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
             }
         }
     }
-    let page = ctx.app.store.list_groups(&ctx.user()?.account, &q)?;
-    let mut m = groups_member(&page.groups);
-    // A client that pages (gives limit or after) gets `next`; a plain Plaspy client
-    // gets exactly the Plaspy answer.
-    if q.limit.is_some() || q.after.is_some() {
-        let next = page
-            .next
-            .map_or_else(|| "null".to_string(), |id| format!("\"{id}\""));
-        push_member(&mut m, "next", next.as_bytes());
-    }
-    Ok(Reply::ok(m))
+    Ok(q)
 }
 
 /// The `after` cursor: any canonical `grp-<n>` of up to 20 digits, also one beyond the

@@ -11,6 +11,7 @@ pub mod openapi;
 pub(crate) mod ops;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -31,7 +32,8 @@ pub struct RequestInfo {
 
 /// Everything a handler gets.
 pub struct Ctx<'a> {
-    pub app: &'a App,
+    /// Shared, so that a streamed answer can keep reading after the handler returns.
+    pub app: &'a Arc<App>,
     /// The authenticated caller (None only on routes without authentication).
     pub user: Option<&'a UserRecord>,
     pub params: &'a [String],

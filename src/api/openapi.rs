@@ -14,7 +14,7 @@ pub fn reply() -> Reply {
         status: 200,
         raw: Some((
             "application/json; charset=utf-8",
-            DOCUMENT.as_bytes().to_vec(),
+            bytes::Bytes::from_static(DOCUMENT.as_bytes()),
         )),
         ..Reply::default()
     }

@@ -33,7 +33,7 @@ pub fn metrics(app: &App) -> Result<Reply, ApiError> {
         status: 200,
         raw: Some((
             "text/plain; version=0.0.4; charset=utf-8",
-            text.into_bytes(),
+            text.into_bytes().into(),
         )),
         ..Reply::default()
     })

@@ -1,40 +1,65 @@
-//! Connection bookkeeping for the accept loop. Every connection registers here and
-//! says when a request starts and ends, so that:
+//! Connection bookkeeping for the accept loop. Every connection registers here, says
+//! when a request starts and ends, and its socket is wrapped in [`Watched`], which sees
+//! whether the client is taking our answers. So that:
 //!
+//! - every connection makes progress or goes: a write that the client does not take
+//!   for `limits.write_timeout_secs` (it stopped reading; its socket buffers are full)
+//!   ends the connection, the way a header or body timeout ends one that stopped
+//!   sending. A client that reads slowly but steadily is not cut.
+//! - answers do not pile up for a client that does not read them: while the previous
+//!   answer is stuck (a write blocked), the next pipelined request waits before it is
+//!   handled, so what is answered but unread is bounded by the socket buffers plus one
+//!   answer (itself bounded: pages stop at `limits.max_page_bytes`, long lists stream).
 //! - at `limits.max_connections`, a new client does not wait behind connections that
-//!   are doing nothing: the connection idle the longest (no request in progress — a
-//!   keep-alive connection between requests, or one that has not finished sending a
-//!   request head, as a slowloris client never does) is closed to make room, the way
-//!   nginx reuses idle keep-alive connections when it runs out. Connections inside a
-//!   request are never cut; when every connection is busy, new clients queue in the
-//!   listen backlog until one finishes.
+//!   are doing nothing: first the connection idle the longest (no request in progress
+//!   and nothing left to write — a keep-alive connection between requests, or one that
+//!   has not finished sending a request head, as a slowloris client never does) is
+//!   closed, the way nginx reuses idle keep-alive connections when it runs out; failing
+//!   that, the connection whose writes have been blocked the longest (at least
+//!   `STALLED_AFTER`) is cut. Connections inside a request whose client reads are never
+//!   cut; when every connection is busy, new clients queue in the listen backlog.
 //! - at shutdown, connections that never started a request close at once, and the
 //!   others finish their current request and close (hyper's graceful shutdown).
 //!
-//! Closing is safe for a connection that never started a request (nothing can be in
-//! flight); for one that has served requests, hyper's `graceful_shutdown` closes it only
-//! if it is idle and otherwise lets the current exchange finish, so no answer is cut.
+//! Closing gracefully is safe for a connection that never started a request (nothing
+//! can be in flight); for one that has served requests, hyper's `graceful_shutdown`
+//! closes it only if it is idle and otherwise lets the current exchange finish, so no
+//! answer is cut. A stalled connection is cut without that courtesy: its client has
+//! stopped reading, so the exchange would never finish.
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use hyper::body::{Body, Incoming};
 use hyper::rt::{Read, Write};
 use hyper::server::conn::http1;
 use hyper::service::HttpService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 
+use crate::metrics::ConnStats;
 use crate::store::lock;
+
+/// A connection whose writes have been blocked this long is "stalled": at the
+/// connection limit it may be cut to make room. Short enough that a new client is
+/// answered within a second even when every other connection stalls; long enough that
+/// a client that is merely slow for a moment (a full window on a busy link) is spared
+/// while idle connections exist.
+pub const STALLED_AFTER: Duration = Duration::from_millis(250);
 
 /// Every open connection of one server.
 pub struct Conns {
     table: Mutex<HashMap<u64, Arc<ConnState>>>,
     next_id: AtomicU64,
     epoch: Instant,
+    stats: Arc<ConnStats>,
 }
 
 /// What the accept loop knows about one connection.
@@ -46,10 +71,17 @@ pub struct ConnState {
     served: AtomicU64,
     /// Last accept, request start or request end (ms since `Conns::epoch`).
     last_active: AtomicU64,
+    /// 1 + the ms (since `Conns::epoch`) at which a write started to wait for the
+    /// client; 0 while nothing waits.
+    blocked_since: AtomicU64,
+    /// Woken when a blocked write makes progress.
+    drained: Notify,
     /// Asks the connection to close (eviction).
     evict: Notify,
     /// Already asked; not picked again.
-    evicting: std::sync::atomic::AtomicBool,
+    evicting: AtomicBool,
+    /// The eviction is a cut (the client stopped reading), not a graceful close.
+    cut: AtomicBool,
 }
 
 /// A registered connection; leaves the table when dropped, and only then gives its
@@ -71,11 +103,12 @@ pub struct RequestGuard {
 }
 
 impl Conns {
-    pub fn new() -> Arc<Conns> {
+    pub fn new(stats: Arc<ConnStats>) -> Arc<Conns> {
         Arc::new(Conns {
             table: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             epoch: Instant::now(),
+            stats,
         })
     }
 
@@ -89,6 +122,7 @@ impl Conns {
         let state = Arc::new(ConnState::default());
         state.last_active.store(self.now(), Ordering::Relaxed);
         lock(&self.table).insert(id, Arc::clone(&state));
+        self.stats.open.fetch_add(1, Ordering::Relaxed);
         ConnHandle {
             conns: Arc::clone(self),
             id,
@@ -107,28 +141,56 @@ impl Conns {
         self.len() == 0
     }
 
-    /// Asks the connection idle the longest to close. False when every connection is
-    /// inside a request.
-    pub fn evict_idle(&self) -> bool {
+    /// Asks one connection to close to make room: the one idle the longest, else the
+    /// one stalled the longest. False when every connection is inside a request or
+    /// writing to a client that reads.
+    pub fn make_room(&self) -> bool {
+        let now = self.now();
+        let stalled_ms = u64::try_from(STALLED_AFTER.as_millis()).unwrap_or(u64::MAX);
         let table = lock(&self.table);
-        let victim = table
+        let idle = table
             .values()
-            .filter(|c| c.busy.load(Ordering::Relaxed) == 0 && !c.evicting.load(Ordering::Relaxed))
+            .filter(|c| {
+                !c.evicting.load(Ordering::Relaxed)
+                    && c.busy.load(Ordering::Relaxed) == 0
+                    && c.blocked_since() == 0
+            })
             .min_by_key(|c| c.last_active.load(Ordering::Relaxed));
-        match victim {
-            Some(c) => {
-                c.evicting.store(true, Ordering::Relaxed);
-                c.evict.notify_one();
-                true
+        let (victim, cut) = match idle {
+            Some(c) => (c, false),
+            None => {
+                // One asked to close gracefully may have stalled since: it can be cut.
+                let stalled = table
+                    .values()
+                    .filter(|c| !c.cut.load(Ordering::Relaxed))
+                    .filter(|c| {
+                        let since = c.blocked_since();
+                        since != 0 && now.saturating_sub(since - 1) >= stalled_ms
+                    })
+                    .min_by_key(|c| c.blocked_since());
+                match stalled {
+                    Some(c) => (c, true),
+                    None => return false,
+                }
             }
-            None => false,
-        }
+        };
+        victim.cut.store(cut, Ordering::Relaxed);
+        victim.evicting.store(true, Ordering::Relaxed);
+        victim.evict.notify_one();
+        let counter = if cut {
+            &self.stats.evicted_stalled
+        } else {
+            &self.stats.evicted_idle
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 
 impl Drop for ConnHandle {
     fn drop(&mut self) {
         lock(&self.conns.table).remove(&self.id);
+        self.conns.stats.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -136,6 +198,10 @@ impl ConnState {
     /// Resolves when the connection is asked to close to make room.
     pub async fn evicted(&self) {
         self.evict.notified().await;
+    }
+
+    fn blocked_since(&self) -> u64 {
+        self.blocked_since.load(Ordering::Relaxed)
     }
 }
 
@@ -152,6 +218,31 @@ impl ConnHandle {
             state: Arc::clone(&self.state),
         }
     }
+
+    /// Resolves once no write of this connection waits for the client: a pipelined
+    /// request is handled only when the answers before it are moving.
+    pub async fn drained(&self) {
+        loop {
+            let woken = self.state.drained.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.state.blocked_since() == 0 {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// Wraps the connection's socket so that its writes are watched (see [`Watched`]).
+    pub fn watch<S>(&self, io: S, timeout: Duration) -> Watched<S> {
+        Watched {
+            io,
+            state: Arc::clone(&self.state),
+            conns: Arc::clone(&self.conns),
+            timeout,
+            stall: None,
+        }
+    }
 }
 
 impl Drop for RequestGuard {
@@ -160,6 +251,112 @@ impl Drop for RequestGuard {
             .last_active
             .store(self.conns.now(), Ordering::Relaxed);
         self.state.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A socket whose writes are watched: when the kernel will not take more bytes (the
+/// client is not reading), the connection is marked blocked, and if that lasts for the
+/// write timeout without any progress, the write fails with `TimedOut`, which ends the
+/// connection. Reads pass through untouched (hyper times those itself).
+pub struct Watched<S> {
+    io: S,
+    state: Arc<ConnState>,
+    conns: Arc<Conns>,
+    timeout: Duration,
+    /// Armed when a write first waits; cleared on progress.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Watched<S> {
+    fn watch<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                if self.stall.take().is_some() {
+                    self.state.blocked_since.store(0, Ordering::Relaxed);
+                    self.conns.stats.blocked.fetch_sub(1, Ordering::Relaxed);
+                    self.state.drained.notify_waiters();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let stall = match &mut self.stall {
+                    Some(s) => s,
+                    None => {
+                        self.state
+                            .blocked_since
+                            .store(self.conns.now() + 1, Ordering::Relaxed);
+                        self.conns.stats.blocked.fetch_add(1, Ordering::Relaxed);
+                        self.stall
+                            .insert(Box::pin(tokio::time::sleep(self.timeout)))
+                    }
+                };
+                match stall.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.conns
+                            .stats
+                            .write_timeouts
+                            .fetch_add(1, Ordering::Relaxed);
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client took none of the answer within limits.write_timeout_secs",
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<S> Drop for Watched<S> {
+    fn drop(&mut self) {
+        if self.stall.is_some() {
+            self.conns.stats.blocked.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.watch(cx, r)
     }
 }
 
@@ -186,12 +383,21 @@ where
     loop {
         tokio::select! {
             r = conn.as_mut() => return r,
-            () = state.evict.notified(), if !closing => {}
+            // Listened to also while closing: an idle connection asked to close
+            // gracefully may have stalled since, and then it is cut.
+            () = state.evict.notified() => {
+                if state.cut.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+            }
             changed = shutdown.changed(), if !closing => {
                 if changed.is_ok() && !*shutdown.borrow() {
                     continue;
                 }
             }
+        }
+        if closing {
+            continue;
         }
         // Evicted, or the server is stopping.
         if state.served.load(Ordering::Relaxed) == 0 && state.busy.load(Ordering::Relaxed) == 0 {

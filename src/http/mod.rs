@@ -10,15 +10,14 @@ mod body_props;
 pub mod conns;
 pub mod response;
 pub mod router;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::FutureExt;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{HeaderMap, Request, Response, StatusCode, Version};
@@ -29,17 +28,14 @@ use crate::error::ApiError;
 use crate::store::users::Role;
 use crate::usage::Limits;
 use body::{check_headers, read_json};
-use response::{error_body, success_body, Reply};
+use response::{error_body, push_member, success_body, success_head, Reply};
 use router::Op;
+use stream::OutBody;
 
 const JSON: &str = "application/json; charset=utf-8";
 
 /// Serves one request. Never fails: every outcome is a response.
-pub async fn handle(
-    app: Arc<App>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Full<Bytes>> {
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<OutBody> {
     let started = Instant::now();
     let request_id = request_id(req.headers());
     let method = req.method().as_str().to_string();
@@ -92,7 +88,7 @@ struct Outcome {
 }
 
 async fn serve(
-    app: &App,
+    app: &Arc<App>,
     req: Request<Incoming>,
     peer: SocketAddr,
     outcome: &mut Outcome,
@@ -216,38 +212,43 @@ fn request_id(headers: &HeaderMap) -> String {
     crate::app::new_request_id()
 }
 
-fn render(reply: Reply, usage: Option<(u64, u64)>, request_id: &str) -> Response<Full<Bytes>> {
+fn render(reply: Reply, usage: Option<(u64, u64)>, request_id: &str) -> Response<OutBody> {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
-    let (ctype, body) = match reply.raw {
-        Some((ctype, bytes)) => (ctype, bytes),
-        None if status == StatusCode::NOT_MODIFIED => (JSON, Vec::new()),
-        None => (JSON, success_body(usage, &reply.members)),
+    let (ctype, body) = match (reply.raw, reply.stream) {
+        (Some((ctype, bytes)), _) => (ctype, OutBody::full(bytes)),
+        (None, _) if status == StatusCode::NOT_MODIFIED => (JSON, OutBody::Full(None)),
+        (None, Some(st)) => {
+            let mut head =
+                success_head(usage, &reply.members, st.member.len() + 4 + st.first.len());
+            push_member(&mut head, st.member, b"[");
+            let has_elements = !st.first.is_empty();
+            head.extend_from_slice(&st.first);
+            (JSON, OutBody::stream(head, has_elements, st.rest, b"]}"))
+        }
+        (None, None) => (JSON, OutBody::full(success_body(usage, &reply.members))),
     };
     build(status, ctype, body, &reply.headers, request_id)
 }
 
-fn render_error(
-    err: &ApiError,
-    usage: Option<(u64, u64)>,
-    request_id: &str,
-) -> Response<Full<Bytes>> {
+fn render_error(err: &ApiError, usage: Option<(u64, u64)>, request_id: &str) -> Response<OutBody> {
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut headers = err.headers();
     // A body we did not read (413) leaves the connection in an unknown state.
     if matches!(err, ApiError::BodyTooLarge) {
         headers.push(("connection", "close".to_string()));
     }
-    build(status, JSON, error_body(err, usage), &headers, request_id)
+    let body = OutBody::full(error_body(err, usage));
+    build(status, JSON, body, &headers, request_id)
 }
 
 fn build(
     status: StatusCode,
     ctype: &'static str,
-    body: Vec<u8>,
+    body: OutBody,
     headers: &[(&'static str, String)],
     request_id: &str,
-) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+) -> Response<OutBody> {
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     // A 304 has no content, so no content type (RFC 9110 §15.4.5).

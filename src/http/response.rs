@@ -4,6 +4,7 @@
 //! into one buffer, without building a `serde_json::Value`.
 
 use crate::error::ApiError;
+use crate::http::stream::Chunks;
 
 /// A handler's successful answer.
 #[derive(Debug, Default)]
@@ -13,8 +14,30 @@ pub struct Reply {
     pub members: Vec<u8>,
     /// Extra headers (`Location`, `ETag` …).
     pub headers: Vec<(&'static str, String)>,
-    /// A body that is not the JSON envelope (metrics, OpenAPI): content type and bytes.
-    pub raw: Option<(&'static str, Vec<u8>)>,
+    /// A body that is not the JSON envelope (metrics, OpenAPI): content type and bytes
+    /// (`Bytes`, so the OpenAPI document is sent from the binary without a copy).
+    pub raw: Option<(&'static str, bytes::Bytes)>,
+    /// An array member sent after `members` as the client reads it (`http/stream.rs`).
+    pub stream: Option<Streamed>,
+}
+
+/// The last member of an answer, an array streamed chunk by chunk.
+pub struct Streamed {
+    /// The member's name, e.g. `groups`.
+    pub member: &'static str,
+    /// The first elements, already read (comma-separated JSON values; may be empty).
+    pub first: Vec<u8>,
+    /// The rest.
+    pub rest: Box<dyn Chunks>,
+}
+
+impl std::fmt::Debug for Streamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streamed")
+            .field("member", &self.member)
+            .field("first_bytes", &self.first.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Reply {
@@ -60,14 +83,20 @@ pub fn push_member(out: &mut Vec<u8>, name: &str, json: &[u8]) {
 
 /// The full JSON body of a success: envelope, usage, then the members.
 pub fn success_body(usage: Option<(u64, u64)>, members: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + members.len());
+    let mut out = success_head(usage, members, 1);
+    out.push(b'}');
+    out
+}
+
+/// A success body without its closing brace, with room for `extra` more bytes.
+pub fn success_head(usage: Option<(u64, u64)>, members: &[u8], extra: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + members.len() + extra);
     out.extend_from_slice(b"{\"success\":true,\"error\":null");
     push_usage(&mut out, usage);
     if !members.is_empty() {
         out.push(b',');
         out.extend_from_slice(members);
     }
-    out.push(b'}');
     out
 }
 

@@ -66,10 +66,19 @@ pub struct ChangePage {
 }
 
 impl Store {
-    /// Change-feed entries of an account with `seq > after`, at most `limit`.
-    pub fn changes(&self, account: &str, after: u64, limit: usize) -> Result<ChangePage, ApiError> {
+    /// Change-feed entries of an account with `seq > after`: at most `limit`, and no
+    /// more than `max_bytes` of JSON together (but always at least one entry, or a
+    /// reader could never get past a large one).
+    pub fn changes(
+        &self,
+        account: &str,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ChangePage, ApiError> {
         let prefix = keys::account_prefix(account);
         let mut entries = Vec::new();
+        let mut bytes = 0usize;
         let mut last = None;
         let Some(from) = after.checked_add(1) else {
             return Ok(ChangePage {
@@ -82,12 +91,16 @@ impl Store {
             if !k.starts_with(&prefix) {
                 break;
             }
-            if entries.len() == limit {
+            let len = v.len() + 1;
+            if entries.len() == limit
+                || (!entries.is_empty() && bytes.saturating_add(len) > max_bytes)
+            {
                 return Ok(ChangePage {
                     entries,
                     next: last,
                 });
             }
+            bytes += len;
             last = keys::trailing_u64(&k);
             entries.push(v);
         }
@@ -165,7 +178,7 @@ mod tests {
 
     /// (seq, time ms) of every entry of an account's feed.
     fn feed(s: &Store, account: &str) -> Vec<(u64, i64)> {
-        s.changes(account, 0, 1000)
+        s.changes(account, 0, 1000, usize::MAX)
             .unwrap()
             .entries
             .iter()
@@ -264,7 +277,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut after = 0;
         loop {
-            let page = s.changes("a", after, 2).unwrap();
+            let page = s.changes("a", after, 2, usize::MAX).unwrap();
             for e in &page.entries {
                 let v: serde_json::Value = serde_json::from_slice(e).unwrap();
                 assert_eq!(v["userName"], "u");
@@ -276,6 +289,36 @@ mod tests {
             }
         }
         assert_eq!(seen, vec![1, 3, 5, 7, 9]);
-        assert!(s.changes("a", u64::MAX, 10).unwrap().entries.is_empty());
+        assert!(s
+            .changes("a", u64::MAX, 10, usize::MAX)
+            .unwrap()
+            .entries
+            .is_empty());
+    }
+
+    #[test]
+    fn feed_pages_stop_at_their_byte_bound_but_hold_at_least_one_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let actor = Actor {
+            account: "a",
+            user: "u",
+        };
+        for i in 0..4 {
+            s.create_group(actor, &doc(&format!("g{i}")), 10, None)
+                .unwrap();
+        }
+        let all = s.changes("a", 0, 1000, usize::MAX).unwrap();
+        let one = all.entries[0].len() + 1;
+        // Room for two entries and a bit: two, and `next` continues after the second.
+        let page = s.changes("a", 0, 1000, 2 * one + one / 2).unwrap();
+        assert_eq!(page.entries.len(), 2);
+        assert_eq!(page.next, Some(2));
+        // Smaller than one entry: still one, or the reader could never move on.
+        let page = s.changes("a", 0, 1000, 1).unwrap();
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(page.next, Some(1));
+        let last = s.changes("a", 3, 1000, 1).unwrap();
+        assert_eq!((last.entries.len(), last.next), (1, None));
     }
 }

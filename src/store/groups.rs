@@ -174,13 +174,64 @@ pub struct ListQuery {
     pub limit: Option<usize>,
     pub device: Option<String>,
     pub name: Option<String>,
+    /// Stop the page once its groups' JSON would pass this many bytes (always at least
+    /// one group), so that a page of large groups stays bounded.
+    pub max_bytes: Option<usize>,
 }
 
-/// A page of groups; `next` is set when `limit` was given and more follow.
+/// A page of groups; `next` is set when the page stopped at `limit` or `max_bytes`
+/// and more follow.
 #[derive(Debug)]
 pub struct Page {
     pub groups: Vec<GroupView>,
     pub next: Option<GroupId>,
+}
+
+/// Fills a page up to its limits. A group offered to a full page is the proof that
+/// more follow, so the page's last group becomes `next` without reading ahead.
+struct Collector {
+    groups: Vec<GroupView>,
+    limit: usize,
+    max_bytes: usize,
+    bytes: usize,
+    more: bool,
+}
+
+impl Collector {
+    fn new(q: &ListQuery) -> Collector {
+        Collector {
+            groups: Vec::new(),
+            limit: q.limit.unwrap_or(usize::MAX),
+            max_bytes: q.max_bytes.unwrap_or(usize::MAX),
+            bytes: 0,
+            more: false,
+        }
+    }
+
+    /// Takes `v` when the page has room; false (and `v` is dropped) when it is full.
+    fn offer(&mut self, v: GroupView) -> bool {
+        let len = v.json().len() + 1;
+        let over = !self.groups.is_empty() && self.bytes.saturating_add(len) > self.max_bytes;
+        if self.groups.len() >= self.limit || over {
+            self.more = true;
+            return false;
+        }
+        self.bytes += len;
+        self.groups.push(v);
+        true
+    }
+
+    fn finish(self) -> Page {
+        let next = if self.more {
+            self.groups.last().map(|v| v.id)
+        } else {
+            None
+        };
+        Page {
+            groups: self.groups,
+            next,
+        }
+    }
 }
 
 /// Everything a group write changes, computed under the writer mutex and applied in
@@ -293,14 +344,10 @@ impl Store {
                 Some(f) => name_key(&v.name()?).contains(f.as_str()),
             })
         };
-        let want = q.limit.map(|l| l + 1);
-        let mut out = Vec::new();
+        let mut page = Collector::new(q);
         // Nothing can follow the largest possible ID.
         let Some(first) = q.after.unwrap_or(0).checked_add(1) else {
-            return Ok(Page {
-                groups: out,
-                next: None,
-            });
+            return Ok(page.finish());
         };
         if let Some(device) = &q.device {
             let prefix = keys::device_prefix(account, device);
@@ -318,12 +365,9 @@ impl Store {
                 // snapshot: a writer may have taken the device out in between. The
                 // group itself is the truth, so check it.
                 if let Some(v) = self.get_group(account, GroupId(n))? {
-                    if v.has_device(device)? && matches_name(&v)? {
-                        out.push(v);
+                    if v.has_device(device)? && matches_name(&v)? && !page.offer(v) {
+                        break;
                     }
-                }
-                if want.is_some_and(|w| out.len() >= w) {
-                    break;
                 }
             }
         } else if let Some(f) = &name_filter {
@@ -331,7 +375,7 @@ impl Store {
             // With a page size, first read up to NAME_DIRECT_SCAN groups in ID order:
             // when matches are common the page is full long before that.
             let mut from = Some(first);
-            if let Some(w) = want {
+            if q.limit.is_some() {
                 let mut budget = NAME_DIRECT_SCAN;
                 for item in self.groups.range(keys::group(account, first)..) {
                     let (k, raw) = item.map_err(|e| self.read_err(e))?;
@@ -344,16 +388,14 @@ impl Store {
                     };
                     from = n.checked_add(1);
                     let v = GroupView::new(GroupId(n), raw)?;
-                    if matches_name(&v)? {
-                        out.push(v);
-                    }
-                    budget -= 1;
-                    if out.len() >= w || budget == 0 {
+                    if matches_name(&v)? && !page.offer(v) {
+                        from = None;
                         break;
                     }
-                }
-                if out.len() >= w {
-                    from = None;
+                    budget -= 1;
+                    if budget == 0 {
+                        break;
+                    }
                 }
             }
             // Rare matches: the name index holds every name of the account already
@@ -375,12 +417,9 @@ impl Store {
                 }
                 matches.sort_unstable();
                 for n in matches {
-                    if want.is_some_and(|w| out.len() >= w) {
-                        break;
-                    }
                     if let Some(v) = self.get_group(account, GroupId(n))? {
-                        if matches_name(&v)? {
-                            out.push(v);
+                        if matches_name(&v)? && !page.offer(v) {
+                            break;
                         }
                     }
                 }
@@ -396,32 +435,12 @@ impl Store {
                 let Some(n) = keys::trailing_u64(&k) else {
                     continue;
                 };
-                let v = GroupView::new(GroupId(n), raw)?;
-                if matches_name(&v)? {
-                    out.push(v);
-                }
-                if want.is_some_and(|w| out.len() >= w) {
+                if !page.offer(GroupView::new(GroupId(n), raw)?) {
                     break;
                 }
             }
         }
-        let next = match q.limit {
-            Some(limit) if out.len() > limit => {
-                out.truncate(limit);
-                out.last().map(|v| v.id)
-            }
-            _ => None,
-        };
-        Ok(Page { groups: out, next })
-    }
-
-    /// Every group of the account that contains `device`, from the reverse index.
-    pub fn device_groups(&self, account: &str, device: &str) -> Result<Vec<GroupView>, ApiError> {
-        let q = ListQuery {
-            device: Some(device.to_string()),
-            ..ListQuery::default()
-        };
-        Ok(self.list_groups(account, &q)?.groups)
+        Ok(page.finish())
     }
 
     /// Number of groups in every account together (metrics).

@@ -17,6 +17,7 @@ mod config;
 mod crash;
 mod durability;
 mod errors;
+mod exhaustion;
 mod ext_changes;
 mod ext_conditional;
 mod ext_idempotency;

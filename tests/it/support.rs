@@ -921,8 +921,12 @@ pub fn try_read_response<S: Read>(s: &mut S) -> std::io::Result<Resp> {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
         .and_then(|(_, v)| v.parse::<usize>().ok());
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
     let mut body = Vec::new();
     match len {
+        None if chunked => read_chunked(&mut reader, &mut body)?,
         Some(n) => {
             body.resize(n, 0);
             reader.read_exact(&mut body)?;
@@ -937,6 +941,37 @@ pub fn try_read_response<S: Read>(s: &mut S) -> std::io::Result<Resp> {
         headers,
         body,
     })
+}
+
+/// Reads a chunked body (RFC 9112 §7.1) to its last chunk; an answer cut before it is
+/// an `UnexpectedEof` error, as a streamed answer that failed must be.
+fn read_chunked<R: BufRead>(reader: &mut R, body: &mut Vec<u8>) -> std::io::Result<()> {
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    loop {
+        let mut size = String::new();
+        if reader.read_line(&mut size)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let hex = size.trim_end().split(';').next().unwrap_or("");
+        let n = usize::from_str_radix(hex, 16).map_err(|_| bad(format!("chunk size {size:?}")))?;
+        if n == 0 {
+            // Trailers (none are sent) and the final CRLF.
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + n, 0);
+        reader.read_exact(&mut body[start..])?;
+        let mut crlf = [0u8; 2];
+        reader.read_exact(&mut crlf)?;
+        if &crlf != b"\r\n" {
+            return Err(bad("chunk not followed by CRLF".into()));
+        }
+    }
 }
 
 /// Whether `s` is an API timestamp: `^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$`.
