@@ -269,6 +269,8 @@ fn offline(config: &Config, command: &AdminCommand, socket_error: &str) -> Outco
 }
 
 fn restore(config: &Config, file: &std::path::Path) -> ExitCode {
+    // What restore keeps but warns about (names the current rules refuse) is logged.
+    crate::log::init(&config.log);
     match crate::backup::restore(&config.data_dir, &crate::app::store_options(config), file) {
         Ok(counts) => {
             eprintln!(

@@ -15,6 +15,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod names;
 pub mod patch;
 pub mod perms;
 #[cfg(test)]

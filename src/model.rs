@@ -102,7 +102,7 @@ fn validate_name(obj: &Map<String, Value>) -> Result<String, ApiError> {
         Some(Value::String(s)) => s,
         Some(_) => return Err(invalid("name must be a string")),
     };
-    let name = raw.trim();
+    let name = crate::names::normalize(raw.trim());
     let len = name.chars().count();
     if len == 0 {
         return Err(invalid("name must not be empty"));
@@ -115,7 +115,8 @@ fn validate_name(obj: &Map<String, Value>) -> Result<String, ApiError> {
     if name.chars().any(char::is_control) {
         return Err(invalid("name must not contain control characters"));
     }
-    Ok(name.to_string())
+    crate::names::check(&name).map_err(invalid)?;
+    Ok(name)
 }
 
 fn validate_description(obj: &Map<String, Value>) -> Result<Option<String>, ApiError> {
@@ -187,9 +188,10 @@ pub fn check_device_id(id: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The case-insensitive form of a name used for uniqueness within an account.
+/// The form of a name used for uniqueness within an account and the `name` filter:
+/// NFC, then full Unicode case folding (`names.rs`).
 pub fn name_key(name: &str) -> String {
-    name.to_lowercase()
+    crate::names::fold(name)
 }
 
 #[cfg(test)]

@@ -98,7 +98,11 @@ fn group_body() -> impl Strategy<Value = Value> {
 /// removed (built directly; filtering random bodies rejects too many).
 fn valid_doc() -> impl Strategy<Value = GroupDoc> {
     let text = |max| {
-        tricky_string(max).prop_map(|s| s.chars().filter(|c| !c.is_control()).collect::<String>())
+        tricky_string(max).prop_map(|s| {
+            s.chars()
+                .filter(|c| !c.is_control() && !crate::names::is_bidi_control(*c))
+                .collect::<String>()
+        })
     };
     (text(20), prop::option::of(text(30)), prop::collection::vec(text(6), 0..12)).prop_map(|(n, d, devs)| {
         let devices: Vec<String> = devs

@@ -21,7 +21,7 @@ use super::idempotency::{self, IdempotencyRecord};
 use super::users::{Role, UsageRecord, UserRecord};
 use super::{keys, Store, TreeId, META_NEXT_CHANGE, META_NEXT_GROUP, TREE_NAMES};
 use crate::auth::valid_name;
-use crate::model::{name_key, validate_doc, GroupDoc, GroupId, Rules};
+use crate::model::{name_key, validate_doc, GroupDoc, GroupId, Rules, MAX_NAME_CHARS};
 
 /// One backup body line. Times are milliseconds since the epoch unless named `time`
 /// (the change feed keeps the exact text it served).
@@ -310,7 +310,8 @@ impl Store {
             pending: 0,
             sequences: None,
             group_ids: HashSet::new(),
-            names: HashSet::new(),
+            names: HashMap::new(),
+            legacy_names: HashSet::new(),
             users: HashMap::new(),
             usage: HashSet::new(),
             change_seqs: HashSet::new(),
@@ -332,7 +333,11 @@ pub struct Importer<'a> {
     pending: usize,
     sequences: Option<(u64, u64)>,
     group_ids: HashSet<u64>,
-    names: HashSet<Vec<u8>>,
+    /// Name index key → the group that holds it.
+    names: HashMap<Vec<u8>, u64>,
+    /// Names as earlier versions compared them (`to_lowercase`): equal there means a
+    /// damaged or hand-made backup, not an old one.
+    legacy_names: HashSet<Vec<u8>>,
     /// userName → account.
     users: HashMap<String, String>,
     usage: HashSet<String>,
@@ -362,20 +367,40 @@ fn valid_time(t: &str) -> bool {
 
 /// Checks a group document the way the API would have, without the configurable
 /// device limit (a restore must not drop data a server once accepted).
+/// A group document of a backup, checked against §4. Names are held to the rules every
+/// version enforced (trimmed, 1–128 characters, no control characters) rather than to
+/// this version's (NFC, no bidi controls, something visible): `backup` and `restore`
+/// are the migration path between store versions, so a store that was valid when it
+/// was written must restore. A name the current rules would refuse is kept as written
+/// and logged; the next PUT or PATCH of that group has to choose a valid one.
 fn checked_doc(
     name: &str,
     description: &Option<String>,
     devices: &[String],
 ) -> Result<GroupDoc, String> {
-    let value = serde_json::json!({"name": name, "description": description, "devices": devices});
-    let doc = validate_doc(
+    let value =
+        serde_json::json!({"name": "placeholder", "description": description, "devices": devices});
+    let mut doc = validate_doc(
         &value,
         Rules {
             max_devices: usize::MAX,
         },
     )
     .map_err(|e| e.message().into_owned())?;
-    if doc.name != name || doc.devices != devices {
+    let len = name.chars().count();
+    if name.trim() != name || len == 0 || len > MAX_NAME_CHARS || name.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "name {name:?} is not trimmed, not 1 to {MAX_NAME_CHARS} characters, or holds a control character"
+        ));
+    }
+    if crate::names::check(name).is_err() || crate::names::normalize(name) != name {
+        tracing::warn!(
+            "restore: the group name {name:?} breaks this version's name rules (NFC, no bidirectional controls, something visible); kept as written"
+        );
+    }
+    doc.name = name.to_string();
+    if doc.devices != devices {
         return Err(
             "group document is not in normalised form (name trimmed, devices distinct)".into(),
         );
@@ -501,17 +526,38 @@ impl Importer<'_> {
                 if !self.group_ids.insert(id) {
                     return Err(format!("group {gid} appears twice"));
                 }
-                let name_k = keys::name(&account, &name_key(&doc.name));
-                if !self.names.insert(name_k.clone()) {
+                if !self
+                    .legacy_names
+                    .insert(keys::name(&account, &doc.name.to_lowercase()))
+                {
                     return Err(format!(
                         "group {gid}: another group of account {account} has the name {:?}",
                         doc.name
                     ));
                 }
+                let name_k = keys::name(&account, &name_key(&doc.name));
+                // A backup of a store made before names were case-folded may hold two
+                // names that now fold the same: both are kept, as the live store keeps
+                // them (`Store::reindex_names`), and the older group holds the name.
+                let holder = match self.names.get(&name_k) {
+                    Some(first) => {
+                        tracing::warn!(
+                            account = %account,
+                            "restore: groups grp-{first} and {gid} have names that are now the same name (Unicode case folding); both are kept, and grp-{first} holds the name"
+                        );
+                        false
+                    }
+                    None => {
+                        self.names.insert(name_k.clone(), id);
+                        true
+                    }
+                };
                 self.max_group = self.max_group.max(id);
                 let raw = encode(gid, &doc, revision, creation, last_modified);
                 self.put(TreeId::Groups, keys::group(&account, id), raw)?;
-                self.put(TreeId::Names, name_k, id.to_be_bytes().to_vec())?;
+                if holder {
+                    self.put(TreeId::Names, name_k, id.to_be_bytes().to_vec())?;
+                }
                 for d in &doc.devices {
                     self.put(TreeId::Devices, keys::device(&account, d, id), Vec::new())?;
                 }

@@ -460,6 +460,74 @@ impl Store {
         }
     }
 
+    /// Removes the name index entry `name_key` in `plan` when it belongs to group `n`.
+    /// Two groups of a store made before names were case-folded may share a folded
+    /// name (see `reindex_names`); the entry then names the older one, and the younger
+    /// one's rename or delete must not free a name that is still taken.
+    fn release_name(&self, plan: &mut Plan, name_key: Vec<u8>, n: u64) -> Result<(), ApiError> {
+        let owner = self
+            .names
+            .get(&name_key)
+            .map_err(|e| self.read_err(e))?
+            .and_then(|v| keys::read_u64(&v));
+        if owner == Some(n) {
+            plan.names.push((name_key, None));
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the name index under the current name rules (NFC, full case folding)
+    /// when the store's index was built under older ones (`to_lowercase`), so that
+    /// uniqueness holds for names written before. Names stay as they were written. Two
+    /// groups of one account whose names now fold the same both stay, readable and
+    /// writable; the index names the older one, so no third group can take the name,
+    /// and either can be renamed or deleted. Returns the number of such collisions,
+    /// each logged. Runs once per store, before anything is served; idempotent, so an
+    /// interruption only means it runs again at the next start.
+    pub(super) fn reindex_names(&self) -> Result<usize, sled::Error> {
+        self.names.clear()?;
+        let mut collisions = 0;
+        let mut batch = sled::Batch::default();
+        let mut seen: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
+        let mut account: Vec<u8> = Vec::new();
+        for item in self.groups.iter() {
+            let (k, raw) = item?;
+            let Some(sep) = k.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let Some(n) = keys::trailing_u64(&k) else {
+                continue;
+            };
+            if k[..sep] != account[..] {
+                // A new account: its names cannot collide with the last one's.
+                self.names.apply_batch(std::mem::take(&mut batch))?;
+                seen.clear();
+                account = k[..sep].to_vec();
+            }
+            let Ok(view) = GroupView::new(GroupId(n), raw) else {
+                continue;
+            };
+            let Ok(name) = view.name() else { continue };
+            let acc = String::from_utf8_lossy(&account).into_owned();
+            let key = keys::name(&acc, &name_key(&name));
+            match seen.get(&key) {
+                Some(first) => {
+                    collisions += 1;
+                    tracing::warn!(
+                        account = %acc,
+                        "groups grp-{first} and grp-{n} have names that are now the same name (Unicode case folding); both are kept, and grp-{first} holds the name"
+                    );
+                }
+                None => {
+                    batch.insert(key.clone(), &n.to_be_bytes());
+                    seen.insert(key, n);
+                }
+            }
+        }
+        self.names.apply_batch(batch)?;
+        Ok(collisions)
+    }
+
     fn account_count(&self, account: &str) -> Result<u64, ApiError> {
         Ok(self
             .meta
@@ -565,8 +633,7 @@ impl Store {
         if old_lname != new_lname {
             let new_k = keys::name(actor.account, &new_lname);
             self.check_name_free(&new_k)?;
-            plan.names
-                .push((keys::name(actor.account, &old_lname), None));
+            self.release_name(&mut plan, keys::name(actor.account, &old_lname), id.0)?;
             plan.names.push((new_k, Some(id.0.to_be_bytes().to_vec())));
         }
         let old_set: std::collections::HashSet<&str> =
@@ -604,8 +671,11 @@ impl Store {
         let doc = current.doc()?;
         let mut plan = Plan::default();
         plan.groups.push((keys::group(actor.account, id.0), None));
-        plan.names
-            .push((keys::name(actor.account, &name_key(&doc.name)), None));
+        self.release_name(
+            &mut plan,
+            keys::name(actor.account, &name_key(&doc.name)),
+            id.0,
+        )?;
         for d in &doc.devices {
             plan.devices
                 .push((keys::device(actor.account, d, id.0), None));
@@ -728,5 +798,58 @@ mod tests {
                 assert_eq!(seen, want, "{filter} limit {limit}");
             }
         }
+    }
+
+    /// A store whose name index was built with `to_lowercase` (before names were
+    /// case-folded) gets it rebuilt at open; names that now fold the same both stay.
+    #[test]
+    fn an_old_name_index_is_rebuilt_and_collisions_keep_the_name_taken() {
+        use crate::error::ApiError;
+        use crate::model::GroupId;
+        use crate::store::keys;
+        use crate::store::testing::{doc, store};
+        let dir = tempfile::tempdir().unwrap();
+        let actor = Actor {
+            account: "a",
+            user: "u",
+        };
+        {
+            let s = store(dir.path());
+            s.create_group(actor, &doc("Straße"), 10, None).unwrap();
+            s.create_group(actor, &doc("Other"), 10, None).unwrap();
+            // What an earlier version could hold: grp-2 named "STRASSE", indexed apart.
+            let raw = super::encode(GroupId(2), &doc("STRASSE"), 2, 1, 2);
+            s.groups.insert(keys::group("a", 2), raw).unwrap();
+            s.names.clear().unwrap();
+            s.names
+                .insert(keys::name("a", "straße"), &1u64.to_be_bytes())
+                .unwrap();
+            s.names
+                .insert(keys::name("a", "strasse"), &2u64.to_be_bytes())
+                .unwrap();
+            s.meta.remove(super::super::META_NAME_RULES).unwrap();
+            s.close().unwrap();
+        }
+        let s = store(dir.path());
+        let index: Vec<_> = s.names.iter().map(Result::unwrap).collect();
+        assert_eq!(index.len(), 1, "one entry for the one folded name");
+        assert_eq!(
+            keys::read_u64(&index[0].1),
+            Some(1),
+            "the older group holds it"
+        );
+        assert_eq!(
+            s.create_group(actor, &doc("strasse"), 10, None)
+                .unwrap_err(),
+            ApiError::NameConflict
+        );
+        assert_eq!(
+            s.get_group("a", GroupId(2))
+                .unwrap()
+                .unwrap()
+                .name()
+                .unwrap(),
+            "STRASSE"
+        );
     }
 }

@@ -49,6 +49,10 @@ const META_FORMAT: &[u8] = b"format_version";
 pub const FORMAT_MARKER: &str = "format_version";
 const META_NEXT_GROUP: &[u8] = b"next_group";
 const META_NEXT_CHANGE: &[u8] = b"next_change";
+/// The name rules the name index was built under: absent for `to_lowercase`, 2 for
+/// NFC + full case folding (`names.rs`).
+const META_NAME_RULES: &[u8] = b"name_rules";
+const NAME_RULES: u64 = 2;
 
 /// Why the store could not be opened.
 #[derive(Debug)]
@@ -307,6 +311,27 @@ impl Store {
             db,
             failed,
         };
+        let rules = store
+            .meta
+            .get(META_NAME_RULES)
+            .map_err(|e| OpenError::Other(e.to_string()))?
+            .and_then(|v| keys::read_u64(&v));
+        if rules != Some(NAME_RULES) {
+            let collisions = store
+                .reindex_names()
+                .map_err(|e| OpenError::Other(format!("rebuilding the name index: {e}")))?;
+            if !fresh {
+                tracing::info!(
+                    collisions,
+                    "rebuilt the name index: names now compare NFC-normalised and case-folded"
+                );
+            }
+            store
+                .meta
+                .insert(META_NAME_RULES, &NAME_RULES.to_be_bytes())
+                .map_err(|e| OpenError::Other(e.to_string()))?;
+            store.flush_blocking().map_err(OpenError::Other)?;
+        }
         if fresh {
             // The format version and the new files must be on disk before anything
             // else is acknowledged; the data directory entry too.

@@ -26,6 +26,7 @@ mod ext_merge_patch;
 mod ext_paging;
 mod groups;
 mod logs;
+mod names;
 mod notify;
 mod openapi;
 mod ops_endpoints;
