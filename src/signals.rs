@@ -36,6 +36,8 @@ impl Signals {
                 _ = int.recv() => {},
             }
             tracing::warn!("second signal: exiting now (acknowledged writes are already on disk)");
+            // The line above is only queued (log.rs); give the writer its bounded moment.
+            crate::log::flush();
             std::process::exit(1);
         });
     }

@@ -24,6 +24,7 @@ mod ext_membership;
 mod ext_merge_patch;
 mod ext_paging;
 mod groups;
+mod log_sink;
 mod logs;
 mod notify;
 mod openapi;
