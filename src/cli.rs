@@ -176,6 +176,9 @@ pub fn main() -> ExitCode {
                 say(&format!("fleetgroups: cannot write to stdout: {e}\n"));
                 return ExitCode::FAILURE;
             }
+            if let Some(note) = config.ignored_env_note() {
+                say(&format!("fleetgroups: {note}\n"));
+            }
             say("configuration is valid\n");
             ExitCode::SUCCESS
         }

@@ -40,6 +40,7 @@ use crate::systemd::Notifier;
 /// configuration problem (the TLS files).
 pub fn run(config: Config) -> ExitCode {
     crate::log::init(&config.log);
+    config.log_ignored_env();
     // Configuration problems first, before anything touches the data directory.
     let tls = match crate::tls::acceptor(&config.tls) {
         Ok(t) => t,
