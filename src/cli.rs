@@ -165,7 +165,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        None | Some(Command::Serve(_)) => serve(config),
+        None | Some(Command::Serve(_)) => serve(config, overrides),
         Some(Command::CheckConfig) => {
             // The TLS files are part of the configuration: a start would refuse them.
             if let Err(e) = crate::tls::acceptor(&config.tls) {
@@ -194,8 +194,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
-    let code = crate::server::run(config);
+fn serve(config: Config, overrides: Overrides) -> ExitCode {
+    let code = crate::server::run(config, overrides);
     // The log writer thread dies with the process: let it write what is queued.
     crate::log::flush();
     code

@@ -18,6 +18,7 @@ pub mod model;
 pub mod patch;
 #[cfg(test)]
 mod proptests;
+pub mod reload;
 pub mod server;
 pub mod signals;
 pub mod store;

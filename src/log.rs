@@ -16,6 +16,9 @@
 //!
 //! The panic hook goes through the same queue: the default one writes to stderr
 //! directly, so a request that panicked would block its worker on a stalled pipe.
+//!
+//! The log level sits behind a reload layer: SIGHUP changes it ([`Level::set`],
+//! called by `reload.rs`). The format (text or JSON) needs a restart.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -26,7 +29,7 @@ use std::time::{Duration, Instant};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -58,10 +61,29 @@ fn count_dropped() {
     DROPPED.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Installs the global subscriber, the writer thread and the panic hook once; later
-/// calls (tests) are ignored.
-pub fn init(config: &LogConfig) {
-    let filter = EnvFilter::new(format!("{},sled=warn", config.level));
+/// Changes the log level of the installed subscriber (SIGHUP).
+pub struct Level {
+    handle: reload::Handle<EnvFilter, Registry>,
+}
+
+impl Level {
+    /// Replaces the filter with `level` (`error` … `trace`; sled stays at `warn`).
+    pub fn set(&self, level: &str) -> Result<(), String> {
+        self.handle
+            .reload(filter(level))
+            .map_err(|e| format!("cannot change the log level: {e}"))
+    }
+}
+
+fn filter(level: &str) -> EnvFilter {
+    EnvFilter::new(format!("{level},sled=warn"))
+}
+
+/// Installs the global subscriber, the writer thread and the panic hook. Only the first
+/// call in a process installs anything; later ones (tests) return a [`Level`] that
+/// changes nothing.
+pub fn init(config: &LogConfig) -> Level {
+    let (filter, handle) = reload::Layer::new(filter(&config.level));
     let writer = match SINK.get() {
         Some(sink) => SinkWriter(Arc::clone(sink)),
         None => SinkWriter(start_sink()),
@@ -82,6 +104,7 @@ pub fn init(config: &LogConfig) {
     {
         install_panic_hook();
     }
+    Level { handle }
 }
 
 /// The panic hook: one error line through the queue instead of a write to stderr

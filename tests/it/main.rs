@@ -31,6 +31,7 @@ mod openapi;
 mod ops_endpoints;
 mod security;
 mod shutdown;
+mod signals;
 mod smoke;
 mod start;
 mod storage;
