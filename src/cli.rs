@@ -4,6 +4,7 @@
 //! stderr. `user …` and `backup` go through the admin socket when a server answers on
 //! it and open the store themselves otherwise (admin.rs runs both the same way).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -161,28 +162,33 @@ pub fn main() -> ExitCode {
     let config = match Config::load(&overrides) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("fleetgroups: {e}");
+            say(&format!("fleetgroups: {e}\n"));
             return ExitCode::from(2);
         }
     };
     match cli.command {
-        None => serve(config),
-        Some(Command::Serve(_)) => serve(config),
+        None | Some(Command::Serve(_)) => serve(config, overrides),
         Some(Command::CheckConfig) => {
             // The TLS files are part of the configuration: a start would refuse them.
             if let Err(e) = crate::tls::acceptor(&config.tls) {
-                eprintln!("fleetgroups: {e}");
+                say(&format!("fleetgroups: {e}\n"));
                 return ExitCode::from(2);
             }
-            print!("{}", config.to_redacted_toml());
-            eprintln!("configuration is valid");
+            if let Err(e) = print(&config.to_redacted_toml()) {
+                say(&format!("fleetgroups: cannot write to stdout: {e}\n"));
+                return ExitCode::FAILURE;
+            }
+            if let Some(note) = config.ignored_env_note() {
+                say(&format!("fleetgroups: {note}\n"));
+            }
+            say("configuration is valid\n");
             ExitCode::SUCCESS
         }
         Some(Command::User(cmd)) => run_admin(&config, user_command(cmd)),
         Some(Command::Backup { file }) => match std::path::absolute(&file) {
             Ok(file) => run_admin(&config, AdminCommand::Backup { file }),
             Err(e) => {
-                eprintln!("fleetgroups: {}: {e}", file.display());
+                say(&format!("fleetgroups: {}: {e}\n", file.display()));
                 ExitCode::FAILURE
             }
         },
@@ -190,8 +196,25 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
-    crate::server::run(config)
+fn serve(config: Config, overrides: Overrides) -> ExitCode {
+    let code = crate::server::run(config, overrides);
+    // The log writer thread dies with the process: let it write what is queued.
+    crate::log::flush();
+    code
+}
+
+/// Writes to stdout. Not `print!`, which panics (exit 101) when stdout is a closed pipe
+/// or a full disk: the caller turns the error into exit code 1.
+fn print(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Writes a message to stderr, ignoring failure: the exit code still tells the outcome,
+/// and `eprint!` would panic instead.
+fn say(text: &str) {
+    let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
 fn user_command(cmd: UserCommand) -> AdminCommand {
@@ -233,9 +256,27 @@ fn run_admin(config: &Config, command: AdminCommand) -> ExitCode {
         Err(ClientError::Failed(why)) => Outcome::failed(1, why),
         Err(ClientError::NotRunning(why)) => offline(config, &command, &why),
     };
-    print!("{}", outcome.stdout);
-    eprint!("{}", outcome.stderr);
-    ExitCode::from(outcome.code)
+    let printed = print(&outcome.stdout);
+    say(&outcome.stderr);
+    match printed {
+        // The command's result (for `user add` and `rotate-key`, the only copy of a new
+        // API key) did not reach its reader: that is a failure, whatever the command did.
+        Err(e) if !outcome.stdout.is_empty() => {
+            say(&format!(
+                "fleetgroups: cannot write the result to stdout: {e}{}\n",
+                if matches!(
+                    command,
+                    AdminCommand::UserAdd { .. } | AdminCommand::UserRotateKey { .. }
+                ) {
+                    " (the new API key is lost: run `user rotate-key` for another)"
+                } else {
+                    ""
+                }
+            ));
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::from(outcome.code),
+    }
 }
 
 /// The server is not answering: open the store (which fails if a server holds it).
@@ -271,16 +312,20 @@ fn offline(config: &Config, command: &AdminCommand, socket_error: &str) -> Outco
 fn restore(config: &Config, file: &std::path::Path) -> ExitCode {
     // What restore keeps but warns about (names the current rules refuse) is logged.
     crate::log::init(&config.log);
-    match crate::backup::restore(&config.data_dir, &crate::app::store_options(config), file) {
+    let restored =
+        crate::backup::restore(&config.data_dir, &crate::app::store_options(config), file);
+    // The log writer thread dies with the process: let it write the warnings first.
+    crate::log::flush();
+    match restored {
         Ok(counts) => {
-            eprintln!(
-                "restored {counts} into {}; start the server on it",
+            say(&format!(
+                "restored {counts} into {}; start the server on it\n",
                 config.data_dir.display()
-            );
+            ));
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("fleetgroups: restore failed: {e}");
+            say(&format!("fleetgroups: restore failed: {e}\n"));
             ExitCode::FAILURE
         }
     }

@@ -30,6 +30,10 @@ pub struct Config {
     /// Test-only fault injection; never in the file, never printed.
     #[serde(skip)]
     pub fault: FaultInjection,
+    /// Kubernetes service-link variables found and ignored (see [`service_link`]);
+    /// `serve` names them in one warning once logging is up.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 /// Name of the one `FLEETGROUPS_*` variable that is not a configuration key: a
@@ -168,6 +172,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             admin: AdminConfig::default(),
             fault: FaultInjection::default(),
+            ignored_env: Vec::new(),
         }
     }
 }
@@ -279,11 +284,12 @@ impl Config {
             Some((path, _)) => read_table(path)?,
             None => toml::Table::new(),
         };
-        apply_env(&mut table, env)?;
+        let ignored_env = apply_env(&mut table, env)?;
         check_each_key(&table)?;
         let mut config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError(describe_toml_error(&e)))?;
+        config.ignored_env = ignored_env;
         if let Some(dir) = &overrides.data_dir {
             config.data_dir = dir.clone();
         }
@@ -388,6 +394,24 @@ impl Config {
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
+    /// One warning naming the ignored service-link variables, if there were any.
+    pub fn log_ignored_env(&self) {
+        if let Some(text) = self.ignored_env_note() {
+            tracing::warn!("{text}");
+        }
+    }
+
+    /// The text of that warning (`check-config` prints it too).
+    pub fn ignored_env_note(&self) -> Option<String> {
+        (!self.ignored_env.is_empty()).then(|| {
+            format!(
+                "ignored {} Kubernetes service-link variable(s), which are not settings: {}",
+                self.ignored_env.len(),
+                self.ignored_env.join(", ")
+            )
+        })
+    }
+
     /// The admin socket path.
     pub fn admin_socket(&self) -> PathBuf {
         if self.admin.socket.is_empty() {
@@ -472,8 +496,84 @@ fn known_keys() -> Vec<(String, String, toml::Value)> {
     out
 }
 
-fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+/// Whether `name=value` is a variable Kubernetes injects into every pod of a namespace
+/// for a Service named `fleetgroups` ("service links", on unless the pod says
+/// `enableServiceLinks: false`):
+///
+/// ```text
+/// FLEETGROUPS_SERVICE_HOST=10.0.0.1            FLEETGROUPS_PORT=tcp://10.0.0.1:8080
+/// FLEETGROUPS_SERVICE_PORT=8080                FLEETGROUPS_PORT_8080_TCP=tcp://10.0.0.1:8080
+/// FLEETGROUPS_SERVICE_PORT_<NAME>=8080         FLEETGROUPS_PORT_8080_TCP_PROTO=tcp
+///                                              FLEETGROUPS_PORT_8080_TCP_PORT=8080
+///                                              FLEETGROUPS_PORT_8080_TCP_ADDR=10.0.0.1
+/// ```
+///
+/// The value must have the shape Kubernetes writes too, so a variable that only looks
+/// like one (`FLEETGROUPS_PORT=8080`, someone guessing at a setting) is still refused
+/// as unknown. No configuration key is named `port` or lives in a section `port` or
+/// `service` (a unit test keeps it so); real keys are matched first anyway.
+pub fn service_link(name: &str, value: &str) -> bool {
+    let is_port = |s: &str| {
+        !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && s.parse::<u16>().is_ok_and(|n| n > 0)
+    };
+    let is_ip = |s: &str| s.parse::<std::net::IpAddr>().is_ok();
+    let protocol = |s: &str| matches!(s, "TCP" | "UDP" | "SCTP");
+    // `tcp://10.0.0.1:8080`, `tcp://[fd00::1]:8080`.
+    let is_url = |s: &str| {
+        s.split_once("://").is_some_and(|(proto, addr)| {
+            protocol(&proto.to_ascii_uppercase())
+                && proto.bytes().all(|b| b.is_ascii_lowercase())
+                && addr.parse::<std::net::SocketAddr>().is_ok()
+        })
+    };
+    let Some(rest) = name.strip_prefix("FLEETGROUPS_") else {
+        return false;
+    };
+    if rest == "SERVICE_HOST" {
+        return is_ip(value);
+    }
+    if let Some(port) = rest.strip_prefix("SERVICE_PORT") {
+        // `SERVICE_PORT`, or `SERVICE_PORT_<NAME>` for a named port (its name upper-cased,
+        // `-` turned into `_`).
+        let named = port.strip_prefix('_').is_some_and(|n| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        });
+        return (port.is_empty() || named) && is_port(value);
+    }
+    if rest == "PORT" {
+        return is_url(value);
+    }
+    let Some(link) = rest.strip_prefix("PORT_") else {
+        return false;
+    };
+    let mut parts = link.split('_');
+    let (Some(number), Some(proto)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    if !is_port(number) || !protocol(proto) {
+        return false;
+    }
+    match (parts.next(), parts.next()) {
+        (None, _) => is_url(value),
+        (Some("PROTO"), None) => value == proto.to_ascii_lowercase(),
+        (Some("PORT"), None) => is_port(value),
+        (Some("ADDR"), None) => is_ip(value),
+        _ => false,
+    }
+}
+
+/// Applies the `FLEETGROUPS_*` variables that name settings; returns the service-link
+/// variables it ignored. Any other name is an error naming it.
+fn apply_env(
+    table: &mut toml::Table,
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<String>, ConfigError> {
     let keys = known_keys();
+    let mut ignored = Vec::new();
     for (name, raw) in env {
         if name == "FLEETGROUPS_CONFIG" || name == FAULT_FAIL_FLUSH_AFTER {
             continue;
@@ -491,6 +591,10 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
             &full == name
         });
         let Some((section, key, default)) = found else {
+            if service_link(name, raw) {
+                ignored.push(name.clone());
+                continue;
+            }
             return Err(ConfigError(format!(
                 "{name}: unknown environment variable (no such configuration key)"
             )));
@@ -524,7 +628,7 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
             }
         }
     }
-    Ok(())
+    Ok(ignored)
 }
 
 #[cfg(test)]
@@ -603,5 +707,100 @@ mod tests {
             e.0.starts_with("storage.durability:") && e.0.contains("sometimes"),
             "{e}"
         );
+    }
+
+    /// What Kubernetes injects for `kind: Service, name: fleetgroups` with a port 8080
+    /// named `http` (IPv4) and the same over IPv6.
+    const SERVICE_LINKS: [(&str, &str); 9] = [
+        ("FLEETGROUPS_PORT", "tcp://10.0.0.1:8080"),
+        ("FLEETGROUPS_PORT_8080_TCP", "tcp://10.0.0.1:8080"),
+        ("FLEETGROUPS_PORT_8080_TCP_PROTO", "tcp"),
+        ("FLEETGROUPS_PORT_8080_TCP_PORT", "8080"),
+        ("FLEETGROUPS_PORT_8080_TCP_ADDR", "10.0.0.1"),
+        ("FLEETGROUPS_SERVICE_HOST", "10.0.0.1"),
+        ("FLEETGROUPS_SERVICE_PORT", "8080"),
+        ("FLEETGROUPS_SERVICE_PORT_HTTP", "8080"),
+        ("FLEETGROUPS_PORT_9090_UDP", "udp://[fd00::1]:9090"),
+    ];
+
+    #[test]
+    fn kubernetes_service_links_are_ignored_and_named() {
+        let c = load(&SERVICE_LINKS, None).unwrap();
+        let mut names: Vec<&str> = SERVICE_LINKS.iter().map(|(k, _)| *k).collect();
+        names.sort();
+        assert_eq!(c.ignored_env, names);
+        // Nothing else changes: the effective configuration is the default one.
+        assert_eq!(
+            Config {
+                ignored_env: Vec::new(),
+                ..c.clone()
+            },
+            Config::default()
+        );
+        let note = c.ignored_env_note().unwrap();
+        assert!(note.contains("9 Kubernetes service-link"), "{note}");
+        for name in names {
+            assert!(note.contains(name), "{note}");
+        }
+        assert_eq!(Config::default().ignored_env_note(), None);
+        // Alongside real settings, which still apply.
+        let mut env = SERVICE_LINKS.to_vec();
+        env.push(("FLEETGROUPS_LISTEN", "0.0.0.0:8080"));
+        assert_eq!(load(&env, None).unwrap().listen, "0.0.0.0:8080");
+    }
+
+    #[test]
+    fn look_alikes_and_misspelt_settings_still_stop_the_start() {
+        for (name, value) in [
+            // Someone guessing at a port setting: the value is not what Kubernetes writes.
+            ("FLEETGROUPS_PORT", "8080"),
+            ("FLEETGROUPS_PORT_8080_TCP", "10.0.0.1:8080"),
+            ("FLEETGROUPS_PORT_8080_TCP_PROTO", "udp"),
+            ("FLEETGROUPS_PORT_8080_TCP_PORT", "http"),
+            ("FLEETGROUPS_PORT_8080_TCP_ADDR", "fleetgroups.local"),
+            ("FLEETGROUPS_PORT_8080_TCP_PROTOCOL", "tcp"),
+            ("FLEETGROUPS_PORT_80800_TCP", "tcp://10.0.0.1:8080"),
+            ("FLEETGROUPS_PORT_8080_HTTP", "tcp://10.0.0.1:8080"),
+            ("FLEETGROUPS_SERVICE_HOST", "fleetgroups"),
+            ("FLEETGROUPS_SERVICE_PORT", "0"),
+            ("FLEETGROUPS_SERVICE_PORT_http", "8080"),
+            ("FLEETGROUPS_SERVICE_PORTS", "8080"),
+            // Plain misspellings of real settings.
+            ("FLEETGROUPS_LISTEN_ADDR", "0.0.0.0:8080"),
+            ("FLEETGROUPS_LIMITS_MAX_BODY_BYTE", "4096"),
+            ("FLEETGROUPS_LOG_LEVLE", "debug"),
+        ] {
+            let mut env = SERVICE_LINKS.to_vec();
+            env.retain(|(k, _)| *k != name);
+            env.push((name, value));
+            let e = load(&env, None).unwrap_err();
+            assert!(
+                e.0.starts_with(name) && e.0.contains("unknown environment variable"),
+                "{name}={value}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_setting_is_named_like_a_service_link() {
+        // If one ever were, it would be read as the setting (real keys match first) and
+        // a Kubernetes pod would get the Service's address as its value.
+        for (section, key, _) in known_keys() {
+            let name = if section.is_empty() {
+                format!("FLEETGROUPS_{}", key.to_uppercase())
+            } else {
+                format!(
+                    "FLEETGROUPS_{}_{}",
+                    section.to_uppercase(),
+                    key.to_uppercase()
+                )
+            };
+            assert!(
+                name != "FLEETGROUPS_PORT"
+                    && !name.starts_with("FLEETGROUPS_PORT_")
+                    && !name.starts_with("FLEETGROUPS_SERVICE_"),
+                "{name} collides with Kubernetes service links"
+            );
+        }
     }
 }

@@ -20,6 +20,7 @@ pub mod patch;
 pub mod perms;
 #[cfg(test)]
 mod proptests;
+pub mod reload;
 pub mod server;
 pub mod signals;
 pub mod store;

@@ -1,20 +1,381 @@
 //! Logging setup: `tracing` to stderr (journald captures it) in `text` or `json`. The
 //! request log line is written by `http::handle`; nothing logs keys, tokens or the
 //! `Authorization` header.
+//!
+//! The log destination may fail in every way a file descriptor can — a full disk, a pipe
+//! whose reader went away, a reader that stopped reading — and none of that may stop or
+//! slow the service (operations.md "Logs and metrics"). So the formatting layer never
+//! writes to fd 2 itself: each formatted line goes into a bounded in-memory queue
+//! ([`QUEUE_BYTES`]) and one dedicated thread (`log-writer`) writes the queue to
+//! stderr. A caller never waits for the destination and never sees an error; a line
+//! that does not fit in the queue, or that the destination refuses (ENOSPC, EPIPE,
+//! EAGAIN, anything), is dropped and counted in [`lines_dropped`]
+//! (`fleetgroups_log_lines_dropped_total` in `/metrics`). Because the writer never
+//! fails, tracing-subscriber never reaches its own `eprintln!` error report, which
+//! panics when stderr is broken (and its reporting is switched off as well).
+//!
+//! The panic hook goes through the same queue: the default one writes to stderr
+//! directly, so a request that panicked would block its worker on a stalled pipe.
+//!
+//! The log level sits behind a reload layer: SIGHUP changes it ([`Level::set`],
+//! called by `reload.rs`). The format (text or JSON) needs a restart.
 
-use tracing_subscriber::EnvFilter;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber once; later calls (tests) are ignored.
-pub fn init(config: &LogConfig) {
-    let filter = EnvFilter::new(format!("{},sled=warn", config.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false);
-    let _ = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+/// Most bytes of formatted lines waiting for the writer thread. Past it new lines are
+/// dropped: at ~200 bytes a request line that is ~5,000 requests of backlog, enough to
+/// ride out a slow journald, and a bound on memory when the destination is stuck.
+pub const QUEUE_BYTES: usize = 1 << 20;
+
+/// How long [`flush`] waits at exit for queued lines to reach the destination. A stuck
+/// destination must not hold up the exit (nor a second signal's "exit at once").
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+/// Lines dropped since the process started: the queue was full or stderr refused the
+/// write. A process-wide static because the log destination is process-wide (the
+/// subscriber is global and fd 2 is one per process); `metrics.rs` reads it through
+/// [`lines_dropped`], so metrics depends on this module and not the other way round.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// The queue, once [`init`] has started the writer thread. Only [`flush`] needs to find
+/// it without a handle (at exit, including `signals.rs`'s "exit at once").
+static SINK: OnceLock<Arc<Sink>> = OnceLock::new();
+
+/// Log lines dropped so far (`fleetgroups_log_lines_dropped_total`).
+pub fn lines_dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+fn count_dropped() {
+    DROPPED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Changes the log level of the installed subscriber (SIGHUP).
+pub struct Level {
+    handle: reload::Handle<EnvFilter, Registry>,
+}
+
+impl Level {
+    /// Replaces the filter with `level` (`error` … `trace`; sled stays at `warn`).
+    pub fn set(&self, level: &str) -> Result<(), String> {
+        self.handle
+            .reload(filter(level))
+            .map_err(|e| format!("cannot change the log level: {e}"))
+    }
+}
+
+fn filter(level: &str) -> EnvFilter {
+    EnvFilter::new(format!("{level},sled=warn"))
+}
+
+/// Installs the global subscriber, the writer thread and the panic hook. Only the first
+/// call in a process installs anything; later ones (tests) return a [`Level`] that
+/// changes nothing.
+pub fn init(config: &LogConfig) -> Level {
+    let (filter, handle) = reload::Layer::new(filter(&config.level));
+    let writer = match SINK.get() {
+        Some(sink) => SinkWriter(Arc::clone(sink)),
+        None => SinkWriter(start_sink()),
     };
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(false)
+        .log_internal_errors(false);
+    let fmt = match config.format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    };
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+    {
+        install_panic_hook();
+    }
+    Level { handle }
+}
+
+/// The panic hook: one error line through the queue instead of a write to stderr
+/// (with the backtrace when `RUST_BACKTRACE` asks for one, like the default hook).
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let backtrace = std::backtrace::Backtrace::capture();
+        let backtrace = match backtrace.status() {
+            std::backtrace::BacktraceStatus::Captured => backtrace.to_string(),
+            _ => String::new(),
+        };
+        let thread = std::thread::current();
+        tracing::error!(
+            target: "fleetgroups::panic",
+            thread = thread.name().unwrap_or("-"),
+            location = %location,
+            backtrace = %backtrace,
+            "panic: {message}"
+        );
+    }));
+}
+
+/// Waits (at most [`FLUSH_WAIT`]) until every queued line has been written or dropped.
+/// Called before the process exits, since the writer thread dies with it.
+pub fn flush() {
+    if let Some(sink) = SINK.get() {
+        sink.flush(Instant::now() + FLUSH_WAIT);
+    }
+}
+
+fn start_sink() -> Arc<Sink> {
+    let sink = Arc::new(Sink::default());
+    let drained = Arc::clone(&sink);
+    let started = std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || drained.drain(&mut std::io::stderr()));
+    if started.is_err() {
+        // No thread, no destination: every line is dropped (and counted), nothing waits.
+        sink.state().closed = true;
+    }
+    // A racing second `init` keeps the first sink; this one then just goes unused.
+    let _ = SINK.set(Arc::clone(&sink));
+    sink
+}
+
+/// The queue between the formatting layer and the writer thread.
+#[derive(Default)]
+struct Sink {
+    state: Mutex<State>,
+    /// Signalled when a line is queued.
+    queued: Condvar,
+    /// Signalled when the writer finished a batch (for `flush`).
+    written: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    lines: VecDeque<Vec<u8>>,
+    /// Bytes in `lines`.
+    bytes: usize,
+    /// The writer thread holds a batch it has not finished writing.
+    writing: bool,
+    /// No writer thread: drop everything.
+    closed: bool,
+}
+
+impl Sink {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock, and the state stays consistent anyway.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues one line, or drops and counts it. Never blocks beyond the queue's lock,
+    /// which the writer thread holds only to take a batch, never while writing.
+    fn push(&self, line: Vec<u8>) {
+        if line.is_empty() {
+            return;
+        }
+        let mut state = self.state();
+        if state.closed || state.bytes + line.len() > QUEUE_BYTES {
+            drop(state);
+            count_dropped();
+            return;
+        }
+        state.bytes += line.len();
+        state.lines.push_back(line);
+        drop(state);
+        self.queued.notify_one();
+    }
+
+    /// The writer thread: takes everything queued and writes it line by line.
+    fn drain(&self, out: &mut impl Write) {
+        loop {
+            let batch = {
+                let mut state = self.state();
+                while state.lines.is_empty() {
+                    state = self.queued.wait(state).unwrap_or_else(|e| e.into_inner());
+                }
+                state.bytes = 0;
+                state.writing = true;
+                std::mem::take(&mut state.lines)
+            };
+            for line in batch {
+                // `write_all` retries EINTR; any other error (ENOSPC, EPIPE, EAGAIN on a
+                // non-blocking descriptor, EIO) drops this line and the next one tries
+                // again, so logging resumes by itself once the destination recovers.
+                if out.write_all(&line).is_err() {
+                    count_dropped();
+                }
+            }
+            self.state().writing = false;
+            self.written.notify_all();
+        }
+    }
+
+    fn flush(&self, deadline: Instant) {
+        let mut state = self.state();
+        while !state.closed && (state.writing || !state.lines.is_empty()) {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            state = match self.written.wait_timeout(state, deadline - now) {
+                Ok((s, _)) => s,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+}
+
+/// The `MakeWriter` given to the formatting layer: each event gets a [`Line`].
+struct SinkWriter(Arc<Sink>);
+
+impl<'a> MakeWriter<'a> for SinkWriter {
+    type Writer = Line<'a>;
+
+    fn make_writer(&'a self) -> Line<'a> {
+        Line {
+            sink: &self.0,
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// One event's formatted text, queued as a whole when the layer is done with it, so a
+/// dropped line is dropped whole and lines never interleave.
+struct Line<'a> {
+    sink: &'a Sink,
+    buf: Vec<u8>,
+}
+
+impl Write for Line<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line<'_> {
+    fn drop(&mut self) {
+        self.sink.push(std::mem::take(&mut self.buf));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A destination that fails every write, like stderr on a full disk.
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(28))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn line(sink: &Sink, text: &str) {
+        let mut l = Line {
+            sink,
+            buf: Vec::new(),
+        };
+        l.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_blocking() {
+        // No writer thread: the queue only fills.
+        let sink = Sink::default();
+        let big = "x".repeat(QUEUE_BYTES / 4);
+        let before = lines_dropped();
+        for _ in 0..4 {
+            line(&sink, &big);
+        }
+        assert_eq!(sink.state().lines.len(), 4);
+        line(&sink, "one more\n");
+        assert!(lines_dropped() > before);
+        assert!(sink.state().bytes <= QUEUE_BYTES);
+    }
+
+    #[test]
+    fn a_failing_destination_drops_and_counts_and_flush_returns() {
+        let sink = Arc::new(Sink::default());
+        let drained = Arc::clone(&sink);
+        std::thread::spawn(move || drained.drain(&mut Full));
+        let before = lines_dropped();
+        for i in 0..10 {
+            line(&sink, &format!("line {i}\n"));
+        }
+        sink.flush(Instant::now() + Duration::from_secs(10));
+        let state = sink.state();
+        assert!(state.lines.is_empty() && !state.writing);
+        // Other tests may drop lines too (the counter is process-wide): at least ours.
+        assert!(lines_dropped() >= before + 10);
+    }
+
+    #[test]
+    fn lines_arrive_whole_and_in_order() {
+        let sink = Arc::new(Sink::default());
+        let out = Arc::new(Mutex::new(Vec::new()));
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let drained = Arc::clone(&sink);
+        let target = Shared(Arc::clone(&out));
+        std::thread::spawn(move || drained.drain(&mut { target }));
+        for i in 0..100 {
+            let mut l = Line {
+                sink: &sink,
+                buf: Vec::new(),
+            };
+            // Written in pieces, queued as one line.
+            write!(l, "line ").unwrap();
+            writeln!(l, "{i}").unwrap();
+        }
+        sink.flush(Instant::now() + Duration::from_secs(10));
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let expected: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn flush_gives_up_on_a_stuck_destination() {
+        let sink = Sink::default();
+        sink.state().writing = true;
+        let started = Instant::now();
+        sink.flush(Instant::now() + Duration::from_millis(50));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
 }

@@ -1,6 +1,8 @@
 //! Prometheus metrics: requests by route and status, a latency histogram, and gauges
 //! read at scrape time (groups, users, store bytes). Counting is a mutex-guarded map
-//! update per request; the label set is bounded (routes × statuses).
+//! update per request; the label set is bounded (routes × statuses). The dropped log
+//! lines are the one process-wide value shown (`log::lines_dropped`, a static in
+//! `log.rs`): stderr belongs to the process, not to one server.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -159,6 +161,11 @@ impl Metrics {
                 "fleetgroups_store_flush_fsync_seconds_total",
                 "Time in fdatasync of the store files.",
                 secs(&f.sync_micros),
+            ),
+            (
+                "fleetgroups_log_lines_dropped_total",
+                "Log lines dropped because stderr failed or fell behind (log.rs).",
+                crate::log::lines_dropped().to_string(),
             ),
         ];
         for (name, help, value) in counters {

@@ -30,7 +30,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::http::conns::{self, ConnHandle, Conns};
 use crate::systemd::Notifier;
 
@@ -42,11 +42,13 @@ const SEND_BUFFER_BYTES: usize = 256 * 1024;
 /// The `serve` command: checks the TLS files, opens the store, binds, tells systemd it
 /// is ready and serves until SIGTERM/SIGINT. Exit codes: 0 after a clean shutdown, 1
 /// when the store or the listener cannot be had or the final flush failed, 2 for a
-/// configuration problem (the TLS files).
-pub fn run(config: Config) -> ExitCode {
-    crate::log::init(&config.log);
+/// configuration problem (the TLS files). SIGHUP re-reads the configuration as
+/// `overrides` and the environment give it (`reload.rs`).
+pub fn run(config: Config, overrides: Overrides) -> ExitCode {
+    let level = crate::log::init(&config.log);
+    config.log_ignored_env();
     // Configuration problems first, before anything touches the data directory.
-    let tls = match crate::tls::acceptor(&config.tls) {
+    let tls = match crate::tls::load(&config.tls) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!("{e}");
@@ -64,13 +66,18 @@ pub fn run(config: Config) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let signals = match crate::signals::Signals::install() {
+        let mut signals = match crate::signals::Signals::install() {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "cannot install the SIGTERM/SIGINT handlers");
+                tracing::error!(error = %e, "cannot install the signal handlers");
                 return ExitCode::FAILURE;
             }
         };
+        let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
+        if let Some(reloads) = signals.reloads() {
+            let reloader = crate::reload::Reloader::new(overrides, config.clone(), tls, level);
+            tokio::spawn(reloader.run(reloads));
+        }
         let app = match App::open(config) {
             Ok(a) => Arc::new(a),
             Err(e) => {
@@ -93,7 +100,7 @@ pub fn run(config: Config) -> ExitCode {
             }
         };
         let stop_admin = admin.stopper();
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
         tracing::info!(data_dir = %app.config.data_dir.display(), "listening on {scheme}://{addr}");
         let notifier = Arc::new(Notifier::from_env());
         notifier.ready(&format!("serving on {scheme}://{addr}"));
@@ -104,7 +111,7 @@ pub fn run(config: Config) -> ExitCode {
             stop_admin();
             stop_notifier.stopping();
         };
-        let served = serve(listener, app, tls, shutdown).await;
+        let served = serve(listener, app, acceptor, shutdown).await;
         admin.finished().await;
         match served {
             Ok(()) => ExitCode::SUCCESS,

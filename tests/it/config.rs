@@ -206,3 +206,66 @@ fn two_servers_with_different_configurations_differ() {
     let r = small.req("GET", "/api/groups").bearer(&token).send();
     assert_eq!(r.json()["groups"], json!([]));
 }
+
+/// What Kubernetes injects into a pod for a Service named `fleetgroups` with a port
+/// 8080 named `http`.
+const SERVICE_LINKS: [(&str, &str); 8] = [
+    ("FLEETGROUPS_PORT", "tcp://10.96.0.12:8080"),
+    ("FLEETGROUPS_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+    ("FLEETGROUPS_PORT_8080_TCP_PROTO", "tcp"),
+    ("FLEETGROUPS_PORT_8080_TCP_PORT", "8080"),
+    ("FLEETGROUPS_PORT_8080_TCP_ADDR", "10.96.0.12"),
+    ("FLEETGROUPS_SERVICE_HOST", "10.96.0.12"),
+    ("FLEETGROUPS_SERVICE_PORT", "8080"),
+    ("FLEETGROUPS_SERVICE_PORT_HTTP", "8080"),
+];
+
+#[test]
+fn kubernetes_service_link_variables_are_ignored_with_one_warning() {
+    let mut options = Options::default();
+    for (k, v) in SERVICE_LINKS {
+        options = options.env(k, v);
+    }
+    let mut server = TestServer::with(options);
+    assert_eq!(server.req("GET", "/healthz").send().status, 200);
+    let log = server.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Kubernetes service-link"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one line for all of them:\n{log}");
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+    for (name, _) in SERVICE_LINKS {
+        assert!(warnings[0].contains(name), "{name}: {}", warnings[0]);
+    }
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+#[test]
+fn a_misspelt_setting_beside_service_links_still_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for misspelt in [
+        ("FLEETGROUPS_LIMITS_MAX_BODY_BYTE", "4096"),
+        // Looks like a service link, but Kubernetes would have written tcp://….
+        ("FLEETGROUPS_PORT", "8080"),
+    ] {
+        let mut env: Vec<(&str, &str)> = SERVICE_LINKS
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != misspelt.0)
+            .collect();
+        env.push(misspelt);
+        let out = run_expecting_exit(
+            dir.path(),
+            &["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"],
+            &env,
+        );
+        assert_eq!(out.code, 2, "{misspelt:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(misspelt.0) && out.stderr.contains("unknown environment variable"),
+            "{misspelt:?}: {}",
+            out.stderr
+        );
+        assert!(!dir.path().join("data").exists());
+    }
+}

@@ -234,3 +234,59 @@ fn a_bad_certificate_or_key_stops_the_start_with_exit_2() {
         }
     }
 }
+
+/// Completes a TLS handshake with `config`; `Err` when the client refuses the server's
+/// certificate (or the handshake fails otherwise).
+fn handshake(server: &TestServer, config: &Arc<ClientConfig>) -> Result<(), String> {
+    let mut conn = ClientConnection::new(
+        Arc::clone(config),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let mut tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn sighup_reloads_the_certificate_and_a_broken_one_keeps_the_old() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key, first) = self_signed(certs.path());
+    let mut server = TestServer::with(Options::default().config(&tls_config(&cert, &key)));
+    let trusts_first = client(first);
+    handshake(&server, &trusts_first).expect("the first certificate is served");
+
+    // New files at the same paths (a renewal), then SIGHUP.
+    let renewed = tempfile::tempdir().unwrap();
+    let (new_cert, new_key, second) = self_signed(renewed.path());
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    let trusts_second = client(second);
+    assert!(
+        handshake(&server, &trusts_second).is_err(),
+        "nothing changes before the signal"
+    );
+    server.signal("HUP");
+    server.wait_for_log("TLS certificate and key reloaded");
+    handshake(&server, &trusts_second).expect("new connections get the new certificate");
+    assert!(handshake(&server, &trusts_first).is_err());
+    let r = https(&server, &trusts_second, "GET", "/healthz", None, None);
+    assert_eq!(r.status, 200);
+
+    // A broken replacement (a truncated certificate): the running pair stays.
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap();
+    server.signal("HUP");
+    server.wait_for_log("TLS certificate not reloaded, new connections keep the old one");
+    assert!(
+        server.log().contains("tls.cert:"),
+        "the reason names the key:\n{}",
+        server.log()
+    );
+    handshake(&server, &trusts_second).expect("the previous certificate is still served");
+    let r = https(&server, &trusts_second, "GET", "/healthz", None, None);
+    assert_eq!(r.status, 200);
+    assert_eq!(server.stop().code(), Some(0), "{}", server.log());
+}

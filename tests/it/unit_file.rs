@@ -86,7 +86,13 @@ fn the_unit_has_every_required_directive() {
     assert_eq!(one("SystemCallArchitectures"), "native");
     assert_eq!(one("CapabilityBoundingSet"), "", "no capabilities at all");
     assert_eq!(one("UMask"), "0077");
-    assert_eq!(one("Restart"), "on-failure");
+    // Any death systemd did not ask for restarts the service: `on-failure` would leave
+    // it down after a SIGHUP, SIGTERM or exit 0 that systemd counts as clean.
+    assert_eq!(one("Restart"), "always");
+    // … except a configuration error (exit 2), which a restart cannot fix.
+    assert_eq!(one("RestartPreventExitStatus"), "2");
+    // `systemctl reload` sends SIGHUP (reload.rs).
+    assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
     assert_eq!(one("WatchdogSec"), "30");
     // The stop timeout must cover the grace period (default 10 s) plus the final flush.
     let stop = one("TimeoutStopSec").trim_end_matches('s');
@@ -96,6 +102,8 @@ fn the_unit_has_every_required_directive() {
         stop > grace,
         "TimeoutStopSec={stop} must exceed the {grace} s grace period"
     );
+    // Restarts never run into the start limit and stop for good.
+    assert!(UNIT.contains("\n[Unit]\n") && UNIT.contains("\nStartLimitIntervalSec=0\n"));
     assert!(UNIT.contains("\n[Install]\nWantedBy=multi-user.target\n"));
 }
 
