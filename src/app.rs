@@ -46,8 +46,13 @@ pub fn store_options(config: &Config) -> StoreOptions {
         cache_bytes: config.storage.cache_mb.saturating_mul(1024 * 1024),
         durability: config.storage.durability,
         fail_flush_after: config.fault.fail_flush_after,
+        restoring: false,
+        max_devices: config.limits.max_devices_per_group,
     }
 }
+
+/// The first start's key file in the data directory.
+pub const KEY_FILE: &str = "initial-api-key";
 
 /// How long a starting server waits for a store lock held by someone else.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -167,6 +172,7 @@ pub fn spawn_upkeep(app: &Arc<App>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seconds = 0u64;
+        let mut warned = false;
         loop {
             tick.tick().await;
             let Some(app) = weak.upgrade() else { return };
@@ -176,13 +182,25 @@ pub fn spawn_upkeep(app: &Arc<App>) {
             // sled calls may block briefly; keep them off the async workers.
             let a = Arc::clone(&app);
             let purge = seconds % 3600 == 10;
-            let _ = tokio::task::spawn_blocking(move || {
+            let recorded = tokio::task::spawn_blocking(move || {
                 a.persist_usage();
+                let recorded = a.store.record_highwater();
                 if purge {
                     a.purge();
                 }
+                recorded
             })
             .await;
+            // One line when recording starts failing (a full or read-only disk), not
+            // one a second.
+            match recorded {
+                Ok(Err(e)) if !warned => {
+                    tracing::warn!(error = %e, "cannot record the store's high-water marks");
+                    warned = true;
+                }
+                Ok(Ok(())) => warned = false,
+                _ => {}
+            }
             seconds += 1;
         }
     });
@@ -201,7 +219,7 @@ fn bootstrap(store: &Store, data_dir: &Path) -> Result<(), StartError> {
     let key = admin
         .add("admin", "default", crate::store::users::Role::Write, None)
         .map_err(|e| StartError(format!("creating the first user: {e}")))?;
-    let path = data_dir.join("initial-api-key");
+    let path = data_dir.join(KEY_FILE);
     write_secret_file(&path, format!("{key}\n").as_bytes())
         .map_err(|e| StartError(format!("writing {}: {e}", path.display())))?;
     tracing::info!(path = %path.display(), "first start: created user admin; its API key is in this file (mode 0600)");

@@ -373,6 +373,8 @@ mod tests {
                 cache_bytes: 1 << 20,
                 durability: crate::config::Durability::Relaxed,
                 fail_flush_after: None,
+                restoring: false,
+                max_devices: 10_000,
             },
         )
         .unwrap();

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::store::export::{Counts, Record};
-use crate::store::{Store, StoreOptions, FORMAT_VERSION};
+use crate::store::{Store, StoreOptions, FORMAT_VERSION, RESTORE_MARKER};
 
 /// The `format` value of the header line.
 pub const FORMAT: &str = "fleetgroups-backup";
@@ -117,20 +117,50 @@ pub fn restore(data_dir: &Path, options: &StoreOptions, file: &Path) -> Result<C
         let mut entries = std::fs::read_dir(data_dir)
             .map_err(|e| format!("cannot read {}: {e}", data_dir.display()))?;
         if entries.next().is_some() {
-            return Err(format!(
-                "the data directory {} is not empty; restore only fills an empty one (nothing was changed)",
-                data_dir.display()
-            ));
+            if !data_dir.join(RESTORE_MARKER).exists() {
+                return Err(format!(
+                    "the data directory {} is not empty; restore only fills an empty one (nothing was changed)",
+                    data_dir.display()
+                ));
+            }
+            // Only an interrupted restore leaves the marker: everything here is its
+            // half-done work, ours to remove.
+            tracing::warn!(
+                data_dir = %data_dir.display(),
+                "an earlier restore into this directory was interrupted; removing what it left and restoring again"
+            );
+            empty_dir(data_dir)?;
         }
     }
     let input = File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
     let mut lines = BufReader::with_capacity(256 * 1024, input).lines();
     check_header(lines.next(), file)?;
     let result = (|| {
-        let store = Store::open(data_dir, options).map_err(|e| e.to_string())?;
+        // The marker goes first and durably, and comes off last: a kill at any moment
+        // in between leaves a directory that the server refuses and a second restore
+        // redoes, never a half-restored store that starts.
+        crate::perms::create_private_dir(data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+        write_durably(
+            &data_dir.join(RESTORE_MARKER),
+            format!("restoring {}\n", file.display()).as_bytes(),
+        )
+        .map_err(|e| {
+            format!(
+                "cannot write the restore marker in {}: {e}",
+                data_dir.display()
+            )
+        })?;
+        let options = StoreOptions {
+            restoring: true,
+            ..options.clone()
+        };
+        let store = Store::open(data_dir, &options).map_err(|e| e.to_string())?;
         let counts = load(&store, lines, file)?;
         store.close()?;
         drop(store);
+        std::fs::remove_file(data_dir.join(RESTORE_MARKER))
+            .map_err(|e| format!("cannot remove the restore marker: {e}"))?;
         crate::store::sync_dir(data_dir).map_err(|e| e.to_string())?;
         if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             crate::store::sync_dir(parent).map_err(|e| e.to_string())?;
@@ -140,17 +170,46 @@ pub fn restore(data_dir: &Path, options: &StoreOptions, file: &Path) -> Result<C
     if result.is_err() {
         // The directory was empty (or missing): everything in it is ours to remove.
         if existed {
-            if let Ok(entries) = std::fs::read_dir(data_dir) {
-                for e in entries.flatten() {
-                    let p = e.path();
-                    let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
-                }
-            }
+            let _ = empty_dir(data_dir);
         } else {
             let _ = std::fs::remove_dir_all(data_dir);
         }
     }
     result
+}
+
+/// Removes everything inside `dir`.
+fn empty_dir(dir: &Path) -> Result<(), String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    for e in entries.flatten() {
+        let p = e.path();
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        let r = if is_dir {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes a small file and makes it and its directory entry durable.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    match path.parent() {
+        Some(parent) => crate::store::sync_dir(parent),
+        None => Ok(()),
+    }
 }
 
 fn check_header(first: Option<std::io::Result<String>>, file: &Path) -> Result<(), String> {

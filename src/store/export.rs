@@ -521,8 +521,18 @@ impl Importer<'_> {
                 if id == 0 || revision == 0 {
                     return Err(format!("group {gid}: id and revision start at 1"));
                 }
+                if last_modified < creation {
+                    return Err(format!("group {gid}: lastModified is before creation"));
+                }
                 let doc = checked_doc(&name, &description, &devices)
                     .map_err(|e| format!("group {gid}: {e}"))?;
+                if doc.devices.len() > self.store.max_devices {
+                    return Err(format!(
+                        "group {gid}: {} devices, more than limits.max_devices_per_group ({}) allows",
+                        doc.devices.len(),
+                        self.store.max_devices
+                    ));
+                }
                 if !self.group_ids.insert(id) {
                     return Err(format!("group {gid} appears twice"));
                 }

@@ -721,6 +721,8 @@ mod tests {
                 cache_bytes: 4 << 20,
                 durability: Durability::Relaxed,
                 fail_flush_after: None,
+                restoring: false,
+                max_devices: 10_000,
             },
         )
         .unwrap();

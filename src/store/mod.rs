@@ -25,6 +25,7 @@ pub mod changes;
 mod commit;
 pub mod export;
 pub mod groups;
+pub mod highwater;
 pub mod idempotency;
 pub mod keys;
 pub mod users;
@@ -59,8 +60,13 @@ const NAME_RULES: u64 = 2;
 pub enum OpenError {
     /// Another process holds the store.
     Locked(PathBuf),
-    /// The store was written by a different format version.
-    Version { found: u64, path: PathBuf },
+    /// The store was written by a different format version (as found: a number, or
+    /// the text that is not one).
+    Version { found: String, path: PathBuf },
+    /// A `restore` into this directory did not finish.
+    Interrupted(PathBuf),
+    /// The directory has held a store, and what is there now has lost data.
+    Damaged { path: PathBuf, what: String },
     /// Anything else (permissions, corruption …).
     Other(String),
 }
@@ -78,6 +84,16 @@ impl std::fmt::Display for OpenError {
                 "the store in {} has format version {found}, but this binary reads version {FORMAT_VERSION}; nothing was changed. Use the matching binary, or backup with it and restore with this one",
                 path.display()
             ),
+            OpenError::Interrupted(p) => write!(
+                f,
+                "restore was interrupted: remove {} and restore again (nothing was changed)",
+                p.display()
+            ),
+            OpenError::Damaged { path, what } => write!(
+                f,
+                "the store in {} is damaged: {what}. It has held a store, so it is not taken for a first start, and nothing was changed. Restore the last backup into an empty directory (fleetgroups --data-dir NEW restore FILE) and start on that",
+                path.display()
+            ),
             OpenError::Other(e) => write!(f, "cannot open the store: {e}"),
         }
     }
@@ -93,7 +109,16 @@ pub struct StoreOptions {
     /// Test-only fault injection (see `config::FaultInjection`): the flusher reports
     /// failure after this many successful flushes.
     pub fail_flush_after: Option<u64>,
+    /// Set by `restore` only: the directory carries its in-progress marker.
+    pub restoring: bool,
+    /// `limits.max_devices_per_group`: what `restore` holds each group to, as a live
+    /// write would.
+    pub max_devices: usize,
 }
+
+/// The file `restore` writes into the data directory first and removes last: while it
+/// exists, the directory holds a half-restored store that nothing may serve.
+pub const RESTORE_MARKER: &str = "restore-in-progress";
 
 /// The trees a write may touch; the discriminant indexes `Store::trees`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,9 +189,13 @@ pub struct Store {
     long_hold: AtomicBool,
     commit: GroupCommit,
     durability: Durability,
+    /// See `StoreOptions::max_devices`.
+    max_devices: usize,
     dir: PathBuf,
     /// Set when a flush or write failed: writes answer 503 and `/readyz` says so.
     failed: Arc<AtomicBool>,
+    /// The high-water marks last written to `highwater.rs`'s file.
+    recorded: Mutex<Option<highwater::HighWater>>,
 }
 
 impl Store {
@@ -174,6 +203,37 @@ impl Store {
     pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<Store, OpenError> {
         crate::perms::create_private_dir(data_dir)
             .map_err(|e| OpenError::Other(format!("cannot create {}: {e}", data_dir.display())))?;
+        let dir = data_dir.join("store");
+        if !options.restoring && data_dir.join(RESTORE_MARKER).exists() {
+            return Err(OpenError::Interrupted(data_dir.to_path_buf()));
+        }
+        let fresh = check_not_lost(data_dir, &dir)?;
+        // sled rewrites files whenever it opens a store (recovery writes a snapshot), so
+        // the version must be known before sled is opened for "refuse without touching
+        // anything" to hold. The marker file carries it; `meta` keeps it too.
+        let marker = dir.join(FORMAT_MARKER);
+        let marked = match std::fs::read_to_string(&marker) {
+            Ok(text) => {
+                let found = text.trim();
+                if found.parse::<u64>().ok() != Some(FORMAT_VERSION) {
+                    return Err(OpenError::Version {
+                        found: match found.parse::<u64>() {
+                            Ok(n) => n.to_string(),
+                            Err(_) => format!("{found:?}"),
+                        },
+                        path: data_dir.to_path_buf(),
+                    });
+                }
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(OpenError::Other(format!(
+                    "cannot read {}: {e}",
+                    marker.display()
+                )))
+            }
+        };
         // A directory made by an older version or under a looser umask (SECURITY.md
         // promises 0700/0600) is repaired before the store is read.
         match crate::perms::tighten(data_dir) {
@@ -190,45 +250,28 @@ impl Store {
                 )))
             }
         }
-        let dir = data_dir.join("store");
-        let fresh = !dir.join("db").exists();
-        // sled rewrites files whenever it opens a store (recovery writes a snapshot), so
-        // the version must be known before sled is opened for "refuse without touching
-        // anything" to hold. The marker file carries it; `meta` keeps it too.
-        let marker = dir.join(FORMAT_MARKER);
-        let marked = match std::fs::read_to_string(&marker) {
-            Ok(text) => {
-                let found = text.trim().parse::<u64>().unwrap_or(u64::MAX);
-                if found != FORMAT_VERSION {
-                    return Err(OpenError::Version {
-                        found,
-                        path: data_dir.to_path_buf(),
-                    });
-                }
-                true
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => {
-                return Err(OpenError::Other(format!(
-                    "cannot read {}: {e}",
-                    marker.display()
-                )))
-            }
-        };
         // With a flush fault injected, sled must not write behind the flusher's back on
         // its own timer, or the "disk" would not really refuse writes.
         let background_flush = options.fail_flush_after.is_none().then_some(500);
-        let db = sled::Config::new()
-            .path(&dir)
-            .cache_capacity(options.cache_bytes)
-            .flush_every_ms(background_flush)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                    OpenError::Locked(data_dir.to_path_buf())
-                }
-                other => OpenError::Other(other.to_string()),
-            })?;
+        // sled panics on some damaged files instead of returning an error; that is a
+        // damaged store to refuse (exit 1 with a message), not a crash to restart.
+        let opened = std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(&dir)
+                .cache_capacity(options.cache_bytes)
+                .flush_every_ms(background_flush)
+                .open()
+        })
+        .map_err(|panic| OpenError::Damaged {
+            path: data_dir.to_path_buf(),
+            what: format!("sled cannot read it ({})", panic_text(&panic)),
+        })?;
+        let db = opened.map_err(|e| match e {
+            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                OpenError::Locked(data_dir.to_path_buf())
+            }
+            other => OpenError::Other(other.to_string()),
+        })?;
         let tree = |name: &str| {
             db.open_tree(name)
                 .map_err(|e| OpenError::Other(e.to_string()))
@@ -239,10 +282,13 @@ impl Store {
             .map_err(|e| OpenError::Other(e.to_string()))?
         {
             Some(v) => {
-                let found = keys::read_u64(&v).unwrap_or(u64::MAX);
-                if found != FORMAT_VERSION {
+                let found = keys::read_u64(&v);
+                if found != Some(FORMAT_VERSION) {
                     return Err(OpenError::Version {
-                        found,
+                        found: found.map_or_else(
+                            || format!("{:?} (not a number)", &v[..]),
+                            |n| n.to_string(),
+                        ),
                         path: data_dir.to_path_buf(),
                     });
                 }
@@ -259,9 +305,24 @@ impl Store {
                 .and_then(|v| keys::read_u64(&v))
                 .unwrap_or(1))
         };
-        let writer = Arc::new(Mutex::new(Writer {
+        let log_marks = highwater::HighWater {
             next_group: read_seq(META_NEXT_GROUP)?,
             next_change: read_seq(META_NEXT_CHANGE)?,
+            users: tree("users")?.len() as u64,
+        };
+        let recorded = highwater::HighWater::read(&dir).map_err(|what| OpenError::Damaged {
+            path: data_dir.to_path_buf(),
+            what,
+        })?;
+        if let Some(what) = recorded.and_then(|hw| hw.behind(&log_marks)) {
+            return Err(OpenError::Damaged {
+                path: data_dir.to_path_buf(),
+                what,
+            });
+        }
+        let writer = Arc::new(Mutex::new(Writer {
+            next_group: log_marks.next_group,
+            next_change: log_marks.next_change,
             undo: Vec::new(),
         }));
         let trees = TREE_NAMES
@@ -307,9 +368,11 @@ impl Store {
             long_hold: AtomicBool::new(false),
             commit,
             durability: options.durability,
+            max_devices: options.max_devices,
             dir,
             db,
             failed,
+            recorded: Mutex::new(recorded),
         };
         let rules = store
             .meta
@@ -482,17 +545,92 @@ impl Store {
         &self.dir
     }
 
-    /// Stops the flusher after a last flush (graceful shutdown).
+    /// Stops the flusher after a last flush (graceful shutdown), then records the
+    /// high-water marks.
     pub fn close(&self) -> Result<(), String> {
+        let marks = self.marks();
         let r = self.flush_blocking();
         self.commit.stop();
-        r
+        r?;
+        self.write_highwater(marks)
+            .map_err(|e| format!("recording the high-water marks: {e}"))
+    }
+
+    /// Writes the high-water marks file when the marks moved since it was last written.
+    /// The marks are read before a flush and written after it, so the file never
+    /// records more than the log holds durably (or a crash would look like damage).
+    pub fn record_highwater(&self) -> Result<(), String> {
+        let marks = self.marks();
+        if *lock(&self.recorded) == Some(marks) {
+            return Ok(());
+        }
+        self.flush_blocking()?;
+        self.write_highwater(marks)
+            .map_err(|e| format!("recording the high-water marks: {e}"))
+    }
+
+    fn marks(&self) -> highwater::HighWater {
+        let w = lock(&self.writer);
+        highwater::HighWater {
+            next_group: w.next_group,
+            next_change: w.next_change,
+            users: self.users.len() as u64,
+        }
+    }
+
+    fn write_highwater(&self, marks: highwater::HighWater) -> std::io::Result<()> {
+        let mut last = lock(&self.recorded);
+        if *last == Some(marks) {
+            return Ok(());
+        }
+        marks.write(&self.dir)?;
+        *last = Some(marks);
+        Ok(())
     }
 
     /// Maps a sled read error to 503.
     fn read_err(&self, e: sled::Error) -> ApiError {
         ApiError::Unavailable(format!("storage read: {e}"))
     }
+}
+
+/// Whether the directory is new (no store yet), or Damaged when it has held a store
+/// (its format marker, or the first start's key file, is there) but the log that holds
+/// everything is missing or empty — the typical zero-length file after a power cut,
+/// which sled would otherwise take for a new store (a new admin, IDs from grp-1 again).
+fn check_not_lost(data_dir: &Path, store_dir: &Path) -> Result<bool, OpenError> {
+    let db = store_dir.join("db");
+    let held =
+        store_dir.join(FORMAT_MARKER).exists() || data_dir.join(crate::app::KEY_FILE).exists();
+    let what = match std::fs::metadata(&db) {
+        Ok(m) if m.len() > 0 => return Ok(false),
+        Ok(_) => format!("{} is empty", db.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            format!("{} is missing", db.display())
+        }
+        Err(e) => {
+            return Err(OpenError::Other(format!(
+                "cannot read {}: {e}",
+                db.display()
+            )))
+        }
+    };
+    if held {
+        return Err(OpenError::Damaged {
+            path: data_dir.to_path_buf(),
+            what,
+        });
+    }
+    Ok(true)
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// Writes the format marker durably: temp file, fsync, rename, fsync the directory.
@@ -581,6 +719,8 @@ pub(crate) mod testing {
                 cache_bytes: 1 << 20,
                 durability: Durability::Relaxed,
                 fail_flush_after: None,
+                restoring: false,
+                max_devices: 10_000,
             },
         )
         .unwrap()

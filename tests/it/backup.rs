@@ -273,6 +273,20 @@ fn restore_refuses_bad_input_and_leaves_nothing_behind() {
         .expect("seq");
     low_seq[seq_at] = "{\"type\":\"sequences\",\"nextGroup\":2,\"nextChange\":9}".into();
     cases.push(("low-seq", low_seq, "not above the highest group"));
+    let mut backwards = lines.clone();
+    let g = backwards
+        .iter()
+        .position(|l| l.contains("\"type\":\"group\""))
+        .expect("group");
+    let mut v: Value = serde_json::from_str(&backwards[g]).expect("json");
+    v["lastModified"] = json!(v["creation"].as_i64().expect("creation") - 1);
+    backwards[g] = v.to_string();
+    cases.push(("backwards", backwards, "lastModified is before creation"));
+    let mut crowded = lines.clone();
+    let mut v: Value = serde_json::from_str(&crowded[g]).expect("json");
+    v["devices"] = json!((0..10_001).map(|i| format!("d{i}")).collect::<Vec<_>>());
+    crowded[g] = v.to_string();
+    cases.push(("crowded", crowded, "more than limits.max_devices_per_group"));
     let mut unknown = lines.clone();
     unknown[seq_at] = unknown[seq_at].replace("}", ",\"extra\":true}");
     cases.push(("unknown-field", unknown, "unknown field"));
@@ -333,4 +347,105 @@ fn backups_taken_under_concurrent_writes_are_consistent() {
             assert_eq!(groups, changes, "backup {i} is not a snapshot");
         }
     });
+}
+
+/// A backup file of `groups` groups (10 devices each) in account `default`, with the
+/// header, users and sequences of a real backup of `from`.
+fn big_backup(from: &TestServer, path: &Path, groups: usize) {
+    ok(from.cli(&["backup", path.to_str().expect("utf-8")]));
+    let mut lines: Vec<Value> = std::fs::read_to_string(path)
+        .expect("read")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .filter(|v: &Value| !matches!(v["type"].as_str(), Some("group" | "change" | "end")))
+        .collect();
+    for v in &mut lines {
+        if v["type"] == "sequences" {
+            v["nextGroup"] = json!(groups + 1);
+        }
+    }
+    for n in 1..=groups {
+        lines.push(json!({
+            "type": "group", "account": "default", "id": n, "revision": 1,
+            "creation": 1_700_000_000_000i64, "lastModified": 1_700_000_000_000i64,
+            "name": format!("Restored {n}"), "description": null,
+            "devices": (0..10).map(|d| format!("dev-{n}-{d}")).collect::<Vec<_>>(),
+        }));
+    }
+    lines.push(json!({"type": "end", "records": lines.len() - 1}));
+    let text: String = lines.iter().map(|v| format!("{v}\n")).collect();
+    std::fs::write(path, text).expect("write");
+}
+
+#[test]
+fn a_restore_killed_at_any_moment_is_refused_and_a_second_restore_redoes_it() {
+    let source = TestServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big.jsonl");
+    let groups = 8_000;
+    big_backup(&source, &file, groups);
+    // Seeded kill moments spread over a restore's run; some rounds the restore wins.
+    let (mut interrupted, mut finished) = (0, 0);
+    let mut seed = 0x9e37_79b9_u64;
+    for round in 0..6 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = std::time::Duration::from_millis(20 + seed % 600);
+        let mut server = TestServer::unstarted(Options::default());
+        let data = server.data_dir();
+        let mut cmd = std::process::Command::new(crate::support::BIN);
+        crate::support::clear_fleetgroups_env(&mut cmd);
+        let mut child = cmd
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("restore")
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("restore");
+        // The fault itself: SIGKILL after a seeded delay (not a wait for the restore).
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let status = child.wait().expect("wait");
+        if status.success() {
+            finished += 1;
+        } else {
+            interrupted += 1;
+            if data.join("restore-in-progress").exists() {
+                let refused = server.second_server();
+                assert_eq!(refused.code, 1, "round {round}: {refused:?}");
+                assert!(
+                    refused.stderr.contains("restore was interrupted: remove")
+                        && refused.stderr.contains("and restore again"),
+                    "round {round}: {}",
+                    refused.stderr
+                );
+            }
+            // A second restore cleans up and redoes it.
+            let again = cli_in(&data, &["restore", file.to_str().expect("utf-8")], &[]);
+            assert_eq!(again.code, 0, "round {round}: {again:?}");
+        }
+        server.restart();
+        let admin = server.client(&server.login("admin", &source.admin_key()));
+        let page = admin
+            .get("/api/groups?after=grp-7990&limit=100")
+            .expect_ok(200);
+        assert_eq!(
+            page["groups"].as_array().map(Vec::len),
+            Some(10),
+            "round {round}"
+        );
+        let one = admin.get("/api/devices/dev-1-3/groups").expect_ok(200);
+        assert_eq!(one["groups"][0]["id"], "grp-1", "round {round}");
+        admin.create(&json!({"name": "After the restore"}));
+        assert_eq!(
+            admin.get("/api/groups?after=grp-8000").expect_ok(200)["groups"][0]["id"],
+            "grp-8001",
+            "round {round}: IDs continue after the restored ones"
+        );
+    }
+    println!("restore kill rounds: {interrupted} interrupted, {finished} finished");
+    assert!(interrupted >= 2, "the kills must land inside restores");
 }

@@ -226,3 +226,110 @@ fn a_failed_flush_answers_503_and_leaves_no_trace() {
     assert_eq!(r.status, 201, "the refused name is free: {}", r.text());
     assert!(!server.cli(&["user", "list"]).stdout.contains("late"));
 }
+
+/// The files under `dir` that differ between two snapshots.
+fn changed_files(
+    before: &BTreeMap<PathBuf, (SystemTime, Vec<u8>)>,
+    after: &BTreeMap<PathBuf, (SystemTime, Vec<u8>)>,
+) -> Vec<String> {
+    let mut changed: Vec<String> = before
+        .iter()
+        .filter(|(p, v)| after.get(*p) != Some(v))
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    changed.extend(
+        after
+            .keys()
+            .filter(|p| !before.contains_key(*p))
+            .map(|p| format!("new {}", p.display())),
+    );
+    changed
+}
+
+/// A stopped server's data directory holding one group.
+fn stopped_with_a_group() -> TestServer {
+    let mut server = TestServer::start();
+    let admin = server.client(&server.admin_token());
+    admin.create(&json!({"name": "acknowledged"}));
+    assert!(server.stop().success());
+    server
+}
+
+#[test]
+fn a_store_whose_log_is_empty_or_missing_is_refused_not_taken_for_a_first_start() {
+    for (what, damage) in [
+        (
+            "is empty",
+            (|db: &Path| std::fs::write(db, b"")) as fn(&Path) -> std::io::Result<()>,
+        ),
+        ("is missing", |db: &Path| std::fs::remove_file(db)),
+    ] {
+        let server = stopped_with_a_group();
+        let data = server.data_dir();
+        let key = server.admin_key();
+        damage(&data.join("store/db")).expect("damage the store");
+        let before = snapshot(&data);
+        let out = server.second_server();
+        assert_eq!(out.code, 1, "{what}: {out:?}");
+        for needle in [
+            "the store in data is damaged",
+            what,
+            "Restore the last backup",
+        ] {
+            assert!(
+                out.stderr.contains(needle),
+                "{what}: {needle:?} in {}",
+                out.stderr
+            );
+        }
+        assert!(!out.stderr.contains("created user admin"), "{}", out.stderr);
+        assert_eq!(
+            server.admin_key(),
+            key,
+            "{what}: the key file was rewritten"
+        );
+        // The offline CLI refuses it the same way, and nothing is touched.
+        let cli = server.cli(&["user", "list"]);
+        assert_eq!(cli.code, 1, "{cli:?}");
+        assert!(cli.stderr.contains("is damaged"), "{}", cli.stderr);
+        assert_eq!(
+            changed_files(&before, &snapshot(&data)),
+            Vec::<String>::new(),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_store_that_sled_cannot_read_is_refused_with_exit_1_not_a_panic() {
+    let server = stopped_with_a_group();
+    let db = server.data_dir().join("store/db");
+    let mut bytes = std::fs::read(&db).expect("read db");
+    // Garbage over the start of the log, where sled's recovery begins.
+    for b in bytes.iter_mut().take(4096) {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&db, &bytes).expect("write db");
+    let out = server.second_server();
+    assert_ne!(out.code, 101, "a panic: {out:?}");
+    assert_ne!(out.code, 0, "served a damaged store: {out:?}");
+    assert!(
+        out.stderr.contains("cannot open the store") || out.stderr.contains("is damaged"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_garbage_format_version_is_reported_as_found() {
+    let server = stopped_with_a_group();
+    std::fs::write(server.data_dir().join("store/format_version"), "v2-beta\n").expect("marker");
+    let out = server.second_server();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("format version \"v2-beta\"")
+            && !out.stderr.contains("18446744073709551615"),
+        "{}",
+        out.stderr
+    );
+}
