@@ -1,8 +1,8 @@
 //! The running server's state, built once from a `Config` and shared by every request:
 //! the store, the auth tables, usage counters and metrics. Also the first-start
 //! bootstrap (user `admin` and its key file) and the background upkeep tasks (usage
-//! persistence every second, purges of expired tokens, idempotency records and old
-//! change-feed entries).
+//! persistence and failed-login expiry every second, purges of expired tokens,
+//! idempotency records and old change-feed entries).
 
 use std::io::Write;
 use std::path::Path;
@@ -146,6 +146,9 @@ pub fn spawn_upkeep(app: &Arc<App>) {
             if app.is_stopping() {
                 return;
             }
+            // In memory and cheap: failed-login entries age out here, not only when a
+            // new failure needs room.
+            app.auth.expire_failed_logins();
             // sled calls may block briefly; keep them off the async workers.
             let a = Arc::clone(&app);
             let purge = seconds % 3600 == 10;

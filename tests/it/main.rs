@@ -23,6 +23,7 @@ mod ext_idempotency;
 mod ext_membership;
 mod ext_merge_patch;
 mod ext_paging;
+mod failed_logins;
 mod groups;
 mod logs;
 mod notify;
