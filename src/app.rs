@@ -115,9 +115,8 @@ impl App {
     /// Hourly upkeep: expired tokens, idempotency records and old change entries.
     pub fn purge(&self) {
         let now = crate::time::now_ms();
-        let days = i64::try_from(self.config.retention.changes_days).unwrap_or(36_500);
-        let cutoff = now - days * 86_400_000;
-        match self.store.purge(cutoff, now) {
+        let days = self.config.retention.changes_days.min(36_500);
+        match self.store.purge(Duration::from_secs(days * 86_400), now) {
             Ok(p) if p.changes + p.idempotency > 0 => tracing::info!(
                 changes = p.changes,
                 idempotency_records = p.idempotency,

@@ -107,7 +107,8 @@ pub enum Durability {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
-    /// Days change-feed entries are kept.
+    /// Days change-feed entries are kept, counted in the server's running time on the
+    /// monotonic clock (`store/retention.rs`).
     pub changes_days: u64,
 }
 

@@ -27,6 +27,7 @@ pub mod export;
 pub mod groups;
 pub mod idempotency;
 pub mod keys;
+mod retention;
 pub mod users;
 
 use std::path::{Path, PathBuf};
@@ -163,6 +164,8 @@ pub struct Store {
     dir: PathBuf,
     /// Set when a flush or write failed: writes answer 503 and `/readyz` says so.
     failed: Arc<AtomicBool>,
+    /// The elapsed clock and marks of change-feed retention (`retention.rs`).
+    retention: Mutex<retention::Retention>,
 }
 
 impl Store {
@@ -239,6 +242,11 @@ impl Store {
                 .and_then(|v| keys::read_u64(&v))
                 .unwrap_or(1))
         };
+        let retention = retention::Retention::load(
+            meta.get(retention::META_RETENTION)
+                .map_err(|e| OpenError::Other(e.to_string()))?
+                .as_deref(),
+        );
         let writer = Arc::new(Mutex::new(Writer {
             next_group: read_seq(META_NEXT_GROUP)?,
             next_change: read_seq(META_NEXT_CHANGE)?,
@@ -290,6 +298,7 @@ impl Store {
             dir,
             db,
             failed,
+            retention: Mutex::new(retention),
         };
         if fresh {
             // The format version and the new files must be on disk before anything
@@ -443,6 +452,10 @@ impl Store {
 
     /// Stops the flusher after a last flush (graceful shutdown).
     pub fn close(&self) -> Result<(), String> {
+        // The retention clock counts running time: keep what this run added.
+        if let Err(e) = self.save_retention_clock() {
+            tracing::warn!(error = ?e, "could not save the change-feed retention clock");
+        }
         let r = self.flush_blocking();
         self.commit.stop();
         r
