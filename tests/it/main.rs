@@ -13,6 +13,7 @@ mod auth;
 mod backup;
 mod badinput;
 mod cli;
+mod clock;
 mod config;
 mod crash;
 mod durability;
