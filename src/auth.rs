@@ -81,11 +81,27 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
 }
 
+/// A live token in memory: the stored record and its monotonic deadline. A token is
+/// refused when either its wall-clock `expires` or its deadline has passed, so a clock
+/// stepped back (or a token issued while the clock was ahead) cannot stretch a 24-hour
+/// token to years; a step forward still ends it early, which costs only a new login.
+#[derive(Debug, Clone)]
+struct LiveToken {
+    rec: TokenRecord,
+    deadline: Instant,
+}
+
+impl LiveToken {
+    fn expired(&self, now_wall: i64, now: Instant) -> bool {
+        self.rec.expires <= now_wall || self.deadline <= now
+    }
+}
+
 /// The authentication state of a running server.
 pub struct Auth {
     config: AuthConfig,
     users: RwLock<HashMap<String, Arc<UserRecord>>>,
-    tokens: RwLock<HashMap<[u8; 32], TokenRecord>>,
+    tokens: RwLock<HashMap<[u8; 32], LiveToken>>,
     failures: std::sync::Mutex<FailedLogins>,
     /// Argon2 verifications run here, `hash_concurrency` at a time.
     verifier: Verifier,
@@ -106,6 +122,8 @@ impl Auth {
             .map(|u| (u.name.clone(), Arc::new(u)))
             .collect::<HashMap<_, _>>();
         let now = now_ms();
+        let mono = Instant::now();
+        let ttl = Duration::from_secs(config.token_ttl_secs);
         let mut tokens = HashMap::new();
         let mut dead = Vec::new();
         for (k, rec) in store.tokens()? {
@@ -115,7 +133,11 @@ impl Auth {
                     .is_some_and(|u| u.key_generation == rec.key_generation);
             match <[u8; 32]>::try_from(k.as_slice()) {
                 Ok(h) if live => {
-                    tokens.insert(h, rec);
+                    // Across a restart only the wall clock knows the age; what is
+                    // left of the lifetime is capped at a whole lifetime.
+                    let left = u64::try_from(rec.expires - now).unwrap_or(0);
+                    let deadline = mono + Duration::from_millis(left).min(ttl);
+                    tokens.insert(h, LiveToken { rec, deadline });
                 }
                 _ => dead.push(k),
             }
@@ -163,11 +185,12 @@ impl Auth {
         let hash = token_hash(token);
         let rec = {
             let tokens = self.tokens.read().map_err(|_| ApiError::Unauthorized)?;
-            tokens.get(&hash).cloned().ok_or(ApiError::Unauthorized)?
+            let live = tokens.get(&hash).ok_or(ApiError::Unauthorized)?;
+            if live.expired(now_ms(), Instant::now()) {
+                return Err(ApiError::Unauthorized);
+            }
+            live.rec.clone()
         };
-        if rec.expires <= now_ms() {
-            return Err(ApiError::Unauthorized);
-        }
         let users = self.users.read().map_err(|_| ApiError::Unauthorized)?;
         let user = users.get(&rec.user).ok_or(ApiError::Unauthorized)?;
         if user.disabled || user.key_generation != rec.key_generation {
@@ -251,17 +274,19 @@ impl Auth {
             issued: now,
             expires: now.saturating_add(ttl),
         };
+        let deadline = Instant::now() + Duration::from_secs(self.config.token_ttl_secs);
         let mut tokens = self
             .tokens
             .write()
             .map_err(|_| ApiError::Internal("token table poisoned".into()))?;
-        // The oldest live tokens of this user beyond the bound are evicted.
-        let mut mine: Vec<([u8; 32], i64)> = tokens
+        // The oldest live tokens of this user beyond the bound are evicted; oldest by
+        // deadline, which a clock step does not reorder as it would `issued`.
+        let mut mine: Vec<([u8; 32], Instant)> = tokens
             .iter()
-            .filter(|(_, r)| r.user == user.name)
-            .map(|(h, r)| (*h, r.issued))
+            .filter(|(_, t)| t.rec.user == user.name)
+            .map(|(h, t)| (*h, t.deadline))
             .collect();
-        mine.sort_by_key(|(_, issued)| *issued);
+        mine.sort_by_key(|(_, deadline)| *deadline);
         let excess = (mine.len() + 1).saturating_sub(self.config.tokens_per_user);
         let evicted: Vec<[u8; 32]> = mine.iter().take(excess).map(|(h, _)| *h).collect();
         let evicted_keys: Vec<Vec<u8>> = evicted.iter().map(|h| h.to_vec()).collect();
@@ -270,7 +295,7 @@ impl Auth {
             tokens.remove(h);
         }
         let expires = rec.expires;
-        tokens.insert(hash, rec);
+        tokens.insert(hash, LiveToken { rec, deadline });
         Ok((token, expires))
     }
 
@@ -304,18 +329,18 @@ impl Auth {
         }
         if revoke {
             if let Ok(mut tokens) = self.tokens.write() {
-                tokens.retain(|_, r| r.user != name);
+                tokens.retain(|_, t| t.rec.user != name);
             }
         }
     }
 
     /// Drops expired tokens from memory and the store (periodic task).
     pub fn purge_expired(&self, store: &Store) -> Result<usize, ApiError> {
-        let now = now_ms();
+        let (now, mono) = (now_ms(), Instant::now());
         let dead: Vec<[u8; 32]> = match self.tokens.read() {
             Ok(t) => t
                 .iter()
-                .filter(|(_, r)| r.expires <= now)
+                .filter(|(_, t)| t.expired(now, mono))
                 .map(|(h, _)| *h)
                 .collect(),
             Err(_) => return Ok(0),

@@ -10,7 +10,7 @@
 //! too.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -83,17 +83,23 @@ impl FakeClock {
     }
 }
 
-/// The server's wall clock in ms, read from a login's `expires` (now + the 24 h default
-/// token lifetime). `probe` is a user that exists only for this, logging in from its
-/// own address so it never meets a lockout under test.
+/// The server's wall clock in ms, read from a login's `expires` (now + the token
+/// lifetime). `probe` is a user that exists only for this, logging in from its own
+/// address so it never meets a lockout under test.
 fn server_clock_ms(server: &TestServer, probe_key: &str) -> i64 {
+    let ttl_secs: i64 = server
+        .options()
+        .env
+        .iter()
+        .find(|(k, _)| k == "FLEETGROUPS_AUTH_TOKEN_TTL_SECS")
+        .map_or(86_400, |(_, v)| v.parse().expect("ttl"));
     let r = server
         .req("POST", "/api/Auth/Token")
         .source_ip("127.0.0.250")
         .json(&json!({"userName": "probe", "apiKey": probe_key}))
         .send();
     let v = r.expect_ok(200);
-    timestamp_ms(v["expires"].as_str().expect("expires")) - DAY_MS
+    timestamp_ms(v["expires"].as_str().expect("expires")) - ttl_secs * 1000
 }
 
 /// Asserts the server's clock reads `offset_secs` from the real time (±30 s: the
@@ -229,6 +235,36 @@ fn daily_limit_holds_when_the_clock_steps_back_across_midnight() {
     let last = last.expect("a refusal");
     assert_eq!(last.json()["apiDailyUsage"], 5, "{}", last.text());
     assert!(retry_after(&last) <= 86_400, "{:?}", last.headers);
+}
+
+/// A token lives its lifetime on the monotonic clock too: one issued before a step back
+/// of ten years used to stay valid for ten years (its `expires` is a wall-clock date).
+#[test]
+fn a_step_back_does_not_stretch_a_token_lifetime() {
+    let clock = FakeClock::new();
+    let (server, admin_key, probe) =
+        server_under(&clock, &[("FLEETGROUPS_AUTH_TOKEN_TTL_SECS", "5")]);
+    let issued = Instant::now();
+    let token = server.login("admin", &admin_key);
+    clock.set_offset_secs(-TEN_YEARS_SECS);
+    assert_server_offset(&server, &probe, -TEN_YEARS_SECS);
+    let status = || {
+        server
+            .req("GET", "/api/groups")
+            .bearer(&token)
+            .send()
+            .status
+    };
+    if issued.elapsed() < Duration::from_secs(4) {
+        assert_eq!(status(), 200, "the token ended early");
+    }
+    poll_until(Duration::from_secs(30), "the token to expire", || {
+        (status() == 401).then_some(())
+    });
+    assert!(
+        issued.elapsed() >= Duration::from_secs(5),
+        "refused before its lifetime was over"
+    );
 }
 
 /// `lastModified` stays strictly increasing per group when the clock steps back (it
