@@ -41,9 +41,12 @@ def start(binary, data, clock_file, env_extra):
         "FAKETIME_NO_CACHE": "1",
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
     })
+    os.makedirs(os.path.dirname(data), exist_ok=True)
     p = subprocess.Popen(
         [binary, "--data-dir", data, "serve", "--listen", "127.0.0.1:0"],
-        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        # Away from the repository's ./config.toml, which the binary would read.
+        cwd=os.path.dirname(data))
     deadline = time.time() + 30
     for line in p.stderr:
         m = re.search(r"listening on http://([0-9.]+):(\d+)", line)

@@ -28,9 +28,12 @@ from collections import Counter
 
 def start(binary, data):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGROUPS_")}
+    os.makedirs(os.path.dirname(data), exist_ok=True)
     p = subprocess.Popen(
         [binary, "--data-dir", data, "serve", "--listen", "127.0.0.1:0"],
-        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        # Away from the repository's ./config.toml, which the binary would read.
+        cwd=os.path.dirname(data))
     deadline = time.time() + 30
     for line in p.stderr:
         m = re.search(r"listening on http://([0-9.]+):(\d+)", line)
