@@ -113,6 +113,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/fleetgroups")
     args = ap.parse_args()
+    args.bin = os.path.abspath(args.bin)  # the server starts in another directory
     if not os.path.exists(LIBFAKETIME):
         sys.exit(f"{LIBFAKETIME} missing: apt-get install -y faketime")
     with tempfile.TemporaryDirectory() as tmp:

@@ -62,6 +62,7 @@ def main():
     ap.add_argument("--name-kb", type=int, default=900)
     ap.add_argument("--addresses", choices=["rotate", "single"], default="rotate")
     args = ap.parse_args()
+    args.bin = os.path.abspath(args.bin)  # the server starts in another directory
 
     with tempfile.TemporaryDirectory() as tmp:
         p, addr = start(args.bin, os.path.join(tmp, "data"))
