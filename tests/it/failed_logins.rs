@@ -108,7 +108,7 @@ fn entries_are_bounded_and_age_out_on_a_timer() {
     let server = TestServer::with(
         Options::default()
             .env("FLEETGROUPS_AUTH_FAILED_LOGIN_MAX_ENTRIES", "5")
-            .env("FLEETGROUPS_AUTH_FAILED_LOGIN_WINDOW_SECS", "8"),
+            .env("FLEETGROUPS_AUTH_FAILED_LOGIN_WINDOW_SECS", "10"),
     );
     for i in 0..8 {
         login_from(
