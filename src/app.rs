@@ -1,8 +1,8 @@
 //! The running server's state, built once from a `Config` and shared by every request:
 //! the store, the auth tables, usage counters and metrics. Also the first-start
 //! bootstrap (user `admin` and its key file) and the background upkeep tasks (usage
-//! persistence every second, purges of expired tokens, idempotency records and old
-//! change-feed entries).
+//! persistence and failed-login expiry every second, purges of expired tokens,
+//! idempotency records and old change-feed entries).
 
 use std::io::Write;
 use std::path::Path;
@@ -147,9 +147,8 @@ impl App {
     /// Hourly upkeep: expired tokens, idempotency records and old change entries.
     pub fn purge(&self) {
         let now = crate::time::now_ms();
-        let days = i64::try_from(self.config.retention.changes_days).unwrap_or(36_500);
-        let cutoff = now - days * 86_400_000;
-        match self.store.purge(cutoff, now) {
+        let days = self.config.retention.changes_days.min(36_500);
+        match self.store.purge(Duration::from_secs(days * 86_400), now) {
             Ok(p) if p.changes + p.idempotency > 0 => tracing::info!(
                 changes = p.changes,
                 idempotency_records = p.idempotency,
@@ -179,6 +178,9 @@ pub fn spawn_upkeep(app: &Arc<App>) {
             if app.is_stopping() {
                 return;
             }
+            // In memory and cheap: failed-login entries age out here, not only when a
+            // new failure needs room.
+            app.auth.expire_failed_logins();
             // sled calls may block briefly; keep them off the async workers.
             let a = Arc::clone(&app);
             let purge = seconds % 3600 == 10;

@@ -1,6 +1,6 @@
 //! Authentication as Plaspy does it: API keys (argon2id, never stored in plain text)
 //! traded for opaque bearer tokens (256 random bits; only their SHA-256 is stored), plus
-//! failed-login limiting per userName and per client address.
+//! failed-login limiting per userName and per client address (`login_limiter.rs`).
 //!
 //! Users and live tokens are mirrored in memory so checking a bearer token costs one
 //! SHA-256 and two hash-map lookups; the store stays the source of truth and every
@@ -8,9 +8,10 @@
 //! (`hashing.rs`), so a burst of logins queues there instead of stalling the async
 //! workers or growing memory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::Argon2;
@@ -20,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::config::AuthConfig;
 use crate::error::ApiError;
 use crate::hashing::Verifier;
+use crate::login_limiter::{FailedLogins, LimitKey, NameKey};
 use crate::store::lock;
 use crate::store::users::{TokenRecord, UserRecord};
 use crate::store::Store;
@@ -79,16 +81,27 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
 }
 
-/// Failure timestamps per key within the window.
-struct FailedLogins {
-    by_key: HashMap<String, VecDeque<i64>>,
+/// A live token in memory: the stored record and its monotonic deadline. A token is
+/// refused when either its wall-clock `expires` or its deadline has passed, so a clock
+/// stepped back (or a token issued while the clock was ahead) cannot stretch a 24-hour
+/// token to years; a step forward still ends it early, which costs only a new login.
+#[derive(Debug, Clone)]
+struct LiveToken {
+    rec: TokenRecord,
+    deadline: Instant,
+}
+
+impl LiveToken {
+    fn expired(&self, now_wall: i64, now: Instant) -> bool {
+        self.rec.expires <= now_wall || self.deadline <= now
+    }
 }
 
 /// The authentication state of a running server.
 pub struct Auth {
     config: AuthConfig,
     users: RwLock<HashMap<String, Arc<UserRecord>>>,
-    tokens: RwLock<HashMap<[u8; 32], TokenRecord>>,
+    tokens: RwLock<HashMap<[u8; 32], LiveToken>>,
     failures: std::sync::Mutex<FailedLogins>,
     /// Argon2 verifications run here, `hash_concurrency` at a time.
     verifier: Verifier,
@@ -109,6 +122,8 @@ impl Auth {
             .map(|u| (u.name.clone(), Arc::new(u)))
             .collect::<HashMap<_, _>>();
         let now = now_ms();
+        let mono = Instant::now();
+        let ttl = Duration::from_secs(config.token_ttl_secs);
         let mut tokens = HashMap::new();
         let mut dead = Vec::new();
         for (k, rec) in store.tokens()? {
@@ -118,7 +133,11 @@ impl Auth {
                     .is_some_and(|u| u.key_generation == rec.key_generation);
             match <[u8; 32]>::try_from(k.as_slice()) {
                 Ok(h) if live => {
-                    tokens.insert(h, rec);
+                    // Across a restart only the wall clock knows the age; what is
+                    // left of the lifetime is capped at a whole lifetime.
+                    let left = u64::try_from(rec.expires - now).unwrap_or(0);
+                    let deadline = mono + Duration::from_millis(left).min(ttl);
+                    tokens.insert(h, LiveToken { rec, deadline });
                 }
                 _ => dead.push(k),
             }
@@ -128,9 +147,11 @@ impl Auth {
             config: config.clone(),
             users: RwLock::new(users),
             tokens: RwLock::new(tokens),
-            failures: std::sync::Mutex::new(FailedLogins {
-                by_key: HashMap::new(),
-            }),
+            failures: std::sync::Mutex::new(FailedLogins::new(
+                config.max_failed_logins,
+                Duration::from_secs(config.failed_login_window_secs),
+                config.failed_login_max_entries,
+            )),
             verifier: Verifier::start(config.hash_concurrency)?,
         })
     }
@@ -164,11 +185,12 @@ impl Auth {
         let hash = token_hash(token);
         let rec = {
             let tokens = self.tokens.read().map_err(|_| ApiError::Unauthorized)?;
-            tokens.get(&hash).cloned().ok_or(ApiError::Unauthorized)?
+            let live = tokens.get(&hash).ok_or(ApiError::Unauthorized)?;
+            if live.expired(now_ms(), Instant::now()) {
+                return Err(ApiError::Unauthorized);
+            }
+            live.rec.clone()
         };
-        if rec.expires <= now_ms() {
-            return Err(ApiError::Unauthorized);
-        }
         let users = self.users.read().map_err(|_| ApiError::Unauthorized)?;
         let user = users.get(&rec.user).ok_or(ApiError::Unauthorized)?;
         if user.disabled || user.key_generation != rec.key_generation {
@@ -178,51 +200,26 @@ impl Auth {
     }
 
     /// Refuses when a key has failed too often within the window.
-    fn check_failures(&self, keys: &[String], now: i64) -> Result<(), ApiError> {
-        let window =
-            i64::try_from(self.config.failed_login_window_secs).unwrap_or(i64::MAX / 2) * 1000;
-        let mut f = lock(&self.failures);
-        let mut retry = 0i64;
-        for k in keys {
-            if let Some(q) = f.by_key.get_mut(k) {
-                while q.front().is_some_and(|t| *t <= now - window) {
-                    q.pop_front();
-                }
-                if q.len() >= self.config.max_failed_logins as usize {
-                    let oldest = q.front().copied().unwrap_or(now);
-                    retry = retry.max(oldest + window - now);
-                }
-            }
-        }
-        if retry > 0 {
-            return Err(ApiError::TooManyFailedLogins {
-                retry_after: u64::try_from((retry + 999) / 1000).unwrap_or(1).max(1),
-            });
-        }
-        Ok(())
+    fn check_failures(&self, keys: &[LimitKey]) -> Result<(), ApiError> {
+        lock(&self.failures)
+            .check(keys, Instant::now())
+            .map_err(|wait| ApiError::TooManyFailedLogins {
+                retry_after: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
+            })
     }
 
-    fn record_failure(&self, keys: &[String], now: i64) {
-        let window =
-            i64::try_from(self.config.failed_login_window_secs).unwrap_or(i64::MAX / 2) * 1000;
-        let mut f = lock(&self.failures);
-        // Bound memory under a flood of distinct names or addresses: drop stale keys
-        // first, then (if still large) everything older than the newest half-window.
-        if f.by_key.len() > 50_000 {
-            f.by_key
-                .retain(|_, q| q.back().is_some_and(|t| *t > now - window));
-        }
-        let cap = self.config.max_failed_logins as usize;
-        for k in keys {
-            if f.by_key.len() > 100_000 && !f.by_key.contains_key(k) {
-                continue;
-            }
-            let q = f.by_key.entry(k.clone()).or_default();
-            q.push_back(now);
-            while q.len() > cap {
-                q.pop_front();
-            }
-        }
+    fn record_failure(&self, keys: &[LimitKey]) {
+        lock(&self.failures).record(keys, Instant::now());
+    }
+
+    /// Drops failed-login entries whose window has passed (upkeep, every second).
+    pub fn expire_failed_logins(&self) {
+        lock(&self.failures).expire(Instant::now());
+    }
+
+    /// Entries in the failed-login table: (userNames, client addresses) (metrics).
+    pub fn failed_login_entries(&self) -> (usize, usize) {
+        lock(&self.failures).len()
     }
 
     /// Trades a userName and API key for a bearer token (`POST /api/Auth/Token`).
@@ -233,11 +230,19 @@ impl Auth {
         api_key: &str,
         peer: Option<IpAddr>,
     ) -> Result<(String, i64), ApiError> {
-        let mut limit_keys = vec![format!("u:{}", user_name.to_lowercase())];
-        if let Some(ip) = peer {
-            limit_keys.push(format!("ip:{ip}"));
+        let name = NameKey::new(user_name);
+        let mut limit_keys = Vec::with_capacity(2);
+        limit_keys.extend(name.map(LimitKey::Name));
+        limit_keys.extend(peer.map(LimitKey::addr));
+        self.check_failures(&limit_keys)?;
+        if name.is_none() {
+            // No user can have a name outside the userName rule (the CLI and restore
+            // refuse one), so answering at once tells the client only what api.md
+            // already does: the answer is the same 401, without the argon2 run that
+            // would make it as slow as a wrong key. The failure counts for the address.
+            self.record_failure(&limit_keys);
+            return Err(ApiError::InvalidCredentials);
         }
-        self.check_failures(&limit_keys, now_ms())?;
         let user = self
             .users
             .read()
@@ -251,7 +256,7 @@ impl Auth {
         let user = match (ok, usable) {
             (true, Some(u)) => Arc::clone(u),
             _ => {
-                self.record_failure(&limit_keys, now_ms());
+                self.record_failure(&limit_keys);
                 return Err(ApiError::InvalidCredentials);
             }
         };
@@ -269,17 +274,19 @@ impl Auth {
             issued: now,
             expires: now.saturating_add(ttl),
         };
+        let deadline = Instant::now() + Duration::from_secs(self.config.token_ttl_secs);
         let mut tokens = self
             .tokens
             .write()
             .map_err(|_| ApiError::Internal("token table poisoned".into()))?;
-        // The oldest live tokens of this user beyond the bound are evicted.
-        let mut mine: Vec<([u8; 32], i64)> = tokens
+        // The oldest live tokens of this user beyond the bound are evicted; oldest by
+        // deadline, which a clock step does not reorder as it would `issued`.
+        let mut mine: Vec<([u8; 32], Instant)> = tokens
             .iter()
-            .filter(|(_, r)| r.user == user.name)
-            .map(|(h, r)| (*h, r.issued))
+            .filter(|(_, t)| t.rec.user == user.name)
+            .map(|(h, t)| (*h, t.deadline))
             .collect();
-        mine.sort_by_key(|(_, issued)| *issued);
+        mine.sort_by_key(|(_, deadline)| *deadline);
         let excess = (mine.len() + 1).saturating_sub(self.config.tokens_per_user);
         let evicted: Vec<[u8; 32]> = mine.iter().take(excess).map(|(h, _)| *h).collect();
         let evicted_keys: Vec<Vec<u8>> = evicted.iter().map(|h| h.to_vec()).collect();
@@ -288,7 +295,7 @@ impl Auth {
             tokens.remove(h);
         }
         let expires = rec.expires;
-        tokens.insert(hash, rec);
+        tokens.insert(hash, LiveToken { rec, deadline });
         Ok((token, expires))
     }
 
@@ -322,18 +329,18 @@ impl Auth {
         }
         if revoke {
             if let Ok(mut tokens) = self.tokens.write() {
-                tokens.retain(|_, r| r.user != name);
+                tokens.retain(|_, t| t.rec.user != name);
             }
         }
     }
 
     /// Drops expired tokens from memory and the store (periodic task).
     pub fn purge_expired(&self, store: &Store) -> Result<usize, ApiError> {
-        let now = now_ms();
+        let (now, mono) = (now_ms(), Instant::now());
         let dead: Vec<[u8; 32]> = match self.tokens.read() {
             Ok(t) => t
                 .iter()
-                .filter(|(_, r)| r.expires <= now)
+                .filter(|(_, t)| t.expired(now, mono))
                 .map(|(h, _)| *h)
                 .collect(),
             Err(_) => return Ok(0),
@@ -421,30 +428,6 @@ mod tests {
             auth.authenticate(Some(b"Bearer \xff\xfe")).map(|_| ()),
             Err(ApiError::Unauthorized)
         );
-    }
-
-    #[test]
-    fn failed_logins_block_within_the_window_only() {
-        let config = AuthConfig {
-            max_failed_logins: 2,
-            failed_login_window_secs: 60,
-            ..AuthConfig::default()
-        };
-        let (_dir, _store, auth, _) = auth_with_user(config);
-        let keys = ["u:bob".to_string(), "ip:10.0.0.1".to_string()];
-        let t = 1_000_000;
-        assert_eq!(auth.check_failures(&keys, t), Ok(()));
-        auth.record_failure(&keys, t);
-        auth.record_failure(&keys[..1], t + 10_000);
-        // Two failures of u:bob within 60 s: blocked until the first one is 60 s old.
-        assert_eq!(
-            auth.check_failures(&keys, t + 20_000),
-            Err(ApiError::TooManyFailedLogins { retry_after: 40 })
-        );
-        // The address alone has one failure: not blocked.
-        assert_eq!(auth.check_failures(&keys[1..], t + 20_000), Ok(()));
-        // Once the first failure leaves the window, one remains: allowed again.
-        assert_eq!(auth.check_failures(&keys, t + 60_000), Ok(()));
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct AuthConfig {
     pub failed_login_window_secs: u64,
     /// Argon2 verifications allowed to run at once (each uses ~19 MiB and one core).
     pub hash_concurrency: usize,
+    /// Most userNames, and separately most client addresses, the failed-login table
+    /// tracks (`login_limiter.rs` says what happens when it is full).
+    pub failed_login_max_entries: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,7 +117,8 @@ pub enum Durability {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
-    /// Days change-feed entries are kept.
+    /// Days change-feed entries are kept, counted in the server's running time on the
+    /// monotonic clock (`store/retention.rs`).
     pub changes_days: u64,
 }
 
@@ -185,6 +189,7 @@ impl Default for AuthConfig {
             max_failed_logins: 10,
             failed_login_window_secs: 60,
             hash_concurrency: 1,
+            failed_login_max_entries: 10_000,
         }
     }
 }
@@ -333,6 +338,9 @@ impl Config {
         }
         if self.auth.hash_concurrency == 0 {
             return bad("auth.hash_concurrency", "must be at least 1");
+        }
+        if self.auth.failed_login_max_entries == 0 {
+            return bad("auth.failed_login_max_entries", "must be at least 1");
         }
         if self.limits.max_body_bytes < 1024 {
             return bad("limits.max_body_bytes", "must be at least 1024");

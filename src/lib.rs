@@ -13,6 +13,7 @@ pub mod error;
 pub mod hashing;
 pub mod http;
 pub mod log;
+pub mod login_limiter;
 pub mod metrics;
 pub mod model;
 pub mod names;

@@ -104,6 +104,16 @@ impl Metrics {
             ),
             ("fleetgroups_users", "Users.", app.auth.user_count() as u64),
             (
+                "fleetgroups_failed_login_names",
+                "userNames in the failed-login table.",
+                app.auth.failed_login_entries().0 as u64,
+            ),
+            (
+                "fleetgroups_failed_login_addresses",
+                "Client addresses in the failed-login table.",
+                app.auth.failed_login_entries().1 as u64,
+            ),
+            (
                 "fleetgroups_store_bytes",
                 "Bytes the store occupies on disk.",
                 app.store.size_on_disk(),

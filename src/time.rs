@@ -2,8 +2,34 @@
 //! program, RFC 3339 UTC with millisecond precision and a `Z` suffix on the wire
 //! (`2026-11-26T10:01:42.123Z`). Hand-rolled because it is one small, fully tested
 //! function and the only date arithmetic the server needs.
+//!
+//! Two clocks: the wall clock (`SystemTime`) for what the API shows as a date and for
+//! the UTC day, and the monotonic clock (`Instant`) for every duration the server
+//! enforces (rate windows, failed-login lockouts, change-feed age). A gateway without a
+//! battery-backed clock boots at a wrong date and is stepped by NTP later, by years;
+//! the monotonic clock never moves with such a step, so durations stay true.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// One reading of both clocks, taken together so a decision that needs both (the
+/// daily counter: the UTC day from the wall, the time it has been counting from the
+/// monotonic clock) sees one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Milliseconds since the Unix epoch (`now_ms`).
+    pub wall_ms: i64,
+    pub mono: Instant,
+}
+
+impl Now {
+    /// Both clocks, now.
+    pub fn read() -> Now {
+        Now {
+            wall_ms: now_ms(),
+            mono: Instant::now(),
+        }
+    }
+}
 
 /// Milliseconds since the Unix epoch, now. A clock before 1970 reads as 0 rather than
 /// failing: the only effect is odd timestamps, never a crash.
@@ -18,12 +44,6 @@ pub fn now_ms() -> i64 {
 /// over when it changes.
 pub fn day_of(ms: i64) -> i64 {
     ms.div_euclid(86_400_000)
-}
-
-/// Whole seconds from `ms` until the next 00:00 UTC (at least 1), for `Retry-After`.
-pub fn secs_until_next_day(ms: i64) -> u64 {
-    let next = (day_of(ms) + 1) * 86_400_000;
-    u64::try_from((next - ms + 999) / 1000).unwrap_or(1).max(1)
 }
 
 /// Formats a millisecond timestamp as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
@@ -81,10 +101,10 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_counts_to_midnight() {
+    fn days_start_at_midnight_utc() {
         let midnight = 1_795_651_200_000; // 2026-11-26T00:00:00Z
-        assert_eq!(secs_until_next_day(midnight), 86_400);
-        assert_eq!(secs_until_next_day(midnight + 86_399_500), 1);
         assert_eq!(day_of(midnight + 1), day_of(midnight));
+        assert_eq!(day_of(midnight - 1), day_of(midnight) - 1);
+        assert_eq!(day_of(-1), -1);
     }
 }

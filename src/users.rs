@@ -122,7 +122,7 @@ impl<'a> Admin<'a> {
     pub fn list(&self) -> Result<Vec<UserRow>, AdminError> {
         let stored: std::collections::HashMap<String, UsageRecord> =
             self.store.usage_records()?.into_iter().collect();
-        let now = now_ms();
+        let now = crate::time::Now::read();
         Ok(self
             .store
             .users()?
@@ -131,8 +131,10 @@ impl<'a> Admin<'a> {
                 let usage = match self.live {
                     Some((_, usage)) => usage.get(&user.name, now),
                     None => {
+                        // As the server would count on (usage.rs): only a later UTC
+                        // day starts over, a clock set back does not.
                         let mut u = stored.get(&user.name).copied().unwrap_or_default();
-                        if u.day != crate::time::day_of(now) {
+                        if crate::time::day_of(now.wall_ms) > u.day {
                             u.daily = 0;
                         }
                         u

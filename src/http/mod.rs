@@ -111,7 +111,10 @@ async fn serve(
             daily: app.config.effective_daily_limit(user.daily_limit),
             per_minute: app.config.limits.requests_per_minute,
         };
-        match app.usage.count(&user.name, limits, crate::time::now_ms()) {
+        match app
+            .usage
+            .count(&user.name, limits, crate::time::Now::read())
+        {
             Ok(counts) => outcome.usage = Some(counts),
             Err((err, total, daily)) => {
                 outcome.usage = Some((total, daily));

@@ -2,13 +2,12 @@
 //! group}`, keyed `account 0x00 seq` in the `changes` tree and written by `groups.rs` in
 //! the same transaction as the change itself. `seq` is one store-wide sequence, so an
 //! account's feed is increasing but has gaps. Reading a page is a range scan from
-//! `after`; retention is a background purge that removes, per account, the entries
-//! older than a cutoff in batches, each under the writer mutex only while it is applied
-//! (so a backup sees a batch whole or not at all).
+//! `after`; retention (`retention.rs` decides the cutoff by sequence and elapsed time)
+//! is a background purge that removes, per account, the entries below a cutoff `seq`
+//! in batches, each under the writer mutex only while it is applied (so a backup sees a
+//! batch whole or not at all).
 
-use serde::Deserialize;
-
-use super::{keys, Store};
+use super::{keys, lock, Store};
 use crate::error::ApiError;
 use crate::model::GroupId;
 use crate::time::rfc3339_ms;
@@ -110,17 +109,56 @@ impl Store {
         })
     }
 
-    /// Removes every account's change-feed entries older than `cutoff_ms`. Within an
-    /// account, entries are in sequence order and sequence follows time, so each
-    /// account's scan stops at its first young entry and the purge then seeks to the
-    /// next account: the cost follows what is removed, not what is kept.
-    pub(super) fn purge_changes(&self, cutoff_ms: i64) -> Result<usize, ApiError> {
-        #[derive(Deserialize)]
-        struct TimeOnly {
-            time: String,
+    /// One retention pass at `now_ms` on the store's elapsed clock (`retention.rs`):
+    /// records a mark, saves the clock, and removes the entries at least `keep_ms` of
+    /// elapsed time old. Returns how many were removed.
+    pub(super) fn purge_changes_at(&self, keep_ms: u64, now_ms: u64) -> Result<usize, ApiError> {
+        // Every entry below `next_change` has been applied: the writer mutex covers
+        // both the entry and the sequence.
+        let next_seq = self.lock_writer().next_change;
+        let (cutoff, saved) = {
+            let mut r = lock(&self.retention);
+            let cutoff = r.pass(now_ms, next_seq, keep_ms);
+            (cutoff, r.encode(now_ms))
+        };
+        self.meta
+            .insert(super::retention::META_RETENTION, saved)
+            .map_err(|e| self.fail(e))?;
+        let removed = self.purge_changes_below(cutoff)?;
+        tracing::debug!(
+            removed,
+            below_seq = cutoff,
+            elapsed_hours = now_ms / 3_600_000,
+            "change-feed retention pass"
+        );
+        Ok(removed)
+    }
+
+    /// The store's elapsed clock now (`retention.rs`).
+    pub(super) fn retention_elapsed_ms(&self) -> u64 {
+        lock(&self.retention).elapsed_ms()
+    }
+
+    /// Saves the retention clock (at close; a pass saves it too).
+    pub(super) fn save_retention_clock(&self) -> Result<(), ApiError> {
+        let saved = {
+            let r = lock(&self.retention);
+            r.encode(r.elapsed_ms())
+        };
+        self.meta
+            .insert(super::retention::META_RETENTION, saved)
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Removes every account's change-feed entries with `seq < cutoff`. An account's
+    /// entries below the cutoff are one key range (`account 0x00 seq`, big-endian), so
+    /// the purge reads only what it removes, then seeks to the next account: the cost
+    /// follows what is removed, not what is kept.
+    fn purge_changes_below(&self, cutoff: u64) -> Result<usize, ApiError> {
+        if cutoff <= 1 {
+            return Ok(0);
         }
-        // RFC 3339 with a fixed width compares as text in time order.
-        let cutoff = rfc3339_ms(cutoff_ms);
         let mut removed = 0;
         let mut cursor: Vec<u8> = Vec::new();
         loop {
@@ -135,16 +173,12 @@ impl Store {
                 continue;
             };
             let prefix = k[..=sep].to_vec();
+            let mut end = prefix.clone();
+            end.extend_from_slice(&cutoff.to_be_bytes());
             let mut batch = sled::Batch::default();
             let mut in_batch = 0;
-            for item in self.changes.scan_prefix(&prefix) {
-                let (k, v) = item.map_err(|e| self.read_err(e))?;
-                match serde_json::from_slice::<TimeOnly>(&v) {
-                    Ok(t) if t.time >= cutoff => break,
-                    Ok(_) => {}
-                    // An entry we cannot read is left alone rather than guessed about.
-                    Err(_) => continue,
-                }
+            for item in self.changes.range(prefix.as_slice()..end.as_slice()) {
+                let (k, _) = item.map_err(|e| self.read_err(e))?;
                 batch.remove(k);
                 in_batch += 1;
                 removed += 1;
@@ -174,86 +208,101 @@ mod tests {
     use crate::model::GroupId;
     use crate::store::groups::Actor;
     use crate::store::testing::{doc, store};
-    use crate::store::Store;
+    use crate::store::{keys, Store};
 
-    /// (seq, time ms) of every entry of an account's feed.
-    fn feed(s: &Store, account: &str) -> Vec<(u64, i64)> {
+    const DAY: u64 = 86_400_000;
+
+    /// The seq of every entry of an account's feed.
+    fn seqs(s: &Store, account: &str) -> Vec<u64> {
         s.changes(account, 0, 1000, usize::MAX)
             .unwrap()
             .entries
             .iter()
             .map(|e| {
                 let v: serde_json::Value = serde_json::from_slice(e).unwrap();
-                // An entry's time is the group's lastModified, strictly increasing.
-                assert_eq!(v["time"], v["group"]["lastModified"]);
-                (
-                    v["seq"].as_u64().unwrap(),
-                    parse_ms(v["time"].as_str().unwrap()),
-                )
+                v["seq"].as_u64().unwrap()
             })
             .collect()
     }
 
-    /// Milliseconds since the epoch of `YYYY-MM-DDTHH:MM:SS.mmmZ` (days from civil,
-    /// H. Hinnant), the inverse of `rfc3339_ms`.
-    fn parse_ms(t: &str) -> i64 {
-        let n = |r: std::ops::Range<usize>| t[r].parse::<i64>().unwrap();
-        let (y, m, d) = (n(0..4), n(5..7), n(8..10));
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        let days = era * 146_097 + doe - 719_468;
-        let ms = ((n(11..13) * 60 + n(14..16)) * 60 + n(17..19)) * 1000 + n(20..23);
-        days * 86_400_000 + ms
+    /// Gives an entry the `time` a wrong wall clock would have written.
+    fn set_time(s: &Store, account: &str, seq: u64, time: &str) {
+        let k = keys::change(account, seq);
+        let v = s.changes.get(&k).unwrap().unwrap();
+        let mut entry: serde_json::Value = serde_json::from_slice(&v).unwrap();
+        entry["time"] = time.into();
+        s.changes
+            .insert(k, serde_json::to_vec(&entry).unwrap())
+            .unwrap();
     }
 
-    #[test]
-    fn parse_ms_inverts_rfc3339_ms() {
-        for ms in [0, 951_782_400_000, 1_704_067_199_999, crate::time::now_ms()] {
-            assert_eq!(parse_ms(&crate::time::rfc3339_ms(ms)), ms);
+    /// Writes `n` changes to the group of `account` (creating it first), returns its ID.
+    fn write(s: &Store, account: &str, id: Option<GroupId>, n: usize) -> GroupId {
+        let actor = Actor { account, user: "u" };
+        let id = id.unwrap_or_else(|| s.create_group(actor, &doc("g"), 10, None).unwrap().group.id);
+        for i in 0..n {
+            s.update_group(actor, id, None, |old| {
+                Ok((doc(&format!("{}{i}", old.name)), ()))
+            })
+            .unwrap();
         }
+        id
     }
 
+    /// Entries go when `keep` of elapsed time has passed since a pass saw them, in
+    /// every account, whatever their `time` says: one dated ten years ahead no longer
+    /// holds back its account, ones dated years back are no longer purged early.
     #[test]
-    fn purge_removes_only_entries_older_than_the_cutoff_in_every_account() {
+    fn purge_goes_by_sequence_and_elapsed_time_not_by_entry_time() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let mut ids = Vec::new();
-        for account in ["a", "b"] {
-            let actor = Actor { account, user: "u" };
-            let g = s.create_group(actor, &doc("g"), 10, None).unwrap().group.id;
-            // Each update's time is at least 1 ms after the previous one, without
-            // waiting: lastModified is strictly increasing per group.
-            for i in 0..4 {
-                s.update_group(actor, g, None, |_| Ok((doc(&format!("g{i}")), ())))
-                    .unwrap();
-            }
-            ids.push(g);
-        }
-        let a = feed(&s, "a");
-        let b = feed(&s, "b");
-        assert_eq!((a.len(), b.len()), (5, 5));
-        // Keep a's last two updates and b's last one.
-        let cut_a = a[3].1;
-        assert!(a[2].1 < cut_a);
-        let purged = s.purge_changes(cut_a).unwrap();
-        let left_a: Vec<u64> = feed(&s, "a").iter().map(|e| e.0).collect();
-        assert_eq!(left_a, vec![a[3].0, a[4].0]);
-        let left_b = feed(&s, "b");
-        assert!(left_b.iter().all(|e| e.1 >= cut_a), "{left_b:?}");
-        assert_eq!(purged, 3 + (b.len() - left_b.len()));
-        // A second purge with the same cutoff has nothing left to do.
-        assert_eq!(s.purge_changes(cut_a).unwrap(), 0);
-        // A cutoff in the future empties the feed; the groups are untouched.
-        let tomorrow = crate::time::now_ms() + 86_400_000;
-        let purged = s.purge(tomorrow, 0).unwrap();
-        assert_eq!(purged.changes, 2 + left_b.len());
-        assert!(feed(&s, "a").is_empty() && feed(&s, "b").is_empty());
-        assert!(s.get_group("a", ids[0]).unwrap().is_some());
-        assert!(s.get_group("b", ids[1]).unwrap().is_some());
+        let keep = 30 * DAY;
+        let a = write(&s, "a", None, 2);
+        let b = write(&s, "b", None, 1);
+        let first = (seqs(&s, "a"), seqs(&s, "b"));
+        set_time(&s, "a", first.0[0], "2036-01-01T00:00:00.000Z");
+        set_time(&s, "b", first.1[0], "1970-01-01T00:00:00.000Z");
+        assert_eq!(s.purge_changes_at(keep, 0).unwrap(), 0);
+        write(&s, "a", Some(a), 2);
+        write(&s, "b", Some(b), 1);
+        let a_later = seqs(&s, "a")[first.0.len()..].to_vec();
+        let b_later = seqs(&s, "b")[first.1.len()..].to_vec();
+        set_time(&s, "a", a_later[0], "2016-01-01T00:00:00.000Z");
+        let later = a_later.len() + b_later.len();
+        assert_eq!(s.purge_changes_at(keep, 3_600_000).unwrap(), 0);
+        assert_eq!(s.purge_changes_at(keep, keep - 1).unwrap(), 0);
+        assert_eq!(
+            s.purge_changes_at(keep, keep).unwrap(),
+            first.0.len() + first.1.len()
+        );
+        assert_eq!((seqs(&s, "a"), seqs(&s, "b")), (a_later, b_later));
+        assert_eq!(s.purge_changes_at(keep, keep + 3_600_000).unwrap(), later);
+        assert!(seqs(&s, "a").is_empty() && seqs(&s, "b").is_empty());
+        // The groups are untouched.
+        assert!(s.get_group("a", a).unwrap().is_some());
+        assert!(s.get_group("b", b).unwrap().is_some());
         assert!(s.get_group("a", GroupId(99)).unwrap().is_none());
+    }
+
+    /// The elapsed clock and the marks are in the store: a restart neither forgets an
+    /// entry's age nor restarts it.
+    #[test]
+    fn the_retention_clock_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = DAY;
+        let elapsed = {
+            let s = store(dir.path());
+            write(&s, "a", None, 1);
+            s.purge(std::time::Duration::from_millis(keep), 0).unwrap();
+            let elapsed = s.retention_elapsed_ms();
+            s.close().unwrap();
+            elapsed
+        };
+        let s = store(dir.path());
+        assert!(s.retention_elapsed_ms() >= elapsed);
+        assert_eq!(seqs(&s, "a").len(), 2);
+        // The mark made before the restart ages on the restored clock.
+        assert_eq!(s.purge_changes_at(keep, elapsed + keep).unwrap(), 2);
     }
 
     #[test]

@@ -691,12 +691,15 @@ impl Store {
         self.apply(&mut w, plan, ng, seq + 1)
     }
 
-    /// Background upkeep: removes change-feed entries older than `cutoff_ms` and
-    /// idempotency records expired at `now`. Neither part blocks requests for long:
-    /// both work in small batches, each under the writer mutex only briefly.
-    pub fn purge(&self, cutoff_ms: i64, now: i64) -> Result<Purged, ApiError> {
+    /// Background upkeep: removes change-feed entries that are at least `keep` of the
+    /// store's running time old (`retention.rs`: by sequence and elapsed time, not by
+    /// their wall-clock time) and idempotency records expired at `now`. Neither part
+    /// blocks requests for long: both work in small batches, each under the writer
+    /// mutex only briefly.
+    pub fn purge(&self, keep: std::time::Duration, now: i64) -> Result<Purged, ApiError> {
+        let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
         Ok(Purged {
-            changes: self.purge_changes(cutoff_ms)?,
+            changes: self.purge_changes_at(keep_ms, self.retention_elapsed_ms())?,
             idempotency: self.purge_idempotency(now)?,
         })
     }

@@ -379,10 +379,20 @@ mod store_tests {
             .unwrap();
         }
         // Nothing has expired yet.
-        assert_eq!(s.purge(0, crate::time::now_ms()).unwrap().idempotency, 0);
+        assert_eq!(
+            s.purge(std::time::Duration::MAX, crate::time::now_ms())
+                .unwrap()
+                .idempotency,
+            0
+        );
         // Past the TTL, everything goes, over several batches.
         let later = crate::time::now_ms() + 120_000;
-        assert_eq!(s.purge(0, later).unwrap().idempotency, 601);
+        assert_eq!(
+            s.purge(std::time::Duration::MAX, later)
+                .unwrap()
+                .idempotency,
+            601
+        );
         assert_eq!(s.idempotency_records("acct", "u").unwrap(), 0);
         let scope = crate::store::keys::idempotency_scope("acct", "u");
         assert_eq!(s.idem_count(&scope).unwrap(), 0);

@@ -28,6 +28,7 @@ pub mod groups;
 pub mod highwater;
 pub mod idempotency;
 pub mod keys;
+mod retention;
 pub mod users;
 
 use std::path::{Path, PathBuf};
@@ -196,6 +197,8 @@ pub struct Store {
     failed: Arc<AtomicBool>,
     /// The high-water marks last written to `highwater.rs`'s file.
     recorded: Mutex<Option<highwater::HighWater>>,
+    /// The elapsed clock and marks of change-feed retention (`retention.rs`).
+    retention: Mutex<retention::Retention>,
 }
 
 impl Store {
@@ -305,6 +308,11 @@ impl Store {
                 .and_then(|v| keys::read_u64(&v))
                 .unwrap_or(1))
         };
+        let retention = retention::Retention::load(
+            meta.get(retention::META_RETENTION)
+                .map_err(|e| OpenError::Other(e.to_string()))?
+                .as_deref(),
+        );
         let log_marks = highwater::HighWater {
             next_group: read_seq(META_NEXT_GROUP)?,
             next_change: read_seq(META_NEXT_CHANGE)?,
@@ -373,6 +381,7 @@ impl Store {
             db,
             failed,
             recorded: Mutex::new(recorded),
+            retention: Mutex::new(retention),
         };
         let rules = store
             .meta
@@ -548,6 +557,10 @@ impl Store {
     /// Stops the flusher after a last flush (graceful shutdown), then records the
     /// high-water marks.
     pub fn close(&self) -> Result<(), String> {
+        // The retention clock counts running time: keep what this run added.
+        if let Err(e) = self.save_retention_clock() {
+            tracing::warn!(error = ?e, "could not save the change-feed retention clock");
+        }
         let marks = self.marks();
         let r = self.flush_blocking();
         self.commit.stop();

@@ -1,7 +1,8 @@
 //! [ext] The change feed `GET /api/changes?after=&limit=`: one entry per change, written
 //! with the change (a failed write leaves none), only the caller's account, paged with
 //! `next`, and enough to mirror the account's groups exactly. (Retention is tested at
-//! the store level with an explicit cutoff: `store::changes` tests.)
+//! the store level with an explicit elapsed clock, `store::changes` and
+//! `store::retention` tests, and across clock steps in `clock.rs`.)
 
 use std::collections::BTreeMap;
 
