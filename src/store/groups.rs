@@ -835,7 +835,25 @@ mod tests {
             s.meta.remove(super::super::META_NAME_RULES).unwrap();
             s.close().unwrap();
         }
-        let s = store(dir.path());
+        // sled's own background flusher may hold the file lock a moment after the
+        // last handle is dropped; wait for it rather than fail.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let options = StoreOptions {
+            cache_bytes: 1 << 20,
+            durability: Durability::Relaxed,
+            fail_flush_after: None,
+            restoring: false,
+            max_devices: 10_000,
+        };
+        let s = loop {
+            match Store::open(dir.path(), &options) {
+                Ok(s) => break s,
+                Err(crate::store::OpenError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         let index: Vec<_> = s.names.iter().map(Result::unwrap).collect();
         assert_eq!(index.len(), 1, "one entry for the one folded name");
         assert_eq!(
