@@ -130,10 +130,35 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// `error`, `warn`, `info`, `debug` or `trace`.
+    /// A level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or a comma-separated
+    /// list of directives in `EnvFilter` syntax (`info,fleetgroups::access=off`); checked
+    /// by `log::check_level`.
     pub level: String,
     /// `text` or `json`.
     pub format: LogFormat,
+    /// The per-request line (target `fleetgroups::access`): `all`, `errors` (status
+    /// ≥ 400 only) or `off`.
+    pub access: AccessLog,
+}
+
+/// Which requests get a line in the log (`log.access`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    All,
+    Errors,
+    Off,
+}
+
+impl AccessLog {
+    /// Whether a request answered with `status` gets its line.
+    pub fn logs(self, status: u16) -> bool {
+        match self {
+            AccessLog::All => true,
+            AccessLog::Errors => status >= 400,
+            AccessLog::Off => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +252,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
+            access: AccessLog::All,
         }
     }
 }
@@ -373,14 +399,8 @@ impl Config {
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             return bad("tls", "set both cert and key, or neither");
         }
-        if !matches!(
-            self.log.level.as_str(),
-            "error" | "warn" | "info" | "debug" | "trace"
-        ) {
-            return bad(
-                "log.level",
-                "must be one of error, warn, info, debug, trace",
-            );
+        if let Err(why) = crate::log::check_level(&self.log.level) {
+            return bad("log.level", &why);
         }
         Ok(())
     }
@@ -707,6 +727,41 @@ mod tests {
             e.0.starts_with("storage.durability:") && e.0.contains("sometimes"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn log_level_takes_directives_and_names_the_key_when_bad() {
+        let c = load(
+            &[],
+            Some("[log]\nlevel = \"info,fleetgroups::access=off\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.log.level, "info,fleetgroups::access=off");
+        let c = load(&[("FLEETGROUPS_LOG_LEVEL", "warn,fleetgroups=debug")], None).unwrap();
+        assert_eq!(c.log.level, "warn,fleetgroups=debug");
+        for bad in ["shout", "info,fleetgroups=loud", "", "info,fleetgroups"] {
+            let text = format!("[log]\nlevel = {bad:?}\n");
+            let e = load(&[], Some(&text)).unwrap_err();
+            assert!(e.0.starts_with("log.level: "), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn log_access_is_all_errors_or_off() {
+        assert_eq!(Config::default().log.access, AccessLog::All);
+        for (text, want) in [
+            ("all", AccessLog::All),
+            ("errors", AccessLog::Errors),
+            ("off", AccessLog::Off),
+        ] {
+            let c = load(&[("FLEETGROUPS_LOG_ACCESS", text)], None).unwrap();
+            assert_eq!(c.log.access, want);
+        }
+        let e = load(&[], Some("[log]\naccess = \"some\"\n")).unwrap_err();
+        assert!(e.0.starts_with("log.access:"), "{e}");
+        assert!(AccessLog::All.logs(200) && AccessLog::All.logs(500));
+        assert!(!AccessLog::Errors.logs(399) && AccessLog::Errors.logs(400));
+        assert!(!AccessLog::Off.logs(500));
     }
 
     /// What Kubernetes injects for `kind: Service, name: fleetgroups` with a port 8080

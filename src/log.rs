@@ -17,8 +17,9 @@
 //! The panic hook goes through the same queue: the default one writes to stderr
 //! directly, so a request that panicked would block its worker on a stalled pipe.
 //!
-//! The log level sits behind a reload layer: SIGHUP changes it ([`Level::set`],
-//! called by `reload.rs`). The format (text or JSON) needs a restart.
+//! The log level — a level or `EnvFilter` directives ([`check_level`]) — sits behind a
+//! reload layer: SIGHUP changes it ([`Level::set`], called by `reload.rs`). The format
+//! (text or JSON) needs a restart.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -67,23 +68,65 @@ pub struct Level {
 }
 
 impl Level {
-    /// Replaces the filter with `level` (`error` … `trace`; sled stays at `warn`).
+    /// Replaces the filter with `level` (a level or directives, as [`check_level`]
+    /// accepts them; sled stays at `warn` unless a directive names it).
     pub fn set(&self, level: &str) -> Result<(), String> {
         self.handle
-            .reload(filter(level))
+            .reload(filter(level)?)
             .map_err(|e| format!("cannot change the log level: {e}"))
     }
 }
 
-fn filter(level: &str) -> EnvFilter {
-    EnvFilter::new(format!("{level},sled=warn"))
+/// The level names a directive may use (tracing also takes them in any case).
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks `log.level`: one or more comma-separated directives in `EnvFilter` syntax,
+/// each a level (`info`) or `target=level` (`fleetgroups::access=off`). Stricter than
+/// `EnvFilter` in one way: a bare word that is not a level is refused, where
+/// `EnvFilter` would read it as "everything from target `word`", so a misspelt level
+/// (`warnn`) would silently log nothing it was meant to. The error says why, for a
+/// message that names the key (`config.rs`).
+pub fn check_level(level: &str) -> Result<(), String> {
+    filter(level).map(|_| ())
+}
+
+/// The filter for `level`, with sled at `warn` (its info lines are noise) unless a
+/// directive says otherwise: later directives for the same target replace earlier ones.
+fn filter(level: &str) -> Result<EnvFilter, String> {
+    let directives: Vec<&str> = level
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Err(format!(
+            "{level:?} names no level; use one of {} or directives such as info,fleetgroups::access=off",
+            LEVELS.join(", ")
+        ));
+    }
+    for d in &directives {
+        if !d.contains('=') && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) {
+            return Err(format!(
+                "{d:?} is neither a level ({}) nor a target=level directive",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    // `parse`, not `EnvFilter::new`: that one prints what it ignores straight to fd 2.
+    // Field values compare as plain strings, not regular expressions.
+    EnvFilter::builder()
+        .with_regex(false)
+        .parse(format!("sled=warn,{}", directives.join(",")))
+        .map_err(|e| format!("{level:?} is not a valid directive list: {e}"))
 }
 
 /// Installs the global subscriber, the writer thread and the panic hook. Only the first
 /// call in a process installs anything; later ones (tests) return a [`Level`] that
 /// changes nothing.
 pub fn init(config: &LogConfig) -> Level {
-    let (filter, handle) = reload::Layer::new(filter(&config.level));
+    // The configuration was validated; a level that still fails falls back to info.
+    let level = filter(&config.level).unwrap_or_else(|_| EnvFilter::new("info,sled=warn"));
+    let (filter, handle) = reload::Layer::new(level);
     let writer = match SINK.get() {
         Some(sink) => SinkWriter(Arc::clone(sink)),
         None => SinkWriter(start_sink()),
@@ -368,6 +411,48 @@ mod tests {
         let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
         let expected: String = (0..100).map(|i| format!("line {i}\n")).collect();
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn levels_and_directives_are_accepted() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "info,fleetgroups::access=off",
+            "warn, fleetgroups::server=info ,fleetgroups::access=info",
+            "debug,sled=info",
+            "fleetgroups=debug",
+        ] {
+            assert_eq!(check_level(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn bad_directives_are_refused_with_the_reason() {
+        for (bad, says) in [
+            ("", "names no level"),
+            (" , ", "names no level"),
+            ("shout", "\"shout\" is neither a level"),
+            ("warnn", "neither a level"),
+            ("info,fleetgroups", "\"fleetgroups\" is neither a level"),
+            ("info,fleetgroups=loud", "not a valid directive list"),
+            ("info,[unclosed=debug", "not a valid directive list"),
+        ] {
+            let e = check_level(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn sled_stays_at_warn_unless_a_directive_names_it() {
+        let quiet = filter("debug").unwrap().to_string();
+        assert!(quiet.contains("sled=warn"), "{quiet}");
+        let loud = filter("info,sled=debug").unwrap().to_string();
+        assert!(
+            loud.contains("sled=debug") && !loud.contains("sled=warn"),
+            "{loud}"
+        );
     }
 
     #[test]
