@@ -25,6 +25,7 @@ mod ext_membership;
 mod ext_merge_patch;
 mod ext_paging;
 mod groups;
+mod journald;
 mod log_control;
 mod log_sink;
 mod logs;
