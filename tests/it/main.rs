@@ -29,6 +29,7 @@ mod journald;
 mod log_control;
 mod log_sink;
 mod logs;
+mod metrics;
 mod names;
 mod notify;
 mod openapi;

@@ -1,0 +1,439 @@
+//! `/metrics` an operator can alert on (issue 12 item 5), checked on the real binary's
+//! output: every line parses by the Prometheus text format's rules (a strict parser
+//! below, and `promtool check metrics` where it is installed), names follow
+//! Prometheus' conventions, the latency histogram is per route, and the values are
+//! plausible.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+
+use crate::support::TestServer;
+
+/// One sample line.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed scrape: the families with their TYPE, and every sample in order.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    pub types: BTreeMap<String, String>,
+    pub samples: Vec<Sample>,
+}
+
+impl Scrape {
+    /// The value of the one series `name` with exactly `labels`.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.samples
+            .iter()
+            .find(|s| s.name == name && s.labels == want)
+            .map(|s| s.value)
+    }
+
+    /// Like `get`, failing the test when the series is missing.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels)
+            .unwrap_or_else(|| panic!("no series {name}{labels:?} in {:#?}", self.samples))
+    }
+
+    /// Every sample of `name`.
+    pub fn all(&self, name: &str) -> Vec<&Sample> {
+        self.samples.iter().filter(|s| s.name == name).collect()
+    }
+}
+
+fn valid_metric_name(n: &str) -> bool {
+    let mut chars = n.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn valid_label_name(n: &str) -> bool {
+    let mut chars = n.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !n.starts_with("__")
+}
+
+/// `{a="x",b="y"}` (the braces already stripped) → labels; `Err` names the problem.
+fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (name, after) = rest
+            .split_once("=\"")
+            .ok_or_else(|| format!("label without =\"value\": {rest:?}"))?;
+        if !valid_label_name(name) {
+            return Err(format!("bad label name {name:?}"));
+        }
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next() {
+                None => return Err(format!("unterminated label value in {text:?}")),
+                Some((i, '"')) => break i,
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, '\\')) => value.push('\\'),
+                    Some((_, '"')) => value.push('"'),
+                    Some((_, 'n')) => value.push('\n'),
+                    other => return Err(format!("bad escape {other:?} in {text:?}")),
+                },
+                Some((_, '\n')) => return Err("raw newline in a label value".into()),
+                Some((_, c)) => value.push(c),
+            }
+        };
+        if labels.insert(name.to_string(), value).is_some() {
+            return Err(format!("label {name} given twice"));
+        }
+        rest = &after[end + 1..];
+        if let Some(r) = rest.strip_prefix(',') {
+            rest = r;
+        } else if !rest.is_empty() {
+            return Err(format!("expected , between labels: {rest:?}"));
+        }
+    }
+    Ok(labels)
+}
+
+fn parse_value(v: &str) -> Result<f64, String> {
+    match v {
+        "+Inf" => Ok(f64::INFINITY),
+        "-Inf" => Ok(f64::NEG_INFINITY),
+        "NaN" => Ok(f64::NAN),
+        _ => v.parse().map_err(|_| format!("bad value {v:?}")),
+    }
+}
+
+/// The family a sample belongs to: histograms own `_bucket`, `_sum` and `_count`.
+fn family_of<'a>(name: &'a str, types: &BTreeMap<String, String>) -> &'a str {
+    for suffix in ["_bucket", "_sum", "_count"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            if types.get(base).is_some_and(|t| t == "histogram") {
+                return base;
+            }
+        }
+    }
+    name
+}
+
+/// Parses the text exposition format (0.0.4) strictly, failing the test on the first
+/// line that breaks a rule: every sample's family has exactly one HELP and one TYPE,
+/// both before its first sample; a family's lines are contiguous; no series appears
+/// twice; names and labels are well formed; counters end in `_total` and are ≥ 0;
+/// histograms have increasing `le` bounds, cumulative counts, `+Inf` equal to
+/// `_count`, and a `_sum`. Also Prometheus' naming rules that can be checked
+/// mechanically: base units (no milliseconds, kilobytes…) and the `fleetgroups_` or
+/// `process_` prefix.
+pub fn parse(text: &str) -> Scrape {
+    let mut scrape = Scrape::default();
+    let mut helps = BTreeSet::new();
+    let mut finished: BTreeSet<String> = BTreeSet::new();
+    let mut current: Option<String> = None;
+    let mut series = BTreeSet::new();
+    let mut enter = |family: &str, current: &mut Option<String>, line: &str| {
+        if current.as_deref() != Some(family) {
+            if let Some(done) = current.take() {
+                finished.insert(done);
+            }
+            assert!(
+                !finished.contains(family),
+                "family {family} is not contiguous: {line:?}"
+            );
+            *current = Some(family.to_string());
+        }
+    };
+    assert!(text.ends_with('\n'), "the text must end with a newline");
+    for line in text.lines() {
+        assert!(!line.trim().is_empty(), "an empty line");
+        if let Some(comment) = line.strip_prefix('#') {
+            let mut parts = comment.trim_start().splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("HELP"), Some(name), Some(help)) => {
+                    assert!(valid_metric_name(name), "{line:?}");
+                    assert!(!help.trim().is_empty(), "empty HELP: {line:?}");
+                    assert!(helps.insert(name.to_string()), "second HELP: {line:?}");
+                    enter(name, &mut current, line);
+                }
+                (Some("TYPE"), Some(name), Some(kind)) => {
+                    assert!(valid_metric_name(name), "{line:?}");
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                        "{line:?}"
+                    );
+                    assert!(
+                        scrape
+                            .types
+                            .insert(name.to_string(), kind.to_string())
+                            .is_none(),
+                        "second TYPE: {line:?}"
+                    );
+                    enter(name, &mut current, line);
+                }
+                _ => panic!("a comment that is neither HELP nor TYPE: {line:?}"),
+            }
+            continue;
+        }
+        let (series_text, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line:?}"));
+        let value = parse_value(value).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        let (name, labels) = match series_text.split_once('{') {
+            None => (series_text, BTreeMap::new()),
+            Some((name, rest)) => {
+                let inner = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels: {line:?}"));
+                (
+                    name,
+                    parse_labels(inner).unwrap_or_else(|e| panic!("{e}: {line:?}")),
+                )
+            }
+        };
+        assert!(valid_metric_name(name), "bad name: {line:?}");
+        let family = family_of(name, &scrape.types).to_string();
+        let kind = scrape
+            .types
+            .get(&family)
+            .unwrap_or_else(|| panic!("sample before its TYPE: {line:?}"))
+            .clone();
+        assert!(helps.contains(&family), "sample without HELP: {line:?}");
+        enter(&family, &mut current, line);
+        assert!(
+            series.insert(series_text.to_string()),
+            "series twice: {line:?}"
+        );
+        if kind == "counter" {
+            assert!(
+                name.ends_with("_total"),
+                "a counter without _total: {line:?}"
+            );
+            assert!(value >= 0.0, "a negative counter: {line:?}");
+        }
+        scrape.samples.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    for family in scrape.types.keys() {
+        assert!(
+            family.starts_with("fleetgroups_") || family.starts_with("process_"),
+            "{family}: not ours"
+        );
+        for unit in [
+            "_ms",
+            "_milliseconds",
+            "_microseconds",
+            "_kb",
+            "_kilobytes",
+            "_mb",
+            "_percent",
+        ] {
+            assert!(
+                !family.contains(unit),
+                "{family}: Prometheus wants base units"
+            );
+        }
+    }
+    check_histograms(&scrape);
+    scrape
+}
+
+/// A label set as a sorted list (a map key).
+type Labels = Vec<(String, String)>;
+
+fn check_histograms(scrape: &Scrape) {
+    for (family, kind) in &scrape.types {
+        if kind != "histogram" {
+            continue;
+        }
+        // Label sets without `le` → (le, count) in order of appearance.
+        let mut buckets: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
+        for s in scrape.all(&format!("{family}_bucket")) {
+            let le = parse_value(s.labels.get("le").expect("a bucket without le")).unwrap();
+            let mut key: Labels = s.labels.clone().into_iter().collect();
+            key.retain(|(k, _)| k != "le");
+            buckets.entry(key).or_default().push((le, s.value));
+        }
+        assert!(!buckets.is_empty(), "{family}: no buckets");
+        for (key, b) in &buckets {
+            assert!(
+                b.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+                "{family}{key:?}: bounds must increase and counts never decrease: {b:?}"
+            );
+            let (last_le, last) = *b.last().unwrap();
+            assert_eq!(last_le, f64::INFINITY, "{family}{key:?}: no +Inf bucket");
+            let labels: Vec<(&str, &str)> =
+                key.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            assert_eq!(
+                scrape.value(&format!("{family}_count"), &labels),
+                last,
+                "{family}{key:?}: +Inf must equal _count"
+            );
+            assert!(scrape.value(&format!("{family}_sum"), &labels) >= 0.0);
+        }
+    }
+}
+
+/// Runs `promtool check metrics` on `text` when promtool is installed (Debian's
+/// `prometheus` package); `FLEETGROUPS_REQUIRE_PROMTOOL=1` makes its absence a failure.
+pub fn promtool_check(text: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        assert!(
+            std::env::var_os("FLEETGROUPS_REQUIRE_PROMTOOL").is_none(),
+            "FLEETGROUPS_REQUIRE_PROMTOOL is set but promtool is not installed"
+        );
+        eprintln!("promtool not installed: only the built-in parser checked the text");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn scrape(server: &TestServer) -> (String, Scrape) {
+    let r = server.req("GET", "/metrics").send();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    let parsed = parse(&text);
+    (text, parsed)
+}
+
+#[test]
+fn every_line_parses_and_promtool_agrees() {
+    let server = TestServer::start();
+    let token = server.admin_token();
+    let client = server.client(&token);
+    client.create(&json!({"name": "a"}));
+    assert_eq!(client.get("/api/groups/grp-1").status, 200);
+    assert_eq!(client.get("/api/groups/grp-9").status, 404);
+    assert_eq!(server.req("GET", "/nope").send().status, 404);
+    let (text, _) = scrape(&server);
+    promtool_check(&text);
+    // A second scrape also holds the first one's own series.
+    let (text, _) = scrape(&server);
+    promtool_check(&text);
+}
+
+#[test]
+fn the_latency_histogram_is_per_route() {
+    let server = TestServer::start();
+    let token = server.admin_token();
+    let client = server.client(&token);
+    for i in 0..3 {
+        client.create(&json!({"name": format!("g{i}")}));
+    }
+    for id in ["grp-1", "grp-2", "grp-3", "grp-404"] {
+        client.get(&format!("/api/groups/{id}"));
+    }
+    assert_eq!(server.req("GET", "/healthz").send().status, 200);
+    let (text, m) = scrape(&server);
+    let count = |route: &str| {
+        m.value(
+            "fleetgroups_request_duration_seconds_count",
+            &[("route", route)],
+        )
+    };
+    // Each route's histogram counts that route's requests, whatever their status.
+    let requests = |route: &str| -> f64 {
+        m.all("fleetgroups_requests_total")
+            .iter()
+            .filter(|s| s.labels["route"] == route)
+            .map(|s| s.value)
+            .sum()
+    };
+    for (route, n) in [
+        ("/api/auth/token", 1.0),
+        ("/api/groups", 3.0),
+        ("/api/groups/{groupId}", 4.0),
+        ("/healthz", 1.0),
+    ] {
+        assert_eq!(count(route), n, "{route}: {text}");
+        assert_eq!(requests(route), n, "{route}: {text}");
+        let buckets = m
+            .all("fleetgroups_request_duration_seconds_bucket")
+            .into_iter()
+            .filter(|s| s.labels["route"] == route)
+            .count();
+        assert_eq!(buckets, 13, "{route}: 12 bounds and +Inf");
+    }
+    // Only routes that were asked for, and no series without a route label.
+    let routes: BTreeSet<&str> = m
+        .all("fleetgroups_request_duration_seconds_count")
+        .iter()
+        .map(|s| s.labels["route"].as_str())
+        .collect();
+    assert_eq!(
+        routes.into_iter().collect::<Vec<_>>(),
+        [
+            "/api/auth/token",
+            "/api/groups",
+            "/api/groups/{groupId}",
+            "/healthz"
+        ]
+    );
+    assert!(m
+        .samples
+        .iter()
+        .filter(|s| s.name.starts_with("fleetgroups_request_duration_seconds"))
+        .all(|s| s.labels.contains_key("route")));
+}
+
+#[test]
+fn the_parser_refuses_broken_text() {
+    let ok = "# HELP fleetgroups_x_total X.\n# TYPE fleetgroups_x_total counter\nfleetgroups_x_total{a=\"1\"} 2\n";
+    assert_eq!(parse(ok).value("fleetgroups_x_total", &[("a", "1")]), 2.0);
+    let h = "# HELP fleetgroups_h_seconds H.\n# TYPE fleetgroups_h_seconds histogram\n";
+    for bad in [
+        // no TYPE, no HELP, a counter without _total, a negative counter
+        "fleetgroups_x_total 1\n".to_string(),
+        "# TYPE fleetgroups_x_total counter\nfleetgroups_x_total 1\n".to_string(),
+        "# HELP fleetgroups_x X.\n# TYPE fleetgroups_x counter\nfleetgroups_x 1\n".to_string(),
+        ok.replace("} 2", "} -1"),
+        // a series twice, a family split in two, a bad label, a bad value, no newline
+        format!("{ok}fleetgroups_x_total{{a=\"1\"}} 3\n"),
+        format!("{ok}# HELP fleetgroups_y Y.\n# TYPE fleetgroups_y gauge\nfleetgroups_y 1\nfleetgroups_x_total{{a=\"2\"}} 1\n"),
+        ok.replace("a=\"1\"", "a=1"),
+        ok.replace("} 2", "} two"),
+        ok.trim_end().to_string(),
+        // not base units
+        ok.replace("fleetgroups_x_total", "fleetgroups_x_ms_total"),
+        // histograms: +Inf missing, counts decreasing, +Inf not the count
+        format!("{h}fleetgroups_h_seconds_bucket{{le=\"1\"}} 1\nfleetgroups_h_seconds_sum 1\nfleetgroups_h_seconds_count 1\n"),
+        format!("{h}fleetgroups_h_seconds_bucket{{le=\"1\"}} 2\nfleetgroups_h_seconds_bucket{{le=\"+Inf\"}} 1\nfleetgroups_h_seconds_sum 1\nfleetgroups_h_seconds_count 1\n"),
+        format!("{h}fleetgroups_h_seconds_bucket{{le=\"+Inf\"}} 2\nfleetgroups_h_seconds_sum 1\nfleetgroups_h_seconds_count 1\n"),
+    ] {
+        let refused = std::panic::catch_unwind(|| parse(&bad)).is_err();
+        assert!(refused, "accepted:\n{bad}");
+    }
+}
