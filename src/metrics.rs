@@ -5,6 +5,8 @@
 //! lines are the one process-wide value shown (`log::lines_dropped`, a static in
 //! `log.rs`): stderr belongs to the process, not to one server.
 
+mod process;
+
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +46,9 @@ struct RouteStats {
 pub struct ConnStats {
     /// Connections open now.
     pub open: AtomicU64,
+    /// The connection limit the accept loop enforces (`limits.max_connections`), set
+    /// when it starts.
+    pub max: AtomicU64,
     /// Connections with a write waiting for its client to read, now.
     pub blocked: AtomicU64,
     /// Closed because a write made no progress for `limits.write_timeout_secs`.
@@ -145,6 +150,11 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP fleetgroups_connections_max Most client connections served at once (limits.max_connections).\n# TYPE fleetgroups_connections_max gauge\nfleetgroups_connections_max {}",
+            load(&c.max)
+        );
+        let _ = writeln!(
+            out,
             "# HELP fleetgroups_connections_blocked Connections whose answer waits for the client to read it.\n# TYPE fleetgroups_connections_blocked gauge\nfleetgroups_connections_blocked {}",
             load(&c.blocked)
         );
@@ -160,6 +170,20 @@ impl Metrics {
                 load(n)
             );
         }
+        // What /readyz and the watchdog look at: writes are taken (no failed flush) and
+        // a read answers. 0 pages someone before clients see 503s for long.
+        let healthy = app.store.healthy() && app.store_answers();
+        let _ = writeln!(
+            out,
+            "# HELP fleetgroups_store_healthy 1 while the store answers reads and takes writes, else 0.\n# TYPE fleetgroups_store_healthy gauge\nfleetgroups_store_healthy {}",
+            u8::from(healthy)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleetgroups_tokens Live (unexpired, unrevoked) bearer tokens.\n# TYPE fleetgroups_tokens gauge\nfleetgroups_tokens {}",
+            app.auth.live_tokens()
+        );
+        process::render(&mut out);
         let f = app.store.flush_stats();
         let secs = |a: &AtomicU64| (load(a) as f64 / 1e6).to_string();
         let counters = [
