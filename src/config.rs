@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cidr::Cidr;
+
 /// The whole configuration. Field names are the TOML keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -173,6 +175,9 @@ pub enum LogFormat {
 pub struct MetricsConfig {
     /// Serve `/metrics`.
     pub enabled: bool,
+    /// Client networks that may read `/metrics` (CIDR; a bare address is one host);
+    /// others get 403. Default: loopback and the private ranges.
+    pub allowed_networks: Vec<Cidr>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -259,7 +264,23 @@ impl Default for LogConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { enabled: true }
+        MetricsConfig {
+            enabled: true,
+            // Loopback, RFC 1918, IPv6 unique-local and link-local: a scraper on the
+            // gateway or its LAN, not the internet a gateway may also face.
+            allowed_networks: [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "fc00::/7",
+                "fe80::/10",
+            ]
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect(),
+        }
     }
 }
 
@@ -401,6 +422,12 @@ impl Config {
         }
         if let Err(why) = crate::log::check_level(&self.log.level) {
             return bad("log.level", &why);
+        }
+        if self.metrics.allowed_networks.is_empty() {
+            return bad(
+                "metrics.allowed_networks",
+                "must name at least one network; to let every client read /metrics use [\"0.0.0.0/0\", \"::/0\"], to turn it off metrics.enabled = false",
+            );
         }
         Ok(())
     }
@@ -630,6 +657,14 @@ fn apply_env(
                 .parse::<bool>()
                 .map(toml::Value::Boolean)
                 .map_err(|_| ConfigError(format!("{name}: expected true or false, got {raw:?}")))?,
+            // A list is comma-separated: `FLEETGROUPS_METRICS_ALLOWED_NETWORKS=10.0.0.0/8,::1`.
+            toml::Value::Array(_) => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_string()))
+                    .collect(),
+            ),
             _ => toml::Value::String(raw.clone()),
         };
         if section.is_empty() {
@@ -762,6 +797,69 @@ mod tests {
         assert!(AccessLog::All.logs(200) && AccessLog::All.logs(500));
         assert!(!AccessLog::Errors.logs(399) && AccessLog::Errors.logs(400));
         assert!(!AccessLog::Off.logs(500));
+    }
+
+    #[test]
+    fn metrics_allowed_networks_are_cidrs_named_when_bad() {
+        let nets = |c: &Config| {
+            c.metrics
+                .allowed_networks
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            nets(&Config::default()),
+            [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "fc00::/7",
+                "fe80::/10"
+            ]
+        );
+        let c = load(
+            &[],
+            Some("[metrics]\nallowed_networks = [\"10.1.0.0/16\", \"2001:db8::1\"]\n"),
+        )
+        .unwrap();
+        assert_eq!(nets(&c), ["10.1.0.0/16", "2001:db8::1/128"]);
+        let c = load(
+            &[(
+                "FLEETGROUPS_METRICS_ALLOWED_NETWORKS",
+                "127.0.0.1/32, ::1/128",
+            )],
+            None,
+        )
+        .unwrap();
+        assert_eq!(nets(&c), ["127.0.0.1/32", "::1/128"]);
+        // check-config prints them as they were given.
+        assert!(c
+            .to_redacted_toml()
+            .contains("allowed_networks = [\"127.0.0.1/32\", \"::1/128\"]"));
+        for (bad, says) in [
+            ("[\"10.0.0.0/33\"]", "0 to 32"),
+            ("[\"192.168.1.0/16\"]", "the network is 192.168.0.0/16"),
+            ("[\"gateway.local\"]", "not an IP network"),
+            ("[\"127.0.0.0/8\", 8]", "invalid type"),
+            ("\"127.0.0.0/8\"", "invalid type"),
+            ("[]", "at least one network"),
+        ] {
+            let text = format!("[metrics]\nallowed_networks = {bad}\n");
+            let e = load(&[], Some(&text)).unwrap_err();
+            assert!(
+                e.0.starts_with("metrics.allowed_networks: ") && e.0.contains(says),
+                "{bad}: {e}"
+            );
+        }
+        let e = load(
+            &[("FLEETGROUPS_METRICS_ALLOWED_NETWORKS", "10.0.0.0/8,nope")],
+            None,
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("metrics.allowed_networks: "), "{e}");
     }
 
     /// What Kubernetes injects for `kind: Service, name: fleetgroups` with a port 8080

@@ -591,3 +591,121 @@ fn store_healthy_turns_0_when_the_store_refuses_writes() {
     let (text, m) = scrape(&server);
     assert_eq!(m.value("fleetgroups_store_healthy", &[]), 0.0, "{text}");
 }
+
+/// `GET path` from `from` to `to`, on a connection of its own.
+fn get_from(from: &str, to: std::net::SocketAddr, path: &str) -> crate::support::Resp {
+    let mut s = crate::support::connect_from(from.parse().unwrap(), to);
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    crate::support::read_response(&mut s)
+}
+
+#[test]
+fn only_allowed_networks_may_read_metrics() {
+    // The default: loopback and the private ranges, so any 127.x.y.z may.
+    let server = TestServer::start();
+    for from in ["127.0.0.1", "127.0.0.2", "127.1.2.3"] {
+        assert_eq!(
+            get_from(from, server.addr, "/metrics").status,
+            200,
+            "{from}"
+        );
+    }
+
+    let server = TestServer::with(
+        crate::support::Options::default()
+            .config("[metrics]\nallowed_networks = [\"127.0.0.1/32\"]\n"),
+    );
+    assert_eq!(get_from("127.0.0.1", server.addr, "/metrics").status, 200);
+    let refused = get_from("127.0.0.2", server.addr, "/metrics");
+    refused.expect_error_message(
+        403,
+        "forbidden",
+        "Forbidden: metrics are not served to this address (metrics.allowed_networks)",
+    );
+    assert!(
+        !refused.text().contains("fleetgroups_"),
+        "{}",
+        refused.text()
+    );
+    // Only /metrics: the probes and the API answer everyone as before.
+    assert_eq!(get_from("127.0.0.2", server.addr, "/healthz").status, 200);
+    assert_eq!(get_from("127.0.0.2", server.addr, "/readyz").status, 200);
+    assert_eq!(
+        get_from("127.0.0.2", server.addr, "/api/groups").status,
+        401
+    );
+    // The refusals are counted, so a scraper on the wrong network shows up.
+    let (_, m) = scrape(&server);
+    assert_eq!(
+        m.value(
+            "fleetgroups_requests_total",
+            &[("route", "/metrics"), ("status", "403")]
+        ),
+        1.0
+    );
+
+    // Networks that leave out loopback altogether.
+    let server = TestServer::with(crate::support::Options::default().env(
+        "FLEETGROUPS_METRICS_ALLOWED_NETWORKS",
+        "10.0.0.0/8,192.168.0.0/16",
+    ));
+    server
+        .req("GET", "/metrics")
+        .send()
+        .expect_error(403, "forbidden");
+    // Turned off is 404 whatever the address, as before.
+    let server = TestServer::with(
+        crate::support::Options::default()
+            .config("[metrics]\nenabled = false\nallowed_networks = [\"127.0.0.1/32\"]\n"),
+    );
+    for from in ["127.0.0.1", "127.0.0.2"] {
+        get_from(from, server.addr, "/metrics").expect_error(404, "not_found");
+    }
+}
+
+#[test]
+fn on_a_dual_stack_listener_ipv4_clients_compare_as_ipv4() {
+    // On [::] an IPv4 client's address is ::ffff:127.0.0.x; it must match 127.0.0.1/32
+    // (and not ::/0). ::1 is matched as IPv6.
+    let server = TestServer::with(
+        crate::support::Options::default()
+            .listen("[::]:0")
+            .config("[metrics]\nallowed_networks = [\"127.0.0.1/32\", \"::1/128\"]\n"),
+    );
+    let port = server.addr.port();
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    assert_eq!(get_from("127.0.0.1", v4, "/metrics").status, 200);
+    get_from("127.0.0.2", v4, "/metrics").expect_error(403, "forbidden");
+    assert_eq!(get_from("::1", v6, "/metrics").status, 200);
+
+    let server = TestServer::with(
+        crate::support::Options::default()
+            .listen("[::]:0")
+            .config("[metrics]\nallowed_networks = [\"::/0\"]\n"),
+    );
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], server.addr.port()));
+    get_from("127.0.0.1", v4, "/metrics").expect_error(403, "forbidden");
+}
+
+#[test]
+fn a_bad_network_stops_the_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["10.0.0.0/33", "192.168.1.0/16", "gateway.local", ""] {
+        let out = crate::support::run_expecting_exit(
+            dir.path(),
+            &["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"],
+            &[("FLEETGROUPS_METRICS_ALLOWED_NETWORKS", bad)],
+        );
+        assert_eq!(out.code, 2, "{bad:?}: {out:?}");
+        assert!(
+            out.stderr.contains("metrics.allowed_networks: "),
+            "{bad:?}: {}",
+            out.stderr
+        );
+    }
+}
