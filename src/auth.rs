@@ -167,6 +167,16 @@ impl Auth {
         self.users.read().map(|u| u.len()).unwrap_or(0)
     }
 
+    /// Bearer tokens that would authenticate now, by expiry (metrics): revoked ones
+    /// already left the table, expired ones stay until the hourly purge.
+    pub fn live_tokens(&self) -> usize {
+        let (wall, now) = (now_ms(), Instant::now());
+        self.tokens
+            .read()
+            .map(|t| t.values().filter(|live| !live.expired(wall, now)).count())
+            .unwrap_or(0)
+    }
+
     /// Checks an `Authorization` header value; returns the caller.
     pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Arc<UserRecord>, ApiError> {
         let header = header.ok_or(ApiError::Unauthorized)?;

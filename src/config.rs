@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cidr::Cidr;
+
 /// The whole configuration. Field names are the TOML keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -134,10 +136,35 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// `error`, `warn`, `info`, `debug` or `trace`.
+    /// A level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or a comma-separated
+    /// list of directives in `EnvFilter` syntax (`info,fleetgroups::access=off`); checked
+    /// by `log::check_level`.
     pub level: String,
     /// `text` or `json`.
     pub format: LogFormat,
+    /// The per-request line (target `fleetgroups::access`): `all`, `errors` (status
+    /// ≥ 400 only) or `off`.
+    pub access: AccessLog,
+}
+
+/// Which requests get a line in the log (`log.access`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    All,
+    Errors,
+    Off,
+}
+
+impl AccessLog {
+    /// Whether a request answered with `status` gets its line.
+    pub fn logs(self, status: u16) -> bool {
+        match self {
+            AccessLog::All => true,
+            AccessLog::Errors => status >= 400,
+            AccessLog::Off => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +179,9 @@ pub enum LogFormat {
 pub struct MetricsConfig {
     /// Serve `/metrics`.
     pub enabled: bool,
+    /// Client networks that may read `/metrics` (CIDR; a bare address is one host);
+    /// others get 403. Default: loopback and the private ranges.
+    pub allowed_networks: Vec<Cidr>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -232,13 +262,30 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
+            access: AccessLog::All,
         }
     }
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { enabled: true }
+        MetricsConfig {
+            enabled: true,
+            // Loopback, RFC 1918, IPv6 unique-local and link-local: a scraper on the
+            // gateway or its LAN, not the internet a gateway may also face.
+            allowed_networks: [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "fc00::/7",
+                "fe80::/10",
+            ]
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect(),
+        }
     }
 }
 
@@ -381,13 +428,13 @@ impl Config {
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             return bad("tls", "set both cert and key, or neither");
         }
-        if !matches!(
-            self.log.level.as_str(),
-            "error" | "warn" | "info" | "debug" | "trace"
-        ) {
+        if let Err(why) = crate::log::check_level(&self.log.level) {
+            return bad("log.level", &why);
+        }
+        if self.metrics.allowed_networks.is_empty() {
             return bad(
-                "log.level",
-                "must be one of error, warn, info, debug, trace",
+                "metrics.allowed_networks",
+                "must name at least one network; to let every client read /metrics use [\"0.0.0.0/0\", \"::/0\"], to turn it off metrics.enabled = false",
             );
         }
         Ok(())
@@ -618,6 +665,14 @@ fn apply_env(
                 .parse::<bool>()
                 .map(toml::Value::Boolean)
                 .map_err(|_| ConfigError(format!("{name}: expected true or false, got {raw:?}")))?,
+            // A list is comma-separated: `FLEETGROUPS_METRICS_ALLOWED_NETWORKS=10.0.0.0/8,::1`.
+            toml::Value::Array(_) => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_string()))
+                    .collect(),
+            ),
             _ => toml::Value::String(raw.clone()),
         };
         if section.is_empty() {
@@ -715,6 +770,104 @@ mod tests {
             e.0.starts_with("storage.durability:") && e.0.contains("sometimes"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn log_level_takes_directives_and_names_the_key_when_bad() {
+        let c = load(
+            &[],
+            Some("[log]\nlevel = \"info,fleetgroups::access=off\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.log.level, "info,fleetgroups::access=off");
+        let c = load(&[("FLEETGROUPS_LOG_LEVEL", "warn,fleetgroups=debug")], None).unwrap();
+        assert_eq!(c.log.level, "warn,fleetgroups=debug");
+        for bad in ["shout", "info,fleetgroups=loud", "", "info,fleetgroups"] {
+            let text = format!("[log]\nlevel = {bad:?}\n");
+            let e = load(&[], Some(&text)).unwrap_err();
+            assert!(e.0.starts_with("log.level: "), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn log_access_is_all_errors_or_off() {
+        assert_eq!(Config::default().log.access, AccessLog::All);
+        for (text, want) in [
+            ("all", AccessLog::All),
+            ("errors", AccessLog::Errors),
+            ("off", AccessLog::Off),
+        ] {
+            let c = load(&[("FLEETGROUPS_LOG_ACCESS", text)], None).unwrap();
+            assert_eq!(c.log.access, want);
+        }
+        let e = load(&[], Some("[log]\naccess = \"some\"\n")).unwrap_err();
+        assert!(e.0.starts_with("log.access:"), "{e}");
+        assert!(AccessLog::All.logs(200) && AccessLog::All.logs(500));
+        assert!(!AccessLog::Errors.logs(399) && AccessLog::Errors.logs(400));
+        assert!(!AccessLog::Off.logs(500));
+    }
+
+    #[test]
+    fn metrics_allowed_networks_are_cidrs_named_when_bad() {
+        let nets = |c: &Config| {
+            c.metrics
+                .allowed_networks
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            nets(&Config::default()),
+            [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "fc00::/7",
+                "fe80::/10"
+            ]
+        );
+        let c = load(
+            &[],
+            Some("[metrics]\nallowed_networks = [\"10.1.0.0/16\", \"2001:db8::1\"]\n"),
+        )
+        .unwrap();
+        assert_eq!(nets(&c), ["10.1.0.0/16", "2001:db8::1/128"]);
+        let c = load(
+            &[(
+                "FLEETGROUPS_METRICS_ALLOWED_NETWORKS",
+                "127.0.0.1/32, ::1/128",
+            )],
+            None,
+        )
+        .unwrap();
+        assert_eq!(nets(&c), ["127.0.0.1/32", "::1/128"]);
+        // check-config prints them as they were given.
+        assert!(c
+            .to_redacted_toml()
+            .contains("allowed_networks = [\"127.0.0.1/32\", \"::1/128\"]"));
+        for (bad, says) in [
+            ("[\"10.0.0.0/33\"]", "0 to 32"),
+            ("[\"192.168.1.0/16\"]", "the network is 192.168.0.0/16"),
+            ("[\"gateway.local\"]", "not an IP network"),
+            ("[\"127.0.0.0/8\", 8]", "invalid type"),
+            ("\"127.0.0.0/8\"", "invalid type"),
+            ("[]", "at least one network"),
+        ] {
+            let text = format!("[metrics]\nallowed_networks = {bad}\n");
+            let e = load(&[], Some(&text)).unwrap_err();
+            assert!(
+                e.0.starts_with("metrics.allowed_networks: ") && e.0.contains(says),
+                "{bad}: {e}"
+            );
+        }
+        let e = load(
+            &[("FLEETGROUPS_METRICS_ALLOWED_NETWORKS", "10.0.0.0/8,nope")],
+            None,
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("metrics.allowed_networks: "), "{e}");
     }
 
     /// What Kubernetes injects for `kind: Service, name: fleetgroups` with a port 8080

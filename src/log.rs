@@ -17,8 +17,14 @@
 //! The panic hook goes through the same queue: the default one writes to stderr
 //! directly, so a request that panicked would block its worker on a stalled pipe.
 //!
-//! The log level sits behind a reload layer: SIGHUP changes it ([`Level::set`],
-//! called by `reload.rs`). The format (text or JSON) needs a restart.
+//! Under journald (`JOURNAL_STREAM` names our stderr) every line starts with its syslog
+//! priority (`<3>` error, `<4>` warn, `<6>` info, `<7>` debug and trace) and carries
+//! no timestamp of its own, so `journalctl -p warning` works; elsewhere the lines are
+//! as before ([`Journald`]).
+//!
+//! The log level — a level or `EnvFilter` directives ([`check_level`]) — sits behind a
+//! reload layer: SIGHUP changes it ([`Level::set`], called by `reload.rs`). The format
+//! (text or JSON) needs a restart.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -26,8 +32,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::{format, JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
@@ -67,23 +75,65 @@ pub struct Level {
 }
 
 impl Level {
-    /// Replaces the filter with `level` (`error` … `trace`; sled stays at `warn`).
+    /// Replaces the filter with `level` (a level or directives, as [`check_level`]
+    /// accepts them; sled stays at `warn` unless a directive names it).
     pub fn set(&self, level: &str) -> Result<(), String> {
         self.handle
-            .reload(filter(level))
+            .reload(filter(level)?)
             .map_err(|e| format!("cannot change the log level: {e}"))
     }
 }
 
-fn filter(level: &str) -> EnvFilter {
-    EnvFilter::new(format!("{level},sled=warn"))
+/// The level names a directive may use (tracing also takes them in any case).
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks `log.level`: one or more comma-separated directives in `EnvFilter` syntax,
+/// each a level (`info`) or `target=level` (`fleetgroups::access=off`). Stricter than
+/// `EnvFilter` in one way: a bare word that is not a level is refused, where
+/// `EnvFilter` would read it as "everything from target `word`", so a misspelt level
+/// (`warnn`) would silently log nothing it was meant to. The error says why, for a
+/// message that names the key (`config.rs`).
+pub fn check_level(level: &str) -> Result<(), String> {
+    filter(level).map(|_| ())
+}
+
+/// The filter for `level`, with sled at `warn` (its info lines are noise) unless a
+/// directive says otherwise: later directives for the same target replace earlier ones.
+fn filter(level: &str) -> Result<EnvFilter, String> {
+    let directives: Vec<&str> = level
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Err(format!(
+            "{level:?} names no level; use one of {} or directives such as info,fleetgroups::access=off",
+            LEVELS.join(", ")
+        ));
+    }
+    for d in &directives {
+        if !d.contains('=') && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) {
+            return Err(format!(
+                "{d:?} is neither a level ({}) nor a target=level directive",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    // `parse`, not `EnvFilter::new`: that one prints what it ignores straight to fd 2.
+    // Field values compare as plain strings, not regular expressions.
+    EnvFilter::builder()
+        .with_regex(false)
+        .parse(format!("sled=warn,{}", directives.join(",")))
+        .map_err(|e| format!("{level:?} is not a valid directive list: {e}"))
 }
 
 /// Installs the global subscriber, the writer thread and the panic hook. Only the first
 /// call in a process installs anything; later ones (tests) return a [`Level`] that
 /// changes nothing.
 pub fn init(config: &LogConfig) -> Level {
-    let (filter, handle) = reload::Layer::new(filter(&config.level));
+    // The configuration was validated; a level that still fails falls back to info.
+    let level = filter(&config.level).unwrap_or_else(|_| EnvFilter::new("info,sled=warn"));
+    let (filter, handle) = reload::Layer::new(level);
     let writer = match SINK.get() {
         Some(sink) => SinkWriter(Arc::clone(sink)),
         None => SinkWriter(start_sink()),
@@ -92,9 +142,15 @@ pub fn init(config: &LogConfig) -> Level {
         .with_writer(writer)
         .with_ansi(false)
         .log_internal_errors(false);
-    let fmt = match config.format {
-        LogFormat::Text => fmt.boxed(),
-        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    let journal = under_journald();
+    let fmt = match (config.format, journal) {
+        (LogFormat::Text, false) => fmt.boxed(),
+        (LogFormat::Json, false) => fmt.json().flatten_event(true).boxed(),
+        (LogFormat::Text, true) => fmt.event_format(Journald(format().without_time())).boxed(),
+        (LogFormat::Json, true) => fmt
+            .fmt_fields(JsonFields::new())
+            .event_format(Journald(format().json().flatten_event(true).without_time()))
+            .boxed(),
     };
     if tracing_subscriber::registry()
         .with(filter)
@@ -105,6 +161,76 @@ pub fn init(config: &LogConfig) -> Level {
         install_panic_hook();
     }
     Level { handle }
+}
+
+/// Whether stderr is a journald stream: systemd sets `JOURNAL_STREAM` to the device
+/// and inode (`dev:ino`, decimal) of the stream it connected to stdout/stderr. The
+/// variable is inherited, so it alone proves nothing (a child of a service whose stderr
+/// was redirected to a file still carries it): it counts only when it names the very
+/// file description fd 2 is (systemd.exec(5), "$JOURNAL_STREAM").
+fn under_journald() -> bool {
+    let Ok(value) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stat) = rustix::fs::fstat(std::io::stderr()) else {
+        return false;
+    };
+    // The field types differ between targets (u32 on some 32-bit ones).
+    #[allow(clippy::useless_conversion)]
+    let (dev, ino) = (u64::from(stat.st_dev), u64::from(stat.st_ino));
+    names_stream(&value, dev, ino)
+}
+
+/// `JOURNAL_STREAM`'s value names the file with this device and inode number.
+fn names_stream(value: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = value.trim().split_once(':') else {
+        return false;
+    };
+    d.parse() == Ok(dev) && i.parse() == Ok(ino)
+}
+
+/// The syslog priority journald reads from a `<N>` line prefix (sd-daemon(3)): error 3,
+/// warning 4, info 6, debug 7 (tracing's trace has no syslog peer: debug too). With it
+/// `journalctl -p warning` shows warnings and errors only.
+fn priority(level: tracing::Level) -> u8 {
+    match level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        tracing::Level::DEBUG | tracing::Level::TRACE => 7,
+    }
+}
+
+/// The line format under journald: the inner format (text or JSON, built without a
+/// timestamp: journald stamps each line itself, and a second clock in the message only
+/// costs bytes and flash) behind a `<N>` priority prefix. Every line of a multi-line
+/// event (a panic's backtrace) carries the prefix, or journald would file the
+/// continuation lines at the stream's default priority, info.
+struct Journald<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for Journald<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut text = String::new();
+        self.0.format_event(ctx, Writer::new(&mut text), event)?;
+        let prefix = format!("<{}>", priority(*event.metadata().level()));
+        // The text format pads the level to five characters (" INFO"); without the
+        // timestamp before it that would leave every message starting with a space.
+        for line in text.trim_start_matches(' ').split_inclusive('\n') {
+            writer.write_str(&prefix)?;
+            writer.write_str(line)?;
+        }
+        Ok(())
+    }
 }
 
 /// The panic hook: one error line through the queue instead of a write to stderr
@@ -368,6 +494,117 @@ mod tests {
         let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
         let expected: String = (0..100).map(|i| format!("line {i}\n")).collect();
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn levels_and_directives_are_accepted() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "info,fleetgroups::access=off",
+            "warn, fleetgroups::server=info ,fleetgroups::access=info",
+            "debug,sled=info",
+            "fleetgroups=debug",
+        ] {
+            assert_eq!(check_level(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn bad_directives_are_refused_with_the_reason() {
+        for (bad, says) in [
+            ("", "names no level"),
+            (" , ", "names no level"),
+            ("shout", "\"shout\" is neither a level"),
+            ("warnn", "neither a level"),
+            ("info,fleetgroups", "\"fleetgroups\" is neither a level"),
+            ("info,fleetgroups=loud", "not a valid directive list"),
+            ("info,[unclosed=debug", "not a valid directive list"),
+        ] {
+            let e = check_level(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn sled_stays_at_warn_unless_a_directive_names_it() {
+        let quiet = filter("debug").unwrap().to_string();
+        assert!(quiet.contains("sled=warn"), "{quiet}");
+        let loud = filter("info,sled=debug").unwrap().to_string();
+        assert!(
+            loud.contains("sled=debug") && !loud.contains("sled=warn"),
+            "{loud}"
+        );
+    }
+
+    #[test]
+    fn journal_stream_must_name_this_very_file() {
+        assert!(names_stream("2049:1234", 2049, 1234));
+        assert!(names_stream("2049:1234\n", 2049, 1234));
+        assert!(!names_stream("2049:1235", 2049, 1234));
+        assert!(!names_stream("2048:1234", 2049, 1234));
+        for garbage in ["", "2049", "2049:", ":1234", "x:y", "2049:1234:5"] {
+            assert!(!names_stream(garbage, 2049, 1234), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn journald_lines_carry_the_priority_and_no_timestamp() {
+        use tracing_subscriber::fmt::MakeWriter;
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl<'a> MakeWriter<'a> for Buf {
+            type Writer = Buf;
+            fn make_writer(&'a self) -> Buf {
+                self.clone()
+            }
+        }
+        let out = Buf::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(out.clone())
+            .event_format(Journald(format().without_time()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!("e");
+            tracing::warn!("w");
+            tracing::info!("i");
+            tracing::debug!("d");
+            tracing::trace!("t");
+            // Display, as the panic hook logs its backtrace: the newline stays raw.
+            tracing::error!(backtrace = %"frame 1\nframe 2", "panic: two lines");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 7, "{text}");
+        for (line, prefix) in lines
+            .iter()
+            .zip(["<3>", "<4>", "<6>", "<7>", "<7>", "<3>", "<3>"])
+        {
+            assert!(
+                line.starts_with(prefix),
+                "{line:?} should start with {prefix}"
+            );
+            // The level word follows at once: no timestamp in between.
+            let rest = line[3..].trim_start();
+            assert!(
+                ["ERROR", "WARN", "INFO", "DEBUG", "TRACE", "frame"]
+                    .iter()
+                    .any(|w| rest.starts_with(w)),
+                "{line:?}"
+            );
+        }
     }
 
     #[test]

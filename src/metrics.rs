@@ -1,8 +1,11 @@
-//! Prometheus metrics: requests by route and status, a latency histogram, and gauges
-//! read at scrape time (groups, users, store bytes). Counting is a mutex-guarded map
-//! update per request; the label set is bounded (routes × statuses). The dropped log
+//! Prometheus metrics: requests by route and status, a latency histogram per route, and
+//! gauges read at scrape time (groups, users, store bytes). Counting is one
+//! mutex-guarded map update per request; the label set is bounded (routes × statuses,
+//! routes × buckets: the route label is the pattern, never the concrete path). The dropped log
 //! lines are the one process-wide value shown (`log::lines_dropped`, a static in
 //! `log.rs`): stderr belongs to the process, not to one server.
+
+mod process;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -18,15 +21,24 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// Request counters and the latency histogram.
+/// Request counters and the latency histograms.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+    /// Per route pattern (`Op::label`): one lock per request for counts and histogram.
+    routes: Mutex<BTreeMap<&'static str, RouteStats>>,
     /// Written by the connection table (`http/conns.rs`), shared with it.
     pub conns: std::sync::Arc<ConnStats>,
+}
+
+/// What one route answered and how long it took.
+#[derive(Default)]
+struct RouteStats {
+    /// Answers by status code.
+    statuses: BTreeMap<u16, u64>,
+    /// Cumulative: `buckets[i]` counts the requests that took at most `BUCKETS[i]`.
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum_micros: u64,
 }
 
 /// What happened to client connections.
@@ -34,6 +46,9 @@ pub struct Metrics {
 pub struct ConnStats {
     /// Connections open now.
     pub open: AtomicU64,
+    /// The connection limit the accept loop enforces (`limits.max_connections`), set
+    /// when it starts.
+    pub max: AtomicU64,
     /// Connections with a write waiting for its client to read, now.
     pub blocked: AtomicU64,
     /// Closed because a write made no progress for `limits.write_timeout_secs`.
@@ -47,18 +62,18 @@ pub struct ConnStats {
 impl Metrics {
     /// Records one answered request.
     pub fn observe(&self, route: &'static str, status: u16, elapsed: Duration) {
-        *lock(&self.requests).entry((route, status)).or_insert(0) += 1;
         let secs = elapsed.as_secs_f64();
-        for (i, upper) in BUCKETS.iter().enumerate() {
-            if secs <= *upper {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let mut routes = lock(&self.routes);
+        let r = routes.entry(route).or_default();
+        *r.statuses.entry(status).or_insert(0) += 1;
+        for (n, upper) in r.buckets.iter_mut().zip(BUCKETS) {
+            if secs <= upper {
+                *n += 1;
             }
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(
-            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        r.count += 1;
+        r.sum_micros = r.sum_micros.saturating_add(micros);
     }
 
     /// The text exposition format.
@@ -68,34 +83,45 @@ impl Metrics {
             "# HELP fleetgroups_requests_total HTTP requests answered, by route and status.\n",
         );
         out.push_str("# TYPE fleetgroups_requests_total counter\n");
-        for ((route, status), n) in lock(&self.requests).iter() {
-            let _ = writeln!(
-                out,
-                "fleetgroups_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+        {
+            let routes = lock(&self.routes);
+            for (route, r) in routes.iter() {
+                let route = label_value(route);
+                for (status, n) in &r.statuses {
+                    let _ = writeln!(
+                        out,
+                        "fleetgroups_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                    );
+                }
+            }
+            out.push_str(
+                "# HELP fleetgroups_request_duration_seconds Time from request head to response, by route.\n",
             );
+            out.push_str("# TYPE fleetgroups_request_duration_seconds histogram\n");
+            for (route, r) in routes.iter() {
+                let route = label_value(route);
+                for (n, upper) in r.buckets.iter().zip(BUCKETS) {
+                    let _ = writeln!(
+                        out,
+                        "fleetgroups_request_duration_seconds_bucket{{route=\"{route}\",le=\"{upper}\"}} {n}"
+                    );
+                }
+                let count = r.count;
+                let _ = writeln!(
+                    out,
+                    "fleetgroups_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
+                );
+                let _ = writeln!(
+                    out,
+                    "fleetgroups_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                    r.sum_micros as f64 / 1e6
+                );
+                let _ = writeln!(
+                    out,
+                    "fleetgroups_request_duration_seconds_count{{route=\"{route}\"}} {count}"
+                );
+            }
         }
-        out.push_str(
-            "# HELP fleetgroups_request_duration_seconds Time from request head to response.\n",
-        );
-        out.push_str("# TYPE fleetgroups_request_duration_seconds histogram\n");
-        for (i, upper) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "fleetgroups_request_duration_seconds_bucket{{le=\"{upper}\"}} {}",
-                self.buckets[i].load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "fleetgroups_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "fleetgroups_request_duration_seconds_sum {}",
-            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "fleetgroups_request_duration_seconds_count {count}");
         let gauges = [
             (
                 "fleetgroups_groups",
@@ -134,6 +160,11 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP fleetgroups_connections_max Most client connections served at once (limits.max_connections).\n# TYPE fleetgroups_connections_max gauge\nfleetgroups_connections_max {}",
+            load(&c.max)
+        );
+        let _ = writeln!(
+            out,
             "# HELP fleetgroups_connections_blocked Connections whose answer waits for the client to read it.\n# TYPE fleetgroups_connections_blocked gauge\nfleetgroups_connections_blocked {}",
             load(&c.blocked)
         );
@@ -149,6 +180,20 @@ impl Metrics {
                 load(n)
             );
         }
+        // What /readyz and the watchdog look at: writes are taken (no failed flush) and
+        // a read answers. 0 pages someone before clients see 503s for long.
+        let healthy = app.store.healthy() && app.store_answers();
+        let _ = writeln!(
+            out,
+            "# HELP fleetgroups_store_healthy 1 while the store answers reads and takes writes, else 0.\n# TYPE fleetgroups_store_healthy gauge\nfleetgroups_store_healthy {}",
+            u8::from(healthy)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleetgroups_tokens Live (unexpired, unrevoked) bearer tokens.\n# TYPE fleetgroups_tokens gauge\nfleetgroups_tokens {}",
+            app.auth.live_tokens()
+        );
+        process::render(&mut out);
         let f = app.store.flush_stats();
         let secs = |a: &AtomicU64| (load(a) as f64 / 1e6).to_string();
         let counters = [
@@ -185,5 +230,18 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline
+/// escaped. The route patterns need none of it today; the format does.
+fn label_value(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        v.into()
     }
 }

@@ -136,6 +136,10 @@ pub async fn serve(
         .unwrap_or(u32::MAX)
         .min(1 << 20);
     let permits = Arc::new(Semaphore::new(max as usize));
+    app.metrics
+        .conns
+        .max
+        .store(u64::from(max), std::sync::atomic::Ordering::Relaxed);
     let conns = Conns::new(Arc::clone(&app.metrics.conns));
     let write_timeout = Duration::from_secs(limits.write_timeout_secs);
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -106,6 +106,6 @@ pub async fn dispatch(op: Op, ctx: Ctx<'_>) -> Result<Reply, ApiError> {
         Op::OpenApi => Ok(openapi::reply()),
         Op::Healthz => Ok(ops::healthz()),
         Op::Readyz => ops::readyz(ctx.app),
-        Op::Metrics => ops::metrics(ctx.app),
+        Op::Metrics => ops::metrics(ctx.app, ctx.info.peer),
     }
 }

@@ -1,6 +1,8 @@
 //! Operational endpoints (no authentication): `/healthz` (the process answers),
 //! `/readyz` (storage takes writes and the server is not stopping) and `/metrics`
-//! (Prometheus text format).
+//! (Prometheus text format, for clients in `metrics.allowed_networks`).
+
+use std::net::IpAddr;
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -24,9 +26,19 @@ pub fn readyz(app: &App) -> Result<Reply, ApiError> {
     Ok(Reply::ok(m))
 }
 
-pub fn metrics(app: &App) -> Result<Reply, ApiError> {
-    if !app.config.metrics.enabled {
+/// `/metrics`: 404 when turned off (there is no such endpoint then), 403 `forbidden`
+/// for a client outside `metrics.allowed_networks` (the endpoint exists, so a scraper
+/// set up on the wrong network is told so plainly instead of chasing a wrong path).
+pub fn metrics(app: &App, peer: Option<IpAddr>) -> Result<Reply, ApiError> {
+    let config = &app.config.metrics;
+    if !config.enabled {
         return Err(ApiError::NotFound);
+    }
+    let allowed = peer.is_some_and(|ip| config.allowed_networks.iter().any(|n| n.contains(ip)));
+    if !allowed {
+        return Err(ApiError::Forbidden(
+            "metrics are not served to this address (metrics.allowed_networks)".into(),
+        ));
     }
     let text = app.metrics.render(app);
     Ok(Reply {

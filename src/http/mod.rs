@@ -65,17 +65,21 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     let status = response.status().as_u16();
     app.metrics
         .observe(outcome.op.map_or("unmatched", Op::label), status, elapsed);
-    tracing::info!(
-        target: "fleetgroups::access",
-        method = %method,
-        path = %path,
-        status,
-        // Whole microseconds, so the value prints as 0.014 and not 0.013954999999999999.
-        duration_ms = elapsed.as_micros() as f64 / 1000.0,
-        request_id = %request_id,
-        user = outcome.user.as_deref().unwrap_or("-"),
-        "request"
-    );
+    // `log.access`: at thousands of requests a second a line each would exceed
+    // journald's rate limit (which then drops warnings too) and wear the flash.
+    if app.config.log.access.logs(status) {
+        tracing::info!(
+            target: "fleetgroups::access",
+            method = %method,
+            path = %path,
+            status,
+            // Whole microseconds, so the value prints as 0.014 and not 0.013954999999999999.
+            duration_ms = elapsed.as_micros() as f64 / 1000.0,
+            request_id = %request_id,
+            user = outcome.user.as_deref().unwrap_or("-"),
+            "request"
+        );
+    }
     response
 }
 

@@ -109,27 +109,34 @@ fn metrics_count_what_happened() {
     assert_eq!(count("/api/groups/{groupId}", 404), 1.0, "{text}");
     assert_eq!(count("/api/groups", 401), 1.0, "{text}");
 
-    // The histogram saw exactly the counted requests (the scrape itself is counted
-    // after it renders), and its buckets never decrease.
+    // The histograms (one per route) saw exactly the counted requests (the scrape
+    // itself is counted after it renders), and their buckets never decrease.
     let total: f64 = m
         .iter()
         .filter(|(k, _)| k.starts_with("fleetgroups_requests_total{"))
         .map(|(_, v)| v)
         .sum();
     assert_eq!(total, 10.0, "{text}");
-    assert_eq!(m["fleetgroups_request_duration_seconds_count"], total);
-    assert_eq!(
-        m["fleetgroups_request_duration_seconds_bucket{le=\"+Inf\"}"],
-        total
-    );
-    let buckets: Vec<f64> = text
-        .lines()
-        .filter(|l| l.starts_with("fleetgroups_request_duration_seconds_bucket"))
-        .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
-        .collect();
-    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
-    let sum = m["fleetgroups_request_duration_seconds_sum"];
-    assert!(sum > 0.0 && sum < 60.0, "{sum}");
+    let counted: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("fleetgroups_request_duration_seconds_count{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(counted, total, "{text}");
+    for route in ["/api/auth/token", "/api/groups", "/api/groups/{groupId}"] {
+        let series = |suffix: &str| format!("fleetgroups_request_duration_seconds_{suffix}");
+        let buckets: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(&series(&format!("bucket{{route=\"{route}\","))))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+            .collect();
+        assert_eq!(buckets.len(), 13, "{route}: {text}");
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+        let count = m[&series(&format!("count{{route=\"{route}\"}}"))];
+        assert_eq!(buckets[12], count, "{route}: +Inf is the count");
+        let sum = m[&series(&format!("sum{{route=\"{route}\"}}"))];
+        assert!(sum > 0.0 && sum < 60.0, "{route}: {sum}");
+    }
 
     assert_eq!(m["fleetgroups_groups"], 4.0, "{text}");
     assert_eq!(m["fleetgroups_users"], 1.0, "{text}");

@@ -27,6 +27,8 @@ pub struct Options {
     pub config: Option<String>,
     /// The umask the server starts with (a shell's `umask` before `exec`).
     pub umask: Option<u32>,
+    /// `--listen` (default `127.0.0.1:0`), e.g. `[::]:0` for a dual-stack listener.
+    pub listen: Option<String>,
 }
 
 impl Options {
@@ -44,6 +46,12 @@ impl Options {
     /// Passes `text` as the configuration file (`--config`).
     pub fn config(mut self, text: &str) -> Self {
         self.config = Some(text.to_string());
+        self
+    }
+
+    /// Listens on `addr` instead of `127.0.0.1:0`.
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = Some(addr.to_string());
         self
     }
 }
@@ -361,7 +369,8 @@ fn spawn(dir: &Path, options: &Options) -> Spawned {
         std::fs::write(&p, text).expect("write config");
         cmd.arg("--config").arg(&p);
     }
-    cmd.args(["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"]);
+    let listen = options.listen.as_deref().unwrap_or("127.0.0.1:0");
+    cmd.args(["--data-dir", "data", "serve", "--listen", listen]);
     clear_fleetgroups_env(&mut cmd);
     cmd
         // A test run under systemd must not notify the test runner's own unit.
