@@ -115,6 +115,13 @@ pub enum Command {
     Backup {
         file: PathBuf,
     },
+    /// `backup --dir DIR [--keep N]`: a new timestamped file in `dir` (absolute), then
+    /// the oldest beyond `keep` removed (absent: none). A command of its own, so the
+    /// `backup` line an older client sends is unchanged.
+    BackupDir {
+        dir: PathBuf,
+        keep: Option<u64>,
+    },
 }
 
 impl Command {
@@ -126,7 +133,7 @@ impl Command {
             Command::UserRotateKey { .. } => "user rotate-key",
             Command::UserSet { .. } => "user set",
             Command::UserRemove { .. } => "user remove",
-            Command::Backup { .. } => "backup",
+            Command::Backup { .. } | Command::BackupDir { .. } => "backup",
         }
     }
 
@@ -137,7 +144,7 @@ impl Command {
             | Command::UserRotateKey { name }
             | Command::UserSet { name, .. }
             | Command::UserRemove { name } => name,
-            Command::UserList | Command::Backup { .. } => "-",
+            Command::UserList | Command::Backup { .. } | Command::BackupDir { .. } => "-",
         }
     }
 }
@@ -213,6 +220,38 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
                 Err(e) => Outcome::failed(1, format!("backup failed: {e}")),
             };
         }
+        Command::BackupDir { dir, keep } => {
+            if let Some(app) = live {
+                app.persist_usage();
+            }
+            let done = match crate::backup::write_to_dir(store, dir, *keep) {
+                Ok(done) => done,
+                Err(e) => return Outcome::failed(1, format!("backup failed: {e}")),
+            };
+            let mut stderr = format!(
+                "wrote a backup of {} to {}\n",
+                done.counts,
+                done.file.display()
+            );
+            for old in &done.removed {
+                stderr.push_str(&format!("removed the old backup {}\n", old.display()));
+            }
+            // The path alone on stdout, for scripts (`FILE=$(fleetgroups backup --dir …)`).
+            let stdout = format!("{}\n", done.file.display());
+            return match done.rotate_error {
+                None => Outcome::ok(stdout, stderr),
+                // The new backup is complete; but left alone the directory fills the
+                // disk, so the timer's run should show as failed.
+                Some(e) => Outcome {
+                    code: 1,
+                    stdout,
+                    stderr: format!(
+                        "{stderr}fleetgroups: the backup is complete, but removing old backups failed: {e}\n"
+                    ),
+                    ..Outcome::default()
+                },
+            };
+        }
     };
     result.unwrap_or_else(|e| Outcome::failed(1, e))
 }
@@ -238,7 +277,7 @@ pub fn request(socket: &Path, command: &Command) -> Result<Outcome, ClientError>
         |e: std::io::Error| ClientError::Failed(format!("admin socket {}: {e}", socket.display()));
     // A backup of a big store takes a while; anything else answers within seconds.
     let patience = match command {
-        Command::Backup { .. } => Duration::from_secs(3600),
+        Command::Backup { .. } | Command::BackupDir { .. } => Duration::from_secs(3600),
         _ => Duration::from_secs(120),
     };
     stream.set_read_timeout(Some(patience)).map_err(failed)?;
@@ -523,6 +562,27 @@ mod tests {
             r#"{"v":1,"command":{"cmd":"user-set","name":"ci","role":"read","dailyLimit":{"limit":null},"disabled":null}}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
+        // Scheduled backups are a command of their own; `backup` is unchanged.
+        let dir = Request {
+            v: 1,
+            command: Command::BackupDir {
+                dir: "/var/lib/fleetgroups/backups".into(),
+                keep: Some(14),
+            },
+        };
+        let line = serde_json::to_string(&dir).unwrap();
+        assert_eq!(
+            line,
+            r#"{"v":1,"command":{"cmd":"backup-dir","dir":"/var/lib/fleetgroups/backups","keep":14}}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), dir);
+        let file = r#"{"v":1,"command":{"cmd":"backup","file":"/b/x.jsonl"}}"#;
+        assert_eq!(
+            serde_json::from_str::<Request>(file).unwrap().command,
+            Command::Backup {
+                file: "/b/x.jsonl".into()
+            }
+        );
         let unknown = r#"{"v":1,"command":{"cmd":"user-drop","name":"ci"}}"#;
         assert!(serde_json::from_str::<Request>(unknown).is_err());
     }

@@ -39,15 +39,32 @@ enum Command {
     /// Manage users and their API keys.
     #[command(subcommand)]
     User(UserCommand),
-    /// Write a consistent snapshot of everything to FILE (JSON Lines, mode 0600).
+    /// Write a consistent snapshot of everything (JSON Lines, mode 0600) to FILE, or
+    /// to a new timestamped file in --dir.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["file", "dir"])))]
     Backup {
+        /// The file to write; gzip-compressed when its name ends in .gz.
         #[arg(value_name = "FILE")]
-        file: PathBuf,
+        file: Option<PathBuf>,
+        /// Write fleetgroups-YYYYMMDDTHHMMSSZ.jsonl.gz (UTC, gzip) into DIR, created
+        /// 0700 when missing, and print its path.
+        #[arg(long, value_name = "DIR", conflicts_with = "file")]
+        dir: Option<PathBuf>,
+        /// With --dir: afterwards remove the oldest of those backups in DIR beyond the
+        /// N newest (other files are never touched). Without it, all are kept.
+        // `conflicts_with` rather than `requires = "dir"`, which clap does not enforce for
+        // an argument of a group that is satisfied; with the group it means the same.
+        #[arg(long, value_name = "N", conflicts_with = "file", value_parser = clap::value_parser!(u64).range(1..))]
+        keep: Option<u64>,
     },
-    /// Load a backup into an empty data directory.
+    /// Load a backup (plain or gzip) into an empty data directory.
     Restore {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Only verify FILE end to end, as restore would, writing nothing; exit 0 when
+        /// it is valid, 1 when not.
+        #[arg(long)]
+        check: bool,
     },
     /// Validate the configuration and print the effective values (secrets redacted).
     CheckConfig,
@@ -185,14 +202,27 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::User(cmd)) => run_admin(&config, user_command(cmd)),
-        Some(Command::Backup { file }) => match std::path::absolute(&file) {
-            Ok(file) => run_admin(&config, AdminCommand::Backup { file }),
-            Err(e) => {
-                say(&format!("fleetgroups: {}: {e}\n", file.display()));
-                ExitCode::FAILURE
-            }
-        },
-        Some(Command::Restore { file }) => restore(&config, &file),
+        Some(Command::Backup { file, dir, keep }) => {
+            // Absolute: a running server writes the file, and its working directory is
+            // not ours.
+            let target = file
+                .as_ref()
+                .or(dir.as_ref())
+                .map(|p| (p, std::path::absolute(p)));
+            let command = match (target, dir.is_some()) {
+                (Some((_, Ok(path))), false) => AdminCommand::Backup { file: path },
+                (Some((_, Ok(path))), true) => AdminCommand::BackupDir { dir: path, keep },
+                (Some((p, Err(e))), _) => {
+                    say(&format!("fleetgroups: {}: {e}\n", p.display()));
+                    return ExitCode::FAILURE;
+                }
+                // clap's argument group requires one of the two.
+                (None, _) => return ExitCode::from(2),
+            };
+            run_admin(&config, command)
+        }
+        Some(Command::Restore { file, check: true }) => check_backup(&config, &file),
+        Some(Command::Restore { file, check: false }) => restore(&config, &file),
     }
 }
 
@@ -281,7 +311,11 @@ fn run_admin(config: &Config, command: AdminCommand) -> ExitCode {
 
 /// The server is not answering: open the store (which fails if a server holds it).
 fn offline(config: &Config, command: &AdminCommand, socket_error: &str) -> Outcome {
-    if matches!(command, AdminCommand::Backup { .. }) && !config.data_dir.join("store").exists() {
+    if matches!(
+        command,
+        AdminCommand::Backup { .. } | AdminCommand::BackupDir { .. }
+    ) && !config.data_dir.join("store").exists()
+    {
         return Outcome::failed(
             1,
             format!(
@@ -326,6 +360,39 @@ fn restore(config: &Config, file: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             say(&format!("fleetgroups: restore failed: {e}\n"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `restore --check`: reads and checks the whole file, writes nothing, prints a summary.
+fn check_backup(config: &Config, file: &std::path::Path) -> ExitCode {
+    // Warnings restore would log (names the current rules refuse) show here too.
+    crate::log::init(&config.log);
+    let checked = crate::backup::check(file);
+    crate::log::flush();
+    match checked {
+        Ok(c) => {
+            let encoding = match c.encoding {
+                crate::backup::Encoding::Gzip => "gzip",
+                crate::backup::Encoding::Plain => "plain",
+            };
+            let summary = format!(
+                "{}: a valid fleetgroups backup ({encoding}, created {}, store format {})\n{}; {} records\n",
+                file.display(),
+                c.created,
+                c.store_format,
+                c.counts,
+                c.counts.records
+            );
+            if let Err(e) = print(&summary) {
+                say(&format!("fleetgroups: cannot write to stdout: {e}\n"));
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            say(&format!("fleetgroups: not a valid backup: {e}\n"));
             ExitCode::FAILURE
         }
     }

@@ -11,6 +11,7 @@ mod abuse;
 mod admin;
 mod auth;
 mod backup;
+mod backup_schedule;
 mod badinput;
 mod cli;
 mod config;
