@@ -215,7 +215,11 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
             return match crate::backup::write(store, file) {
                 Ok(counts) => Outcome::ok(
                     String::new(),
-                    format!("wrote a backup of {counts} to {}\n", file.display()),
+                    format!(
+                        "wrote a backup of {counts} to {}\n{}",
+                        file.display(),
+                        backed_up(store, live, file)
+                    ),
                 ),
                 Err(e) => Outcome::failed(1, format!("backup failed: {e}")),
             };
@@ -236,6 +240,7 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
             for old in &done.removed {
                 stderr.push_str(&format!("removed the old backup {}\n", old.display()));
             }
+            stderr.push_str(&backed_up(store, live, &done.file));
             // The path alone on stdout, for scripts (`FILE=$(fleetgroups backup --dir …)`).
             let stdout = format!("{}\n", done.file.display());
             return match done.rotate_error {
@@ -254,6 +259,33 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
         }
     };
     result.unwrap_or_else(|e| Outcome::failed(1, e))
+}
+
+/// Records a successful backup for `/metrics` (in the running server's memory and in
+/// the data directory's state file, which a restarted server reads); returns a
+/// warning for stderr when the file could not be written (the backup itself is fine).
+fn backed_up(store: &Store, live: Option<&App>, file: &Path) -> String {
+    let data_dir = match live {
+        Some(app) => app.config.data_dir.clone(),
+        // The store lives in `<data_dir>/store`.
+        None => store
+            .dir()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    let (ms, warning) = match crate::backup::record_success(&data_dir, file) {
+        Ok(ms) => (ms, String::new()),
+        Err(e) => (
+            crate::time::now_ms(),
+            format!("fleetgroups: warning: {e}; after a restart the server will not know of this backup\n"),
+        ),
+    };
+    if let Some(app) = live {
+        app.backup_last_success_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+    warning
 }
 
 // ---------------------------------------------------------------------------------

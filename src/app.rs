@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,9 @@ pub struct App {
     pub auth: Auth,
     pub usage: Usage,
     pub metrics: Metrics,
+    /// When the last backup succeeded (ms since the epoch, 0: none known): set by
+    /// backups through the admin socket, read at start from `backup::LAST_SUCCESS_FILE`.
+    pub backup_last_success_ms: AtomicI64,
     stopping: AtomicBool,
 }
 
@@ -89,12 +92,14 @@ impl App {
                 .usage_records()
                 .map_err(|e| StartError(format!("loading usage counters: {e:?}")))?,
         );
+        let last_backup = crate::backup::last_success(&config.data_dir).unwrap_or(0);
         Ok(App {
             config,
             store,
             auth,
             usage,
             metrics: Metrics::default(),
+            backup_last_success_ms: AtomicI64::new(last_backup),
             stopping: AtomicBool::new(false),
         })
     }

@@ -369,6 +369,41 @@ fn rotate(dir: &Path, keep: u64, written: &Path) -> (Vec<PathBuf>, Option<String
     (removed, error)
 }
 
+// ---------------------------------------------------------------------------------
+// The last successful backup, for `fleetgroups_backup_last_success_timestamp_seconds`.
+
+/// The file in the data directory that remembers the last successful backup, so the
+/// metric survives a restart and covers backups the CLI made with the server stopped:
+/// `{"ms":1796114000123,"time":"2026-12-01T08:53:20.123Z","file":"/…/fleetgroups-….jsonl.gz"}`.
+pub const LAST_SUCCESS_FILE: &str = "last-backup";
+
+/// Remembers that a backup to `file` has just succeeded; returns its time (ms).
+pub fn record_success(data_dir: &Path, file: &Path) -> Result<i64, String> {
+    let _one = crate::store::lock(&RUNNING);
+    let ms = crate::time::now_ms();
+    let line = serde_json::json!({
+        "ms": ms,
+        "time": crate::time::rfc3339_ms(ms),
+        "file": file.to_string_lossy(),
+    });
+    let path = data_dir.join(LAST_SUCCESS_FILE);
+    let tmp = data_dir.join(format!(".{LAST_SUCCESS_FILE}.tmp"));
+    let written = crate::app::write_secret_file(&tmp, format!("{line}\n").as_bytes())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .and_then(|()| crate::store::sync_dir(data_dir));
+    written.map_err(|e| format!("cannot record the backup in {}: {e}", path.display()))?;
+    Ok(ms)
+}
+
+/// The time (ms) of the last successful backup recorded in `data_dir`, if any.
+pub fn last_success(data_dir: &Path) -> Option<i64> {
+    let text = std::fs::read_to_string(data_dir.join(LAST_SUCCESS_FILE)).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()?
+        .get("ms")?
+        .as_i64()
+}
+
 /// Loads the backup at `file` into `data_dir`, which must be missing or empty. On any
 /// error everything restore created is removed again.
 pub fn restore(data_dir: &Path, options: &StoreOptions, file: &Path) -> Result<Counts, String> {

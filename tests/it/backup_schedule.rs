@@ -2,13 +2,14 @@
 //! timestamped gzip file and removes only its own oldest files beyond N, through the
 //! running server and offline alike; compressed backups restore to the same state as
 //! plain ones (gzip found by its magic bytes, not the name); `restore --check` accepts
-//! a good file and refuses a truncated or corrupted one without writing anything.
+//! a good file and refuses a truncated or corrupted one without writing anything; and
+//! `/metrics` shows when the last backup succeeded, also after a restart.
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::{cli_in, CliOutput, TestServer};
 
@@ -308,4 +309,59 @@ fn restore_check_accepts_a_good_backup_and_refuses_damaged_ones_writing_nothing(
         "{:?}",
         names(scratch.path())
     );
+}
+
+/// The value of one sample in a Prometheus text answer.
+fn sample(server: &TestServer, name: &str) -> f64 {
+    let text = server.req("GET", "/metrics").send().text();
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"))
+}
+
+#[test]
+fn metrics_show_the_last_successful_backup_also_after_a_restart() {
+    const METRIC: &str = "fleetgroups_backup_last_success_timestamp_seconds";
+    let mut server = TestServer::start();
+    let text = server.req("GET", "/metrics").send().text();
+    assert!(text.contains(&format!("# TYPE {METRIC} gauge")), "{text}");
+    assert_eq!(sample(&server, METRIC), 0.0, "no backup yet");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let before = crate::support::now_ms() as f64 / 1e3;
+    ok(server.cli(&["backup", "--dir", utf8(dir.path()), "--keep", "2"]));
+    let after = crate::support::now_ms() as f64 / 1e3;
+    let first = sample(&server, METRIC);
+    assert!(
+        before <= first && first <= after,
+        "{before} <= {first} <= {after}"
+    );
+    // A failed backup changes nothing.
+    let out = server.cli(&["backup", "/nonexistent-dir/x.jsonl"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(sample(&server, METRIC), first);
+
+    // Known after a restart (the state file in the data directory).
+    assert!(server.stop().success());
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(server.data_dir().join("last-backup")).expect("state file"),
+    )
+    .expect("json");
+    assert_eq!(state["ms"].as_f64().map(|ms| ms / 1e3), Some(first));
+    server.restart();
+    assert_eq!(sample(&server, METRIC), first);
+
+    // A backup the CLI took with the server stopped counts too (`backup FILE`).
+    assert!(server.stop().success());
+    let offline = dir.path().join("offline.jsonl");
+    let before = crate::support::now_ms() as f64 / 1e3;
+    ok(server.cli(&["backup", utf8(&offline)]));
+    server.restart();
+    let second = sample(&server, METRIC);
+    assert!(second >= before && second > first, "{first} {second}");
 }
