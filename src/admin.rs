@@ -31,7 +31,7 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::app::App;
 use crate::store::users::Role;
 use crate::store::Store;
-use crate::users::{render_list, Admin, UserChanges};
+use crate::users::{render_key_json, render_list, render_list_json, Admin, UserChanges};
 
 /// The protocol version this binary speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -86,6 +86,23 @@ pub struct LimitChange {
     pub limit: Option<u64>,
 }
 
+/// How a command prints its result. `text` is left out of a request, so a text
+/// request is byte for byte what it was before `--output` existed and older servers
+/// still take it; a `json` request to an older server is refused as a bad request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Output {
+    fn is_text(&self) -> bool {
+        *self == Output::Text
+    }
+}
+
 /// The commands that work the same with the server running or stopped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
@@ -96,10 +113,17 @@ pub enum Command {
         account: String,
         role: Role,
         daily_limit: Option<u64>,
+        #[serde(default, skip_serializing_if = "Output::is_text")]
+        output: Output,
     },
-    UserList,
+    UserList {
+        #[serde(default, skip_serializing_if = "Output::is_text")]
+        output: Output,
+    },
     UserRotateKey {
         name: String,
+        #[serde(default, skip_serializing_if = "Output::is_text")]
+        output: Output,
     },
     #[serde(rename_all = "camelCase")]
     UserSet {
@@ -129,7 +153,7 @@ impl Command {
     fn name(&self) -> &'static str {
         match self {
             Command::UserAdd { .. } => "user add",
-            Command::UserList => "user list",
+            Command::UserList { .. } => "user list",
             Command::UserRotateKey { .. } => "user rotate-key",
             Command::UserSet { .. } => "user set",
             Command::UserRemove { .. } => "user remove",
@@ -141,10 +165,10 @@ impl Command {
     fn subject(&self) -> &str {
         match self {
             Command::UserAdd { name, .. }
-            | Command::UserRotateKey { name }
+            | Command::UserRotateKey { name, .. }
             | Command::UserSet { name, .. }
             | Command::UserRemove { name } => name,
-            Command::UserList | Command::Backup { .. } | Command::BackupDir { .. } => "-",
+            Command::UserList { .. } | Command::Backup { .. } | Command::BackupDir { .. } => "-",
         }
     }
 }
@@ -162,18 +186,29 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
             account,
             role,
             daily_limit,
-        } => admin.add(name, account, *role, *daily_limit).map(|key| {
+            output,
+        } => admin.add(name, account, *role, *daily_limit).map(|new| {
             Outcome::ok(
-                format!("{key}\n"),
+                match output {
+                    Output::Text => format!("{}\n", new.key),
+                    Output::Json => render_key_json(&new),
+                },
                 format!("created user {name} (account {account}, role {role}); the line above is its API key, shown only now\n"),
             )
         }),
-        Command::UserList => admin
-            .list()
-            .map(|rows| Outcome::ok(render_list(&rows), String::new())),
-        Command::UserRotateKey { name } => admin.rotate_key(name).map(|key| {
+        Command::UserList { output } => admin.list().map(|rows| {
+            let stdout = match output {
+                Output::Text => render_list(&rows),
+                Output::Json => render_list_json(&rows),
+            };
+            Outcome::ok(stdout, String::new())
+        }),
+        Command::UserRotateKey { name, output } => admin.rotate_key(name).map(|new| {
             Outcome::ok(
-                format!("{key}\n"),
+                match output {
+                    Output::Text => format!("{}\n", new.key),
+                    Output::Json => render_key_json(&new),
+                },
                 format!("rotated the key of {name}; the old key and its tokens no longer work\n"),
             )
         }),

@@ -205,7 +205,8 @@ fn bootstrap(store: &Store, data_dir: &Path) -> Result<(), StartError> {
     let admin = Admin::offline(store);
     let key = admin
         .add("admin", "default", crate::store::users::Role::Write, None)
-        .map_err(|e| StartError(format!("creating the first user: {e}")))?;
+        .map_err(|e| StartError(format!("creating the first user: {e}")))?
+        .key;
     let path = data_dir.join("initial-api-key");
     write_secret_file(&path, format!("{key}\n").as_bytes())
         .map_err(|e| StartError(format!("writing {}: {e}", path.display())))?;

@@ -14,6 +14,7 @@ mod backup;
 mod backup_schedule;
 mod badinput;
 mod cli;
+mod cli_safety;
 mod config;
 mod crash;
 mod durability;
