@@ -31,7 +31,7 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::app::App;
 use crate::store::users::Role;
 use crate::store::Store;
-use crate::users::{render_list, Admin, UserChanges};
+use crate::users::{render_key_json, render_list, render_list_json, Admin, UserChanges};
 
 /// The protocol version this binary speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -86,6 +86,23 @@ pub struct LimitChange {
     pub limit: Option<u64>,
 }
 
+/// How a command prints its result. `text` is left out of a request, so a text
+/// request is byte for byte what it was before `--output` existed and older servers
+/// still take it; a `json` request to an older server is refused as a bad request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Output {
+    fn is_text(&self) -> bool {
+        *self == Output::Text
+    }
+}
+
 /// The commands that work the same with the server running or stopped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
@@ -96,10 +113,17 @@ pub enum Command {
         account: String,
         role: Role,
         daily_limit: Option<u64>,
+        #[serde(default, skip_serializing_if = "Output::is_text")]
+        output: Output,
     },
-    UserList,
+    UserList {
+        #[serde(default, skip_serializing_if = "Output::is_text")]
+        output: Output,
+    },
     UserRotateKey {
         name: String,
+        #[serde(default, skip_serializing_if = "Output::is_text")]
+        output: Output,
     },
     #[serde(rename_all = "camelCase")]
     UserSet {
@@ -115,6 +139,13 @@ pub enum Command {
     Backup {
         file: PathBuf,
     },
+    /// `backup --dir DIR [--keep N]`: a new timestamped file in `dir` (absolute), then
+    /// the oldest beyond `keep` removed (absent: none). A command of its own, so the
+    /// `backup` line an older client sends is unchanged.
+    BackupDir {
+        dir: PathBuf,
+        keep: Option<u64>,
+    },
 }
 
 impl Command {
@@ -122,11 +153,11 @@ impl Command {
     fn name(&self) -> &'static str {
         match self {
             Command::UserAdd { .. } => "user add",
-            Command::UserList => "user list",
+            Command::UserList { .. } => "user list",
             Command::UserRotateKey { .. } => "user rotate-key",
             Command::UserSet { .. } => "user set",
             Command::UserRemove { .. } => "user remove",
-            Command::Backup { .. } => "backup",
+            Command::Backup { .. } | Command::BackupDir { .. } => "backup",
         }
     }
 
@@ -134,10 +165,10 @@ impl Command {
     fn subject(&self) -> &str {
         match self {
             Command::UserAdd { name, .. }
-            | Command::UserRotateKey { name }
+            | Command::UserRotateKey { name, .. }
             | Command::UserSet { name, .. }
             | Command::UserRemove { name } => name,
-            Command::UserList | Command::Backup { .. } => "-",
+            Command::UserList { .. } | Command::Backup { .. } | Command::BackupDir { .. } => "-",
         }
     }
 }
@@ -155,18 +186,29 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
             account,
             role,
             daily_limit,
-        } => admin.add(name, account, *role, *daily_limit).map(|key| {
+            output,
+        } => admin.add(name, account, *role, *daily_limit).map(|new| {
             Outcome::ok(
-                format!("{key}\n"),
+                match output {
+                    Output::Text => format!("{}\n", new.key),
+                    Output::Json => render_key_json(&new),
+                },
                 format!("created user {name} (account {account}, role {role}); the line above is its API key, shown only now\n"),
             )
         }),
-        Command::UserList => admin
-            .list()
-            .map(|rows| Outcome::ok(render_list(&rows), String::new())),
-        Command::UserRotateKey { name } => admin.rotate_key(name).map(|key| {
+        Command::UserList { output } => admin.list().map(|rows| {
+            let stdout = match output {
+                Output::Text => render_list(&rows),
+                Output::Json => render_list_json(&rows),
+            };
+            Outcome::ok(stdout, String::new())
+        }),
+        Command::UserRotateKey { name, output } => admin.rotate_key(name).map(|new| {
             Outcome::ok(
-                format!("{key}\n"),
+                match output {
+                    Output::Text => format!("{}\n", new.key),
+                    Output::Json => render_key_json(&new),
+                },
                 format!("rotated the key of {name}; the old key and its tokens no longer work\n"),
             )
         }),
@@ -208,13 +250,77 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
             return match crate::backup::write(store, file) {
                 Ok(counts) => Outcome::ok(
                     String::new(),
-                    format!("wrote a backup of {counts} to {}\n", file.display()),
+                    format!(
+                        "wrote a backup of {counts} to {}\n{}",
+                        file.display(),
+                        backed_up(store, live, file)
+                    ),
                 ),
                 Err(e) => Outcome::failed(1, format!("backup failed: {e}")),
             };
         }
+        Command::BackupDir { dir, keep } => {
+            if let Some(app) = live {
+                app.persist_usage();
+            }
+            let done = match crate::backup::write_to_dir(store, dir, *keep) {
+                Ok(done) => done,
+                Err(e) => return Outcome::failed(1, format!("backup failed: {e}")),
+            };
+            let mut stderr = format!(
+                "wrote a backup of {} to {}\n",
+                done.counts,
+                done.file.display()
+            );
+            for old in &done.removed {
+                stderr.push_str(&format!("removed the old backup {}\n", old.display()));
+            }
+            stderr.push_str(&backed_up(store, live, &done.file));
+            // The path alone on stdout, for scripts (`FILE=$(fleetgroups backup --dir …)`).
+            let stdout = format!("{}\n", done.file.display());
+            return match done.rotate_error {
+                None => Outcome::ok(stdout, stderr),
+                // The new backup is complete; but left alone the directory fills the
+                // disk, so the timer's run should show as failed.
+                Some(e) => Outcome {
+                    code: 1,
+                    stdout,
+                    stderr: format!(
+                        "{stderr}fleetgroups: the backup is complete, but removing old backups failed: {e}\n"
+                    ),
+                    ..Outcome::default()
+                },
+            };
+        }
     };
     result.unwrap_or_else(|e| Outcome::failed(1, e))
+}
+
+/// Records a successful backup for `/metrics` (in the running server's memory and in
+/// the data directory's state file, which a restarted server reads); returns a
+/// warning for stderr when the file could not be written (the backup itself is fine).
+fn backed_up(store: &Store, live: Option<&App>, file: &Path) -> String {
+    let data_dir = match live {
+        Some(app) => app.config.data_dir.clone(),
+        // The store lives in `<data_dir>/store`.
+        None => store
+            .dir()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    let (ms, warning) = match crate::backup::record_success(&data_dir, file) {
+        Ok(ms) => (ms, String::new()),
+        Err(e) => (
+            crate::time::now_ms(),
+            format!("fleetgroups: warning: {e}; after a restart the server will not know of this backup\n"),
+        ),
+    };
+    if let Some(app) = live {
+        app.backup_last_success_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+    warning
 }
 
 // ---------------------------------------------------------------------------------
@@ -238,7 +344,7 @@ pub fn request(socket: &Path, command: &Command) -> Result<Outcome, ClientError>
         |e: std::io::Error| ClientError::Failed(format!("admin socket {}: {e}", socket.display()));
     // A backup of a big store takes a while; anything else answers within seconds.
     let patience = match command {
-        Command::Backup { .. } => Duration::from_secs(3600),
+        Command::Backup { .. } | Command::BackupDir { .. } => Duration::from_secs(3600),
         _ => Duration::from_secs(120),
     };
     stream.set_read_timeout(Some(patience)).map_err(failed)?;
@@ -523,6 +629,27 @@ mod tests {
             r#"{"v":1,"command":{"cmd":"user-set","name":"ci","role":"read","dailyLimit":{"limit":null},"disabled":null}}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
+        // Scheduled backups are a command of their own; `backup` is unchanged.
+        let dir = Request {
+            v: 1,
+            command: Command::BackupDir {
+                dir: "/var/lib/fleetgroups/backups".into(),
+                keep: Some(14),
+            },
+        };
+        let line = serde_json::to_string(&dir).unwrap();
+        assert_eq!(
+            line,
+            r#"{"v":1,"command":{"cmd":"backup-dir","dir":"/var/lib/fleetgroups/backups","keep":14}}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), dir);
+        let file = r#"{"v":1,"command":{"cmd":"backup","file":"/b/x.jsonl"}}"#;
+        assert_eq!(
+            serde_json::from_str::<Request>(file).unwrap().command,
+            Command::Backup {
+                file: "/b/x.jsonl".into()
+            }
+        );
         let unknown = r#"{"v":1,"command":{"cmd":"user-drop","name":"ci"}}"#;
         assert!(serde_json::from_str::<Request>(unknown).is_err());
     }

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,9 @@ pub struct App {
     pub auth: Auth,
     pub usage: Usage,
     pub metrics: Metrics,
+    /// When the last backup succeeded (ms since the epoch, 0: none known): set by
+    /// backups through the admin socket, read at start from `backup::LAST_SUCCESS_FILE`.
+    pub backup_last_success_ms: AtomicI64,
     stopping: AtomicBool,
 }
 
@@ -94,12 +97,14 @@ impl App {
                 .usage_records()
                 .map_err(|e| StartError(format!("loading usage counters: {e:?}")))?,
         );
+        let last_backup = crate::backup::last_success(&config.data_dir).unwrap_or(0);
         Ok(App {
             config,
             store,
             auth,
             usage,
             metrics: Metrics::default(),
+            backup_last_success_ms: AtomicI64::new(last_backup),
             stopping: AtomicBool::new(false),
         })
     }
@@ -220,7 +225,8 @@ fn bootstrap(store: &Store, data_dir: &Path) -> Result<(), StartError> {
     let admin = Admin::offline(store);
     let key = admin
         .add("admin", "default", crate::store::users::Role::Write, None)
-        .map_err(|e| StartError(format!("creating the first user: {e}")))?;
+        .map_err(|e| StartError(format!("creating the first user: {e}")))?
+        .key;
     let path = data_dir.join(KEY_FILE);
     write_secret_file(&path, format!("{key}\n").as_bytes())
         .map_err(|e| StartError(format!("writing {}: {e}", path.display())))?;

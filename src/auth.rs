@@ -397,7 +397,8 @@ mod tests {
         .unwrap();
         let key = crate::users::Admin::offline(&store)
             .add("bob", "default", crate::store::users::Role::Write, None)
-            .unwrap();
+            .unwrap()
+            .key;
         let auth = Auth::load(&store, &config).unwrap();
         (dir, store, auth, key)
     }

@@ -3,14 +3,19 @@
 //! printed for the operator (a new API key) go alone on stdout; everything else goes to
 //! stderr. `user …` and `backup` go through the admin socket when a server answers on
 //! it and open the store themselves otherwise (admin.rs runs both the same way).
+//!
+//! Safe to use as root: commands that write into the data directory (`user …`,
+//! `backup`, `restore`) refuse to run as anyone but its owner (see [`owner_check`]),
+//! and with no `--config` the CLI finds the installed service's configuration in
+//! `/etc/fleetgroups/config.toml`. `--output json` gives scripts stable field names.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::admin::{ClientError, Command as AdminCommand, LimitChange, Outcome};
+use crate::admin::{ClientError, Command as AdminCommand, LimitChange, Outcome, Output};
 use crate::config::{Config, Overrides};
 use crate::store::users::Role;
 use crate::store::{OpenError, Store};
@@ -22,7 +27,8 @@ use crate::store::{OpenError, Store};
     about = "Self-hosted server for the Plaspy Groups API"
 )]
 pub struct Cli {
-    /// Configuration file (default: ./config.toml when present; env FLEETGROUPS_CONFIG).
+    /// Configuration file (env FLEETGROUPS_CONFIG; default: ./config.toml when present,
+    /// else /etc/fleetgroups/config.toml when present).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Data directory (env FLEETGROUPS_DATA_DIR; default ./data).
@@ -39,18 +45,80 @@ enum Command {
     /// Manage users and their API keys.
     #[command(subcommand)]
     User(UserCommand),
-    /// Write a consistent snapshot of everything to FILE (JSON Lines, mode 0600).
+    /// Write a consistent snapshot of everything (JSON Lines, mode 0600) to FILE, or
+    /// to a new timestamped file in --dir.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["file", "dir"])))]
     Backup {
+        /// The file to write; gzip-compressed when its name ends in .gz.
         #[arg(value_name = "FILE")]
-        file: PathBuf,
+        file: Option<PathBuf>,
+        /// Write fleetgroups-YYYYMMDDTHHMMSSZ.jsonl.gz (UTC, gzip) into DIR, created
+        /// 0700 when missing, and print its path.
+        #[arg(long, value_name = "DIR", conflicts_with = "file")]
+        dir: Option<PathBuf>,
+        /// With --dir: afterwards remove the oldest of those backups in DIR beyond the
+        /// N newest (other files are never touched). Without it, all are kept.
+        // `conflicts_with` rather than `requires = "dir"`, which clap does not enforce for
+        // an argument of a group that is satisfied; with the group it means the same.
+        #[arg(long, value_name = "N", conflicts_with = "file", value_parser = clap::value_parser!(u64).range(1..))]
+        keep: Option<u64>,
     },
-    /// Load a backup into an empty data directory.
+    /// Load a backup (plain or gzip) into an empty data directory.
     Restore {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Only verify FILE end to end, as restore would, writing nothing; exit 0 when
+        /// it is valid, 1 when not.
+        #[arg(long)]
+        check: bool,
     },
     /// Validate the configuration and print the effective values (secrets redacted).
-    CheckConfig,
+    CheckConfig(OutputArg),
+}
+
+/// `--output`, on the commands whose result scripts read.
+#[derive(Debug, Args, Default)]
+struct OutputArg {
+    /// `json`: one JSON document on stdout with stable field names, for scripts.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    /// For people (the default).
+    #[default]
+    Text,
+    /// For scripts.
+    Json,
+}
+
+impl From<OutputArg> for Output {
+    fn from(a: OutputArg) -> Output {
+        match a.output {
+            OutputFormat::Text => Output::Text,
+            OutputFormat::Json => Output::Json,
+        }
+    }
+}
+
+/// `--role`: a clap value enum, so `--help` lists the values. The store's `Role` is
+/// not one itself because the store knows nothing of the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RoleArg {
+    /// May read groups, devices and the change feed.
+    Read,
+    /// May also create, change and delete groups.
+    Write,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Read => Role::Read,
+            RoleArg::Write => Role::Write,
+        }
+    }
 }
 
 #[derive(Debug, Args, Default)]
@@ -70,21 +138,29 @@ enum UserCommand {
         /// The tenant whose groups the user sees (same characters as a name).
         #[arg(long, default_value = "default", value_parser = parse_name)]
         account: String,
-        #[arg(long, default_value = "write", value_parser = parse_role)]
-        role: Role,
+        /// What the user may do.
+        #[arg(long, value_enum, default_value_t = RoleArg::Write)]
+        role: RoleArg,
         /// Requests per UTC day (at least 1); omit for the configured default.
         #[arg(long, value_name = "N", value_parser = parse_daily_limit)]
         daily_limit: Option<u64>,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// List users with their counters.
-    List,
+    List(OutputArg),
     /// Give a user a new API key; the old key and its tokens stop working at once.
-    RotateKey { name: String },
+    RotateKey {
+        name: String,
+        #[command(flatten)]
+        output: OutputArg,
+    },
     /// Change a user's role, daily limit or disabled flag.
     Set {
         name: String,
-        #[arg(long, value_parser = parse_role)]
-        role: Option<Role>,
+        /// What the user may do.
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
         /// A number (at least 1), or `none` to use the configured default.
         #[arg(long, value_name = "N|none", value_parser = parse_limit)]
         daily_limit: Option<LimitSetting>,
@@ -93,10 +169,6 @@ enum UserCommand {
     },
     /// Remove a user and its tokens (its account's groups stay).
     Remove { name: String },
-}
-
-fn parse_role(s: &str) -> Result<Role, String> {
-    s.parse()
 }
 
 /// A user or account name is checked while parsing, so a bad one is a usage error
@@ -159,41 +231,187 @@ pub fn main() -> ExitCode {
         data_dir: cli.data_dir.clone(),
         listen,
     };
-    let config = match Config::load(&overrides) {
+    let loaded = Config::load(&overrides);
+    if let Some(Command::CheckConfig(output)) = &cli.command {
+        return check_config(&overrides, loaded, output.output);
+    }
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             say(&format!("fleetgroups: {e}\n"));
             return ExitCode::from(2);
         }
     };
+    // Commands that may create files in the data directory. Not `serve`: a container
+    // commonly runs the server as root on a volume its host user owns, and there the
+    // files are root's from the first start on. Not `restore --check`: it writes nothing.
+    let writes_data = matches!(
+        cli.command,
+        Some(Command::User(_) | Command::Backup { .. } | Command::Restore { check: false, .. })
+    );
+    if writes_data {
+        if let Err(why) = owner_check(&config.data_dir) {
+            say(&why);
+            return ExitCode::FAILURE;
+        }
+    }
     match cli.command {
         None | Some(Command::Serve(_)) => serve(config, overrides),
-        Some(Command::CheckConfig) => {
-            // The TLS files are part of the configuration: a start would refuse them.
-            if let Err(e) = crate::tls::acceptor(&config.tls) {
-                say(&format!("fleetgroups: {e}\n"));
-                return ExitCode::from(2);
-            }
-            if let Err(e) = print(&config.to_redacted_toml()) {
-                say(&format!("fleetgroups: cannot write to stdout: {e}\n"));
-                return ExitCode::FAILURE;
-            }
-            if let Some(note) = config.ignored_env_note() {
-                say(&format!("fleetgroups: {note}\n"));
-            }
-            say("configuration is valid\n");
-            ExitCode::SUCCESS
-        }
+        // Answered above, before a configuration error could stop it.
+        Some(Command::CheckConfig(_)) => ExitCode::from(2),
         Some(Command::User(cmd)) => run_admin(&config, user_command(cmd)),
-        Some(Command::Backup { file }) => match std::path::absolute(&file) {
-            Ok(file) => run_admin(&config, AdminCommand::Backup { file }),
-            Err(e) => {
-                say(&format!("fleetgroups: {}: {e}\n", file.display()));
-                ExitCode::FAILURE
-            }
-        },
-        Some(Command::Restore { file }) => restore(&config, &file),
+        Some(Command::Backup { file, dir, keep }) => {
+            // Absolute: a running server writes the file, and its working directory is
+            // not ours.
+            let target = file
+                .as_ref()
+                .or(dir.as_ref())
+                .map(|p| (p, std::path::absolute(p)));
+            let command = match (target, dir.is_some()) {
+                (Some((_, Ok(path))), false) => AdminCommand::Backup { file: path },
+                (Some((_, Ok(path))), true) => AdminCommand::BackupDir { dir: path, keep },
+                (Some((p, Err(e))), _) => {
+                    say(&format!("fleetgroups: {}: {e}\n", p.display()));
+                    return ExitCode::FAILURE;
+                }
+                // clap's argument group requires one of the two.
+                (None, _) => return ExitCode::from(2),
+            };
+            run_admin(&config, command)
+        }
+        Some(Command::Restore { file, check: true }) => check_backup(&config, &file),
+        Some(Command::Restore { file, check: false }) => restore(&config, &file),
     }
+}
+
+/// `check-config`: the effective configuration and the file it came from, or what is
+/// wrong with it (exit 2). With `--output json`, one object on stdout either way:
+/// `{"valid":true,"configFile":…|null,"config":{…},"warnings":[…]}` or
+/// `{"valid":false,"configFile":…|null,"error":"…"}` (the error also goes to stderr).
+fn check_config(
+    overrides: &Overrides,
+    loaded: Result<Config, crate::config::ConfigError>,
+    output: OutputFormat,
+) -> ExitCode {
+    let file = Config::file_from_env(overrides);
+    let file_json = file
+        .as_ref()
+        .map(|f| serde_json::Value::from(f.to_string_lossy()));
+    // The TLS files are part of the configuration: a start would refuse them.
+    let checked = loaded.map_err(|e| e.to_string()).and_then(|config| {
+        crate::tls::acceptor(&config.tls)
+            .map(|_| config)
+            .map_err(|e| e.to_string())
+    });
+    let config = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            if output == OutputFormat::Json {
+                let doc = serde_json::json!({"valid": false, "configFile": file_json, "error": e});
+                let _ = print(&format!("{doc}\n"));
+            }
+            say(&format!("fleetgroups: {e}\n"));
+            return ExitCode::from(2);
+        }
+    };
+    let note = config.ignored_env_note();
+    let printed = match output {
+        OutputFormat::Text => print(&config.to_redacted_toml()),
+        OutputFormat::Json => {
+            let doc = serde_json::json!({
+                "valid": true,
+                "configFile": file_json,
+                "config": config.redacted(),
+                "warnings": note.iter().collect::<Vec<_>>(),
+            });
+            print(&format!("{doc}\n"))
+        }
+    };
+    if let Err(e) = printed {
+        say(&format!("fleetgroups: cannot write to stdout: {e}\n"));
+        return ExitCode::FAILURE;
+    }
+    if let Some(note) = note {
+        say(&format!("fleetgroups: {note}\n"));
+    }
+    match &file {
+        Some(f) => say(&format!("configuration file: {}\n", f.display())),
+        None => say("no configuration file: built-in defaults and FLEETGROUPS_* variables\n"),
+    }
+    say("configuration is valid\n");
+    ExitCode::SUCCESS
+}
+
+/// Refuses (with how to do it right) to run a command that writes into the data
+/// directory as anyone but its owner. Root can write anywhere, but the files it
+/// creates there (sled's snapshots, a lock, a store) are root's, 0600, and the
+/// service's user can then no longer open its own store: the next start fails.
+///
+/// The owner is that of `<data_dir>/store` when there is one (what the server
+/// created), else of the data directory itself; a directory that does not exist yet
+/// is fine (the command creates it, as its user).
+fn owner_check(data_dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) =
+        std::fs::metadata(data_dir.join("store")).or_else(|_| std::fs::metadata(data_dir))
+    else {
+        return Ok(());
+    };
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() == me {
+        return Ok(());
+    }
+    let owner = user_name(meta.uid());
+    let who = |name: &Option<String>, uid: u32| match name {
+        Some(n) => format!("{n} (uid {uid})"),
+        None => format!("uid {uid}"),
+    };
+    let command = shell_words(std::env::args_os());
+    let how = match (&owner, me) {
+        (Some(name), 0) => format!("runuser -u {name} -- {command}"),
+        (None, 0) => format!(
+            "setpriv --reuid={} --regid={} --clear-groups -- {command}",
+            meta.uid(),
+            meta.gid()
+        ),
+        (Some(name), _) => format!("sudo -u {name} -- {command}"),
+        (None, _) => format!("sudo -u '#{}' -- {command}", meta.uid()),
+    };
+    Err(format!(
+        "fleetgroups: {} belongs to {}, but this command runs as {}: files it created there would belong to the wrong user and the server could no longer open its store. Nothing was done. Run it as the owner:\n  {how}\n",
+        data_dir.display(),
+        who(&owner, meta.uid()),
+        who(&user_name(me), me),
+    ))
+}
+
+/// The name of `uid` from `/etc/passwd`, if it is there (a systemd `DynamicUser` is
+/// not; then the hint uses numbers).
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id = fields.nth(1)?;
+        (id.parse::<u32>().ok()? == uid && !name.is_empty()).then(|| name.to_string())
+    })
+}
+
+/// The command line as a shell would need it typed again.
+fn shell_words(args: impl Iterator<Item = std::ffi::OsString>) -> String {
+    args.map(|a| {
+        let a = a.to_string_lossy().into_owned();
+        let plain = !a.is_empty()
+            && a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(&b));
+        if plain {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', "'\\''"))
+        }
+    })
+    .collect::<Vec<_>>()
+    .join(" ")
 }
 
 fn serve(config: Config, overrides: Overrides) -> ExitCode {
@@ -224,14 +442,21 @@ fn user_command(cmd: UserCommand) -> AdminCommand {
             account,
             role,
             daily_limit,
+            output,
         } => AdminCommand::UserAdd {
             name,
             account,
-            role,
+            role: role.into(),
             daily_limit,
+            output: output.into(),
         },
-        UserCommand::List => AdminCommand::UserList,
-        UserCommand::RotateKey { name } => AdminCommand::UserRotateKey { name },
+        UserCommand::List(output) => AdminCommand::UserList {
+            output: output.into(),
+        },
+        UserCommand::RotateKey { name, output } => AdminCommand::UserRotateKey {
+            name,
+            output: output.into(),
+        },
         UserCommand::Set {
             name,
             role,
@@ -239,7 +464,7 @@ fn user_command(cmd: UserCommand) -> AdminCommand {
             disabled,
         } => AdminCommand::UserSet {
             name,
-            role,
+            role: role.map(Role::from),
             daily_limit: daily_limit.map(|l| LimitChange { limit: l.0 }),
             disabled,
         },
@@ -281,7 +506,11 @@ fn run_admin(config: &Config, command: AdminCommand) -> ExitCode {
 
 /// The server is not answering: open the store (which fails if a server holds it).
 fn offline(config: &Config, command: &AdminCommand, socket_error: &str) -> Outcome {
-    if matches!(command, AdminCommand::Backup { .. }) && !config.data_dir.join("store").exists() {
+    if matches!(
+        command,
+        AdminCommand::Backup { .. } | AdminCommand::BackupDir { .. }
+    ) && !config.data_dir.join("store").exists()
+    {
         return Outcome::failed(
             1,
             format!(
@@ -326,6 +555,39 @@ fn restore(config: &Config, file: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             say(&format!("fleetgroups: restore failed: {e}\n"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `restore --check`: reads and checks the whole file, writes nothing, prints a summary.
+fn check_backup(config: &Config, file: &std::path::Path) -> ExitCode {
+    // Warnings restore would log (names the current rules refuse) show here too.
+    crate::log::init(&config.log);
+    let checked = crate::backup::check(file, config.limits.max_devices_per_group);
+    crate::log::flush();
+    match checked {
+        Ok(c) => {
+            let encoding = match c.encoding {
+                crate::backup::Encoding::Gzip => "gzip",
+                crate::backup::Encoding::Plain => "plain",
+            };
+            let summary = format!(
+                "{}: a valid fleetgroups backup ({encoding}, created {}, store format {})\n{}; {} records\n",
+                file.display(),
+                c.created,
+                c.store_format,
+                c.counts,
+                c.counts.records
+            );
+            if let Err(e) = print(&summary) {
+                say(&format!("fleetgroups: cannot write to stdout: {e}\n"));
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            say(&format!("fleetgroups: not a valid backup: {e}\n"));
             ExitCode::FAILURE
         }
     }
@@ -391,9 +653,16 @@ mod tests {
                 account,
                 role,
                 daily_limit,
+                output,
             } => assert_eq!(
-                (name.as_str(), account.as_str(), role, daily_limit),
-                ("ci.bot@x", "acme", Role::Read, None)
+                (
+                    name.as_str(),
+                    account.as_str(),
+                    role,
+                    daily_limit,
+                    output.output
+                ),
+                ("ci.bot@x", "acme", RoleArg::Read, None, OutputFormat::Text)
             ),
             other => panic!("{other:?}"),
         }

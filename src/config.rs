@@ -44,6 +44,17 @@ pub struct Config {
 /// on a machine where the disk cannot be made to fail. Logged loudly when set.
 pub const FAULT_FAIL_FLUSH_AFTER: &str = "FLEETGROUPS_FAULT_FAIL_FLUSH_AFTER";
 
+/// The configuration file used when none is named (`--config`, `FLEETGROUPS_CONFIG`)
+/// and there is no `./config.toml`: where the Debian package's conffile and the unit's
+/// `ConfigurationDirectory=` put it, so `fleetgroups user list` typed on a gateway
+/// finds the service's data directory and socket without `--config`.
+pub const SYSTEM_CONFIG: &str = "/etc/fleetgroups/config.toml";
+
+/// Name of the variable that replaces [`SYSTEM_CONFIG`]'s path (empty: no such
+/// fallback). Not a configuration key: it exists so tests (and installations under
+/// another prefix) do not depend on what is in `/etc` of the machine they run on.
+pub const SYSTEM_CONFIG_ENV: &str = "FLEETGROUPS_SYSTEM_CONFIG";
+
 /// Faults to inject (tests only).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FaultInjection {
@@ -312,10 +323,7 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Loads the configuration from the process environment and `overrides`.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
-        let env: BTreeMap<String, String> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("FLEETGROUPS_"))
-            .collect();
-        Self::load_from(overrides, &env)
+        Self::load_from(overrides, &fleetgroups_env())
     }
 
     /// Loads from an explicit environment map (tests use this; no global state).
@@ -323,17 +331,8 @@ impl Config {
         overrides: &Overrides,
         env: &BTreeMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        let file = overrides
-            .config_file
-            .clone()
-            .or_else(|| env.get("FLEETGROUPS_CONFIG").map(PathBuf::from))
-            .map(|p| (p, true))
-            .or_else(|| {
-                let p = PathBuf::from("config.toml");
-                p.exists().then_some((p, false))
-            });
-        let mut table = match &file {
-            Some((path, _)) => read_table(path)?,
+        let mut table = match Self::file(overrides, env) {
+            Some(path) => read_table(&path)?,
             None => toml::Table::new(),
         };
         let ignored_env = apply_env(&mut table, env)?;
@@ -357,6 +356,32 @@ impl Config {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// The configuration file to read: `--config`, else `FLEETGROUPS_CONFIG` (both must
+    /// exist), else `./config.toml`, else [`SYSTEM_CONFIG`] (or what
+    /// [`SYSTEM_CONFIG_ENV`] names), when they exist; `None` means the built-in defaults.
+    pub fn file(overrides: &Overrides, env: &BTreeMap<String, String>) -> Option<PathBuf> {
+        if let Some(named) = overrides
+            .config_file
+            .clone()
+            .or_else(|| env.get("FLEETGROUPS_CONFIG").map(PathBuf::from))
+        {
+            return Some(named);
+        }
+        let local = PathBuf::from("config.toml");
+        if local.exists() {
+            return Some(local);
+        }
+        let system = env
+            .get(SYSTEM_CONFIG_ENV)
+            .map_or_else(|| PathBuf::from(SYSTEM_CONFIG), PathBuf::from);
+        (!system.as_os_str().is_empty() && system.exists()).then_some(system)
+    }
+
+    /// [`Config::file`] for the process environment.
+    pub fn file_from_env(overrides: &Overrides) -> Option<PathBuf> {
+        Self::file(overrides, &fleetgroups_env())
     }
 
     /// Checks values that parse but cannot work.
@@ -442,11 +467,16 @@ impl Config {
 
     /// The effective configuration as TOML, secrets redacted (`check-config`).
     pub fn to_redacted_toml(&self) -> String {
+        toml::to_string(&self.redacted()).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// A copy with secrets replaced by `***` (for showing it).
+    pub fn redacted(&self) -> Config {
         let mut shown = self.clone();
         if !shown.tls.key.is_empty() {
             shown.tls.key = "***".into();
         }
-        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        shown
     }
 
     /// One warning naming the ignored service-link variables, if there were any.
@@ -482,11 +512,42 @@ impl Config {
     }
 }
 
+/// The process's `FLEETGROUPS_*` variables.
+fn fleetgroups_env() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("FLEETGROUPS_"))
+        .collect()
+}
+
 fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-    text.parse::<toml::Table>()
-        .map_err(|e| ConfigError(format!("{}: {}", path.display(), describe_toml_error(&e))))
+    text.parse::<toml::Table>().map_err(|e| {
+        let at = e
+            .span()
+            .map(|span| {
+                let (line, column) = line_and_column(&text, span.start);
+                format!(" line {line}, column {column}")
+            })
+            .unwrap_or_default();
+        ConfigError(format!(
+            "{}:{at}: {}",
+            path.display(),
+            describe_toml_error(&e)
+        ))
+    })
+}
+
+/// 1-based line and column (in characters, as editors count them) of a byte offset.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut at = offset.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[start..].chars().count() + 1)
 }
 
 /// toml's errors name the key ("unknown field `x`, expected one of …", "invalid type");
@@ -630,7 +691,10 @@ fn apply_env(
     let keys = known_keys();
     let mut ignored = Vec::new();
     for (name, raw) in env {
-        if name == "FLEETGROUPS_CONFIG" || name == FAULT_FAIL_FLUSH_AFTER {
+        if name == "FLEETGROUPS_CONFIG"
+            || name == SYSTEM_CONFIG_ENV
+            || name == FAULT_FAIL_FLUSH_AFTER
+        {
             continue;
         }
         let found = keys.iter().find(|(section, key, _)| {
@@ -717,6 +781,23 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::load_from(&overrides, &env)
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line_and_column() {
+        let e = load(
+            &[],
+            Some("listen = \"127.0.0.1:8080\"\n[limits]\nmax_body_bytes = = 5\n"),
+        )
+        .unwrap_err();
+        assert!(e.0.contains(": line 3, column 18: "), "{e}");
+        // Columns count characters, not bytes.
+        let e = load(&[], Some("# ünïcödé\nlisten = \"x\" y\n")).unwrap_err();
+        assert!(e.0.contains(": line 2, column 14: "), "{e}");
+        assert_eq!(line_and_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_and_column("ab\ncd", 3), (2, 1));
+        assert_eq!(line_and_column("ab\ncd", 99), (2, 3));
+        assert_eq!(line_and_column("é", 1), (1, 1));
     }
 
     #[test]

@@ -229,6 +229,12 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
         }
+        // 0 until a backup is known: `time() - …` is then huge and an alert fires.
+        let _ = writeln!(
+            out,
+            "# HELP fleetgroups_backup_last_success_timestamp_seconds When the last backup of this data directory succeeded (Unix time; 0: none known).\n# TYPE fleetgroups_backup_last_success_timestamp_seconds gauge\nfleetgroups_backup_last_success_timestamp_seconds {}",
+            app.backup_last_success_ms.load(Ordering::Relaxed) as f64 / 1e3
+        );
         out
     }
 }

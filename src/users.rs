@@ -37,6 +37,13 @@ pub struct UserChanges {
     pub disabled: Option<bool>,
 }
 
+/// A new API key (shown once, never stored) and the user it belongs to, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewKey {
+    pub key: String,
+    pub user: UserRecord,
+}
+
 /// One row of `user list`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRow {
@@ -86,7 +93,7 @@ impl<'a> Admin<'a> {
         account: &str,
         role: Role,
         daily_limit: Option<u64>,
-    ) -> Result<String, AdminError> {
+    ) -> Result<NewKey, AdminError> {
         if !valid_name(name) {
             return Err(AdminError(format!(
                 "invalid user name {name:?}: use 1-64 of A-Z a-z 0-9 . _ @ -"
@@ -114,8 +121,8 @@ impl<'a> Admin<'a> {
             created: now,
         };
         self.store.put_user(&user, false)?;
-        self.publish(name, Some(user));
-        Ok(key)
+        self.publish(name, Some(user.clone()));
+        Ok(NewKey { key, user })
     }
 
     /// Every user with its counters.
@@ -146,15 +153,15 @@ impl<'a> Admin<'a> {
     }
 
     /// Gives a user a new key; the old key and every token issued from it die at once.
-    pub fn rotate_key(&self, name: &str) -> Result<String, AdminError> {
+    pub fn rotate_key(&self, name: &str) -> Result<NewKey, AdminError> {
         let mut user = self.existing(name)?;
         let key = generate_key();
         user.key_hash = hash_key(&key)?;
         user.key_generation += 1;
         user.key_created = now_ms();
         self.store.put_user(&user, true)?;
-        self.publish(name, Some(user));
-        Ok(key)
+        self.publish(name, Some(user.clone()));
+        Ok(NewKey { key, user })
     }
 
     /// Changes role, daily limit or the disabled flag; disabling revokes the tokens.
@@ -181,6 +188,48 @@ impl<'a> Admin<'a> {
         self.publish(name, None);
         Ok(())
     }
+}
+
+/// A user's fields for `--output json`: the names scripts rely on (camelCase, like the
+/// API and the admin protocol); times as RFC 3339, absent limits as null. Never the
+/// key hash.
+fn user_json(user: &UserRecord) -> serde_json::Map<String, serde_json::Value> {
+    let mut o = serde_json::Map::new();
+    o.insert("name".into(), user.name.clone().into());
+    o.insert("account".into(), user.account.clone().into());
+    o.insert("role".into(), user.role.to_string().into());
+    o.insert("dailyLimit".into(), user.daily_limit.into());
+    o.insert("disabled".into(), user.disabled.into());
+    o.insert("keyCreated".into(), rfc3339_ms(user.key_created).into());
+    o
+}
+
+/// `user list --output json`: `{"users":[{…}]}` on one line, the columns of the table.
+pub fn render_list_json(rows: &[UserRow]) -> String {
+    let users: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let mut o = user_json(&r.user);
+            o.insert("apiUsage".into(), r.usage.total.into());
+            o.insert("apiDailyUsage".into(), r.usage.daily.into());
+            o.insert(
+                "lastUsed".into(),
+                (r.usage.last_used > 0)
+                    .then(|| rfc3339_ms(r.usage.last_used))
+                    .into(),
+            );
+            serde_json::Value::Object(o)
+        })
+        .collect();
+    format!("{}\n", serde_json::json!({ "users": users }))
+}
+
+/// `user add` / `rotate-key --output json`: the user and its new key (`apiKey`), on one
+/// line; the only JSON output that holds a key.
+pub fn render_key_json(new: &NewKey) -> String {
+    let mut o = user_json(&new.user);
+    o.insert("apiKey".into(), new.key.clone().into());
+    format!("{}\n", serde_json::Value::Object(o))
 }
 
 /// Renders `user list` as aligned columns.

@@ -302,8 +302,23 @@ impl Store {
         if !self.groups.is_empty() || !self.users.is_empty() {
             return Err("the store is not empty; restore only into an empty one".into());
         }
-        Ok(Importer {
-            store: self,
+        Ok(Importer::new(Some(self), self.max_devices))
+    }
+}
+
+impl Importer<'static> {
+    /// An importer that runs every check on the records and stores nothing
+    /// (`restore --check`): the same code path as a restore, minus the writes.
+    pub fn check_only(max_devices: usize) -> Importer<'static> {
+        Importer::new(None, max_devices)
+    }
+}
+
+impl<'a> Importer<'a> {
+    fn new(store: Option<&'a Store>, max_devices: usize) -> Importer<'a> {
+        Importer {
+            store,
+            max_devices,
             batches: (0..TREE_NAMES.len())
                 .map(|_| sled::Batch::default())
                 .collect(),
@@ -321,18 +336,21 @@ impl Store {
             max_group: 0,
             max_change: 0,
             counts: Counts::default(),
-        })
+        }
     }
 }
 
 /// Rebuilds a store from records, checking each as it comes; nothing is durable until
 /// [`Importer::finish`]. Restore removes the store when any step fails.
 pub struct Importer<'a> {
-    store: &'a Store,
+    /// `None`: check only, write nothing.
+    store: Option<&'a Store>,
     batches: Vec<sled::Batch>,
     pending: usize,
     sequences: Option<(u64, u64)>,
     group_ids: HashSet<u64>,
+    /// `limits.max_devices_per_group`: what each group is held to, as a live write is.
+    max_devices: usize,
     /// Name index key → the group that holds it.
     names: HashMap<Vec<u8>, u64>,
     /// Names as earlier versions compared them (`to_lowercase`): equal there means a
@@ -410,6 +428,9 @@ fn checked_doc(
 
 impl Importer<'_> {
     fn put(&mut self, tree: TreeId, k: Vec<u8>, v: Vec<u8>) -> Result<(), String> {
+        if self.store.is_none() {
+            return Ok(());
+        }
         self.batches[tree as usize].insert(k, v);
         self.pending += 1;
         if self.pending >= 4096 {
@@ -419,8 +440,11 @@ impl Importer<'_> {
     }
 
     fn apply(&mut self) -> Result<(), String> {
+        let Some(store) = self.store else {
+            return Ok(());
+        };
         for (i, batch) in self.batches.iter_mut().enumerate() {
-            self.store.trees[i]
+            store.trees[i]
                 .apply_batch(std::mem::take(batch))
                 .map_err(|e| format!("writing the store: {e}"))?;
         }
@@ -526,11 +550,11 @@ impl Importer<'_> {
                 }
                 let doc = checked_doc(&name, &description, &devices)
                     .map_err(|e| format!("group {gid}: {e}"))?;
-                if doc.devices.len() > self.store.max_devices {
+                if doc.devices.len() > self.max_devices {
                     return Err(format!(
                         "group {gid}: {} devices, more than limits.max_devices_per_group ({}) allows",
                         doc.devices.len(),
-                        self.store.max_devices
+                        self.max_devices
                     ));
                 }
                 if !self.group_ids.insert(id) {
@@ -705,13 +729,16 @@ impl Importer<'_> {
             next_change.to_be_bytes().to_vec(),
         )?;
         self.apply()?;
+        let Some(store) = self.store else {
+            return Ok(self.counts);
+        };
         // The in-memory sequences must match, should the store be used before reopening.
         {
-            let mut w = self.store.lock_writer();
+            let mut w = store.lock_writer();
             w.next_group = next_group;
             w.next_change = next_change;
         }
-        self.store.flush_blocking()?;
+        store.flush_blocking()?;
         Ok(self.counts)
     }
 }

@@ -202,11 +202,11 @@ fn serve_once(
     socket: &std::path::Path,
 ) -> CliOutput {
     let mut cmd = std::process::Command::new(BIN);
+    crate::support::clear_fleetgroups_env(&mut cmd);
     cmd.current_dir(cwd)
         .arg("--data-dir")
         .arg(data)
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .env_remove("FLEETGROUPS_CONFIG")
         .env("FLEETGROUPS_ADMIN_SOCKET", socket);
     run_with_deadline(cmd, Duration::from_secs(30))
 }
@@ -295,12 +295,13 @@ fn other_users_are_refused_and_logged() {
     let server = TestServer::with(Options::default().env("FLEETGROUPS_ADMIN_SOCKET", sock_s));
     // Open the mode fence so only the uid check stands in the way.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).expect("chmod");
-    let out = std::process::Command::new("setpriv")
+    let mut setpriv = std::process::Command::new("setpriv");
+    crate::support::clear_fleetgroups_env(&mut setpriv);
+    let out = setpriv
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(&bin)
         .args(["--data-dir", "/nonexistent", "user", "list"])
         .env("FLEETGROUPS_ADMIN_SOCKET", sock_s)
-        .env_remove("FLEETGROUPS_CONFIG")
         .current_dir(shared.path())
         .output()
         .expect("setpriv");

@@ -1,7 +1,8 @@
 //! `backup` and `restore`: a round trip keeps every group, user, counter, change-feed
 //! entry, idempotency record and the ID sequences; a backup works with the server
 //! running (through the admin socket) and stopped, and both give the same records;
-//! restore refuses bad input and a non-empty directory and leaves nothing behind.
+//! restore refuses bad input and a non-empty directory and leaves nothing behind, and
+//! `restore --check` refuses the same input for the same reasons.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -303,14 +304,32 @@ fn restore_refuses_bad_input_and_leaves_nothing_behind() {
             "{name}: restore left {} behind",
             missing.display()
         );
+        // `restore --check` refuses it for the same reason, and creates nothing.
+        let out = cli_in(
+            &missing,
+            &["restore", "--check", file.to_str().expect("utf-8")],
+            &[],
+        );
+        assert_eq!(out.code, 1, "{name}: {out:?}");
+        assert!(out.stderr.contains(expected), "{name}: {}", out.stderr);
+        assert!(
+            !missing.exists(),
+            "{name}: --check created the data directory"
+        );
         // Into an empty directory: it must be empty afterwards.
         let empty = dir.path().join(format!("{name}-empty"));
         std::fs::create_dir(&empty).expect("mkdir");
         assert_eq!(restore(&empty, &file).code, 1, "{name}");
         assert_eq!(std::fs::read_dir(&empty).expect("ls").count(), 0, "{name}");
     }
-    // And the good file still restores.
+    // And the good file still checks and restores.
     let fine = dir.path().join("fine");
+    ok(cli_in(
+        &fine,
+        &["restore", "--check", good.to_str().expect("utf-8")],
+        &[],
+    ));
+    assert!(!fine.exists());
     ok(restore(&fine, &good));
 }
 

@@ -330,12 +330,12 @@ fn check_config_validates_and_names_the_bad_key() {
         );
         // Nothing starts half-configured: `serve` refuses the same way, creating nothing.
         let mut serve = std::process::Command::new(BIN);
+        crate::support::clear_fleetgroups_env(&mut serve);
         serve
             .current_dir(dir.path())
             .arg("--data-dir")
             .arg(&data)
-            .args(["--config", path, "serve", "--listen", "127.0.0.1:0"])
-            .env_remove("FLEETGROUPS_CONFIG");
+            .args(["--config", path, "serve", "--listen", "127.0.0.1:0"]);
         let out = run_with_deadline(serve, Duration::from_secs(30));
         assert_eq!(out.code, 2, "{text:?}: {out:?}");
         assert!(out.stderr.contains(key), "{out:?}");
@@ -357,9 +357,9 @@ fn the_data_directory_may_come_from_the_environment() {
     let data = dir.path().join("from-env");
     let run = |args: &[&str]| {
         let mut cmd = std::process::Command::new(BIN);
+        crate::support::clear_fleetgroups_env(&mut cmd);
         cmd.current_dir(dir.path())
             .args(args)
-            .env_remove("FLEETGROUPS_CONFIG")
             .env("FLEETGROUPS_DATA_DIR", &data);
         run_with_deadline(cmd, Duration::from_secs(60))
     };

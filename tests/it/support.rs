@@ -428,13 +428,16 @@ fn spawn(dir: &Path, options: &Options) -> Spawned {
 
 /// The server refuses unknown `FLEETGROUPS_*` variables, and the test process may carry
 /// its own (`FLEETGROUPS_CRASH_ROUNDS`) or an operator's: children get only what a test
-/// passes in `Options`.
+/// passes in `Options`. Nor do they read the machine's `/etc/fleetgroups/config.toml`
+/// (there when the package is installed): `FLEETGROUPS_SYSTEM_CONFIG` is set empty, and
+/// a test that wants a system-wide file passes its own path.
 pub fn clear_fleetgroups_env(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("FLEETGROUPS_") {
             cmd.env_remove(k);
         }
     }
+    cmd.env("FLEETGROUPS_SYSTEM_CONFIG", "");
 }
 
 /// Output of one CLI run.
