@@ -312,6 +312,7 @@ impl Store {
             META_NEXT_CHANGE.to_vec(),
             Some(next_change.to_be_bytes().to_vec()),
         ));
+        self.reserve(w, next_group, next_change)?;
         // With relaxed durability nobody waits for a flush, so there is nothing to undo.
         let undo = self.durability == crate::config::Durability::Fsync;
         self.apply_ops(w, &ops, undo)?;

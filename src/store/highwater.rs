@@ -7,11 +7,17 @@
 //! a new `admin`. At open the log's own marks are compared with these: a log that ends
 //! before them is damaged, and the store is refused.
 //!
-//! The file is written at every clean close and, while serving, within a second of a
-//! change (`App`'s upkeep), so what it protects is everything but the last second
-//! before a crash. (Keeping it exact would cost a second fsync per group commit; the
-//! log's own recovery already covers a crash's last second, it is damage to the log
-//! that this catches.)
+//! The marks are written at every clean close and, while serving, within a second of a
+//! change (`App`'s upkeep), so damage is detected for everything but the last second
+//! before it. (Keeping them exact would cost a second fsync per group commit.)
+//!
+//! IDs are protected exactly, the way database sequences are: the file also holds a
+//! *reservation* — group numbers and change sequences below `reserved_*` may have been
+//! handed out — and a writer extends it durably (by [`RESERVE`]) before it hands out a
+//! number at or past it. A start continues from the reservation, so even a log that
+//! lost its last writes without a trace never hands out a number a client has seen. A
+//! crash therefore skips up to `RESERVE` numbers (harmless: IDs only have to grow); a
+//! clean close records the reservation at the marks, so a restart skips none.
 
 use std::io::Write;
 use std::path::Path;
@@ -19,12 +25,20 @@ use std::path::Path;
 /// The file's name in the store directory.
 pub const FILE: &str = "highwater";
 
+/// How far a reservation reaches past the number that needed it: one fsync of this file
+/// per this many creates (or changes), and at most this many numbers skipped by a crash.
+pub const RESERVE: u64 = 128;
+
 /// What the file records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HighWater {
     pub next_group: u64,
     pub next_change: u64,
     pub users: u64,
+    /// No group number at or above this has been handed out.
+    pub reserved_group: u64,
+    /// No change sequence at or above this has been written.
+    pub reserved_change: u64,
 }
 
 impl HighWater {
@@ -47,6 +61,8 @@ impl HighWater {
                 "next_group" => &mut hw.next_group,
                 "next_change" => &mut hw.next_change,
                 "users" => &mut hw.users,
+                "reserved_group" => &mut hw.reserved_group,
+                "reserved_change" => &mut hw.reserved_change,
                 _ => continue,
             };
             *slot = v
@@ -55,7 +71,7 @@ impl HighWater {
                 .map_err(|_| format!("{} holds {line:?}, not a number", path.display()))?;
             seen += 1;
         }
-        if seen != 3 {
+        if seen != 5 {
             return Err(format!("{} is incomplete", path.display()));
         }
         Ok(Some(hw))
@@ -67,8 +83,12 @@ impl HighWater {
         let mut f = std::fs::File::create(&tmp)?;
         writeln!(
             f,
-            "next_group {}\nnext_change {}\nusers {}",
-            self.next_group, self.next_change, self.users
+            "next_group {}\nnext_change {}\nusers {}\nreserved_group {}\nreserved_change {}",
+            self.next_group,
+            self.next_change,
+            self.users,
+            self.reserved_group,
+            self.reserved_change
         )?;
         f.sync_all()?;
         std::fs::rename(&tmp, store_dir.join(FILE))?;
@@ -113,6 +133,8 @@ mod tests {
             next_group: 10,
             next_change: 20,
             users: 2,
+            reserved_group: 138,
+            reserved_change: 148,
         };
         hw.write(dir.path()).unwrap();
         assert_eq!(HighWater::read(dir.path()).unwrap(), Some(hw));

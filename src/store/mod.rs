@@ -166,6 +166,9 @@ struct UndoEntry {
 struct Writer {
     next_group: u64,
     next_change: u64,
+    /// The durable reservation (`highwater.rs`): numbers below these may be handed out.
+    reserved_group: u64,
+    reserved_change: u64,
     undo: Vec<UndoEntry>,
 }
 
@@ -313,10 +316,14 @@ impl Store {
                 .map_err(|e| OpenError::Other(e.to_string()))?
                 .as_deref(),
         );
+        let next_group = read_seq(META_NEXT_GROUP)?;
+        let next_change = read_seq(META_NEXT_CHANGE)?;
         let log_marks = highwater::HighWater {
-            next_group: read_seq(META_NEXT_GROUP)?,
-            next_change: read_seq(META_NEXT_CHANGE)?,
+            next_group,
+            next_change,
             users: tree("users")?.len() as u64,
+            reserved_group: next_group,
+            reserved_change: next_change,
         };
         let recorded = highwater::HighWater::read(&dir).map_err(|what| OpenError::Damaged {
             path: data_dir.to_path_buf(),
@@ -328,9 +335,20 @@ impl Store {
                 what,
             });
         }
+        // Continue after everything that may have been handed out: the log's own marks,
+        // or the reservation when it reaches further (a crash inside a reservation).
+        let (start_group, start_change) = match recorded {
+            Some(hw) => (
+                next_group.max(hw.reserved_group),
+                next_change.max(hw.reserved_change),
+            ),
+            None => (next_group, next_change),
+        };
         let writer = Arc::new(Mutex::new(Writer {
-            next_group: log_marks.next_group,
-            next_change: log_marks.next_change,
+            next_group: start_group,
+            next_change: start_change,
+            reserved_group: start_group,
+            reserved_change: start_change,
             undo: Vec::new(),
         }));
         let trees = TREE_NAMES
@@ -383,6 +401,20 @@ impl Store {
             recorded: Mutex::new(recorded),
             retention: Mutex::new(retention),
         };
+        if (start_group, start_change) != (next_group, next_change) {
+            // Started inside a reservation (the last run crashed): the log learns the
+            // new starting point, so its marks and the high-water file agree again.
+            for (key, value) in [
+                (META_NEXT_GROUP, start_group),
+                (META_NEXT_CHANGE, start_change),
+            ] {
+                store
+                    .meta
+                    .insert(key, &value.to_be_bytes())
+                    .map_err(|e| OpenError::Other(e.to_string()))?;
+            }
+            store.flush_blocking().map_err(OpenError::Other)?;
+        }
         let rules = store
             .meta
             .get(META_NAME_RULES)
@@ -561,7 +593,15 @@ impl Store {
         if let Err(e) = self.save_retention_clock() {
             tracing::warn!(error = ?e, "could not save the change-feed retention clock");
         }
-        let marks = self.marks();
+        // Everything is written: the reservation shrinks to the marks, so the next
+        // start skips no numbers.
+        let marks = {
+            let mut w = lock(&self.writer);
+            w.reserved_group = w.next_group;
+            w.reserved_change = w.next_change;
+            drop(w);
+            self.marks()
+        };
         let r = self.flush_blocking();
         self.commit.stop();
         r?;
@@ -588,7 +628,40 @@ impl Store {
             next_group: w.next_group,
             next_change: w.next_change,
             users: self.users.len() as u64,
+            reserved_group: w.reserved_group,
+            reserved_change: w.reserved_change,
         }
+    }
+
+    /// Makes sure `next_group` and `next_change` lie inside the durable reservation
+    /// before a write hands them out (under the writer mutex). Extending it writes and
+    /// fsyncs the high-water file: once per `RESERVE` numbers. A failure refuses the
+    /// write (503) before anything is applied.
+    fn reserve(&self, w: &mut Writer, next_group: u64, next_change: u64) -> Result<(), ApiError> {
+        if next_group <= w.reserved_group && next_change <= w.reserved_change {
+            return Ok(());
+        }
+        let reserved_group = w.reserved_group.max(next_group + highwater::RESERVE);
+        let reserved_change = w.reserved_change.max(next_change + highwater::RESERVE);
+        let mut last = lock(&self.recorded);
+        let base = last.unwrap_or(highwater::HighWater {
+            next_group: w.next_group,
+            next_change: w.next_change,
+            users: 0,
+            reserved_group: 0,
+            reserved_change: 0,
+        });
+        let hw = highwater::HighWater {
+            reserved_group,
+            reserved_change,
+            ..base
+        };
+        hw.write(&self.dir)
+            .map_err(|e| self.fail(format!("reserving IDs: {e}")))?;
+        *last = Some(hw);
+        w.reserved_group = reserved_group;
+        w.reserved_change = reserved_change;
+        Ok(())
     }
 
     fn write_highwater(&self, marks: highwater::HighWater) -> std::io::Result<()> {
