@@ -22,6 +22,7 @@
 //! undone: a skipped number costs nothing, a reused one could confuse a reader.
 
 pub mod changes;
+pub mod check;
 mod commit;
 pub mod export;
 pub mod groups;

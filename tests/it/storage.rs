@@ -395,3 +395,72 @@ fn an_id_a_client_has_seen_is_never_handed_out_again_even_when_the_log_loses_it(
     let n: u64 = id.trim_start_matches("grp-").parse().expect("number");
     assert!(n > 5, "{id} was handed out again");
 }
+
+#[test]
+fn check_reports_a_clean_store_and_each_kind_of_damage() {
+    let mut server = TestServer::start();
+    let admin = server.client(&server.admin_token());
+    admin.create(&json!({"name": "Trucks", "devices": ["d1", "d2"]}));
+    admin.create(&json!({"name": "Vans", "devices": ["d2"]}));
+    admin
+        .put(
+            "/api/groups/grp-2",
+            &json!({"name": "Vans", "devices": ["d3"]}),
+        )
+        .expect_ok(200);
+    // A running server's store is not checked (it changes under the check).
+    let busy = server.cli(&["check"]);
+    assert_eq!(busy.code, 1, "{busy:?}");
+    assert!(busy.stderr.contains("stop it first"), "{}", busy.stderr);
+    assert!(server.stop().success());
+
+    let clean = server.cli(&["check"]);
+    assert_eq!(clean.code, 0, "{clean:?}");
+    assert!(
+        clean.stdout.contains("2 groups, 2 name index entries, 3 device index entries, 3 change-feed entries, 1 users")
+            && clean.stdout.ends_with("clean\n"),
+        "{}",
+        clean.stdout
+    );
+
+    // Damage an index behind the store's back, as a lying disk could: the device
+    // index loses an entry and gains a stale one.
+    {
+        let db = sled::open(server.data_dir().join("store")).expect("sled");
+        let devices = db.open_tree("devices").expect("tree");
+        let key = |device: &str, n: u64| {
+            let mut k = b"default\0".to_vec();
+            k.extend_from_slice(device.as_bytes());
+            k.push(0);
+            k.extend_from_slice(&n.to_be_bytes());
+            k
+        };
+        devices.remove(key("d3", 2)).expect("remove");
+        devices
+            .insert(key("ghost", 1), b"".to_vec())
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let before = snapshot(&server.data_dir());
+    let damaged = server.cli(&["check"]);
+    assert_eq!(damaged.code, 1, "{damaged:?}");
+    for needle in [
+        "grp-2: device \"d3\" is not in the device index",
+        "puts \"ghost\" in grp-1, which does not hold it",
+        "DAMAGED: 2 problems",
+    ] {
+        assert!(
+            damaged.stdout.contains(needle),
+            "{needle:?} in {}",
+            damaged.stdout
+        );
+    }
+    assert_eq!(
+        changed_files(&before, &snapshot(&server.data_dir()))
+            .into_iter()
+            .filter(|p| !p.contains("/store"))
+            .collect::<Vec<_>>(),
+        Vec::<String>::new(),
+        "check writes nothing of ours (sled keeps its own files)"
+    );
+}

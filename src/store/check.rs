@@ -1,0 +1,302 @@
+//! `fleetgroups check`: verifies a stopped store end to end and reports what it found.
+//! Opening the store already runs the fast part (format version, a log that is there
+//! and not behind the high-water marks, sled able to read it); this reads everything:
+//! every group parses and passes the §4 rules, the name and device indexes and the
+//! per-account counts agree with the groups, every ID and change sequence lies below
+//! the next ones, every change-feed entry parses and sits under its own sequence, and
+//! every user record parses. Read-only: nothing is written, so a damaged store stays
+//! as it was found.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::groups::{count_key, GroupView};
+use super::{keys, Store};
+use crate::model::{name_key, GroupId};
+
+/// What `check` found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub groups: u64,
+    pub names: u64,
+    pub device_entries: u64,
+    pub changes: u64,
+    pub users: u64,
+    /// Everything wrong, one sentence each (the first `MAX_PROBLEMS`).
+    pub problems: Vec<String>,
+    /// How many problems there were in all.
+    pub problem_count: u64,
+}
+
+/// Problems listed one by one; past this, only counted.
+const MAX_PROBLEMS: usize = 50;
+
+impl Report {
+    fn problem(&mut self, what: String) {
+        self.problem_count += 1;
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(what);
+        }
+    }
+
+    /// Whether the store passed.
+    pub fn clean(&self) -> bool {
+        self.problem_count == 0
+    }
+}
+
+/// The account name of an account-scoped key (everything before the first 0x00).
+fn account_of(k: &[u8]) -> Option<String> {
+    let sep = k.iter().position(|b| *b == 0)?;
+    String::from_utf8(k[..sep].to_vec()).ok()
+}
+
+impl Store {
+    /// Reads the whole store and checks it (see the module comment). Read errors are
+    /// problems too.
+    pub fn check(&self) -> Report {
+        let mut r = Report::default();
+        let (next_group, next_change) = {
+            let w = super::lock(&self.writer);
+            (w.next_group, w.next_change)
+        };
+        // (account, n) → (folded name, devices) of every group that parses.
+        let mut groups: BTreeMap<(String, u64), (String, HashSet<String>)> = BTreeMap::new();
+        let mut per_account: HashMap<String, u64> = HashMap::new();
+        for item in self.groups.iter() {
+            let (k, raw) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    r.problem(format!("reading the groups: {e}"));
+                    break;
+                }
+            };
+            r.groups += 1;
+            let (Some(account), Some(n)) = (account_of(&k), keys::trailing_u64(&k)) else {
+                r.problem(format!(
+                    "a group key that is not account + number: {:?}",
+                    &k[..]
+                ));
+                continue;
+            };
+            let id = GroupId(n);
+            if n == 0 || n >= next_group {
+                r.problem(format!(
+                    "{account}/{id}: not below the next group number {next_group}"
+                ));
+            }
+            let view = match GroupView::new(id, raw) {
+                Ok(v) => v,
+                Err(e) => {
+                    r.problem(format!("{account}/{id}: does not parse ({e:?})"));
+                    continue;
+                }
+            };
+            let doc = match view.doc() {
+                Ok(d) => d,
+                Err(e) => {
+                    r.problem(format!(
+                        "{account}/{id}: its document does not parse ({e:?})"
+                    ));
+                    continue;
+                }
+            };
+            // Names written before the current name rules are kept as they were (see
+            // names.rs), so a name is held to the rules every version enforced; every
+            // other field to the current ones.
+            let body = serde_json::json!({"name": "placeholder", "description": doc.description, "devices": doc.devices});
+            let rules = crate::model::Rules {
+                max_devices: self.max_devices,
+            };
+            match crate::model::validate_doc(&body, rules) {
+                Ok(valid) if valid.devices == doc.devices => {}
+                Ok(_) => r.problem(format!("{account}/{id}: devices are not distinct")),
+                Err(e) => r.problem(format!("{account}/{id}: {}", e.message())),
+            }
+            let chars = doc.name.chars().count();
+            if doc.name.trim() != doc.name
+                || chars == 0
+                || chars > crate::model::MAX_NAME_CHARS
+                || doc.name.chars().any(char::is_control)
+            {
+                r.problem(format!(
+                    "{account}/{id}: the name {:?} breaks the name rules",
+                    doc.name
+                ));
+            }
+            if view.revision() == 0 {
+                r.problem(format!("{account}/{id}: revision 0"));
+            }
+            if view.last_modified() < view.creation() {
+                r.problem(format!("{account}/{id}: lastModified before creation"));
+            }
+            *per_account.entry(account.clone()).or_default() += 1;
+            groups.insert(
+                (account, n),
+                (name_key(&doc.name), doc.devices.into_iter().collect()),
+            );
+        }
+        self.check_names(&groups, &mut r);
+        self.check_devices(&groups, &mut r);
+        for (account, n) in &per_account {
+            let stored = self
+                .meta
+                .get(count_key(account))
+                .ok()
+                .flatten()
+                .and_then(|v| keys::read_u64(&v))
+                .unwrap_or(0);
+            if stored != *n {
+                r.problem(format!(
+                    "account {account}: the group count says {stored}, there are {n}"
+                ));
+            }
+        }
+        self.check_changes(next_change, &mut r);
+        for item in self.users.iter() {
+            match item {
+                Ok((k, _)) => {
+                    r.users += 1;
+                    let name = String::from_utf8_lossy(&k).into_owned();
+                    if let Err(e) = self.user(&name) {
+                        r.problem(format!("user {name}: does not parse ({e:?})"));
+                    }
+                }
+                Err(e) => {
+                    r.problem(format!("reading the users: {e}"));
+                    break;
+                }
+            }
+        }
+        r
+    }
+
+    /// Every group's folded name is indexed, by it or (two names that fold the same in
+    /// a store written before folding) by an older group of that name; every entry
+    /// names an existing group of that name.
+    fn check_names(
+        &self,
+        groups: &BTreeMap<(String, u64), (String, HashSet<String>)>,
+        r: &mut Report,
+    ) {
+        let mut index: HashMap<Vec<u8>, u64> = HashMap::new();
+        for item in self.names.iter() {
+            let Ok((k, v)) = item else {
+                r.problem("reading the name index failed".into());
+                return;
+            };
+            r.names += 1;
+            let (Some(account), Some(n)) = (account_of(&k), keys::read_u64(&v)) else {
+                r.problem(format!(
+                    "a name index entry that does not parse: {:?}",
+                    &k[..]
+                ));
+                continue;
+            };
+            match groups.get(&(account.clone(), n)) {
+                Some((folded, _)) if keys::name(&account, folded) == k[..] => {}
+                Some(_) => r.problem(format!(
+                    "{account}/{}: the name index holds a name it does not have",
+                    GroupId(n)
+                )),
+                None => r.problem(format!(
+                    "{account}: the name index names {}, which does not exist",
+                    GroupId(n)
+                )),
+            }
+            index.insert(k.to_vec(), n);
+        }
+        for ((account, n), (folded, _)) in groups {
+            match index.get(&keys::name(account, folded)) {
+                Some(holder) if holder <= n => {}
+                _ => r.problem(format!(
+                    "{account}/{}: its name is not in the name index",
+                    GroupId(*n)
+                )),
+            }
+        }
+    }
+
+    /// The device index holds exactly one entry per (group, device).
+    fn check_devices(
+        &self,
+        groups: &BTreeMap<(String, u64), (String, HashSet<String>)>,
+        r: &mut Report,
+    ) {
+        let mut seen: HashSet<(String, String, u64)> = HashSet::new();
+        for item in self.devices.iter() {
+            let Ok((k, _)) = item else {
+                r.problem("reading the device index failed".into());
+                return;
+            };
+            r.device_entries += 1;
+            let parsed = account_of(&k).and_then(|account| {
+                let rest = &k[account.len() + 1..];
+                let sep = rest.iter().position(|b| *b == 0)?;
+                let device = String::from_utf8(rest[..sep].to_vec()).ok()?;
+                Some((account, device, keys::trailing_u64(&k)?))
+            });
+            let Some((account, device, n)) = parsed else {
+                r.problem(format!(
+                    "a device index entry that does not parse: {:?}",
+                    &k[..]
+                ));
+                continue;
+            };
+            match groups.get(&(account.clone(), n)) {
+                Some((_, devices)) if devices.contains(&device) => {}
+                _ => r.problem(format!(
+                    "{account}: the device index puts {device:?} in {}, which does not hold it",
+                    GroupId(n)
+                )),
+            }
+            seen.insert((account, device, n));
+        }
+        for ((account, n), (_, devices)) in groups {
+            for d in devices {
+                if !seen.contains(&(account.clone(), d.clone(), *n)) {
+                    r.problem(format!(
+                        "{account}/{}: device {d:?} is not in the device index",
+                        GroupId(*n)
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Every entry parses, carries the sequence it is stored under, lies below the next
+    /// change sequence, and is one of the three operations.
+    fn check_changes(&self, next_change: u64, r: &mut Report) {
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            seq: u64,
+            op: String,
+        }
+        for item in self.changes.iter() {
+            let Ok((k, v)) = item else {
+                r.problem("reading the change feed failed".into());
+                return;
+            };
+            r.changes += 1;
+            let (Some(account), Some(seq)) = (account_of(&k), keys::trailing_u64(&k)) else {
+                r.problem(format!("a change key that does not parse: {:?}", &k[..]));
+                continue;
+            };
+            match serde_json::from_slice::<Entry>(&v) {
+                Ok(e) if e.seq != seq => r.problem(format!(
+                    "{account}: the change stored under {seq} says seq {}",
+                    e.seq
+                )),
+                Ok(e) if !matches!(e.op.as_str(), "created" | "updated" | "deleted") => {
+                    r.problem(format!("{account}: change {seq} has op {:?}", e.op));
+                }
+                Ok(_) => {}
+                Err(e) => r.problem(format!("{account}: change {seq} does not parse ({e})")),
+            }
+            if seq == 0 || seq >= next_change {
+                r.problem(format!(
+                    "{account}: change {seq} is not below the next change sequence {next_change}"
+                ));
+            }
+        }
+    }
+}
