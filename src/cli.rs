@@ -18,7 +18,7 @@ use crate::store::{OpenError, Store};
 #[derive(Debug, Parser)]
 #[command(
     name = "fleetgroups",
-    version,
+    version = crate::build_info::LONG,
     about = "Self-hosted server for the Plaspy Groups API"
 )]
 pub struct Cli {

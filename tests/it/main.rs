@@ -12,6 +12,7 @@ mod admin;
 mod auth;
 mod backup;
 mod badinput;
+mod build_info;
 mod cli;
 mod config;
 mod crash;
