@@ -1,5 +1,5 @@
-//! The command line (clap): `serve` (the default), `user …`, `backup`, `restore` and
-//! `check-config`. Exit codes: 0 done, 1 failed, 2 bad usage or configuration. Secrets
+//! The command line (clap): `serve` (the default), `user …`, `backup`, `restore`,
+//! `check-config` and `healthcheck`. Exit codes: 0 done, 1 failed, 2 bad usage or configuration. Secrets
 //! printed for the operator (a new API key) go alone on stdout; everything else goes to
 //! stderr. `user …` and `backup` go through the admin socket when a server answers on
 //! it and open the store themselves otherwise (admin.rs runs both the same way).
@@ -51,6 +51,9 @@ enum Command {
     },
     /// Validate the configuration and print the effective values (secrets redacted).
     CheckConfig,
+    /// Exit 0 when /readyz on the configured listen address answers 200 within 3 s,
+    /// else 1 (for container and monitor probes; no curl needed).
+    Healthcheck,
 }
 
 #[derive(Debug, Args, Default)]
@@ -163,6 +166,10 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             say(&format!("fleetgroups: {e}\n"));
+            // A probe reports every failure as 1: Docker reserves exit code 2.
+            if matches!(cli.command, Some(Command::Healthcheck)) {
+                return ExitCode::FAILURE;
+            }
             return ExitCode::from(2);
         }
     };
@@ -193,6 +200,16 @@ pub fn main() -> ExitCode {
             }
         },
         Some(Command::Restore { file }) => restore(&config, &file),
+        Some(Command::Healthcheck) => match crate::healthcheck::probe(&config) {
+            Ok(note) => {
+                say(&format!("{note}\n"));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                say(&format!("fleetgroups: unhealthy: {}\n", e.0));
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod hashing;
+pub mod healthcheck;
 pub mod http;
 pub mod log;
 pub mod metrics;

@@ -26,6 +26,7 @@ mod ext_membership;
 mod ext_merge_patch;
 mod ext_paging;
 mod groups;
+mod healthcheck;
 mod log_sink;
 mod logs;
 mod names;
