@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod assets;
 pub mod auth;
 pub mod backup;
 pub mod build_info;
