@@ -4,25 +4,27 @@
 # (e.g. `--deb-revision 2`, `--output DIR`, `--fast`).
 #
 # Three steps, because `cargo deb` alone cannot make every file the package ships:
-# 1. `cargo build --release --locked` (the binary; a warm build is a no-op);
-# 2. `fleetgroups generate-assets target/deb-assets` writes the shell completions and
-#    man pages from the binary's own clap definitions (src/assets.rs says why this is
-#    not build.rs), and the conffile is the repository's config.toml with data_dir
+# 1. `cargo build --release --locked --bin fleetgroups` (the binary; a warm build is
+#    a no-op);
+# 2. `fleetgroups-assets target/deb-assets` (a packaging tool of this crate, run with
+#    `cargo run`, so it is a host program even when the package is cross-compiled)
+#    writes the shell completions and man pages from the binary's own clap
+#    definitions (src/assets.rs says why this is neither build.rs nor a hidden
+#    subcommand), and the conffile is the repository's config.toml with data_dir
 #    and admin.socket set to the service's paths — the same two values
 #    systemd/fleetgroups.service sets, so a CLI started by hand finds the store and
 #    the socket the service uses;
 # 3. `cargo deb --no-build` packs it all (Cargo.toml [package.metadata.deb]).
-# Cross-compiling (`--target`): step 2 needs a binary that runs here; the files do not
-# depend on the target, so run it with a host build of the same source.
+# Cross-compiling: build the target's binary first (`cargo build --release --target
+# T`), then `scripts/build-deb.sh --target T`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-target_dir=${CARGO_TARGET_DIR:-target}
 assets=target/deb-assets
 
-cargo build --release --locked
+cargo build --release --locked --bin fleetgroups
 rm -rf "$assets"
-"$target_dir/release/fleetgroups" generate-assets "$assets"
+cargo run --locked --quiet --bin fleetgroups-assets -- "$assets"
 
 # Exactly these two lines change; a config.toml where either is missing is an error,
 # not a package with the default ./data.

@@ -1,17 +1,20 @@
-//! `fleetgroups generate-assets DIR` (hidden): the shell completions (bash, zsh, fish;
-//! clap_complete) and man pages (clap_mangen) that the Debian package installs,
-//! generated from the very `Cli` the binary parses, so they cannot drift from it.
+//! The shell completions (bash, zsh, fish; clap_complete) and man pages (clap_mangen)
+//! that the Debian package installs, generated from the very `Cli` the binary parses,
+//! so they cannot drift from it. `fleetgroups-assets DIR` (src/bin/) runs this for
+//! `scripts/build-deb.sh`.
 //!
-//! Why a subcommand and not `build.rs`: the clap definitions use the library's types
-//! and checks (`Role`, the name rules) and change with every new flag, so a build
-//! script would need a second copy of them or a `cli.rs` cut loose from the crate.
-//! The packaging script (`scripts/build-deb.sh`) runs the freshly built binary once;
-//! when cross-compiling, any host build of the same source writes the same files.
+//! Why not `build.rs`: the clap definitions use the library's types and checks
+//! (`Role`, the name rules) and change with every new flag, so a build script would
+//! need a second copy of them or a `cli.rs` cut loose from the crate. Why not a hidden
+//! `fleetgroups generate-assets` subcommand: clap_complete offers hidden subcommands
+//! in its completions, so every operator's shell would suggest it. A second binary
+//! keeps the product's command line exactly what its pages describe, and, being a
+//! host program run by `cargo run`, also works when the package is cross-compiled.
 //!
 //! Layout under DIR, mirroring where the package puts each file:
 //! `completions/fleetgroups.bash`, `completions/_fleetgroups` (zsh),
 //! `completions/fleetgroups.fish`, `man/fleetgroups.1` and one
-//! `man/fleetgroups-<command>.1` per (non-hidden) subcommand.
+//! `man/fleetgroups-<command>.1` per visible subcommand.
 
 use std::path::Path;
 
@@ -99,7 +102,7 @@ mod tests {
             "completions/fleetgroups.fish",
         ] {
             let text = read(p);
-            // Every visible command is completed; the hidden one is not offered.
+            // Every command is completed.
             for c in [
                 "serve",
                 "user",
@@ -110,10 +113,6 @@ mod tests {
             ] {
                 assert!(text.contains(c), "{p} lacks {c}");
             }
-            assert!(
-                !text.contains("generate-assets"),
-                "{p} offers the hidden command"
-            );
         }
         let main = read("man/fleetgroups.1");
         assert!(
@@ -122,10 +121,6 @@ mod tests {
         );
         assert!(main.contains("healthcheck"), "{main}");
         assert!(read("man/fleetgroups-user-add.1").contains("daily"));
-        assert!(!dir
-            .path()
-            .join("man/fleetgroups-generate-assets.1")
-            .exists());
         assert!(!dir.path().join("man/fleetgroups-help.1").exists());
     }
 }

@@ -1,7 +1,6 @@
 //! The command line (clap): `serve` (the default), `user …`, `backup`, `restore`,
-//! `check-config` and `healthcheck` (plus the hidden `generate-assets` the package
-//! build runs). Exit codes: 0 done, 1 failed, 2 bad usage or configuration. Secrets
-//! printed for the operator (a new API key) go alone on stdout; everything else goes to
+//! `check-config` and `healthcheck`. Exit codes: 0 done, 1 failed, 2 bad usage or
+//! configuration. Secrets printed for the operator (a new API key) go alone on stdout; everything else goes to
 //! stderr. `user …` and `backup` go through the admin socket when a server answers on
 //! it and open the store themselves otherwise (admin.rs runs both the same way).
 
@@ -55,12 +54,6 @@ enum Command {
     /// Exit 0 when /readyz on the configured listen address answers 200 within 3 s,
     /// else 1 (for container and monitor probes; no curl needed).
     Healthcheck,
-    /// Write shell completions and man pages into DIR (used to build the package).
-    #[command(hide = true)]
-    GenerateAssets {
-        #[arg(value_name = "DIR")]
-        dir: PathBuf,
-    },
 }
 
 #[derive(Debug, Args, Default)]
@@ -160,16 +153,6 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    // Needs no configuration: the assets describe the command line itself.
-    if let Some(Command::GenerateAssets { dir }) = &cli.command {
-        return match crate::assets::generate(<Cli as clap::CommandFactory>::command(), dir) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                say(&format!("fleetgroups: generate-assets: {e}\n"));
-                ExitCode::FAILURE
-            }
-        };
-    }
     let listen = match &cli.command {
         Some(Command::Serve(a)) => a.listen.clone(),
         _ => None,
@@ -227,8 +210,6 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        // Handled before the configuration is loaded.
-        Some(Command::GenerateAssets { .. }) => ExitCode::SUCCESS,
     }
 }
 
