@@ -26,9 +26,12 @@ fn main() {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().trim_start_matches("rustc ").to_string())
         .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=FLEETGROUPS_REVISION={revision}");
-    println!("cargo:rustc-env=FLEETGROUPS_TARGET={}", env("TARGET"));
-    println!("cargo:rustc-env=FLEETGROUPS_RUSTC={rustc}");
+    // Not FLEETGROUPS_*: cargo also puts these into the environment of `cargo test`
+    // and `cargo run`, and the binary refuses any FLEETGROUPS_* variable that names no
+    // setting, so every test that starts it without clearing the environment failed.
+    println!("cargo:rustc-env=FG_BUILD_REVISION={revision}");
+    println!("cargo:rustc-env=FG_BUILD_TARGET={}", env("TARGET"));
+    println!("cargo:rustc-env=FG_BUILD_RUSTC={rustc}");
 }
 
 fn env(name: &str) -> String {

@@ -6,11 +6,11 @@
 /// The crate version (`Cargo.toml`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Short git commit, `FLEETGROUPS_BUILD_REVISION` when the build set it, or `unknown`.
-pub const REVISION: &str = env!("FLEETGROUPS_REVISION");
+pub const REVISION: &str = env!("FG_BUILD_REVISION");
 /// The target triple the binary was built for.
-pub const TARGET: &str = env!("FLEETGROUPS_TARGET");
+pub const TARGET: &str = env!("FG_BUILD_TARGET");
 /// `rustc --version` without the leading `rustc `.
-pub const RUSTC: &str = env!("FLEETGROUPS_RUSTC");
+pub const RUSTC: &str = env!("FG_BUILD_RUSTC");
 
 /// The build variable `build.rs` reads. The binary sees it too when a build and a run
 /// share one environment (CI exports it, then runs the tests), and every other
@@ -22,11 +22,11 @@ pub const REVISION_ENV: &str = "FLEETGROUPS_BUILD_REVISION";
 pub const LONG: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (revision ",
-    env!("FLEETGROUPS_REVISION"),
+    env!("FG_BUILD_REVISION"),
     ", target ",
-    env!("FLEETGROUPS_TARGET"),
+    env!("FG_BUILD_TARGET"),
     ", rustc ",
-    env!("FLEETGROUPS_RUSTC"),
+    env!("FG_BUILD_RUSTC"),
     ")"
 );
 

@@ -260,28 +260,33 @@ fn git_repo_with_a_commit(dir: &Path) -> Option<String> {
 fn build_script_without_git_says_unknown_and_names_target_and_rustc() {
     let dir = tempfile::tempdir().unwrap();
     let (envs, reruns) = run_build_script(dir.path(), None);
-    assert_eq!(value(&envs, "FLEETGROUPS_REVISION"), "unknown");
+    assert_eq!(value(&envs, "FG_BUILD_REVISION"), "unknown");
     assert_eq!(
-        value(&envs, "FLEETGROUPS_TARGET"),
+        value(&envs, "FG_BUILD_TARGET"),
         "riscv64gc-unknown-linux-gnu"
     );
-    let rustc = value(&envs, "FLEETGROUPS_RUSTC");
+    let rustc = value(&envs, "FG_BUILD_RUSTC");
     assert!(
         rustc.starts_with("1.") && !rustc.starts_with("rustc"),
         "{rustc}"
     );
     // No git files to watch: a missing path would make cargo rerun it every build.
     assert_eq!(reruns, vec!["build.rs".to_string()]);
+    // cargo also exports these to `cargo test`/`cargo run` processes, where a
+    // FLEETGROUPS_* name would be an unknown setting that stops every start.
+    for (k, _) in &envs {
+        assert!(!k.starts_with("FLEETGROUPS_"), "{k}");
+    }
 }
 
 #[test]
 fn build_script_takes_the_override() {
     let dir = tempfile::tempdir().unwrap();
     let (envs, _) = run_build_script(dir.path(), Some("v0.1.0-gateway-7 "));
-    assert_eq!(value(&envs, "FLEETGROUPS_REVISION"), "v0.1.0-gateway-7");
+    assert_eq!(value(&envs, "FG_BUILD_REVISION"), "v0.1.0-gateway-7");
     // An empty override is no override.
     let (envs, _) = run_build_script(dir.path(), Some(""));
-    assert_eq!(value(&envs, "FLEETGROUPS_REVISION"), "unknown");
+    assert_eq!(value(&envs, "FG_BUILD_REVISION"), "unknown");
 }
 
 #[test]
@@ -292,7 +297,7 @@ fn build_script_reads_its_own_checkout_and_watches_head() {
         return;
     };
     let (envs, reruns) = run_build_script(dir.path(), None);
-    assert_eq!(value(&envs, "FLEETGROUPS_REVISION"), head);
+    assert_eq!(value(&envs, "FG_BUILD_REVISION"), head);
     assert!(reruns.iter().any(|p| p.ends_with("HEAD")), "{reruns:?}");
     assert!(
         reruns
@@ -302,7 +307,7 @@ fn build_script_reads_its_own_checkout_and_watches_head() {
     );
     // The override wins over git.
     let (envs, _) = run_build_script(dir.path(), Some("pinned"));
-    assert_eq!(value(&envs, "FLEETGROUPS_REVISION"), "pinned");
+    assert_eq!(value(&envs, "FG_BUILD_REVISION"), "pinned");
 }
 
 #[test]
@@ -317,5 +322,5 @@ fn build_script_ignores_a_repository_it_is_only_inside_of() {
     let vendored = dir.path().join("vendor/fleetgroups");
     std::fs::create_dir_all(&vendored).unwrap();
     let (envs, _) = run_build_script(&vendored, None);
-    assert_eq!(value(&envs, "FLEETGROUPS_REVISION"), "unknown");
+    assert_eq!(value(&envs, "FG_BUILD_REVISION"), "unknown");
 }
