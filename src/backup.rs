@@ -1,9 +1,11 @@
 //! The backup file (operations.md "CLI": `backup FILE`, `restore FILE`): JSON Lines, a
 //! versioned header first, one [`Record`] per line, and an end line with the record
-//! count so a truncated file is refused instead of half-restored:
+//! count so a truncated file is refused instead of half-restored. The header names the
+//! build that wrote it (`writerVersion`, `writerRevision`; absent in backups written
+//! before they existed, which stay readable: unknown header fields are ignored):
 //!
 //! ```text
-//! {"format":"fleetgroups-backup","version":1,"storeFormat":1,"created":"2026-11-26T10:01:42.123Z"}
+//! {"format":"fleetgroups-backup","version":1,"storeFormat":1,"created":"2026-11-26T10:01:42.123Z","writerVersion":"0.1.0","writerRevision":"893333f1c2ab"}
 //! {"type":"sequences","nextGroup":4,"nextChange":5}
 //! {"type":"user","name":"admin",…}
 //! {"type":"group","account":"default","id":1,…}
@@ -52,6 +54,12 @@ struct Header {
     version: u64,
     store_format: u64,
     created: String,
+    /// The writer's crate version and git revision (`build_info`). Optional for
+    /// reading: older binaries wrote no such fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    writer_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    writer_revision: Option<String>,
 }
 
 /// The last line.
@@ -190,6 +198,8 @@ fn write_lines(store: &Store, out: &mut impl Write, tmp: &Path) -> Result<Counts
         version: VERSION,
         store_format: FORMAT_VERSION,
         created: crate::time::rfc3339_ms(crate::time::now_ms()),
+        writer_version: Some(crate::build_info::VERSION.into()),
+        writer_revision: Some(crate::build_info::REVISION.into()),
     };
     serde_json::to_writer(&mut *out, &header).map_err(|e| e.to_string())?;
     out.write_all(b"\n").map_err(io)?;

@@ -1,6 +1,6 @@
-//! The command line (clap): `serve` (the default), `user …`, `backup`, `restore` and
-//! `check-config`. Exit codes: 0 done, 1 failed, 2 bad usage or configuration. Secrets
-//! printed for the operator (a new API key) go alone on stdout; everything else goes to
+//! The command line (clap): `serve` (the default), `user …`, `backup`, `restore`,
+//! `check-config` and `healthcheck`. Exit codes: 0 done, 1 failed, 2 bad usage or
+//! configuration. Secrets printed for the operator (a new API key) go alone on stdout; everything else goes to
 //! stderr. `user …` and `backup` go through the admin socket when a server answers on
 //! it and open the store themselves otherwise (admin.rs runs both the same way).
 //!
@@ -23,7 +23,7 @@ use crate::store::{OpenError, Store};
 #[derive(Debug, Parser)]
 #[command(
     name = "fleetgroups",
-    version,
+    version = crate::build_info::LONG,
     about = "Self-hosted server for the Plaspy Groups API"
 )]
 pub struct Cli {
@@ -77,6 +77,9 @@ enum Command {
     /// Verify a stopped store end to end (every record, the indexes, counts, sequences
     /// and the change feed) and print a report; exit 0 when clean, 1 when damaged.
     Check,
+    /// Exit 0 when /readyz on the configured listen address answers 200 within 3 s,
+    /// else 1 (for container and monitor probes; no curl needed).
+    Healthcheck,
 }
 
 /// `--output`, on the commands whose result scripts read.
@@ -242,6 +245,10 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             say(&format!("fleetgroups: {e}\n"));
+            // A probe reports every failure as 1: Docker reserves exit code 2.
+            if matches!(cli.command, Some(Command::Healthcheck)) {
+                return ExitCode::FAILURE;
+            }
             return ExitCode::from(2);
         }
     };
@@ -291,6 +298,16 @@ pub fn main() -> ExitCode {
         Some(Command::Check) => check_store(&config),
         Some(Command::Restore { file, check: true }) => check_backup(&config, &file),
         Some(Command::Restore { file, check: false }) => restore(&config, &file),
+        Some(Command::Healthcheck) => match crate::healthcheck::probe(&config) {
+            Ok(note) => {
+                say(&format!("{note}\n"));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                say(&format!("fleetgroups: unhealthy: {}\n", e.0));
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -38,7 +38,8 @@ pub struct Config {
     pub ignored_env: Vec<String>,
 }
 
-/// Name of the one `FLEETGROUPS_*` variable that is not a configuration key: a
+/// Name of a `FLEETGROUPS_*` variable that is not a configuration key (the other is
+/// `build_info::REVISION_ENV`, a build variable that is skipped): a
 /// test-only switch that makes the store's flusher report failure after N successful
 /// flushes, so the storage-failure behaviour (503, rollback, `/readyz`) can be tested
 /// on a machine where the disk cannot be made to fail. Logged loudly when set.
@@ -694,6 +695,7 @@ fn apply_env(
         if name == "FLEETGROUPS_CONFIG"
             || name == SYSTEM_CONFIG_ENV
             || name == FAULT_FAIL_FLUSH_AFTER
+            || name == crate::build_info::REVISION_ENV
         {
             continue;
         }
@@ -825,6 +827,16 @@ mod tests {
         assert!(!c.to_redacted_toml().contains("fault"));
         let e = load(&[("FLEETGROUPS_FAULT_OTHER", "3")], None).unwrap_err();
         assert!(e.0.contains("FLEETGROUPS_FAULT_OTHER"), "{e}");
+    }
+
+    #[test]
+    fn the_build_revision_variable_is_not_a_setting_and_not_refused() {
+        // CI exports it for `cargo build` and then runs the binary in the same
+        // environment; refusing it would stop every start there.
+        let c = load(&[(crate::build_info::REVISION_ENV, "v1.2.3-abc")], None).unwrap();
+        assert_eq!(c, Config::default());
+        let e = load(&[("FLEETGROUPS_BUILD_OTHER", "x")], None).unwrap_err();
+        assert!(e.0.contains("FLEETGROUPS_BUILD_OTHER"), "{e}");
     }
 
     #[test]

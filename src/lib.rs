@@ -5,13 +5,16 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod assets;
 pub mod auth;
 pub mod backup;
+pub mod build_info;
 pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod hashing;
+pub mod healthcheck;
 pub mod http;
 pub mod log;
 pub mod login_limiter;

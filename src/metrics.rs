@@ -79,6 +79,7 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self, app: &App) -> String {
         let mut out = String::with_capacity(4096);
+        out.push_str(&crate::build_info::prometheus());
         out.push_str(
             "# HELP fleetgroups_requests_total HTTP requests answered, by route and status.\n",
         );

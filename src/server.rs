@@ -46,6 +46,14 @@ const SEND_BUFFER_BYTES: usize = 256 * 1024;
 /// `overrides` and the environment give it (`reload.rs`).
 pub fn run(config: Config, overrides: Overrides) -> ExitCode {
     let level = crate::log::init(&config.log);
+    // First, so that even a start that fails says which build it was.
+    tracing::info!(
+        version = crate::build_info::VERSION,
+        revision = crate::build_info::REVISION,
+        target = crate::build_info::TARGET,
+        "starting fleetgroups {}",
+        crate::build_info::LONG
+    );
     config.log_ignored_env();
     // Configuration problems first, before anything touches the data directory.
     let tls = match crate::tls::load(&config.tls) {

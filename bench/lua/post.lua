@@ -1,4 +1,4 @@
--- wrk script for the create scenario: POST /api/groups with a unique name per
+-- wrk script for the create scenario: POST to the URL's path (/api/groups) with a unique name per
 -- request. Names are "<prefix>r<run>-<thread>-<counter>": the prefix comes
 -- from the script argument (wrk ... -- PREFIX), the run number from the
 -- environment variable BENCH_RUN (bench/run.sh numbers every wrk run), so that
@@ -24,7 +24,9 @@ function init(args)
    counter = 0
    -- wrk.format with an empty body ends in "Content-Length: 0\r\n\r\n" (or
    -- has no Content-Length); cut it there and append our own.
-   local h = wrk.format("POST", "/api/groups",
+   -- The path is the URL's (wrk.path): /api/groups here, a PocketBase
+   -- collection's records in the peers scenario.
+   local h = wrk.format("POST", nil,
       with_headers({ ["Content-Type"] = "application/json" }), "")
    h = h:gsub("\r\n\r\n$", "\r\n"):gsub("[Cc]ontent%-[Ll]ength: %d+\r\n", "")
    head = h

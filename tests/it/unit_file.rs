@@ -1,20 +1,29 @@
-//! `systemd/fleetgroups.service` (operations.md "Running under systemd"): the unit text
-//! must carry every required directive — checked always, without systemd — and, where
-//! `systemd-analyze` exists, systemd itself must accept the unit without a warning and
-//! rate its exposure at 2.0 or less. Set `FLEETGROUPS_REQUIRE_SYSTEMD_ANALYZE=1` to
-//! make a missing `systemd-analyze` a failure (CI on a machine with systemd installed).
+//! `systemd/fleetgroups.service` (operations.md "Running under systemd") and the backup
+//! pair `fleetgroups-backup.service` + `.timer` (issue 12 item 4): the unit text must
+//! carry every required directive — checked always, without systemd — and, where
+//! `systemd-analyze` exists, systemd itself must accept the units without a warning and
+//! rate each service's exposure at 2.0 or less. Set
+//! `FLEETGROUPS_REQUIRE_SYSTEMD_ANALYZE=1` to make a missing `systemd-analyze` a
+//! failure (CI on a machine with systemd installed).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
 const UNIT: &str = include_str!("../../systemd/fleetgroups.service");
+const BACKUP_UNIT: &str = include_str!("../../systemd/fleetgroups-backup.service");
+const BACKUP_TIMER: &str = include_str!("../../systemd/fleetgroups-backup.timer");
 
 /// `Key=value` settings of the `[Service]` section; repeated keys keep every value.
 fn service_settings() -> BTreeMap<String, Vec<String>> {
+    settings(UNIT, "[Service]")
+}
+
+/// `Key=value` settings of one section of `unit`; repeated keys keep every value.
+fn settings(unit: &str, wanted: &str) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut section = "";
-    for line in UNIT.lines().map(str::trim) {
+    for line in unit.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
@@ -22,7 +31,7 @@ fn service_settings() -> BTreeMap<String, Vec<String>> {
             section = line;
             continue;
         }
-        if section != "[Service]" {
+        if section != wanted {
             continue;
         }
         let (k, v) = line
@@ -47,7 +56,7 @@ fn the_unit_has_every_required_directive() {
     assert_eq!(one("Type"), "notify");
     assert_eq!(
         one("ExecStart"),
-        "/usr/local/bin/fleetgroups --config /etc/fleetgroups/config.toml serve"
+        "/usr/bin/fleetgroups --config /etc/fleetgroups/config.toml serve"
     );
     let env = &s["Environment"];
     assert!(
@@ -124,13 +133,34 @@ fn systemd_analyze() -> Option<&'static str> {
     Some("systemd-analyze")
 }
 
-/// The unit with `ExecStart` pointing at the binary under test, since `verify` checks
-/// that the executable exists.
-fn unit_for_verify(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("fleetgroups.service");
-    let text = UNIT.replace("/usr/local/bin/fleetgroups", crate::support::BIN);
+/// The unit `name` with `ExecStart` pointing at the binary under test, since `verify`
+/// checks that the executable exists.
+fn unit_for_verify(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let text = text.replace("/usr/bin/fleetgroups", crate::support::BIN);
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// `systemd-analyze verify` accepts `units` (written together into one directory, so
+/// the timer finds its service) without a word on stderr. `--man=no`: the
+/// `Documentation=man:` pages exist only once the package is installed.
+fn verify_quietly(tool: &str, units: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<_> = units
+        .iter()
+        .map(|(name, text)| unit_for_verify(dir.path(), name, text))
+        .collect();
+    let out = Command::new(tool)
+        .args(["verify", "--man=no"])
+        .args(&paths)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "verify failed: {stderr}");
+    // verify exits 0 even for unknown or misspelt keys; it only warns.
+    assert!(stderr.trim().is_empty(), "verify warned: {stderr}");
+    dir
 }
 
 #[test]
@@ -138,21 +168,15 @@ fn systemd_accepts_the_unit_and_rates_it_ok() {
     let Some(tool) = systemd_analyze() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let unit = unit_for_verify(dir.path());
-    let out = Command::new(tool)
-        .arg("verify")
-        .arg(&unit)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "verify failed: {stderr}");
-    // verify exits 0 even for unknown or misspelt keys; it only warns.
-    assert!(stderr.trim().is_empty(), "verify warned: {stderr}");
+    let dir = verify_quietly(tool, &[("fleetgroups.service", UNIT)]);
+    assert_rated_ok(tool, &dir.path().join("fleetgroups.service"));
+}
 
+/// `systemd-analyze security --offline=yes` rates `unit` at 2.0 ("OK") or better.
+fn assert_rated_ok(tool: &str, unit: &Path) {
     let out = Command::new(tool)
         .args(["security", "--offline=yes", "--no-pager"])
-        .arg(&unit)
+        .arg(unit)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -172,4 +196,95 @@ fn systemd_accepts_the_unit_and_rates_it_ok() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("cannot read the rating in {line:?}"));
     assert!(score <= 2.0, "exposure {score} > 2.0: {line}");
+}
+
+#[test]
+fn the_backup_service_runs_the_backup_as_the_service_user_in_the_same_sandbox() {
+    let s = settings(BACKUP_UNIT, "[Service]");
+    let one = |k: &str| -> &str {
+        let v = s.get(k).unwrap_or_else(|| panic!("{k}= missing"));
+        assert_eq!(v.len(), 1, "{k}= set more than once: {v:?}");
+        &v[0]
+    };
+    assert_eq!(one("Type"), "oneshot");
+    assert_eq!(
+        one("ExecStart"),
+        "/usr/bin/fleetgroups --config /etc/fleetgroups/config.toml backup --dir /var/lib/fleetgroups/backups --keep 14"
+    );
+    // The same store and socket as the server, the same user.
+    let server = service_settings();
+    for k in ["Environment", "User", "Group", "UMask", "WorkingDirectory"] {
+        assert_eq!(
+            s.get(k),
+            server.get(k),
+            "{k}= differs from fleetgroups.service"
+        );
+    }
+    // Writes land in the state directory, and backups/ exists before the start.
+    assert_eq!(one("StateDirectory"), "fleetgroups fleetgroups/backups");
+    // Declaring the server's runtime directory would delete its admin socket when
+    // the oneshot ends.
+    assert!(!s.contains_key("RuntimeDirectory"), "{s:?}");
+    // Every sandbox setting of the server, at least as strict.
+    let relaxed_on_purpose = [
+        // Settings of a long-running notify service, not of a sandbox.
+        "Type",
+        "NotifyAccess",
+        "ExecStart",
+        "ExecReload",
+        "Restart",
+        "RestartSec",
+        "RestartPreventExitStatus",
+        "WatchdogSec",
+        "TimeoutStopSec",
+        "TimeoutStartSec",
+        "KillSignal",
+        "KillMode",
+        "LimitNOFILE",
+        "RuntimeDirectory",
+        "RuntimeDirectoryMode",
+        "ConfigurationDirectory",
+        "ConfigurationDirectoryMode",
+        "StateDirectory",
+        // Narrowed: the CLI needs a Unix socket only.
+        "RestrictAddressFamilies",
+    ];
+    for (k, v) in &server {
+        if relaxed_on_purpose.contains(&k.as_str()) {
+            continue;
+        }
+        assert_eq!(s.get(k), Some(v), "{k}= differs from fleetgroups.service");
+    }
+    assert_eq!(one("RestrictAddressFamilies"), "AF_UNIX");
+    assert_eq!(one("PrivateNetwork"), "yes");
+    // It waits for a server starting at the same time rather than racing its lock.
+    let unit = settings(BACKUP_UNIT, "[Unit]");
+    assert_eq!(unit["After"], vec!["fleetgroups.service".to_string()]);
+    // Enabled through the timer only.
+    assert!(!BACKUP_UNIT.contains("[Install]"));
+}
+
+#[test]
+fn the_backup_timer_is_daily_persistent_and_spread() {
+    let t = settings(BACKUP_TIMER, "[Timer]");
+    assert_eq!(t["OnCalendar"], vec!["daily".to_string()]);
+    assert_eq!(t["Persistent"], vec!["true".to_string()]);
+    assert!(t.contains_key("RandomizedDelaySec"), "{t:?}");
+    assert!(BACKUP_TIMER.contains("\n[Install]\nWantedBy=timers.target\n"));
+}
+
+#[test]
+fn systemd_accepts_the_backup_units_and_rates_the_service_ok() {
+    let Some(tool) = systemd_analyze() else {
+        return;
+    };
+    let dir = verify_quietly(
+        tool,
+        &[
+            ("fleetgroups.service", UNIT),
+            ("fleetgroups-backup.service", BACKUP_UNIT),
+            ("fleetgroups-backup.timer", BACKUP_TIMER),
+        ],
+    );
+    assert_rated_ok(tool, &dir.path().join("fleetgroups-backup.service"));
 }

@@ -1,0 +1,23 @@
+//! `fleetgroups-assets DIR`: writes the shell completions and man pages of the
+//! `fleetgroups` command line into DIR (see `src/assets.rs` for the layout and for why
+//! this is a program of its own). A packaging tool, not part of the package:
+//! `scripts/build-deb.sh` runs it with `cargo run --bin fleetgroups-assets`.
+
+use std::process::ExitCode;
+
+use clap::CommandFactory;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    let (Some(dir), None) = (args.next(), args.next()) else {
+        eprintln!("usage: fleetgroups-assets DIR");
+        return ExitCode::from(2);
+    };
+    match fleetgroups::assets::generate(fleetgroups::cli::Cli::command(), dir.as_ref()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleetgroups-assets: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
