@@ -435,3 +435,29 @@ fn failed_logins_are_forgotten_after_the_window() {
     });
     assert!(let_in_at - blocked_at < 5_000);
 }
+
+/// The nice value of the server's thread named `name`, if it has one.
+fn thread_nice(pid: u32, name: &str) -> Option<i64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the parenthesised command; nice is field 19 of the whole line.
+        let rest = stat.rsplit_once(')')?.1;
+        return rest.split_whitespace().nth(16)?.parse().ok();
+    }
+    None
+}
+
+#[test]
+fn key_hashing_runs_below_request_handling_priority() {
+    let server = TestServer::start();
+    // The hashing threads start with the server; a login makes sure one has run.
+    server.admin_token();
+    assert_eq!(thread_nice(server.pid(), "fg-argon2-0"), Some(10));
+    // The request workers keep the normal priority.
+    assert_eq!(thread_nice(server.pid(), "tokio-rt-worker"), Some(0));
+}
