@@ -4,7 +4,6 @@
 //! persistence and failed-login expiry every second, purges of expired tokens,
 //! idempotency records and old change-feed entries).
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -228,26 +227,10 @@ fn bootstrap(store: &Store, data_dir: &Path) -> Result<(), StartError> {
         .map_err(|e| StartError(format!("creating the first user: {e}")))?
         .key;
     let path = data_dir.join(KEY_FILE);
-    write_secret_file(&path, format!("{key}\n").as_bytes())
+    crate::perms::write_private(&path, format!("{key}\n").as_bytes())
         .map_err(|e| StartError(format!("writing {}: {e}", path.display())))?;
     tracing::info!(path = %path.display(), "first start: created user admin; its API key is in this file (mode 0600)");
     Ok(())
-}
-
-/// Writes a file only its owner can read, durably.
-pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    // An existing file keeps its mode on open; make sure it is 0600 regardless.
-    use std::os::unix::fs::PermissionsExt;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(contents)?;
-    f.sync_all()
 }
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -398,7 +398,7 @@ pub fn record_success(data_dir: &Path, file: &Path) -> Result<i64, String> {
     });
     let path = data_dir.join(LAST_SUCCESS_FILE);
     let tmp = data_dir.join(format!(".{LAST_SUCCESS_FILE}.tmp"));
-    let written = crate::app::write_secret_file(&tmp, format!("{line}\n").as_bytes())
+    let written = crate::perms::write_private(&tmp, format!("{line}\n").as_bytes())
         .and_then(|()| std::fs::rename(&tmp, &path))
         .and_then(|()| crate::store::sync_dir(data_dir));
     written.map_err(|e| format!("cannot record the backup in {}: {e}", path.display()))?;
@@ -446,7 +446,7 @@ pub fn restore(data_dir: &Path, options: &StoreOptions, file: &Path) -> Result<C
         // redoes, never a half-restored store that starts.
         crate::perms::create_private_dir(data_dir)
             .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-        write_durably(
+        crate::perms::write_private(
             &data_dir.join(RESTORE_MARKER),
             format!("restoring {}\n", file.display()).as_bytes(),
         )
@@ -498,23 +498,6 @@ fn empty_dir(dir: &Path) -> Result<(), String> {
         r.map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
     }
     Ok(())
-}
-
-/// Writes a small file and makes it and its directory entry durable.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    match path.parent() {
-        Some(parent) => crate::store::sync_dir(parent),
-        None => Ok(()),
-    }
 }
 
 /// What `restore --check` found in a valid backup.

@@ -22,6 +22,28 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// Writes a file only its owner can read, durably: mode 0600 (also when it existed
+/// with another), the contents fsynced, and its directory entry fsynced too, so a
+/// crash leaves either no file or the whole one.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode on open; make sure it is 0600 regardless.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => std::fs::File::open(parent)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
 /// Makes `dir` 0700 and every file and directory below it owner-only (files keep
 /// their owner bits, so nothing becomes executable). Symlinks and sockets are left
 /// alone: the admin socket sets its own mode, and a symlink's target is not ours.
