@@ -18,6 +18,17 @@ Subcommands:
                                     SECONDS (each on a new connection, like curl);
                                     write "sent=.. ok=.. fail=.. rate=.." to OUT
   rss PID [VmHWM|VmRSS]             print the field of /proc/PID/status in KiB
+  stalled-readers URL TOKEN N PID SAMPLES
+                                    open N connections that send an unpaged
+                                    GET /api/groups and never read; then time
+                                    SAMPLES GET one group requests on a fresh
+                                    connection each; print "peak_rss_kb=..
+                                    get_p50_us=.. get_max_us=.."
+  churn URL TOKEN DEVICES SECONDS DATADIR
+                                    one group of DEVICES devices, then toggle one
+                                    device (add, remove) for SECONDS; print
+                                    "changes=.. grew_bytes=.. bytes_per_change=..
+                                    final_bytes=.." (du of DATADIR before/after)
   pb-setup URL EMAIL PASSWORD COUNT  wait for a PocketBase, create the collection
                                     `groups` (name unique, description, devices;
                                     public list/view/create rules, like a token-
@@ -267,6 +278,76 @@ def cmd_pb_setup(url, email, password, count):
     print(first)
 
 
+def dir_bytes(path):
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def cmd_stalled_readers(url, token, n, pid, samples):
+    host, port = hostport(url)
+    raw = (f"GET /api/groups HTTP/1.1\r\nHost: bench\r\n"
+           f"Authorization: Bearer {token}\r\n\r\n").encode()
+    held = []
+    for _ in range(int(n)):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect((host, port))
+        s.sendall(raw)
+        held.append(s)
+    time.sleep(2)  # the readers' answers start and stall: the load, not a sync
+    waits = []
+    for _ in range(int(samples)):
+        c = conn(url)
+        t = time.monotonic()
+        st, _ = request(c, "GET", "/api/groups/grp-1", token)
+        waits.append((time.monotonic() - t) * 1e6)
+        c.close()
+        if st != 200:
+            die(f"GET one answered {st} beside the stalled readers")
+    peak = 0
+    with open(f"/proc/{int(pid)}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1])
+    for s in held:
+        s.close()
+    print(f"peak_rss_kb={peak} get_p50_us={statistics.median(waits):.0f} "
+          f"get_max_us={max(waits):.0f}")
+
+
+def cmd_churn(url, token, devices, seconds, datadir):
+    devices, seconds = int(devices), float(seconds)
+    c = conn(url)
+    st, body = request(c, "POST", "/api/groups", token, {
+        "name": f"churn-{time.time_ns()}",
+        "devices": [f"churn-dev-{i:06}" for i in range(devices)],
+    })
+    if st != 201:
+        die(f"churn create: {st} {body[:200]!r}")
+    gid = json.loads(body)["id"]
+    time.sleep(1.5)  # let the store settle its own flush before the first size
+    before = dir_bytes(datadir)
+    changes, t_end = 0, time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        st, body = request(c, "POST", f"/api/groups/{gid}/devices", token,
+                           {"devices": ["churn-toggle"]})
+        st2, body2 = request(c, "DELETE", f"/api/groups/{gid}/devices/churn-toggle", token)
+        if st != 200 or st2 != 200:
+            die(f"churn toggle: {st} {st2} {body[:100]!r} {body2[:100]!r}")
+        changes += 2
+    time.sleep(1.5)
+    after = dir_bytes(datadir)
+    grew = after - before
+    print(f"changes={changes} grew_bytes={grew} bytes_per_change={grew / max(changes, 1):.0f} "
+          f"final_bytes={after}")
+
+
 def cmd_rss(pid, field="VmHWM"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -439,6 +520,29 @@ def cmd_report(results_path, out_path):
                      "does not fsync each commit. Same wrk settings, one after the other, "
                      "PocketBase without auth (public rules), fleetgroups with a bearer token.")
 
+    st = res.get("stream", {})
+    if st:
+        shown.add("stream")
+        if "failed" in st:
+            extra("16 stalled unpaged list readers", st["failed"][0], "RSS ≤ 64 MiB, GET one < 5 ms", False)
+        elif "readers" in st:
+            r = parse_kv(st["readers"][0])
+            n = int(float(st.get("seeded", ["0"])[0]))
+            ok = r["peak_rss_kb"] <= 64 * 1024 and r["get_max_us"] < 5000
+            extra(f"16 stalled readers of an unpaged list of {n:,} groups",
+                  f"peak RSS {mib(r['peak_rss_kb'])} MiB; GET one p50 {ms(r['get_p50_us'])}, max {ms(r['get_max_us'])}",
+                  "RSS ≤ 64 MiB, GET one < 5 ms", ok, mib(r["peak_rss_kb"]))
+    ch = res.get("churn", {})
+    if ch:
+        shown.add("churn")
+        if "failed" in ch:
+            extra("churn: one device on a 10,000-device group", ch["failed"][0], "≤ 1 KiB per change", False)
+        elif "churn" in ch:
+            r = parse_kv(ch["churn"][0])
+            extra("churn: one device toggled on a 10,000-device group",
+                  f"{r['bytes_per_change']:.0f} B per change over {int(r['changes'])} changes; store {mib(r['final_bytes'], False)} MiB after",
+                  "≤ 1 KiB per change", r["bytes_per_change"] <= 1024)
+
     s = res.get("startup", {})
     shown.add("startup")
     if "failed" in s:
@@ -511,6 +615,8 @@ COMMANDS = {
     "tokens-bg": cmd_tokens_bg,
     "rss": cmd_rss,
     "pb-setup": cmd_pb_setup,
+    "stalled-readers": cmd_stalled_readers,
+    "churn": cmd_churn,
     "report": cmd_report,
 }
 

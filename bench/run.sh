@@ -15,11 +15,12 @@
 # CONNECTIONS (default 64), SKIP_BUILD=1, KEEP=1 (keep the temp dir and logs),
 # BENCH_TMPDIR (where the data directories go; default $TMPDIR or /tmp),
 # BENCH_CACHE (where the peers scenario keeps PocketBase; default ~/.cache/fleetgroups-bench),
+# CHURN_SECONDS (how long the churn scenario toggles a device; default 15),
 # BENCH_SERVER_BIN (server binary; default target/release/fleetgroups).
 # shellcheck disable=SC2317 # functions are called indirectly (traps, "scen_$name")
 set -euo pipefail
 
-ALL_SCENARIOS=binary,idle,ceiling,get_one,list_100,post,put,mix,token,get_tokens,startup,peers
+ALL_SCENARIOS=binary,idle,ceiling,get_one,list_100,post,put,mix,token,get_tokens,startup,peers,stream,churn
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LUA=$ROOT/bench/lua
@@ -309,6 +310,28 @@ scen_get_tokens() {
     log "    tokens: $(cat "$out")"
   done
   record peak_rss_kb "$("${H[@]}" rss "$SRV_PID" VmHWM)"
+  stop_pid "$SRV_PID" || record note "server exit status $? after SIGTERM"
+}
+
+# SEED_GROUPS groups of 10 devices, then 16 connections that ask for the unpaged
+# list and never read it (Plaspy clients never page); GET one meanwhile, and the
+# server's peak RSS.
+scen_stream() {
+  start_server "$SCEN"
+  auth
+  seed "$SEED_GROUPS" 16
+  record seeded "$SEED_GROUPS"
+  record readers "$("${H[@]}" stalled-readers "$SRV_URL" "$TOKEN" 16 "$SRV_PID" 50)"
+  stop_pid "$SRV_PID" || record note "server exit status $? after SIGTERM"
+}
+
+# The change feed's cost: one group of 9,999 devices (with the toggled one, 10,000),
+# one device added and removed for CHURN_SECONDS (default 15); the data directory's
+# growth per change.
+scen_churn() {
+  start_server "$SCEN"
+  auth
+  record churn "$("${H[@]}" churn "$SRV_URL" "$TOKEN" 9999 "${CHURN_SECONDS:-15}" "$SRV_DIR")"
   stop_pid "$SRV_PID" || record note "server exit status $? after SIGTERM"
 }
 
