@@ -190,6 +190,7 @@ impl TestServer {
             let child = self.child.as_mut().expect("running");
             if let Some(status) = child.try_wait().expect("try_wait") {
                 self.child = None;
+                self.drain_log();
                 return Some(status);
             }
             if std::time::Instant::now() >= deadline {
@@ -313,7 +314,19 @@ impl TestServer {
     /// Waits for the process to exit (after a signal).
     pub fn wait(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("running");
-        c.wait().expect("wait")
+        let status = c.wait().expect("wait");
+        self.drain_log();
+        status
+    }
+
+    /// After the process ended: waits (with a deadline) until the log reader has read
+    /// stderr to its end, so `log()` holds the last lines too (the server writes its log
+    /// from a thread of its own, and the reader may still be behind at the exit).
+    fn drain_log(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.log_closed.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// SIGTERM and wait: the polite stop.
