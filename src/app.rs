@@ -32,11 +32,27 @@ pub struct App {
 
 /// Why the server could not start.
 #[derive(Debug)]
-pub struct StartError(pub String);
+pub struct StartError {
+    pub message: String,
+    /// The data directory needs the operator (a damaged store, an interrupted restore,
+    /// another format version): starting again cannot help, so `serve` exits 3 and the
+    /// unit does not restart it (which would only run sled's recovery on the damaged
+    /// files again and again).
+    pub needs_operator: bool,
+}
+
+impl StartError {
+    fn new(message: String) -> StartError {
+        StartError {
+            message,
+            needs_operator: false,
+        }
+    }
+}
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -79,7 +95,17 @@ fn open_waiting(config: &Config) -> Result<Store, StartError> {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            other => return other.map_err(|e| StartError(e.to_string())),
+            other => {
+                return other.map_err(|e| StartError {
+                    needs_operator: matches!(
+                        e,
+                        crate::store::OpenError::Damaged { .. }
+                            | crate::store::OpenError::Interrupted(_)
+                            | crate::store::OpenError::Version { .. }
+                    ),
+                    message: e.to_string(),
+                })
+            }
         }
     }
 }
@@ -90,11 +116,11 @@ impl App {
         let store = open_waiting(&config)?;
         bootstrap(&store, &config.data_dir)?;
         let auth = Auth::load(&store, &config.auth)
-            .map_err(|e| StartError(format!("loading users: {e:?}")))?;
+            .map_err(|e| StartError::new(format!("loading users: {e:?}")))?;
         let usage = Usage::load(
             store
                 .usage_records()
-                .map_err(|e| StartError(format!("loading usage counters: {e:?}")))?,
+                .map_err(|e| StartError::new(format!("loading usage counters: {e:?}")))?,
         );
         let last_backup = crate::backup::last_success(&config.data_dir).unwrap_or(0);
         Ok(App {
@@ -217,18 +243,18 @@ pub fn spawn_upkeep(app: &Arc<App>) {
 fn bootstrap(store: &Store, data_dir: &Path) -> Result<(), StartError> {
     let users = store
         .users()
-        .map_err(|e| StartError(format!("reading users: {e:?}")))?;
+        .map_err(|e| StartError::new(format!("reading users: {e:?}")))?;
     if !users.is_empty() {
         return Ok(());
     }
     let admin = Admin::offline(store);
     let key = admin
         .add("admin", "default", crate::store::users::Role::Write, None)
-        .map_err(|e| StartError(format!("creating the first user: {e}")))?
+        .map_err(|e| StartError::new(format!("creating the first user: {e}")))?
         .key;
     let path = data_dir.join(KEY_FILE);
     crate::perms::write_private(&path, format!("{key}\n").as_bytes())
-        .map_err(|e| StartError(format!("writing {}: {e}", path.display())))?;
+        .map_err(|e| StartError::new(format!("writing {}: {e}", path.display())))?;
     tracing::info!(path = %path.display(), "first start: created user admin; its API key is in this file (mode 0600)");
     Ok(())
 }
@@ -246,6 +272,6 @@ pub fn new_request_id() -> String {
 
 impl From<StartError> for ApiError {
     fn from(e: StartError) -> ApiError {
-        ApiError::Internal(e.0)
+        ApiError::Internal(e.message)
     }
 }

@@ -42,7 +42,8 @@ const SEND_BUFFER_BYTES: usize = 256 * 1024;
 /// The `serve` command: checks the TLS files, opens the store, binds, tells systemd it
 /// is ready and serves until SIGTERM/SIGINT. Exit codes: 0 after a clean shutdown, 1
 /// when the store or the listener cannot be had or the final flush failed, 2 for a
-/// configuration problem (the TLS files). SIGHUP re-reads the configuration as
+/// configuration problem (the TLS files), 3 when the data directory needs the
+/// operator (a damaged store, an interrupted restore, another format version). SIGHUP re-reads the configuration as
 /// `overrides` and the environment give it (`reload.rs`).
 pub fn run(config: Config, overrides: Overrides) -> ExitCode {
     let level = crate::log::init(&config.log);
@@ -90,7 +91,11 @@ pub fn run(config: Config, overrides: Overrides) -> ExitCode {
             Ok(a) => Arc::new(a),
             Err(e) => {
                 tracing::error!("{e}");
-                return ExitCode::FAILURE;
+                return if e.needs_operator {
+                    ExitCode::from(3)
+                } else {
+                    ExitCode::FAILURE
+                };
             }
         };
         let (listener, addr) = match bind(&app.config.listen).await {

@@ -434,7 +434,7 @@ fn a_restore_killed_at_any_moment_is_refused_and_a_second_restore_redoes_it() {
             interrupted += 1;
             if data.join("restore-in-progress").exists() {
                 let refused = server.second_server();
-                assert_eq!(refused.code, 1, "round {round}: {refused:?}");
+                assert_eq!(refused.code, 3, "round {round}: {refused:?}");
                 assert!(
                     refused.stderr.contains("restore was interrupted: remove")
                         && refused.stderr.contains("and restore again"),

@@ -270,7 +270,7 @@ fn a_store_whose_log_is_empty_or_missing_is_refused_not_taken_for_a_first_start(
         damage(&data.join("store/db")).expect("damage the store");
         let before = snapshot(&data);
         let out = server.second_server();
-        assert_eq!(out.code, 1, "{what}: {out:?}");
+        assert_eq!(out.code, 3, "{what}: the operator's exit code: {out:?}");
         for needle in [
             "the store in data is damaged",
             what,
@@ -325,7 +325,7 @@ fn a_garbage_format_version_is_reported_as_found() {
     let server = stopped_with_a_group();
     std::fs::write(server.data_dir().join("store/format_version"), "v2-beta\n").expect("marker");
     let out = server.second_server();
-    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.code, 3, "{out:?}");
     assert!(
         out.stderr.contains("format version \"v2-beta\"")
             && !out.stderr.contains("18446744073709551615"),
