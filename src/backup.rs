@@ -3,7 +3,7 @@
 //! count so a truncated file is refused instead of half-restored:
 //!
 //! ```text
-//! {"format":"fleetgroups-backup","version":1,"storeFormat":1,"created":"2026-11-26T10:01:42.123Z"}
+//! {"format":"fleetgroups-backup","version":1,"storeFormat":1,"created":"2026-11-26T10:01:42.123Z","storeId":"3f0c…"}
 //! {"type":"sequences","nextGroup":4,"nextChange":5}
 //! {"type":"user","name":"admin",…}
 //! {"type":"group","account":"default","id":1,…}
@@ -52,6 +52,11 @@ struct Header {
     version: u64,
     store_format: u64,
     created: String,
+    /// The identity of the store the backup was taken from (absent in backups made
+    /// before it existed). A restore does not take it over: the restored store gets a
+    /// new one, so a replica sees that its history restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    store_id: Option<String>,
 }
 
 /// The last line.
@@ -190,6 +195,7 @@ fn write_lines(store: &Store, out: &mut impl Write, tmp: &Path) -> Result<Counts
         version: VERSION,
         store_format: FORMAT_VERSION,
         created: crate::time::rfc3339_ms(crate::time::now_ms()),
+        store_id: Some(store.store_id().to_string()),
     };
     serde_json::to_writer(&mut *out, &header).map_err(|e| e.to_string())?;
     out.write_all(b"\n").map_err(io)?;

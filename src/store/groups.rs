@@ -317,6 +317,10 @@ impl Store {
         self.apply_ops(w, &ops, undo)?;
         w.next_group = next_group;
         w.next_change = next_change;
+        self.last_seq.store(
+            next_change.saturating_sub(1),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         Ok(())
     }
 
