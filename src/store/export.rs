@@ -76,6 +76,10 @@ pub enum Record {
         time: String,
         op: String,
         id: u64,
+        /// The group's revision after the change (absent for deletions and for
+        /// entries written before it was recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revision: Option<u64>,
         user_name: String,
         group: Option<PublicGroup>,
     },
@@ -122,6 +126,8 @@ struct StoredChange {
     time: String,
     op: String,
     id: String,
+    #[serde(default)]
+    revision: Option<u64>,
     user_name: String,
     group: Option<PublicGroup>,
 }
@@ -266,6 +272,7 @@ impl Store {
                     time: c.time,
                     op: c.op,
                     id: id.0,
+                    revision: c.revision,
                     user_name: c.user_name,
                     group: c.group,
                 },
@@ -607,10 +614,11 @@ impl Importer<'_> {
                 time,
                 op,
                 id,
+                revision,
                 user_name,
                 group,
             } => {
-                if !valid_name(&account) || seq == 0 || id == 0 {
+                if !valid_name(&account) || seq == 0 || id == 0 || revision == Some(0) {
                     return Err(format!("change {seq}: invalid account, seq or id"));
                 }
                 if !valid_time(&time) {
@@ -639,6 +647,7 @@ impl Importer<'_> {
                     &time,
                     &op,
                     GroupId(id),
+                    revision,
                     &user_name,
                     group_json.as_deref(),
                 );

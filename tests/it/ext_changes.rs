@@ -154,7 +154,16 @@ fn every_change_is_recorded_with_who_and_the_state_after() {
         let o = e.as_object().unwrap();
         let mut k: Vec<&str> = o.keys().map(String::as_str).collect();
         k.sort();
-        assert_eq!(k, vec!["group", "id", "op", "seq", "time", "userName"]);
+        if e["op"] == "deleted" {
+            assert_eq!(k, vec!["group", "id", "op", "seq", "time", "userName"]);
+        } else {
+            assert_eq!(
+                k,
+                vec!["group", "id", "op", "revision", "seq", "time", "userName"]
+            );
+            // The revision after the change: the ETag the write answered with.
+            assert_eq!(e["revision"], i as u64 + 1, "entry {i}");
+        }
         assert_eq!(e["id"], id.as_str());
         assert_eq!(e["userName"], "admin");
         let seq = e["seq"].as_u64().unwrap();
