@@ -24,6 +24,7 @@
 pub mod changes;
 mod commit;
 pub mod export;
+pub mod feed;
 pub mod groups;
 pub mod highwater;
 pub mod idempotency;
