@@ -40,10 +40,11 @@ fn gateway_keys(pg: &Pg, id: &str) -> (TestServer, Vec<String>, Vec<String>) {
 
 /// The store's highest seq, from the feed: `next` of a page that reached the end.
 fn high(server: &TestServer, token: &str) -> u64 {
-    let mut after = 0u64;
+    // No `after` first: from the oldest kept entry, never expired.
+    let mut after: Option<u64> = None;
     loop {
         let v = server
-            .req("GET", &format!("/api/changes?after={after}&limit=1000"))
+            .req("GET", &feed_path(after))
             .bearer(token)
             .send()
             .expect_ok(200);
@@ -51,7 +52,14 @@ fn high(server: &TestServer, token: &str) -> u64 {
         if v["changes"].as_array().is_some_and(Vec::is_empty) {
             return next;
         }
-        after = next;
+        after = Some(next);
+    }
+}
+
+fn feed_path(after: Option<u64>) -> String {
+    match after {
+        Some(a) => format!("/api/changes?after={a}&limit=1000"),
+        None => "/api/changes?limit=1000".to_string(),
     }
 }
 
@@ -59,10 +67,10 @@ fn high(server: &TestServer, token: &str) -> u64 {
 fn feed_seqs(server: &TestServer, tokens: &[String]) -> BTreeSet<u64> {
     let mut out = BTreeSet::new();
     for t in tokens {
-        let mut after = 0u64;
+        let mut after: Option<u64> = None;
         loop {
             let v = server
-                .req("GET", &format!("/api/changes?after={after}&limit=1000"))
+                .req("GET", &feed_path(after))
                 .bearer(t)
                 .send()
                 .expect_ok(200);
@@ -71,7 +79,7 @@ fn feed_seqs(server: &TestServer, tokens: &[String]) -> BTreeSet<u64> {
                 break;
             }
             out.extend(entries.iter().map(|e| e["seq"].as_u64().expect("seq")));
-            after = v["next"].as_u64().expect("next");
+            after = v["next"].as_u64();
         }
     }
     out
@@ -509,4 +517,70 @@ fn the_password_is_never_printed_and_bad_settings_name_their_key() {
             out.stderr
         );
     }
+}
+
+/// A backup whose feed lost its first entry to retention, as a file.
+fn purged_backup(server: &TestServer, dir: &std::path::Path) -> std::path::PathBuf {
+    let file = dir.join("full.jsonl");
+    assert_eq!(
+        server.cli(&["backup", file.to_str().expect("utf-8")]).code,
+        0
+    );
+    let text = std::fs::read_to_string(&file).expect("backup");
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines.retain(|l| {
+        let v: Value = serde_json::from_str(l).expect("json");
+        !(v["type"] == "change" && v["seq"] == 1)
+    });
+    let records = lines.len() - 2;
+    *lines.last_mut().expect("end") = format!("{{\"type\":\"end\",\"records\":{records}}}");
+    let purged = dir.join("purged.jsonl");
+    std::fs::write(&purged, lines.join("\n") + "\n").expect("write");
+    purged
+}
+
+/// A centre cursor older than what the feed still holds resyncs: both for a gateway
+/// the centre has never seen whose feed lost its start, and for a row whose
+/// `applied_seq` fell below the feed's retention.
+#[test]
+fn a_cursor_older_than_the_feeds_retention_resyncs() {
+    let pg = Pg::start();
+    // The source gateway replicates elsewhere; only its backup matters.
+    let (a, ta, keys) = gateway_keys(&pg, "gw-source");
+    work(&a, &ta, 3, "src");
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let purged = purged_backup(&a, out_dir.path());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = cli_in(
+        &dir.path().join("data"),
+        &["restore", purged.to_str().expect("utf-8")],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let b = TestServer::with_dir(dir, options(&pg, "gw-t"));
+    let tb = vec![b.login("admin", &keys[0]), b.login("other", &keys[1])];
+    caught_up(&pg, "gw-t", high(&b, &tb[0]), Duration::from_secs(30));
+    b.wait_for_log("replication: resynced");
+    assert!(
+        b.log().contains("no longer holds its whole history"),
+        "{}",
+        b.log()
+    );
+    assert_converged(&pg, &b, "gw-t", &tb);
+    // The centre's cursor falls behind the retained history (as after a long outage).
+    pg.query("UPDATE fleetgroups.gateways SET applied_seq = 0 WHERE gateway_id = 'gw-t'");
+    work(&b, &tb, 1, "after");
+    caught_up(&pg, "gw-t", high(&b, &tb[0]), Duration::from_secs(30));
+    b.wait_for_log_count("replication: resynced", 2);
+    assert!(
+        b.log().contains("older than the feed's retention"),
+        "{}",
+        b.log()
+    );
+    assert_converged(&pg, &b, "gw-t", &tb);
+    let m = b.req("GET", "/metrics").send().text();
+    assert!(
+        m.contains("fleetgroups_replication_resyncs_total 2\n"),
+        "{m}"
+    );
 }
