@@ -13,7 +13,7 @@
 //! Secrets: the password comes from `password_file` or the URL and is never logged,
 //! put in an error message, a metric or `check-config` (`redact_url`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -442,9 +442,14 @@ pub struct Stats {
     pub last_success_ms: AtomicI64,
     pub resyncs: AtomicU64,
     errors: [AtomicU64; ERROR_KINDS.len()],
-    /// Since when some change has been waiting to be applied centrally (monotonic).
-    pending_since: Mutex<Option<Instant>>,
+    /// (highest seq seen, when it was first seen), oldest first, only seqs not yet
+    /// applied centrally: the front dates the oldest pending change (monotonic clock).
+    marks: Mutex<VecDeque<(u64, Instant)>>,
 }
+
+/// At most this many marks; past it new ones wait (the front, which dates the lag,
+/// is kept).
+const MAX_MARKS: usize = 4096;
 
 impl Stats {
     fn error(&self, kind: &str) {
@@ -461,22 +466,30 @@ impl Stats {
             .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
     }
 
-    /// Seconds the oldest change not yet applied centrally has waited (0: caught up).
+    /// Seconds the oldest change not yet applied centrally has waited since it was
+    /// first seen (0: caught up).
     pub fn lag_seconds(&self, last_seq: u64) -> f64 {
+        self.observe(last_seq);
         if last_seq <= self.applied_seq.load(Ordering::Relaxed) {
             return 0.0;
         }
-        crate::store::lock(&self.pending_since).map_or(0.0, |t| t.elapsed().as_secs_f64())
+        crate::store::lock(&self.marks)
+            .front()
+            .map_or(0.0, |(_, t)| t.elapsed().as_secs_f64())
     }
 
-    /// Notes how far behind the centre is after looking at the store.
+    /// Notes the store's highest seq now, and forgets what the centre has applied.
     fn observe(&self, last_seq: u64) {
-        let behind = last_seq > self.applied_seq.load(Ordering::Relaxed);
-        let mut since = crate::store::lock(&self.pending_since);
-        match (behind, since.is_some()) {
-            (true, false) => *since = Some(Instant::now()),
-            (false, true) => *since = None,
-            _ => {}
+        let applied = self.applied_seq.load(Ordering::Relaxed);
+        let mut marks = crate::store::lock(&self.marks);
+        while marks.front().is_some_and(|(s, _)| *s <= applied) {
+            marks.pop_front();
+        }
+        if last_seq > applied
+            && marks.back().map_or(true, |(s, _)| *s < last_seq)
+            && marks.len() < MAX_MARKS
+        {
+            marks.push_back((last_seq, Instant::now()));
         }
     }
 
@@ -484,11 +497,7 @@ impl Stats {
         self.applied_seq.store(seq, Ordering::Relaxed);
         self.last_success_ms
             .store(crate::time::now_ms(), Ordering::Relaxed);
-        // Entries written while the batch ran count from when it started at the
-        // latest; restart the clock only when caught up.
-        if seq >= last_seq {
-            *crate::store::lock(&self.pending_since) = None;
-        }
+        self.observe(last_seq);
     }
 }
 
@@ -600,6 +609,7 @@ async fn run(app: Arc<App>, settings: Settings, mut stop: watch::Receiver<bool>)
                 }
             }
         }
+        app.replication.observe(app.store.last_seq());
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.wait_for(|s| *s) => return,

@@ -278,6 +278,22 @@ fn with_the_centre_down_writes_go_on_and_replication_catches_up_after() {
     // Readiness does not depend on the centre.
     assert_eq!(a.req("GET", "/readyz").send().status, 200);
     std::thread::sleep(Duration::from_secs(2));
+    // The metrics show the backlog and its age.
+    let gauge = |m: &str, name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {m}"))
+    };
+    let m = a.req("GET", "/metrics").send().text();
+    assert!(
+        gauge(&m, "fleetgroups_replication_pending_changes") > 0.0,
+        "{m}"
+    );
+    assert!(
+        gauge(&m, "fleetgroups_replication_lag_seconds") >= 1.5,
+        "{m}"
+    );
     let down2 = timed("down2");
     println!("the same writes: {up:?} with the centre up, {down:?} and {down2:?} with it down");
     assert!(
@@ -309,6 +325,12 @@ fn with_the_centre_down_writes_go_on_and_replication_catches_up_after() {
         !m.contains("fleetgroups_replication_errors_total{kind=\"connect\"} 0\n"),
         "{m}"
     );
+    assert_eq!(
+        gauge(&m, "fleetgroups_replication_pending_changes"),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(gauge(&m, "fleetgroups_replication_lag_seconds"), 0.0, "{m}");
 }
 
 /// kill -9 of the gateway and `pg_terminate_backend` of its connections at seeded
