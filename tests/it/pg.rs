@@ -13,6 +13,10 @@ pub struct Pg {
     bin: PathBuf,
     pub port: u16,
     runtime: tokio::runtime::Runtime,
+    /// Extra server options (`-c ssl=on` …).
+    extra: String,
+    /// Whether the test's own connections need TLS (`hostssl` only).
+    tls_only: bool,
 }
 
 fn bin_dir() -> PathBuf {
@@ -76,6 +80,16 @@ fn postgres_ids() -> (u32, u32) {
 
 impl Pg {
     pub fn start() -> Pg {
+        Self::start_with(None)
+    }
+
+    /// A cluster that takes TCP connections only over TLS (`hostssl`), with this
+    /// certificate and key (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Pg {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Pg {
         let bin = bin_dir();
         let dir = tempfile::tempdir().expect("tempdir");
         let (uid, gid) = postgres_ids();
@@ -102,6 +116,27 @@ impl Pg {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut extra = String::new();
+        if let Some((cert, key)) = tls {
+            for (name, text) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                std::fs::write(&path, text).expect("write TLS file");
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown");
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .expect("chmod");
+            }
+            let hba = data.join("pg_hba.conf");
+            std::fs::write(
+                &hba,
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+            )
+            .expect("pg_hba.conf");
+            std::os::unix::fs::chown(&hba, Some(uid), Some(gid)).expect("chown");
+            extra = "-c ssl=on".into();
+        }
         let pg = Pg {
             dir,
             bin,
@@ -110,6 +145,8 @@ impl Pg {
                 .enable_all()
                 .build()
                 .expect("runtime"),
+            extra,
+            tls_only: tls.is_some(),
         };
         pg.start_again();
         pg
@@ -122,9 +159,10 @@ impl Pg {
     /// Starts the (stopped) cluster and waits until it takes connections.
     pub fn start_again(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50 {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.extra
         );
         let log = self.dir.path().join("log");
         let out = as_postgres(
@@ -183,7 +221,16 @@ impl Pg {
 
     /// Runs `sql` and returns each row's columns as text (NULL as None).
     pub fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
-        let url = self.url();
+        // The test's own connection goes through the Unix socket, which needs no TLS.
+        let url = if self.tls_only {
+            format!(
+                "host={} port={} user=postgres dbname=postgres",
+                self.dir.path().display(),
+                self.port
+            )
+        } else {
+            self.url()
+        };
         self.runtime.block_on(async {
             let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
                 .await

@@ -606,3 +606,99 @@ fn a_cursor_older_than_the_feeds_retention_resyncs() {
         "{m}"
     );
 }
+
+/// `sslmode` is honoured against a centre that takes only TLS, whose certificate
+/// names `localhost` alone: `require` encrypts without checking; `verify-ca` checks
+/// the chain but not the name (reached as 127.0.0.1); `verify-full` checks the name
+/// too (as `localhost`: connects; as 127.0.0.1: refused); a wrong CA and `disable`
+/// never connect. TLS is rustls: no OpenSSL anywhere.
+#[test]
+fn sslmodes_are_honoured_over_tls() {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let pg = Pg::start_tls(
+        &generated.cert.pem(),
+        &generated.signing_key.serialize_pem(),
+    );
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca = certs.path().join("ca.pem");
+    std::fs::write(&ca, generated.cert.pem()).expect("write");
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let wrong_ca = certs.path().join("wrong.pem");
+    std::fs::write(&wrong_ca, other.cert.pem()).expect("write");
+    let url = |host: &str, mode: &str| {
+        format!(
+            "postgresql://postgres@{host}:{}/postgres?hostaddr=127.0.0.1&sslmode={mode}",
+            pg.port
+        )
+    };
+    let start = |gw: &str, url: String, ca_file: &std::path::Path| {
+        TestServer::with(
+            Options::default()
+                .env("FLEETGROUPS_REPLICATION_POSTGRES_URL", &url)
+                .env("FLEETGROUPS_REPLICATION_GATEWAY_ID", gw)
+                .env(
+                    "FLEETGROUPS_REPLICATION_CA_FILE",
+                    ca_file.to_str().expect("utf-8"),
+                ),
+        )
+    };
+    let none = std::path::Path::new("");
+    let good = [
+        ("gw-require", url("127.0.0.1", "require"), none),
+        ("gw-verify-ca", url("127.0.0.1", "verify-ca"), ca.as_path()),
+        (
+            "gw-verify-full",
+            url("localhost", "verify-full"),
+            ca.as_path(),
+        ),
+    ];
+    let bad = [
+        (
+            "gw-wrong-name",
+            url("127.0.0.1", "verify-full"),
+            ca.as_path(),
+        ),
+        (
+            "gw-wrong-ca",
+            url("localhost", "verify-full"),
+            wrong_ca.as_path(),
+        ),
+        ("gw-disable", url("127.0.0.1", "disable"), none),
+    ];
+    let mut servers = Vec::new();
+    for (gw, u, ca_file) in good.iter().chain(&bad) {
+        let s = start(gw, u.clone(), ca_file);
+        let t = s.admin_token();
+        s.client(&t).create(&json!({"name": format!("{gw} group")}));
+        servers.push((gw.to_string(), s, t));
+    }
+    for (gw, s, t) in &servers[..good.len()] {
+        caught_up(&pg, gw, high(s, t), Duration::from_secs(30));
+        assert_converged_one(&pg, s, gw, t);
+    }
+    for (gw, s, _) in &servers[good.len()..] {
+        s.wait_for_log("replication: cannot reach the central database");
+        assert!(
+            central_applied(&pg, gw).is_none(),
+            "{gw} reached the centre"
+        );
+        let m = s.req("GET", "/metrics").send().text();
+        assert!(
+            !m.contains("fleetgroups_replication_errors_total{kind=\"connect\"} 0\n"),
+            "{gw}: {m}"
+        );
+    }
+}
+
+fn assert_converged_one(pg: &Pg, server: &TestServer, gateway: &str, token: &str) {
+    let live = server
+        .req("GET", "/api/groups")
+        .bearer(token)
+        .send()
+        .expect_ok(200);
+    assert_eq!(
+        central_groups(pg, gateway, "default"),
+        live["groups"],
+        "{gateway}"
+    );
+}
