@@ -702,3 +702,35 @@ fn assert_converged_one(pg: &Pg, server: &TestServer, gateway: &str, token: &str
         "{gateway}"
     );
 }
+
+/// A centre that takes the connection and never answers (a hung database) neither
+/// delays readiness nor the stop: SIGTERM ends the server well within the grace
+/// period.
+#[test]
+fn a_hung_centre_delays_neither_readiness_nor_the_stop() {
+    // Accepts TCP (the kernel's backlog) and never says a word.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!(
+        "postgresql://fleet@127.0.0.1:{}/fleet?sslmode=disable",
+        hung.local_addr().expect("addr").port()
+    );
+    let mut s = TestServer::with(
+        Options::default()
+            .env("FLEETGROUPS_REPLICATION_POSTGRES_URL", &url)
+            .env("FLEETGROUPS_REPLICATION_GATEWAY_ID", "gw-hung"),
+    );
+    assert_eq!(s.req("GET", "/readyz").send().status, 200);
+    let t = s.admin_token();
+    s.client(&t)
+        .create(&json!({"name": "written while the centre hangs"}));
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let status = s.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "the stop took {:?}",
+        t0.elapsed()
+    );
+    drop(hung);
+}
