@@ -27,6 +27,8 @@ pub struct App {
     /// When the last backup succeeded (ms since the epoch, 0: none known): set by
     /// backups through the admin socket, read at start from `backup::LAST_SUCCESS_FILE`.
     pub backup_last_success_ms: AtomicI64,
+    /// Central replication's figures for `/metrics` (`replication.rs`).
+    pub replication: crate::replication::Stats,
     stopping: AtomicBool,
 }
 
@@ -130,6 +132,7 @@ impl App {
             usage,
             metrics: Metrics::default(),
             backup_last_success_ms: AtomicI64::new(last_backup),
+            replication: crate::replication::Stats::default(),
             stopping: AtomicBool::new(false),
         })
     }

@@ -5,7 +5,7 @@
 //! before they existed, which stay readable: unknown header fields are ignored):
 //!
 //! ```text
-//! {"format":"fleetgroups-backup","version":1,"storeFormat":1,"created":"2026-11-26T10:01:42.123Z","writerVersion":"0.1.0","writerRevision":"893333f1c2ab"}
+//! {"format":"fleetgroups-backup","version":1,"storeFormat":1,"created":"2026-11-26T10:01:42.123Z","writerVersion":"0.1.0","writerRevision":"893333f1c2ab","storeId":"3f0c…"}
 //! {"type":"sequences","nextGroup":4,"nextChange":5}
 //! {"type":"user","name":"admin",…}
 //! {"type":"group","account":"default","id":1,…}
@@ -60,6 +60,11 @@ struct Header {
     writer_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     writer_revision: Option<String>,
+    /// The identity of the store the backup was taken from (absent in backups made
+    /// before it existed). A restore does not take it over: the restored store gets a
+    /// new one, so a replica sees that its history restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    store_id: Option<String>,
 }
 
 /// The last line.
@@ -200,6 +205,7 @@ fn write_lines(store: &Store, out: &mut impl Write, tmp: &Path) -> Result<Counts
         created: crate::time::rfc3339_ms(crate::time::now_ms()),
         writer_version: Some(crate::build_info::VERSION.into()),
         writer_revision: Some(crate::build_info::REVISION.into()),
+        store_id: Some(store.store_id().to_string()),
     };
     serde_json::to_writer(&mut *out, &header).map_err(|e| e.to_string())?;
     out.write_all(b"\n").map_err(io)?;

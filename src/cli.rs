@@ -324,11 +324,15 @@ fn check_config(
     let file_json = file
         .as_ref()
         .map(|f| serde_json::Value::from(f.to_string_lossy()));
-    // The TLS files are part of the configuration: a start would refuse them.
+    // The TLS files and replication's password and CA files are part of the
+    // configuration: a start would refuse them.
     let checked = loaded.map_err(|e| e.to_string()).and_then(|config| {
-        crate::tls::acceptor(&config.tls)
-            .map(|_| config)
-            .map_err(|e| e.to_string())
+        crate::tls::acceptor(&config.tls).map_err(|e| e.to_string())?;
+        if config.replication.enabled() {
+            crate::replication::Settings::from_config(&config.replication)
+                .map_err(|e| format!("configuration error: {e}"))?;
+        }
+        Ok(config)
     });
     let config = match checked {
         Ok(c) => c,

@@ -29,6 +29,7 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
+    pub replication: ReplicationConfig,
     /// Test-only fault injection; never in the file, never printed.
     #[serde(skip)]
     pub fault: FaultInjection,
@@ -203,6 +204,62 @@ pub struct AdminConfig {
     pub socket: String,
 }
 
+/// `[replication]`: push the change feed into a central PostgreSQL (replication.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// libpq-style URL (`postgresql://user@host:5432/db?sslmode=verify-full`); empty:
+    /// replication off. May hold a password; it is never printed.
+    pub postgres_url: String,
+    /// File holding the password (systemd `LoadCredential=`); overrides one in the URL.
+    pub password_file: String,
+    /// PEM CA certificates for `sslmode=verify-ca` and `verify-full` (rustls).
+    pub ca_file: String,
+    /// This gateway's name centrally, `[A-Za-z0-9._-]{1,64}`; empty: the host name.
+    pub gateway_id: String,
+    /// Change entries per PostgreSQL transaction (1–10000).
+    pub batch_size: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            postgres_url: String::new(),
+            password_file: String::new(),
+            ca_file: String::new(),
+            gateway_id: String::new(),
+            batch_size: 500,
+        }
+    }
+}
+
+impl ReplicationConfig {
+    /// Whether replication is configured.
+    pub fn enabled(&self) -> bool {
+        !self.postgres_url.is_empty()
+    }
+
+    /// The gateway ID in effect: the setting, else the host name.
+    pub fn effective_gateway_id(&self) -> String {
+        if self.gateway_id.is_empty() {
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            self.gateway_id.clone()
+        }
+    }
+}
+
+/// Whether `id` is a valid `replication.gateway_id`.
+pub fn valid_gateway_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -217,6 +274,7 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             admin: AdminConfig::default(),
+            replication: ReplicationConfig::default(),
             fault: FaultInjection::default(),
             ignored_env: Vec::new(),
         }
@@ -457,6 +515,28 @@ impl Config {
         if let Err(why) = crate::log::check_level(&self.log.level) {
             return bad("log.level", &why);
         }
+        let r = &self.replication;
+        if !(1..=10_000).contains(&r.batch_size) {
+            return bad("replication.batch_size", "must be from 1 to 10000");
+        }
+        if !r.gateway_id.is_empty() && !valid_gateway_id(&r.gateway_id) {
+            return bad(
+                "replication.gateway_id",
+                "must be 1-64 characters of A-Z a-z 0-9 . _ -",
+            );
+        }
+        if r.enabled() {
+            if let Err(why) = crate::replication::check_settings(r) {
+                return Err(ConfigError(why));
+            }
+            let id = r.effective_gateway_id();
+            if !valid_gateway_id(&id) {
+                return bad(
+                    "replication.gateway_id",
+                    &format!("the host name {id:?} is not 1-64 characters of A-Z a-z 0-9 . _ -; set replication.gateway_id"),
+                );
+            }
+        }
         if self.metrics.allowed_networks.is_empty() {
             return bad(
                 "metrics.allowed_networks",
@@ -477,6 +557,8 @@ impl Config {
         if !shown.tls.key.is_empty() {
             shown.tls.key = "***".into();
         }
+        shown.replication.postgres_url =
+            crate::replication::redact_url(&shown.replication.postgres_url);
         shown
     }
 

@@ -33,6 +33,8 @@ pub enum ApiError {
     NameConflict,
     /// 409: a JSON Patch `test` operation failed at this path.
     PatchTestFailed(String),
+    /// 410: a change-feed cursor older than the retained history.
+    CursorExpired,
     /// 412: `If-Match` named another revision.
     PreconditionFailed,
     /// 413: the body is over `limits.max_body_bytes`.
@@ -65,6 +67,7 @@ impl ApiError {
             MethodNotAllowed(_) => 405,
             RequestTimeout => 408,
             NameConflict | PatchTestFailed(_) => 409,
+            CursorExpired => 410,
             PreconditionFailed => 412,
             BodyTooLarge => 413,
             UnsupportedMediaType(_) => 415,
@@ -90,6 +93,7 @@ impl ApiError {
             RequestTimeout => "request_timeout",
             NameConflict => "name_conflict",
             PatchTestFailed(_) => "patch_test_failed",
+            CursorExpired => "cursor_expired",
             PreconditionFailed => "precondition_failed",
             BodyTooLarge => "body_too_large",
             UnsupportedMediaType(_) => "unsupported_media_type",
@@ -117,6 +121,7 @@ impl ApiError {
             RequestTimeout => "Request timeout".into(),
             NameConflict => "Group name already exists".into(),
             PatchTestFailed(path) => format!("Patch test failed: {path}").into(),
+            CursorExpired => "Cursor expired: read the groups again".into(),
             PreconditionFailed => "Precondition failed".into(),
             BodyTooLarge => "Request body too large".into(),
             UnsupportedMediaType(sent) => format!("Unsupported media type: {sent}").into(),
@@ -238,6 +243,12 @@ mod tests {
                 409,
                 "patch_test_failed",
                 "Patch test failed: /name",
+            ),
+            (
+                ApiError::CursorExpired,
+                410,
+                "cursor_expired",
+                "Cursor expired: read the groups again",
             ),
             (
                 ApiError::PreconditionFailed,

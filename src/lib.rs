@@ -26,6 +26,7 @@ pub mod perms;
 #[cfg(test)]
 mod proptests;
 pub mod reload;
+pub mod replication;
 pub mod server;
 pub mod signals;
 pub mod store;

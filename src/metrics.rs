@@ -236,6 +236,7 @@ impl Metrics {
             "# HELP fleetgroups_backup_last_success_timestamp_seconds When the last backup of this data directory succeeded (Unix time; 0: none known).\n# TYPE fleetgroups_backup_last_success_timestamp_seconds gauge\nfleetgroups_backup_last_success_timestamp_seconds {}",
             app.backup_last_success_ms.load(Ordering::Relaxed) as f64 / 1e3
         );
+        render_replication(&mut out, app);
         out
     }
 }
@@ -251,4 +252,58 @@ fn label_value(v: &str) -> std::borrow::Cow<'_, str> {
     } else {
         v.into()
     }
+}
+
+/// The replication metrics (replication.md §4), present only when `[replication]` is
+/// configured.
+fn render_replication(out: &mut String, app: &App) {
+    let r = &app.replication;
+    if !r.enabled.load(Ordering::Relaxed) {
+        return;
+    }
+    let last = app.store.last_seq();
+    let applied = r.applied_seq.load(Ordering::Relaxed);
+    let gauges = [
+        (
+            "fleetgroups_replication_applied_seq",
+            "The change seq the central database has applied (fleetgroups.gateways.applied_seq).",
+            applied.to_string(),
+        ),
+        (
+            "fleetgroups_replication_pending_changes",
+            "Change seqs handed out here and not yet applied centrally.",
+            last.saturating_sub(applied).to_string(),
+        ),
+        (
+            "fleetgroups_replication_lag_seconds",
+            "Age of the oldest change not yet applied centrally (0: caught up).",
+            format!("{:.3}", r.lag_seconds(last)),
+        ),
+        (
+            "fleetgroups_replication_last_success_timestamp_seconds",
+            "When a batch or resync last committed centrally (Unix time; 0: not yet).",
+            format!("{}", r.last_success_ms.load(Ordering::Relaxed) as f64 / 1e3),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP fleetgroups_replication_errors_total Failed replication attempts, by kind (connect, schema, apply, resync, store).\n# TYPE fleetgroups_replication_errors_total counter"
+    );
+    for (kind, n) in r.errors() {
+        let _ = writeln!(
+            out,
+            "fleetgroups_replication_errors_total{{kind=\"{kind}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP fleetgroups_replication_resyncs_total Times this gateway replaced its central rows with a snapshot.\n# TYPE fleetgroups_replication_resyncs_total counter\nfleetgroups_replication_resyncs_total {}",
+        r.resyncs.load(Ordering::Relaxed)
+    );
 }

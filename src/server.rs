@@ -64,6 +64,14 @@ pub fn run(config: Config, overrides: Overrides) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Replication's password and CA files, read now (the CLI's other commands never
+    // read them: they may run as a user the credential is not for).
+    if config.replication.enabled() {
+        if let Err(e) = crate::replication::Settings::from_config(&config.replication) {
+            tracing::error!("configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -143,6 +151,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     crate::app::spawn_upkeep(&app);
+    let (stop_replication, replication_stopped) = watch::channel(false);
+    let replication = crate::replication::spawn(&app, replication_stopped);
     let limits = &app.config.limits;
     // Bounded so that `acquire_many` below can name every permit.
     let max = u32::try_from(limits.max_connections)
@@ -242,6 +252,18 @@ pub async fn serve(
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(app.config.shutdown_grace_secs);
+    // Replication stops at once (an interrupted batch is simply redone at the next
+    // start); it must be gone before the store closes.
+    let _ = stop_replication.send(true);
+    if let Some(mut task) = replication {
+        if tokio::time::timeout(grace.min(Duration::from_secs(5)), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+            let _ = task.await;
+        }
+    }
     // Every connection holds a permit until it ends: all permits back means drained.
     if tokio::time::timeout(grace, permits.acquire_many(max))
         .await

@@ -1,21 +1,23 @@
 //! `GET /api/changes?after=&limit=` [ext]: the caller's account's change feed, oldest
-//! first. `next` is the `after` for the following page, or null when this page is the
-//! end of the feed for now (a mirror then polls again with its last `seq`). A page
-//! stops at `limit` entries or `limits.max_page_bytes` of them, whichever comes first.
+//! first, with the store's `storeId`. `next` is always the `after` for the following
+//! call (past other accounts' entries when the page reached the end: see
+//! `Store::changes`); an empty page means the feed is read for now. A page stops at
+//! `limit` entries or `limits.max_page_bytes` of them, whichever comes first. An
+//! `after` below what retention may have removed is 410 `cursor_expired`.
 
 use super::Ctx;
 use crate::error::ApiError;
 use crate::http::response::{push_member, Reply};
 
 pub fn list(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
-    let mut after = 0u64;
+    let mut after = None;
     let mut limit = 100usize;
     for (k, v) in ctx.query(&["after", "limit"])? {
         match k {
             "after" => {
-                after = v.parse().map_err(|_| {
+                after = Some(v.parse().map_err(|_| {
                     ApiError::InvalidInput("after must be a non-negative integer".into())
-                })?
+                })?)
             }
             _ => {
                 limit = v
@@ -42,11 +44,11 @@ pub fn list(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
         list.extend_from_slice(e);
     }
     list.push(b']');
-    let mut m = Vec::with_capacity(list.len() + 32);
+    let mut m = Vec::with_capacity(list.len() + 96);
+    let store_id = serde_json::to_vec(ctx.app.store.store_id())
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    push_member(&mut m, "storeId", &store_id);
     push_member(&mut m, "changes", &list);
-    let next = page
-        .next
-        .map_or_else(|| "null".to_string(), |n| n.to_string());
-    push_member(&mut m, "next", next.as_bytes());
+    push_member(&mut m, "next", page.next.to_string().as_bytes());
     Ok(Reply::ok(m))
 }

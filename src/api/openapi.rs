@@ -173,6 +173,7 @@ mod tests {
             ApiError::RequestTimeout,
             ApiError::NameConflict,
             ApiError::PatchTestFailed(String::new()),
+            ApiError::CursorExpired,
             ApiError::PreconditionFailed,
             ApiError::BodyTooLarge,
             ApiError::UnsupportedMediaType(String::new()),
@@ -196,6 +197,7 @@ mod tests {
                 | ApiError::RequestTimeout
                 | ApiError::NameConflict
                 | ApiError::PatchTestFailed(_)
+                | ApiError::CursorExpired
                 | ApiError::PreconditionFailed
                 | ApiError::BodyTooLarge
                 | ApiError::UnsupportedMediaType(_)

@@ -7,7 +7,9 @@
 //! in batches, each under the writer mutex only while it is applied (so a backup sees a
 //! batch whole or not at all).
 
-use super::{keys, lock, Store};
+use std::sync::atomic::Ordering;
+
+use super::{keys, lock, Store, META_PURGED_THROUGH};
 use crate::error::ApiError;
 use crate::model::GroupId;
 use crate::time::rfc3339_ms;
@@ -15,17 +17,19 @@ use crate::time::rfc3339_ms;
 /// Entries removed per batch while purging.
 const PURGE_BATCH: usize = 512;
 
-/// A change-feed entry: `{seq, time, op, id, userName, group}` with `group` the raw
-/// public JSON (or null).
+/// A change-feed entry: `{seq, time, op, id, revision, userName, group}` with `group`
+/// the raw public JSON (or null) and `revision` the group's revision after the change
+/// (left out of deletions, and of entries written before it was recorded).
 pub(super) fn change_entry(
     seq: u64,
     time: i64,
     op: &str,
     id: GroupId,
+    revision: Option<u64>,
     user: &str,
     group: Option<&[u8]>,
 ) -> Vec<u8> {
-    change_entry_at(seq, &rfc3339_ms(time), op, id, user, group)
+    change_entry_at(seq, &rfc3339_ms(time), op, id, revision, user, group)
 }
 
 /// `change_entry` with the time already formatted (restore keeps the stored text).
@@ -34,6 +38,7 @@ pub(super) fn change_entry_at(
     time: &str,
     op: &str,
     id: GroupId,
+    revision: Option<u64>,
     user: &str,
     group: Option<&[u8]>,
 ) -> Vec<u8> {
@@ -46,7 +51,12 @@ pub(super) fn change_entry_at(
     out.extend_from_slice(op.as_bytes());
     out.extend_from_slice(b"\",\"id\":\"");
     out.extend_from_slice(id.to_string().as_bytes());
-    out.extend_from_slice(b"\",\"userName\":");
+    out.push(b'"');
+    if let Some(r) = revision {
+        out.extend_from_slice(b",\"revision\":");
+        out.extend_from_slice(r.to_string().as_bytes());
+    }
+    out.extend_from_slice(b",\"userName\":");
     // Serialising a string into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut out, user);
     out.extend_from_slice(b",\"group\":");
@@ -60,32 +70,52 @@ pub(super) fn change_entry_at(
 pub struct ChangePage {
     /// The entries' JSON, oldest first.
     pub entries: Vec<sled::IVec>,
-    /// The `after` for the next page when more entries follow now, else None.
-    pub next: Option<u64>,
+    /// The `after` for the next call: the last entry's `seq` when the page stopped at
+    /// its bounds with more entries to come, else the highest `seq` the store had
+    /// handed out when the read began (every entry of the account up to it is in this
+    /// page or an earlier one), so a cursor moves past other accounts' entries. Never
+    /// below `after`.
+    pub next: u64,
 }
 
 impl Store {
-    /// Change-feed entries of an account with `seq > after`: at most `limit`, and no
+    /// Change-feed entries of an account with `seq > after` (None: from the oldest kept
+    /// entry, never expired): at most `limit`, and no
     /// more than `max_bytes` of JSON together (but always at least one entry, or a
     /// reader could never get past a large one).
+    ///
+    /// `after` is expired — `ApiError::CursorExpired` — when `after < purged_through()`:
+    /// retention may have removed an entry the reader has not seen. `after` equal to
+    /// it is fine (every entry up to it was read), so `after = 0` is fine on a store
+    /// that never purged. The check is made before and after the scan; the purge
+    /// raises `purged_through` before it removes anything, so a page never silently
+    /// misses an entry that a concurrent purge took.
     pub fn changes(
         &self,
         account: &str,
-        after: u64,
+        after: Option<u64>,
         limit: usize,
         max_bytes: usize,
     ) -> Result<ChangePage, ApiError> {
-        let prefix = keys::account_prefix(account);
+        let check = after.is_some();
+        let after = after.unwrap_or(0);
+        // Read first: every entry up to `high` is applied, so the scan below sees all
+        // of this account's, and none above it (a later one may land before an
+        // earlier one is visible to a running scan, which would leave a gap).
+        let high = self.last_seq();
+        self.check_cursor(check, after)?;
         let mut entries = Vec::new();
-        let mut bytes = 0usize;
-        let mut last = None;
-        let Some(from) = after.checked_add(1) else {
+        if after >= high {
             return Ok(ChangePage {
                 entries,
-                next: None,
+                next: after,
             });
-        };
-        for item in self.changes.range(keys::change(account, from)..) {
+        }
+        let prefix = keys::account_prefix(account);
+        let mut bytes = 0usize;
+        let mut last = after;
+        let range = keys::change(account, after + 1)..keys::change(account, high + 1);
+        for item in self.changes.range(range) {
             let (k, v) = item.map_err(|e| self.read_err(e))?;
             if !k.starts_with(&prefix) {
                 break;
@@ -94,19 +124,30 @@ impl Store {
             if entries.len() == limit
                 || (!entries.is_empty() && bytes.saturating_add(len) > max_bytes)
             {
+                self.check_cursor(check, after)?;
                 return Ok(ChangePage {
                     entries,
                     next: last,
                 });
             }
             bytes += len;
-            last = keys::trailing_u64(&k);
+            last = keys::trailing_u64(&k).unwrap_or(last);
             entries.push(v);
         }
+        self.check_cursor(check, after)?;
         Ok(ChangePage {
             entries,
-            next: None,
+            next: high,
         })
+    }
+
+    /// `CursorExpired` when retention may have removed an entry after `after`.
+    fn check_cursor(&self, check: bool, after: u64) -> Result<(), ApiError> {
+        if check && after < self.purged_through() {
+            Err(ApiError::CursorExpired)
+        } else {
+            Ok(())
+        }
     }
 
     /// One retention pass at `now_ms` on the store's elapsed clock (`retention.rs`):
@@ -124,6 +165,13 @@ impl Store {
         self.meta
             .insert(super::retention::META_RETENTION, saved)
             .map_err(|e| self.fail(e))?;
+        if cutoff > 1 && cutoff - 1 > self.purged_through() {
+            // Recorded before anything goes: a reader checks it after its scan.
+            self.meta
+                .insert(META_PURGED_THROUGH, &(cutoff - 1).to_be_bytes())
+                .map_err(|e| self.fail(e))?;
+            self.purged_through.store(cutoff - 1, Ordering::SeqCst);
+        }
         let removed = self.purge_changes_below(cutoff)?;
         tracing::debug!(
             removed,
@@ -205,6 +253,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use crate::error::ApiError;
     use crate::model::GroupId;
     use crate::store::groups::Actor;
     use crate::store::testing::{doc, store};
@@ -214,7 +263,7 @@ mod tests {
 
     /// The seq of every entry of an account's feed.
     fn seqs(s: &Store, account: &str) -> Vec<u64> {
-        s.changes(account, 0, 1000, usize::MAX)
+        s.changes(account, None, 1000, usize::MAX)
             .unwrap()
             .entries
             .iter()
@@ -305,8 +354,11 @@ mod tests {
         assert_eq!(s.purge_changes_at(keep, elapsed + keep).unwrap(), 2);
     }
 
+    /// Pages follow `next` exactly; once the account's entries are read, `next` is
+    /// the store's highest `seq`, past the other account's entries, and an empty page
+    /// follows.
     #[test]
-    fn feed_pages_follow_next() {
+    fn feed_pages_follow_next_past_other_accounts() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         let actor = Actor {
@@ -325,21 +377,35 @@ mod tests {
         }
         let mut seen = Vec::new();
         let mut after = 0;
+        let mut calls = 0;
         loop {
-            let page = s.changes("a", after, 2, usize::MAX).unwrap();
+            let page = s.changes("a", Some(after), 2, usize::MAX).unwrap();
+            calls += 1;
+            if page.entries.is_empty() {
+                assert_eq!(page.next, after);
+                break;
+            }
             for e in &page.entries {
                 let v: serde_json::Value = serde_json::from_slice(e).unwrap();
                 assert_eq!(v["userName"], "u");
                 seen.push(v["seq"].as_u64().unwrap());
             }
-            match page.next {
-                Some(n) => after = n,
-                None => break,
-            }
+            assert!(page.next > after);
+            after = page.next;
         }
         assert_eq!(seen, vec![1, 3, 5, 7, 9]);
+        // Full pages end at their last entry; the last (short) page at seq 10, the
+        // other account's last entry.
+        assert_eq!((after, calls), (10, 4));
+        // A quiet account's cursor follows the store: `a` writes nothing, `b` does.
+        for i in 5..8 {
+            s.create_group(other, &doc(&format!("b{i}")), 10, None)
+                .unwrap();
+        }
+        let page = s.changes("a", Some(after), 2, usize::MAX).unwrap();
+        assert_eq!((page.entries.len(), page.next), (0, 13));
         assert!(s
-            .changes("a", u64::MAX, 10, usize::MAX)
+            .changes("a", Some(u64::MAX), 10, usize::MAX)
             .unwrap()
             .entries
             .is_empty());
@@ -357,17 +423,86 @@ mod tests {
             s.create_group(actor, &doc(&format!("g{i}")), 10, None)
                 .unwrap();
         }
-        let all = s.changes("a", 0, 1000, usize::MAX).unwrap();
+        let all = s.changes("a", Some(0), 1000, usize::MAX).unwrap();
         let one = all.entries[0].len() + 1;
         // Room for two entries and a bit: two, and `next` continues after the second.
-        let page = s.changes("a", 0, 1000, 2 * one + one / 2).unwrap();
+        let page = s.changes("a", Some(0), 1000, 2 * one + one / 2).unwrap();
         assert_eq!(page.entries.len(), 2);
-        assert_eq!(page.next, Some(2));
+        assert_eq!(page.next, 2);
         // Smaller than one entry: still one, or the reader could never move on.
-        let page = s.changes("a", 0, 1000, 1).unwrap();
+        let page = s.changes("a", Some(0), 1000, 1).unwrap();
         assert_eq!(page.entries.len(), 1);
-        assert_eq!(page.next, Some(1));
-        let last = s.changes("a", 3, 1000, 1).unwrap();
-        assert_eq!((last.entries.len(), last.next), (1, None));
+        assert_eq!(page.next, 1);
+        let last = s.changes("a", Some(3), 1000, 1).unwrap();
+        assert_eq!((last.entries.len(), last.next), (1, 4));
+    }
+
+    /// After a purge, an `after` below the highest purged `seq` is expired; that seq
+    /// itself and anything above are not; no `after` reads what is kept. The mark
+    /// survives a restart.
+    #[test]
+    fn a_cursor_older_than_the_retained_history_is_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = DAY;
+        {
+            let s = store(dir.path());
+            // Never purged: 0 is fine.
+            write(&s, "a", None, 2);
+            assert_eq!(s.purged_through(), 0);
+            assert_eq!(
+                s.changes("a", Some(0), 10, usize::MAX)
+                    .unwrap()
+                    .entries
+                    .len(),
+                3
+            );
+            assert_eq!(s.purge_changes_at(keep, 0).unwrap(), 0);
+            assert_eq!(s.purged_through(), 0);
+            write(&s, "b", None, 1);
+            assert_eq!(s.purge_changes_at(keep, keep).unwrap(), 3);
+            assert_eq!(s.purged_through(), 3);
+            s.close().unwrap();
+        }
+        let s = store(dir.path());
+        assert_eq!(s.purged_through(), 3);
+        for after in [0, 1, 2] {
+            assert_eq!(
+                s.changes("b", Some(after), 10, usize::MAX).unwrap_err(),
+                ApiError::CursorExpired
+            );
+        }
+        let page = s.changes("b", Some(3), 10, usize::MAX).unwrap();
+        assert_eq!((page.entries.len(), page.next), (2, 5));
+        assert_eq!(
+            s.changes("a", None, 10, usize::MAX).unwrap().entries.len(),
+            0
+        );
+        assert_eq!(
+            s.changes("b", None, 10, usize::MAX).unwrap().entries.len(),
+            2
+        );
+        assert_eq!(
+            ApiError::CursorExpired.message(),
+            "Cursor expired: read the groups again"
+        );
+    }
+
+    /// The store's identity is made once and kept.
+    #[test]
+    fn the_store_id_is_random_and_kept_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let id = {
+            let s = store(dir.path());
+            let id = s.store_id().to_string();
+            s.close().unwrap();
+            id
+        };
+        assert_eq!(id.len(), 32);
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(store(dir.path()).store_id(), id);
+        assert_ne!(store(other.path()).store_id(), id);
     }
 }

@@ -19,9 +19,12 @@ use super::changes::change_entry_at;
 use super::groups::{count_key, encode, GroupView, PublicGroup};
 use super::idempotency::{self, IdempotencyRecord};
 use super::users::{Role, UsageRecord, UserRecord};
-use super::{keys, Store, TreeId, META_NEXT_CHANGE, META_NEXT_GROUP, TREE_NAMES};
+use super::{
+    keys, Store, TreeId, META_NEXT_CHANGE, META_NEXT_GROUP, META_PURGED_THROUGH, TREE_NAMES,
+};
 use crate::auth::valid_name;
 use crate::model::{name_key, validate_doc, GroupDoc, GroupId, Rules, MAX_NAME_CHARS};
+use std::sync::atomic::Ordering;
 
 /// One backup body line. Times are milliseconds since the epoch unless named `time`
 /// (the change feed keeps the exact text it served).
@@ -73,6 +76,10 @@ pub enum Record {
         time: String,
         op: String,
         id: u64,
+        /// The group's revision after the change (absent for deletions and for
+        /// entries written before it was recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revision: Option<u64>,
         user_name: String,
         group: Option<PublicGroup>,
     },
@@ -119,6 +126,8 @@ struct StoredChange {
     time: String,
     op: String,
     id: String,
+    #[serde(default)]
+    revision: Option<u64>,
     user_name: String,
     group: Option<PublicGroup>,
 }
@@ -263,6 +272,7 @@ impl Store {
                     time: c.time,
                     op: c.op,
                     id: id.0,
+                    revision: c.revision,
                     user_name: c.user_name,
                     group: c.group,
                 },
@@ -604,10 +614,11 @@ impl Importer<'_> {
                 time,
                 op,
                 id,
+                revision,
                 user_name,
                 group,
             } => {
-                if !valid_name(&account) || seq == 0 || id == 0 {
+                if !valid_name(&account) || seq == 0 || id == 0 || revision == Some(0) {
                     return Err(format!("change {seq}: invalid account, seq or id"));
                 }
                 if !valid_time(&time) {
@@ -636,6 +647,7 @@ impl Importer<'_> {
                     &time,
                     &op,
                     GroupId(id),
+                    revision,
                     &user_name,
                     group_json.as_deref(),
                 );
@@ -728,6 +740,20 @@ impl Importer<'_> {
             META_NEXT_CHANGE.to_vec(),
             next_change.to_be_bytes().to_vec(),
         )?;
+        // The feed's history before the oldest entry the backup holds is gone: a cursor
+        // below it is expired (`changes.rs`).
+        let purged_through = self
+            .change_seqs
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or(next_change)
+            .saturating_sub(1);
+        self.put(
+            TreeId::Meta,
+            META_PURGED_THROUGH.to_vec(),
+            purged_through.to_be_bytes().to_vec(),
+        )?;
         self.apply()?;
         let Some(store) = self.store else {
             return Ok(self.counts);
@@ -737,6 +763,8 @@ impl Importer<'_> {
             let mut w = store.lock_writer();
             w.next_group = next_group;
             w.next_change = next_change;
+            store.last_seq.store(next_change - 1, Ordering::SeqCst);
+            store.purged_through.store(purged_through, Ordering::SeqCst);
         }
         store.flush_blocking()?;
         Ok(self.counts)

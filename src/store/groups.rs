@@ -254,13 +254,13 @@ impl Plan {
         actor: Actor<'_>,
         seq: u64,
         time: i64,
-        op: &str,
+        (op, revision): (&str, Option<u64>),
         id: GroupId,
         group: Option<&[u8]>,
     ) {
         self.changes.push((
             keys::change(actor.account, seq),
-            Some(change_entry(seq, time, op, id, actor.user, group)),
+            Some(change_entry(seq, time, op, id, revision, actor.user, group)),
         ));
     }
 }
@@ -318,6 +318,10 @@ impl Store {
         self.apply_ops(w, &ops, undo)?;
         w.next_group = next_group;
         w.next_change = next_change;
+        self.last_seq.store(
+            next_change.saturating_sub(1),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         Ok(())
     }
 
@@ -582,7 +586,7 @@ impl Store {
             Some((count + 1).to_be_bytes().to_vec()),
         ));
         let json = &raw[HEADER..];
-        plan.record_change(actor, seq, now, "created", id, Some(json));
+        plan.record_change(actor, seq, now, ("created", Some(1)), id, Some(json));
         if let Some(req) = idempotency {
             self.plan_idempotency(&mut plan, actor, req, (id, 1, json), now)?;
         }
@@ -654,7 +658,14 @@ impl Store {
         plan.groups
             .push((keys::group(actor.account, id.0), Some(raw.clone())));
         let seq = w.next_change;
-        plan.record_change(actor, seq, now, "updated", id, Some(&raw[HEADER..]));
+        plan.record_change(
+            actor,
+            seq,
+            now,
+            ("updated", Some(current.revision() + 1)),
+            id,
+            Some(&raw[HEADER..]),
+        );
         let ng = w.next_group;
         self.apply(&mut w, plan, ng, seq + 1)?;
         Ok((GroupView::new(id, raw.into())?, extra))
@@ -687,7 +698,7 @@ impl Store {
             Some(count.saturating_sub(1).to_be_bytes().to_vec()),
         ));
         let seq = w.next_change;
-        plan.record_change(actor, seq, now_ms(), "deleted", id, None);
+        plan.record_change(actor, seq, now_ms(), ("deleted", None), id, None);
         let ng = w.next_group;
         self.apply(&mut w, plan, ng, seq + 1)
     }

@@ -25,6 +25,7 @@ pub mod changes;
 pub mod check;
 mod commit;
 pub mod export;
+pub mod feed;
 pub mod groups;
 pub mod highwater;
 pub mod idempotency;
@@ -33,7 +34,7 @@ mod retention;
 pub mod users;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -52,10 +53,22 @@ const META_FORMAT: &[u8] = b"format_version";
 pub const FORMAT_MARKER: &str = "format_version";
 const META_NEXT_GROUP: &[u8] = b"next_group";
 const META_NEXT_CHANGE: &[u8] = b"next_change";
+/// The store's identity (`store_id`): random, made when the store is created; a
+/// restore creates a new store and so a new one.
+const META_STORE_ID: &[u8] = b"store_id";
+/// The highest change-feed `seq` the retention purge may have removed (u64; absent: 0).
+/// Written before the purge removes anything (`changes.rs`).
+const META_PURGED_THROUGH: &[u8] = b"purged_through";
 /// The name rules the name index was built under: absent for `to_lowercase`, 2 for
 /// NFC + full case folding (`names.rs`).
 const META_NAME_RULES: &[u8] = b"name_rules";
 const NAME_RULES: u64 = 2;
+
+/// A new random store identity: 128 bits as 32 lowercase hex digits.
+fn new_store_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Why the store could not be opened.
 #[derive(Debug)]
@@ -203,6 +216,13 @@ pub struct Store {
     recorded: Mutex<Option<highwater::HighWater>>,
     /// The elapsed clock and marks of change-feed retention (`retention.rs`).
     retention: Mutex<retention::Retention>,
+    /// See `META_STORE_ID`.
+    store_id: String,
+    /// See `META_PURGED_THROUGH`.
+    purged_through: AtomicU64,
+    /// The highest `seq` handed out so far (`next_change - 1`): every entry up to it
+    /// has been applied (set under the writer mutex after the transaction).
+    last_seq: AtomicU64,
 }
 
 impl Store {
@@ -336,6 +356,24 @@ impl Store {
                 what,
             });
         }
+        // The store's identity is made only for a store that passed the checks above.
+        let store_id = match meta
+            .get(META_STORE_ID)
+            .map_err(|e| OpenError::Other(e.to_string()))?
+        {
+            Some(v) => String::from_utf8_lossy(&v).into_owned(),
+            None => {
+                let id = new_store_id();
+                meta.insert(META_STORE_ID, id.as_bytes())
+                    .map_err(|e| OpenError::Other(e.to_string()))?;
+                id
+            }
+        };
+        let purged_through = meta
+            .get(META_PURGED_THROUGH)
+            .map_err(|e| OpenError::Other(e.to_string()))?
+            .and_then(|v| keys::read_u64(&v))
+            .unwrap_or(0);
         // Continue after everything that may have been handed out: the log's own marks,
         // or the reservation when it reaches further (a crash inside a reservation).
         let (start_group, start_change) = match recorded {
@@ -401,6 +439,9 @@ impl Store {
             failed,
             recorded: Mutex::new(recorded),
             retention: Mutex::new(retention),
+            store_id,
+            purged_through: AtomicU64::new(purged_through),
+            last_seq: AtomicU64::new(log_marks.next_change.saturating_sub(1)),
         };
         if (start_group, start_change) != (next_group, next_change) {
             // Started inside a reservation (the last run crashed): the log learns the
@@ -464,6 +505,22 @@ impl Store {
     /// Flushes and fsyncs now, blocking (CLI commands, shutdown).
     pub fn flush_blocking(&self) -> Result<(), String> {
         self.commit.flush_blocking()
+    }
+
+    /// The store's identity: 32 hex digits, random, made when the store was created
+    /// (a restore makes a new store, so a new identity).
+    pub fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
+    /// The highest change-feed `seq` retention may have removed (0: none ever).
+    pub fn purged_through(&self) -> u64 {
+        self.purged_through.load(Ordering::SeqCst)
+    }
+
+    /// The highest change `seq` handed out so far; every entry up to it is applied.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::SeqCst)
     }
 
     /// Whether the store currently takes writes.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use crate::support::TestServer;
+use crate::support::{cli_in, Options, TestServer};
 
 fn feed(server: &TestServer, token: &str, query: &str) -> Value {
     server
@@ -25,7 +25,7 @@ fn entries(v: &Value) -> Vec<Value> {
         .clone()
 }
 
-/// Reads the whole feed page by page and returns it.
+/// Reads the whole feed page by page, until a page is empty, and returns it.
 fn read_all(server: &TestServer, token: &str, page: usize) -> Vec<Value> {
     let mut out = Vec::new();
     let mut after = 0;
@@ -33,14 +33,20 @@ fn read_all(server: &TestServer, token: &str, page: usize) -> Vec<Value> {
         let v = feed(server, token, &format!("?after={after}&limit={page}"));
         let got = entries(&v);
         assert!(got.len() <= page);
-        out.extend(got);
-        match v["next"].as_u64() {
-            Some(n) => {
-                assert_eq!(Some(n), out.last().and_then(|e| e["seq"].as_u64()));
-                after = n;
-            }
-            None => break,
+        let next = v["next"].as_u64().expect("next is always a number");
+        if got.len() == page {
+            assert_eq!(Some(next), got.last().and_then(|e| e["seq"].as_u64()));
         }
+        if got.is_empty() {
+            assert_eq!(
+                next, after,
+                "an empty page's next is its after once caught up"
+            );
+            break;
+        }
+        assert!(next > after);
+        out.extend(got);
+        after = next;
     }
     out
 }
@@ -66,7 +72,8 @@ fn every_change_is_recorded_with_who_and_the_state_after() {
     let t = server.admin_token();
     let empty = feed(&server, &t, "");
     assert_eq!(empty["changes"], json!([]));
-    assert_eq!(empty["next"], Value::Null);
+    assert_eq!(empty["next"], 0);
+    assert_eq!(empty["storeId"].as_str().map(str::len), Some(32));
     assert!(empty["apiUsage"].is_u64());
 
     let mut states = Vec::new();
@@ -147,7 +154,16 @@ fn every_change_is_recorded_with_who_and_the_state_after() {
         let o = e.as_object().unwrap();
         let mut k: Vec<&str> = o.keys().map(String::as_str).collect();
         k.sort();
-        assert_eq!(k, vec!["group", "id", "op", "seq", "time", "userName"]);
+        if e["op"] == "deleted" {
+            assert_eq!(k, vec!["group", "id", "op", "seq", "time", "userName"]);
+        } else {
+            assert_eq!(
+                k,
+                vec!["group", "id", "op", "revision", "seq", "time", "userName"]
+            );
+            // The revision after the change: the ETag the write answered with.
+            assert_eq!(e["revision"], i as u64 + 1, "entry {i}");
+        }
         assert_eq!(e["id"], id.as_str());
         assert_eq!(e["userName"], "admin");
         let seq = e["seq"].as_u64().unwrap();
@@ -231,14 +247,32 @@ fn the_feed_is_per_account_paged_and_mirrors_the_groups() {
         );
     }
 
-    // Paging details: `next` is the last seq of a full page with more to come.
+    // Paging details: `next` is the last seq of a full page with more to come, and
+    // on the last page the store's highest seq, past the other account's entries.
     let v = feed(&server, &t, "?limit=2");
     let e = entries(&v);
     assert_eq!(e.len(), 2);
     assert_eq!(v["next"], e[1]["seq"]);
     let tail = feed(&server, &t, &format!("?after={}", mine[10]["seq"]));
     assert_eq!(entries(&tail), mine[11..].to_vec());
-    assert_eq!(tail["next"], Value::Null);
+    let highest = mine
+        .iter()
+        .chain(&theirs)
+        .filter_map(|e| e["seq"].as_u64())
+        .max();
+    assert_eq!(tail["next"].as_u64(), highest);
+    // A quiet account's cursor keeps up with the store while the others write.
+    for i in 0..3 {
+        server
+            .req("POST", "/api/groups")
+            .bearer(&o)
+            .json(&json!({"name": format!("later{i}")}))
+            .send()
+            .ok();
+    }
+    let quiet = feed(&server, &t, &format!("?after={}", tail["next"]));
+    assert_eq!(entries(&quiet), Vec::<Value>::new());
+    assert_eq!(quiet["next"].as_u64(), highest.map(|h| h + 3));
     assert_eq!(
         entries(&feed(&server, &t, "?after=18446744073709551615")),
         Vec::<Value>::new()
@@ -269,4 +303,74 @@ fn the_feed_is_per_account_paged_and_mirrors_the_groups() {
         .req("GET", "/api/changes")
         .send()
         .expect_error(401, "unauthorized");
+}
+
+/// `storeId` is the data directory's identity: the same across restarts and in the
+/// backup's header, and new in a store restored from that backup. A backup whose feed
+/// history was purged restores with that history expired: an `after` before its oldest
+/// entry is 410 `cursor_expired`, never a silent jump; no `after` reads what is kept.
+#[test]
+fn the_store_id_survives_restarts_and_a_restore_makes_a_new_one_and_old_cursors_expire() {
+    let mut server = TestServer::start();
+    let t = server.admin_token();
+    for i in 0..3 {
+        server
+            .req("POST", "/api/groups")
+            .bearer(&t)
+            .json(&json!({"name": format!("g{i}")}))
+            .send()
+            .ok();
+    }
+    let id = feed(&server, &t, "?after=0")["storeId"].clone();
+    assert_eq!(id.as_str().map(str::len), Some(32), "{id}");
+    server.stop();
+    server.restart();
+    let t = server.login("admin", &server.admin_key());
+    assert_eq!(feed(&server, &t, "?after=0")["storeId"], id);
+
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let file = out_dir.path().join("b.jsonl");
+    let out = server.cli(&["backup", file.to_str().expect("utf-8")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = std::fs::read_to_string(&file).expect("backup");
+    let header: Value = serde_json::from_str(text.lines().next().expect("header")).expect("json");
+    assert_eq!(header["storeId"], id);
+
+    // The same backup without its first feed entry: history that retention removed.
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines.retain(|l| {
+        let v: Value = serde_json::from_str(l).expect("json");
+        !(v["type"] == "change" && v["seq"] == 1)
+    });
+    let records = lines.len() - 2;
+    *lines.last_mut().expect("end") = format!("{{\"type\":\"end\",\"records\":{records}}}");
+    let purged = out_dir.path().join("purged.jsonl");
+    std::fs::write(&purged, lines.join("\n") + "\n").expect("write");
+
+    for (backup, expired) in [(&file, false), (&purged, true)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = cli_in(
+            &dir.path().join("data"),
+            &["restore", backup.to_str().expect("utf-8")],
+            &[],
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let restored = TestServer::with_dir(dir, Options::default());
+        let rt = restored.login("admin", &server.admin_key());
+        let kept = feed(&restored, &rt, "");
+        assert_ne!(kept["storeId"], id, "a restore makes a new store identity");
+        assert_eq!(kept["storeId"].as_str().map(str::len), Some(32));
+        assert_eq!(entries(&kept).len(), if expired { 2 } else { 3 });
+        if expired {
+            let v = restored
+                .req("GET", "/api/changes?after=0")
+                .bearer(&rt)
+                .send()
+                .expect_error(410, "cursor_expired");
+            assert_eq!(v["error"], "Cursor expired: read the groups again");
+            assert_eq!(entries(&feed(&restored, &rt, "?after=1")).len(), 2);
+        } else {
+            assert_eq!(entries(&feed(&restored, &rt, "?after=0")).len(), 3);
+        }
+    }
 }

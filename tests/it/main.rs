@@ -40,6 +40,8 @@ mod names;
 mod notify;
 mod openapi;
 mod ops_endpoints;
+mod pg;
+mod replication;
 mod security;
 mod shutdown;
 mod signals;
