@@ -78,14 +78,16 @@ impl Reloader {
             }
         }
         if new.log.level != self.running.log.level {
-            // Said at the old level, so a change to a quieter level is still on record.
-            tracing::info!(
-                "log level changes from {} to {}",
-                self.running.log.level,
-                new.log.level
-            );
             match self.level.set(&new.log.level) {
                 Ok(()) => {
+                    // Said once the new level is in force (so a line after it follows
+                    // the new level), and as a warning, so that a change to a quieter
+                    // level is still on record.
+                    tracing::warn!(
+                        "log level changes from {} to {}",
+                        self.running.log.level,
+                        new.log.level
+                    );
                     self.running.log.level = new.log.level.clone();
                     tracing::info!("log level is now {}", new.log.level);
                 }
