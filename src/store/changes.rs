@@ -208,24 +208,12 @@ impl Store {
             return Ok(0);
         }
         let mut removed = 0;
-        let mut cursor: Vec<u8> = Vec::new();
-        loop {
-            let Some(first) = self.changes.range(cursor.as_slice()..).next() else {
-                break;
-            };
-            let (k, _) = first.map_err(|e| self.read_err(e))?;
-            let Some(sep) = k.iter().position(|b| *b == 0) else {
-                // Not an account key; step over it.
-                cursor = k.to_vec();
-                cursor.push(0);
-                continue;
-            };
-            let prefix = k[..=sep].to_vec();
-            let mut end = prefix.clone();
+        self.each_account(&self.changes, |prefix| {
+            let mut end = prefix.to_vec();
             end.extend_from_slice(&cutoff.to_be_bytes());
             let mut batch = sled::Batch::default();
             let mut in_batch = 0;
-            for item in self.changes.range(prefix.as_slice()..end.as_slice()) {
+            for item in self.changes.range(prefix..end.as_slice()) {
                 let (k, _) = item.map_err(|e| self.read_err(e))?;
                 batch.remove(k);
                 in_batch += 1;
@@ -242,11 +230,8 @@ impl Store {
                 let _w = self.lock_writer();
                 self.changes.apply_batch(batch).map_err(|e| self.fail(e))?;
             }
-            match keys::prefix_end(&prefix) {
-                Some(end) => cursor = end,
-                None => break,
-            }
-        }
+            Ok(())
+        })?;
         Ok(removed)
     }
 }

@@ -82,22 +82,11 @@ impl Store {
         // lowers the bound of the merged page to its last entry taken.
         let mut bound = high;
         let mut all: Vec<FeedEntry> = Vec::new();
-        let mut cursor: Vec<u8> = Vec::new();
-        loop {
-            let Some(first) = self.changes.range(cursor.as_slice()..).next() else {
-                break;
-            };
-            let (k, _) = first.map_err(|e| self.read_err(e))?;
-            let Some(sep) = k.iter().position(|b| *b == 0) else {
-                cursor = k.to_vec();
-                cursor.push(0);
-                continue;
-            };
-            let prefix = k[..=sep].to_vec();
-            let account = String::from_utf8_lossy(&k[..sep]).into_owned();
-            let mut from = prefix.clone();
+        self.each_account(&self.changes, |prefix| {
+            let account = String::from_utf8_lossy(&prefix[..prefix.len() - 1]).into_owned();
+            let mut from = prefix.to_vec();
             from.extend_from_slice(&(after + 1).to_be_bytes());
-            let mut to = prefix.clone();
+            let mut to = prefix.to_vec();
             to.extend_from_slice(&high.saturating_add(1).to_be_bytes());
             let (mut n, mut bytes) = (0usize, 0usize);
             for item in self.changes.range(from.as_slice()..to.as_slice()) {
@@ -120,11 +109,8 @@ impl Store {
                     entry: v,
                 });
             }
-            match keys::prefix_end(&prefix) {
-                Some(end) => cursor = end,
-                None => break,
-            }
-        }
+            Ok(())
+        })?;
         all.retain(|e| e.seq <= bound);
         all.sort_by_key(|e| e.seq);
         let mut bytes = 0usize;

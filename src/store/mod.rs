@@ -732,6 +732,33 @@ impl Store {
         Ok(())
     }
 
+    /// Calls `f` with the prefix (`account 0x00`) of every account that has keys in
+    /// `tree`, in order, found by seeking: one lookup per account however many keys it
+    /// holds, so a scan that reads only part of each account (a purge, a feed page)
+    /// costs what it reads. Keys that are not account-scoped are stepped over.
+    pub(super) fn each_account(
+        &self,
+        tree: &sled::Tree,
+        mut f: impl FnMut(&[u8]) -> Result<(), ApiError>,
+    ) -> Result<(), ApiError> {
+        let mut cursor: Vec<u8> = Vec::new();
+        while let Some(first) = tree.range(cursor.as_slice()..).next() {
+            let (k, _) = first.map_err(|e| self.read_err(e))?;
+            let Some(sep) = k.iter().position(|b| *b == 0) else {
+                cursor = k.to_vec();
+                cursor.push(0);
+                continue;
+            };
+            let prefix = &k[..=sep];
+            f(prefix)?;
+            match keys::prefix_end(prefix) {
+                Some(end) => cursor = end,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
     /// Maps a sled read error to 503.
     fn read_err(&self, e: sled::Error) -> ApiError {
         ApiError::Unavailable(format!("storage read: {e}"))
