@@ -19,6 +19,7 @@ mod cli_safety;
 mod clock;
 mod config;
 mod crash;
+mod disk_faults;
 mod durability;
 mod errors;
 mod exhaustion;
