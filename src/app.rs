@@ -161,6 +161,11 @@ impl App {
 
     /// Writes changed usage counters to the store.
     pub fn persist_usage(&self) {
+        // A failed store takes no writes (store/space.rs); the counters stay in
+        // memory, as api.md §3 allows.
+        if !self.store.healthy() {
+            return;
+        }
         let dirty = self.usage.take_dirty();
         if dirty.is_empty() {
             return;

@@ -211,7 +211,7 @@ impl Store {
         self.each_account(&self.changes, |prefix| {
             let mut end = prefix.to_vec();
             end.extend_from_slice(&cutoff.to_be_bytes());
-            let mut batch = sled::Batch::default();
+            let mut batch = self.changes.batch();
             let mut in_batch = 0;
             for item in self.changes.range(prefix..end.as_slice()) {
                 let (k, _) = item.map_err(|e| self.read_err(e))?;
@@ -221,7 +221,7 @@ impl Store {
                 if in_batch == PURGE_BATCH {
                     let _w = self.lock_writer();
                     self.changes
-                        .apply_batch(std::mem::take(&mut batch))
+                        .apply_batch(std::mem::replace(&mut batch, self.changes.batch()))
                         .map_err(|e| self.fail(e))?;
                     in_batch = 0;
                 }

@@ -5,10 +5,11 @@
 //! one fsync instead of paying N.
 //!
 //! A failed flush is sticky: the disk is not trusted again until a restart, so every
-//! later ticket fails too. Before the failure is published, the flusher calls the
-//! store's rollback hook, which undoes (under the writer mutex) every change applied
-//! since the last good flush; only then do the waiting writers answer 503, and nothing
-//! they were refused stays visible.
+//! later ticket fails too. Before any outcome is published, the flusher calls the
+//! store's outcome hook: after a good flush it makes the covered changes visible (so a
+//! writer's own read after its 2xx sees its change), after a failed one it marks the
+//! store failed; what no flush covered was never visible (`space.rs`), so nothing a
+//! writer was refused can be seen.
 //!
 //! Why the extra sync: sled 0.34.7's `flush()` ends in `sync_file_range`, which pushes
 //! dirty pages to the device but neither flushes the drive's write cache nor persists
@@ -47,9 +48,9 @@ impl Progress {
     }
 }
 
-/// Called by the flusher after a failed flush and before anyone hears of it, with the
-/// last durable ticket: the store undoes what was applied after it.
-pub type RollbackHook = Box<dyn FnMut(u64) + Send>;
+/// Called by the flusher after every flush and before anyone hears of it: `Some(done)`
+/// when every ticket up to `done` is durable, None when the flush failed.
+pub type OutcomeHook = Box<dyn FnMut(Option<u64>) + Send>;
 
 struct Shared {
     requested: Mutex<Requested>,
@@ -94,6 +95,10 @@ pub struct SyncTarget {
     /// Test-only fault injection: report failure after this many successful flushes
     /// (`FLEETGROUPS_FAULT_FAIL_FLUSH_AFTER`, see config.rs). `None` in production.
     pub fail_after: Option<u64>,
+    /// Flush on this timer even when nobody asks (relaxed durability: nobody waits,
+    /// and sled's own timer is off so that nothing reaches the disk behind the
+    /// flusher's back).
+    pub every: Option<std::time::Duration>,
 }
 
 impl SyncTarget {
@@ -151,7 +156,7 @@ fn add_micros(counter: &std::sync::atomic::AtomicU64, d: std::time::Duration) {
 
 impl GroupCommit {
     /// Starts the flusher thread for a store in `target.dir`.
-    pub fn start(target: SyncTarget, rollback: RollbackHook) -> std::io::Result<GroupCommit> {
+    pub fn start(target: SyncTarget, hook: OutcomeHook) -> std::io::Result<GroupCommit> {
         let log = File::open(target.dir.join("db"))?;
         // The store's directory entries themselves must be durable once.
         sync_dir(&target.dir)?;
@@ -167,7 +172,7 @@ impl GroupCommit {
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("fg-flusher".into())
-            .spawn(move || flusher(thread_shared, tx, target, log, rollback, &thread_stats))?;
+            .spawn(move || flusher(thread_shared, tx, target, log, hook, &thread_stats))?;
         Ok(GroupCommit {
             shared,
             stats,
@@ -190,16 +195,6 @@ impl GroupCommit {
     /// covered by every flush whose ticket is greater than the value returned.
     pub fn last_requested(&self) -> u64 {
         lock(&self.shared.requested).last
-    }
-
-    /// The last durable ticket.
-    pub fn done(&self) -> u64 {
-        lock(&self.shared.progress).done
-    }
-
-    /// Whether a flush has failed (sticky until restart).
-    pub fn broken(&self) -> bool {
-        lock(&self.shared.progress).broken
     }
 
     /// Waits until `ticket` is durable. Err when the flush covering it failed.
@@ -252,7 +247,7 @@ fn flusher(
     tx: watch::Sender<Progress>,
     target: SyncTarget,
     log: File,
-    mut rollback: RollbackHook,
+    mut hook: OutcomeHook,
     stats: &FlushStats,
 ) {
     let mut synced_blobs = HashSet::new();
@@ -264,18 +259,34 @@ fn flusher(
         shared.progressed.notify_all();
     };
     loop {
-        let (upto, stop) = {
+        let (upto, stop, timer) = {
             let mut req = lock(&shared.requested);
+            let mut timer = false;
             // Once broken, nothing is flushed again: waiters already see the failure.
             while (req.last <= progress.done || progress.broken) && !req.stop {
-                req = shared
-                    .wake
-                    .wait(req)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match target.every {
+                    Some(every) if !progress.broken => {
+                        let (g, waited) = shared
+                            .wake
+                            .wait_timeout(req, every)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        req = g;
+                        if waited.timed_out() {
+                            timer = true;
+                            break;
+                        }
+                    }
+                    _ => {
+                        req = shared
+                            .wake
+                            .wait(req)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    }
+                }
             }
-            (req.last, req.stop)
+            (req.last, req.stop, timer)
         };
-        if upto > progress.done && !progress.broken {
+        if (upto > progress.done || timer) && !progress.broken {
             match target.sync(&log, &mut synced_blobs, succeeded, stats) {
                 Ok(()) => {
                     succeeded += 1;
@@ -286,12 +297,11 @@ fn flusher(
                         .tickets
                         .fetch_add(upto - progress.done, std::sync::atomic::Ordering::Relaxed);
                     progress.done = upto;
+                    hook(Some(upto));
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "store flush failed; undoing the changes it should have made durable; writes answer 503 until restart");
-                    // Undo first, then tell the waiters: a 503 never leaves its change
-                    // visible behind it.
-                    rollback(progress.done);
+                    tracing::error!(error = %e, "store flush failed; the changes it should have made durable stay invisible; writes answer 503 until restart");
+                    hook(None);
                     progress.broken = true;
                 }
             }

@@ -5,8 +5,9 @@
 //! backup + restore the migration path across store format versions.
 //!
 //! Export takes the writer mutex for its whole duration: every group and user write
-//! waits (off the async workers, see `Store::lock_writer`), reads go on. Then it waits
-//! for a flush, so a backup never holds a change that was not made durable. Tokens are
+//! waits (off the async workers, see `Store::lock_writer`), reads go on. It flushes
+//! first and reads what readers see, so a backup never holds a change that was not
+//! made durable. Tokens are
 //! not exported (they are short-lived; after a restore clients log in again with their
 //! unchanged API keys). Name and device indexes and per-account counts are rebuilt from
 //! the groups on import, so they cannot disagree with them.
@@ -19,9 +20,7 @@ use super::changes::change_entry_at;
 use super::groups::{count_key, encode, GroupView, PublicGroup};
 use super::idempotency::{self, IdempotencyRecord};
 use super::users::{Role, UsageRecord, UserRecord};
-use super::{
-    keys, Store, TreeId, META_NEXT_CHANGE, META_NEXT_GROUP, META_PURGED_THROUGH, TREE_NAMES,
-};
+use super::{keys, space, Kind, Store, META_NEXT_CHANGE, META_NEXT_GROUP, META_PURGED_THROUGH};
 use crate::auth::valid_name;
 use crate::model::{name_key, validate_doc, GroupDoc, GroupId, Rules, MAX_NAME_CHARS};
 use std::sync::atomic::Ordering;
@@ -162,20 +161,19 @@ impl Store {
         let w = self.lock_writer();
         self.long_hold
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        // After a failed flush everything not durable has been rolled back already
-        // (under this mutex), and no flush will succeed again: what is in memory is
-        // exactly what is durable, and there is nothing to wait for.
-        let broken = self.commit.broken();
+        // No write can be applied while this mutex is held, so after this flush nothing
+        // is pending and the export reads one consistent, durable state. Should the
+        // flush fail (or an earlier one have failed), it still does: the overlay hides
+        // exactly what is not durable and no longer changes (`space.rs`), so a disk
+        // that refuses writes can still be backed up elsewhere.
+        if let Err(e) = self.flush_blocking() {
+            tracing::warn!(error = %e, "backup: the store could not flush; exporting what is durable");
+        }
         let counts = self.export_locked(w.next_group, w.next_change, out);
         self.long_hold
             .store(false, std::sync::atomic::Ordering::Relaxed);
         drop(w);
         let counts = counts?;
-        if !broken {
-            // Everything exported was applied before this flush was asked for, so
-            // once it succeeds the whole snapshot is durable.
-            self.flush_blocking()?;
-        }
         Ok(counts)
     }
 
@@ -329,9 +327,7 @@ impl<'a> Importer<'a> {
         Importer {
             store,
             max_devices,
-            batches: (0..TREE_NAMES.len())
-                .map(|_| sled::Batch::default())
-                .collect(),
+            batch: sled::Batch::default(),
             pending: 0,
             sequences: None,
             group_ids: HashSet::new(),
@@ -355,7 +351,8 @@ impl<'a> Importer<'a> {
 pub struct Importer<'a> {
     /// `None`: check only, write nothing.
     store: Option<&'a Store>,
-    batches: Vec<sled::Batch>,
+    /// One batch over every key space (one tree), applied every 4096 keys.
+    batch: sled::Batch,
     pending: usize,
     sequences: Option<(u64, u64)>,
     group_ids: HashSet<u64>,
@@ -437,11 +434,11 @@ fn checked_doc(
 }
 
 impl Importer<'_> {
-    fn put(&mut self, tree: TreeId, k: Vec<u8>, v: Vec<u8>) -> Result<(), String> {
+    fn put(&mut self, tree: Kind, k: Vec<u8>, v: Vec<u8>) -> Result<(), String> {
         if self.store.is_none() {
             return Ok(());
         }
-        self.batches[tree as usize].insert(k, v);
+        self.batch.insert(space::full_key(tree, &k), v);
         self.pending += 1;
         if self.pending >= 4096 {
             self.apply()?;
@@ -453,11 +450,10 @@ impl Importer<'_> {
         let Some(store) = self.store else {
             return Ok(());
         };
-        for (i, batch) in self.batches.iter_mut().enumerate() {
-            store.trees[i]
-                .apply_batch(std::mem::take(batch))
-                .map_err(|e| format!("writing the store: {e}"))?;
-        }
+        store
+            .tree
+            .apply_batch(std::mem::take(&mut self.batch))
+            .map_err(|e| format!("writing the store: {e}"))?;
         self.pending = 0;
         Ok(())
     }
@@ -510,7 +506,7 @@ impl Importer<'_> {
                     created,
                 };
                 let v = serde_json::to_vec(&user).map_err(|e| e.to_string())?;
-                self.put(TreeId::Users, user.name.into_bytes(), v)?;
+                self.put(Kind::Users, user.name.into_bytes(), v)?;
                 self.counts.users += 1;
             }
             Record::Usage {
@@ -535,7 +531,7 @@ impl Importer<'_> {
                     last_used,
                 };
                 let v = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
-                self.put(TreeId::Usage, user.into_bytes(), v)?;
+                self.put(Kind::Usage, user.into_bytes(), v)?;
                 self.counts.usage += 1;
             }
             Record::Group {
@@ -598,12 +594,12 @@ impl Importer<'_> {
                 };
                 self.max_group = self.max_group.max(id);
                 let raw = encode(gid, &doc, revision, creation, last_modified);
-                self.put(TreeId::Groups, keys::group(&account, id), raw)?;
+                self.put(Kind::Groups, keys::group(&account, id), raw)?;
                 if holder {
-                    self.put(TreeId::Names, name_k, id.to_be_bytes().to_vec())?;
+                    self.put(Kind::Names, name_k, id.to_be_bytes().to_vec())?;
                 }
                 for d in &doc.devices {
-                    self.put(TreeId::Devices, keys::device(&account, d, id), Vec::new())?;
+                    self.put(Kind::Devices, keys::device(&account, d, id), Vec::new())?;
                 }
                 *self.per_account.entry(account).or_default() += 1;
                 self.counts.groups += 1;
@@ -651,7 +647,7 @@ impl Importer<'_> {
                     &user_name,
                     group_json.as_deref(),
                 );
-                self.put(TreeId::Changes, keys::change(&account, seq), entry)?;
+                self.put(Kind::Changes, keys::change(&account, seq), entry)?;
                 self.counts.changes += 1;
             }
             Record::Idempotency {
@@ -679,7 +675,7 @@ impl Importer<'_> {
                     return Err(format!("idempotency key {key:?} of {user} appears twice"));
                 }
                 self.put(
-                    TreeId::IdempotencyOrder,
+                    Kind::IdempotencyOrder,
                     keys::idempotency_order(&account, &user, id),
                     key.as_bytes().to_vec(),
                 )?;
@@ -695,7 +691,7 @@ impl Importer<'_> {
                     expires,
                 };
                 let v = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
-                self.put(TreeId::Idempotency, k, v)?;
+                self.put(Kind::Idempotency, k, v)?;
                 self.counts.idempotency += 1;
             }
         }
@@ -721,22 +717,22 @@ impl Importer<'_> {
         }
         for (scope, n) in std::mem::take(&mut self.idempotency_counts) {
             self.put(
-                TreeId::Meta,
+                Kind::Meta,
                 idempotency::count_key(&scope),
                 n.to_be_bytes().to_vec(),
             )?;
         }
         let per_account = std::mem::take(&mut self.per_account);
         for (account, n) in per_account {
-            self.put(TreeId::Meta, count_key(&account), n.to_be_bytes().to_vec())?;
+            self.put(Kind::Meta, count_key(&account), n.to_be_bytes().to_vec())?;
         }
         self.put(
-            TreeId::Meta,
+            Kind::Meta,
             META_NEXT_GROUP.to_vec(),
             next_group.to_be_bytes().to_vec(),
         )?;
         self.put(
-            TreeId::Meta,
+            Kind::Meta,
             META_NEXT_CHANGE.to_vec(),
             next_change.to_be_bytes().to_vec(),
         )?;
@@ -750,7 +746,7 @@ impl Importer<'_> {
             .unwrap_or(next_change)
             .saturating_sub(1);
         self.put(
-            TreeId::Meta,
+            Kind::Meta,
             META_PURGED_THROUGH.to_vec(),
             purged_through.to_be_bytes().to_vec(),
         )?;
@@ -763,7 +759,7 @@ impl Importer<'_> {
             let mut w = store.lock_writer();
             w.next_group = next_group;
             w.next_change = next_change;
-            store.last_seq.store(next_change - 1, Ordering::SeqCst);
+            store.pending.publish_seq(next_change - 1);
             store.purged_through.store(purged_through, Ordering::SeqCst);
         }
         store.flush_blocking()?;

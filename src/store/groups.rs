@@ -12,7 +12,7 @@ use sled::IVec;
 
 use super::changes::change_entry;
 use super::idempotency::IdempotencyRequest;
-use super::{keys, Op, Store, TreeId, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
+use super::{keys, Kind, Op, Store, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
 use crate::error::ApiError;
 use crate::model::{name_key, GroupDoc, GroupId};
 use crate::time::{now_ms, rfc3339_ms};
@@ -292,36 +292,30 @@ impl Store {
     ) -> Result<(), ApiError> {
         let mut ops: Vec<Op> = Vec::new();
         for (tree, list) in [
-            (TreeId::Groups, plan.groups),
-            (TreeId::Names, plan.names),
-            (TreeId::Devices, plan.devices),
-            (TreeId::Changes, plan.changes),
-            (TreeId::Idempotency, plan.idempotency),
-            (TreeId::IdempotencyOrder, plan.idempotency_order),
-            (TreeId::Meta, plan.meta),
+            (Kind::Groups, plan.groups),
+            (Kind::Names, plan.names),
+            (Kind::Devices, plan.devices),
+            (Kind::Changes, plan.changes),
+            (Kind::Idempotency, plan.idempotency),
+            (Kind::IdempotencyOrder, plan.idempotency_order),
+            (Kind::Meta, plan.meta),
         ] {
             ops.extend(list.into_iter().map(|(k, v)| (tree, k, v)));
         }
         ops.push((
-            TreeId::Meta,
+            Kind::Meta,
             META_NEXT_GROUP.to_vec(),
             Some(next_group.to_be_bytes().to_vec()),
         ));
         ops.push((
-            TreeId::Meta,
+            Kind::Meta,
             META_NEXT_CHANGE.to_vec(),
             Some(next_change.to_be_bytes().to_vec()),
         ));
         self.reserve(w, next_group, next_change)?;
-        // With relaxed durability nobody waits for a flush, so there is nothing to undo.
-        let undo = self.durability == crate::config::Durability::Fsync;
-        self.apply_ops(w, &ops, undo)?;
+        self.apply_ops(w, &ops, next_change.saturating_sub(1))?;
         w.next_group = next_group;
         w.next_change = next_change;
-        self.last_seq.store(
-            next_change.saturating_sub(1),
-            std::sync::atomic::Ordering::SeqCst,
-        );
         Ok(())
     }
 
@@ -330,6 +324,19 @@ impl Store {
         match self
             .groups
             .get(keys::group(account, id.0))
+            .map_err(|e| self.read_err(e))?
+        {
+            Some(raw) => Ok(Some(GroupView::new(id, raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `get_group` as a writer sees it: the latest applied state, durable or not
+    /// (`space.rs`). Only under the writer mutex.
+    fn get_group_latest(&self, account: &str, id: GroupId) -> Result<Option<GroupView>, ApiError> {
+        match self
+            .groups
+            .get_latest(keys::group(account, id.0))
             .map_err(|e| self.read_err(e))?
         {
             Some(raw) => Ok(Some(GroupView::new(id, raw)?)),
@@ -459,7 +466,11 @@ impl Store {
 
     /// 409 when the (account-scoped, lowercased) name key is taken.
     fn check_name_free(&self, name_key: &[u8]) -> Result<(), ApiError> {
-        match self.names.get(name_key).map_err(|e| self.read_err(e))? {
+        match self
+            .names
+            .get_latest(name_key)
+            .map_err(|e| self.read_err(e))?
+        {
             Some(_) => Err(ApiError::NameConflict),
             None => Ok(()),
         }
@@ -472,7 +483,7 @@ impl Store {
     fn release_name(&self, plan: &mut Plan, name_key: Vec<u8>, n: u64) -> Result<(), ApiError> {
         let owner = self
             .names
-            .get(&name_key)
+            .get_latest(&name_key)
             .map_err(|e| self.read_err(e))?
             .and_then(|v| keys::read_u64(&v));
         if owner == Some(n) {
@@ -492,7 +503,7 @@ impl Store {
     pub(super) fn reindex_names(&self) -> Result<usize, sled::Error> {
         self.names.clear()?;
         let mut collisions = 0;
-        let mut batch = sled::Batch::default();
+        let mut batch = self.names.batch();
         let mut seen: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
         let mut account: Vec<u8> = Vec::new();
         for item in self.groups.iter() {
@@ -505,7 +516,8 @@ impl Store {
             };
             if k[..sep] != account[..] {
                 // A new account: its names cannot collide with the last one's.
-                self.names.apply_batch(std::mem::take(&mut batch))?;
+                self.names
+                    .apply_batch(std::mem::replace(&mut batch, self.names.batch()))?;
                 seen.clear();
                 account = k[..sep].to_vec();
             }
@@ -536,7 +548,7 @@ impl Store {
     fn account_count(&self, account: &str) -> Result<u64, ApiError> {
         Ok(self
             .meta
-            .get(count_key(account))
+            .get_latest(count_key(account))
             .map_err(|e| self.read_err(e))?
             .and_then(|v| keys::read_u64(&v))
             .unwrap_or(0))
@@ -608,7 +620,7 @@ impl Store {
         if_match: Option<&[u64]>,
     ) -> Result<GroupView, ApiError> {
         let current = self
-            .get_group(actor.account, id)?
+            .get_group_latest(actor.account, id)?
             .ok_or(ApiError::GroupNotFound)?;
         if if_match.is_some_and(|revs| !revs.contains(&current.revision())) {
             return Err(ApiError::PreconditionFailed);

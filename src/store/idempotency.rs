@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::groups::{Actor, GroupView, Plan};
-use super::{keys, Op, Store, TreeId};
+use super::{keys, Kind, Op, Store};
 use crate::error::ApiError;
 use crate::model::GroupId;
 
@@ -61,7 +61,7 @@ impl Store {
     fn idem_count(&self, scope: &[u8]) -> Result<u64, ApiError> {
         Ok(self
             .meta
-            .get(count_key(scope))
+            .get_latest(count_key(scope))
             .map_err(|e| self.read_err(e))?
             .and_then(|v| keys::read_u64(&v))
             .unwrap_or(0))
@@ -78,7 +78,11 @@ impl Store {
         now: i64,
     ) -> Result<Option<GroupView>, ApiError> {
         let k = keys::idempotency(account, user, &req.key);
-        let Some(raw) = self.idempotency.get(k).map_err(|e| self.read_err(e))? else {
+        let Some(raw) = self
+            .idempotency
+            .get_latest(k)
+            .map_err(|e| self.read_err(e))?
+        else {
             return Ok(None);
         };
         // An unreadable record is treated as absent and replaced by this create.
@@ -128,7 +132,7 @@ impl Store {
         let max = req.max_per_user.max(1);
         if count >= max {
             let mut to_evict = count - max + 1;
-            for item in self.idempotency_order.scan_prefix(&scope) {
+            for item in self.idempotency_order.scan_prefix_latest(&scope) {
                 if to_evict == 0 {
                     break;
                 }
@@ -206,28 +210,33 @@ impl Store {
         let mut removed = 0;
         let mut per_scope: HashMap<Vec<u8>, u64> = HashMap::new();
         for k in candidates {
-            let Some(v) = self.idempotency.get(k).map_err(|e| self.read_err(e))? else {
+            let Some(v) = self
+                .idempotency
+                .get_latest(k)
+                .map_err(|e| self.read_err(e))?
+            else {
                 continue;
             };
             if !is_expired(&v, now) {
                 continue;
             }
-            ops.push((TreeId::Idempotency, k.clone(), None));
+            ops.push((Kind::Idempotency, k.clone(), None));
             removed += 1;
             let Some(scope) = scope_of(k) else { continue };
             if let Ok(rec) = serde_json::from_slice::<IdempotencyRecord>(&v) {
                 let mut ok = scope.to_vec();
                 ok.extend_from_slice(&rec.id.to_be_bytes());
-                ops.push((TreeId::IdempotencyOrder, ok, None));
+                ops.push((Kind::IdempotencyOrder, ok, None));
             }
             *per_scope.entry(scope.to_vec()).or_default() += 1;
         }
         for (scope, n) in per_scope {
             let left = self.idem_count(&scope)?.saturating_sub(n);
             let v = (left > 0).then(|| left.to_be_bytes().to_vec());
-            ops.push((TreeId::Meta, count_key(&scope), v));
+            ops.push((Kind::Meta, count_key(&scope), v));
         }
-        self.apply_ops(&mut w, &ops, false)?;
+        let seq = w.next_change.saturating_sub(1);
+        self.apply_ops(&mut w, &ops, seq)?;
         Ok(removed)
     }
 

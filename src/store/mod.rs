@@ -8,18 +8,18 @@
 //! and their age order), `users`, `tokens` (SHA-256 of bearer tokens), `usage`
 //! (per-user counters) and `meta` (format version, ID sequences, counts).
 //!
+//! Format 2 keeps every kind of data in one sled tree as key spaces (`space.rs`), so a
+//! change is one atomic `apply_batch`.
+//!
 //! All group and user writers take one mutex (`writer`) for the read-check-write step,
 //! so the uniqueness check, the `If-Match` check and the write are one atomic step, IDs
-//! come from an in-memory sequence, and sled's transaction never has to retry. The
-//! mutex is held only for in-memory work; the fsync happens after it is released,
-//! shared. Rule: nobody waits for the flusher while holding the mutex (the flusher
-//! takes it to roll back after a failed flush).
+//! come from an in-memory sequence, and nothing has to retry. The mutex is held only
+//! for in-memory work; the fsync happens after it is released, shared.
 //!
-//! Undo log: every applied change keeps the previous values of the keys it wrote until
-//! a flush covers it. When a flush fails, the flusher undoes the uncovered changes in
-//! reverse order under the writer mutex before any waiter hears of the failure, so a
-//! write answered 503 never stays visible (operations.md "Data"). ID sequences are not
-//! undone: a skipped number costs nothing, a reused one could confuse a reader.
+//! Visible means durable: a change is invisible to readers until a flush covers it
+//! (the pending overlay, `space.rs`); a change whose flush failed never becomes
+//! visible, with no undo to write. ID sequences are never taken back: a skipped
+//! number costs nothing, a reused one could confuse a reader (`highwater.rs`).
 
 pub mod changes;
 pub mod check;
@@ -31,22 +31,24 @@ pub mod highwater;
 pub mod idempotency;
 pub mod keys;
 mod retention;
+pub mod space;
 pub mod users;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::{IVec, Transactional};
-
 use crate::config::Durability;
 use crate::error::ApiError;
 pub use commit::{lock, sync_dir};
 use commit::{GroupCommit, SyncTarget};
+pub use space::Kind;
+use space::{Pending, Space};
 
 /// The store format this binary reads and writes.
-pub const FORMAT_VERSION: u64 = 1;
+/// 1: a sled tree per kind of data, a transaction per change. 2: one tree of key
+/// spaces (`space.rs`), one batch per change.
+pub const FORMAT_VERSION: u64 = 2;
 
 const META_FORMAT: &[u8] = b"format_version";
 /// The plain file in the store directory that repeats the format version (decimal).
@@ -135,72 +137,35 @@ pub struct StoreOptions {
 /// exists, the directory holds a half-restored store that nothing may serve.
 pub const RESTORE_MARKER: &str = "restore-in-progress";
 
-/// The trees a write may touch; the discriminant indexes `Store::trees`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TreeId {
-    Groups = 0,
-    Names,
-    Devices,
-    Changes,
-    Idempotency,
-    IdempotencyOrder,
-    Users,
-    Tokens,
-    Usage,
-    Meta,
-}
+/// One key written by a change: the space, the key, the new value (None removes it).
+type Op = (Kind, Vec<u8>, Option<Vec<u8>>);
 
-/// The sled tree names, in `TreeId` order.
-const TREE_NAMES: [&str; 10] = [
-    "groups",
-    "names",
-    "devices",
-    "changes",
-    "idempotency",
-    "idempotency_order",
-    "users",
-    "tokens",
-    "usage",
-    "meta",
-];
-
-/// One key written by a change: the tree, the key, the new value (None removes it).
-type Op = (TreeId, Vec<u8>, Option<Vec<u8>>);
-
-/// What to write back to undo one applied change.
-struct UndoEntry {
-    /// `GroupCommit::last_requested()` right after the change was applied: any flush
-    /// with a greater ticket covers it.
-    epoch: u64,
-    /// (tree, key, previous value), in the order the change wrote them.
-    previous: Vec<(TreeId, Vec<u8>, Option<IVec>)>,
-}
-
-/// State guarded by the writer mutex: the sequences and the undo log.
+/// State guarded by the writer mutex: the sequences.
 struct Writer {
     next_group: u64,
     next_change: u64,
     /// The durable reservation (`highwater.rs`): numbers below these may be handed out.
     reserved_group: u64,
     reserved_change: u64,
-    undo: Vec<UndoEntry>,
 }
 
 /// The open store.
 pub struct Store {
     db: sled::Db,
-    groups: sled::Tree,
-    names: sled::Tree,
-    devices: sled::Tree,
-    changes: sled::Tree,
-    idempotency: sled::Tree,
-    idempotency_order: sled::Tree,
-    users: sled::Tree,
-    tokens: sled::Tree,
-    usage: sled::Tree,
-    meta: sled::Tree,
-    /// Every tree in `TreeId` order, for writes that span several.
-    trees: Vec<sled::Tree>,
+    /// sled's default tree: every key space (`space.rs`).
+    tree: sled::Tree,
+    groups: Space,
+    names: Space,
+    devices: Space,
+    changes: Space,
+    idempotency: Space,
+    idempotency_order: Space,
+    users: Space,
+    tokens: Space,
+    usage: Space,
+    meta: Space,
+    /// What readers must not see yet (`space.rs`).
+    pending: Arc<Pending>,
     writer: Arc<Mutex<Writer>>,
     /// Set while a long holder (a backup export) has the writer mutex, so that only
     /// then do waiting writers move off the async worker with `block_in_place`.
@@ -220,9 +185,6 @@ pub struct Store {
     store_id: String,
     /// See `META_PURGED_THROUGH`.
     purged_through: AtomicU64,
-    /// The highest `seq` handed out so far (`next_change - 1`): every entry up to it
-    /// has been applied (set under the writer mutex after the transaction).
-    last_seq: AtomicU64,
 }
 
 impl Store {
@@ -277,16 +239,13 @@ impl Store {
                 )))
             }
         }
-        // With a flush fault injected, sled must not write behind the flusher's back on
-        // its own timer, or the "disk" would not really refuse writes.
-        let background_flush = options.fail_flush_after.is_none().then_some(500);
         // sled panics on some damaged files instead of returning an error; that is a
         // damaged store to refuse (exit 1 with a message), not a crash to restart.
         let opened = std::panic::catch_unwind(|| {
             sled::Config::new()
                 .path(&dir)
                 .cache_capacity(options.cache_bytes)
-                .flush_every_ms(background_flush)
+                .flush_every_ms(None)
                 .open()
         })
         .map_err(|panic| OpenError::Damaged {
@@ -299,11 +258,17 @@ impl Store {
             }
             other => OpenError::Other(other.to_string()),
         })?;
-        let tree = |name: &str| {
-            db.open_tree(name)
-                .map_err(|e| OpenError::Other(e.to_string()))
-        };
-        let meta = tree("meta")?;
+        let tree: sled::Tree = (*db).clone();
+        let log_seq_pending = Arc::new(Pending::new(0));
+        let space = |kind: Kind| Space::new(tree.clone(), kind, Arc::clone(&log_seq_pending));
+        if db.tree_names().len() > 1 {
+            // A format-1 store made before the marker file: its data is in named trees.
+            return Err(OpenError::Version {
+                found: "1".into(),
+                path: data_dir.to_path_buf(),
+            });
+        }
+        let meta = space(Kind::Meta);
         match meta
             .get(META_FORMAT)
             .map_err(|e| OpenError::Other(e.to_string()))?
@@ -342,7 +307,7 @@ impl Store {
         let log_marks = highwater::HighWater {
             next_group,
             next_change,
-            users: tree("users")?.len() as u64,
+            users: space(Kind::Users).len() as u64,
             reserved_group: next_group,
             reserved_change: next_change,
         };
@@ -388,18 +353,7 @@ impl Store {
             next_change: start_change,
             reserved_group: start_group,
             reserved_change: start_change,
-            undo: Vec::new(),
         }));
-        let trees = TREE_NAMES
-            .iter()
-            .map(|name| {
-                if *name == "meta" {
-                    Ok(meta.clone())
-                } else {
-                    tree(name)
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let failed = Arc::new(AtomicBool::new(false));
         if let Some(n) = options.fail_flush_after {
             tracing::warn!(
@@ -412,23 +366,26 @@ impl Store {
                 db: db.clone(),
                 dir: dir.clone(),
                 fail_after: options.fail_flush_after,
+                every: (options.durability == Durability::Relaxed)
+                    .then(|| std::time::Duration::from_millis(500)),
             },
-            rollback_hook(Arc::clone(&writer), Arc::clone(&failed), trees.clone()),
+            outcome_hook(Arc::clone(&log_seq_pending), Arc::clone(&failed)),
         )
         .map_err(|e| OpenError::Other(format!("cannot start the flusher: {e}")))?;
-        let at = |id: TreeId| trees[id as usize].clone();
+        log_seq_pending.publish_seq(log_marks.next_change.saturating_sub(1));
         let store = Store {
-            groups: at(TreeId::Groups),
-            names: at(TreeId::Names),
-            devices: at(TreeId::Devices),
-            changes: at(TreeId::Changes),
-            idempotency: at(TreeId::Idempotency),
-            idempotency_order: at(TreeId::IdempotencyOrder),
-            users: at(TreeId::Users),
-            tokens: at(TreeId::Tokens),
-            usage: at(TreeId::Usage),
+            groups: space(Kind::Groups),
+            names: space(Kind::Names),
+            devices: space(Kind::Devices),
+            changes: space(Kind::Changes),
+            idempotency: space(Kind::Idempotency),
+            idempotency_order: space(Kind::IdempotencyOrder),
+            users: space(Kind::Users),
+            tokens: space(Kind::Tokens),
+            usage: space(Kind::Usage),
             meta,
-            trees,
+            tree,
+            pending: log_seq_pending,
             writer,
             long_hold: AtomicBool::new(false),
             commit,
@@ -441,7 +398,6 @@ impl Store {
             retention: Mutex::new(retention),
             store_id,
             purged_through: AtomicU64::new(purged_through),
-            last_seq: AtomicU64::new(log_marks.next_change.saturating_sub(1)),
         };
         if (start_group, start_change) != (next_group, next_change) {
             // Started inside a reservation (the last run crashed): the log learns the
@@ -520,7 +476,7 @@ impl Store {
 
     /// The highest change `seq` handed out so far; every entry up to it is applied.
     pub fn last_seq(&self) -> u64 {
-        self.last_seq.load(Ordering::SeqCst)
+        self.pending.visible_seq()
     }
 
     /// Whether the store currently takes writes.
@@ -530,6 +486,7 @@ impl Store {
 
     /// Marks the store failed and turns a storage error into 503.
     fn fail(&self, detail: impl std::fmt::Display) -> ApiError {
+        self.pending.freeze();
         self.failed.store(true, Ordering::SeqCst);
         ApiError::Unavailable(format!("storage: {detail}"))
     }
@@ -580,51 +537,37 @@ impl Store {
         Ok(w)
     }
 
-    /// Applies `ops` in one transaction across the trees they name and, when `undo`,
-    /// remembers the previous values until a flush covers the change.
-    fn apply_ops(&self, w: &mut Writer, ops: &[Op], undo: bool) -> Result<(), ApiError> {
-        // Only the trees this change touches take part: sled's transaction work grows
-        // with every tree in it.
-        let mut slot = [usize::MAX; 16];
-        let mut refs: Vec<&sled::Tree> = Vec::with_capacity(self.trees.len());
-        for (tree, _, _) in ops {
-            let i = *tree as usize;
-            if slot.get(i) == Some(&usize::MAX) {
-                slot[i] = refs.len();
-                refs.push(&self.trees[i]);
+    /// Applies `ops` as one sled batch (atomic) under the writer mutex. With fsync
+    /// durability the change stays invisible to readers until a flush covers it
+    /// (`space.rs`); `last_seq` is the highest change `seq` once it is applied.
+    fn apply_ops(&self, _w: &mut Writer, ops: &[Op], last_seq: u64) -> Result<(), ApiError> {
+        let keys: Vec<Vec<u8>> = ops
+            .iter()
+            .map(|(kind, k, _)| space::full_key(*kind, k))
+            .collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let hidden = self.durability == Durability::Fsync;
+        if hidden {
+            self.pending
+                .record(&refs, |k| self.tree.get(k))
+                .map_err(|e| self.fail(e))?;
+        }
+        let mut batch = sled::Batch::default();
+        for (key, (_, _, v)) in keys.iter().zip(ops) {
+            match v {
+                Some(v) => batch.insert(key.as_slice(), v.as_slice()),
+                None => batch.remove(key.as_slice()),
             }
         }
-        let r = refs[..].transaction(|view| {
-            let mut previous = Vec::with_capacity(ops.len());
-            for (tree, k, v) in ops {
-                let t = &view[slot[*tree as usize]];
-                let old = match v {
-                    Some(v) => t.insert(k.as_slice(), v.as_slice())?,
-                    None => t.remove(k.as_slice())?,
-                };
-                previous.push(old);
-            }
-            Ok(previous)
-        });
-        let previous = tx_result(self, r)?;
-        if undo {
-            let epoch = self.commit.last_requested();
-            let done = self.commit.done();
-            w.undo.retain(|e| e.epoch >= done);
-            w.undo.push(UndoEntry {
-                epoch,
-                previous: ops
-                    .iter()
-                    .zip(previous)
-                    // Sequences only move forward (see the module comment).
-                    .filter(|((tree, k, _), _)| {
-                        !(*tree == TreeId::Meta
-                            && (k.as_slice() == META_NEXT_GROUP
-                                || k.as_slice() == META_NEXT_CHANGE))
-                    })
-                    .map(|((tree, k, _), old)| (*tree, k.clone(), old))
-                    .collect(),
-            });
+        // A failed apply leaves the records in place: the store is failed, and the
+        // keys keep reading as their durable values.
+        self.pending.check_open().map_err(|e| self.fail(e))?;
+        self.tree.apply_batch(batch).map_err(|e| self.fail(e))?;
+        if hidden {
+            self.pending
+                .applied(&refs, self.commit.last_requested(), last_seq);
+        } else {
+            self.pending.publish_seq(last_seq);
         }
         Ok(())
     }
@@ -645,8 +588,13 @@ impl Store {
     }
 
     /// Stops the flusher after a last flush (graceful shutdown), then records the
-    /// high-water marks.
+    /// high-water marks. A failed store is not flushed: what it refused must not reach
+    /// the disk now (see `Drop`).
     pub fn close(&self) -> Result<(), String> {
+        if !self.healthy() {
+            self.commit.stop();
+            return Err("the store had failed; nothing more was written".into());
+        }
         // The retention clock counts running time: keep what this run added.
         if let Err(e) = self.save_retention_clock() {
             tracing::warn!(error = ?e, "could not save the change-feed retention clock");
@@ -663,7 +611,7 @@ impl Store {
         let r = self.flush_blocking();
         self.commit.stop();
         r?;
-        self.write_highwater(marks)
+        self.write_highwater(marks, true)
             .map_err(|e| format!("recording the high-water marks: {e}"))
     }
 
@@ -676,7 +624,7 @@ impl Store {
             return Ok(());
         }
         self.flush_blocking()?;
-        self.write_highwater(marks)
+        self.write_highwater(marks, false)
             .map_err(|e| format!("recording the high-water marks: {e}"))
     }
 
@@ -722,8 +670,20 @@ impl Store {
         Ok(())
     }
 
-    fn write_highwater(&self, marks: highwater::HighWater) -> std::io::Result<()> {
+    /// Writes `marks`, read before a flush. A reservation written meanwhile by
+    /// `reserve` (under this same lock) reaches further than the marks read earlier:
+    /// the file never takes a reservation back, except at a clean `close`, which
+    /// shrinks it on purpose (`shrink`) when no write can come any more.
+    fn write_highwater(&self, marks: highwater::HighWater, shrink: bool) -> std::io::Result<()> {
         let mut last = lock(&self.recorded);
+        let marks = match *last {
+            Some(prev) if !shrink => highwater::HighWater {
+                reserved_group: marks.reserved_group.max(prev.reserved_group),
+                reserved_change: marks.reserved_change.max(prev.reserved_change),
+                ..marks
+            },
+            _ => marks,
+        };
         if *last == Some(marks) {
             return Ok(());
         }
@@ -738,7 +698,7 @@ impl Store {
     /// costs what it reads. Keys that are not account-scoped are stepped over.
     pub(super) fn each_account(
         &self,
-        tree: &sled::Tree,
+        tree: &Space,
         mut f: impl FnMut(&[u8]) -> Result<(), ApiError>,
     ) -> Result<(), ApiError> {
         let mut cursor: Vec<u8> = Vec::new();
@@ -762,6 +722,19 @@ impl Store {
     /// Maps a sled read error to 503.
     fn read_err(&self, e: sled::Error) -> ApiError {
         ApiError::Unavailable(format!("storage read: {e}"))
+    }
+}
+
+impl Drop for Store {
+    /// sled flushes its log when the last handle of a tree goes. After a failed flush
+    /// or write that would write out changes that were refused (answered 503) should
+    /// the disk take them now, and they would reappear after a restart: so a failed
+    /// store leaks one handle, and sled never writes again. (sled's own flush timer is
+    /// off, `flush_every_ms(None)`, for the same reason: only the flusher writes.)
+    fn drop(&mut self) {
+        if !self.healthy() {
+            std::mem::forget(self.tree.clone());
+        }
     }
 }
 
@@ -815,64 +788,17 @@ fn write_marker(dir: &Path) -> std::io::Result<()> {
     commit::sync_dir(dir)
 }
 
-/// The flusher's rollback after a failed flush: marks the store failed and undoes,
-/// newest first and in one transaction, every change no successful flush covered.
-fn rollback_hook(
-    writer: Arc<Mutex<Writer>>,
-    failed: Arc<AtomicBool>,
-    trees: Vec<sled::Tree>,
-) -> commit::RollbackHook {
-    Box::new(move |done: u64| {
-        let mut w = lock(&writer);
-        failed.store(true, Ordering::SeqCst);
-        let entries = std::mem::take(&mut w.undo);
-        let undo: Vec<(TreeId, Vec<u8>, Option<IVec>)> = entries
-            .into_iter()
-            .filter(|e| e.epoch >= done)
-            .rev()
-            .flat_map(|e| e.previous.into_iter().rev())
-            .collect();
-        if undo.is_empty() {
-            return;
+/// What the flusher does with each outcome, before anyone hears of it: a good flush
+/// makes the changes it covered visible; a failed one marks the store failed, and what
+/// it did not cover stays invisible until restart (`space.rs`).
+fn outcome_hook(pending: Arc<Pending>, failed: Arc<AtomicBool>) -> commit::OutcomeHook {
+    Box::new(move |outcome: Option<u64>| match outcome {
+        Some(done) => pending.covered(done),
+        None => {
+            pending.freeze();
+            failed.store(true, Ordering::SeqCst);
         }
-        let refs: Vec<&sled::Tree> = trees.iter().collect();
-        let r = refs[..].transaction(|view| {
-            for (tree, k, old) in &undo {
-                let t = &view[*tree as usize];
-                match old {
-                    Some(v) => t.insert(k.as_slice(), v.clone())?,
-                    None => t.remove(k.as_slice())?,
-                };
-            }
-            Ok::<(), ConflictableTransactionError<()>>(())
-        });
-        match r {
-            Ok(()) => tracing::warn!(
-                keys = undo.len(),
-                "undid the changes no flush made durable; their writers answer 503"
-            ),
-            Err(e) => tracing::error!(
-                error = ?e,
-                "could not undo the changes no flush made durable; they may stay visible until restart"
-            ),
-        }
-        drop(w);
     })
-}
-
-/// Turns the result of a sled transaction into ours.
-fn tx_result<T>(store: &Store, r: Result<T, TransactionError<ApiError>>) -> Result<T, ApiError> {
-    match r {
-        Ok(v) => Ok(v),
-        Err(TransactionError::Abort(e)) => Err(e),
-        Err(TransactionError::Storage(e)) => Err(store.fail(e)),
-    }
-}
-
-/// Aborts a transaction with an API error.
-#[allow(dead_code)]
-fn abort<T>(e: ApiError) -> Result<T, ConflictableTransactionError<ApiError>> {
-    Err(ConflictableTransactionError::Abort(e))
 }
 
 /// Helpers shared by the store's unit tests.

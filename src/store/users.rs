@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Op, Store, TreeId};
+use super::{Kind, Op, Store};
 use crate::error::ApiError;
 
 /// What a user may do.
@@ -101,13 +101,14 @@ impl Store {
     pub fn put_user(&self, user: &UserRecord, revoke: bool) -> Result<(), ApiError> {
         let value = serde_json::to_vec(user).map_err(|e| ApiError::Internal(e.to_string()))?;
         let mut w = self.write_lock()?;
-        let mut ops: Vec<Op> = vec![(TreeId::Users, user.name.as_bytes().to_vec(), Some(value))];
+        let mut ops: Vec<Op> = vec![(Kind::Users, user.name.as_bytes().to_vec(), Some(value))];
         if revoke {
             for k in self.token_keys_of(&user.name)? {
-                ops.push((TreeId::Tokens, k, None));
+                ops.push((Kind::Tokens, k, None));
             }
         }
-        self.apply_ops(&mut w, &ops, true)?;
+        let seq = w.next_change.saturating_sub(1);
+        self.apply_ops(&mut w, &ops, seq)?;
         drop(w);
         self.flush_blocking().map_err(storage)
     }
@@ -115,15 +116,20 @@ impl Store {
     /// Removes a user, its tokens and its counters (its account's groups stay).
     pub fn remove_user(&self, name: &str) -> Result<bool, ApiError> {
         let mut w = self.write_lock()?;
-        let existed = self.users.contains_key(name.as_bytes()).map_err(storage)?;
+        let existed = self
+            .users
+            .get_latest(name.as_bytes())
+            .map_err(storage)?
+            .is_some();
         let mut ops: Vec<Op> = vec![
-            (TreeId::Users, name.as_bytes().to_vec(), None),
-            (TreeId::Usage, name.as_bytes().to_vec(), None),
+            (Kind::Users, name.as_bytes().to_vec(), None),
+            (Kind::Usage, name.as_bytes().to_vec(), None),
         ];
         for k in self.token_keys_of(name)? {
-            ops.push((TreeId::Tokens, k, None));
+            ops.push((Kind::Tokens, k, None));
         }
-        self.apply_ops(&mut w, &ops, true)?;
+        let seq = w.next_change.saturating_sub(1);
+        self.apply_ops(&mut w, &ops, seq)?;
         drop(w);
         self.flush_blocking().map_err(storage)?;
         Ok(existed)
@@ -160,20 +166,17 @@ impl Store {
         evicted: &[Vec<u8>],
     ) -> Result<(), ApiError> {
         let value = serde_json::to_vec(rec).map_err(|e| ApiError::Internal(e.to_string()))?;
-        self.tokens
-            .transaction(|t| {
-                t.insert(hash, value.as_slice())?;
-                for k in evicted {
-                    t.remove(k.as_slice())?;
-                }
-                Ok::<(), sled::transaction::ConflictableTransactionError<ApiError>>(())
-            })
-            .map_err(storage)
+        let mut batch = self.tokens.batch();
+        batch.insert(hash, value);
+        for k in evicted {
+            batch.remove(k);
+        }
+        self.tokens.apply_batch(batch).map_err(storage)
     }
 
     /// Deletes token hashes (expired ones, by the purge task).
     pub fn remove_tokens(&self, hashes: &[Vec<u8>]) -> Result<(), ApiError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = self.tokens.batch();
         for h in hashes {
             batch.remove(h.as_slice());
         }
@@ -195,7 +198,7 @@ impl Store {
     /// Writes a batch of counters (every second, and at shutdown). Counters of users
     /// removed meanwhile are skipped so a removal is not undone.
     pub fn put_usage(&self, records: &[(String, UsageRecord)]) -> Result<(), ApiError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = self.usage.batch();
         for (name, rec) in records {
             if self.users.contains_key(name.as_bytes()).map_err(storage)? {
                 let v = serde_json::to_vec(rec).map_err(|e| ApiError::Internal(e.to_string()))?;
