@@ -31,6 +31,7 @@ pub mod highwater;
 pub mod idempotency;
 pub mod keys;
 mod retention;
+pub mod seal;
 pub mod space;
 pub mod users;
 
@@ -239,6 +240,17 @@ impl Store {
                 )))
             }
         }
+        // After a clean stop, any change to sled's files is damage, found before sled's
+        // recovery can rewrite them (`seal.rs`). After a crash the fast check below
+        // runs instead.
+        let sealed = if fresh {
+            false
+        } else {
+            seal::check_and_remove(&dir).map_err(|what| OpenError::Damaged {
+                path: data_dir.to_path_buf(),
+                what,
+            })?
+        };
         // sled panics on some damaged files instead of returning an error; that is a
         // damaged store to refuse (exit 1 with a message), not a crash to restart.
         let opened = std::panic::catch_unwind(|| {
@@ -434,6 +446,14 @@ impl Store {
                 .map_err(|e| OpenError::Other(e.to_string()))?;
             store.flush_blocking().map_err(OpenError::Other)?;
         }
+        if !fresh && !sealed && !options.restoring {
+            // The last run did not stop cleanly: what the seal would have caught is
+            // looked for in the data itself, before anything is served.
+            store.fast_check().map_err(|what| OpenError::Damaged {
+                path: data_dir.to_path_buf(),
+                what,
+            })?;
+        }
         if fresh {
             // The format version and the new files must be on disk before anything
             // else is acknowledged; the data directory entry too.
@@ -612,7 +632,11 @@ impl Store {
         self.commit.stop();
         r?;
         self.write_highwater(marks, true)
-            .map_err(|e| format!("recording the high-water marks: {e}"))
+            .map_err(|e| format!("recording the high-water marks: {e}"))?;
+        // Nothing is written after this (sled's drop flushes nothing: all is flushed),
+        // so the files are sealed as the next open will find them.
+        self.pending.close();
+        seal::write(&self.dir).map_err(|e| format!("sealing the store: {e}"))
     }
 
     /// Writes the high-water marks file when the marks moved since it was last written.

@@ -64,6 +64,9 @@ pub struct Pending {
     /// go on; they promise nothing, and only a flush takes sled's log to the disk,
     /// which the flusher no longer does).
     frozen: std::sync::atomic::AtomicBool,
+    /// Set by a clean close before it seals the files (`seal.rs`): from then on
+    /// nothing at all may be written, or the next open would take the change for damage.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -85,6 +88,23 @@ impl Pending {
     /// Stops every later change (see `frozen`).
     pub fn freeze(&self) {
         self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops every later write of any kind (a clean close, before the seal).
+    pub fn close(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Err once closed (direct writes outside the overlay).
+    fn check_not_closed(&self) -> sled::Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            Err(sled::Error::Io(std::io::Error::other(
+                "the store is closed",
+            )))
+        } else {
+            Ok(())
+        }
     }
 
     /// Err once frozen.
@@ -231,16 +251,19 @@ impl Space {
         key: impl AsRef<[u8]>,
         value: impl Into<IVec>,
     ) -> sled::Result<Option<IVec>> {
+        self.pending.check_not_closed()?;
         self.tree.insert(self.full(key.as_ref()), value)
     }
 
     /// A removal outside the overlay (see `insert`).
     pub fn remove(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<IVec>> {
+        self.pending.check_not_closed()?;
         self.tree.remove(self.full(key.as_ref()))
     }
 
     /// Applies a batch of this space's keys outside the overlay (see `insert`).
     pub fn apply_batch(&self, batch: Batch) -> sled::Result<()> {
+        self.pending.check_not_closed()?;
         self.tree.apply_batch(batch.inner)
     }
 

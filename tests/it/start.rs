@@ -91,6 +91,8 @@ fn a_store_of_another_format_version_is_refused_untouched() {
         // Format 2: one tree, `m` is the meta key space.
         db.insert(b"mformat_version", v).expect("insert");
         db.flush().expect("flush");
+        // That binary stopped; its seal would match its files, not ours.
+        let _ = std::fs::remove_file(store.join("seal"));
         // And the marker file a binary reads before it opens sled.
         let text = format!("{}\n", u64::from_be_bytes(v.try_into().expect("8 bytes")));
         std::fs::write(store.join("format_version"), text).expect("marker");
