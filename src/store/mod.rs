@@ -24,6 +24,7 @@
 pub mod changes;
 pub mod check;
 mod commit;
+pub mod delta;
 pub mod export;
 pub mod feed;
 pub mod groups;
