@@ -182,6 +182,14 @@ impl App {
         self.store.close()
     }
 
+    /// Every ten seconds: the change feed back within `retention.changes_max_mb`.
+    pub fn purge_to_size(&self) {
+        let max = self.config.retention.changes_max_mb.saturating_mul(1 << 20);
+        if let Err(e) = self.store.purge_to_size(max) {
+            tracing::warn!(error = ?e, "change-feed size purge failed");
+        }
+    }
+
     /// Hourly upkeep: expired tokens, idempotency records and old change entries.
     pub fn purge(&self) {
         let now = crate::time::now_ms();
@@ -222,11 +230,14 @@ pub fn spawn_upkeep(app: &Arc<App>) {
             // sled calls may block briefly; keep them off the async workers.
             let a = Arc::clone(&app);
             let purge = seconds % 3600 == 10;
+            let size_check = seconds % 10 == 5;
             let recorded = tokio::task::spawn_blocking(move || {
                 a.persist_usage();
                 let recorded = a.store.record_highwater();
                 if purge {
                     a.purge();
+                } else if size_check {
+                    a.purge_to_size();
                 }
                 recorded
             })

@@ -135,6 +135,9 @@ pub struct RetentionConfig {
     /// Days change-feed entries are kept, counted in the server's running time on the
     /// monotonic clock (`store/retention.rs`).
     pub changes_days: u64,
+    /// MiB the change feed may take on disk (keys and values of its entries); past it
+    /// the oldest entries of the whole store go first, whatever their age.
+    pub changes_max_mb: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -323,7 +326,10 @@ impl Default for StorageConfig {
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        RetentionConfig { changes_days: 30 }
+        RetentionConfig {
+            changes_days: 30,
+            changes_max_mb: 256,
+        }
     }
 }
 
@@ -508,6 +514,9 @@ impl Config {
         }
         if self.retention.changes_days == 0 {
             return bad("retention.changes_days", "must be at least 1");
+        }
+        if self.retention.changes_max_mb == 0 {
+            return bad("retention.changes_max_mb", "must be at least 1");
         }
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             return bad("tls", "set both cert and key, or neither");

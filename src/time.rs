@@ -72,6 +72,41 @@ pub fn write_rfc3339_ms(out: &mut String, ms: i64) {
     );
 }
 
+/// Parses exactly what `rfc3339_ms` writes (`YYYY-MM-DDTHH:MM:SS.mmmZ`): None for
+/// anything else, impossible dates included (the result must format back to `s`).
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 24 {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<i64> {
+        let part = s.get(from..to)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())
+            .flatten()
+    };
+    let (y, m, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hh, mm, ss, milli) = (num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 23)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 59 {
+        return None;
+    }
+    let days = days_from_civil(y, m, d);
+    let ms = days * 86_400_000 + hh * 3_600_000 + mm * 60_000 + ss * 1000 + milli;
+    (rfc3339_ms(ms) == s).then_some(ms)
+}
+
+/// Howard Hinnant's `days_from_civil`: the day number of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Howard Hinnant's `civil_from_days`: proleptic Gregorian date of a day number.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -98,6 +133,23 @@ mod tests {
         // Leap day and the last millisecond of a year.
         assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339_ms(1_704_067_199_999), "2023-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn parses_what_it_formats_and_nothing_else() {
+        for ms in [0, 951_782_400_000, 1_704_067_199_999, 1_795_687_302_123, -1] {
+            assert_eq!(parse_rfc3339_ms(&rfc3339_ms(ms)), Some(ms));
+        }
+        for bad in [
+            "2023-02-30T00:00:00.000Z",
+            "2023-13-01T00:00:00.000Z",
+            "2023-01-01T24:00:00.000Z",
+            "2023-01-01T00:00:00.000",
+            "2023-01-01 00:00:00.000Z",
+            "+023-01-01T00:00:00.000Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
     }
 
     #[test]

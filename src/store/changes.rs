@@ -9,7 +9,8 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{keys, lock, Store, META_PURGED_THROUGH};
+use super::history::EntryReader;
+use super::{keys, lock, Kind, Store, META_FEED_BYTES, META_PURGED_THROUGH};
 use crate::error::ApiError;
 use crate::model::GroupId;
 use crate::time::rfc3339_ms;
@@ -111,33 +112,49 @@ impl Store {
                 next: after,
             });
         }
+        // The page's records (at most `limit`), then their entries rebuilt in order
+        // until the byte bound (`history.rs`).
         let prefix = keys::account_prefix(account);
-        let mut bytes = 0usize;
-        let mut last = after;
         let range = keys::change(account, after + 1)..keys::change(account, high + 1);
+        let mut items = Vec::new();
+        let mut more = false;
         for item in self.changes.range(range) {
             let (k, v) = item.map_err(|e| self.read_err(e))?;
             if !k.starts_with(&prefix) {
                 break;
             }
-            let len = v.len() + 1;
-            if entries.len() == limit
-                || (!entries.is_empty() && bytes.saturating_add(len) > max_bytes)
-            {
-                self.check_cursor(check, after)?;
-                return Ok(ChangePage {
-                    entries,
-                    next: last,
-                });
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) else {
+                return Err(ApiError::Internal(format!(
+                    "corrupt change-feed index entry in {account}"
+                )));
+            };
+            items.push((seq, n));
+        }
+        let mut reader = EntryReader::new(self, account, items);
+        let mut bytes = 0usize;
+        let mut last = after;
+        while let Some(seq) = reader.peek_seq() {
+            let Some(entry) = reader.next_entry() else {
+                break;
+            };
+            let entry = entry?;
+            let len = entry.json.len() + 1;
+            if !entries.is_empty() && bytes.saturating_add(len) > max_bytes {
+                more = true;
+                break;
             }
             bytes += len;
-            last = keys::trailing_u64(&k).unwrap_or(last);
-            entries.push(v);
+            last = seq;
+            entries.push(entry.json);
         }
         self.check_cursor(check, after)?;
         Ok(ChangePage {
             entries,
-            next: high,
+            next: if more { last } else { high },
         })
     }
 
@@ -165,13 +182,7 @@ impl Store {
         self.meta
             .insert(super::retention::META_RETENTION, saved)
             .map_err(|e| self.fail(e))?;
-        if cutoff > 1 && cutoff - 1 > self.purged_through() {
-            // Recorded before anything goes: a reader checks it after its scan.
-            self.meta
-                .insert(META_PURGED_THROUGH, &(cutoff - 1).to_be_bytes())
-                .map_err(|e| self.fail(e))?;
-            self.purged_through.store(cutoff - 1, Ordering::SeqCst);
-        }
+        self.raise_purged_through(cutoff)?;
         let removed = self.purge_changes_below(cutoff)?;
         tracing::debug!(
             removed,
@@ -180,6 +191,82 @@ impl Store {
             "change-feed retention pass"
         );
         Ok(removed)
+    }
+
+    /// Records that entries below `cutoff` may be gone, before anything goes: a reader
+    /// checks it after its scan (410 `cursor_expired`, never a silent gap).
+    fn raise_purged_through(&self, cutoff: u64) -> Result<(), ApiError> {
+        if cutoff > 1 && cutoff - 1 > self.purged_through() {
+            self.meta
+                .insert(META_PURGED_THROUGH, &(cutoff - 1).to_be_bytes())
+                .map_err(|e| self.fail(e))?;
+            self.purged_through.store(cutoff - 1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Keeps the feed within `max_bytes` (`retention.changes_max_mb`): when it takes
+    /// more, the oldest entries of the whole store go first, down to the bound, and
+    /// a reader behind them gets 410 `cursor_expired` as after any purge. Reads only
+    /// the oldest entries of each account, as many as the excess covers.
+    pub fn purge_to_size(&self, max_bytes: u64) -> Result<usize, ApiError> {
+        let excess = self.feed_bytes().saturating_sub(max_bytes);
+        if excess == 0 {
+            return Ok(0);
+        }
+        let mut oldest: Vec<(u64, u64)> = Vec::new();
+        self.each_account(&self.changes, |prefix| {
+            let mut sum = 0u64;
+            for item in self.changes.scan_prefix(prefix) {
+                let (k, v) = item.map_err(|e| self.read_err(e))?;
+                let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) else {
+                    continue;
+                };
+                let bytes = self.entry_bytes(prefix, &k, seq, n)?;
+                oldest.push((seq, bytes));
+                sum += bytes;
+                if sum >= excess {
+                    break;
+                }
+            }
+            Ok(())
+        })?;
+        oldest.sort_unstable();
+        let mut sum = 0u64;
+        let mut cutoff = None;
+        for (seq, bytes) in &oldest {
+            sum += bytes;
+            if sum >= excess {
+                cutoff = Some(seq + 1);
+                break;
+            }
+        }
+        let Some(cutoff) = cutoff.or_else(|| oldest.last().map(|(s, _)| s + 1)) else {
+            return Ok(0);
+        };
+        self.raise_purged_through(cutoff)?;
+        let removed = self.purge_changes_below(cutoff)?;
+        tracing::info!(
+            removed,
+            below_seq = cutoff,
+            max_bytes,
+            "change feed over retention.changes_max_mb: purged its oldest entries"
+        );
+        Ok(removed)
+    }
+
+    /// Bytes one entry takes (`META_FEED_BYTES`): its feed-order key and value, its
+    /// record's key and value.
+    fn entry_bytes(&self, prefix: &[u8], k: &[u8], seq: u64, n: u64) -> Result<u64, ApiError> {
+        let mut h = prefix.to_vec();
+        h.extend_from_slice(&n.to_be_bytes());
+        h.extend_from_slice(&seq.to_be_bytes());
+        let record = self
+            .history
+            .get(&h)
+            .map_err(|e| self.read_err(e))?
+            .map_or(0, |v| v.len());
+        Ok((k.len() + 1 + 8 + h.len() + 1 + record) as u64)
     }
 
     /// The store's elapsed clock now (`retention.rs`).
@@ -199,6 +286,16 @@ impl Store {
         Ok(())
     }
 
+    /// Applies one purge batch under the writer mutex, with the feed's new size.
+    fn apply_purge(&self, mut batch: super::space::Batch, bytes: u64) -> Result<(), ApiError> {
+        let mut w = self.lock_writer();
+        let left = w.feed_bytes.saturating_sub(bytes);
+        batch.insert_in(Kind::Meta, META_FEED_BYTES, left.to_be_bytes().to_vec());
+        self.changes.apply_batch(batch).map_err(|e| self.fail(e))?;
+        w.feed_bytes = left;
+        Ok(())
+    }
+
     /// Removes every account's change-feed entries with `seq < cutoff`. An account's
     /// entries below the cutoff are one key range (`account 0x00 seq`, big-endian), so
     /// the purge reads only what it removes, then seeks to the next account: the cost
@@ -213,22 +310,28 @@ impl Store {
             end.extend_from_slice(&cutoff.to_be_bytes());
             let mut batch = self.changes.batch();
             let mut in_batch = 0;
+            let mut bytes = 0u64;
             for item in self.changes.range(prefix..end.as_slice()) {
-                let (k, _) = item.map_err(|e| self.read_err(e))?;
+                let (k, v) = item.map_err(|e| self.read_err(e))?;
+                // The record under its group goes with its feed-order key.
+                if let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) {
+                    bytes += self.entry_bytes(prefix, &k, seq, n)?;
+                    let mut h = prefix.to_vec();
+                    h.extend_from_slice(&n.to_be_bytes());
+                    h.extend_from_slice(&seq.to_be_bytes());
+                    batch.remove_in(Kind::History, h);
+                }
                 batch.remove(k);
                 in_batch += 1;
                 removed += 1;
                 if in_batch == PURGE_BATCH {
-                    let _w = self.lock_writer();
-                    self.changes
-                        .apply_batch(std::mem::replace(&mut batch, self.changes.batch()))
-                        .map_err(|e| self.fail(e))?;
+                    let full = std::mem::replace(&mut batch, self.changes.batch());
+                    self.apply_purge(full, std::mem::take(&mut bytes))?;
                     in_batch = 0;
                 }
             }
             if in_batch > 0 {
-                let _w = self.lock_writer();
-                self.changes.apply_batch(batch).map_err(|e| self.fail(e))?;
+                self.apply_purge(batch, bytes)?;
             }
             Ok(())
         })?;
@@ -261,13 +364,13 @@ mod tests {
 
     /// Gives an entry the `time` a wrong wall clock would have written.
     fn set_time(s: &Store, account: &str, seq: u64, time: &str) {
-        let k = keys::change(account, seq);
-        let v = s.changes.get(&k).unwrap().unwrap();
-        let mut entry: serde_json::Value = serde_json::from_slice(&v).unwrap();
-        entry["time"] = time.into();
-        s.changes
-            .insert(k, serde_json::to_vec(&entry).unwrap())
-            .unwrap();
+        let n =
+            keys::read_u64(&s.changes.get(keys::change(account, seq)).unwrap().unwrap()).unwrap();
+        let k = crate::store::history::record_key(account, n, seq);
+        let mut rec =
+            crate::store::history::Record::decode(&s.history.get(&k).unwrap().unwrap()).unwrap();
+        rec.time = crate::time::parse_rfc3339_ms(time).unwrap();
+        s.history.insert(k, rec.encode()).unwrap();
     }
 
     /// Writes `n` changes to the group of `account` (creating it first), returns its ID.
@@ -470,6 +573,54 @@ mod tests {
             ApiError::CursorExpired.message(),
             "Cursor expired: read the groups again"
         );
+    }
+
+    /// The feed's size is counted exactly through writes and purges, and a bound on it
+    /// purges the oldest entries of every account first, with 410 for a reader behind.
+    #[test]
+    fn the_feed_is_kept_within_its_byte_bound_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let a = write(&s, "a", None, 30);
+        let b = write(&s, "b", None, 30);
+        let counted = || -> u64 {
+            let mut total = 0;
+            for space in [&s.changes, &s.history] {
+                for item in space.iter() {
+                    let (k, v) = item.unwrap();
+                    total += (k.len() + 1 + v.len()) as u64;
+                }
+            }
+            total
+        };
+        assert_eq!(s.feed_bytes(), counted());
+        let all = s.feed_after(0, 1000, usize::MAX).unwrap().entries.len();
+        assert_eq!(all, 62);
+        assert_eq!(s.purge_to_size(u64::MAX).unwrap(), 0);
+        let half = s.feed_bytes() / 2;
+        let removed = s.purge_to_size(half).unwrap();
+        assert!(removed > 0 && removed < all, "{removed}");
+        assert!(s.feed_bytes() <= half);
+        assert_eq!(s.feed_bytes(), counted());
+        // The oldest went first: what is left is the newest, in both accounts.
+        let left: Vec<u64> = s
+            .feed_after(s.purged_through(), 1000, usize::MAX)
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(left.len(), all - removed);
+        assert_eq!(left.first().copied(), Some(s.purged_through() + 1));
+        assert_eq!(
+            s.changes("a", Some(0), 10, usize::MAX).unwrap_err(),
+            ApiError::CursorExpired
+        );
+        // The groups are untouched, and the rest of the feed rebuilds.
+        write(&s, "a", Some(a), 1);
+        write(&s, "b", Some(b), 1);
+        assert!(s.get_group("a", a).unwrap().is_some());
+        assert_eq!(s.feed_bytes(), counted());
     }
 
     /// The store's identity is made once and kept.

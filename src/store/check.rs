@@ -317,37 +317,83 @@ impl Store {
 
     /// Every entry parses, carries the sequence it is stored under, lies below the next
     /// change sequence, and is one of the three operations.
+    /// The feed-order index and the change records (`history.rs`): every index entry
+    /// names a record that decodes, under a sequence below the next one; every record
+    /// has its index entry; and every account's entries rebuild (the same walk the
+    /// feed makes).
     fn check_changes(&self, next_change: u64, r: &mut Report) {
-        #[derive(serde::Deserialize)]
-        struct Entry {
-            seq: u64,
-            op: String,
-        }
+        let mut indexed: HashSet<(String, u64, u64)> = HashSet::new();
+        let mut per_account: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
         for item in self.changes.iter() {
             let Ok((k, v)) = item else {
                 r.problem("reading the change feed failed".into());
                 return;
             };
             r.changes += 1;
-            let (Some(account), Some(seq)) = (account_of(&k), keys::trailing_u64(&k)) else {
+            let (Some(account), Some(seq), Some(n)) =
+                (account_of(&k), keys::trailing_u64(&k), keys::read_u64(&v))
+            else {
                 r.problem(format!("a change key that does not parse: {:?}", &k[..]));
                 continue;
             };
-            match serde_json::from_slice::<Entry>(&v) {
-                Ok(e) if e.seq != seq => r.problem(format!(
-                    "{account}: the change stored under {seq} says seq {}",
-                    e.seq
-                )),
-                Ok(e) if !matches!(e.op.as_str(), "created" | "updated" | "deleted") => {
-                    r.problem(format!("{account}: change {seq} has op {:?}", e.op));
-                }
-                Ok(_) => {}
-                Err(e) => r.problem(format!("{account}: change {seq} does not parse ({e})")),
-            }
             if seq == 0 || seq >= next_change {
                 r.problem(format!(
                     "{account}: change {seq} is not below the next change sequence {next_change}"
                 ));
+            }
+            match self
+                .history
+                .get(super::history::record_key(&account, n, seq))
+            {
+                Ok(Some(raw)) => {
+                    if let Err(e) = super::history::Record::decode(&raw) {
+                        r.problem(format!("{account}: change {seq} does not parse ({e})"));
+                    }
+                }
+                Ok(None) => r.problem(format!(
+                    "{account}: change {seq} of {} has no record",
+                    GroupId(n)
+                )),
+                Err(e) => r.problem(format!("{account}: change {seq} cannot be read ({e})")),
+            }
+            indexed.insert((account.clone(), n, seq));
+            per_account.entry(account).or_default().push((seq, n));
+        }
+        for item in self.history.iter() {
+            let Ok((k, _)) = item else {
+                r.problem("reading the change records failed".into());
+                return;
+            };
+            let seq = keys::trailing_u64(&k);
+            let n = k
+                .len()
+                .checked_sub(8)
+                .and_then(|end| keys::trailing_u64(&k[..end]));
+            let account = account_of(&k);
+            match (account, n, seq) {
+                (Some(account), Some(n), Some(seq)) => {
+                    if !indexed.contains(&(account.clone(), n, seq)) {
+                        r.problem(format!(
+                            "{account}: the record of change {seq} ({}) is not in the feed",
+                            GroupId(n)
+                        ));
+                    }
+                }
+                _ => r.problem(format!(
+                    "a change record key that does not parse: {:?}",
+                    &k[..]
+                )),
+            }
+        }
+        for (account, items) in per_account {
+            for chunk in items.chunks(4096) {
+                let mut reader = super::history::EntryReader::new(self, &account, chunk.to_vec());
+                while let Some(entry) = reader.next_entry() {
+                    if let Err(e) = entry {
+                        r.problem(format!("{account}: the feed does not rebuild ({e:?})"));
+                        break;
+                    }
+                }
             }
         }
     }

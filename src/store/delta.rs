@@ -520,7 +520,7 @@ pub fn decode_state(bytes: &[u8]) -> Result<(GroupDoc, usize), DeltaError> {
     ))
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -532,7 +532,7 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {
     put_varint(out, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
 }
@@ -574,9 +574,34 @@ fn positioned_len(entries: &[(usize, String)]) -> usize {
 }
 
 /// A cursor over untrusted bytes: every read is checked, nothing indexes.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(super) fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, pos: 0 }
+    }
+
+    /// Bytes consumed so far.
+    pub(super) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// The bytes not yet consumed.
+    pub(super) fn rest(&self) -> &'a [u8] {
+        self.bytes.get(self.pos..).unwrap_or_default()
+    }
+
+    /// Skips `n` bytes (consumed by a nested decoder).
+    pub(super) fn skip(&mut self, n: usize) -> Result<(), DeltaError> {
+        if n > self.remaining() {
+            return Err(DeltaError::Truncated);
+        }
+        self.pos += n;
+        Ok(())
+    }
 }
 
 impl Reader<'_> {
@@ -584,7 +609,7 @@ impl Reader<'_> {
         self.bytes.len().saturating_sub(self.pos)
     }
 
-    fn byte(&mut self) -> Result<u8, DeltaError> {
+    pub(super) fn byte(&mut self) -> Result<u8, DeltaError> {
         let b = *self.bytes.get(self.pos).ok_or(DeltaError::Truncated)?;
         self.pos += 1;
         Ok(b)
@@ -592,7 +617,7 @@ impl Reader<'_> {
 
     /// LEB128, at most 10 bytes, minimal (no trailing zero groups), so one value has
     /// one encoding and decoding then encoding gives the same bytes.
-    fn varint(&mut self) -> Result<u64, DeltaError> {
+    pub(super) fn varint(&mut self) -> Result<u64, DeltaError> {
         let mut v: u64 = 0;
         for i in 0..10u32 {
             let b = self.byte()?;
@@ -625,7 +650,7 @@ impl Reader<'_> {
         Ok(n)
     }
 
-    fn string(&mut self) -> Result<String, DeltaError> {
+    pub(super) fn string(&mut self) -> Result<String, DeltaError> {
         let n = self.usize()?;
         let end = self.pos.checked_add(n).ok_or(DeltaError::Truncated)?;
         let raw = self.bytes.get(self.pos..end).ok_or(DeltaError::Truncated)?;

@@ -16,13 +16,14 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::changes::change_entry_at;
 use super::groups::{count_key, encode, GroupView, PublicGroup};
+use super::history::{self, ChangeOp, EntryReader};
 use super::idempotency::{self, IdempotencyRecord};
 use super::users::{Role, UsageRecord, UserRecord};
 use super::{keys, space, Kind, Store, META_NEXT_CHANGE, META_NEXT_GROUP, META_PURGED_THROUGH};
 use crate::auth::valid_name;
 use crate::model::{name_key, validate_doc, GroupDoc, GroupId, Rules, MAX_NAME_CHARS};
+use crate::time::parse_rfc3339_ms;
 use std::sync::atomic::Ordering;
 
 /// One backup body line. Times are milliseconds since the epoch unless named `time`
@@ -117,7 +118,10 @@ impl std::fmt::Display for Counts {
     }
 }
 
-/// A change-feed entry as stored (see `changes::change_entry`).
+/// Change entries rebuilt per step of an export.
+const EXPORT_CHUNK: usize = 4096;
+
+/// A change-feed entry as served (see `changes::change_entry`).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StoredChange {
@@ -256,27 +260,64 @@ impl Store {
             )?;
             counts.groups += 1;
         }
-        for item in self.changes.iter() {
-            let (k, v) = item.map_err(io)?;
-            let account = account_of(&k, "change-feed")?;
-            let c: StoredChange = serde_json::from_slice(&v)
-                .map_err(|e| format!("corrupt change-feed entry in {account}: {e}"))?;
-            let id = GroupId::parse(&c.id)
-                .ok_or_else(|| format!("corrupt change-feed entry in {account}: id {:?}", c.id))?;
-            emit(
-                Record::Change {
-                    account,
-                    seq: c.seq,
-                    time: c.time,
-                    op: c.op,
-                    id: id.0,
-                    revision: c.revision,
-                    user_name: c.user_name,
-                    group: c.group,
-                },
-                &mut counts,
-            )?;
-            counts.changes += 1;
+        // Change entries are rebuilt from their records (`history.rs`), an account at
+        // a time in chunks, as the API serves them.
+        let mut accounts_with_changes: Vec<Vec<u8>> = Vec::new();
+        self.each_account(&self.changes, |prefix| {
+            accounts_with_changes.push(prefix.to_vec());
+            Ok(())
+        })
+        .map_err(|e| format!("reading the change feed: {e:?}"))?;
+        for prefix in accounts_with_changes {
+            let account = text(&prefix[..prefix.len() - 1], "change-feed")?;
+            let mut from = prefix.clone();
+            loop {
+                let mut items = Vec::new();
+                for item in self.changes.range(from.as_slice()..) {
+                    let (k, v) = item.map_err(io)?;
+                    if !k.starts_with(&prefix) {
+                        break;
+                    }
+                    let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) else {
+                        return Err(format!("corrupt change-feed index entry in {account}"));
+                    };
+                    items.push((seq, n));
+                    if items.len() == EXPORT_CHUNK {
+                        break;
+                    }
+                }
+                let Some(&(last, _)) = items.last() else {
+                    break;
+                };
+                let full = items.len() == EXPORT_CHUNK;
+                let mut reader = EntryReader::new(self, &account, items);
+                while let Some(entry) = reader.next_entry() {
+                    let entry = entry.map_err(|e| format!("reading the change feed: {e:?}"))?;
+                    let c: StoredChange = serde_json::from_slice(&entry.json)
+                        .map_err(|e| format!("corrupt change-feed entry in {account}: {e}"))?;
+                    let id = GroupId::parse(&c.id).ok_or_else(|| {
+                        format!("corrupt change-feed entry in {account}: id {:?}", c.id)
+                    })?;
+                    emit(
+                        Record::Change {
+                            account: account.clone(),
+                            seq: c.seq,
+                            time: c.time,
+                            op: c.op,
+                            id: id.0,
+                            revision: c.revision,
+                            user_name: c.user_name,
+                            group: c.group,
+                        },
+                        &mut counts,
+                    )?;
+                    counts.changes += 1;
+                }
+                if !full {
+                    break;
+                }
+                from = keys::change(&account, last + 1);
+            }
         }
         for item in self.idempotency.iter() {
             let (k, v) = item.map_err(io)?;
@@ -328,6 +369,7 @@ impl<'a> Importer<'a> {
             store,
             max_devices,
             batch: sled::Batch::default(),
+            feed_bytes: 0,
             pending: 0,
             sequences: None,
             group_ids: HashSet::new(),
@@ -353,6 +395,8 @@ pub struct Importer<'a> {
     store: Option<&'a Store>,
     /// One batch over every key space (one tree), applied every 4096 keys.
     batch: sled::Batch,
+    /// Bytes of the change feed put so far (`META_FEED_BYTES`).
+    feed_bytes: u64,
     pending: usize,
     sequences: Option<(u64, u64)>,
     group_ids: HashSet<u64>,
@@ -437,6 +481,9 @@ impl Importer<'_> {
     fn put(&mut self, tree: Kind, k: Vec<u8>, v: Vec<u8>) -> Result<(), String> {
         if self.store.is_none() {
             return Ok(());
+        }
+        if matches!(tree, Kind::Changes | Kind::History) {
+            self.feed_bytes += (k.len() + 1 + v.len()) as u64;
         }
         self.batch.insert(space::full_key(tree, &k), v);
         self.pending += 1;
@@ -634,20 +681,48 @@ impl Importer<'_> {
                     return Err(format!("change {seq} appears twice"));
                 }
                 self.max_change = self.max_change.max(seq);
-                let group_json = match &group {
-                    Some(g) => Some(serde_json::to_vec(g).map_err(|e| e.to_string())?),
-                    None => None,
+                let (Some(op), Some(ms)) = (ChangeOp::parse(&op), parse_rfc3339_ms(&time)) else {
+                    return Err(format!("change {seq}: unknown op {op:?} or time {time:?}"));
                 };
-                let entry = change_entry_at(
-                    seq,
-                    &time,
-                    &op,
-                    GroupId(id),
+                // Restored changes are stored with their full state (no delta: the state
+                // before each may not be in the backup); the feed rebuilds the same
+                // entries from them (`history.rs`), so the group's times must be the
+                // ones a live write gives: lastModified is the change's time.
+                let full = match group {
+                    None => None,
+                    Some(g) => {
+                        let creation = parse_rfc3339_ms(&g.creation);
+                        if GroupId::parse(&g.id) != Some(GroupId(id))
+                            || g.last_modified != time
+                            || !matches!(creation, Some(c) if c <= ms)
+                        {
+                            return Err(format!(
+                                "change {seq}: its group is not grp-{id} as of the change (id, lastModified = the change's time, creation not after it)"
+                            ));
+                        }
+                        let doc = checked_doc(&g.name, &g.description, &g.devices)
+                            .map_err(|e| format!("change {seq}: {e}"))?;
+                        Some((doc, creation.unwrap_or(ms)))
+                    }
+                };
+                let rec = history::Record {
+                    op,
+                    time: ms,
                     revision,
-                    &user_name,
-                    group_json.as_deref(),
-                );
-                self.put(Kind::Changes, keys::change(&account, seq), entry)?;
+                    user: user_name,
+                    delta: None,
+                    full,
+                };
+                self.put(
+                    Kind::Changes,
+                    keys::change(&account, seq),
+                    id.to_be_bytes().to_vec(),
+                )?;
+                self.put(
+                    Kind::History,
+                    history::record_key(&account, id, seq),
+                    rec.encode(),
+                )?;
                 self.counts.changes += 1;
             }
             Record::Idempotency {
@@ -750,6 +825,12 @@ impl Importer<'_> {
             META_PURGED_THROUGH.to_vec(),
             purged_through.to_be_bytes().to_vec(),
         )?;
+        let feed_bytes = self.feed_bytes;
+        self.put(
+            Kind::Meta,
+            super::META_FEED_BYTES.to_vec(),
+            feed_bytes.to_be_bytes().to_vec(),
+        )?;
         self.apply()?;
         let Some(store) = self.store else {
             return Ok(self.counts);
@@ -759,6 +840,7 @@ impl Importer<'_> {
             let mut w = store.lock_writer();
             w.next_group = next_group;
             w.next_change = next_change;
+            w.feed_bytes = feed_bytes;
             store.pending.publish_seq(next_change - 1);
             store.purged_through.store(purged_through, Ordering::SeqCst);
         }

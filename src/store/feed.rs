@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use super::groups::GroupView;
+use super::history::EntryReader;
 use super::{keys, Store};
 use crate::error::ApiError;
 use crate::model::GroupId;
@@ -78,56 +79,83 @@ impl Store {
                 next: after,
             });
         }
-        // Each account's first entries, up to the bounds; an account cut short
-        // lowers the bound of the merged page to its last entry taken.
+        // Each account's first records (at most `limit`); an account cut short lowers
+        // the bound of the merged page to its last record taken.
         let mut bound = high;
-        let mut all: Vec<FeedEntry> = Vec::new();
+        let mut per_account: Vec<(String, Vec<(u64, u64)>)> = Vec::new();
         self.each_account(&self.changes, |prefix| {
             let account = String::from_utf8_lossy(&prefix[..prefix.len() - 1]).into_owned();
             let mut from = prefix.to_vec();
             from.extend_from_slice(&(after + 1).to_be_bytes());
             let mut to = prefix.to_vec();
             to.extend_from_slice(&high.saturating_add(1).to_be_bytes());
-            let (mut n, mut bytes) = (0usize, 0usize);
+            let mut items = Vec::new();
             for item in self.changes.range(from.as_slice()..to.as_slice()) {
                 let (k, v) = item.map_err(|e| self.read_err(e))?;
-                let seq = keys::trailing_u64(&k).unwrap_or(0);
+                let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) else {
+                    return Err(ApiError::Internal(format!(
+                        "corrupt change-feed index entry in {account}"
+                    )));
+                };
                 if seq > bound {
                     break;
                 }
-                if n == limit || (n > 0 && bytes.saturating_add(v.len()) > max_bytes) {
-                    // Cut short: entries of this account above its last one taken
+                if items.len() == limit {
+                    // Cut short: records of this account above its last one taken
                     // are not in this page, so neither is anything above that.
-                    bound = bound.min(all.last().map_or(after, |e: &FeedEntry| e.seq));
+                    bound = bound.min(items.last().map_or(after, |(s, _)| *s));
                     break;
                 }
-                n += 1;
-                bytes += v.len();
-                all.push(FeedEntry {
-                    seq,
-                    account: account.clone(),
-                    entry: v,
-                });
+                items.push((seq, n));
+            }
+            if !items.is_empty() {
+                per_account.push((account, items));
             }
             Ok(())
         })?;
-        all.retain(|e| e.seq <= bound);
-        all.sort_by_key(|e| e.seq);
+        // Merge by seq, rebuilding each entry as it is taken (`history.rs`), until the
+        // limit or the byte bound.
+        let mut readers: Vec<(String, EntryReader<'_>)> = per_account
+            .into_iter()
+            .map(|(account, mut items)| {
+                items.retain(|(seq, _)| *seq <= bound);
+                let reader = EntryReader::new(self, &account, items);
+                (account, reader)
+            })
+            .collect();
+        let mut all: Vec<FeedEntry> = Vec::new();
         let mut bytes = 0usize;
-        let mut keep = 0;
-        for e in &all {
-            if keep == limit || (keep > 0 && bytes.saturating_add(e.entry.len()) > max_bytes) {
+        let mut cut = false;
+        while let Some((i, _)) = readers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, r))| r.peek_seq().map(|s| (i, s)))
+            .min_by_key(|(_, s)| *s)
+        {
+            if all.len() == limit {
+                cut = true;
                 break;
             }
-            bytes += e.entry.len();
-            keep += 1;
+            let (account, reader) = &mut readers[i];
+            let Some(entry) = reader.next_entry() else {
+                break;
+            };
+            let entry = entry?;
+            if !all.is_empty() && bytes.saturating_add(entry.json.len()) > max_bytes {
+                cut = true;
+                break;
+            }
+            bytes += entry.json.len();
+            all.push(FeedEntry {
+                seq: entry.seq,
+                account: account.clone(),
+                entry: entry.json,
+            });
         }
-        let next = if keep < all.len() {
-            all[keep - 1].seq
-        } else {
-            bound
+        let next = match (cut, all.last()) {
+            (true, Some(e)) => e.seq,
+            _ => bound,
         };
-        all.truncate(keep);
         expired(self)?;
         Ok(FeedPage { entries: all, next })
     }

@@ -10,14 +10,15 @@
 use serde::{Deserialize, Serialize};
 use sled::IVec;
 
-use super::changes::change_entry;
+use super::history::{self, ChangeOp, Record};
 use super::idempotency::IdempotencyRequest;
 use super::{keys, Kind, Op, Store, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
 use crate::error::ApiError;
 use crate::model::{name_key, GroupDoc, GroupId};
 use crate::time::{now_ms, rfc3339_ms};
 
-const HEADER: usize = 24;
+/// Bytes before the public JSON in a stored group (revision, creation, lastModified).
+pub(super) const HEADER: usize = 24;
 
 /// A stored group as read from the store; cheap to clone (sled's `IVec`).
 #[derive(Debug, Clone)]
@@ -112,13 +113,13 @@ impl GroupView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublicGroup {
-    id: String,
-    name: String,
-    description: Option<String>,
-    devices: Vec<String>,
-    creation: String,
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) description: Option<String>,
+    pub(super) devices: Vec<String>,
+    pub(super) creation: String,
     #[serde(rename = "lastModified")]
-    last_modified: String,
+    pub(super) last_modified: String,
 }
 
 pub(super) fn encode(
@@ -242,25 +243,23 @@ pub(super) struct Plan {
     pub names: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub devices: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub history: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub idempotency: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub idempotency_order: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Plan {
-    /// Adds the change-feed entry of this change (`group`: the state after it).
-    fn record_change(
-        &mut self,
-        actor: Actor<'_>,
-        seq: u64,
-        time: i64,
-        (op, revision): (&str, Option<u64>),
-        id: GroupId,
-        group: Option<&[u8]>,
-    ) {
+    /// Adds the change record of this change (`history.rs`): the feed-order key and
+    /// the record under its group.
+    fn record_change(&mut self, actor: Actor<'_>, seq: u64, id: GroupId, rec: &Record) {
         self.changes.push((
             keys::change(actor.account, seq),
-            Some(change_entry(seq, time, op, id, revision, actor.user, group)),
+            Some(id.0.to_be_bytes().to_vec()),
+        ));
+        self.history.push((
+            history::record_key(actor.account, id.0, seq),
+            Some(rec.encode()),
         ));
     }
 }
@@ -290,12 +289,20 @@ impl Store {
         next_group: u64,
         next_change: u64,
     ) -> Result<(), ApiError> {
+        let added: u64 = plan
+            .changes
+            .iter()
+            .chain(&plan.history)
+            .map(|(k, v)| (k.len() + 1 + v.as_ref().map_or(0, Vec::len)) as u64)
+            .sum();
+        let feed_bytes = w.feed_bytes + added;
         let mut ops: Vec<Op> = Vec::new();
         for (tree, list) in [
             (Kind::Groups, plan.groups),
             (Kind::Names, plan.names),
             (Kind::Devices, plan.devices),
             (Kind::Changes, plan.changes),
+            (Kind::History, plan.history),
             (Kind::Idempotency, plan.idempotency),
             (Kind::IdempotencyOrder, plan.idempotency_order),
             (Kind::Meta, plan.meta),
@@ -312,10 +319,18 @@ impl Store {
             META_NEXT_CHANGE.to_vec(),
             Some(next_change.to_be_bytes().to_vec()),
         ));
+        if added > 0 {
+            ops.push((
+                Kind::Meta,
+                super::META_FEED_BYTES.to_vec(),
+                Some(feed_bytes.to_be_bytes().to_vec()),
+            ));
+        }
         self.reserve(w, next_group, next_change)?;
         self.apply_ops(w, &ops, next_change.saturating_sub(1))?;
         w.next_group = next_group;
         w.next_change = next_change;
+        w.feed_bytes = feed_bytes;
         Ok(())
     }
 
@@ -598,7 +613,19 @@ impl Store {
             Some((count + 1).to_be_bytes().to_vec()),
         ));
         let json = &raw[HEADER..];
-        plan.record_change(actor, seq, now, ("created", Some(1)), id, Some(json));
+        plan.record_change(
+            actor,
+            seq,
+            id,
+            &Record {
+                op: ChangeOp::Created,
+                time: now,
+                revision: Some(1),
+                user: actor.user.to_string(),
+                delta: None,
+                full: Some((doc.clone(), now)),
+            },
+        );
         if let Some(req) = idempotency {
             self.plan_idempotency(&mut plan, actor, req, (id, 1, json), now)?;
         }
@@ -670,13 +697,21 @@ impl Store {
         plan.groups
             .push((keys::group(actor.account, id.0), Some(raw.clone())));
         let seq = w.next_change;
+        let revision = current.revision() + 1;
         plan.record_change(
             actor,
             seq,
-            now,
-            ("updated", Some(current.revision() + 1)),
             id,
-            Some(&raw[HEADER..]),
+            &Record {
+                op: ChangeOp::Updated,
+                time: now,
+                revision: Some(revision),
+                user: actor.user.to_string(),
+                delta: Some(super::delta::diff(&old, &new)),
+                // A checkpoint now and then bounds how far a read walks back.
+                full: (revision % history::CHECKPOINT_EVERY == 0)
+                    .then(|| (new.clone(), current.creation())),
+            },
         );
         let ng = w.next_group;
         self.apply(&mut w, plan, ng, seq + 1)?;
@@ -710,7 +745,21 @@ impl Store {
             Some(count.saturating_sub(1).to_be_bytes().to_vec()),
         ));
         let seq = w.next_change;
-        plan.record_change(actor, seq, now_ms(), ("deleted", None), id, None);
+        let creation = current.creation();
+        plan.record_change(
+            actor,
+            seq,
+            id,
+            &Record {
+                op: ChangeOp::Deleted,
+                time: now_ms(),
+                revision: None,
+                user: actor.user.to_string(),
+                delta: None,
+                // The state before: earlier records are rebuilt from it.
+                full: Some((doc, creation)),
+            },
+        );
         let ng = w.next_group;
         self.apply(&mut w, plan, ng, seq + 1)
     }

@@ -29,6 +29,7 @@ pub mod export;
 pub mod feed;
 pub mod groups;
 pub mod highwater;
+pub mod history;
 pub mod idempotency;
 pub mod keys;
 mod retention;
@@ -63,6 +64,9 @@ const META_STORE_ID: &[u8] = b"store_id";
 /// The highest change-feed `seq` the retention purge may have removed (u64; absent: 0).
 /// Written before the purge removes anything (`changes.rs`).
 const META_PURGED_THROUGH: &[u8] = b"purged_through";
+/// Bytes the change feed takes (keys and values of its `c` and `h` entries), kept in
+/// the same batch as every change and purge; what `retention.changes_max_mb` bounds.
+const META_FEED_BYTES: &[u8] = b"feed_bytes";
 /// The name rules the name index was built under: absent for `to_lowercase`, 2 for
 /// NFC + full case folding (`names.rs`).
 const META_NAME_RULES: &[u8] = b"name_rules";
@@ -149,6 +153,8 @@ struct Writer {
     /// The durable reservation (`highwater.rs`): numbers below these may be handed out.
     reserved_group: u64,
     reserved_change: u64,
+    /// See `META_FEED_BYTES`.
+    feed_bytes: u64,
 }
 
 /// The open store.
@@ -160,6 +166,7 @@ pub struct Store {
     names: Space,
     devices: Space,
     changes: Space,
+    history: Space,
     idempotency: Space,
     idempotency_order: Space,
     users: Space,
@@ -366,6 +373,11 @@ impl Store {
             next_change: start_change,
             reserved_group: start_group,
             reserved_change: start_change,
+            feed_bytes: meta
+                .get(META_FEED_BYTES)
+                .map_err(|e| OpenError::Other(e.to_string()))?
+                .and_then(|v| keys::read_u64(&v))
+                .unwrap_or(0),
         }));
         let failed = Arc::new(AtomicBool::new(false));
         if let Some(n) = options.fail_flush_after {
@@ -391,6 +403,7 @@ impl Store {
             names: space(Kind::Names),
             devices: space(Kind::Devices),
             changes: space(Kind::Changes),
+            history: space(Kind::History),
             idempotency: space(Kind::Idempotency),
             idempotency_order: space(Kind::IdempotencyOrder),
             users: space(Kind::Users),
@@ -493,6 +506,12 @@ impl Store {
     /// The highest change-feed `seq` retention may have removed (0: none ever).
     pub fn purged_through(&self) -> u64 {
         self.purged_through.load(Ordering::SeqCst)
+    }
+
+    /// Bytes the change feed takes on disk (keys and values; sled's own overhead
+    /// comes on top).
+    pub fn feed_bytes(&self) -> u64 {
+        lock(&self.writer).feed_bytes
     }
 
     /// The highest change `seq` handed out so far; every entry up to it is applied.

@@ -33,7 +33,10 @@ pub enum Kind {
     Groups = b'g',
     Names = b'n',
     Devices = b'd',
+    /// The feed order: `account 0x00 seq` → the group number (`history.rs`).
     Changes = b'c',
+    /// Change records under their group: `account 0x00 n seq` (`history.rs`).
+    History = b'h',
     Idempotency = b'i',
     IdempotencyOrder = b'o',
     Users = b'u',
@@ -384,6 +387,19 @@ impl Batch {
 
     pub fn remove(&mut self, key: impl AsRef<[u8]>) {
         self.inner.remove(full_key(self.kind, key.as_ref()));
+        self.len += 1;
+    }
+
+    /// An insert in another space of the same tree, applied atomically with the rest.
+    pub fn insert_in(&mut self, kind: Kind, key: impl AsRef<[u8]>, value: impl Into<IVec>) {
+        self.inner
+            .insert(full_key(kind, key.as_ref()), value.into());
+        self.len += 1;
+    }
+
+    /// A removal in another space of the same tree, applied atomically with the rest.
+    pub fn remove_in(&mut self, kind: Kind, key: impl AsRef<[u8]>) {
+        self.inner.remove(full_key(kind, key.as_ref()));
         self.len += 1;
     }
 
