@@ -185,8 +185,12 @@ int ftruncate(int fd, off_t len) {
     return ftruncate64(fd, len);
 }
 
-static int synced(int fd, int (*real)(int)) {
+/* `real` is a pointer to the resolved function, read after init(): fsync may be the
+ * first call a process makes through this shim (an open that only checks and syncs a
+ * directory), before any write has run init(). */
+static int synced(int fd, int (**realp)(int)) {
     init();
+    int (*real)(int) = *realp;
     char path[4096];
     if (!tracked(fd, path, sizeof path)) return real(fd);
     /* Only a sync that succeeded makes the earlier writes durable; the record goes
@@ -198,5 +202,5 @@ static int synced(int fd, int (*real)(int)) {
     return r;
 }
 
-int fsync(int fd) { return synced(fd, real_fsync); }
-int fdatasync(int fd) { return synced(fd, real_fdatasync); }
+int fsync(int fd) { return synced(fd, &real_fsync); }
+int fdatasync(int fd) { return synced(fd, &real_fdatasync); }
