@@ -60,19 +60,6 @@ impl GroupDoc {
     }
 }
 
-/// A stored group with its server-managed fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
-    pub id: GroupId,
-    pub doc: GroupDoc,
-    /// Milliseconds since the epoch.
-    pub creation: i64,
-    /// Milliseconds since the epoch; strictly increasing per group.
-    pub last_modified: i64,
-    /// Grows by one with every change; sent as the strong `ETag`.
-    pub revision: u64,
-}
-
 /// Limits that depend on configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {
