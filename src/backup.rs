@@ -403,10 +403,8 @@ pub fn record_success(data_dir: &Path, file: &Path) -> Result<i64, String> {
         "file": file.to_string_lossy(),
     });
     let path = data_dir.join(LAST_SUCCESS_FILE);
-    let tmp = data_dir.join(format!(".{LAST_SUCCESS_FILE}.tmp"));
-    let written = crate::perms::write_private(&tmp, format!("{line}\n").as_bytes())
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .and_then(|()| crate::store::sync_dir(data_dir));
+    let written =
+        crate::perms::replace_private(data_dir, LAST_SUCCESS_FILE, format!("{line}\n").as_bytes());
     written.map_err(|e| format!("cannot record the backup in {}: {e}", path.display()))?;
     Ok(ms)
 }

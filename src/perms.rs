@@ -44,6 +44,16 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     }
 }
 
+/// Replaces `dir/name` atomically and durably with `contents`, owner-only: a temp file
+/// beside it written with `write_private` (0600, fsynced), renamed over the old one,
+/// then the directory fsynced. A crash leaves the old file or the new one, whole.
+pub fn replace_private(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    write_private(&tmp, contents)?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Makes `dir` 0700 and every file and directory below it owner-only (files keep
 /// their owner bits, so nothing becomes executable). Symlinks and sockets are left
 /// alone: the admin socket sets its own mode, and a symlink's target is not ours.

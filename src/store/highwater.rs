@@ -19,7 +19,6 @@
 //! crash therefore skips up to `RESERVE` numbers (harmless: IDs only have to grow); a
 //! clean close records the reservation at the marks, so a restart skips none.
 
-use std::io::Write;
 use std::path::Path;
 
 /// The file's name in the store directory.
@@ -79,20 +78,15 @@ impl HighWater {
 
     /// Replaces the file durably: temp file, fsync, rename, fsync the directory.
     pub fn write(&self, store_dir: &Path) -> std::io::Result<()> {
-        let tmp = store_dir.join(format!("{FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(
-            f,
-            "next_group {}\nnext_change {}\nusers {}\nreserved_group {}\nreserved_change {}",
+        let text = format!(
+            "next_group {}\nnext_change {}\nusers {}\nreserved_group {}\nreserved_change {}\n",
             self.next_group,
             self.next_change,
             self.users,
             self.reserved_group,
             self.reserved_change
-        )?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, store_dir.join(FILE))?;
-        super::sync_dir(store_dir)
+        );
+        crate::perms::replace_private(store_dir, FILE, text.as_bytes())
     }
 
     /// What is wrong when a log with marks `log` is behind these, if it is.

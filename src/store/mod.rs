@@ -821,15 +821,9 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "a panic".into())
 }
 
-/// Writes the format marker durably: temp file, fsync, rename, fsync the directory.
+/// Writes the format marker durably (`perms::replace_private`).
 fn write_marker(dir: &Path) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{FORMAT_MARKER}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(format!("{FORMAT_VERSION}\n").as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(FORMAT_MARKER))?;
-    commit::sync_dir(dir)
+    crate::perms::replace_private(dir, FORMAT_MARKER, format!("{FORMAT_VERSION}\n").as_bytes())
 }
 
 /// What the flusher does with each outcome, before anyone hears of it: a good flush

@@ -14,7 +14,7 @@
 //! instead. `conf` and `snap.*` are not sealed: sled rewrites or regenerates them from
 //! the log on its own (an empty `conf` after a power cut is normal, ARCHITECTURE.md).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The file's name in the store directory.
@@ -66,12 +66,7 @@ pub fn write(store_dir: &Path) -> std::io::Result<()> {
         let (len, crc) = digest(&store_dir.join(&rel))?;
         text.push_str(&format!("{len} {crc:08x} {}\n", rel.display()));
     }
-    let tmp = store_dir.join(format!("{FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, store_dir.join(FILE))?;
-    super::sync_dir(store_dir)
+    crate::perms::replace_private(store_dir, FILE, text.as_bytes())
 }
 
 /// Whether the last stop was clean, after checking its seal: `Ok(true)` when a seal
