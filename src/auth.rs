@@ -22,9 +22,9 @@ use crate::config::AuthConfig;
 use crate::error::ApiError;
 use crate::hashing::Verifier;
 use crate::login_limiter::{FailedLogins, LimitKey, NameKey};
-use crate::store::lock;
 use crate::store::users::{TokenRecord, UserRecord};
 use crate::store::Store;
+use crate::sync::lock;
 use crate::time::now_ms;
 
 /// A fresh API key: `fgk_` and 64 hex digits (256 bits).

@@ -108,7 +108,7 @@ static RUNNING: Mutex<()> = Mutex::new(());
 /// Writes a backup of `store` to `path` atomically (temp file, fsync, rename), gzip
 /// when the name ends in `.gz`. An existing file at `path` is replaced.
 pub fn write(store: &Store, path: &Path) -> Result<Counts, String> {
-    let _one = crate::store::lock(&RUNNING);
+    let _one = crate::sync::lock(&RUNNING);
     write_as(store, path, Encoding::for_name(path), true)
 }
 
@@ -286,7 +286,7 @@ fn parse_dir_backup_name(name: &str) -> Option<(String, u32)> {
 /// Rotation runs only after the new file is complete, fsynced and in place, and never
 /// removes it; a failure there is reported in [`DirBackup::rotate_error`].
 pub fn write_to_dir(store: &Store, dir: &Path, keep: Option<u64>) -> Result<DirBackup, String> {
-    let _one = crate::store::lock(&RUNNING);
+    let _one = crate::sync::lock(&RUNNING);
     if !dir.exists() {
         crate::perms::create_private_dir(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -395,7 +395,7 @@ pub const LAST_SUCCESS_FILE: &str = "last-backup";
 
 /// Remembers that a backup to `file` has just succeeded; returns its time (ms).
 pub fn record_success(data_dir: &Path, file: &Path) -> Result<i64, String> {
-    let _one = crate::store::lock(&RUNNING);
+    let _one = crate::sync::lock(&RUNNING);
     let ms = crate::time::now_ms();
     let line = serde_json::json!({
         "ms": ms,

@@ -46,7 +46,7 @@ impl Verifier {
     /// Whether `key` matches the argon2 PHC string `phc`. A malformed PHC never matches.
     pub async fn verify(&self, phc: String, key: String) -> Result<bool, ApiError> {
         let (done, answer) = oneshot::channel();
-        let sent = crate::store::lock(&self.jobs)
+        let sent = crate::sync::lock(&self.jobs)
             .as_ref()
             .map(|tx| tx.send(Job { phc, key, done }).is_ok())
             .unwrap_or(false);
@@ -62,7 +62,7 @@ impl Verifier {
 impl Drop for Verifier {
     fn drop(&mut self) {
         // Dropping the sender ends the workers once the queue is empty.
-        crate::store::lock(&self.jobs).take();
+        crate::sync::lock(&self.jobs).take();
     }
 }
 
@@ -83,7 +83,7 @@ fn worker(rx: &Mutex<mpsc::Receiver<Job>>) {
     }
     let mut blocks: Vec<Block> = Vec::new();
     loop {
-        let job = match crate::store::lock(rx).recv() {
+        let job = match crate::sync::lock(rx).recv() {
             Ok(job) => job,
             Err(_) => return,
         };

@@ -30,6 +30,7 @@ pub mod replication;
 pub mod server;
 pub mod signals;
 pub mod store;
+pub mod sync;
 pub mod systemd;
 pub mod time;
 pub mod tls;

@@ -426,7 +426,7 @@ impl Stats {
         if last_seq <= self.applied_seq.load(Ordering::Relaxed) {
             return 0.0;
         }
-        crate::store::lock(&self.marks)
+        crate::sync::lock(&self.marks)
             .front()
             .map_or(0.0, |(_, t)| t.elapsed().as_secs_f64())
     }
@@ -434,7 +434,7 @@ impl Stats {
     /// Notes the store's highest seq now, and forgets what the centre has applied.
     fn observe(&self, last_seq: u64) {
         let applied = self.applied_seq.load(Ordering::Relaxed);
-        let mut marks = crate::store::lock(&self.marks);
+        let mut marks = crate::sync::lock(&self.marks);
         while marks.front().is_some_and(|(s, _)| *s <= applied) {
             marks.pop_front();
         }

@@ -17,8 +17,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::ApiError;
-use crate::store::lock;
 use crate::store::users::UsageRecord;
+use crate::sync::lock;
 use crate::time::{day_of, Now};
 
 const MINUTE: Duration = Duration::from_secs(60);

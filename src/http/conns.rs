@@ -45,7 +45,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 
 use crate::metrics::ConnStats;
-use crate::store::lock;
+use crate::sync::lock;
 
 /// A connection whose writes have been blocked this long is "stalled": at the
 /// connection limit it may be cut to make room. Short enough that a new client is

@@ -10,9 +10,10 @@
 use std::sync::atomic::Ordering;
 
 use super::history::EntryReader;
-use super::{keys, lock, Kind, Store, META_FEED_BYTES, META_PURGED_THROUGH};
+use super::{keys, Kind, Store, META_FEED_BYTES, META_PURGED_THROUGH};
 use crate::error::ApiError;
 use crate::model::GroupId;
+use crate::sync::lock;
 use crate::time::rfc3339_ms;
 
 /// Entries removed per batch while purging.

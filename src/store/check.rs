@@ -58,7 +58,7 @@ impl Store {
     /// block loses records, not the counts kept apart from them). Cost: one pass over
     /// the groups, no parsing of their JSON. A panic inside sled is damage too.
     pub(super) fn fast_check(&self) -> Result<(), String> {
-        let next_group = super::lock(&self.writer).next_group;
+        let next_group = crate::sync::lock(&self.writer).next_group;
         let scan = || -> Result<(), String> {
             let mut per_account: HashMap<Vec<u8>, u64> = HashMap::new();
             for item in self.groups.iter() {
@@ -108,7 +108,7 @@ impl Store {
     pub fn check(&self) -> Report {
         let mut r = Report::default();
         let (next_group, next_change) = {
-            let w = super::lock(&self.writer);
+            let w = crate::sync::lock(&self.writer);
             (w.next_group, w.next_change)
         };
         // (account, n) → (folded name, devices) of every group that parses.

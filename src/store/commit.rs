@@ -24,6 +24,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::watch;
 
+use crate::sync::lock;
+
 /// Flush progress: every ticket `<= done` is durable; once `broken`, every later ticket
 /// fails; `closed` means the flusher has stopped and takes no more tickets.
 #[derive(Debug, Clone, Copy, Default)]
@@ -318,10 +320,4 @@ fn flusher(
 /// fsyncs a directory so entries created in it survive power loss.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-/// Locks a mutex, recovering from poisoning: the data behind these mutexes is plain
-/// counters that stay consistent even if a holder panicked.
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -43,7 +43,8 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use crate::config::Durability;
 use crate::error::ApiError;
-pub use commit::{lock, sync_dir};
+use crate::sync::lock;
+pub use commit::sync_dir;
 use commit::{GroupCommit, SyncTarget};
 pub use space::Kind;
 use space::{Pending, Space};

@@ -164,7 +164,7 @@ impl Pending {
                 entry.1 = epoch;
             }
         }
-        crate::store::lock(&self.changes).push_back((epoch, last_seq));
+        crate::sync::lock(&self.changes).push_back((epoch, last_seq));
     }
 
     /// A flush with ticket `done` succeeded: every change with an epoch below it is
@@ -173,7 +173,7 @@ impl Pending {
         let mut map = write(&self.map);
         map.retain(|_, (_, epoch)| *epoch >= done);
         self.count.store(map.len(), Ordering::SeqCst);
-        let mut changes = crate::store::lock(&self.changes);
+        let mut changes = crate::sync::lock(&self.changes);
         while let Some(&(epoch, seq)) = changes.front() {
             if epoch >= done {
                 break;
