@@ -29,6 +29,13 @@ Subcommands:
                                     device (add, remove) for SECONDS; print
                                     "changes=.. grew_bytes=.. bytes_per_change=..
                                     final_bytes=.." (du of DATADIR before/after)
+  run-measured LOG CMD [ARGS...]    run CMD (stdout and stderr appended to LOG); print
+                                    "seconds=.. peak_rss_kb=.. rc=.." (wall-clock
+                                    time; the child's own peak RSS, from wait4)
+  gen-backup SMALL COUNT OUT        write the backup OUT: SMALL (a backup of a fresh
+                                    store by the binary under test, for its header,
+                                    users and sequences) plus COUNT generated groups
+                                    of 10 devices shaped like the seeded ones
   pb-setup URL EMAIL PASSWORD COUNT  wait for a PocketBase, create the collection
                                     `groups` (name unique, description, devices;
                                     public list/view/create rules, like a token-
@@ -44,6 +51,7 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -348,6 +356,62 @@ def cmd_churn(url, token, devices, seconds, datadir):
           f"final_bytes={after}")
 
 
+def cmd_run_measured(log, *cmd):
+    if not cmd:
+        die("run-measured: no command")
+    with open(log, "ab") as out:
+        t0 = time.monotonic()
+        p = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(p.pid, 0)
+        secs = time.monotonic() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    # ru_maxrss is in KiB on Linux, and covers this child alone.
+    print(f"seconds={secs:.3f} peak_rss_kb={usage.ru_maxrss} rc={p.returncode}")
+
+
+def cmd_gen_backup(small, count, out):
+    """A backup of COUNT groups without COUNT HTTP posts: the header, users and usage
+    counters of SMALL (written by the binary under test, so its format version is
+    the right one), a sequences record past the new groups, the groups, the end line.
+    Groups are what `seed` makes: same names, descriptions and 10 devices."""
+    count = int(count)
+    with open(small) as f:
+        lines = f.read().splitlines()
+    header, body = lines[0], [json.loads(x) for x in lines[1:]]
+    if not body or body[-1].get("type") != "end":
+        die(f"{small}: no end line")
+    kept, seq, account = [], None, None
+    for rec in body[:-1]:
+        t = rec.get("type")
+        if t == "sequences":
+            seq = rec
+        elif t in ("group", "change", "idempotency"):
+            die(f"{small}: expected a fresh store, found a {t} record")
+        else:
+            if t == "user" and account is None:
+                account = rec["account"]
+            kept.append(rec)
+    if seq is None or account is None:
+        die(f"{small}: no sequences record or no user")
+    seq["nextGroup"] = max(int(seq["nextGroup"]), count + 1)
+    now = int(time.time() * 1000)
+    acc = json.dumps(account)
+    t0 = time.monotonic()
+    with open(out, "w", buffering=1 << 20) as f:
+        f.write(header + "\n")
+        f.write(json.dumps(seq, separators=(",", ":")) + "\n")
+        for rec in kept:
+            f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        for i in range(count):
+            devs = ",".join(f'"dev-gen-{i}-{k}"' for k in range(10))
+            f.write(f'{{"type":"group","account":{acc},"id":{i + 1},"revision":1,'
+                    f'"creation":{now},"lastModified":{now},"name":"seed-gen-{i}",'
+                    f'"description":"Benchmark group {i}","devices":[{devs}]}}\n')
+        f.write(json.dumps({"type": "end", "records": 1 + len(kept) + count},
+                           separators=(",", ":")) + "\n")
+    print(f"  generated {count} groups in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+
+
 def cmd_rss(pid, field="VmHWM"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -366,7 +430,7 @@ SCENARIOS = [
     ("list_100", "GET list of 100 groups", "ratio", 0.2),
     ("post", "POST create (fsync)", "ratio", 0.25),
     ("put", "PUT update (fsync)", "ratio", 0.2),
-    ("mix", "90/10 GET/PUT mix", "ratio", None),
+    ("mix", "90/10 GET/PUT mix", "ratio", 0.4),
     ("token", "token exchange (argon2)", "ratio", None),
     ("get_tokens", "GET one + 20 token/s", "p99x", 2.0),
 ]
@@ -532,6 +596,7 @@ def cmd_report(results_path, out_path):
             extra(f"16 stalled readers of an unpaged list of {n:,} groups",
                   f"peak RSS {mib(r['peak_rss_kb'])} MiB; GET one p50 {ms(r['get_p50_us'])}, max {ms(r['get_max_us'])}",
                   "RSS ≤ 64 MiB, GET one < 5 ms", ok, mib(r["peak_rss_kb"]))
+            peak.append((r["peak_rss_kb"], f"{n:,} groups and 16 stalled list readers"))
     ch = res.get("churn", {})
     if ch:
         shown.add("churn")
@@ -546,11 +611,11 @@ def cmd_report(results_path, out_path):
     s = res.get("startup", {})
     shown.add("startup")
     if "failed" in s:
-        extra("startup with the seeded groups", s["failed"][0], "≤ 2 s", False)
+        extra("startup with the seeded groups", s["failed"][0], "≤ 1 s", False)
     elif "ready_s" in s:
         n = int(float(s["seeded"][0]))
         t = float(s["ready_s"][0])
-        extra(f"{n:,} groups: exec → /readyz 200", f"{t:.2f} s", "≤ 2 s", t <= 2.0,
+        extra(f"{n:,} groups: exec → /readyz 200", f"{t:.2f} s", "≤ 1 s", t <= 1.0,
               mib(s["restart_rss_kb"][0]) if "restart_rss_kb" in s else "–")
         dd = float(s["datadir_bytes"][0])
         if "backup_bytes" in s:
@@ -558,10 +623,10 @@ def cmd_report(results_path, out_path):
             x = dd / bb if bb else float("inf")
             extra(f"{n:,} groups: data dir size",
                   f"{mib(dd, False)} MiB = {x:.1f}× backup ({mib(bb, False)} MiB)",
-                  "≤ 4× backup", x <= 4.0)
+                  "≤ 2× backup", x <= 2.0)
         else:
             extra(f"{n:,} groups: data dir size", f"{mib(dd, False)} MiB; backup n/a",
-                  "≤ 4× backup", None)
+                  "≤ 2× backup", None)
             rows[-1][-1] = "n/a"
         if "seed_rate" in s:
             notes.append(f"Seeding {n:,} groups: {s['seed_rate'][0]}.")
@@ -569,12 +634,45 @@ def cmd_report(results_path, out_path):
             peak.append((float(s["peak_rss_kb"][0]), f"seeding {n:,} groups"))
         notes.append("The RSS on the startup row is VmRSS right after /readyz "
                      "answered 200 on the restart with the seeded data.")
+    rs = res.get("restore", {})
+    if rs:
+        shown.add("restore")
+        if "failed" in rs:
+            extra("restore into an empty data dir", rs["failed"][0], "≤ 5 s", False)
+        elif "restore" in rs:
+            r = parse_kv(rs["restore"][0])
+            n = int(float(rs["groups"][0]))
+            extra(f"restore of {n:,} groups (backup {mib(rs['backup_bytes'][0], False)} MiB)",
+                  f"{r['seconds']:.2f} s; restore process peak RSS {mib(r['peak_rss_kb'])} MiB; "
+                  f"data dir {mib(rs['datadir_bytes'][0], False)} MiB",
+                  "≤ 5 s", r["seconds"] <= 5.0, mib(r["peak_rss_kb"]))
+            notes.append("The restore row's RSS is the `fleetgroups restore` process's own peak "
+                         "(wait4), not a server's; it is not in the server peak below.")
+    rm = res.get("ready_1m", {})
+    if rm:
+        shown.add("ready_1m")
+        if "failed" in rm:
+            extra("1,000,000 groups: exec → /readyz 200", rm["failed"][0], "≤ 5 s", False)
+        elif "ready_s" in rm:
+            n = int(float(rm["groups"][0]))
+            t = float(rm["ready_s"][0])
+            extra(f"{n:,} groups (ready_1m, restored): exec → /readyz 200", f"{t:.2f} s",
+                  "≤ 5 s", t <= 5.0, mib(rm["ready_rss_kb"][0]))
+            if "peak_rss_kb" in rm:
+                peak.append((float(rm["peak_rss_kb"][0]), f"{n:,} groups at ready"))
+            if "restore" in rm:
+                r = parse_kv(rm["restore"][0])
+                notes.append(f"ready_1m: its store was built by restoring a generated backup of "
+                             f"{n:,} groups ({mib(rm['backup_bytes'][0], False)} MiB): "
+                             f"{r['seconds']:.1f} s, restore peak RSS {mib(r['peak_rss_kb'])} MiB; "
+                             f"data dir {mib(rm['datadir_bytes'][0], False)} MiB. Its RSS cell "
+                             "is VmRSS right after /readyz answered 200.")
     i = res.get("idle", {})
     if "idle_rss_kb" in i:
         shown.add("idle")
         kib = float(i["idle_rss_kb"][0])
-        extra("idle RSS (fresh start, no load)", f"{mib(kib)} MiB", "≤ 20 MiB",
-              kib <= 20 * 1024, mib(kib))
+        extra("idle RSS (fresh start, no load)", f"{mib(kib)} MiB", "≤ 10 MiB",
+              kib <= 10 * 1024, mib(kib))
     if peak:
         kib, where = max(peak)
         extra("peak RSS (max over scenarios)", f"{mib(kib)} MiB ({where})", "≤ 64 MiB",
@@ -614,6 +712,8 @@ COMMANDS = {
     "seed": cmd_seed,
     "tokens-bg": cmd_tokens_bg,
     "rss": cmd_rss,
+    "run-measured": cmd_run_measured,
+    "gen-backup": cmd_gen_backup,
     "pb-setup": cmd_pb_setup,
     "stalled-readers": cmd_stalled_readers,
     "churn": cmd_churn,

@@ -16,11 +16,14 @@
 # BENCH_TMPDIR (where the data directories go; default $TMPDIR or /tmp),
 # BENCH_CACHE (where the peers scenario keeps PocketBase; default ~/.cache/fleetgroups-bench),
 # CHURN_SECONDS (how long the churn scenario toggles a device; default 15),
+# READY_GROUPS (groups of the opt-in ready_1m scenario; default 1000000),
 # BENCH_SERVER_BIN (server binary; default target/release/fleetgroups).
 # shellcheck disable=SC2317 # functions are called indirectly (traps, "scen_$name")
 set -euo pipefail
 
-ALL_SCENARIOS=binary,idle,ceiling,get_one,list_100,post,put,mix,token,get_tokens,startup,peers,stream,churn
+ALL_SCENARIOS=binary,idle,ceiling,get_one,list_100,post,put,mix,token,get_tokens,startup,restore,peers,stream,churn
+# Opt-in: known to SCENARIOS=, not run by default (~2.5 minutes and ~2 GB of disk).
+OPT_IN_SCENARIOS=ready_1m
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LUA=$ROOT/bench/lua
@@ -403,6 +406,73 @@ scen_startup() {
   fi
 }
 
+# restore: `fleetgroups restore FILE` of a backup of SEED_GROUPS groups of 10 devices
+# into an empty data directory, timed from exec to exit, with the peak RSS of the
+# restore process (its own VmHWM, from wait4). The backup is the one the startup
+# scenario took earlier in this run; run alone, this scenario seeds a server over
+# HTTP the same way and takes its own.
+scen_restore() {
+  local file=$WORK/backup.jsonl r
+  if [[ ! -s $file ]]; then
+    start_server "$SCEN.seeded"
+    auth
+    seed "$SEED_GROUPS" 16
+    stop_pid "$SRV_PID" || record note "server exit status $? after SIGTERM"
+    file=$WORK/$SCEN.backup.jsonl
+    "$BIN" --data-dir "$SRV_DIR" backup "$file" >>"$SRV_LOG" 2>&1
+    rm -rf "$SRV_DIR"
+  fi
+  record groups "$SEED_GROUPS"
+  record backup_bytes "$(stat -c %s "$file")"
+  SRV_DIR=$WORK/$SCEN.data
+  SRV_LOG=$WORK/$SCEN.log
+  rm -rf "$SRV_DIR"
+  r=$("${H[@]}" run-measured "$SRV_LOG" "$BIN" --data-dir "$SRV_DIR" restore "$file")
+  log "    restore: $r"
+  [[ $r == *" rc=0" ]] || { log "  restore failed:"; tail -n 5 "$SRV_LOG" >&2; return 1; }
+  # "restored 100000 groups, 1 users, …": the count must be the seeded one.
+  grep -q "^restored $SEED_GROUPS groups," "$SRV_LOG" ||
+    { log "  restore did not report $SEED_GROUPS groups:"; tail -n 3 "$SRV_LOG" >&2; return 1; }
+  record restore "$r"
+  record datadir_bytes "$(du -sb "$SRV_DIR" | cut -f1)"
+  rm -rf "$SRV_DIR"
+}
+
+# ready_1m (opt-in): READY_GROUPS (1,000,000) groups of 10 devices, then exec →
+# /readyz 200 and VmRSS at ready. The store is built without a million HTTP posts:
+# a fresh server is started once (its admin and sequences), a backup of it taken
+# with this binary, `helper.py gen-backup` writes that header and users plus the
+# groups in the backup format (src/backup.rs), and `fleetgroups restore` loads it
+# (timed too, for information).
+scen_ready_1m() {
+  local n=${READY_GROUPS:-1000000} small=$WORK/$SCEN.fresh.jsonl file=$WORK/$SCEN.backup.jsonl r
+  start_server "$SCEN.fresh"
+  auth
+  stop_pid "$SRV_PID" || record note "server exit status $? after SIGTERM"
+  "$BIN" --data-dir "$SRV_DIR" backup "$small" >>"$SRV_LOG" 2>&1
+  "${H[@]}" gen-backup "$small" "$n" "$file"
+  record groups "$n"
+  record backup_bytes "$(stat -c %s "$file")"
+  SRV_DIR=$WORK/$SCEN.data
+  SRV_LOG=$WORK/$SCEN.log
+  rm -rf "$SRV_DIR"
+  log "  restoring $n generated groups"
+  r=$("${H[@]}" run-measured "$SRV_LOG" "$BIN" --data-dir "$SRV_DIR" restore "$file")
+  log "    restore: $r"
+  [[ $r == *" rc=0" ]] || { log "  restore failed:"; tail -n 5 "$SRV_LOG" >&2; return 1; }
+  record restore "$r"
+  [[ ${KEEP:-0} == 1 ]] || rm -f "$file"
+  record datadir_bytes "$(du -sb "$SRV_DIR" | cut -f1)"
+  log "  starting on $(du -sh "$SRV_DIR" | cut -f1) of data"
+  launch_server
+  record ready_s "$(python3 -c "print(f'{$SRV_READY - $SRV_T0:.3f}')")"
+  record ready_rss_kb "$("${H[@]}" rss "$SRV_PID" VmRSS)"
+  auth_as admin "$KEY" # the fresh server's key: its admin is in the backup
+  probe GET "/api/groups/grp-$n" # the last generated group is there
+  record peak_rss_kb "$("${H[@]}" rss "$SRV_PID" VmHWM)"
+  stop_pid "$SRV_PID" || record note "server exit status $? after SIGTERM"
+}
+
 # ------------------------------------------------------------------ main
 
 # A child invocation runs one scenario (so that `set -e` applies inside it and
@@ -416,7 +486,8 @@ fi
 
 IFS=, read -r -a WANT <<<"$SCENARIOS"
 for s in "${WANT[@]}"; do
-  [[ ,$ALL_SCENARIOS, == *,$s,* ]] || { log "unknown scenario '$s' (known: $ALL_SCENARIOS)"; exit 2; }
+  [[ ,$ALL_SCENARIOS,$OPT_IN_SCENARIOS, == *,$s,* ]] ||
+    { log "unknown scenario '$s' (known: $ALL_SCENARIOS; opt-in: $OPT_IN_SCENARIOS)"; exit 2; }
 done
 
 if ! command -v wrk >/dev/null; then

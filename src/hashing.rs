@@ -1,13 +1,22 @@
 //! Argon2id key verification on a fixed pool of dedicated threads, each reusing one
-//! memory buffer. Why not `spawn_blocking` with argon2's own allocation: every
-//! verification allocates ~19 MiB, and glibc keeps freed blocks of that size in the
-//! arena of whichever blocking-pool thread ran it, so a login burst spread over many
-//! threads grew the RSS by hundreds of MiB. Here memory is bounded by
+//! memory buffer while logins keep coming. Why not `spawn_blocking` with argon2's own
+//! allocation: every verification allocates ~19 MiB, and glibc keeps freed blocks of
+//! that size in the arena of whichever blocking-pool thread ran it, so a login burst
+//! spread over many threads grew the RSS by hundreds of MiB. Here memory is bounded by
 //! `auth.hash_concurrency` buffers, allocated on a worker's first job (so an idle server
 //! holds none), and a burst of logins queues on the pool instead of on the async workers.
+//!
+//! A worker gives its buffer back [`KEEP_BUFFER`] after its last job. Kept for the life
+//! of the process, one login made the 19 MiB part of every later figure: bench/run.sh
+//! logs in before it seeds, and the buffer was a fifth of the peak RSS while writing
+//! (issue 10). A buffer that large is its own mapping, unmapped when it is dropped,
+//! because `main.rs` fixes glibc's mmap threshold at 128 KiB (without that, freeing it
+//! once would raise the threshold past 19 MiB and the next buffer would stay resident
+//! in the worker's arena after it is freed).
 
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use argon2::password_hash::Output;
 use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
@@ -21,37 +30,57 @@ struct Job {
     done: oneshot::Sender<bool>,
 }
 
+/// The jobs waiting for a worker; `closed` once the verifier is dropped or the last
+/// worker has ended (a panic), so that no job waits for a worker that is gone.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    closed: bool,
+    workers: usize,
+}
+
+type Shared = Arc<(Mutex<Queue>, Condvar)>;
+
+/// How long a worker keeps its buffer after a verification. Logins in a burst (or a
+/// steady 20/s) reuse it; an idle server goes back to holding none. Freeing and
+/// touching the buffer again costs ~5 ms of page faults per login after a pause,
+/// against ~25 ms of argon2.
+pub const KEEP_BUFFER: Duration = Duration::from_secs(2);
+
 /// The verification pool.
 pub struct Verifier {
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    shared: Shared,
 }
 
 impl Verifier {
     /// Starts `threads` workers.
     pub fn start(threads: usize) -> Result<Verifier, ApiError> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+        let shared: Shared = Arc::default();
         for i in 0..threads.max(1) {
-            let rx = Arc::clone(&rx);
+            let theirs = Arc::clone(&shared);
+            crate::sync::lock(&shared.0).workers += 1;
             std::thread::Builder::new()
                 .name(format!("fg-argon2-{i}"))
-                .spawn(move || worker(&rx))
-                .map_err(|e| ApiError::Internal(format!("cannot start hashing thread: {e}")))?;
+                .spawn(move || worker(&theirs, KEEP_BUFFER))
+                .map_err(|e| {
+                    crate::sync::lock(&shared.0).workers -= 1;
+                    ApiError::Internal(format!("cannot start hashing thread: {e}"))
+                })?;
         }
-        Ok(Verifier {
-            jobs: Mutex::new(Some(tx)),
-        })
+        Ok(Verifier { shared })
     }
 
     /// Whether `key` matches the argon2 PHC string `phc`. A malformed PHC never matches.
     pub async fn verify(&self, phc: String, key: String) -> Result<bool, ApiError> {
         let (done, answer) = oneshot::channel();
-        let sent = crate::sync::lock(&self.jobs)
-            .as_ref()
-            .map(|tx| tx.send(Job { phc, key, done }).is_ok())
-            .unwrap_or(false);
-        if !sent {
-            return Err(ApiError::Unavailable("the hashing pool has stopped".into()));
+        {
+            let (queue, ready) = &*self.shared;
+            let mut q = crate::sync::lock(queue);
+            if q.closed {
+                return Err(ApiError::Unavailable("the hashing pool has stopped".into()));
+            }
+            q.jobs.push_back(Job { phc, key, done });
+            ready.notify_one();
         }
         answer
             .await
@@ -61,8 +90,10 @@ impl Verifier {
 
 impl Drop for Verifier {
     fn drop(&mut self) {
-        // Dropping the sender ends the workers once the queue is empty.
-        crate::sync::lock(&self.jobs).take();
+        // The workers end once the queue is empty.
+        let (queue, ready) = &*self.shared;
+        crate::sync::lock(queue).closed = true;
+        ready.notify_all();
     }
 }
 
@@ -74,21 +105,61 @@ impl Drop for Verifier {
 /// parameters stay as they are.
 const HASHING_NICE: i32 = 10;
 
-fn worker(rx: &Mutex<mpsc::Receiver<Job>>) {
+fn worker(shared: &Shared, keep: Duration) {
     // Per thread on Linux (setpriority on the thread's own ID). Raising one's own nice
     // value needs no privilege; if the system refuses anyway, hashing runs as before.
     let me = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(me), HASHING_NICE) {
         tracing::debug!(error = %e, "could not lower the hashing thread's priority");
     }
+    let _running = Running(shared);
     let mut blocks: Vec<Block> = Vec::new();
-    loop {
-        let job = match crate::sync::lock(rx).recv() {
-            Ok(job) => job,
-            Err(_) => return,
-        };
+    while let Some(job) = next_job(shared, &mut blocks, keep) {
         let ok = verify_with(&mut blocks, &job.phc, job.key.as_bytes()).unwrap_or(false);
         let _ = job.done.send(ok);
+    }
+}
+
+/// A worker's place in `Queue::workers`; the last one to end closes the queue and
+/// drops the jobs still in it, whose callers then get an error instead of waiting.
+struct Running<'a>(&'a Shared);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut q = crate::sync::lock(&self.0 .0);
+        q.workers -= 1;
+        if q.workers == 0 {
+            q.closed = true;
+            q.jobs.clear();
+        }
+    }
+}
+
+/// The next job, or `None` once the verifier is gone and the queue is empty. Waiting
+/// longer than `keep` ([`KEEP_BUFFER`]) frees `blocks`.
+fn next_job(shared: &Shared, blocks: &mut Vec<Block>, keep: Duration) -> Option<Job> {
+    let (queue, ready) = &**shared;
+    let mut q = crate::sync::lock(queue);
+    loop {
+        if let Some(job) = q.jobs.pop_front() {
+            return Some(job);
+        }
+        if q.closed {
+            return None;
+        }
+        q = if blocks.capacity() == 0 {
+            ready
+                .wait(q)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        } else {
+            let (q, waited) = ready
+                .wait_timeout(q, keep)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if waited.timed_out() && q.jobs.is_empty() {
+                *blocks = Vec::new();
+            }
+            q
+        };
     }
 }
 
@@ -127,6 +198,38 @@ mod tests {
         assert_eq!(verify_with(&mut blocks, &phc, b"fgk_secret"), Some(true));
         assert_eq!(verify_with(&mut blocks, &phc, b"fgk_other"), Some(false));
         assert_eq!(verify_with(&mut blocks, "garbage", b"x"), None);
+    }
+
+    #[test]
+    fn an_idle_worker_frees_its_buffer_and_a_busy_one_keeps_it() {
+        let shared: Shared = Arc::default();
+        let waiter = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                let mut blocks = vec![Block::default(); 4];
+                let job = next_job(&shared, &mut blocks, Duration::from_millis(20));
+                (job.is_none(), blocks.capacity())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        {
+            let (queue, ready) = &*shared;
+            crate::sync::lock(queue).closed = true;
+            ready.notify_all();
+        }
+        assert_eq!(waiter.join().unwrap(), (true, 0));
+
+        // A job already waiting is taken at once, and the buffer stays.
+        let shared: Shared = Arc::default();
+        let (done, _answer) = oneshot::channel();
+        crate::sync::lock(&shared.0).jobs.push_back(Job {
+            phc: String::new(),
+            key: String::new(),
+            done,
+        });
+        let mut blocks = vec![Block::default(); 4];
+        assert!(next_job(&shared, &mut blocks, Duration::from_millis(20)).is_some());
+        assert_eq!(blocks.len(), 4);
     }
 
     #[tokio::test]
