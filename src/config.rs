@@ -319,7 +319,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             durability: Durability::Fsync,
-            cache_mb: 16,
+            cache_mb: 8,
         }
     }
 }
