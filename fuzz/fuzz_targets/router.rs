@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(d.len() <= seg.len());
         }
     }
-    let _ = parse_query(&query);
+    let _ = parse_query(&query, &["limit", "after", "device", "name"]);
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_bytes(ctype) {
         headers.insert(CONTENT_TYPE, v);

@@ -65,27 +65,7 @@ impl Ctx<'_> {
     /// (clients and proxies add their own); a known one given twice is ambiguous, so
     /// it is a 400 naming it.
     fn query(&self, known: &[&'static str]) -> Result<Vec<(&'static str, String)>, ApiError> {
-        use crate::http::router::query_decode;
-        let mut out: Vec<(&'static str, String)> = Vec::new();
-        let raw = self.info.query.as_deref().unwrap_or("");
-        for pair in raw.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            // A parameter whose name does not even decode is not one of ours.
-            let Ok(k) = query_decode(k) else { continue };
-            let Some(name) = known.iter().find(|n| **n == k) else {
-                continue;
-            };
-            if out.iter().any(|(n, _)| n == name) {
-                return Err(ApiError::InvalidInput(format!(
-                    "{name} must be given at most once"
-                )));
-            }
-            let v = query_decode(v).map_err(|_| {
-                ApiError::InvalidInput(format!("{name} has an invalid percent-encoding"))
-            })?;
-            out.push((name, v));
-        }
-        Ok(out)
+        crate::http::router::parse_query(self.info.query.as_deref().unwrap_or(""), known)
     }
 }
 

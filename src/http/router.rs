@@ -246,15 +246,32 @@ fn decode(s: &str, plus_is_space: bool) -> Result<String, ApiError> {
         .map_err(|_| ApiError::InvalidInput("the URL decodes to invalid UTF-8".into()))
 }
 
-/// Splits a query string into decoded (name, value) pairs.
-pub fn parse_query(q: &str) -> Result<Vec<(String, String)>, ApiError> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Ok((query_decode(k)?, query_decode(v)?))
-        })
-        .collect()
+/// The one query-string parser (what handlers get through `Ctx::query`): the
+/// parameters among `known`, decoded, in the order given. A name that does not decode,
+/// or is not known, is not one of ours and is skipped (clients add their own); a known
+/// name given twice, or with a value that does not decode, is 400 `invalid_input`.
+pub fn parse_query(
+    q: &str,
+    known: &[&'static str],
+) -> Result<Vec<(&'static str, String)>, ApiError> {
+    let mut out: Vec<(&'static str, String)> = Vec::new();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let Ok(k) = query_decode(k) else { continue };
+        let Some(name) = known.iter().find(|n| **n == k) else {
+            continue;
+        };
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(ApiError::InvalidInput(format!(
+                "{name} must be given at most once"
+            )));
+        }
+        let v = query_decode(v).map_err(|_| {
+            ApiError::InvalidInput(format!("{name} has an invalid percent-encoding"))
+        })?;
+        out.push((name, v));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -340,14 +357,27 @@ mod tests {
 
     #[test]
     fn queries() {
+        let known = ["limit", "name", "device", "flag"];
         assert_eq!(
-            parse_query("limit=10&name=big+trucks&device=a%26b&flag").unwrap(),
+            parse_query(
+                "limit=10&name=big+trucks&device=a%26b&flag&utm=x&%ff=1",
+                &known
+            )
+            .unwrap(),
             vec![
-                ("limit".into(), "10".into()),
-                ("name".into(), "big trucks".into()),
-                ("device".into(), "a&b".into()),
-                ("flag".into(), "".into())
+                ("limit", "10".to_string()),
+                ("name", "big trucks".to_string()),
+                ("device", "a&b".to_string()),
+                ("flag", String::new())
             ]
         );
+        assert!(matches!(
+            parse_query("limit=1&limit=2", &known),
+            Err(ApiError::InvalidInput(m)) if m == "limit must be given at most once"
+        ));
+        assert!(matches!(
+            parse_query("name=%zz", &known),
+            Err(ApiError::InvalidInput(m)) if m == "name has an invalid percent-encoding"
+        ));
     }
 }
