@@ -223,7 +223,7 @@ impl Store {
                 let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) else {
                     continue;
                 };
-                let bytes = self.entry_bytes(prefix, &k, seq, n)?;
+                let bytes = self.entry_bytes(&k, &keys::record_in(prefix, n, seq))?;
                 oldest.push((seq, bytes));
                 sum += bytes;
                 if sum >= excess {
@@ -258,13 +258,10 @@ impl Store {
 
     /// Bytes one entry takes (`META_FEED_BYTES`): its feed-order key and value, its
     /// record's key and value.
-    fn entry_bytes(&self, prefix: &[u8], k: &[u8], seq: u64, n: u64) -> Result<u64, ApiError> {
-        let mut h = prefix.to_vec();
-        h.extend_from_slice(&n.to_be_bytes());
-        h.extend_from_slice(&seq.to_be_bytes());
+    fn entry_bytes(&self, k: &[u8], h: &[u8]) -> Result<u64, ApiError> {
         let record = self
             .history
-            .get(&h)
+            .get(h)
             .map_err(|e| self.read_err(e))?
             .map_or(0, |v| v.len());
         Ok((k.len() + 1 + 8 + h.len() + 1 + record) as u64)
@@ -316,10 +313,8 @@ impl Store {
                 let (k, v) = item.map_err(|e| self.read_err(e))?;
                 // The record under its group goes with its feed-order key.
                 if let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) {
-                    bytes += self.entry_bytes(prefix, &k, seq, n)?;
-                    let mut h = prefix.to_vec();
-                    h.extend_from_slice(&n.to_be_bytes());
-                    h.extend_from_slice(&seq.to_be_bytes());
+                    let h = keys::record_in(prefix, n, seq);
+                    bytes += self.entry_bytes(&k, &h)?;
                     batch.remove_in(Kind::History, h);
                 }
                 batch.remove(k);
@@ -367,7 +362,7 @@ mod tests {
     fn set_time(s: &Store, account: &str, seq: u64, time: &str) {
         let n =
             keys::read_u64(&s.changes.get(keys::change(account, seq)).unwrap().unwrap()).unwrap();
-        let k = crate::store::history::record_key(account, n, seq);
+        let k = crate::store::keys::record(account, n, seq);
         let mut rec =
             crate::store::history::Record::decode(&s.history.get(&k).unwrap().unwrap()).unwrap();
         rec.time = crate::time::parse_rfc3339_ms(time).unwrap();

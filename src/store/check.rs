@@ -341,10 +341,7 @@ impl Store {
                     "{account}: change {seq} is not below the next change sequence {next_change}"
                 ));
             }
-            match self
-                .history
-                .get(super::history::record_key(&account, n, seq))
-            {
+            match self.history.get(super::keys::record(&account, n, seq)) {
                 Ok(Some(raw)) => {
                     if let Err(e) = super::history::Record::decode(&raw) {
                         r.problem(format!("{account}: change {seq} does not parse ({e})"));

@@ -734,11 +734,7 @@ impl Importer<'_> {
                     keys::change(&account, seq),
                     id.to_be_bytes().to_vec(),
                 )?;
-                self.put(
-                    Kind::History,
-                    history::record_key(&account, id, seq),
-                    rec.encode(),
-                )?;
+                self.put(Kind::History, keys::record(&account, id, seq), rec.encode())?;
                 self.counts.changes += 1;
             }
             Record::Idempotency {

@@ -257,10 +257,8 @@ impl Plan {
             keys::change(actor.account, seq),
             Some(id.0.to_be_bytes().to_vec()),
         ));
-        self.history.push((
-            history::record_key(actor.account, id.0, seq),
-            Some(rec.encode()),
-        ));
+        self.history
+            .push((keys::record(actor.account, id.0, seq), Some(rec.encode())));
     }
 }
 

@@ -153,18 +153,6 @@ impl Record {
     }
 }
 
-/// `account 0x00 n`: the prefix of a group's records.
-pub fn group_prefix(account: &str, n: u64) -> Vec<u8> {
-    keys::group(account, n)
-}
-
-/// `account 0x00 n seq`: one record.
-pub fn record_key(account: &str, n: u64, seq: u64) -> Vec<u8> {
-    let mut k = keys::group(account, n);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
 /// One rebuilt entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -297,9 +285,9 @@ impl<'a> EntryReader<'a> {
     fn try_start(&self, n: u64, first: u64, last: u64) -> Result<Option<Cursor>, ApiError> {
         let account = &self.account;
         let store = self.store;
-        let prefix = group_prefix(account, n);
+        let prefix = keys::group(account, n);
         let mut records: Vec<(u64, Record)> = Vec::new();
-        for item in store.history.range(record_key(account, n, first)..) {
+        for item in store.history.range(keys::record(account, n, first)..) {
             let (k, v) = item.map_err(|e| store.read_err(e))?;
             if !k.starts_with(&prefix) {
                 break;

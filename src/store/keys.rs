@@ -49,6 +49,20 @@ pub fn change(account: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+/// `account 0x00 n seq`: a change record under its group (`history.rs`).
+pub fn record(account: &str, n: u64, seq: u64) -> Vec<u8> {
+    record_in(&account_prefix(account), n, seq)
+}
+
+/// `record` for an account given by its prefix (`account 0x00`).
+pub fn record_in(prefix: &[u8], n: u64, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 16);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&n.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 /// `account 0x00 user 0x00`: the scope of one user's idempotency records (and of their
 /// order entries in the `idempotency_order` tree). The account is part of the scope so a
 /// user removed and re-created under the same name in another account can never replay

@@ -340,15 +340,6 @@ impl Space {
         self.iter().next().is_none()
     }
 
-    /// The last durable entry.
-    pub fn last(&self) -> sled::Result<Option<(IVec, IVec)>> {
-        let mut last = None;
-        for item in self.iter() {
-            last = Some(item?);
-        }
-        Ok(last)
-    }
-
     /// Removes every key of the space (outside the overlay; before serving only).
     pub fn clear(&self) -> sled::Result<()> {
         let mut batch = self.batch();
