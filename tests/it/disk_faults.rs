@@ -262,6 +262,18 @@ struct Ledger {
 }
 
 impl Ledger {
+    /// Whether `r` is a read the disk fault may refuse (503 `unavailable` while the disk
+    /// refuses writes); such a read is counted and printed.
+    fn unavailable(&mut self, r: &Resp, path: &str) -> bool {
+        if r.status != 503 || !self.refusing {
+            return false;
+        }
+        r.expect_error(503, "unavailable");
+        self.unavailable_reads += 1;
+        eprintln!("*** disk_faults: GET {path} answered 503 while the disk refuses writes");
+        true
+    }
+
     /// Records every `{id: "grp-N", name}` object in a 2xx answer.
     fn note(&mut self, v: &Value) {
         match v {
@@ -287,10 +299,7 @@ impl Ledger {
 /// A GET answered 200, noted in the ledger.
 fn get(server: &TestServer, token: &str, path: &str, ledger: &mut Ledger) -> Value {
     let r = server.req("GET", path).bearer(token).send();
-    if r.status == 503 && ledger.refusing {
-        r.expect_error(503, "unavailable");
-        ledger.unavailable_reads += 1;
-        eprintln!("*** disk_faults: GET {path} answered 503 while the disk refuses writes");
+    if ledger.unavailable(&r, path) {
         return serde_json::json!({"unavailable": true, "groups": [], "changes": [], "next": null});
     }
     assert_eq!(
@@ -423,11 +432,7 @@ fn traces(
             }
         }
         404 => {}
-        503 if ledger.refusing => {
-            r.expect_error(503, "unavailable");
-            ledger.unavailable_reads += 1;
-            eprintln!("*** disk_faults: GET /api/groups/grp-{id} answered 503 while the disk refuses writes");
-        }
+        503 if ledger.unavailable(&r, &format!("/api/groups/grp-{id}")) => {}
         s => panic!("GET /api/groups/grp-{id}: {s} {}", r.text()),
     }
     let device = device_of(name);
@@ -529,9 +534,7 @@ fn assert_refused_invisible(
             .req("GET", &format!("/api/groups/grp-{id}"))
             .bearer(token)
             .send();
-        if r.status == 503 {
-            r.expect_error(503, "unavailable");
-            ledger.unavailable_reads += 1;
+        if ledger.unavailable(&r, &format!("/api/groups/grp-{id}")) {
             continue;
         }
         assert_eq!(

@@ -529,6 +529,16 @@ fn a_format_1_store_is_refused_with_the_way_to_migrate() {
     }
 }
 
+/// The newest blob file of a stopped store (a group of 10,000 long device IDs is one).
+fn last_blob(store: &Path) -> PathBuf {
+    let mut blobs: Vec<PathBuf> = std::fs::read_dir(store.join("blobs"))
+        .expect("a blobs directory")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    blobs.sort();
+    blobs.pop().expect("a blob file")
+}
+
 /// After a clean stop, damage of every kind the issue names — a zeroed 4 KiB block, one
 /// flipped byte, a truncation, a blob removed or cut short — is found before sled
 /// opens the store: exit 3 (`serve`) or 1 (the CLI), a message naming the data
@@ -537,14 +547,6 @@ fn a_format_1_store_is_refused_with_the_way_to_migrate() {
 #[test]
 fn damage_after_a_clean_stop_is_refused_and_the_files_stay_as_found() {
     type Damage = fn(&Path);
-    let blob_of = |store: &Path| -> PathBuf {
-        let mut blobs: Vec<PathBuf> = std::fs::read_dir(store.join("blobs"))
-            .expect("a group of 10,000 long device IDs is a blob")
-            .map(|e| e.expect("entry").path())
-            .collect();
-        blobs.sort();
-        blobs.pop().expect("a blob file")
-    };
     let cases: [(&str, Damage, &str); 5] = [
         (
             "a zeroed block",
@@ -583,27 +585,15 @@ fn damage_after_a_clean_stop_is_refused_and_the_files_stay_as_found() {
         ),
         (
             "a removed blob",
-            |store| {
-                let mut blobs: Vec<PathBuf> = std::fs::read_dir(store.join("blobs"))
-                    .expect("blobs")
-                    .map(|e| e.expect("entry").path())
-                    .collect();
-                blobs.sort();
-                std::fs::remove_file(blobs.pop().expect("blob")).expect("remove");
-            },
+            |store| std::fs::remove_file(last_blob(store)).expect("remove"),
             "is missing",
         ),
         (
             "a blob cut short",
             |store| {
-                let mut blobs: Vec<PathBuf> = std::fs::read_dir(store.join("blobs"))
-                    .expect("blobs")
-                    .map(|e| e.expect("entry").path())
-                    .collect();
-                blobs.sort();
                 let f = std::fs::OpenOptions::new()
                     .write(true)
-                    .open(blobs.pop().expect("blob"))
+                    .open(last_blob(store))
                     .expect("open");
                 f.set_len(10).expect("truncate");
             },
@@ -623,7 +613,8 @@ fn damage_after_a_clean_stop_is_refused_and_the_files_stay_as_found() {
         admin.create(&json!({"name": "big", "devices": devices}));
         assert!(server.stop().success());
         let store = server.data_dir().join("store");
-        let _ = blob_of(&store);
+        // The big group made a blob file, or the blob cases would test nothing.
+        let _ = last_blob(&store);
         damage(&store);
         let before = snapshot(&server.data_dir());
         let out = server.second_server();
