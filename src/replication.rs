@@ -173,32 +173,7 @@ fn parse_url(
 impl Settings {
     /// From `[replication]`; every problem names its key and never holds the password.
     pub fn from_config(r: &ReplicationConfig) -> Result<Settings, String> {
-        let url_password = redact_secret_of(&r.postgres_url);
-        let scrub = |msg: String| match &url_password {
-            Some(p) if !p.is_empty() => msg.replace(p.as_str(), "***"),
-            _ => msg,
-        };
-        if !(r.postgres_url.starts_with("postgresql://")
-            || r.postgres_url.starts_with("postgres://"))
-        {
-            return Err(
-                "replication.postgres_url: must be a postgresql:// URL (libpq style)".into(),
-            );
-        }
-        let (url, ssl) = split_sslmode(&r.postgres_url).map_err(scrub)?;
-        let mut pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
-            scrub(format!(
-                "replication.postgres_url: not a valid PostgreSQL URL: {e}"
-            ))
-        })?;
-        if pg.get_user().is_none() {
-            return Err(
-                "replication.postgres_url: must name a user (postgresql://USER@host/db)".into(),
-            );
-        }
-        if pg.get_hosts().is_empty() {
-            return Err("replication.postgres_url: must name a host".into());
-        }
+        let (mut pg, url_password, ssl) = parse_url(r)?;
         let mut password = url_password;
         if !r.password_file.is_empty() {
             let text = std::fs::read_to_string(&r.password_file).map_err(|e| {
