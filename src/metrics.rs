@@ -129,24 +129,32 @@ impl Metrics {
                 "Groups in all accounts.",
                 app.store.group_count(),
             ),
-            ("fleetgroups_users", "Users.", app.auth.user_count() as u64),
+            (
+                "fleetgroups_users",
+                "Users.",
+                Some(app.auth.user_count() as u64),
+            ),
             (
                 "fleetgroups_failed_login_names",
                 "userNames in the failed-login table.",
-                app.auth.failed_login_entries().0 as u64,
+                Some(app.auth.failed_login_entries().0 as u64),
             ),
             (
                 "fleetgroups_failed_login_addresses",
                 "Client addresses in the failed-login table.",
-                app.auth.failed_login_entries().1 as u64,
+                Some(app.auth.failed_login_entries().1 as u64),
             ),
             (
                 "fleetgroups_store_bytes",
                 "Bytes the store occupies on disk.",
-                app.store.size_on_disk(),
+                Some(app.store.size_on_disk()),
             ),
         ];
-        for (name, help, value) in gauges {
+        // A value the store cannot read right now is left out rather than shown as 0.
+        for (name, help, value) in gauges
+            .into_iter()
+            .filter_map(|(n, h, v)| v.map(|v| (n, h, v)))
+        {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"

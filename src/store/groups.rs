@@ -469,12 +469,15 @@ impl Store {
     }
 
     /// Number of groups in every account together (metrics).
-    pub fn group_count(&self) -> u64 {
-        self.meta
-            .scan_prefix(b"groups\0")
-            .filter_map(Result::ok)
-            .filter_map(|(_, v)| keys::read_u64(&v))
-            .sum()
+    /// None when the counts cannot be read (sled may fail a read while the disk
+    /// refuses writes): a gauge should then be absent, not 0.
+    pub fn group_count(&self) -> Option<u64> {
+        let mut total = 0;
+        for item in self.meta.scan_prefix(b"groups\0") {
+            let (_, v) = item.ok()?;
+            total += keys::read_u64(&v).unwrap_or(0);
+        }
+        Some(total)
     }
 
     /// 409 when the (account-scoped, lowercased) name key is taken.
