@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::groups::{count_key, GroupView};
+use super::pieces::{self, Seen};
 use super::{keys, Store};
 use crate::model::{name_key, GroupId};
 
@@ -61,6 +62,7 @@ impl Store {
         let next_group = crate::sync::lock(&self.writer).next_group;
         let scan = || -> Result<(), String> {
             let mut per_account: HashMap<Vec<u8>, u64> = HashMap::new();
+            let mut named_pieces: HashMap<(Vec<u8>, u64), u32> = HashMap::new();
             for item in self.groups.iter() {
                 let (k, raw) = item.map_err(|e| format!("a group cannot be read ({e})"))?;
                 let (Some(sep), Some(n)) = (k.iter().position(|b| *b == 0), keys::trailing_u64(&k))
@@ -75,10 +77,15 @@ impl Store {
                         "group grp-{n} is not below the next group number {next_group}"
                     ));
                 }
-                GroupView::new(GroupId(n), raw)
-                    .map_err(|_| format!("the record of grp-{n} is damaged"))?;
+                if pieces::is_split(&raw) {
+                    named_pieces.insert((k[..sep].to_vec(), n), pieces::piece_count(&raw));
+                } else {
+                    GroupView::new(GroupId(n), raw)
+                        .map_err(|_| format!("the record of grp-{n} is damaged"))?;
+                }
                 *per_account.entry(k[..sep].to_vec()).or_default() += 1;
             }
+            pieces::compare_counts(self.piece_counts()?, &named_pieces)?;
             for item in self.meta.scan_prefix(b"groups\0") {
                 let (k, v) = item.map_err(|e| format!("a count cannot be read ({e})"))?;
                 let account = &k[b"groups\0".len()..];
@@ -114,6 +121,7 @@ impl Store {
         // (account, n) → (folded name, devices) of every group that parses.
         let mut groups: BTreeMap<(String, u64), (String, HashSet<String>)> = BTreeMap::new();
         let mut per_account: HashMap<String, u64> = HashMap::new();
+        let mut named_pieces: HashMap<(Vec<u8>, u64), u32> = HashMap::new();
         for item in self.groups.iter() {
             let (k, raw) = match item {
                 Ok(kv) => kv,
@@ -136,8 +144,12 @@ impl Store {
                     "{account}/{id}: not below the next group number {next_group}"
                 ));
             }
-            let view = match GroupView::new(id, raw) {
-                Ok(v) => v,
+            if pieces::is_split(&raw) {
+                named_pieces.insert((account.as_bytes().to_vec(), n), pieces::piece_count(&raw));
+            }
+            let view = match self.view(&account, id, raw, Seen::Durable) {
+                Ok(Some(v)) => v,
+                Ok(None) => continue,
                 Err(e) => {
                     r.problem(format!("{account}/{id}: does not parse ({e:?})"));
                     continue;
@@ -186,6 +198,12 @@ impl Store {
                 (account, n),
                 (name_key(&doc.name), doc.devices.into_iter().collect()),
             );
+        }
+        if let Err(e) = self
+            .piece_counts()
+            .and_then(|found| pieces::compare_counts(found, &named_pieces))
+        {
+            r.problem(e);
         }
         self.check_names(&groups, &mut r);
         self.check_devices(&groups, &mut r);

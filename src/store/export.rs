@@ -16,9 +16,10 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::groups::{count_key, encode, GroupView, PublicGroup};
+use super::groups::{count_key, PublicGroup};
 use super::history::{self, ChangeOp, EntryReader};
 use super::idempotency::{self, IdempotencyRecord};
+use super::pieces::{self, Encoded, Seen};
 use super::users::{Role, UsageRecord, UserRecord};
 use super::{keys, space, Kind, Store, META_NEXT_CHANGE, META_NEXT_GROUP, META_PURGED_THROUGH};
 use crate::auth::valid_name;
@@ -243,7 +244,12 @@ impl Store {
             let (k, raw) = item.map_err(io)?;
             let account = account_of(&k, "group")?;
             let id = keys::trailing_u64(&k).ok_or("corrupt group key")?;
-            let view = GroupView::new(GroupId(id), raw).map_err(|e| format!("{e:?}"))?;
+            let Some(view) = self
+                .view(&account, GroupId(id), raw, Seen::Durable)
+                .map_err(|e| format!("{e:?}"))?
+            else {
+                continue;
+            };
             let doc = view.doc().map_err(|e| format!("{e:?}"))?;
             emit(
                 Record::Group {
@@ -656,8 +662,12 @@ impl Importer<'_> {
                     }
                 };
                 self.max_group = self.max_group.max(id);
-                let raw = encode(gid, &doc, revision, creation, last_modified);
+                let enc = Encoded::new(gid, &doc, revision, creation, last_modified);
+                let (raw, pieces) = pieces::fresh(&enc);
                 self.put(Kind::Groups, keys::group(&account, id), raw)?;
+                for (num, piece) in pieces {
+                    self.put(Kind::Pieces, keys::piece(&account, id, num), piece)?;
+                }
                 if holder {
                     self.put(Kind::Names, name_k, id.to_be_bytes().to_vec())?;
                 }

@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use super::groups::GroupView;
 use super::history::EntryReader;
+use super::pieces::Seen;
 use super::{keys, Store};
 use crate::error::ApiError;
 use crate::model::GroupId;
@@ -180,7 +180,9 @@ impl Store {
                 continue;
             };
             let account = String::from_utf8_lossy(&k[..sep]).into_owned();
-            let view = GroupView::new(GroupId(n), v)?;
+            let Some(view) = self.view(&account, GroupId(n), v, Seen::Durable)? else {
+                continue;
+            };
             groups.insert((account, n), (Some(view.revision()), view.json().to_vec()));
         }
         let h1 = self.last_seq();

@@ -12,10 +12,11 @@ use sled::IVec;
 
 use super::history::{self, ChangeOp, Record};
 use super::idempotency::IdempotencyRequest;
+use super::pieces::{Encoded, GroupWrites, Seen};
 use super::{keys, Kind, Op, Store, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
 use crate::error::ApiError;
 use crate::model::{name_key, GroupDoc, GroupId};
-use crate::time::{now_ms, rfc3339_ms};
+use crate::time::now_ms;
 
 /// Bytes before the public JSON in a stored group (revision, creation, lastModified).
 pub(super) const HEADER: usize = 24;
@@ -28,8 +29,9 @@ pub struct GroupView {
 }
 
 impl GroupView {
+    /// A view of a whole value (a split one is joined first: `Store::view`).
     pub(super) fn new(id: GroupId, raw: IVec) -> Result<GroupView, ApiError> {
-        if raw.len() < HEADER + 2 {
+        if raw.len() < HEADER + 2 || super::pieces::is_split(&raw) {
             return Err(ApiError::Internal(format!("corrupt group record {id}")));
         }
         Ok(GroupView { id, raw })
@@ -122,6 +124,7 @@ pub struct PublicGroup {
     pub(super) last_modified: String,
 }
 
+/// A group's whole value (header and public JSON), as a read gives it.
 pub(super) fn encode(
     id: GroupId,
     doc: &GroupDoc,
@@ -129,21 +132,14 @@ pub(super) fn encode(
     creation: i64,
     modified: i64,
 ) -> Vec<u8> {
-    let public = PublicGroup {
-        id: id.to_string(),
-        name: doc.name.clone(),
-        description: doc.description.clone(),
-        devices: doc.devices.clone(),
-        creation: rfc3339_ms(creation),
-        last_modified: rfc3339_ms(modified),
-    };
-    let mut out = Vec::with_capacity(HEADER + 96 + doc.devices.len() * 16);
-    out.extend_from_slice(&revision.to_be_bytes());
-    out.extend_from_slice(&creation.to_be_bytes());
-    out.extend_from_slice(&modified.to_be_bytes());
-    // Serialising plain strings into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, &public);
-    out
+    Encoded::new(id, doc, revision, creation, modified).whole()
+}
+
+/// The group a write changes: as read, and its stored value (which says whether its
+/// device list is in pieces).
+struct Current {
+    view: GroupView,
+    stored: IVec,
 }
 
 /// Who is writing: the account that owns the data and the user for the audit trail.
@@ -242,6 +238,7 @@ pub(super) struct Plan {
     pub groups: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub names: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub devices: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub pieces: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub history: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub idempotency: Vec<(Vec<u8>, Option<Vec<u8>>)>,
@@ -250,6 +247,12 @@ pub(super) struct Plan {
 }
 
 impl Plan {
+    /// Adds the writes of one group's value and pieces (`pieces.rs`).
+    fn store_group(&mut self, account: &str, n: u64, w: GroupWrites) {
+        self.groups.push((keys::group(account, n), w.value));
+        self.pieces.extend(w.pieces);
+    }
+
     /// Adds the change record of this change (`history.rs`): the feed-order key and
     /// the record under its group.
     fn record_change(&mut self, actor: Actor<'_>, seq: u64, id: GroupId, rec: &Record) {
@@ -299,6 +302,7 @@ impl Store {
             (Kind::Groups, plan.groups),
             (Kind::Names, plan.names),
             (Kind::Devices, plan.devices),
+            (Kind::Pieces, plan.pieces),
             (Kind::Changes, plan.changes),
             (Kind::History, plan.history),
             (Kind::Idempotency, plan.idempotency),
@@ -339,20 +343,7 @@ impl Store {
             .get(keys::group(account, id.0))
             .map_err(|e| self.read_err(e))?
         {
-            Some(raw) => Ok(Some(GroupView::new(id, raw)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// `get_group` as a writer sees it: the latest applied state, durable or not
-    /// (`space.rs`). Only under the writer mutex.
-    fn get_group_latest(&self, account: &str, id: GroupId) -> Result<Option<GroupView>, ApiError> {
-        match self
-            .groups
-            .get_latest(keys::group(account, id.0))
-            .map_err(|e| self.read_err(e))?
-        {
-            Some(raw) => Ok(Some(GroupView::new(id, raw)?)),
+            Some(raw) => self.view(account, id, raw, Seen::Durable),
             None => Ok(None),
         }
     }
@@ -412,7 +403,9 @@ impl Store {
                         continue;
                     };
                     from = n.checked_add(1);
-                    let v = GroupView::new(GroupId(n), raw)?;
+                    let Some(v) = self.view(account, GroupId(n), raw, Seen::Durable)? else {
+                        continue;
+                    };
                     if matches_name(&v)? && !page.offer(v) {
                         from = None;
                         break;
@@ -460,7 +453,10 @@ impl Store {
                 let Some(n) = keys::trailing_u64(&k) else {
                     continue;
                 };
-                if !page.offer(GroupView::new(GroupId(n), raw)?) {
+                let Some(v) = self.view(account, GroupId(n), raw, Seen::Durable)? else {
+                    continue;
+                };
+                if !page.offer(v) {
                     break;
                 }
             }
@@ -537,11 +533,11 @@ impl Store {
                 seen.clear();
                 account = k[..sep].to_vec();
             }
-            let Ok(view) = GroupView::new(GroupId(n), raw) else {
+            let acc = String::from_utf8_lossy(&account).into_owned();
+            let Ok(Some(view)) = self.view(&acc, GroupId(n), raw, Seen::Latest) else {
                 continue;
             };
             let Ok(name) = view.name() else { continue };
-            let acc = String::from_utf8_lossy(&account).into_owned();
             let key = keys::name(&acc, &name_key(&name));
             match seen.get(&key) {
                 Some(first) => {
@@ -600,10 +596,11 @@ impl Store {
         }
         let id = GroupId(w.next_group);
         let seq = w.next_change;
-        let raw = encode(id, doc, 1, now, now);
+        let enc = Encoded::new(id, doc, 1, now, now);
+        let raw = enc.whole();
         let mut plan = Plan::default();
-        plan.groups
-            .push((keys::group(actor.account, id.0), Some(raw.clone())));
+        let writes = self.plan_store(actor.account, id.0, None, &enc)?;
+        plan.store_group(actor.account, id.0, writes);
         plan.names.push((name_k, Some(id.0.to_be_bytes().to_vec())));
         for d in &doc.devices {
             plan.devices
@@ -624,7 +621,10 @@ impl Store {
                 revision: Some(1),
                 user: actor.user.to_string(),
                 delta: None,
-                full: Some((doc.clone(), now)),
+                // The state after a create is rebuilt backwards like any other
+                // (`history.rs`): from the group, or from a later checkpoint or delete.
+                // Storing it would double what a group costs on disk.
+                full: None,
             },
         );
         if let Some(req) = idempotency {
@@ -646,14 +646,19 @@ impl Store {
         actor: Actor<'_>,
         id: GroupId,
         if_match: Option<&[u64]>,
-    ) -> Result<GroupView, ApiError> {
-        let current = self
-            .get_group_latest(actor.account, id)?
+    ) -> Result<Current, ApiError> {
+        let stored = self
+            .groups
+            .get_latest(keys::group(actor.account, id.0))
+            .map_err(|e| self.read_err(e))?
             .ok_or(ApiError::GroupNotFound)?;
-        if if_match.is_some_and(|revs| !revs.contains(&current.revision())) {
+        let view = self
+            .view(actor.account, id, stored.clone(), Seen::Latest)?
+            .ok_or(ApiError::GroupNotFound)?;
+        if if_match.is_some_and(|revs| !revs.contains(&view.revision())) {
             return Err(ApiError::PreconditionFailed);
         }
-        Ok(current)
+        Ok(Current { view, stored })
     }
 
     /// Changes a group: `change` gets the current document and returns the new one and
@@ -667,7 +672,10 @@ impl Store {
         change: impl FnOnce(&GroupDoc) -> Result<(GroupDoc, T), ApiError>,
     ) -> Result<(GroupView, T), ApiError> {
         let mut w = self.write_lock()?;
-        let current = self.current_for_write(actor, id, if_match)?;
+        let Current {
+            view: current,
+            stored,
+        } = self.current_for_write(actor, id, if_match)?;
         let old = current.doc()?;
         let (new, extra) = change(&old)?;
         if new == old {
@@ -694,9 +702,10 @@ impl Store {
                 .push((keys::device(actor.account, d, id.0), Some(Vec::new())));
         }
         let now = now_ms().max(current.last_modified() + 1);
-        let raw = encode(id, &new, current.revision() + 1, current.creation(), now);
-        plan.groups
-            .push((keys::group(actor.account, id.0), Some(raw.clone())));
+        let enc = Encoded::new(id, &new, current.revision() + 1, current.creation(), now);
+        let raw = enc.whole();
+        let writes = self.plan_store(actor.account, id.0, Some(&stored), &enc)?;
+        plan.store_group(actor.account, id.0, writes);
         let seq = w.next_change;
         let revision = current.revision() + 1;
         plan.record_change(
@@ -727,10 +736,14 @@ impl Store {
         if_match: Option<&[u64]>,
     ) -> Result<(), ApiError> {
         let mut w = self.write_lock()?;
-        let current = self.current_for_write(actor, id, if_match)?;
+        let Current {
+            view: current,
+            stored,
+        } = self.current_for_write(actor, id, if_match)?;
         let doc = current.doc()?;
         let mut plan = Plan::default();
-        plan.groups.push((keys::group(actor.account, id.0), None));
+        let writes = self.plan_remove(actor.account, id.0, &stored)?;
+        plan.store_group(actor.account, id.0, writes);
         self.release_name(
             &mut plan,
             keys::name(actor.account, &name_key(&doc.name)),

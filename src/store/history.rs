@@ -8,9 +8,12 @@
 //! `c` space, `account 0x00 seq` → `n`.
 //!
 //! The state after a record is rebuilt backwards from a later full state: the nearest
-//! later *checkpoint* (a record that also carries the full state: a create, every
+//! later *checkpoint* (a record that also carries the full state: every
 //! `CHECKPOINT_EVERY`-th revision, and a delete, which keeps the state before it) or,
-//! when there is none, the group itself. So reading an entry reads at most
+//! when there is none, the group itself. A create carries no state: the group, or a
+//! later checkpoint, is always there to rebuild it from (retention removes the oldest
+//! records first), and storing it would double what a new group costs on disk.
+//! (Restored records carry their full state: a backup's entries are states.) So reading an entry reads at most
 //! `CHECKPOINT_EVERY` records of its group, and removing old records (retention) never
 //! breaks a newer one: nothing is rebuilt forwards from the past. A checkpoint costs
 //! the group's state once per `CHECKPOINT_EVERY` changes: for the 10,000-device group,

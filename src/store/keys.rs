@@ -42,6 +42,13 @@ pub fn device(account: &str, device: &str, n: u64) -> Vec<u8> {
     k
 }
 
+/// `account 0x00 n piece`: one piece of a large group's device list (`pieces.rs`).
+pub fn piece(account: &str, n: u64, piece: u32) -> Vec<u8> {
+    let mut k = group(account, n);
+    k.extend_from_slice(&piece.to_be_bytes());
+    k
+}
+
 /// `account 0x00 seq`: a change-feed entry.
 pub fn change(account: &str, seq: u64) -> Vec<u8> {
     let mut k = account_prefix(account);

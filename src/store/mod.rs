@@ -32,6 +32,7 @@ pub mod highwater;
 pub mod history;
 pub mod idempotency;
 pub mod keys;
+mod pieces;
 mod retention;
 pub mod seal;
 pub mod space;
@@ -51,8 +52,19 @@ use space::{Pending, Space};
 
 /// The store format this binary reads and writes.
 /// 1: a sled tree per kind of data, a transaction per change. 2: one tree of key
-/// spaces (`space.rs`), one batch per change.
-pub const FORMAT_VERSION: u64 = 2;
+/// spaces (`space.rs`), one batch per change. 3: large device lists in pieces
+/// (`pieces.rs`).
+pub const FORMAT_VERSION: u64 = 3;
+
+/// Older formats this binary also opens, and upgrades by writing its own version:
+/// a format-2 store is a format-3 store with no group in pieces. After the upgrade
+/// an older binary refuses the store (it could not read a group in pieces).
+const UPGRADES_FROM: &[u64] = &[2];
+
+/// Whether this binary opens a store of format `v`.
+fn opens(v: u64) -> bool {
+    v == FORMAT_VERSION || UPGRADES_FROM.contains(&v)
+}
 
 const META_FORMAT: &[u8] = b"format_version";
 /// The plain file in the store directory that repeats the format version (decimal).
@@ -166,6 +178,8 @@ pub struct Store {
     groups: Space,
     names: Space,
     devices: Space,
+    /// Pieces of large device lists (`pieces.rs`).
+    pieces: Space,
     changes: Space,
     history: Space,
     idempotency: Space,
@@ -214,7 +228,7 @@ impl Store {
         let marked = match std::fs::read_to_string(&marker) {
             Ok(text) => {
                 let found = text.trim();
-                if found.parse::<u64>().ok() != Some(FORMAT_VERSION) {
+                if !found.parse::<u64>().is_ok_and(opens) {
                     return Err(OpenError::Version {
                         found: match found.parse::<u64>() {
                             Ok(n) => n.to_string(),
@@ -223,7 +237,8 @@ impl Store {
                         path: data_dir.to_path_buf(),
                     });
                 }
-                true
+                // An older format's marker is rewritten once the store is open.
+                found.parse::<u64>().ok() == Some(FORMAT_VERSION)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => {
@@ -300,7 +315,7 @@ impl Store {
         {
             Some(v) => {
                 let found = keys::read_u64(&v);
-                if found != Some(FORMAT_VERSION) {
+                if !found.is_some_and(opens) {
                     return Err(OpenError::Version {
                         found: found.map_or_else(
                             || format!("{:?} (not a number)", &v[..]),
@@ -308,6 +323,11 @@ impl Store {
                         ),
                         path: data_dir.to_path_buf(),
                     });
+                }
+                if found != Some(FORMAT_VERSION) {
+                    // The upgrade (`UPGRADES_FROM`); the marker follows below.
+                    meta.insert(META_FORMAT, &FORMAT_VERSION.to_be_bytes())
+                        .map_err(|e| OpenError::Other(e.to_string()))?;
                 }
             }
             None => {
@@ -407,6 +427,7 @@ impl Store {
             groups: space(Kind::Groups),
             names: space(Kind::Names),
             devices: space(Kind::Devices),
+            pieces: space(Kind::Pieces),
             changes: space(Kind::Changes),
             history: space(Kind::History),
             idempotency: space(Kind::Idempotency),
@@ -873,5 +894,58 @@ pub(crate) mod testing {
             description: None,
             devices: vec![],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{doc, store};
+    use super::{keys, OpenError, FORMAT_MARKER, FORMAT_VERSION, META_FORMAT};
+    use crate::store::groups::Actor;
+
+    /// A format-2 store (marker and meta say 2) opens, keeps its groups, and is
+    /// upgraded to this format in both places; a newer format is still refused.
+    #[test]
+    fn a_format_2_store_is_upgraded_in_place_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Actor {
+            account: "acct",
+            user: "u",
+        };
+        let id = {
+            let s = store(dir.path());
+            let id = s.create_group(a, &doc("kept"), 10, None).unwrap().group.id;
+            s.meta.insert(META_FORMAT, &2u64.to_be_bytes()).unwrap();
+            s.close().unwrap();
+            id
+        };
+        let marker = dir.path().join("store").join(FORMAT_MARKER);
+        std::fs::write(&marker, "2\n").unwrap();
+        {
+            let s = store(dir.path());
+            assert_eq!(
+                s.get_group("acct", id).unwrap().unwrap().doc().unwrap(),
+                doc("kept")
+            );
+            let meta = s.meta.get(META_FORMAT).unwrap().unwrap();
+            assert_eq!(keys::read_u64(&meta), Some(FORMAT_VERSION));
+            s.close().unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            format!("{FORMAT_VERSION}\n")
+        );
+        std::fs::write(&marker, format!("{}\n", FORMAT_VERSION + 1)).unwrap();
+        let refused = super::Store::open(
+            dir.path(),
+            &super::StoreOptions {
+                cache_bytes: 1 << 20,
+                durability: crate::config::Durability::Relaxed,
+                fail_flush_after: None,
+                restoring: false,
+                max_devices: 10,
+            },
+        );
+        assert!(matches!(refused, Err(OpenError::Version { .. })));
     }
 }

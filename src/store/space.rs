@@ -33,6 +33,8 @@ pub enum Kind {
     Groups = b'g',
     Names = b'n',
     Devices = b'd',
+    /// Pieces of large device lists: `account 0x00 n piece` (`pieces.rs`).
+    Pieces = b'k',
     /// The feed order: `account 0x00 seq` → the group number (`history.rs`).
     Changes = b'c',
     /// Change records under their group: `account 0x00 n seq` (`history.rs`).
