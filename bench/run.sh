@@ -5,8 +5,8 @@
 #   SCENARIOS=get_one,post bench/run.sh
 # It installs wrk if missing, builds the release binary and the ceiling example,
 # then runs each scenario against a FRESH server on 127.0.0.1 with a temporary
-# data directory, next to the "ceiling" (examples/ceiling.rs: the same HTTP stack
-# answering a constant body of the same size), and prints one table, also
+# data directory, next to the "ceiling" (bench/ceiling.rs, a cargo example: the
+# same HTTP stack answering a constant body of the same size), and prints one table, also
 # written to bench/results/latest.md. Every server it starts is stopped on exit;
 # it only ever sends traffic to 127.0.0.1. See bench/README.md.
 #

@@ -5,8 +5,6 @@
 //! this request only), renders the envelope, records metrics and writes one log line.
 
 pub mod body;
-#[cfg(test)]
-mod body_props;
 pub mod conns;
 pub mod response;
 pub mod router;

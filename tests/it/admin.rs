@@ -32,7 +32,7 @@ fn list_groups(server: &TestServer, token: &str) -> u16 {
 
 #[test]
 fn changes_through_the_socket_apply_to_the_next_request() {
-    let server = TestServer::start();
+    let mut server = TestServer::start();
     let sock = server.data_dir().join("admin.sock");
     let mode = std::fs::metadata(&sock)
         .expect("socket")
@@ -41,8 +41,8 @@ fn changes_through_the_socket_apply_to_the_next_request() {
     assert_eq!(mode & 0o777, 0o600);
 
     let key = key_of(&server.cli(&["user", "add", "ops"]));
-    // It went through the socket: the server logged the command.
-    server.wait_for_log("command=\"user add\" user=ops code=0");
+    // It went through the socket: the running server holds the store's lock, so no
+    // other process could have added the user, and its own tables know ops at once.
     let token = server.login("ops", &key);
     assert_eq!(list_groups(&server, &token), 200);
 
@@ -86,7 +86,13 @@ fn changes_through_the_socket_apply_to_the_next_request() {
     ok(&server.cli(&["user", "remove", "ops"]));
     assert_eq!(list_groups(&server, &token), 401, "removal revokes tokens");
 
-    let log = server.log();
+    // The whole log, once the server has exited: the socket logs each command with its
+    // subject and code, and never a secret (no line can still be on its way).
+    let log = server.stop_for_log();
+    assert!(
+        log.contains("command=\"user add\" user=ops code=0"),
+        "the command is logged:\n{log}"
+    );
     for secret in [&key, &new_key, &token] {
         assert!(!log.contains(secret.as_str()), "a secret reached the log");
     }
@@ -146,7 +152,7 @@ fn output_is_the_same_with_the_server_running_or_stopped() {
         &["user", "remove", "ci"],
         &["user", "list"],
     ];
-    let running = TestServer::start();
+    let mut running = TestServer::start();
     let mut stopped = TestServer::start();
     assert!(stopped.stop().success(), "a clean stop exits 0");
     assert!(
@@ -168,8 +174,9 @@ fn output_is_the_same_with_the_server_running_or_stopped() {
             reached_server += 1;
         }
     }
-    // The running server really did the work (and the stopped one could not have).
-    let log = running.wait_for_log_count("admin command", reached_server);
+    // The running server really did the work (and the stopped one could not have): its
+    // whole log, read once it has exited, has one line per command that reached it.
+    let log = running.stop_for_log();
     assert_eq!(
         log.matches("admin command").count(),
         reached_server,
@@ -220,10 +227,16 @@ fn stale_socket_is_replaced_but_a_live_one_or_a_file_is_not() {
     let env = |p: &std::path::Path| {
         Options::default().env("FLEETGROUPS_ADMIN_SOCKET", p.to_str().expect("utf-8"))
     };
-    let server = TestServer::with(env(&stale));
-    server.wait_for_log("removed a stale admin socket");
+    let mut server = TestServer::with(env(&stale));
+    // Replaced: the server answers on that path now (`user list` with the store locked
+    // can only have gone through it).
     ok(&server.cli(&["user", "list"]));
-    server.wait_for_log("command=\"user list\"");
+    let log = server.stop_for_log();
+    assert!(log.contains("removed a stale admin socket"), "{log}");
+    assert!(
+        !stale.exists(),
+        "the server removes its socket when it stops"
+    );
 
     // Someone answers on this one: the server must not steal it.
     let live = dir.path().join("live.sock");
@@ -292,7 +305,7 @@ fn other_users_are_refused_and_logged() {
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let sock = shared.path().join("admin.sock");
     let sock_s = sock.to_str().expect("utf-8");
-    let server = TestServer::with(Options::default().env("FLEETGROUPS_ADMIN_SOCKET", sock_s));
+    let mut server = TestServer::with(Options::default().env("FLEETGROUPS_ADMIN_SOCKET", sock_s));
     // Open the mode fence so only the uid check stands in the way.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     let mut setpriv = std::process::Command::new("setpriv");
@@ -309,16 +322,18 @@ fn other_users_are_refused_and_logged() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("refused"), "{stderr}");
     assert!(out.stdout.is_empty());
-    server.wait_for_log("refused a connection from another user");
-    assert!(
-        server.log().contains("peer_uid=Some(65534)"),
-        "{}",
-        server.log()
-    );
     // The owner is still served.
     ok(&cli_in(
         &server.data_dir(),
         &["user", "list"],
         &server.options().env,
     ));
+    // The refusal is logged with the peer's uid: read once the server has exited, when
+    // no line can still be on its way.
+    let log = server.stop_for_log();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("refused a connection from another user"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+    assert!(refused.contains("peer_uid=Some(65534)"), "{refused}");
 }

@@ -13,6 +13,14 @@ use serde_json::{json, Value};
 use crate::pg::Pg;
 use crate::support::{cli_in, poll_until, Options, TestServer};
 
+/// Waits until the gateway has resynced the centre from a snapshot `n` times in all,
+/// as its own counter shows.
+fn wait_for_resyncs(server: &TestServer, n: f64) {
+    poll_until(Duration::from_secs(30), "a resync", || {
+        (server.metric("fleetgroups_replication_resyncs_total")? >= n).then_some(())
+    });
+}
+
 fn options(pg: &Pg, gateway: &str) -> Options {
     Options::default()
         .env("FLEETGROUPS_REPLICATION_POSTGRES_URL", &pg.url())
@@ -277,23 +285,20 @@ fn with_the_centre_down_writes_go_on_and_replication_catches_up_after() {
     let down = timed("down");
     // Readiness does not depend on the centre.
     assert_eq!(a.req("GET", "/readyz").send().status, 200);
-    std::thread::sleep(Duration::from_secs(2));
-    // The metrics show the backlog and its age.
     let gauge = |m: &str, name: &str| -> f64 {
         m.lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in {m}"))
     };
-    let m = a.req("GET", "/metrics").send().text();
-    assert!(
-        gauge(&m, "fleetgroups_replication_pending_changes") > 0.0,
-        "{m}"
-    );
-    assert!(
-        gauge(&m, "fleetgroups_replication_lag_seconds") >= 1.5,
-        "{m}"
-    );
+    // The metrics show the backlog and its age, which grows while the centre is away:
+    // waited for until it passes 1.5 s (the writes above are older than that by then).
+    poll_until(Duration::from_secs(30), "the backlog's age to grow", || {
+        let m = a.req("GET", "/metrics").send().text();
+        (gauge(&m, "fleetgroups_replication_pending_changes") > 0.0
+            && gauge(&m, "fleetgroups_replication_lag_seconds") >= 1.5)
+            .then_some(())
+    });
     let down2 = timed("down2");
     println!("the same writes: {up:?} with the centre up, {down:?} and {down2:?} with it down");
     assert!(
@@ -443,7 +448,7 @@ fn a_restore_resyncs_the_centre_from_a_snapshot() {
         &[],
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let b = TestServer::with_dir(dir, options(&pg, "gw-r"));
+    let mut b = TestServer::with_dir(dir, options(&pg, "gw-r"));
     let other_key = b.cli(&["user", "rotate-key", "other"]).key();
     let tb = vec![b.login("admin", &admin_key), b.login("other", &other_key)];
     let new_id = store_id(&b, &tb[0]);
@@ -457,9 +462,7 @@ fn a_restore_resyncs_the_centre_from_a_snapshot() {
                 .map(|_| ())
         },
     );
-    b.wait_for_log("replication: resynced");
-    let log = b.log();
-    assert!(log.contains(&old_id) && log.contains(&new_id), "{log}");
+    wait_for_resyncs(&b, 1.0);
     work(&b, &tb, 2, "new");
     caught_up(&pg, "gw-r", high(&b, &tb[0]), Duration::from_secs(30));
     assert_converged(&pg, &b, "gw-r", &tb);
@@ -471,6 +474,16 @@ fn a_restore_resyncs_the_centre_from_a_snapshot() {
     assert!(
         m.contains("fleetgroups_replication_resyncs_total 1\n"),
         "{m}"
+    );
+    // The resync's line names both stores: the whole log, once the gateway has exited.
+    let log = b.stop_for_log();
+    let resynced = log
+        .lines()
+        .find(|l| l.contains("replication: resynced"))
+        .unwrap_or_else(|| panic!("no resync logged:\n{log}"));
+    assert!(
+        resynced.contains(&old_id) && resynced.contains(&new_id),
+        "{resynced}"
     );
 }
 
@@ -579,31 +592,38 @@ fn a_cursor_older_than_the_feeds_retention_resyncs() {
         &[],
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let b = TestServer::with_dir(dir, options(&pg, "gw-t"));
+    let mut b = TestServer::with_dir(dir, options(&pg, "gw-t"));
     let tb = vec![b.login("admin", &keys[0]), b.login("other", &keys[1])];
     caught_up(&pg, "gw-t", high(&b, &tb[0]), Duration::from_secs(30));
-    b.wait_for_log("replication: resynced");
-    assert!(
-        b.log().contains("no longer holds its whole history"),
-        "{}",
-        b.log()
-    );
+    wait_for_resyncs(&b, 1.0);
     assert_converged(&pg, &b, "gw-t", &tb);
     // The centre's cursor falls behind the retained history (as after a long outage).
     pg.query("UPDATE fleetgroups.gateways SET applied_seq = 0 WHERE gateway_id = 'gw-t'");
     work(&b, &tb, 1, "after");
     caught_up(&pg, "gw-t", high(&b, &tb[0]), Duration::from_secs(30));
-    b.wait_for_log_count("replication: resynced", 2);
-    assert!(
-        b.log().contains("older than the feed's retention"),
-        "{}",
-        b.log()
-    );
+    wait_for_resyncs(&b, 2.0);
     assert_converged(&pg, &b, "gw-t", &tb);
     let m = b.req("GET", "/metrics").send().text();
     assert!(
         m.contains("fleetgroups_replication_resyncs_total 2\n"),
         "{m}"
+    );
+    // Each resync's line says why: the whole log, once the gateway has exited.
+    let log = b.stop_for_log();
+    let reasons: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("replication: resynced"))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{log}");
+    assert!(
+        reasons[0].contains("no longer holds its whole history"),
+        "{}",
+        reasons[0]
+    );
+    assert!(
+        reasons[1].contains("older than the feed's retention"),
+        "{}",
+        reasons[1]
     );
 }
 
@@ -677,15 +697,14 @@ fn sslmodes_are_honoured_over_tls() {
         assert_converged_one(&pg, s, gw, t);
     }
     for (gw, s, _) in &servers[good.len()..] {
-        s.wait_for_log("replication: cannot reach the central database");
+        // It tried and failed: its connect errors counted.
+        poll_until(Duration::from_secs(30), "a failed connect", || {
+            (s.metric("fleetgroups_replication_errors_total{kind=\"connect\"}")? > 0.0)
+                .then_some(())
+        });
         assert!(
             central_applied(&pg, gw).is_none(),
             "{gw} reached the centre"
-        );
-        let m = s.req("GET", "/metrics").send().text();
-        assert!(
-            !m.contains("fleetgroups_replication_errors_total{kind=\"connect\"} 0\n"),
-            "{gw}: {m}"
         );
     }
 }
@@ -723,7 +742,12 @@ fn a_hung_centre_delays_neither_readiness_nor_the_stop() {
     let t = s.admin_token();
     s.client(&t)
         .create(&json!({"name": "written while the centre hangs"}));
-    std::thread::sleep(Duration::from_millis(500));
+    // The gateway is inside its connect to the hung centre: the connection is there
+    // (taken from the backlog here, and held open without a word).
+    hung.set_nonblocking(true).expect("nonblocking");
+    let _held = poll_until(Duration::from_secs(30), "the gateway to connect", || {
+        hung.accept().ok().map(|(stream, _)| stream)
+    });
     let t0 = Instant::now();
     let status = s.stop();
     assert!(status.success(), "{status:?}");

@@ -151,7 +151,11 @@ impl TestServer {
     }
 
     /// Waits (polling, with a deadline) until the log contains `needle`; panics with
-    /// the log when it does not appear in time.
+    /// the log when it does not appear in time. Only for tests whose subject is the log
+    /// itself and where nothing else shows that the line is due (a refused reload, a
+    /// log level): a test that waits for something to happen waits on the state it
+    /// changes (`metric`, `signal_delivered`, a file, a connection), and one that checks
+    /// a line after the fact reads `stop_for_log`.
     pub fn wait_for_log(&self, needle: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {
@@ -170,7 +174,7 @@ impl TestServer {
     }
 
     /// Waits (polling, with a deadline) until the log contains `needle` `n` times;
-    /// returns the log.
+    /// returns the log. The same rule as `wait_for_log`.
     pub fn wait_for_log_count(&self, needle: &str, n: usize) -> String {
         poll_until(Duration::from_secs(10), needle, || {
             let log = self.log();
@@ -333,6 +337,64 @@ impl TestServer {
     pub fn stop(&mut self) -> ExitStatus {
         self.signal("TERM");
         self.wait()
+    }
+
+    /// Stops the server (it must exit 0) and returns its whole log. Once the process
+    /// has exited and its stderr is read to the end, every line it logged is there: the
+    /// way to check a line after the state that caused it was observed, since the
+    /// server writes its log from a thread of its own and a line can trail the answer
+    /// or the state change it belongs to.
+    pub fn stop_for_log(&mut self) -> String {
+        let status = self.stop();
+        assert!(status.success(), "{status}; log:\n{}", self.log());
+        self.log()
+    }
+
+    /// The value of one sample of `/metrics` (`name` or `name{labels}`, as written),
+    /// `None` when the scrape does not carry it.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let text = self.req("GET", "/metrics").send().text();
+        text.lines().find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+    }
+
+    /// Waits until the kernel has delivered `sig` (a name such as `USR1`, sent with
+    /// `signal`) to the process: it is no longer pending in `/proc/<pid>/status`. A
+    /// signal whose handler is installed leaves the process running; one without
+    /// would have ended it by then, which `is_running`/a request then shows.
+    pub fn wait_signal_delivered(&self, sig: &str) {
+        let number: u32 = match sig {
+            "HUP" => 1,
+            "INT" => 2,
+            "USR1" => 10,
+            "USR2" => 12,
+            "ALRM" => 14,
+            "TERM" => 15,
+            other => panic!("no signal number known for SIG{other}"),
+        };
+        let bit = 1u64 << (number - 1);
+        let status = format!("/proc/{}/status", self.pid());
+        poll_until(
+            Duration::from_secs(10),
+            &format!("SIG{sig} to be delivered"),
+            || {
+                let text = std::fs::read_to_string(&status).ok()?;
+                // SigPnd: pending for the main thread; ShdPnd: for the whole process
+                // (where `kill` puts it).
+                let pending = text
+                    .lines()
+                    .filter_map(|l| {
+                        let mask = l
+                            .strip_prefix("SigPnd:")
+                            .or_else(|| l.strip_prefix("ShdPnd:"))?;
+                        u64::from_str_radix(mask.trim(), 16).ok()
+                    })
+                    .fold(0, |all, m| all | m);
+                (pending & bit == 0).then_some(())
+            },
+        );
     }
 
     /// Starts the server again on the same data directory (new port); also the first

@@ -270,13 +270,17 @@ fn sighup_reloads_the_certificate_and_a_broken_one_keeps_the_old() {
         "nothing changes before the signal"
     );
     server.signal("HUP");
-    server.wait_for_log("TLS certificate and key reloaded");
-    handshake(&server, &trusts_second).expect("new connections get the new certificate");
+    // The reload is done when new connections get the new certificate.
+    crate::support::poll_until(Duration::from_secs(30), "the new certificate", || {
+        handshake(&server, &trusts_second).ok()
+    });
     assert!(handshake(&server, &trusts_first).is_err());
     let r = https(&server, &trusts_second, "GET", "/healthz", None, None);
     assert_eq!(r.status, 200);
 
-    // A broken replacement (a truncated certificate): the running pair stays.
+    // A broken replacement (a truncated certificate): the running pair stays. Nothing
+    // changes that a client could see, by design, so the refusal's log line is both
+    // the sign that the reload ran and what is checked (it must name the key).
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap();
     server.signal("HUP");
     server.wait_for_log("TLS certificate not reloaded, new connections keep the old one");

@@ -4,8 +4,8 @@ for the before/after table of the issue "Nothing outside a request can stop, sta
 exhaust the service". Runs each binary given on the command line on 127.0.0.1 with a
 fresh data directory, side by side, and prints one table. Stops by itself.
 
-    scripts/faults-measure.py OLD_BINARY NEW_BINARY
-    SCENARIOS=stalled scripts/faults-measure.py …   (or big)
+    bench/faults.py OLD_BINARY NEW_BINARY
+    SCENARIOS=stalled bench/faults.py …   (or big)
 
 Scenarios (each against a fresh server):
 - stalled: 1,030 connections (over the default limit of 1,024) pipeline 100 requests

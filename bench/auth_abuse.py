@@ -9,7 +9,7 @@
 # It starts the binary itself (default target/release/fleetgroups) on 127.0.0.1 with a
 # temporary data directory, and stops it at the end. Loopback only, bounded in time.
 #
-# usage: scripts/auth_abuse.py [--bin PATH] [--flood-threads 8] [--seconds 10] [--samples 200]
+# usage: bench/auth_abuse.py [--bin PATH] [--flood-threads 8] [--seconds 10] [--samples 200]
 
 import argparse
 import http.client

@@ -1,4 +1,4 @@
-//! Property tests (proptest) of the request-header checks in `body.rs`: for any
+//! Property tests (proptest) of the request-header checks in `http/body.rs`: for any
 //! `Content-Type` and `Content-Length` a client can put on the wire, `check_headers`
 //! never panics, refuses an oversized declared length before anything else, accepts
 //! exactly the media types api.md §1 allows (case and parameters aside), and echoes
@@ -8,9 +8,9 @@ use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING
 use hyper::HeaderMap;
 use proptest::prelude::*;
 
-use super::body::{check_headers, BodyKind};
-use super::router::Op;
 use crate::error::ApiError;
+use crate::http::body::{check_headers, BodyKind};
+use crate::http::router::Op;
 
 const MAX: u64 = 4096;
 

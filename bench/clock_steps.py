@@ -13,7 +13,7 @@
 # It starts the binary itself (default target/release/fleetgroups) on 127.0.0.1 with a
 # temporary data directory and stops it at the end: loopback only, bounded in time.
 #
-# usage: scripts/clock_steps.py [--bin PATH]
+# usage: bench/clock_steps.py [--bin PATH]
 
 import argparse
 import datetime

@@ -3,7 +3,7 @@
 # times an offline backup, then starts a server on the store and times a backup
 # through the admin socket while a client keeps reading and one client writes, to show
 # that reads go on while the export holds the writer mutex and writes wait for it.
-# Prints a table. Usage: scripts/backup-bench.sh [N]   (BIN=… to pick the binary)
+# Prints a table. Usage: bench/backup.sh [N]   (BIN=… to pick the binary)
 # Loopback only; everything runs in a temporary directory that is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,7 +8,7 @@
 # It starts the binary itself (default target/release/fleetgroups) on 127.0.0.1 with a
 # temporary data directory and stops it at the end: loopback only, bounded in time.
 #
-# usage: scripts/login_flood_rss.py [--bin PATH] [--seconds 20] [--threads 8]
+# usage: bench/login_flood_rss.py [--bin PATH] [--seconds 20] [--threads 8]
 #                                   [--name-kb 900] [--addresses rotate|single]
 
 import argparse
