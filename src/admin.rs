@@ -31,7 +31,8 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::app::App;
 use crate::store::users::Role;
 use crate::store::Store;
-use crate::users::{render_key_json, render_list, render_list_json, Admin, UserChanges};
+use crate::time::Clock;
+use crate::users::{render_key_json, render_list, render_list_json, UserChanges, UserManager};
 
 /// The protocol version this binary speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -176,9 +177,10 @@ impl Command {
 /// Runs a command against a store — the running server's (`live`) or one the CLI
 /// opened — and returns what to print. Blocking (argon2, fsync).
 pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome {
+    let clock = live.map_or_else(Clock::system, |app| app.clock.clone());
     let admin = match live {
-        Some(app) => Admin::live(&app.store, &app.auth, &app.usage),
-        None => Admin::offline(store),
+        Some(app) => UserManager::live(&app.store, &app.auth, &app.usage, clock.clone()),
+        None => UserManager::offline(store, clock.clone()),
     };
     let result = match command {
         Command::UserAdd {
@@ -247,13 +249,13 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
                 // The counters live in memory; the backup should have the latest.
                 app.persist_usage();
             }
-            return match crate::backup::write(store, file) {
+            return match crate::backup::write(store, file, &clock) {
                 Ok(counts) => Outcome::ok(
                     String::new(),
                     format!(
                         "wrote a backup of {counts} to {}\n{}",
                         file.display(),
-                        backed_up(store, live, file)
+                        backed_up(store, live, file, &clock)
                     ),
                 ),
                 Err(e) => Outcome::failed(1, format!("backup failed: {e}")),
@@ -263,7 +265,7 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
             if let Some(app) = live {
                 app.persist_usage();
             }
-            let done = match crate::backup::write_to_dir(store, dir, *keep) {
+            let done = match crate::backup::write_to_dir(store, dir, *keep, &clock) {
                 Ok(done) => done,
                 Err(e) => return Outcome::failed(1, format!("backup failed: {e}")),
             };
@@ -275,7 +277,7 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
             for old in &done.removed {
                 stderr.push_str(&format!("removed the old backup {}\n", old.display()));
             }
-            stderr.push_str(&backed_up(store, live, &done.file));
+            stderr.push_str(&backed_up(store, live, &done.file, &clock));
             // The path alone on stdout, for scripts (`FILE=$(fleetgroups backup --dir …)`).
             let stdout = format!("{}\n", done.file.display());
             return match done.rotate_error {
@@ -299,7 +301,7 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
 /// Records a successful backup for `/metrics` (in the running server's memory and in
 /// the data directory's state file, which a restarted server reads); returns a
 /// warning for stderr when the file could not be written (the backup itself is fine).
-fn backed_up(store: &Store, live: Option<&App>, file: &Path) -> String {
+fn backed_up(store: &Store, live: Option<&App>, file: &Path, clock: &Clock) -> String {
     let data_dir = match live {
         Some(app) => app.config.data_dir.clone(),
         // The store lives in `<data_dir>/store`.
@@ -309,10 +311,10 @@ fn backed_up(store: &Store, live: Option<&App>, file: &Path) -> String {
             .map(Path::to_path_buf)
             .unwrap_or_default(),
     };
-    let (ms, warning) = match crate::backup::record_success(&data_dir, file) {
+    let (ms, warning) = match crate::backup::record_success(&data_dir, file, clock) {
         Ok(ms) => (ms, String::new()),
         Err(e) => (
-            crate::time::now_ms(),
+            clock.wall_ms(),
             format!("fleetgroups: warning: {e}; after a restart the server will not know of this backup\n"),
         ),
     };

@@ -14,8 +14,9 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions};
+use crate::time::Clock;
 use crate::usage::Usage;
-use crate::users::Admin;
+use crate::users::UserManager;
 
 /// Shared state of one server.
 pub struct App {
@@ -29,6 +30,8 @@ pub struct App {
     pub backup_last_success_ms: AtomicI64,
     /// Central replication's figures for `/metrics` (`replication.rs`).
     pub replication: crate::replication::Stats,
+    /// The one source of the time outside the store: tests move it.
+    pub clock: Clock,
     stopping: AtomicBool,
 }
 
@@ -115,9 +118,14 @@ fn open_waiting(config: &Config) -> Result<Store, StartError> {
 impl App {
     /// Opens the store, creates the first user on a first start, loads auth and usage.
     pub fn open(config: Config) -> Result<App, StartError> {
+        App::open_with_clock(config, Clock::system())
+    }
+
+    /// [`App::open`] on a given clock (tests pass a manual one).
+    pub fn open_with_clock(config: Config, clock: Clock) -> Result<App, StartError> {
         let store = open_waiting(&config)?;
-        bootstrap(&store, &config.data_dir)?;
-        let auth = Auth::load(&store, &config.auth)
+        bootstrap(&store, &config.data_dir, &clock)?;
+        let auth = Auth::load(&store, &config.auth, clock.clone())
             .map_err(|e| StartError::new(format!("loading users: {e:?}")))?;
         let usage = Usage::load(
             store
@@ -132,7 +140,8 @@ impl App {
             usage,
             metrics: Metrics::default(),
             backup_last_success_ms: AtomicI64::new(last_backup),
-            replication: crate::replication::Stats::default(),
+            replication: crate::replication::Stats::new(clock.clone()),
+            clock,
             stopping: AtomicBool::new(false),
         })
     }
@@ -192,7 +201,7 @@ impl App {
 
     /// Hourly upkeep: expired tokens, idempotency records and old change entries.
     pub fn purge(&self) {
-        let now = crate::time::now_ms();
+        let now = self.clock.wall_ms();
         let days = self.config.retention.changes_days.min(36_500);
         match self.store.purge(Duration::from_secs(days * 86_400), now) {
             Ok(p) if p.changes + p.idempotency > 0 => tracing::info!(
@@ -259,15 +268,14 @@ pub fn spawn_upkeep(app: &Arc<App>) {
 
 /// On a first start (no user at all), creates `admin` and writes its key to
 /// `<data_dir>/initial-api-key` (0600). Logs the file's path, never the key.
-fn bootstrap(store: &Store, data_dir: &Path) -> Result<(), StartError> {
+fn bootstrap(store: &Store, data_dir: &Path, clock: &Clock) -> Result<(), StartError> {
     let users = store
         .users()
         .map_err(|e| StartError::new(format!("reading users: {e:?}")))?;
     if !users.is_empty() {
         return Ok(());
     }
-    let admin = Admin::offline(store);
-    let key = admin
+    let key = UserManager::offline(store, clock.clone())
         .add("admin", "default", crate::store::users::Role::Write, None)
         .map_err(|e| StartError::new(format!("creating the first user: {e}")))?
         .key;

@@ -363,6 +363,8 @@ impl ServerCertVerifier for ChainOnly {
 /// What `/metrics` shows (replication.md §4).
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Dates the marks and the last success (the app's clock).
+    clock: crate::time::Clock,
     pub enabled: std::sync::atomic::AtomicBool,
     /// The `applied_seq` the centre confirmed last.
     pub applied_seq: AtomicU64,
@@ -380,6 +382,14 @@ pub struct Stats {
 const MAX_MARKS: usize = 4096;
 
 impl Stats {
+    /// Empty figures on `clock`.
+    pub fn new(clock: crate::time::Clock) -> Stats {
+        Stats {
+            clock,
+            ..Stats::default()
+        }
+    }
+
     fn error(&self, kind: &str) {
         if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
             self.errors[i].fetch_add(1, Ordering::Relaxed);
@@ -403,7 +413,12 @@ impl Stats {
         }
         crate::sync::lock(&self.marks)
             .front()
-            .map_or(0.0, |(_, t)| t.elapsed().as_secs_f64())
+            .map_or(0.0, |(_, t)| {
+                self.clock
+                    .mono()
+                    .saturating_duration_since(*t)
+                    .as_secs_f64()
+            })
     }
 
     /// Notes the store's highest seq now, and forgets what the centre has applied.
@@ -417,14 +432,14 @@ impl Stats {
             && marks.back().map_or(true, |(s, _)| *s < last_seq)
             && marks.len() < MAX_MARKS
         {
-            marks.push_back((last_seq, Instant::now()));
+            marks.push_back((last_seq, self.clock.mono()));
         }
     }
 
     fn applied(&self, seq: u64, last_seq: u64) {
         self.applied_seq.store(seq, Ordering::Relaxed);
         self.last_success_ms
-            .store(crate::time::now_ms(), Ordering::Relaxed);
+            .store(self.clock.wall_ms(), Ordering::Relaxed);
         self.observe(last_seq);
     }
 }

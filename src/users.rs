@@ -6,7 +6,7 @@
 use crate::auth::{generate_key, hash_key, valid_name, Auth};
 use crate::store::users::{Role, UsageRecord, UserRecord};
 use crate::store::Store;
-use crate::time::{now_ms, rfc3339_ms};
+use crate::time::{rfc3339_ms, Clock};
 use crate::usage::Usage;
 
 /// A failed admin operation; the message is for the operator.
@@ -51,23 +51,36 @@ pub struct UserRow {
     pub usage: UsageRecord,
 }
 
-/// User management over a store, optionally mirrored into a running server.
-pub struct Admin<'a> {
+/// User management over a store, optionally mirrored into a running server. (Not
+/// the admin socket, `admin.rs`, which is one of its callers.)
+pub struct UserManager<'a> {
     store: &'a Store,
     live: Option<(&'a Auth, &'a Usage)>,
+    /// Dates new keys and users, and the UTC day of the counters `list` shows.
+    clock: Clock,
 }
 
-impl<'a> Admin<'a> {
+impl<'a> UserManager<'a> {
     /// For the CLI with the server stopped.
-    pub fn offline(store: &'a Store) -> Admin<'a> {
-        Admin { store, live: None }
+    pub fn offline(store: &'a Store, clock: Clock) -> UserManager<'a> {
+        UserManager {
+            store,
+            live: None,
+            clock,
+        }
     }
 
     /// For the admin socket of a running server.
-    pub fn live(store: &'a Store, auth: &'a Auth, usage: &'a Usage) -> Admin<'a> {
-        Admin {
+    pub fn live(
+        store: &'a Store,
+        auth: &'a Auth,
+        usage: &'a Usage,
+        clock: Clock,
+    ) -> UserManager<'a> {
+        UserManager {
             store,
             live: Some((auth, usage)),
+            clock,
         }
     }
 
@@ -108,7 +121,7 @@ impl<'a> Admin<'a> {
             return Err(AdminError(format!("a user named {name:?} already exists")));
         }
         let key = generate_key();
-        let now = now_ms();
+        let now = self.clock.wall_ms();
         let user = UserRecord {
             name: name.to_string(),
             account: account.to_string(),
@@ -129,7 +142,7 @@ impl<'a> Admin<'a> {
     pub fn list(&self) -> Result<Vec<UserRow>, AdminError> {
         let stored: std::collections::HashMap<String, UsageRecord> =
             self.store.usage_records()?.into_iter().collect();
-        let now = crate::time::Now::read();
+        let now = self.clock.now();
         Ok(self
             .store
             .users()?
@@ -158,7 +171,7 @@ impl<'a> Admin<'a> {
         let key = generate_key();
         user.key_hash = hash_key(&key)?;
         user.key_generation += 1;
-        user.key_created = now_ms();
+        user.key_created = self.clock.wall_ms();
         self.store.put_user(&user, true)?;
         self.publish(name, Some(user.clone()));
         Ok(NewKey { key, user })

@@ -115,10 +115,7 @@ async fn serve(
             daily: app.config.effective_daily_limit(user.daily_limit),
             per_minute: app.config.limits.requests_per_minute,
         };
-        match app
-            .usage
-            .count(&user.name, limits, crate::time::Now::read())
-        {
+        match app.usage.count(&user.name, limits, app.clock.now()) {
             Ok(counts) => outcome.usage = Some(counts),
             Err((err, total, daily)) => {
                 outcome.usage = Some((total, daily));
