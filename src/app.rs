@@ -28,8 +28,6 @@ pub struct App {
     /// When the last backup succeeded (ms since the epoch, 0: none known): set by
     /// backups through the admin socket, read at start from `backup::LAST_SUCCESS_FILE`.
     pub backup_last_success_ms: AtomicI64,
-    /// Central replication's figures for `/metrics` (`replication.rs`).
-    pub replication: crate::replication::Stats,
     /// The one source of the time outside the store: tests move it.
     pub clock: Clock,
     stopping: AtomicBool,
@@ -138,9 +136,8 @@ impl App {
             store,
             auth,
             usage,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(clock.clone()),
             backup_last_success_ms: AtomicI64::new(last_backup),
-            replication: crate::replication::Stats::new(clock.clone()),
             clock,
             stopping: AtomicBool::new(false),
         })
@@ -164,8 +161,33 @@ impl App {
     /// answers: the server keeps serving reads then and `/readyz` says 503. Withholding
     /// the watchdog for it would make systemd restart a server that works as designed,
     /// and on a full disk the restarts can fail and leave no server at all.
-    pub fn store_answers(&self) -> bool {
-        self.store.user("admin").is_ok()
+    pub fn store_answers_reads(&self) -> bool {
+        // A point read of the users space for a name no user can have (the userName
+        // rule needs at least one character): `Ok(None)` means sled answered, and
+        // which users exist does not matter.
+        self.store.user("").is_ok()
+    }
+
+    /// The values `/metrics` shows that the store, auth and backups own, read now.
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let flush = self.store.flush_stats();
+        let (failed_names, failed_addresses) = self.auth.failed_login_entries();
+        crate::metrics::Snapshot {
+            groups: self.store.group_count(),
+            users: self.auth.user_count() as u64,
+            failed_login_names: failed_names as u64,
+            failed_login_addresses: failed_addresses as u64,
+            store_bytes: self.store.size_on_disk(),
+            store_healthy: self.store.healthy() && self.store_answers_reads(),
+            live_tokens: self.auth.live_tokens() as u64,
+            flushes: load(&flush.flushes),
+            flush_waits: load(&flush.tickets),
+            flush_sled_micros: load(&flush.sled_micros),
+            flush_fsync_micros: load(&flush.sync_micros),
+            backup_last_success_ms: self.backup_last_success_ms.load(Ordering::Relaxed),
+            last_seq: self.store.last_seq(),
+        }
     }
 
     /// Writes changed usage counters to the store.

@@ -13,10 +13,10 @@
 //! Secrets: the password comes from `password_file` or the URL and is never logged,
 //! put in an error message, a metric or `check-config` (`redact_url`).
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -47,9 +47,6 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// How often an idle replicator looks for new entries.
 const POLL: Duration = Duration::from_millis(100);
-
-/// Error kinds of `fleetgroups_replication_errors_total{kind}`.
-pub const ERROR_KINDS: [&str; 5] = ["connect", "schema", "apply", "resync", "store"];
 
 /// `sslmode`, as libpq names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,90 +357,6 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// What `/metrics` shows (replication.md §4).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Dates the marks and the last success (the app's clock).
-    clock: crate::time::Clock,
-    pub enabled: std::sync::atomic::AtomicBool,
-    /// The `applied_seq` the centre confirmed last.
-    pub applied_seq: AtomicU64,
-    /// When a batch or resync last committed (ms since the epoch; 0: never).
-    pub last_success_ms: AtomicI64,
-    pub resyncs: AtomicU64,
-    errors: [AtomicU64; ERROR_KINDS.len()],
-    /// (highest seq seen, when it was first seen), oldest first, only seqs not yet
-    /// applied centrally: the front dates the oldest pending change (monotonic clock).
-    marks: Mutex<VecDeque<(u64, Instant)>>,
-}
-
-/// At most this many marks; past it new ones wait (the front, which dates the lag,
-/// is kept).
-const MAX_MARKS: usize = 4096;
-
-impl Stats {
-    /// Empty figures on `clock`.
-    pub fn new(clock: crate::time::Clock) -> Stats {
-        Stats {
-            clock,
-            ..Stats::default()
-        }
-    }
-
-    fn error(&self, kind: &str) {
-        if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
-            self.errors[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// `fleetgroups_replication_errors_total` per kind.
-    pub fn errors(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        ERROR_KINDS
-            .iter()
-            .zip(&self.errors)
-            .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
-    }
-
-    /// Seconds the oldest change not yet applied centrally has waited since it was
-    /// first seen (0: caught up).
-    pub fn lag_seconds(&self, last_seq: u64) -> f64 {
-        self.observe(last_seq);
-        if last_seq <= self.applied_seq.load(Ordering::Relaxed) {
-            return 0.0;
-        }
-        crate::sync::lock(&self.marks)
-            .front()
-            .map_or(0.0, |(_, t)| {
-                self.clock
-                    .mono()
-                    .saturating_duration_since(*t)
-                    .as_secs_f64()
-            })
-    }
-
-    /// Notes the store's highest seq now, and forgets what the centre has applied.
-    fn observe(&self, last_seq: u64) {
-        let applied = self.applied_seq.load(Ordering::Relaxed);
-        let mut marks = crate::sync::lock(&self.marks);
-        while marks.front().is_some_and(|(s, _)| *s <= applied) {
-            marks.pop_front();
-        }
-        if last_seq > applied
-            && marks.back().map_or(true, |(s, _)| *s < last_seq)
-            && marks.len() < MAX_MARKS
-        {
-            marks.push_back((last_seq, self.clock.mono()));
-        }
-    }
-
-    fn applied(&self, seq: u64, last_seq: u64) {
-        self.applied_seq.store(seq, Ordering::Relaxed);
-        self.last_success_ms
-            .store(self.clock.wall_ms(), Ordering::Relaxed);
-        self.observe(last_seq);
-    }
-}
-
 /// A failure of one attempt: its metric kind and a message safe to log.
 #[derive(Debug)]
 struct Failure {
@@ -484,7 +397,10 @@ pub fn spawn(app: &Arc<App>, stop: watch::Receiver<bool>) -> Option<tokio::task:
             return None;
         }
     };
-    app.replication.enabled.store(true, Ordering::Relaxed);
+    app.metrics
+        .replication
+        .enabled
+        .store(true, Ordering::Relaxed);
     tracing::info!(
         gateway_id = %settings.gateway_id,
         store_id = %app.store.store_id(),
@@ -533,7 +449,7 @@ async fn run(app: Arc<App>, settings: Settings, mut stop: watch::Receiver<bool>)
         match outcome {
             Ok(()) => return,
             Err(f) => {
-                app.replication.error(f.kind);
+                app.metrics.replication.error(f.kind);
                 if link != Link::Down {
                     let what = if link == Link::Up {
                         "replication: lost the central database"
@@ -552,7 +468,7 @@ async fn run(app: Arc<App>, settings: Settings, mut stop: watch::Receiver<bool>)
                 }
             }
         }
-        app.replication.observe(app.store.last_seq());
+        app.metrics.replication.observe(app.store.last_seq());
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.wait_for(|s| *s) => return,
@@ -676,7 +592,7 @@ async fn session(
     backoff: &mut Duration,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Failure> {
-    let stats = &app.replication;
+    let stats = &app.metrics.replication;
     let store_id = app.store.store_id().to_string();
     let mut announced = false;
     loop {
@@ -960,8 +876,13 @@ async fn resync(
     .await
     .map_err(f)?;
     tx.commit().await.map_err(f)?;
-    app.replication.resyncs.fetch_add(1, Ordering::Relaxed);
-    app.replication.applied(snapshot.seq, app.store.last_seq());
+    app.metrics
+        .replication
+        .resyncs
+        .fetch_add(1, Ordering::Relaxed);
+    app.metrics
+        .replication
+        .applied(snapshot.seq, app.store.last_seq());
     tracing::warn!(
         gateway_id = %s.gateway_id,
         central_store_id = seen.as_ref().map_or("(none)", |c| c.store_id.as_str()),

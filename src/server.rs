@@ -125,7 +125,8 @@ pub fn run(config: Config, overrides: Overrides) -> ExitCode {
         tracing::info!(data_dir = %app.config.data_dir.display(), "listening on {scheme}://{addr}");
         let notifier = Arc::new(Notifier::from_env());
         notifier.ready(&format!("serving on {scheme}://{addr}"));
-        notifier.spawn_watchdog(&app);
+        let probed = Arc::clone(&app);
+        notifier.spawn_watchdog(move || probed.store_answers_reads());
         let stop_notifier = Arc::clone(&notifier);
         let shutdown = async move {
             signals.shutdown().await;

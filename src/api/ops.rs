@@ -40,7 +40,7 @@ pub fn metrics(app: &App, peer: Option<IpAddr>) -> Result<Reply, ApiError> {
             "metrics are not served to this address (metrics.allowed_networks)".into(),
         ));
     }
-    let text = app.metrics.render(app);
+    let text = app.metrics.render(&app.metrics_snapshot());
     Ok(Reply {
         status: 200,
         raw: Some((
