@@ -4,9 +4,12 @@
 
 use std::net::IpAddr;
 
+use http::StatusCode;
+
+use super::Reply;
 use crate::app::App;
 use crate::error::ApiError;
-use crate::http::response::{push_member, Reply};
+use crate::json::push_member;
 
 pub fn healthz() -> Reply {
     let mut m = Vec::new();
@@ -42,11 +45,10 @@ pub fn metrics(app: &App, peer: Option<IpAddr>) -> Result<Reply, ApiError> {
     }
     let text = app.metrics.render(&app.metrics_snapshot());
     Ok(Reply {
-        status: 200,
         raw: Some((
             "text/plain; version=0.0.4; charset=utf-8",
             text.into_bytes().into(),
         )),
-        ..Reply::default()
+        ..Reply::new(StatusCode::OK)
     })
 }
