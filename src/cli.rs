@@ -623,7 +623,7 @@ fn offline(config: &Config, command: &AdminCommand, socket_error: &str) -> Outco
 
 fn restore(config: &Config, file: &std::path::Path) -> ExitCode {
     // What restore keeps but warns about (names the current rules refuse) is logged.
-    crate::log::init(&config.log);
+    crate::log::init(&config.log.level, config.log.format);
     let restored =
         crate::backup::restore(&config.data_dir, &crate::app::store_options(config), file);
     // The log writer thread dies with the process: let it write the warnings first.
@@ -646,7 +646,7 @@ fn restore(config: &Config, file: &std::path::Path) -> ExitCode {
 /// `restore --check`: reads and checks the whole file, writes nothing, prints a summary.
 fn check_backup(config: &Config, file: &std::path::Path) -> ExitCode {
     // Warnings restore would log (names the current rules refuse) show here too.
-    crate::log::init(&config.log);
+    crate::log::init(&config.log.level, config.log.format);
     let checked = crate::backup::check(file, config.limits.max_devices_per_group);
     crate::log::flush();
     match checked {

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cidr::Cidr;
+// The log's own types: `log.rs` parses and applies them and knows nothing of this file.
+pub use crate::log::{LogFormat, LogLevel};
 
 /// The whole configuration. Field names are the TOML keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,8 +156,8 @@ pub struct TlsConfig {
 pub struct LogConfig {
     /// A level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or a comma-separated
     /// list of directives in `EnvFilter` syntax (`info,fleetgroups::access=off`); checked
-    /// by `log::check_level`.
-    pub level: String,
+    /// as it is read (`log::LogLevel`).
+    pub level: LogLevel,
     /// `text` or `json`.
     pub format: LogFormat,
     /// The per-request line (target `fleetgroups::access`): `all`, `errors` (status
@@ -181,13 +183,6 @@ impl AccessLog {
             AccessLog::Off => false,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -336,7 +331,7 @@ impl Default for RetentionConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            level: "info".into(),
+            level: LogLevel::default(),
             format: LogFormat::Text,
             access: AccessLog::All,
         }
@@ -520,9 +515,6 @@ impl Config {
         }
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             return bad("tls", "set both cert and key, or neither");
-        }
-        if let Err(why) = crate::log::check_level(&self.log.level) {
-            return bad("log.level", &why);
         }
         let r = &self.replication;
         if !(1..=10_000).contains(&r.batch_size) {

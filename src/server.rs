@@ -46,7 +46,7 @@ const SEND_BUFFER_BYTES: usize = 256 * 1024;
 /// operator (a damaged store, an interrupted restore, another format version). SIGHUP re-reads the configuration as
 /// `overrides` and the environment give it (`reload.rs`).
 pub fn run(config: Config, overrides: Overrides) -> ExitCode {
-    let level = crate::log::init(&config.log);
+    let level = crate::log::init(&config.log.level, config.log.format);
     // First, so that even a start that fails says which build it was.
     tracing::info!(
         version = crate::build_info::VERSION,
