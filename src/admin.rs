@@ -244,58 +244,72 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
                 format!("removed user {name}; its account's groups stay\n"),
             )
         }),
-        Command::Backup { file } => {
-            if let Some(app) = live {
-                // The counters live in memory; the backup should have the latest.
-                app.persist_usage();
-            }
-            return match crate::backup::write(store, file, &clock) {
-                Ok(counts) => Outcome::ok(
-                    String::new(),
-                    format!(
-                        "wrote a backup of {counts} to {}\n{}",
-                        file.display(),
-                        backed_up(store, live, file, &clock)
-                    ),
-                ),
-                Err(e) => Outcome::failed(1, format!("backup failed: {e}")),
-            };
-        }
+        Command::Backup { file } => return backup_to_file(store, live, file, &clock),
         Command::BackupDir { dir, keep } => {
-            if let Some(app) = live {
-                app.persist_usage();
-            }
-            let done = match crate::backup::write_to_dir(store, dir, *keep, &clock) {
-                Ok(done) => done,
-                Err(e) => return Outcome::failed(1, format!("backup failed: {e}")),
-            };
-            let mut stderr = format!(
-                "wrote a backup of {} to {}\n",
-                done.counts,
-                done.file.display()
-            );
-            for old in &done.removed {
-                stderr.push_str(&format!("removed the old backup {}\n", old.display()));
-            }
-            stderr.push_str(&backed_up(store, live, &done.file, &clock));
-            // The path alone on stdout, for scripts (`FILE=$(fleetgroups backup --dir …)`).
-            let stdout = format!("{}\n", done.file.display());
-            return match done.rotate_error {
-                None => Outcome::ok(stdout, stderr),
-                // The new backup is complete; but left alone the directory fills the
-                // disk, so the timer's run should show as failed.
-                Some(e) => Outcome {
-                    code: 1,
-                    stdout,
-                    stderr: format!(
-                        "{stderr}fleetgroups: the backup is complete, but removing old backups failed: {e}\n"
-                    ),
-                    ..Outcome::default()
-                },
-            };
+            return backup_to_dir(store, live, dir, *keep, &clock);
         }
     };
     result.unwrap_or_else(|e| Outcome::failed(1, e))
+}
+
+/// `backup FILE`.
+fn backup_to_file(store: &Store, live: Option<&App>, file: &Path, clock: &Clock) -> Outcome {
+    if let Some(app) = live {
+        // The counters live in memory; the backup should have the latest.
+        app.persist_usage();
+    }
+    match crate::backup::write(store, file, clock) {
+        Ok(counts) => Outcome::ok(
+            String::new(),
+            format!(
+                "wrote a backup of {counts} to {}\n{}",
+                file.display(),
+                backed_up(store, live, file, clock)
+            ),
+        ),
+        Err(e) => Outcome::failed(1, format!("backup failed: {e}")),
+    }
+}
+
+/// `backup --dir DIR [--keep N]`: the new file's path alone on stdout.
+fn backup_to_dir(
+    store: &Store,
+    live: Option<&App>,
+    dir: &Path,
+    keep: Option<u64>,
+    clock: &Clock,
+) -> Outcome {
+    if let Some(app) = live {
+        app.persist_usage();
+    }
+    let done = match crate::backup::write_to_dir(store, dir, keep, clock) {
+        Ok(done) => done,
+        Err(e) => return Outcome::failed(1, format!("backup failed: {e}")),
+    };
+    let mut stderr = format!(
+        "wrote a backup of {} to {}\n",
+        done.counts,
+        done.file.display()
+    );
+    for old in &done.removed {
+        stderr.push_str(&format!("removed the old backup {}\n", old.display()));
+    }
+    stderr.push_str(&backed_up(store, live, &done.file, clock));
+    // The path alone on stdout, for scripts (`FILE=$(fleetgroups backup --dir …)`).
+    let stdout = format!("{}\n", done.file.display());
+    match done.rotate_error {
+        None => Outcome::ok(stdout, stderr),
+        // The new backup is complete; but left alone the directory fills the
+        // disk, so the timer's run should show as failed.
+        Some(e) => Outcome {
+            code: 1,
+            stdout,
+            stderr: format!(
+                "{stderr}fleetgroups: the backup is complete, but removing old backups failed: {e}\n"
+            ),
+            ..Outcome::default()
+        },
+    }
 }
 
 /// Records a successful backup for `/metrics` (in the running server's memory and in
@@ -478,7 +492,7 @@ pub async fn start(app: &Arc<App>) -> Result<Running, String> {
     let socket = bind(&app.config.admin_socket()).await?;
     tracing::info!(path = %socket.path().display(), "admin socket ready");
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(serve(socket, Arc::clone(app), async move {
+    let task = tokio::spawn(serve_socket(socket, Arc::clone(app), async move {
         let _ = stopped.wait_for(|s| *s).await;
     }));
     Ok(Running { stop, task })
@@ -486,7 +500,7 @@ pub async fn start(app: &Arc<App>) -> Result<Running, String> {
 
 /// Serves admin connections until `shutdown` resolves, lets the ones in flight finish
 /// (bounded), then removes the socket file if it is still ours.
-pub async fn serve(socket: AdminSocket, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+pub async fn serve_socket(socket: AdminSocket, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let mut running = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
