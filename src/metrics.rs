@@ -117,6 +117,64 @@ impl Metrics {
     pub fn render(&self, app: &Snapshot) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str(&crate::build_info::prometheus());
+        self.render_requests(&mut out);
+        let gauges = [
+            ("fleetgroups_groups", "Groups in all accounts.", app.groups),
+            ("fleetgroups_users", "Users.", Some(app.users)),
+            (
+                "fleetgroups_failed_login_names",
+                "userNames in the failed-login table.",
+                Some(app.failed_login_names),
+            ),
+            (
+                "fleetgroups_failed_login_addresses",
+                "Client addresses in the failed-login table.",
+                Some(app.failed_login_addresses),
+            ),
+            (
+                "fleetgroups_store_bytes",
+                "Bytes the store occupies on disk.",
+                Some(app.store_bytes),
+            ),
+        ];
+        // A value the store cannot read right now is left out rather than shown as 0.
+        for (name, help, value) in gauges
+            .into_iter()
+            .filter_map(|(n, h, v)| v.map(|v| (n, h, v)))
+        {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+        render_connections(&mut out, &self.conns);
+        // What /readyz and the watchdog look at: writes are taken (no failed flush) and
+        // a read answers. 0 pages someone before clients see 503s for long.
+        let healthy = app.store_healthy;
+        let _ = writeln!(
+            out,
+            "# HELP fleetgroups_store_healthy 1 while the store answers reads and takes writes, else 0.\n# TYPE fleetgroups_store_healthy gauge\nfleetgroups_store_healthy {}",
+            u8::from(healthy)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleetgroups_tokens Live (unexpired, unrevoked) bearer tokens.\n# TYPE fleetgroups_tokens gauge\nfleetgroups_tokens {}",
+            app.live_tokens
+        );
+        process::render(&mut out);
+        render_counters(&mut out, app);
+        // 0 until a backup is known: `time() - …` is then huge and an alert fires.
+        let _ = writeln!(
+            out,
+            "# HELP fleetgroups_backup_last_success_timestamp_seconds When the last backup of this data directory succeeded (Unix time; 0: none known).\n# TYPE fleetgroups_backup_last_success_timestamp_seconds gauge\nfleetgroups_backup_last_success_timestamp_seconds {}",
+            app.backup_last_success_ms as f64 / 1e3
+        );
+        render_replication(&mut out, &self.replication, app.last_seq);
+        out
+    }
+
+    /// Requests by route and status, and the latency histogram per route.
+    fn render_requests(&self, out: &mut String) {
         out.push_str(
             "# HELP fleetgroups_requests_total HTTP requests answered, by route and status.\n",
         );
@@ -160,120 +218,76 @@ impl Metrics {
                 );
             }
         }
-        let gauges = [
-            ("fleetgroups_groups", "Groups in all accounts.", app.groups),
-            ("fleetgroups_users", "Users.", Some(app.users)),
-            (
-                "fleetgroups_failed_login_names",
-                "userNames in the failed-login table.",
-                Some(app.failed_login_names),
-            ),
-            (
-                "fleetgroups_failed_login_addresses",
-                "Client addresses in the failed-login table.",
-                Some(app.failed_login_addresses),
-            ),
-            (
-                "fleetgroups_store_bytes",
-                "Bytes the store occupies on disk.",
-                Some(app.store_bytes),
-            ),
-        ];
-        // A value the store cannot read right now is left out rather than shown as 0.
-        for (name, help, value) in gauges
-            .into_iter()
-            .filter_map(|(n, h, v)| v.map(|v| (n, h, v)))
-        {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        }
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let c = &self.conns;
+    }
+}
+
+/// The flush and dropped-log-line counters.
+fn render_counters(out: &mut String, app: &Snapshot) {
+    let secs = |micros: u64| (micros as f64 / 1e6).to_string();
+    let counters = [
+        (
+            "fleetgroups_store_flushes_total",
+            "Group-commit flushes (sled flush + fdatasync).",
+            app.flushes.to_string(),
+        ),
+        (
+            "fleetgroups_store_flush_waits_total",
+            "Durable-write waits those flushes released.",
+            app.flush_waits.to_string(),
+        ),
+        (
+            "fleetgroups_store_flush_sled_seconds_total",
+            "Time in sled's flush (log write, sync_file_range).",
+            secs(app.flush_sled_micros),
+        ),
+        (
+            "fleetgroups_store_flush_fsync_seconds_total",
+            "Time in fdatasync of the store files.",
+            secs(app.flush_fsync_micros),
+        ),
+        (
+            "fleetgroups_log_lines_dropped_total",
+            "Log lines dropped because stderr failed or fell behind (log.rs).",
+            crate::log::lines_dropped().to_string(),
+        ),
+    ];
+    for (name, help, value) in counters {
         let _ = writeln!(
             out,
-            "# HELP fleetgroups_connections_open Client connections open now.\n# TYPE fleetgroups_connections_open gauge\nfleetgroups_connections_open {}",
-            load(&c.open)
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
+    }
+}
+
+/// The connection table's gauges and counters (`http/conns.rs`).
+fn render_connections(out: &mut String, c: &ConnStats) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP fleetgroups_connections_open Client connections open now.\n# TYPE fleetgroups_connections_open gauge\nfleetgroups_connections_open {}",
+        load(&c.open)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP fleetgroups_connections_max Most client connections served at once (limits.max_connections).\n# TYPE fleetgroups_connections_max gauge\nfleetgroups_connections_max {}",
+        load(&c.max)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP fleetgroups_connections_blocked Connections whose answer waits for the client to read it.\n# TYPE fleetgroups_connections_blocked gauge\nfleetgroups_connections_blocked {}",
+        load(&c.blocked)
+    );
+    out.push_str("# HELP fleetgroups_connections_closed_total Connections the server closed, by reason.\n# TYPE fleetgroups_connections_closed_total counter\n");
+    for (reason, n) in [
+        ("write_timeout", &c.write_timeouts),
+        ("evicted_idle", &c.evicted_idle),
+        ("evicted_stalled", &c.evicted_stalled),
+    ] {
         let _ = writeln!(
             out,
-            "# HELP fleetgroups_connections_max Most client connections served at once (limits.max_connections).\n# TYPE fleetgroups_connections_max gauge\nfleetgroups_connections_max {}",
-            load(&c.max)
+            "fleetgroups_connections_closed_total{{reason=\"{reason}\"}} {}",
+            load(n)
         );
-        let _ = writeln!(
-            out,
-            "# HELP fleetgroups_connections_blocked Connections whose answer waits for the client to read it.\n# TYPE fleetgroups_connections_blocked gauge\nfleetgroups_connections_blocked {}",
-            load(&c.blocked)
-        );
-        out.push_str("# HELP fleetgroups_connections_closed_total Connections the server closed, by reason.\n# TYPE fleetgroups_connections_closed_total counter\n");
-        for (reason, n) in [
-            ("write_timeout", &c.write_timeouts),
-            ("evicted_idle", &c.evicted_idle),
-            ("evicted_stalled", &c.evicted_stalled),
-        ] {
-            let _ = writeln!(
-                out,
-                "fleetgroups_connections_closed_total{{reason=\"{reason}\"}} {}",
-                load(n)
-            );
-        }
-        // What /readyz and the watchdog look at: writes are taken (no failed flush) and
-        // a read answers. 0 pages someone before clients see 503s for long.
-        let healthy = app.store_healthy;
-        let _ = writeln!(
-            out,
-            "# HELP fleetgroups_store_healthy 1 while the store answers reads and takes writes, else 0.\n# TYPE fleetgroups_store_healthy gauge\nfleetgroups_store_healthy {}",
-            u8::from(healthy)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP fleetgroups_tokens Live (unexpired, unrevoked) bearer tokens.\n# TYPE fleetgroups_tokens gauge\nfleetgroups_tokens {}",
-            app.live_tokens
-        );
-        process::render(&mut out);
-        let secs = |micros: u64| (micros as f64 / 1e6).to_string();
-        let counters = [
-            (
-                "fleetgroups_store_flushes_total",
-                "Group-commit flushes (sled flush + fdatasync).",
-                app.flushes.to_string(),
-            ),
-            (
-                "fleetgroups_store_flush_waits_total",
-                "Durable-write waits those flushes released.",
-                app.flush_waits.to_string(),
-            ),
-            (
-                "fleetgroups_store_flush_sled_seconds_total",
-                "Time in sled's flush (log write, sync_file_range).",
-                secs(app.flush_sled_micros),
-            ),
-            (
-                "fleetgroups_store_flush_fsync_seconds_total",
-                "Time in fdatasync of the store files.",
-                secs(app.flush_fsync_micros),
-            ),
-            (
-                "fleetgroups_log_lines_dropped_total",
-                "Log lines dropped because stderr failed or fell behind (log.rs).",
-                crate::log::lines_dropped().to_string(),
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        }
-        // 0 until a backup is known: `time() - …` is then huge and an alert fires.
-        let _ = writeln!(
-            out,
-            "# HELP fleetgroups_backup_last_success_timestamp_seconds When the last backup of this data directory succeeded (Unix time; 0: none known).\n# TYPE fleetgroups_backup_last_success_timestamp_seconds gauge\nfleetgroups_backup_last_success_timestamp_seconds {}",
-            app.backup_last_success_ms as f64 / 1e3
-        );
-        render_replication(&mut out, &self.replication, app.last_seq);
-        out
     }
 }
 
