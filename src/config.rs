@@ -538,8 +538,7 @@ impl Config {
         if !shown.tls.key.is_empty() {
             shown.tls.key = "***".into();
         }
-        shown.replication.postgres_url =
-            crate::replication::redact_url(&shown.replication.postgres_url);
+        shown.replication.postgres_url = crate::pg_url::redact(&shown.replication.postgres_url);
         shown
     }
 
@@ -670,7 +669,7 @@ fn validate_replication(r: &ReplicationConfig) -> Result<(), ConfigError> {
         );
     }
     if r.enabled() {
-        if let Err(why) = crate::replication::check_settings(r) {
+        if let Err(why) = crate::pg_url::check(&r.postgres_url, &r.ca_file) {
             return Err(ConfigError(why));
         }
         let id = r.effective_gateway_id();

@@ -25,6 +25,7 @@ pub mod names;
 pub mod patch;
 pub mod percent;
 pub mod perms;
+pub mod pg_url;
 #[cfg(test)]
 mod proptests;
 pub mod reload;

@@ -11,7 +11,7 @@
 //! Nothing here is on the request path: requests never wait for it, and it never holds
 //! the store's writer lock (the snapshot is read without it, `Store::snapshot`).
 //! Secrets: the password comes from `password_file` or the URL and is never logged,
-//! put in an error message, a metric or `check-config` (`redact_url`).
+//! put in an error message, a metric or `check-config` (`pg_url::redact`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -31,6 +31,7 @@ use tokio_postgres::Client;
 use crate::app::App;
 use crate::config::ReplicationConfig;
 use crate::error::ApiError;
+use crate::pg_url::SslMode;
 use crate::store::feed::{parse_entry, FeedPage, Snapshot};
 
 /// The central schema version this binary creates and understands.
@@ -48,16 +49,6 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 /// How often an idle replicator looks for new entries.
 const POLL: Duration = Duration::from_millis(100);
 
-/// `sslmode`, as libpq names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
-    Disable,
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
 /// Everything a replicator needs to connect, checked.
 pub struct Settings {
     pg: tokio_postgres::Config,
@@ -69,108 +60,10 @@ pub struct Settings {
     password: Option<String>,
 }
 
-/// The URL without its password (`user:***@host`), for showing it.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &authority[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
-        None => url.to_string(),
-    }
-}
-
-/// Splits `sslmode` off the URL's query (tokio-postgres knows only some of its values).
-fn split_sslmode(url: &str) -> Result<(String, SslMode), String> {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, q),
-        None => (url, ""),
-    };
-    let mut mode = SslMode::Prefer;
-    let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("sslmode", v)) => {
-                mode = match v {
-                    "disable" => SslMode::Disable,
-                    "prefer" => SslMode::Prefer,
-                    "require" => SslMode::Require,
-                    "verify-ca" => SslMode::VerifyCa,
-                    "verify-full" => SslMode::VerifyFull,
-                    other => {
-                        return Err(format!(
-                        "replication.postgres_url: sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
-                    ))
-                    }
-                }
-            }
-            _ => kept.push(pair),
-        }
-    }
-    let url = if kept.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
-    Ok((url, mode))
-}
-
-/// The checks `Config::validate` makes for every command: the URL, `sslmode`, and a
-/// CA file where one is needed. The files themselves are read by `serve` and
-/// `check-config` (`Settings::from_config`), not by every CLI command, which may run as
-/// a user the credential is not for.
-pub fn check_settings(r: &ReplicationConfig) -> Result<(), String> {
-    parse_url(r).map(|_| ())
-}
-
-/// The URL, parsed and checked; the password in it, if any; the `sslmode`.
-fn parse_url(
-    r: &ReplicationConfig,
-) -> Result<(tokio_postgres::Config, Option<String>, SslMode), String> {
-    let url_password = redact_secret_of(&r.postgres_url);
-    let scrub = |msg: String| match &url_password {
-        Some(p) if !p.is_empty() => msg.replace(p.as_str(), "***"),
-        _ => msg,
-    };
-    if !(r.postgres_url.starts_with("postgresql://") || r.postgres_url.starts_with("postgres://")) {
-        return Err("replication.postgres_url: must be a postgresql:// URL (libpq style)".into());
-    }
-    let (url, ssl) = split_sslmode(&r.postgres_url).map_err(scrub)?;
-    let pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
-        scrub(format!(
-            "replication.postgres_url: not a valid PostgreSQL URL: {e}"
-        ))
-    })?;
-    if pg.get_user().is_none() {
-        return Err(
-            "replication.postgres_url: must name a user (postgresql://USER@host/db)".into(),
-        );
-    }
-    if pg.get_hosts().is_empty() {
-        return Err("replication.postgres_url: must name a host".into());
-    }
-    if matches!(ssl, SslMode::VerifyCa | SslMode::VerifyFull) && r.ca_file.is_empty() {
-        return Err("replication.ca_file: required with sslmode=verify-ca or verify-full".into());
-    }
-    Ok((pg, url_password, ssl))
-}
-
 impl Settings {
     /// From `[replication]`; every problem names its key and never holds the password.
     pub fn from_config(r: &ReplicationConfig) -> Result<Settings, String> {
-        let (mut pg, url_password, ssl) = parse_url(r)?;
+        let (mut pg, url_password, ssl) = crate::pg_url::parse(&r.postgres_url, &r.ca_file)?;
         let mut password = url_password;
         if !r.password_file.is_empty() {
             let text = std::fs::read_to_string(&r.password_file).map_err(|e| {
@@ -247,15 +140,6 @@ impl Settings {
             }
         }
     }
-}
-
-/// The password in the URL's user info, if any (percent-decoding left aside: it is
-/// only used to scrub messages).
-fn redact_secret_of(url: &str) -> Option<String> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    userinfo.split_once(':').map(|(_, p)| p.to_string())
 }
 
 enum Verify {
@@ -905,19 +789,6 @@ mod tests {
             gateway_id: "gw-1".into(),
             ..ReplicationConfig::default()
         }
-    }
-
-    #[test]
-    fn urls_are_shown_without_their_password() {
-        assert_eq!(
-            redact_url("postgresql://fleet:s3cret@hq:5432/fleet?sslmode=require"),
-            "postgresql://fleet:***@hq:5432/fleet?sslmode=require"
-        );
-        assert_eq!(
-            redact_url("postgresql://fleet@hq/fleet"),
-            "postgresql://fleet@hq/fleet"
-        );
-        assert_eq!(redact_url(""), "");
     }
 
     #[test]
