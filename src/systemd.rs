@@ -3,8 +3,9 @@
 //! `$NOTIFY_SOCKET` (a path, or `@name` for the abstract namespace). The server sends
 //! `READY=1` once the store is open and the listener bound, `STOPPING=1` when a
 //! shutdown begins, and `WATCHDOG=1` every `$WATCHDOG_USEC / 2` — but only while the
-//! store answers a probe (the server passes `App::store_answers_reads`) in time, so a wedged store, a starved
-//! runtime or an exhausted blocking pool makes systemd restart the service.
+//! probe it is given (the server passes `App::store_answers_reads`) says yes in time,
+//! so a wedged store, a starved runtime or an exhausted blocking pool makes systemd
+//! restart the service.
 //!
 //! Without `$NOTIFY_SOCKET` (a terminal, a test, a non-systemd supervisor) every call
 //! is a no-op. A failed send is logged and otherwise ignored: notification is advice to

@@ -5,18 +5,14 @@
 //! raw path, and never picks a status code for an error. The HTTP layer
 //! (`http/dispatch.rs`) calls them; nothing here imports `http/`.
 
-mod auth;
-mod changes;
-mod devices;
-mod groups;
+pub mod auth;
+pub mod changes;
+pub mod devices;
+pub mod groups;
 pub mod openapi;
 pub(crate) mod ops;
 pub mod reply;
 
-pub use auth::token;
-pub use changes::list as changes;
-pub use devices::groups as device_groups;
-pub use groups::{add_devices, create, delete, get, list, patch, put, remove_device};
 pub use reply::{Chunks, Reply, Streamed};
 
 use std::net::IpAddr;

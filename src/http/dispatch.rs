@@ -81,7 +81,7 @@ pub fn user_call(op: Op, params: &[String]) -> Result<UserCall<'_>, ApiError> {
 /// Calls the handler of a route without authentication.
 pub async fn call_public(call: PublicCall, ctx: Ctx<'_>) -> Result<Reply, ApiError> {
     match call {
-        PublicCall::Token => api::token(ctx).await,
+        PublicCall::Token => api::auth::token(ctx).await,
         PublicCall::OpenApi => Ok(api::openapi::reply()),
         PublicCall::Healthz => Ok(api::ops::healthz()),
         PublicCall::Readyz => api::ops::readyz(ctx.app),
@@ -92,16 +92,16 @@ pub async fn call_public(call: PublicCall, ctx: Ctx<'_>) -> Result<Reply, ApiErr
 /// Calls the handler of an authenticated route.
 pub async fn call_user(call: UserCall<'_>, ctx: Authed<'_>) -> Result<Reply, ApiError> {
     match call {
-        UserCall::ListGroups => api::list(ctx),
-        UserCall::CreateGroup => api::create(ctx).await,
-        UserCall::GetGroup(id) => api::get(ctx, id),
-        UserCall::PutGroup(id) => api::put(ctx, id).await,
-        UserCall::PatchGroup(id) => api::patch(ctx, id).await,
-        UserCall::DeleteGroup(id) => api::delete(ctx, id).await,
-        UserCall::AddDevices(id) => api::add_devices(ctx, id).await,
-        UserCall::RemoveDevice(id, device) => api::remove_device(ctx, id, device).await,
-        UserCall::DeviceGroups(device) => api::device_groups(ctx, device),
-        UserCall::Changes => api::changes(ctx),
+        UserCall::ListGroups => api::groups::list(ctx),
+        UserCall::CreateGroup => api::groups::create(ctx).await,
+        UserCall::GetGroup(id) => api::groups::get(ctx, id),
+        UserCall::PutGroup(id) => api::groups::put(ctx, id).await,
+        UserCall::PatchGroup(id) => api::groups::patch(ctx, id).await,
+        UserCall::DeleteGroup(id) => api::groups::delete(ctx, id).await,
+        UserCall::AddDevices(id) => api::groups::add_devices(ctx, id).await,
+        UserCall::RemoveDevice(id, device) => api::groups::remove_device(ctx, id, device).await,
+        UserCall::DeviceGroups(device) => api::devices::groups(ctx, device),
+        UserCall::Changes => api::changes::list(ctx),
     }
 }
 
