@@ -30,9 +30,12 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::app::App;
 use crate::store::users::Role;
+use crate::store::users::UserRecord;
 use crate::store::Store;
 use crate::time::Clock;
-use crate::users::{render_key_json, render_list, render_list_json, UserChanges, UserManager};
+use crate::users::{
+    render_key_json, render_list, render_list_json, NewKey, UserChanges, UserManager,
+};
 
 /// The protocol version this binary speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -190,13 +193,7 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
             daily_limit,
             output,
         } => admin.add(name, account, *role, *daily_limit).map(|new| {
-            Outcome::ok(
-                match output {
-                    Output::Text => format!("{}\n", new.key),
-                    Output::Json => render_key_json(&new),
-                },
-                format!("created user {name} (account {account}, role {role}); the line above is its API key, shown only now\n"),
-            )
+            key_outcome(&new, *output, format!("created user {name} (account {account}, role {role}); the line above is its API key, shown only now\n"))
         }),
         Command::UserList { output } => admin.list().map(|rows| {
             let stdout = match output {
@@ -206,11 +203,9 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
             Outcome::ok(stdout, String::new())
         }),
         Command::UserRotateKey { name, output } => admin.rotate_key(name).map(|new| {
-            Outcome::ok(
-                match output {
-                    Output::Text => format!("{}\n", new.key),
-                    Output::Json => render_key_json(&new),
-                },
+            key_outcome(
+                &new,
+                *output,
                 format!("rotated the key of {name}; the old key and its tokens no longer work\n"),
             )
         }),
@@ -225,18 +220,7 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
                 daily_limit: daily_limit.map(|c| c.limit),
                 disabled: *disabled,
             };
-            admin.set(name, &changes).map(|u| {
-                Outcome::ok(
-                    String::new(),
-                    format!(
-                        "updated {name}: role {}, daily limit {}, disabled {}\n",
-                        u.role,
-                        u.daily_limit
-                            .map_or_else(|| "none".to_string(), |l| l.to_string()),
-                        u.disabled
-                    ),
-                )
-            })
+            admin.set(name, &changes).map(|u| updated_outcome(name, &u))
         }
         Command::UserRemove { name } => admin.remove(name).map(|()| {
             Outcome::ok(
@@ -250,6 +234,29 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
         }
     };
     result.unwrap_or_else(|e| Outcome::failed(1, e))
+}
+
+/// A new key: alone on stdout (or as JSON), what happened on stderr.
+fn key_outcome(new: &NewKey, output: Output, stderr: String) -> Outcome {
+    let stdout = match output {
+        Output::Text => format!("{}\n", new.key),
+        Output::Json => render_key_json(new),
+    };
+    Outcome::ok(stdout, stderr)
+}
+
+/// `user set`'s answer: the user's settings as they are now.
+fn updated_outcome(name: &str, u: &UserRecord) -> Outcome {
+    Outcome::ok(
+        String::new(),
+        format!(
+            "updated {name}: role {}, daily limit {}, disabled {}\n",
+            u.role,
+            u.daily_limit
+                .map_or_else(|| "none".to_string(), |l| l.to_string()),
+            u.disabled
+        ),
+    )
 }
 
 /// `backup FILE`.

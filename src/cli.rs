@@ -245,11 +245,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             say(&format!("fleetgroups: {e}\n"));
-            // A probe reports every failure as 1: Docker reserves exit code 2.
-            if matches!(cli.command, Some(Command::Healthcheck)) {
-                return ExitCode::FAILURE;
-            }
-            return ExitCode::from(2);
+            return config_error_code(cli.command.as_ref());
         }
     };
     if let Err(why) = owner_check_for(cli.command.as_ref(), &config) {
@@ -278,6 +274,16 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// The exit code of a configuration error: 2, but 1 for `healthcheck` (a probe reports
+/// every failure as 1: Docker reserves exit code 2).
+fn config_error_code(command: Option<&Command>) -> ExitCode {
+    if matches!(command, Some(Command::Healthcheck)) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::from(2)
     }
 }
 

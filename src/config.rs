@@ -772,6 +772,32 @@ pub fn service_link(name: &str, value: &str) -> bool {
     }
 }
 
+/// The value of variable `name` as the type of its key's default: an integer, a
+/// boolean, a comma-separated list, or the text itself.
+fn env_value(name: &str, raw: &str, default: &toml::Value) -> Result<toml::Value, ConfigError> {
+    Ok(match default {
+        toml::Value::Integer(_) => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| ConfigError(format!("{name}: expected an integer, got {raw:?}")))?,
+        toml::Value::Boolean(_) => raw
+            .trim()
+            .parse::<bool>()
+            .map(toml::Value::Boolean)
+            .map_err(|_| ConfigError(format!("{name}: expected true or false, got {raw:?}")))?,
+        // A list is comma-separated: `FLEETGROUPS_METRICS_ALLOWED_NETWORKS=10.0.0.0/8,::1`.
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => toml::Value::String(raw.to_string()),
+    })
+}
+
 /// Applies the `FLEETGROUPS_*` variables that name settings; returns the service-link
 /// variables it ignored. Any other name is an error naming it.
 fn apply_env(
@@ -809,27 +835,7 @@ fn apply_env(
                 "{name}: unknown environment variable (no such configuration key)"
             )));
         };
-        let value = match default {
-            toml::Value::Integer(_) => raw
-                .trim()
-                .parse::<i64>()
-                .map(toml::Value::Integer)
-                .map_err(|_| ConfigError(format!("{name}: expected an integer, got {raw:?}")))?,
-            toml::Value::Boolean(_) => raw
-                .trim()
-                .parse::<bool>()
-                .map(toml::Value::Boolean)
-                .map_err(|_| ConfigError(format!("{name}: expected true or false, got {raw:?}")))?,
-            // A list is comma-separated: `FLEETGROUPS_METRICS_ALLOWED_NETWORKS=10.0.0.0/8,::1`.
-            toml::Value::Array(_) => toml::Value::Array(
-                raw.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| toml::Value::String(s.to_string()))
-                    .collect(),
-            ),
-            _ => toml::Value::String(raw.clone()),
-        };
+        let value = env_value(name, raw, default)?;
         if section.is_empty() {
             table.insert(key.clone(), value);
         } else {

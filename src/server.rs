@@ -199,25 +199,10 @@ pub async fn serve_http(
     // Replication stops at once (an interrupted batch is simply redone at the next
     // start); it must be gone before the store closes.
     let _ = stop_replication.send(true);
-    if let Some(mut task) = replication {
-        if tokio::time::timeout(grace.min(Duration::from_secs(5)), &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
-            let _ = task.await;
-        }
+    if let Some(task) = replication {
+        stop_replication_task(task, grace.min(Duration::from_secs(5))).await;
     }
-    // Every connection holds a permit until it ends: all permits back means drained.
-    if tokio::time::timeout(grace, accept.permits.acquire_many(max))
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            open = accept.conns.len(),
-            "grace period over; closing remaining connections"
-        );
-    }
+    accept.drain(max, grace).await;
     let app2 = Arc::clone(&app);
     let closed = tokio::task::spawn_blocking(move || app2.close())
         .await
@@ -227,6 +212,14 @@ pub async fn serve_http(
         Err(e) => tracing::error!(error = %e, "final flush failed"),
     }
     closed
+}
+
+/// Waits up to `wait` for the replication task to end, then aborts it.
+async fn stop_replication_task(mut task: tokio::task::JoinHandle<()>, wait: Duration) {
+    if tokio::time::timeout(wait, &mut task).await.is_err() {
+        task.abort();
+        let _ = task.await;
+    }
 }
 
 /// hyper's connection settings.
@@ -282,6 +275,20 @@ impl Acceptor {
                 return Ok(());
             };
             self.spawn_connection(stream, peer, permit, app);
+        }
+    }
+
+    /// Waits up to `grace` for every connection to end: each holds a permit until it
+    /// does, so all `max` permits back means drained.
+    async fn drain(&self, max: u32, grace: Duration) {
+        if tokio::time::timeout(grace, self.permits.acquire_many(max))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.conns.len(),
+                "grace period over; closing remaining connections"
+            );
         }
     }
 
