@@ -324,3 +324,31 @@ impl From<StartError> for ApiError {
         ApiError::Internal(e.message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_runs_on_the_clock_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        let start = 1_796_000_000_000;
+        let clock = Clock::manual(start);
+        let app = App::open_with_clock(config, clock.clone()).unwrap();
+        // The first user is dated by it...
+        let admin = app.store.user("admin").unwrap().unwrap();
+        assert_eq!((admin.created, admin.key_created), (start, start));
+        // ...and it moves only when the test says so.
+        clock.advance(Duration::from_secs(3));
+        assert_eq!(app.clock.wall_ms(), start + 3_000);
+        assert!(app.store_answers_reads());
+        let snapshot = app.metrics_snapshot();
+        assert_eq!((snapshot.users, snapshot.live_tokens), (1, 0));
+        assert!(snapshot.store_healthy);
+        app.close().unwrap();
+    }
+}
