@@ -30,8 +30,12 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::app::App;
 use crate::store::users::Role;
+use crate::store::users::UserRecord;
 use crate::store::Store;
-use crate::users::{render_key_json, render_list, render_list_json, Admin, UserChanges};
+use crate::time::Clock;
+use crate::users::{
+    render_key_json, render_list, render_list_json, NewKey, UserChanges, UserManager,
+};
 
 /// The protocol version this binary speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -176,9 +180,10 @@ impl Command {
 /// Runs a command against a store — the running server's (`live`) or one the CLI
 /// opened — and returns what to print. Blocking (argon2, fsync).
 pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome {
+    let clock = live.map_or_else(Clock::system, |app| app.clock.clone());
     let admin = match live {
-        Some(app) => Admin::live(&app.store, &app.auth, &app.usage),
-        None => Admin::offline(store),
+        Some(app) => UserManager::live(&app.store, &app.auth, &app.usage, clock.clone()),
+        None => UserManager::offline(store, clock.clone()),
     };
     let result = match command {
         Command::UserAdd {
@@ -188,13 +193,7 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
             daily_limit,
             output,
         } => admin.add(name, account, *role, *daily_limit).map(|new| {
-            Outcome::ok(
-                match output {
-                    Output::Text => format!("{}\n", new.key),
-                    Output::Json => render_key_json(&new),
-                },
-                format!("created user {name} (account {account}, role {role}); the line above is its API key, shown only now\n"),
-            )
+            key_outcome(&new, *output, format!("created user {name} (account {account}, role {role}); the line above is its API key, shown only now\n"))
         }),
         Command::UserList { output } => admin.list().map(|rows| {
             let stdout = match output {
@@ -204,11 +203,9 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
             Outcome::ok(stdout, String::new())
         }),
         Command::UserRotateKey { name, output } => admin.rotate_key(name).map(|new| {
-            Outcome::ok(
-                match output {
-                    Output::Text => format!("{}\n", new.key),
-                    Output::Json => render_key_json(&new),
-                },
+            key_outcome(
+                &new,
+                *output,
                 format!("rotated the key of {name}; the old key and its tokens no longer work\n"),
             )
         }),
@@ -223,18 +220,7 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
                 daily_limit: daily_limit.map(|c| c.limit),
                 disabled: *disabled,
             };
-            admin.set(name, &changes).map(|u| {
-                Outcome::ok(
-                    String::new(),
-                    format!(
-                        "updated {name}: role {}, daily limit {}, disabled {}\n",
-                        u.role,
-                        u.daily_limit
-                            .map_or_else(|| "none".to_string(), |l| l.to_string()),
-                        u.disabled
-                    ),
-                )
-            })
+            admin.set(name, &changes).map(|u| updated_outcome(name, &u))
         }
         Command::UserRemove { name } => admin.remove(name).map(|()| {
             Outcome::ok(
@@ -242,64 +228,101 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
                 format!("removed user {name}; its account's groups stay\n"),
             )
         }),
-        Command::Backup { file } => {
-            if let Some(app) = live {
-                // The counters live in memory; the backup should have the latest.
-                app.persist_usage();
-            }
-            return match crate::backup::write(store, file) {
-                Ok(counts) => Outcome::ok(
-                    String::new(),
-                    format!(
-                        "wrote a backup of {counts} to {}\n{}",
-                        file.display(),
-                        backed_up(store, live, file)
-                    ),
-                ),
-                Err(e) => Outcome::failed(1, format!("backup failed: {e}")),
-            };
-        }
+        Command::Backup { file } => return backup_to_file(store, live, file, &clock),
         Command::BackupDir { dir, keep } => {
-            if let Some(app) = live {
-                app.persist_usage();
-            }
-            let done = match crate::backup::write_to_dir(store, dir, *keep) {
-                Ok(done) => done,
-                Err(e) => return Outcome::failed(1, format!("backup failed: {e}")),
-            };
-            let mut stderr = format!(
-                "wrote a backup of {} to {}\n",
-                done.counts,
-                done.file.display()
-            );
-            for old in &done.removed {
-                stderr.push_str(&format!("removed the old backup {}\n", old.display()));
-            }
-            stderr.push_str(&backed_up(store, live, &done.file));
-            // The path alone on stdout, for scripts (`FILE=$(fleetgroups backup --dir …)`).
-            let stdout = format!("{}\n", done.file.display());
-            return match done.rotate_error {
-                None => Outcome::ok(stdout, stderr),
-                // The new backup is complete; but left alone the directory fills the
-                // disk, so the timer's run should show as failed.
-                Some(e) => Outcome {
-                    code: 1,
-                    stdout,
-                    stderr: format!(
-                        "{stderr}fleetgroups: the backup is complete, but removing old backups failed: {e}\n"
-                    ),
-                    ..Outcome::default()
-                },
-            };
+            return backup_to_dir(store, live, dir, *keep, &clock);
         }
     };
     result.unwrap_or_else(|e| Outcome::failed(1, e))
 }
 
+/// A new key: alone on stdout (or as JSON), what happened on stderr.
+fn key_outcome(new: &NewKey, output: Output, stderr: String) -> Outcome {
+    let stdout = match output {
+        Output::Text => format!("{}\n", new.key),
+        Output::Json => render_key_json(new),
+    };
+    Outcome::ok(stdout, stderr)
+}
+
+/// `user set`'s answer: the user's settings as they are now.
+fn updated_outcome(name: &str, u: &UserRecord) -> Outcome {
+    Outcome::ok(
+        String::new(),
+        format!(
+            "updated {name}: role {}, daily limit {}, disabled {}\n",
+            u.role,
+            u.daily_limit
+                .map_or_else(|| "none".to_string(), |l| l.to_string()),
+            u.disabled
+        ),
+    )
+}
+
+/// `backup FILE`.
+fn backup_to_file(store: &Store, live: Option<&App>, file: &Path, clock: &Clock) -> Outcome {
+    if let Some(app) = live {
+        // The counters live in memory; the backup should have the latest.
+        app.persist_usage();
+    }
+    match crate::backup::write(store, file, clock) {
+        Ok(counts) => Outcome::ok(
+            String::new(),
+            format!(
+                "wrote a backup of {counts} to {}\n{}",
+                file.display(),
+                backed_up(store, live, file, clock)
+            ),
+        ),
+        Err(e) => Outcome::failed(1, format!("backup failed: {e}")),
+    }
+}
+
+/// `backup --dir DIR [--keep N]`: the new file's path alone on stdout.
+fn backup_to_dir(
+    store: &Store,
+    live: Option<&App>,
+    dir: &Path,
+    keep: Option<u64>,
+    clock: &Clock,
+) -> Outcome {
+    if let Some(app) = live {
+        app.persist_usage();
+    }
+    let done = match crate::backup::write_to_dir(store, dir, keep, clock) {
+        Ok(done) => done,
+        Err(e) => return Outcome::failed(1, format!("backup failed: {e}")),
+    };
+    let mut stderr = format!(
+        "wrote a backup of {} to {}\n",
+        done.counts,
+        done.file.display()
+    );
+    for old in &done.removed {
+        stderr.push_str(&format!("removed the old backup {}\n", old.display()));
+    }
+    stderr.push_str(&backed_up(store, live, &done.file, clock));
+    // The path alone on stdout, for scripts (`FILE=$(fleetgroups backup --dir …)`).
+    let stdout = format!("{}\n", done.file.display());
+    match done.rotate_error {
+        None => Outcome::ok(stdout, stderr),
+        // The new backup is complete; but left alone the directory fills the
+        // disk, so the timer's run should show as failed.
+        Some(e) => Outcome {
+            code: 1,
+            stdout,
+            stderr: format!(
+                "{stderr}fleetgroups: the backup is complete, but removing old backups failed: {e}\n"
+            ),
+            ..Outcome::default()
+        },
+    }
+}
+
 /// Records a successful backup for `/metrics` (in the running server's memory and in
 /// the data directory's state file, which a restarted server reads); returns a
 /// warning for stderr when the file could not be written (the backup itself is fine).
-fn backed_up(store: &Store, live: Option<&App>, file: &Path) -> String {
+fn backed_up(store: &Store, live: Option<&App>, file: &Path, clock: &Clock) -> String {
     let data_dir = match live {
         Some(app) => app.config.data_dir.clone(),
         // The store lives in `<data_dir>/store`.
@@ -309,10 +332,10 @@ fn backed_up(store: &Store, live: Option<&App>, file: &Path) -> String {
             .map(Path::to_path_buf)
             .unwrap_or_default(),
     };
-    let (ms, warning) = match crate::backup::record_success(&data_dir, file) {
+    let (ms, warning) = match crate::backup::record_success(&data_dir, file, clock) {
         Ok(ms) => (ms, String::new()),
         Err(e) => (
-            crate::time::now_ms(),
+            clock.wall_ms(),
             format!("fleetgroups: warning: {e}; after a restart the server will not know of this backup\n"),
         ),
     };
@@ -476,7 +499,7 @@ pub async fn start(app: &Arc<App>) -> Result<Running, String> {
     let socket = bind(&app.config.admin_socket()).await?;
     tracing::info!(path = %socket.path().display(), "admin socket ready");
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(serve(socket, Arc::clone(app), async move {
+    let task = tokio::spawn(serve_socket(socket, Arc::clone(app), async move {
         let _ = stopped.wait_for(|s| *s).await;
     }));
     Ok(Running { stop, task })
@@ -484,7 +507,7 @@ pub async fn start(app: &Arc<App>) -> Result<Running, String> {
 
 /// Serves admin connections until `shutdown` resolves, lets the ones in flight finish
 /// (bounded), then removes the socket file if it is still ours.
-pub async fn serve(socket: AdminSocket, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+pub async fn serve_socket(socket: AdminSocket, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let mut running = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {

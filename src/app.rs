@@ -14,8 +14,9 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions};
+use crate::time::Clock;
 use crate::usage::Usage;
-use crate::users::Admin;
+use crate::users::UserManager;
 
 /// Shared state of one server.
 pub struct App {
@@ -27,8 +28,8 @@ pub struct App {
     /// When the last backup succeeded (ms since the epoch, 0: none known): set by
     /// backups through the admin socket, read at start from `backup::LAST_SUCCESS_FILE`.
     pub backup_last_success_ms: AtomicI64,
-    /// Central replication's figures for `/metrics` (`replication.rs`).
-    pub replication: crate::replication::Stats,
+    /// The one source of the time outside the store: tests move it.
+    pub clock: Clock,
     stopping: AtomicBool,
 }
 
@@ -115,9 +116,14 @@ fn open_waiting(config: &Config) -> Result<Store, StartError> {
 impl App {
     /// Opens the store, creates the first user on a first start, loads auth and usage.
     pub fn open(config: Config) -> Result<App, StartError> {
+        App::open_with_clock(config, Clock::system())
+    }
+
+    /// [`App::open`] on a given clock (tests pass a manual one).
+    pub fn open_with_clock(config: Config, clock: Clock) -> Result<App, StartError> {
         let store = open_waiting(&config)?;
-        bootstrap(&store, &config.data_dir)?;
-        let auth = Auth::load(&store, &config.auth)
+        bootstrap(&store, &config.data_dir, &clock)?;
+        let auth = Auth::load(&store, &config.auth, clock.clone())
             .map_err(|e| StartError::new(format!("loading users: {e:?}")))?;
         let usage = Usage::load(
             store
@@ -130,9 +136,9 @@ impl App {
             store,
             auth,
             usage,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(clock.clone()),
             backup_last_success_ms: AtomicI64::new(last_backup),
-            replication: crate::replication::Stats::default(),
+            clock,
             stopping: AtomicBool::new(false),
         })
     }
@@ -155,8 +161,33 @@ impl App {
     /// answers: the server keeps serving reads then and `/readyz` says 503. Withholding
     /// the watchdog for it would make systemd restart a server that works as designed,
     /// and on a full disk the restarts can fail and leave no server at all.
-    pub fn store_answers(&self) -> bool {
-        self.store.user("admin").is_ok()
+    pub fn store_answers_reads(&self) -> bool {
+        // A point read of the users space for a name no user can have (the userName
+        // rule needs at least one character): `Ok(None)` means sled answered, and
+        // which users exist does not matter.
+        self.store.user("").is_ok()
+    }
+
+    /// The values `/metrics` shows that the store, auth and backups own, read now.
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let flush = self.store.flush_stats();
+        let (failed_names, failed_addresses) = self.auth.failed_login_entries();
+        crate::metrics::Snapshot {
+            groups: self.store.group_count(),
+            users: self.auth.user_count() as u64,
+            failed_login_names: failed_names as u64,
+            failed_login_addresses: failed_addresses as u64,
+            store_bytes: self.store.size_on_disk(),
+            store_healthy: self.store.healthy() && self.store_answers_reads(),
+            live_tokens: self.auth.live_tokens() as u64,
+            flushes: load(&flush.flushes),
+            flush_waits: load(&flush.tickets),
+            flush_sled_micros: load(&flush.sled_micros),
+            flush_fsync_micros: load(&flush.sync_micros),
+            backup_last_success_ms: self.backup_last_success_ms.load(Ordering::Relaxed),
+            last_seq: self.store.last_seq(),
+        }
     }
 
     /// Writes changed usage counters to the store.
@@ -192,7 +223,7 @@ impl App {
 
     /// Hourly upkeep: expired tokens, idempotency records and old change entries.
     pub fn purge(&self) {
-        let now = crate::time::now_ms();
+        let now = self.clock.wall_ms();
         let days = self.config.retention.changes_days.min(36_500);
         match self.store.purge(Duration::from_secs(days * 86_400), now) {
             Ok(p) if p.changes + p.idempotency > 0 => tracing::info!(
@@ -259,15 +290,14 @@ pub fn spawn_upkeep(app: &Arc<App>) {
 
 /// On a first start (no user at all), creates `admin` and writes its key to
 /// `<data_dir>/initial-api-key` (0600). Logs the file's path, never the key.
-fn bootstrap(store: &Store, data_dir: &Path) -> Result<(), StartError> {
+fn bootstrap(store: &Store, data_dir: &Path, clock: &Clock) -> Result<(), StartError> {
     let users = store
         .users()
         .map_err(|e| StartError::new(format!("reading users: {e:?}")))?;
     if !users.is_empty() {
         return Ok(());
     }
-    let admin = Admin::offline(store);
-    let key = admin
+    let key = UserManager::offline(store, clock.clone())
         .add("admin", "default", crate::store::users::Role::Write, None)
         .map_err(|e| StartError::new(format!("creating the first user: {e}")))?
         .key;
@@ -292,5 +322,33 @@ pub fn new_request_id() -> String {
 impl From<StartError> for ApiError {
     fn from(e: StartError) -> ApiError {
         ApiError::Internal(e.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_runs_on_the_clock_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        let start = 1_796_000_000_000;
+        let clock = Clock::manual(start);
+        let app = App::open_with_clock(config, clock.clone()).unwrap();
+        // The first user is dated by it...
+        let admin = app.store.user("admin").unwrap().unwrap();
+        assert_eq!((admin.created, admin.key_created), (start, start));
+        // ...and it moves only when the test says so.
+        clock.advance(Duration::from_secs(3));
+        assert_eq!(app.clock.wall_ms(), start + 3_000);
+        assert!(app.store_answers_reads());
+        let snapshot = app.metrics_snapshot();
+        assert_eq!((snapshot.users, snapshot.live_tokens), (1, 0));
+        assert!(snapshot.store_healthy);
+        app.close().unwrap();
     }
 }

@@ -25,7 +25,7 @@ use crate::login_limiter::{FailedLogins, LimitKey, NameKey};
 use crate::store::users::{TokenRecord, UserRecord};
 use crate::store::Store;
 use crate::sync::lock;
-use crate::time::now_ms;
+use crate::time::Clock;
 
 /// A fresh API key: `fgk_` and 64 hex digits (256 bits).
 pub fn generate_key() -> String {
@@ -73,13 +73,9 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// A user name is 1–64 of `A-Z a-z 0-9 . _ @ -` (api.md §2); accounts follow the same rule.
-pub fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
-}
+// The userName rule lives with the other name rules, below the failed-login table
+// that needs it too; kept reachable here for its callers.
+pub use crate::names::valid_user_name as valid_name;
 
 /// A live token in memory: the stored record and its monotonic deadline. A token is
 /// refused when either its wall-clock `expires` or its deadline has passed, so a clock
@@ -92,8 +88,8 @@ struct LiveToken {
 }
 
 impl LiveToken {
-    fn expired(&self, now_wall: i64, now: Instant) -> bool {
-        self.rec.expires <= now_wall || self.deadline <= now
+    fn expired(&self, now: crate::time::Now) -> bool {
+        self.rec.expires <= now.wall_ms || self.deadline <= now.mono
     }
 }
 
@@ -105,6 +101,8 @@ pub struct Auth {
     failures: std::sync::Mutex<FailedLogins>,
     /// Argon2 verifications run here, `hash_concurrency` at a time.
     verifier: Verifier,
+    /// Token lifetimes and failed-login windows run on it.
+    clock: Clock,
 }
 
 /// Verified against when the user is unknown or disabled, so those answers take as long
@@ -114,15 +112,14 @@ const DUMMY_PHC: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$YChB3+H4xQp+i38yqiDVXQ$ltHof3VkrTTvupZCRsY502+A+IWNFjCUI+QKj8nyT6Y";
 
 impl Auth {
-    /// Loads users and live tokens from the store.
-    pub fn load(store: &Store, config: &AuthConfig) -> Result<Auth, ApiError> {
+    /// Loads users and live tokens from the store; `clock` is the time they run on.
+    pub fn load(store: &Store, config: &AuthConfig, clock: Clock) -> Result<Auth, ApiError> {
         let users = store
             .users()?
             .into_iter()
             .map(|u| (u.name.clone(), Arc::new(u)))
             .collect::<HashMap<_, _>>();
-        let now = now_ms();
-        let mono = Instant::now();
+        let crate::time::Now { wall_ms: now, mono } = clock.now();
         let ttl = Duration::from_secs(config.token_ttl_secs);
         let mut tokens = HashMap::new();
         let mut dead = Vec::new();
@@ -153,6 +150,7 @@ impl Auth {
                 config.failed_login_max_entries,
             )),
             verifier: Verifier::start(config.hash_concurrency)?,
+            clock,
         })
     }
 
@@ -170,10 +168,10 @@ impl Auth {
     /// Bearer tokens that would authenticate now, by expiry (metrics): revoked ones
     /// already left the table, expired ones stay until the hourly purge.
     pub fn live_tokens(&self) -> usize {
-        let (wall, now) = (now_ms(), Instant::now());
+        let now = self.clock.now();
         self.tokens
             .read()
-            .map(|t| t.values().filter(|live| !live.expired(wall, now)).count())
+            .map(|t| t.values().filter(|live| !live.expired(now)).count())
             .unwrap_or(0)
     }
 
@@ -196,7 +194,7 @@ impl Auth {
         let rec = {
             let tokens = self.tokens.read().map_err(|_| ApiError::Unauthorized)?;
             let live = tokens.get(&hash).ok_or(ApiError::Unauthorized)?;
-            if live.expired(now_ms(), Instant::now()) {
+            if live.expired(self.clock.now()) {
                 return Err(ApiError::Unauthorized);
             }
             live.rec.clone()
@@ -212,19 +210,19 @@ impl Auth {
     /// Refuses when a key has failed too often within the window.
     fn check_failures(&self, keys: &[LimitKey]) -> Result<(), ApiError> {
         lock(&self.failures)
-            .check(keys, Instant::now())
+            .check(keys, self.clock.mono())
             .map_err(|wait| ApiError::TooManyFailedLogins {
                 retry_after: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
             })
     }
 
     fn record_failure(&self, keys: &[LimitKey]) {
-        lock(&self.failures).record(keys, Instant::now());
+        lock(&self.failures).record(keys, self.clock.mono());
     }
 
     /// Drops failed-login entries whose window has passed (upkeep, every second).
     pub fn expire_failed_logins(&self) {
-        lock(&self.failures).expire(Instant::now());
+        lock(&self.failures).expire(self.clock.mono());
     }
 
     /// Entries in the failed-login table: (userNames, client addresses) (metrics).
@@ -276,7 +274,7 @@ impl Auth {
     fn issue_token(&self, store: &Store, user: &UserRecord) -> Result<(String, i64), ApiError> {
         let token = format!("fgt_{}", random_hex());
         let hash = token_hash(&token);
-        let now = now_ms();
+        let crate::time::Now { wall_ms: now, mono } = self.clock.now();
         let ttl = i64::try_from(self.config.token_ttl_secs).unwrap_or(i64::MAX / 2000) * 1000;
         let rec = TokenRecord {
             user: user.name.clone(),
@@ -284,7 +282,7 @@ impl Auth {
             issued: now,
             expires: now.saturating_add(ttl),
         };
-        let deadline = Instant::now() + Duration::from_secs(self.config.token_ttl_secs);
+        let deadline = mono + Duration::from_secs(self.config.token_ttl_secs);
         let mut tokens = self
             .tokens
             .write()
@@ -346,11 +344,11 @@ impl Auth {
 
     /// Drops expired tokens from memory and the store (periodic task).
     pub fn purge_expired(&self, store: &Store) -> Result<usize, ApiError> {
-        let (now, mono) = (now_ms(), Instant::now());
+        let now = self.clock.now();
         let dead: Vec<[u8; 32]> = match self.tokens.read() {
             Ok(t) => t
                 .iter()
-                .filter(|(_, t)| t.expired(now, mono))
+                .filter(|(_, t)| t.expired(now))
                 .map(|(h, _)| *h)
                 .collect(),
             Err(_) => return Ok(0),
@@ -382,7 +380,10 @@ mod tests {
         assert!(!valid_name("ü"));
     }
 
-    fn auth_with_user(config: AuthConfig) -> (tempfile::TempDir, Store, Auth, String) {
+    fn auth_with_user(
+        config: AuthConfig,
+        clock: Clock,
+    ) -> (tempfile::TempDir, Store, Auth, String) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(
             dir.path(),
@@ -395,17 +396,79 @@ mod tests {
             },
         )
         .unwrap();
-        let key = crate::users::Admin::offline(&store)
+        let key = crate::users::UserManager::offline(&store, Clock::system())
             .add("bob", "default", crate::store::users::Role::Write, None)
             .unwrap()
             .key;
-        let auth = Auth::load(&store, &config).unwrap();
+        let auth = Auth::load(&store, &config, clock).unwrap();
         (dir, store, auth, key)
+    }
+
+    fn bob_token(store: &Store, auth: &Auth) -> String {
+        let user = auth.users.read().unwrap().get("bob").cloned().unwrap();
+        auth.issue_token(store, &user).unwrap().0
+    }
+
+    #[test]
+    fn a_token_dies_at_its_lifetime_whatever_the_wall_clock_says() {
+        let clock = Clock::manual(1_796_000_000_000);
+        let config = AuthConfig {
+            token_ttl_secs: 60,
+            ..AuthConfig::default()
+        };
+        let (_dir, store, auth, _) = auth_with_user(config, clock.clone());
+        let header = |t: &str| format!("Bearer {t}");
+        let token = bob_token(&store, &auth);
+        clock.advance(Duration::from_secs(59));
+        assert!(auth.authenticate(Some(header(&token).as_bytes())).is_ok());
+        assert_eq!(auth.live_tokens(), 1);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            auth.authenticate(Some(header(&token).as_bytes()))
+                .map(|_| ()),
+            Err(ApiError::Unauthorized)
+        );
+        assert_eq!(auth.live_tokens(), 0);
+        assert_eq!(auth.purge_expired(&store), Ok(1));
+        // A wall clock set back a year does not stretch a token: the monotonic
+        // deadline still ends it.
+        let token = bob_token(&store, &auth);
+        clock.step_wall(-365 * 86_400_000);
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(
+            auth.authenticate(Some(header(&token).as_bytes()))
+                .map(|_| ()),
+            Err(ApiError::Unauthorized)
+        );
+    }
+
+    #[test]
+    fn a_lockout_ends_when_its_window_has_passed() {
+        let clock = Clock::manual(1_796_000_000_000);
+        let config = AuthConfig {
+            max_failed_logins: 2,
+            failed_login_window_secs: 30,
+            ..AuthConfig::default()
+        };
+        let (_dir, _store, auth, _) = auth_with_user(config, clock.clone());
+        let keys = [LimitKey::Name(NameKey::new("bob").unwrap())];
+        auth.record_failure(&keys);
+        auth.record_failure(&keys);
+        assert_eq!(
+            auth.check_failures(&keys),
+            Err(ApiError::TooManyFailedLogins { retry_after: 30 })
+        );
+        clock.advance(Duration::from_secs(29));
+        assert!(auth.check_failures(&keys).is_err());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(auth.check_failures(&keys), Ok(()));
+        auth.expire_failed_logins();
+        assert_eq!(auth.failed_login_entries(), (0, 0));
     }
 
     #[test]
     fn bearer_header_forms() {
-        let (_dir, store, auth, _) = auth_with_user(AuthConfig::default());
+        let (_dir, store, auth, _) = auth_with_user(AuthConfig::default(), Clock::system());
         let user = auth.users.read().unwrap().get("bob").cloned().unwrap();
         let (token, _) = auth.issue_token(&store, &user).unwrap();
         let ok = |h: String| {

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::export::{Counts, Importer, Record};
 use crate::store::{Store, StoreOptions, FORMAT_VERSION, RESTORE_MARKER};
+use crate::time::Clock;
 
 /// The `format` value of the header line.
 pub const FORMAT: &str = "fleetgroups-backup";
@@ -107,9 +108,9 @@ static RUNNING: Mutex<()> = Mutex::new(());
 
 /// Writes a backup of `store` to `path` atomically (temp file, fsync, rename), gzip
 /// when the name ends in `.gz`. An existing file at `path` is replaced.
-pub fn write(store: &Store, path: &Path) -> Result<Counts, String> {
+pub fn write(store: &Store, path: &Path, clock: &Clock) -> Result<Counts, String> {
     let _one = crate::sync::lock(&RUNNING);
-    write_as(store, path, Encoding::for_name(path), true)
+    write_as(store, path, Encoding::for_name(path), true, clock)
 }
 
 /// [`write`] with an explicit encoding; with `replace` false an existing file at
@@ -119,6 +120,7 @@ fn write_as(
     path: &Path,
     encoding: Encoding,
     replace: bool,
+    clock: &Clock,
 ) -> Result<Counts, String> {
     use std::os::unix::fs::OpenOptionsExt;
     let name = path
@@ -138,7 +140,7 @@ fn write_as(
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    let result = write_into(store, file, &tmp, encoding).and_then(|counts| {
+    let result = write_into(store, file, &tmp, encoding, clock).and_then(|counts| {
         rename(&tmp, path, replace)
             .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
         File::open(&dir)
@@ -171,7 +173,13 @@ fn rename(from: &Path, to: &Path, replace: bool) -> std::io::Result<()> {
     }
 }
 
-fn write_into(store: &Store, file: File, tmp: &Path, encoding: Encoding) -> Result<Counts, String> {
+fn write_into(
+    store: &Store,
+    file: File,
+    tmp: &Path,
+    encoding: Encoding,
+    clock: &Clock,
+) -> Result<Counts, String> {
     let io = |e: std::io::Error| format!("writing {}: {e}", tmp.display());
     // serde_json writes a record in many small pieces; the buffer in front of the
     // encoder hands it large ones.
@@ -179,13 +187,13 @@ fn write_into(store: &Store, file: File, tmp: &Path, encoding: Encoding) -> Resu
     let (counts, file) = match encoding {
         Encoding::Plain => {
             let mut out = BufWriter::with_capacity(BUFFER, file);
-            let counts = write_lines(store, &mut out, tmp)?;
+            let counts = write_lines(store, &mut out, tmp, clock)?;
             (counts, out.into_inner().map_err(|e| io(e.into_error()))?)
         }
         Encoding::Gzip => {
             let gz = flate2::write::GzEncoder::new(file, flate2::Compression::new(GZIP_LEVEL));
             let mut out = BufWriter::with_capacity(BUFFER, gz);
-            let counts = write_lines(store, &mut out, tmp)?;
+            let counts = write_lines(store, &mut out, tmp, clock)?;
             let gz = out.into_inner().map_err(|e| io(e.into_error()))?;
             // `finish` writes the trailer (CRC-32, length) a reader checks.
             (counts, gz.finish().map_err(io)?)
@@ -196,13 +204,18 @@ fn write_into(store: &Store, file: File, tmp: &Path, encoding: Encoding) -> Resu
 }
 
 /// The header, every record and the end line.
-fn write_lines(store: &Store, out: &mut impl Write, tmp: &Path) -> Result<Counts, String> {
+fn write_lines(
+    store: &Store,
+    out: &mut impl Write,
+    tmp: &Path,
+    clock: &Clock,
+) -> Result<Counts, String> {
     let io = |e: std::io::Error| format!("writing {}: {e}", tmp.display());
     let header = Header {
         format: FORMAT.into(),
         version: VERSION,
         store_format: FORMAT_VERSION,
-        created: crate::time::rfc3339_ms(crate::time::now_ms()),
+        created: crate::time::rfc3339_ms(clock.wall_ms()),
         writer_version: Some(crate::build_info::VERSION.into()),
         writer_revision: Some(crate::build_info::REVISION.into()),
         store_id: Some(store.store_id().to_string()),
@@ -285,7 +298,12 @@ fn parse_dir_backup_name(name: &str) -> Option<(String, u32)> {
 /// timestamped name, then keeps the `keep` newest of the backups there (None: all).
 /// Rotation runs only after the new file is complete, fsynced and in place, and never
 /// removes it; a failure there is reported in [`DirBackup::rotate_error`].
-pub fn write_to_dir(store: &Store, dir: &Path, keep: Option<u64>) -> Result<DirBackup, String> {
+pub fn write_to_dir(
+    store: &Store,
+    dir: &Path,
+    keep: Option<u64>,
+    clock: &Clock,
+) -> Result<DirBackup, String> {
     let _one = crate::sync::lock(&RUNNING);
     if !dir.exists() {
         crate::perms::create_private_dir(dir)
@@ -295,7 +313,7 @@ pub fn write_to_dir(store: &Store, dir: &Path, keep: Option<u64>) -> Result<DirB
                 .map_err(|e| format!("cannot sync {}: {e}", parent.display()))?;
         }
     }
-    let now = crate::time::now_ms();
+    let now = clock.wall_ms();
     // Another backup in the same second gets the next number after the highest there,
     // not the first free one: after a rotation removed `…Z.jsonl.gz`, reusing that
     // name would make the newest backup sort as the oldest of its second.
@@ -314,7 +332,7 @@ pub fn write_to_dir(store: &Store, dir: &Path, keep: Option<u64>) -> Result<DirB
     }
     let file = dir.join(dir_backup_name(now, seq));
     // Without replacing: a file that appeared since the check above is never overwritten.
-    let counts = write_as(store, &file, Encoding::Gzip, false)?;
+    let counts = write_as(store, &file, Encoding::Gzip, false, clock)?;
     let (removed, rotate_error) = match keep {
         Some(keep) => rotate(dir, keep, &file),
         None => (Vec::new(), None),
@@ -394,9 +412,9 @@ fn rotate(dir: &Path, keep: u64, written: &Path) -> (Vec<PathBuf>, Option<String
 pub const LAST_SUCCESS_FILE: &str = "last-backup";
 
 /// Remembers that a backup to `file` has just succeeded; returns its time (ms).
-pub fn record_success(data_dir: &Path, file: &Path) -> Result<i64, String> {
+pub fn record_success(data_dir: &Path, file: &Path, clock: &Clock) -> Result<i64, String> {
     let _one = crate::sync::lock(&RUNNING);
-    let ms = crate::time::now_ms();
+    let ms = clock.wall_ms();
     let line = serde_json::json!({
         "ms": ms,
         "time": crate::time::rfc3339_ms(ms),

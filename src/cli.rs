@@ -245,56 +245,22 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             say(&format!("fleetgroups: {e}\n"));
-            // A probe reports every failure as 1: Docker reserves exit code 2.
-            if matches!(cli.command, Some(Command::Healthcheck)) {
-                return ExitCode::FAILURE;
-            }
-            return ExitCode::from(2);
+            return config_error_code(cli.command.as_ref());
         }
     };
-    // Commands that may create files in the data directory. Not `serve`: a container
-    // commonly runs the server as root on a volume its host user owns, and there the
-    // files are root's from the first start on. Not `restore --check`: it writes nothing.
-    let writes_data = matches!(
-        cli.command,
-        Some(
-            Command::User(_)
-                | Command::Backup { .. }
-                | Command::Restore { check: false, .. }
-                // sled's open may write its own files even when nothing else is written.
-                | Command::Check
-        )
-    );
-    if writes_data {
-        if let Err(why) = owner_check(&config.data_dir) {
-            say(&why);
-            return ExitCode::FAILURE;
-        }
+    if let Err(why) = owner_check_for(cli.command.as_ref(), &config) {
+        say(&why);
+        return ExitCode::FAILURE;
     }
     match cli.command {
-        None | Some(Command::Serve(_)) => serve(config, overrides),
+        None | Some(Command::Serve(_)) => serve_command(config, overrides),
         // Answered above, before a configuration error could stop it.
         Some(Command::CheckConfig(_)) => ExitCode::from(2),
-        Some(Command::User(cmd)) => run_admin(&config, user_command(cmd)),
-        Some(Command::Backup { file, dir, keep }) => {
-            // Absolute: a running server writes the file, and its working directory is
-            // not ours.
-            let target = file
-                .as_ref()
-                .or(dir.as_ref())
-                .map(|p| (p, std::path::absolute(p)));
-            let command = match (target, dir.is_some()) {
-                (Some((_, Ok(path))), false) => AdminCommand::Backup { file: path },
-                (Some((_, Ok(path))), true) => AdminCommand::BackupDir { dir: path, keep },
-                (Some((p, Err(e))), _) => {
-                    say(&format!("fleetgroups: {}: {e}\n", p.display()));
-                    return ExitCode::FAILURE;
-                }
-                // clap's argument group requires one of the two.
-                (None, _) => return ExitCode::from(2),
-            };
-            run_admin(&config, command)
-        }
+        Some(Command::User(cmd)) => run_admin(&config, cmd.into()),
+        Some(Command::Backup { file, dir, keep }) => match backup_command(file, dir, keep) {
+            Ok(command) => run_admin(&config, command),
+            Err(code) => code,
+        },
         Some(Command::Check) => check_store(&config),
         Some(Command::Restore { file, check: true }) => check_backup(&config, &file),
         Some(Command::Restore { file, check: false }) => restore(&config, &file),
@@ -308,6 +274,59 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// The exit code of a configuration error: 2, but 1 for `healthcheck` (a probe reports
+/// every failure as 1: Docker reserves exit code 2).
+fn config_error_code(command: Option<&Command>) -> ExitCode {
+    if matches!(command, Some(Command::Healthcheck)) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+/// The owner check, for the commands that may create files in the data directory.
+fn owner_check_for(command: Option<&Command>, config: &Config) -> Result<(), String> {
+    // Commands that may create files in the data directory. Not `serve`: a container
+    // commonly runs the server as root on a volume its host user owns, and there the
+    // files are root's from the first start on. Not `restore --check`: it writes nothing.
+    let writes_data = matches!(
+        command,
+        Some(
+            Command::User(_)
+                | Command::Backup { .. }
+                | Command::Restore { check: false, .. }
+                // sled's open may write its own files even when nothing else is written.
+                | Command::Check
+        )
+    );
+    if writes_data {
+        owner_check(&config.data_dir)?;
+    }
+    Ok(())
+}
+
+/// The admin command of `backup FILE` or `backup --dir DIR`, its path made absolute: a
+/// running server writes the file, and its working directory is not ours.
+fn backup_command(
+    file: Option<PathBuf>,
+    dir: Option<PathBuf>,
+    keep: Option<u64>,
+) -> Result<AdminCommand, ExitCode> {
+    let to_dir = dir.is_some();
+    // clap's argument group requires one of the two.
+    let Some(target) = file.or(dir) else {
+        return Err(ExitCode::from(2));
+    };
+    match std::path::absolute(&target) {
+        Ok(path) if to_dir => Ok(AdminCommand::BackupDir { dir: path, keep }),
+        Ok(path) => Ok(AdminCommand::Backup { file: path }),
+        Err(e) => {
+            say(&format!("fleetgroups: {}: {e}\n", target.display()));
+            Err(ExitCode::FAILURE)
+        }
     }
 }
 
@@ -445,7 +464,8 @@ fn shell_words(args: impl Iterator<Item = std::ffi::OsString>) -> String {
     .join(" ")
 }
 
-fn serve(config: Config, overrides: Overrides) -> ExitCode {
+/// `serve`, the default command: the server until it stops.
+fn serve_command(config: Config, overrides: Overrides) -> ExitCode {
     let code = crate::server::run(config, overrides);
     // The log writer thread dies with the process: let it write what is queued.
     crate::log::flush();
@@ -518,40 +538,44 @@ fn say(text: &str) {
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
-fn user_command(cmd: UserCommand) -> AdminCommand {
-    match cmd {
-        UserCommand::Add {
-            name,
-            account,
-            role,
-            daily_limit,
-            output,
-        } => AdminCommand::UserAdd {
-            name,
-            account,
-            role: role.into(),
-            daily_limit,
-            output: output.into(),
-        },
-        UserCommand::List(output) => AdminCommand::UserList {
-            output: output.into(),
-        },
-        UserCommand::RotateKey { name, output } => AdminCommand::UserRotateKey {
-            name,
-            output: output.into(),
-        },
-        UserCommand::Set {
-            name,
-            role,
-            daily_limit,
-            disabled,
-        } => AdminCommand::UserSet {
-            name,
-            role: role.map(Role::from),
-            daily_limit: daily_limit.map(|l| LimitChange { limit: l.0 }),
-            disabled,
-        },
-        UserCommand::Remove { name } => AdminCommand::UserRemove { name },
+/// `user …` is the admin command of the same name: the command line's types (a clap
+/// value enum for the role, `none` for a limit) map onto the protocol's.
+impl From<UserCommand> for AdminCommand {
+    fn from(cmd: UserCommand) -> AdminCommand {
+        match cmd {
+            UserCommand::Add {
+                name,
+                account,
+                role,
+                daily_limit,
+                output,
+            } => AdminCommand::UserAdd {
+                name,
+                account,
+                role: role.into(),
+                daily_limit,
+                output: output.into(),
+            },
+            UserCommand::List(output) => AdminCommand::UserList {
+                output: output.into(),
+            },
+            UserCommand::RotateKey { name, output } => AdminCommand::UserRotateKey {
+                name,
+                output: output.into(),
+            },
+            UserCommand::Set {
+                name,
+                role,
+                daily_limit,
+                disabled,
+            } => AdminCommand::UserSet {
+                name,
+                role: role.map(Role::from),
+                daily_limit: daily_limit.map(|l| LimitChange { limit: l.0 }),
+                disabled,
+            },
+            UserCommand::Remove { name } => AdminCommand::UserRemove { name },
+        }
     }
 }
 
@@ -623,7 +647,7 @@ fn offline(config: &Config, command: &AdminCommand, socket_error: &str) -> Outco
 
 fn restore(config: &Config, file: &std::path::Path) -> ExitCode {
     // What restore keeps but warns about (names the current rules refuse) is logged.
-    crate::log::init(&config.log);
+    crate::log::init(&config.log.level, config.log.format);
     let restored =
         crate::backup::restore(&config.data_dir, &crate::app::store_options(config), file);
     // The log writer thread dies with the process: let it write the warnings first.
@@ -646,7 +670,7 @@ fn restore(config: &Config, file: &std::path::Path) -> ExitCode {
 /// `restore --check`: reads and checks the whole file, writes nothing, prints a summary.
 fn check_backup(config: &Config, file: &std::path::Path) -> ExitCode {
     // Warnings restore would log (names the current rules refuse) show here too.
-    crate::log::init(&config.log);
+    crate::log::init(&config.log.level, config.log.format);
     let checked = crate::backup::check(file, config.limits.max_devices_per_group);
     crate::log::flush();
     match checked {

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cidr::Cidr;
+// The log's own types: `log.rs` parses and applies them and knows nothing of this file.
+pub use crate::log::{LogFormat, LogLevel};
 
 /// The whole configuration. Field names are the TOML keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,8 +156,8 @@ pub struct TlsConfig {
 pub struct LogConfig {
     /// A level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or a comma-separated
     /// list of directives in `EnvFilter` syntax (`info,fleetgroups::access=off`); checked
-    /// by `log::check_level`.
-    pub level: String,
+    /// as it is read (`log::LogLevel`).
+    pub level: LogLevel,
     /// `text` or `json`.
     pub format: LogFormat,
     /// The per-request line (target `fleetgroups::access`): `all`, `errors` (status
@@ -181,13 +183,6 @@ impl AccessLog {
             AccessLog::Off => false,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -336,7 +331,7 @@ impl Default for RetentionConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            level: "info".into(),
+            level: LogLevel::default(),
             format: LogFormat::Text,
             access: AccessLog::All,
         }
@@ -449,7 +444,7 @@ impl Config {
         Self::file(overrides, &fleetgroups_env())
     }
 
-    /// Checks values that parse but cannot work.
+    /// Checks values that parse but cannot work. (Long only by its table of floors.)
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -461,91 +456,68 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }
-        if self.auth.token_ttl_secs == 0 {
-            return bad("auth.token_ttl_secs", "must be at least 1");
+        // Numbers with a floor, in the order they are reported.
+        fn n<T: TryInto<u64>>(v: T) -> u64 {
+            v.try_into().unwrap_or(u64::MAX)
         }
-        if self.auth.tokens_per_user == 0 {
-            return bad("auth.tokens_per_user", "must be at least 1");
-        }
-        if self.auth.max_failed_logins == 0 {
-            return bad("auth.max_failed_logins", "must be at least 1");
-        }
-        if self.auth.failed_login_window_secs == 0 {
-            return bad("auth.failed_login_window_secs", "must be at least 1");
-        }
-        if self.auth.hash_concurrency == 0 {
-            return bad("auth.hash_concurrency", "must be at least 1");
-        }
-        if self.auth.failed_login_max_entries == 0 {
-            return bad("auth.failed_login_max_entries", "must be at least 1");
-        }
-        if self.limits.max_body_bytes < 1024 {
-            return bad("limits.max_body_bytes", "must be at least 1024");
-        }
-        if self.limits.max_devices_per_group == 0 {
-            return bad("limits.max_devices_per_group", "must be at least 1");
-        }
-        if self.limits.max_groups_per_account == 0 {
-            return bad("limits.max_groups_per_account", "must be at least 1");
-        }
-        if self.limits.idempotency_keys_per_user == 0 {
-            return bad("limits.idempotency_keys_per_user", "must be at least 1");
-        }
-        if self.limits.max_connections == 0 {
-            return bad("limits.max_connections", "must be at least 1");
-        }
-        for (key, v) in [
+        let (auth, limits) = (&self.auth, &self.limits);
+        let floors = [
+            ("auth.token_ttl_secs", n(auth.token_ttl_secs), 1),
+            ("auth.tokens_per_user", n(auth.tokens_per_user), 1),
+            ("auth.max_failed_logins", n(auth.max_failed_logins), 1),
+            (
+                "auth.failed_login_window_secs",
+                n(auth.failed_login_window_secs),
+                1,
+            ),
+            ("auth.hash_concurrency", n(auth.hash_concurrency), 1),
+            (
+                "auth.failed_login_max_entries",
+                n(auth.failed_login_max_entries),
+                1,
+            ),
+            ("limits.max_body_bytes", n(limits.max_body_bytes), 1024),
+            (
+                "limits.max_devices_per_group",
+                n(limits.max_devices_per_group),
+                1,
+            ),
+            (
+                "limits.max_groups_per_account",
+                n(limits.max_groups_per_account),
+                1,
+            ),
+            (
+                "limits.idempotency_keys_per_user",
+                n(limits.idempotency_keys_per_user),
+                1,
+            ),
+            ("limits.max_connections", n(limits.max_connections), 1),
             (
                 "limits.header_timeout_secs",
-                self.limits.header_timeout_secs,
+                n(limits.header_timeout_secs),
+                1,
             ),
-            ("limits.body_timeout_secs", self.limits.body_timeout_secs),
-            ("limits.write_timeout_secs", self.limits.write_timeout_secs),
-        ] {
-            if v == 0 {
-                return bad(key, "must be at least 1");
+            ("limits.body_timeout_secs", n(limits.body_timeout_secs), 1),
+            ("limits.write_timeout_secs", n(limits.write_timeout_secs), 1),
+            ("limits.max_page_bytes", n(limits.max_page_bytes), 1024),
+            ("storage.cache_mb", n(self.storage.cache_mb), 1),
+            ("retention.changes_days", n(self.retention.changes_days), 1),
+            (
+                "retention.changes_max_mb",
+                n(self.retention.changes_max_mb),
+                1,
+            ),
+        ];
+        for (key, value, floor) in floors {
+            if value < floor {
+                return bad(key, &format!("must be at least {floor}"));
             }
-        }
-        if self.limits.max_page_bytes < 1024 {
-            return bad("limits.max_page_bytes", "must be at least 1024");
-        }
-        if self.storage.cache_mb == 0 {
-            return bad("storage.cache_mb", "must be at least 1");
-        }
-        if self.retention.changes_days == 0 {
-            return bad("retention.changes_days", "must be at least 1");
-        }
-        if self.retention.changes_max_mb == 0 {
-            return bad("retention.changes_max_mb", "must be at least 1");
         }
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             return bad("tls", "set both cert and key, or neither");
         }
-        if let Err(why) = crate::log::check_level(&self.log.level) {
-            return bad("log.level", &why);
-        }
-        let r = &self.replication;
-        if !(1..=10_000).contains(&r.batch_size) {
-            return bad("replication.batch_size", "must be from 1 to 10000");
-        }
-        if !r.gateway_id.is_empty() && !valid_gateway_id(&r.gateway_id) {
-            return bad(
-                "replication.gateway_id",
-                "must be 1-64 characters of A-Z a-z 0-9 . _ -",
-            );
-        }
-        if r.enabled() {
-            if let Err(why) = crate::replication::check_settings(r) {
-                return Err(ConfigError(why));
-            }
-            let id = r.effective_gateway_id();
-            if !valid_gateway_id(&id) {
-                return bad(
-                    "replication.gateway_id",
-                    &format!("the host name {id:?} is not 1-64 characters of A-Z a-z 0-9 . _ -; set replication.gateway_id"),
-                );
-            }
-        }
+        validate_replication(&self.replication)?;
         if self.metrics.allowed_networks.is_empty() {
             return bad(
                 "metrics.allowed_networks",
@@ -566,8 +538,7 @@ impl Config {
         if !shown.tls.key.is_empty() {
             shown.tls.key = "***".into();
         }
-        shown.replication.postgres_url =
-            crate::replication::redact_url(&shown.replication.postgres_url);
+        shown.replication.postgres_url = crate::pg_url::redact(&shown.replication.postgres_url);
         shown
     }
 
@@ -685,6 +656,33 @@ fn check_each_key(table: &toml::Table) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The `[replication]` checks of [`Config::validate`].
+fn validate_replication(r: &ReplicationConfig) -> Result<(), ConfigError> {
+    let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+    if !(1..=10_000).contains(&r.batch_size) {
+        return bad("replication.batch_size", "must be from 1 to 10000");
+    }
+    if !r.gateway_id.is_empty() && !valid_gateway_id(&r.gateway_id) {
+        return bad(
+            "replication.gateway_id",
+            "must be 1-64 characters of A-Z a-z 0-9 . _ -",
+        );
+    }
+    if r.enabled() {
+        if let Err(why) = crate::pg_url::check(&r.postgres_url, &r.ca_file) {
+            return Err(ConfigError(why));
+        }
+        let id = r.effective_gateway_id();
+        if !valid_gateway_id(&id) {
+            return bad(
+                "replication.gateway_id",
+                &format!("the host name {id:?} is not 1-64 characters of A-Z a-z 0-9 . _ -; set replication.gateway_id"),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Every known key as (section or "", key, default value), derived from the defaults so
 /// the list cannot drift from the struct.
 fn known_keys() -> Vec<(String, String, toml::Value)> {
@@ -774,6 +772,32 @@ pub fn service_link(name: &str, value: &str) -> bool {
     }
 }
 
+/// The value of variable `name` as the type of its key's default: an integer, a
+/// boolean, a comma-separated list, or the text itself.
+fn env_value(name: &str, raw: &str, default: &toml::Value) -> Result<toml::Value, ConfigError> {
+    Ok(match default {
+        toml::Value::Integer(_) => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| ConfigError(format!("{name}: expected an integer, got {raw:?}")))?,
+        toml::Value::Boolean(_) => raw
+            .trim()
+            .parse::<bool>()
+            .map(toml::Value::Boolean)
+            .map_err(|_| ConfigError(format!("{name}: expected true or false, got {raw:?}")))?,
+        // A list is comma-separated: `FLEETGROUPS_METRICS_ALLOWED_NETWORKS=10.0.0.0/8,::1`.
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => toml::Value::String(raw.to_string()),
+    })
+}
+
 /// Applies the `FLEETGROUPS_*` variables that name settings; returns the service-link
 /// variables it ignored. Any other name is an error naming it.
 fn apply_env(
@@ -811,27 +835,7 @@ fn apply_env(
                 "{name}: unknown environment variable (no such configuration key)"
             )));
         };
-        let value = match default {
-            toml::Value::Integer(_) => raw
-                .trim()
-                .parse::<i64>()
-                .map(toml::Value::Integer)
-                .map_err(|_| ConfigError(format!("{name}: expected an integer, got {raw:?}")))?,
-            toml::Value::Boolean(_) => raw
-                .trim()
-                .parse::<bool>()
-                .map(toml::Value::Boolean)
-                .map_err(|_| ConfigError(format!("{name}: expected true or false, got {raw:?}")))?,
-            // A list is comma-separated: `FLEETGROUPS_METRICS_ALLOWED_NETWORKS=10.0.0.0/8,::1`.
-            toml::Value::Array(_) => toml::Value::Array(
-                raw.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| toml::Value::String(s.to_string()))
-                    .collect(),
-            ),
-            _ => toml::Value::String(raw.clone()),
-        };
+        let value = env_value(name, raw, default)?;
         if section.is_empty() {
             table.insert(key.clone(), value);
         } else {

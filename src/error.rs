@@ -8,6 +8,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use http::header::{ALLOW, CONNECTION, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderName, HeaderValue, StatusCode};
+
 /// Everything a request can fail with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -57,24 +60,26 @@ pub enum ApiError {
 
 impl ApiError {
     /// The HTTP status code.
-    pub fn status(&self) -> u16 {
+    pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            InvalidInput(_) | InvalidPatch(_) => 400,
-            Unauthorized | InvalidCredentials => 401,
-            Forbidden(_) => 403,
-            GroupNotFound | NotFound => 404,
-            MethodNotAllowed(_) => 405,
-            RequestTimeout => 408,
-            NameConflict | PatchTestFailed(_) => 409,
-            CursorExpired => 410,
-            PreconditionFailed => 412,
-            BodyTooLarge => 413,
-            UnsupportedMediaType(_) => 415,
-            IdempotencyKeyReused => 422,
-            RateLimited { .. } | DailyLimitExceeded { .. } | TooManyFailedLogins { .. } => 429,
-            Internal(_) => 500,
-            Unavailable(_) => 503,
+            InvalidInput(_) | InvalidPatch(_) => StatusCode::BAD_REQUEST,
+            Unauthorized | InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Forbidden(_) => StatusCode::FORBIDDEN,
+            GroupNotFound | NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            NameConflict | PatchTestFailed(_) => StatusCode::CONFLICT,
+            CursorExpired => StatusCode::GONE,
+            PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            RateLimited { .. } | DailyLimitExceeded { .. } | TooManyFailedLogins { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -136,17 +141,19 @@ impl ApiError {
 
     /// Extra response headers this error requires (`Allow`, `Retry-After`,
     /// `WWW-Authenticate`), as (name, value) pairs.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         use ApiError::*;
         match self {
-            Unauthorized => vec![("www-authenticate", "Bearer".to_string())],
-            MethodNotAllowed(allow) => vec![("allow", (*allow).to_string())],
+            Unauthorized => vec![(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+            // The route table's `allow` values are checked to be header values by a
+            // test in `http/router.rs`.
+            MethodNotAllowed(allow) => vec![(ALLOW, HeaderValue::from_static(allow))],
             RateLimited { retry_after }
             | DailyLimitExceeded { retry_after }
             | TooManyFailedLogins { retry_after } => {
-                vec![("retry-after", retry_after.to_string())]
+                vec![(RETRY_AFTER, HeaderValue::from(*retry_after))]
             }
-            RequestTimeout => vec![("connection", "close".to_string())],
+            RequestTimeout => vec![(CONNECTION, HeaderValue::from_static("close"))],
             _ => Vec::new(),
         }
     }
@@ -170,7 +177,7 @@ impl ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.status(), self.code())
+        write!(f, "{} {}", self.status().as_u16(), self.code())
     }
 }
 
@@ -307,7 +314,7 @@ mod tests {
         ];
         for (err, status, code, message) in rows {
             assert_eq!(
-                (err.status(), err.code(), err.message().as_ref()),
+                (err.status().as_u16(), err.code(), err.message().as_ref()),
                 (status, code, message)
             );
         }
@@ -317,18 +324,22 @@ mod tests {
     fn headers_that_errors_require() {
         assert_eq!(
             ApiError::Unauthorized.headers(),
-            vec![("www-authenticate", "Bearer".to_string())]
+            vec![(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))]
         );
         assert_eq!(
             ApiError::MethodNotAllowed("GET, POST").headers(),
-            vec![("allow", "GET, POST".to_string())]
+            vec![(ALLOW, HeaderValue::from_static("GET, POST"))]
         );
         for e in [
             ApiError::RateLimited { retry_after: 7 },
             ApiError::DailyLimitExceeded { retry_after: 7 },
             ApiError::TooManyFailedLogins { retry_after: 7 },
         ] {
-            assert_eq!(e.headers(), vec![("retry-after", "7".to_string())], "{e}");
+            assert_eq!(
+                e.headers(),
+                vec![(RETRY_AFTER, HeaderValue::from(7u64))],
+                "{e}"
+            );
         }
         assert!(ApiError::InvalidCredentials.headers().is_empty());
         assert!(ApiError::GroupNotFound.headers().is_empty());

@@ -16,13 +16,16 @@ pub mod error;
 pub mod hashing;
 pub mod healthcheck;
 pub mod http;
+pub mod json;
 pub mod log;
 pub mod login_limiter;
 pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod patch;
+pub mod percent;
 pub mod perms;
+pub mod pg_url;
 #[cfg(test)]
 mod proptests;
 pub mod reload;

@@ -22,8 +22,8 @@
 //! no timestamp of its own, so `journalctl -p warning` works; elsewhere the lines are
 //! as before ([`Journald`]).
 //!
-//! The log level — a level or `EnvFilter` directives ([`check_level`]) — sits behind a
-//! reload layer: SIGHUP changes it ([`Level::set`], called by `reload.rs`). The format
+//! The log level — a level or `EnvFilter` directives, a checked [`LogLevel`] — sits
+//! behind a reload layer: SIGHUP changes it ([`Level::set`], called by `reload.rs`). The format
 //! (text or JSON) needs a restart.
 
 use std::collections::VecDeque;
@@ -39,7 +39,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
-use crate::config::{LogConfig, LogFormat};
+use serde::{Deserialize, Serialize};
 
 /// Most bytes of formatted lines waiting for the writer thread. Past it new lines are
 /// dropped: at ~200 bytes a request line that is ~5,000 requests of backlog, enough to
@@ -69,17 +69,79 @@ fn count_dropped() {
     DROPPED.fetch_add(1, Ordering::Relaxed);
 }
 
+/// `log.format`: how lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `log.level`: a level or `EnvFilter` directives, checked when it is made (parsed from
+/// the configuration), so a running server holds no level it could not apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LogLevel(String);
+
+impl LogLevel {
+    /// The text as configured.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for LogLevel {
+    fn default() -> Self {
+        LogLevel("info".into())
+    }
+}
+
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<LogLevel, String> {
+        check_level(&text)?;
+        Ok(LogLevel(text))
+    }
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<LogLevel, String> {
+        LogLevel::try_from(text.to_string())
+    }
+}
+
+impl From<LogLevel> for String {
+    fn from(level: LogLevel) -> String {
+        level.0
+    }
+}
+
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<&str> for LogLevel {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// Changes the log level of the installed subscriber (SIGHUP).
 pub struct Level {
     handle: reload::Handle<EnvFilter, Registry>,
 }
 
 impl Level {
-    /// Replaces the filter with `level` (a level or directives, as [`check_level`]
-    /// accepts them; sled stays at `warn` unless a directive names it).
-    pub fn set(&self, level: &str) -> Result<(), String> {
+    /// Replaces the filter with `level` (sled stays at `warn` unless a directive names
+    /// it).
+    pub fn set(&self, level: &LogLevel) -> Result<(), String> {
         self.handle
-            .reload(filter(level)?)
+            .reload(filter(level.as_str())?)
             .map_err(|e| format!("cannot change the log level: {e}"))
     }
 }
@@ -92,7 +154,7 @@ const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 /// `EnvFilter` in one way: a bare word that is not a level is refused, where
 /// `EnvFilter` would read it as "everything from target `word`", so a misspelt level
 /// (`warnn`) would silently log nothing it was meant to. The error says why, for a
-/// message that names the key (`config.rs`).
+/// message that names the key (`config.rs`). What [`LogLevel`] is made through.
 pub fn check_level(level: &str) -> Result<(), String> {
     filter(level).map(|_| ())
 }
@@ -130,9 +192,9 @@ fn filter(level: &str) -> Result<EnvFilter, String> {
 /// Installs the global subscriber, the writer thread and the panic hook. Only the first
 /// call in a process installs anything; later ones (tests) return a [`Level`] that
 /// changes nothing.
-pub fn init(config: &LogConfig) -> Level {
-    // The configuration was validated; a level that still fails falls back to info.
-    let level = filter(&config.level).unwrap_or_else(|_| EnvFilter::new("info,sled=warn"));
+pub fn init(level: &LogLevel, log_format: LogFormat) -> Level {
+    // A `LogLevel` was checked; a filter that still fails falls back to info.
+    let level = filter(level.as_str()).unwrap_or_else(|_| EnvFilter::new("info,sled=warn"));
     let (filter, handle) = reload::Layer::new(level);
     let writer = match SINK.get() {
         Some(sink) => SinkWriter(Arc::clone(sink)),
@@ -143,7 +205,7 @@ pub fn init(config: &LogConfig) -> Level {
         .with_ansi(false)
         .log_internal_errors(false);
     let journal = under_journald();
-    let fmt = match (config.format, journal) {
+    let fmt = match (log_format, journal) {
         (LogFormat::Text, false) => fmt.boxed(),
         (LogFormat::Json, false) => fmt.json().flatten_event(true).boxed(),
         (LogFormat::Text, true) => fmt.event_format(Journald(format().without_time())).boxed(),

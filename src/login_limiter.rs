@@ -45,7 +45,7 @@ pub struct NameKey {
 impl NameKey {
     /// The key of `name`, or None when no user can have that name.
     pub fn new(name: &str) -> Option<NameKey> {
-        if !crate::auth::valid_name(name) {
+        if !crate::names::valid_user_name(name) {
             return None;
         }
         let mut bytes = [0u8; NAME_MAX];
@@ -84,16 +84,26 @@ impl LimitKey {
         LimitKey::Addr(ip.to_canonical())
     }
 
-    fn kind(&self) -> usize {
+    fn kind(&self) -> KeyKind {
         match self {
-            LimitKey::Name(_) => NAMES,
-            LimitKey::Addr(_) => ADDRS,
+            LimitKey::Name(_) => KeyKind::Name,
+            LimitKey::Addr(_) => KeyKind::Addr,
         }
     }
 }
 
-const NAMES: usize = 0;
-const ADDRS: usize = 1;
+/// The two kinds of key, each with its own budget (index into `FailedLogins::order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Name = 0,
+    Addr = 1,
+}
+
+impl KeyKind {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// The table.
 pub struct FailedLogins {
@@ -126,7 +136,10 @@ impl FailedLogins {
 
     /// Entries tracked: (userNames, addresses).
     pub fn len(&self) -> (usize, usize) {
-        (self.order[NAMES].len(), self.order[ADDRS].len())
+        (
+            self.order[KeyKind::Name.index()].len(),
+            self.order[KeyKind::Addr.index()].len(),
+        )
     }
 
     fn in_window(&self, t: Instant, now: Instant) -> bool {
@@ -148,7 +161,7 @@ impl FailedLogins {
         for key in keys {
             let end = match self.entries.get(key) {
                 Some(failures) => self.lock_end(failures, now),
-                None if key.kind() == NAMES => self.names_full_until.filter(|t| *t > now),
+                None if key.kind() == KeyKind::Name => self.names_full_until.filter(|t| *t > now),
                 None => None,
             };
             until = until.max(end);
@@ -163,6 +176,7 @@ impl FailedLogins {
     pub fn record(&mut self, keys: &[LimitKey], now: Instant) {
         for key in keys {
             let kind = key.kind();
+            let slot = kind.index();
             let window = self.window;
             if let Some(failures) = self.entries.get_mut(key) {
                 let last = failures.back().copied().unwrap_or(now);
@@ -176,27 +190,28 @@ impl FailedLogins {
                 {
                     failures.pop_front();
                 }
-                self.order[kind].remove(&(last, *key));
-                self.order[kind].insert((t, *key));
+                self.order[slot].remove(&(last, *key));
+                self.order[slot].insert((t, *key));
                 continue;
             }
             if !self.make_room(kind, now) {
                 continue;
             }
             self.entries.insert(*key, VecDeque::from([now]));
-            self.order[kind].insert((now, *key));
+            self.order[slot].insert((now, *key));
         }
     }
 
     /// Drops every entry whose last failure left the window; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
         let mut dropped = 0;
-        for kind in [NAMES, ADDRS] {
-            while let Some((last, key)) = self.order[kind].first().copied() {
+        for kind in [KeyKind::Name, KeyKind::Addr] {
+            let slot = kind.index();
+            while let Some((last, key)) = self.order[slot].first().copied() {
                 if self.in_window(last, now) {
                     break;
                 }
-                self.order[kind].pop_first();
+                self.order[slot].pop_first();
                 self.entries.remove(&key);
                 dropped += 1;
             }
@@ -209,21 +224,22 @@ impl FailedLogins {
 
     /// Makes room for a new key of `kind`; false when it must not be tracked (every
     /// name is locked).
-    fn make_room(&mut self, kind: usize, now: Instant) -> bool {
-        if self.order[kind].len() < self.max_entries {
+    fn make_room(&mut self, kind: KeyKind, now: Instant) -> bool {
+        let slot = kind.index();
+        if self.order[slot].len() < self.max_entries {
             return true;
         }
         self.expire(now);
-        if self.order[kind].len() < self.max_entries {
+        if self.order[slot].len() < self.max_entries {
             return true;
         }
-        let victim = if kind == ADDRS {
-            self.order[kind].first().copied()
+        let victim = if kind == KeyKind::Addr {
+            self.order[slot].first().copied()
         } else {
             // Linear in the locked names ahead of the first unlocked one; each of them
             // cost `max_failures` argon2 verifications, so this stays cheap next to
             // the verification that brought us here.
-            self.order[kind]
+            self.order[slot]
                 .iter()
                 .find(|(_, k)| {
                     self.entries
@@ -234,12 +250,12 @@ impl FailedLogins {
         };
         match victim {
             Some(v) => {
-                self.order[kind].remove(&v);
+                self.order[slot].remove(&v);
                 self.entries.remove(&v.1);
                 true
             }
             None => {
-                self.names_full_until = self.order[kind]
+                self.names_full_until = self.order[slot]
                     .iter()
                     .filter_map(|(_, k)| self.entries.get(k))
                     .filter_map(|f| self.lock_end(f, now))
@@ -408,7 +424,7 @@ mod tests {
             t.record(&[addr(1)], t0 + Duration::from_millis(i));
         }
         assert_eq!(t.entries[&addr(1)].len(), 4);
-        assert_eq!(t.order[ADDRS].len(), 1);
+        assert_eq!(t.order[KeyKind::Addr.index()].len(), 1);
         // Out-of-order records keep the deque sorted.
         t.record(&[addr(1)], t0);
         let f = &t.entries[&addr(1)];

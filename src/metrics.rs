@@ -6,6 +6,9 @@
 //! `log.rs`): stderr belongs to the process, not to one server.
 
 mod process;
+mod replication;
+
+pub use replication::{ReplicationStats, ERROR_KINDS};
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -13,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::app::App;
 use crate::sync::lock;
+use crate::time::Clock;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -28,6 +31,32 @@ pub struct Metrics {
     routes: Mutex<BTreeMap<&'static str, RouteStats>>,
     /// Written by the connection table (`http/conns.rs`), shared with it.
     pub conns: std::sync::Arc<ConnStats>,
+    /// Written by the replication task (`replication.rs`).
+    pub replication: ReplicationStats,
+}
+
+/// What a scrape shows that other parts own (the store, auth, backups), read at scrape
+/// time by `App::metrics_snapshot`: this file renders values and depends on none of
+/// them.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// None when the store cannot count them right now (the line is left out).
+    pub groups: Option<u64>,
+    pub users: u64,
+    pub failed_login_names: u64,
+    pub failed_login_addresses: u64,
+    pub store_bytes: u64,
+    /// The store takes writes and answers a read (what `/readyz` and the watchdog see).
+    pub store_healthy: bool,
+    pub live_tokens: u64,
+    pub flushes: u64,
+    pub flush_waits: u64,
+    pub flush_sled_micros: u64,
+    pub flush_fsync_micros: u64,
+    /// ms since the epoch; 0: none known.
+    pub backup_last_success_ms: i64,
+    /// The store's highest change seq (the replication lag is measured to it).
+    pub last_seq: u64,
 }
 
 /// What one route answered and how long it took.
@@ -60,6 +89,14 @@ pub struct ConnStats {
 }
 
 impl Metrics {
+    /// Empty counters; replication's figures are dated by `clock`.
+    pub fn new(clock: Clock) -> Metrics {
+        Metrics {
+            replication: ReplicationStats::new(clock),
+            ..Metrics::default()
+        }
+    }
+
     /// Records one answered request.
     pub fn observe(&self, route: &'static str, status: u16, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
@@ -77,9 +114,67 @@ impl Metrics {
     }
 
     /// The text exposition format.
-    pub fn render(&self, app: &App) -> String {
+    pub fn render(&self, app: &Snapshot) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str(&crate::build_info::prometheus());
+        self.render_requests(&mut out);
+        let gauges = [
+            ("fleetgroups_groups", "Groups in all accounts.", app.groups),
+            ("fleetgroups_users", "Users.", Some(app.users)),
+            (
+                "fleetgroups_failed_login_names",
+                "userNames in the failed-login table.",
+                Some(app.failed_login_names),
+            ),
+            (
+                "fleetgroups_failed_login_addresses",
+                "Client addresses in the failed-login table.",
+                Some(app.failed_login_addresses),
+            ),
+            (
+                "fleetgroups_store_bytes",
+                "Bytes the store occupies on disk.",
+                Some(app.store_bytes),
+            ),
+        ];
+        // A value the store cannot read right now is left out rather than shown as 0.
+        for (name, help, value) in gauges
+            .into_iter()
+            .filter_map(|(n, h, v)| v.map(|v| (n, h, v)))
+        {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+        render_connections(&mut out, &self.conns);
+        // What /readyz and the watchdog look at: writes are taken (no failed flush) and
+        // a read answers. 0 pages someone before clients see 503s for long.
+        let healthy = app.store_healthy;
+        let _ = writeln!(
+            out,
+            "# HELP fleetgroups_store_healthy 1 while the store answers reads and takes writes, else 0.\n# TYPE fleetgroups_store_healthy gauge\nfleetgroups_store_healthy {}",
+            u8::from(healthy)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleetgroups_tokens Live (unexpired, unrevoked) bearer tokens.\n# TYPE fleetgroups_tokens gauge\nfleetgroups_tokens {}",
+            app.live_tokens
+        );
+        process::render(&mut out);
+        render_counters(&mut out, app);
+        // 0 until a backup is known: `time() - …` is then huge and an alert fires.
+        let _ = writeln!(
+            out,
+            "# HELP fleetgroups_backup_last_success_timestamp_seconds When the last backup of this data directory succeeded (Unix time; 0: none known).\n# TYPE fleetgroups_backup_last_success_timestamp_seconds gauge\nfleetgroups_backup_last_success_timestamp_seconds {}",
+            app.backup_last_success_ms as f64 / 1e3
+        );
+        render_replication(&mut out, &self.replication, app.last_seq);
+        out
+    }
+
+    /// Requests by route and status, and the latency histogram per route.
+    fn render_requests(&self, out: &mut String) {
         out.push_str(
             "# HELP fleetgroups_requests_total HTTP requests answered, by route and status.\n",
         );
@@ -123,129 +218,76 @@ impl Metrics {
                 );
             }
         }
-        let gauges = [
-            (
-                "fleetgroups_groups",
-                "Groups in all accounts.",
-                app.store.group_count(),
-            ),
-            (
-                "fleetgroups_users",
-                "Users.",
-                Some(app.auth.user_count() as u64),
-            ),
-            (
-                "fleetgroups_failed_login_names",
-                "userNames in the failed-login table.",
-                Some(app.auth.failed_login_entries().0 as u64),
-            ),
-            (
-                "fleetgroups_failed_login_addresses",
-                "Client addresses in the failed-login table.",
-                Some(app.auth.failed_login_entries().1 as u64),
-            ),
-            (
-                "fleetgroups_store_bytes",
-                "Bytes the store occupies on disk.",
-                Some(app.store.size_on_disk()),
-            ),
-        ];
-        // A value the store cannot read right now is left out rather than shown as 0.
-        for (name, help, value) in gauges
-            .into_iter()
-            .filter_map(|(n, h, v)| v.map(|v| (n, h, v)))
-        {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        }
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let c = &self.conns;
+    }
+}
+
+/// The flush and dropped-log-line counters.
+fn render_counters(out: &mut String, app: &Snapshot) {
+    let secs = |micros: u64| (micros as f64 / 1e6).to_string();
+    let counters = [
+        (
+            "fleetgroups_store_flushes_total",
+            "Group-commit flushes (sled flush + fdatasync).",
+            app.flushes.to_string(),
+        ),
+        (
+            "fleetgroups_store_flush_waits_total",
+            "Durable-write waits those flushes released.",
+            app.flush_waits.to_string(),
+        ),
+        (
+            "fleetgroups_store_flush_sled_seconds_total",
+            "Time in sled's flush (log write, sync_file_range).",
+            secs(app.flush_sled_micros),
+        ),
+        (
+            "fleetgroups_store_flush_fsync_seconds_total",
+            "Time in fdatasync of the store files.",
+            secs(app.flush_fsync_micros),
+        ),
+        (
+            "fleetgroups_log_lines_dropped_total",
+            "Log lines dropped because stderr failed or fell behind (log.rs).",
+            crate::log::lines_dropped().to_string(),
+        ),
+    ];
+    for (name, help, value) in counters {
         let _ = writeln!(
             out,
-            "# HELP fleetgroups_connections_open Client connections open now.\n# TYPE fleetgroups_connections_open gauge\nfleetgroups_connections_open {}",
-            load(&c.open)
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
+    }
+}
+
+/// The connection table's gauges and counters (`http/conns.rs`).
+fn render_connections(out: &mut String, c: &ConnStats) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP fleetgroups_connections_open Client connections open now.\n# TYPE fleetgroups_connections_open gauge\nfleetgroups_connections_open {}",
+        load(&c.open)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP fleetgroups_connections_max Most client connections served at once (limits.max_connections).\n# TYPE fleetgroups_connections_max gauge\nfleetgroups_connections_max {}",
+        load(&c.max)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP fleetgroups_connections_blocked Connections whose answer waits for the client to read it.\n# TYPE fleetgroups_connections_blocked gauge\nfleetgroups_connections_blocked {}",
+        load(&c.blocked)
+    );
+    out.push_str("# HELP fleetgroups_connections_closed_total Connections the server closed, by reason.\n# TYPE fleetgroups_connections_closed_total counter\n");
+    for (reason, n) in [
+        ("write_timeout", &c.write_timeouts),
+        ("evicted_idle", &c.evicted_idle),
+        ("evicted_stalled", &c.evicted_stalled),
+    ] {
         let _ = writeln!(
             out,
-            "# HELP fleetgroups_connections_max Most client connections served at once (limits.max_connections).\n# TYPE fleetgroups_connections_max gauge\nfleetgroups_connections_max {}",
-            load(&c.max)
+            "fleetgroups_connections_closed_total{{reason=\"{reason}\"}} {}",
+            load(n)
         );
-        let _ = writeln!(
-            out,
-            "# HELP fleetgroups_connections_blocked Connections whose answer waits for the client to read it.\n# TYPE fleetgroups_connections_blocked gauge\nfleetgroups_connections_blocked {}",
-            load(&c.blocked)
-        );
-        out.push_str("# HELP fleetgroups_connections_closed_total Connections the server closed, by reason.\n# TYPE fleetgroups_connections_closed_total counter\n");
-        for (reason, n) in [
-            ("write_timeout", &c.write_timeouts),
-            ("evicted_idle", &c.evicted_idle),
-            ("evicted_stalled", &c.evicted_stalled),
-        ] {
-            let _ = writeln!(
-                out,
-                "fleetgroups_connections_closed_total{{reason=\"{reason}\"}} {}",
-                load(n)
-            );
-        }
-        // What /readyz and the watchdog look at: writes are taken (no failed flush) and
-        // a read answers. 0 pages someone before clients see 503s for long.
-        let healthy = app.store.healthy() && app.store_answers();
-        let _ = writeln!(
-            out,
-            "# HELP fleetgroups_store_healthy 1 while the store answers reads and takes writes, else 0.\n# TYPE fleetgroups_store_healthy gauge\nfleetgroups_store_healthy {}",
-            u8::from(healthy)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP fleetgroups_tokens Live (unexpired, unrevoked) bearer tokens.\n# TYPE fleetgroups_tokens gauge\nfleetgroups_tokens {}",
-            app.auth.live_tokens()
-        );
-        process::render(&mut out);
-        let f = app.store.flush_stats();
-        let secs = |a: &AtomicU64| (load(a) as f64 / 1e6).to_string();
-        let counters = [
-            (
-                "fleetgroups_store_flushes_total",
-                "Group-commit flushes (sled flush + fdatasync).",
-                load(&f.flushes).to_string(),
-            ),
-            (
-                "fleetgroups_store_flush_waits_total",
-                "Durable-write waits those flushes released.",
-                load(&f.tickets).to_string(),
-            ),
-            (
-                "fleetgroups_store_flush_sled_seconds_total",
-                "Time in sled's flush (log write, sync_file_range).",
-                secs(&f.sled_micros),
-            ),
-            (
-                "fleetgroups_store_flush_fsync_seconds_total",
-                "Time in fdatasync of the store files.",
-                secs(&f.sync_micros),
-            ),
-            (
-                "fleetgroups_log_lines_dropped_total",
-                "Log lines dropped because stderr failed or fell behind (log.rs).",
-                crate::log::lines_dropped().to_string(),
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        }
-        // 0 until a backup is known: `time() - …` is then huge and an alert fires.
-        let _ = writeln!(
-            out,
-            "# HELP fleetgroups_backup_last_success_timestamp_seconds When the last backup of this data directory succeeded (Unix time; 0: none known).\n# TYPE fleetgroups_backup_last_success_timestamp_seconds gauge\nfleetgroups_backup_last_success_timestamp_seconds {}",
-            app.backup_last_success_ms.load(Ordering::Relaxed) as f64 / 1e3
-        );
-        render_replication(&mut out, app);
-        out
     }
 }
 
@@ -264,12 +306,10 @@ fn label_value(v: &str) -> std::borrow::Cow<'_, str> {
 
 /// The replication metrics (replication.md §4), present only when `[replication]` is
 /// configured.
-fn render_replication(out: &mut String, app: &App) {
-    let r = &app.replication;
+fn render_replication(out: &mut String, r: &ReplicationStats, last: u64) {
     if !r.enabled.load(Ordering::Relaxed) {
         return;
     }
-    let last = app.store.last_seq();
     let applied = r.applied_seq.load(Ordering::Relaxed);
     let gauges = [
         (

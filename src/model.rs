@@ -23,16 +23,28 @@ impl GroupId {
     /// Parses the canonical `grp-<n>` form: `n` positive, decimal, no sign, no leading
     /// zero. Anything else is not the ID of any group (and so answers 404, not 400).
     pub fn parse(s: &str) -> Option<GroupId> {
-        let digits = s.strip_prefix("grp-")?;
-        if digits.is_empty()
-            || digits.len() > 20
-            || digits.starts_with('0')
-            || !digits.bytes().all(|b| b.is_ascii_digit())
-        {
-            return None;
-        }
-        digits.parse().ok().map(GroupId)
+        canonical_digits(s)?.parse().ok().map(GroupId)
     }
+
+    /// A list cursor (`after`): any canonical `grp-<n>` of up to 20 digits, also one
+    /// beyond the largest possible ID, which reads as `u64::MAX` (nothing follows it),
+    /// so the documented pattern is exact.
+    pub fn parse_cursor(s: &str) -> Option<u64> {
+        canonical_digits(s).map(|d| d.parse().unwrap_or(u64::MAX))
+    }
+}
+
+/// The digits of `grp-<n>` in canonical form (1–20 digits, no leading zero).
+fn canonical_digits(s: &str) -> Option<&str> {
+    s.strip_prefix("grp-").filter(|d| {
+        (1..=20).contains(&d.len()) && !d.starts_with('0') && d.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// Whether `key` is a usable `Idempotency-Key` (api.md §5): 1 to 255 visible ASCII
+/// characters.
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (1..=255).contains(&key.len()) && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
 impl std::fmt::Display for GroupId {
@@ -131,13 +143,20 @@ fn validate_description(obj: &Map<String, Value>) -> Result<Option<String>, ApiE
 }
 
 fn validate_devices(value: Option<&Value>, rules: Rules) -> Result<Vec<String>, ApiError> {
-    let items = match value {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(_) => return Err(invalid("devices must be an array of strings")),
-    };
-    let mut out: Vec<String> = Vec::with_capacity(items.len().min(rules.max_devices));
-    let mut seen = std::collections::HashSet::with_capacity(items.len().min(rules.max_devices));
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => distinct_devices(items, Some(rules.max_devices)),
+        Some(_) => Err(invalid("devices must be an array of strings")),
+    }
+}
+
+/// The device IDs of a `devices` array, each checked (§4), duplicates dropped, in the
+/// order first given; more than `max` distinct ones (when given) is refused. The one
+/// reading of a device list, for group bodies and for the membership call.
+pub fn distinct_devices(items: &[Value], max: Option<usize>) -> Result<Vec<String>, ApiError> {
+    let cap = max.map_or(items.len(), |m| items.len().min(m));
+    let mut out: Vec<String> = Vec::with_capacity(cap);
+    let mut seen = std::collections::HashSet::with_capacity(cap);
     for (i, item) in items.iter().enumerate() {
         let id = item
             .as_str()
@@ -145,10 +164,9 @@ fn validate_devices(value: Option<&Value>, rules: Rules) -> Result<Vec<String>, 
         check_device_id(id).map_err(|why| invalid(format!("devices[{i}] {why}")))?;
         if seen.insert(id) {
             out.push(id.to_string());
-            if out.len() > rules.max_devices {
+            if let Some(max) = max.filter(|m| out.len() > *m) {
                 return Err(invalid(format!(
-                    "devices must hold at most {} distinct IDs",
-                    rules.max_devices
+                    "devices must hold at most {max} distinct IDs"
                 )));
             }
         }

@@ -6,9 +6,20 @@
 //! renders as "invoiceexe.txt") or nothing visible (a lone U+200B). Unicode's data
 //! comes from `unicode-normalization` and `caseless` (the unicode-rs and Servo crates);
 //! the two small character sets below are from the Unicode standard itself.
+//!
+//! Also the userName rule ([`valid_user_name`]), which auth, the failed-login table
+//! and user management share.
 
 use caseless::Caseless;
 use unicode_normalization::UnicodeNormalization;
+
+/// A user name is 1–64 of `A-Z a-z 0-9 . _ @ -` (api.md §2); accounts follow the same rule.
+pub fn valid_user_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+}
 
 /// The stored form of a name: NFC.
 pub fn normalize(name: &str) -> String {

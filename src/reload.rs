@@ -154,7 +154,7 @@ mod tests {
         assert!(needs_restart(&base, &base).is_empty());
 
         let mut new = base.clone();
-        new.log.level = "debug".into();
+        new.log.level = "debug".parse().expect("a level");
         assert!(needs_restart(&base, &new).is_empty());
 
         new.listen = "127.0.0.1:9".into();

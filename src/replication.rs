@@ -11,12 +11,12 @@
 //! Nothing here is on the request path: requests never wait for it, and it never holds
 //! the store's writer lock (the snapshot is read without it, `Store::snapshot`).
 //! Secrets: the password comes from `password_file` or the URL and is never logged,
-//! put in an error message, a metric or `check-config` (`redact_url`).
+//! put in an error message, a metric or `check-config` (`pg_url::redact`).
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -31,6 +31,7 @@ use tokio_postgres::Client;
 use crate::app::App;
 use crate::config::ReplicationConfig;
 use crate::error::ApiError;
+use crate::pg_url::SslMode;
 use crate::store::feed::{parse_entry, FeedPage, Snapshot};
 
 /// The central schema version this binary creates and understands.
@@ -48,19 +49,6 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 /// How often an idle replicator looks for new entries.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Error kinds of `fleetgroups_replication_errors_total{kind}`.
-pub const ERROR_KINDS: [&str; 5] = ["connect", "schema", "apply", "resync", "store"];
-
-/// `sslmode`, as libpq names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
-    Disable,
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
 /// Everything a replicator needs to connect, checked.
 pub struct Settings {
     pg: tokio_postgres::Config,
@@ -72,108 +60,10 @@ pub struct Settings {
     password: Option<String>,
 }
 
-/// The URL without its password (`user:***@host`), for showing it.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &authority[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
-        None => url.to_string(),
-    }
-}
-
-/// Splits `sslmode` off the URL's query (tokio-postgres knows only some of its values).
-fn split_sslmode(url: &str) -> Result<(String, SslMode), String> {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, q),
-        None => (url, ""),
-    };
-    let mut mode = SslMode::Prefer;
-    let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("sslmode", v)) => {
-                mode = match v {
-                    "disable" => SslMode::Disable,
-                    "prefer" => SslMode::Prefer,
-                    "require" => SslMode::Require,
-                    "verify-ca" => SslMode::VerifyCa,
-                    "verify-full" => SslMode::VerifyFull,
-                    other => {
-                        return Err(format!(
-                        "replication.postgres_url: sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
-                    ))
-                    }
-                }
-            }
-            _ => kept.push(pair),
-        }
-    }
-    let url = if kept.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
-    Ok((url, mode))
-}
-
-/// The checks `Config::validate` makes for every command: the URL, `sslmode`, and a
-/// CA file where one is needed. The files themselves are read by `serve` and
-/// `check-config` (`Settings::from_config`), not by every CLI command, which may run as
-/// a user the credential is not for.
-pub fn check_settings(r: &ReplicationConfig) -> Result<(), String> {
-    parse_url(r).map(|_| ())
-}
-
-/// The URL, parsed and checked; the password in it, if any; the `sslmode`.
-fn parse_url(
-    r: &ReplicationConfig,
-) -> Result<(tokio_postgres::Config, Option<String>, SslMode), String> {
-    let url_password = redact_secret_of(&r.postgres_url);
-    let scrub = |msg: String| match &url_password {
-        Some(p) if !p.is_empty() => msg.replace(p.as_str(), "***"),
-        _ => msg,
-    };
-    if !(r.postgres_url.starts_with("postgresql://") || r.postgres_url.starts_with("postgres://")) {
-        return Err("replication.postgres_url: must be a postgresql:// URL (libpq style)".into());
-    }
-    let (url, ssl) = split_sslmode(&r.postgres_url).map_err(scrub)?;
-    let pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
-        scrub(format!(
-            "replication.postgres_url: not a valid PostgreSQL URL: {e}"
-        ))
-    })?;
-    if pg.get_user().is_none() {
-        return Err(
-            "replication.postgres_url: must name a user (postgresql://USER@host/db)".into(),
-        );
-    }
-    if pg.get_hosts().is_empty() {
-        return Err("replication.postgres_url: must name a host".into());
-    }
-    if matches!(ssl, SslMode::VerifyCa | SslMode::VerifyFull) && r.ca_file.is_empty() {
-        return Err("replication.ca_file: required with sslmode=verify-ca or verify-full".into());
-    }
-    Ok((pg, url_password, ssl))
-}
-
 impl Settings {
     /// From `[replication]`; every problem names its key and never holds the password.
     pub fn from_config(r: &ReplicationConfig) -> Result<Settings, String> {
-        let (mut pg, url_password, ssl) = parse_url(r)?;
+        let (mut pg, url_password, ssl) = crate::pg_url::parse(&r.postgres_url, &r.ca_file)?;
         let mut password = url_password;
         if !r.password_file.is_empty() {
             let text = std::fs::read_to_string(&r.password_file).map_err(|e| {
@@ -250,15 +140,6 @@ impl Settings {
             }
         }
     }
-}
-
-/// The password in the URL's user info, if any (percent-decoding left aside: it is
-/// only used to scrub messages).
-fn redact_secret_of(url: &str) -> Option<String> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    userinfo.split_once(':').map(|(_, p)| p.to_string())
 }
 
 enum Verify {
@@ -360,75 +241,6 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// What `/metrics` shows (replication.md §4).
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub enabled: std::sync::atomic::AtomicBool,
-    /// The `applied_seq` the centre confirmed last.
-    pub applied_seq: AtomicU64,
-    /// When a batch or resync last committed (ms since the epoch; 0: never).
-    pub last_success_ms: AtomicI64,
-    pub resyncs: AtomicU64,
-    errors: [AtomicU64; ERROR_KINDS.len()],
-    /// (highest seq seen, when it was first seen), oldest first, only seqs not yet
-    /// applied centrally: the front dates the oldest pending change (monotonic clock).
-    marks: Mutex<VecDeque<(u64, Instant)>>,
-}
-
-/// At most this many marks; past it new ones wait (the front, which dates the lag,
-/// is kept).
-const MAX_MARKS: usize = 4096;
-
-impl Stats {
-    fn error(&self, kind: &str) {
-        if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
-            self.errors[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// `fleetgroups_replication_errors_total` per kind.
-    pub fn errors(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        ERROR_KINDS
-            .iter()
-            .zip(&self.errors)
-            .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
-    }
-
-    /// Seconds the oldest change not yet applied centrally has waited since it was
-    /// first seen (0: caught up).
-    pub fn lag_seconds(&self, last_seq: u64) -> f64 {
-        self.observe(last_seq);
-        if last_seq <= self.applied_seq.load(Ordering::Relaxed) {
-            return 0.0;
-        }
-        crate::sync::lock(&self.marks)
-            .front()
-            .map_or(0.0, |(_, t)| t.elapsed().as_secs_f64())
-    }
-
-    /// Notes the store's highest seq now, and forgets what the centre has applied.
-    fn observe(&self, last_seq: u64) {
-        let applied = self.applied_seq.load(Ordering::Relaxed);
-        let mut marks = crate::sync::lock(&self.marks);
-        while marks.front().is_some_and(|(s, _)| *s <= applied) {
-            marks.pop_front();
-        }
-        if last_seq > applied
-            && marks.back().map_or(true, |(s, _)| *s < last_seq)
-            && marks.len() < MAX_MARKS
-        {
-            marks.push_back((last_seq, Instant::now()));
-        }
-    }
-
-    fn applied(&self, seq: u64, last_seq: u64) {
-        self.applied_seq.store(seq, Ordering::Relaxed);
-        self.last_success_ms
-            .store(crate::time::now_ms(), Ordering::Relaxed);
-        self.observe(last_seq);
-    }
-}
-
 /// A failure of one attempt: its metric kind and a message safe to log.
 #[derive(Debug)]
 struct Failure {
@@ -469,7 +281,10 @@ pub fn spawn(app: &Arc<App>, stop: watch::Receiver<bool>) -> Option<tokio::task:
             return None;
         }
     };
-    app.replication.enabled.store(true, Ordering::Relaxed);
+    app.metrics
+        .replication
+        .enabled
+        .store(true, Ordering::Relaxed);
     tracing::info!(
         gateway_id = %settings.gateway_id,
         store_id = %app.store.store_id(),
@@ -518,7 +333,7 @@ async fn run(app: Arc<App>, settings: Settings, mut stop: watch::Receiver<bool>)
         match outcome {
             Ok(()) => return,
             Err(f) => {
-                app.replication.error(f.kind);
+                app.metrics.replication.error(f.kind);
                 if link != Link::Down {
                     let what = if link == Link::Up {
                         "replication: lost the central database"
@@ -537,7 +352,7 @@ async fn run(app: Arc<App>, settings: Settings, mut stop: watch::Receiver<bool>)
                 }
             }
         }
-        app.replication.observe(app.store.last_seq());
+        app.metrics.replication.observe(app.store.last_seq());
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.wait_for(|s| *s) => return,
@@ -661,7 +476,7 @@ async fn session(
     backoff: &mut Duration,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Failure> {
-    let stats = &app.replication;
+    let stats = &app.metrics.replication;
     let store_id = app.store.store_id().to_string();
     let mut announced = false;
     loop {
@@ -945,8 +760,13 @@ async fn resync(
     .await
     .map_err(f)?;
     tx.commit().await.map_err(f)?;
-    app.replication.resyncs.fetch_add(1, Ordering::Relaxed);
-    app.replication.applied(snapshot.seq, app.store.last_seq());
+    app.metrics
+        .replication
+        .resyncs
+        .fetch_add(1, Ordering::Relaxed);
+    app.metrics
+        .replication
+        .applied(snapshot.seq, app.store.last_seq());
     tracing::warn!(
         gateway_id = %s.gateway_id,
         central_store_id = seen.as_ref().map_or("(none)", |c| c.store_id.as_str()),
@@ -969,19 +789,6 @@ mod tests {
             gateway_id: "gw-1".into(),
             ..ReplicationConfig::default()
         }
-    }
-
-    #[test]
-    fn urls_are_shown_without_their_password() {
-        assert_eq!(
-            redact_url("postgresql://fleet:s3cret@hq:5432/fleet?sslmode=require"),
-            "postgresql://fleet:***@hq:5432/fleet?sslmode=require"
-        );
-        assert_eq!(
-            redact_url("postgresql://fleet@hq/fleet"),
-            "postgresql://fleet@hq/fleet"
-        );
-        assert_eq!(redact_url(""), "");
     }
 
     #[test]

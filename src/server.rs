@@ -1,5 +1,5 @@
 //! The accept loop and connection handling (hyper 1.x), and `run`, the `serve` command's
-//! start-up sequence. `serve` is a function of its inputs — a bound listener, the app
+//! start-up sequence. `serve_http` is a function of its inputs — a bound listener, the app
 //! state, an optional TLS acceptor and a shutdown future — so `run` passes a signal
 //! future and tests pass a oneshot. Each connection holds a semaphore permit, so the
 //! connection limit is a type, not a counter; at the limit, a waiting client closes the
@@ -25,8 +25,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
@@ -46,7 +46,7 @@ const SEND_BUFFER_BYTES: usize = 256 * 1024;
 /// operator (a damaged store, an interrupted restore, another format version). SIGHUP re-reads the configuration as
 /// `overrides` and the environment give it (`reload.rs`).
 pub fn run(config: Config, overrides: Overrides) -> ExitCode {
-    let level = crate::log::init(&config.log);
+    let level = crate::log::init(&config.log.level, config.log.format);
     // First, so that even a start that fails says which build it was.
     tracing::info!(
         version = crate::build_info::VERSION,
@@ -57,21 +57,10 @@ pub fn run(config: Config, overrides: Overrides) -> ExitCode {
     );
     config.log_ignored_env();
     // Configuration problems first, before anything touches the data directory.
-    let tls = match crate::tls::load(&config.tls) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::from(2);
-        }
+    let tls = match check_start_config(&config) {
+        Ok(tls) => tls,
+        Err(code) => return code,
     };
-    // Replication's password and CA files, read now (the CLI's other commands never
-    // read them: they may run as a user the credential is not for).
-    if config.replication.enabled() {
-        if let Err(e) = crate::replication::Settings::from_config(&config.replication) {
-            tracing::error!("configuration error: {e}");
-            return ExitCode::from(2);
-        }
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,69 +71,97 @@ pub fn run(config: Config, overrides: Overrides) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        let mut signals = match crate::signals::Signals::install() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot install the signal handlers");
-                return ExitCode::FAILURE;
-            }
-        };
-        let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
-        if let Some(reloads) = signals.reloads() {
-            let reloader = crate::reload::Reloader::new(overrides, config.clone(), tls, level);
-            tokio::spawn(reloader.run(reloads));
-        }
-        let app = match App::open(config) {
-            Ok(a) => Arc::new(a),
-            Err(e) => {
-                tracing::error!("{e}");
-                return if e.needs_operator {
-                    ExitCode::from(3)
-                } else {
-                    ExitCode::FAILURE
-                };
-            }
-        };
-        let (listener, addr) = match bind(&app.config.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("cannot listen on {}: {e}", app.config.listen);
-                return ExitCode::FAILURE;
-            }
-        };
-        let admin = match crate::admin::start(&app).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!("{e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let stop_admin = admin.stopper();
-        let scheme = if acceptor.is_some() { "https" } else { "http" };
-        tracing::info!(data_dir = %app.config.data_dir.display(), "listening on {scheme}://{addr}");
-        let notifier = Arc::new(Notifier::from_env());
-        notifier.ready(&format!("serving on {scheme}://{addr}"));
-        notifier.spawn_watchdog(&app);
-        let stop_notifier = Arc::clone(&notifier);
-        let shutdown = async move {
-            signals.shutdown().await;
-            stop_admin();
-            stop_notifier.stopping();
-        };
-        let served = serve(listener, app, acceptor, shutdown).await;
-        admin.finished().await;
-        match served {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(_) => ExitCode::FAILURE,
-        }
-    })
+    runtime.block_on(start_and_serve(config, overrides, tls, level))
 }
 
-/// Runs the server until `shutdown` resolves, then drains and closes the store.
-/// With `tls`, every connection must complete a TLS handshake first (HTTPS only).
-/// Returns Err when the final flush failed.
-pub async fn serve(
+/// The checks `run` makes before it touches the data directory: the TLS files, and
+/// replication's password and CA files (the CLI's other commands never read those: they
+/// may run as a user the credential is not for). Exit code 2 when they fail.
+fn check_start_config(config: &Config) -> Result<Option<crate::tls::Tls>, ExitCode> {
+    let tls = crate::tls::load(&config.tls).map_err(|e| {
+        tracing::error!("{e}");
+        ExitCode::from(2)
+    })?;
+    if config.replication.enabled() {
+        if let Err(e) = crate::replication::Settings::from_config(&config.replication) {
+            tracing::error!("configuration error: {e}");
+            return Err(ExitCode::from(2));
+        }
+    }
+    Ok(tls)
+}
+
+/// Inside the runtime: signals and the reload task, the store, the listener, the admin
+/// socket, READY=1 and the watchdog; then serves until SIGTERM/SIGINT. One linear
+/// sequence (a little over 60 lines): each step that fails ends it with its exit code.
+async fn start_and_serve(
+    config: Config,
+    overrides: Overrides,
+    tls: Option<crate::tls::Tls>,
+    level: crate::log::Level,
+) -> ExitCode {
+    let mut signals = match crate::signals::Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
+    if let Some(reloads) = signals.reloads() {
+        let reloader = crate::reload::Reloader::new(overrides, config.clone(), tls, level);
+        tokio::spawn(reloader.run(reloads));
+    }
+    let app = match App::open(config) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            tracing::error!("{e}");
+            return if e.needs_operator {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+    };
+    let (listener, addr) = match bind(&app.config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot listen on {}: {e}", app.config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin = match crate::admin::start(&app).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop_admin = admin.stopper();
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    tracing::info!(data_dir = %app.config.data_dir.display(), "listening on {scheme}://{addr}");
+    let notifier = Arc::new(Notifier::from_env());
+    notifier.ready(&format!("serving on {scheme}://{addr}"));
+    let probed = Arc::clone(&app);
+    notifier.spawn_watchdog(move || probed.store_answers_reads());
+    let stop_notifier = Arc::clone(&notifier);
+    let shutdown = async move {
+        signals.shutdown().await;
+        stop_admin();
+        stop_notifier.stopping();
+    };
+    let served = serve_http(listener, app, acceptor, shutdown).await;
+    admin.finished().await;
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// Serves the HTTP API on `listener` until `shutdown` resolves, then drains and closes
+/// the store. With `tls`, every connection must complete a TLS handshake first (HTTPS
+/// only). Returns Err when the final flush failed.
+pub async fn serve_http(
     listener: TcpListener,
     app: Arc<App>,
     tls: Option<TlsAcceptor>,
@@ -158,95 +175,22 @@ pub async fn serve(
     let max = u32::try_from(limits.max_connections)
         .unwrap_or(u32::MAX)
         .min(1 << 20);
-    let permits = Arc::new(Semaphore::new(max as usize));
     app.metrics
         .conns
         .max
         .store(u64::from(max), std::sync::atomic::Ordering::Relaxed);
-    let conns = Conns::new(Arc::clone(&app.metrics.conns));
-    let write_timeout = Duration::from_secs(limits.write_timeout_secs);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(limits.header_timeout_secs))
-        .keep_alive(true)
-        // A hard cap on the request head (hyper's `max_buf_size` alone is not one: a
-        // head read in one go may exceed it); past it, hyper answers 431 and closes.
-        .max_header_size(16 * 1024)
-        .max_buf_size(64 * 1024);
-    let handshake_timeout = Duration::from_secs(limits.header_timeout_secs);
+    let accept = Acceptor {
+        permits: Arc::new(Semaphore::new(max as usize)),
+        conns: Conns::new(Arc::clone(&app.metrics.conns)),
+        builder: http1_builder(limits),
+        write_timeout: Duration::from_secs(limits.write_timeout_secs),
+        handshake_timeout: Duration::from_secs(limits.header_timeout_secs),
+        tls,
+        stop: stop_rx,
+    };
     tokio::pin!(shutdown);
-    'accept: loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break 'accept,
-        };
-        // The permit is taken after accept so that a client waiting at the limit can be
-        // seen: it makes room by closing the longest-idle connection (http/conns.rs).
-        // When every connection is inside a request, it waits for one to finish.
-        // When every connection is busy, it asks again every 100 ms: a
-        // connection may have stalled (its client stopped reading) since.
-        let permit = match Arc::clone(&permits).try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => loop {
-                if conns.make_room() {
-                    tracing::debug!("connection limit reached; closing a connection to make room");
-                }
-                tokio::select! {
-                    p = Arc::clone(&permits).acquire_owned() => match p {
-                        Ok(p) => break p,
-                        Err(_) => return Err("the connection semaphore closed".into()),
-                    },
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    () = &mut shutdown => break 'accept,
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        // Bounded kernel memory per client: left to autotuning, a socket whose client
-        // reads nothing holds up to `tcp_wmem`'s maximum (4 MiB by default) of answers,
-        // 4 GiB at the connection limit. (Linux doubles the value for its bookkeeping.)
-        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, SEND_BUFFER_BYTES / 2);
-        let handle = Arc::new(conns.register(permit));
-        // Watched below TLS, so a client that stops reading is seen the same way on
-        // both transports (and during the handshake).
-        let stream = handle.watch(stream, write_timeout);
-        let builder = builder.clone();
-        let app = Arc::clone(&app);
-        let tls = tls.clone();
-        let stop = stop_rx.clone();
-        tokio::spawn(async move {
-            // The registration (with the permit) lives as long as the connection.
-            match tls {
-                None => serve_connection(&builder, &handle, stop, stream, app, peer).await,
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
-                    tokio::select! {
-                        done = handshake => match done {
-                            Ok(Ok(stream)) => {
-                                serve_connection(&builder, &handle, stop, stream, app, peer).await;
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
-                            }
-                            Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-                        },
-                        // Evicted at the connection limit before it sent anything.
-                        () = handle.state.evicted() => {}
-                    }
-                }
-            }
-        });
-    }
+    accept.run(&listener, &app, &mut shutdown).await?;
     app.begin_stop();
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
@@ -255,25 +199,10 @@ pub async fn serve(
     // Replication stops at once (an interrupted batch is simply redone at the next
     // start); it must be gone before the store closes.
     let _ = stop_replication.send(true);
-    if let Some(mut task) = replication {
-        if tokio::time::timeout(grace.min(Duration::from_secs(5)), &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
-            let _ = task.await;
-        }
+    if let Some(task) = replication {
+        stop_replication_task(task, grace.min(Duration::from_secs(5))).await;
     }
-    // Every connection holds a permit until it ends: all permits back means drained.
-    if tokio::time::timeout(grace, permits.acquire_many(max))
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            open = conns.len(),
-            "grace period over; closing remaining connections"
-        );
-    }
+    accept.drain(max, grace).await;
     let app2 = Arc::clone(&app);
     let closed = tokio::task::spawn_blocking(move || app2.close())
         .await
@@ -283,6 +212,158 @@ pub async fn serve(
         Err(e) => tracing::error!(error = %e, "final flush failed"),
     }
     closed
+}
+
+/// Waits up to `wait` for the replication task to end, then aborts it.
+async fn stop_replication_task(mut task: tokio::task::JoinHandle<()>, wait: Duration) {
+    if tokio::time::timeout(wait, &mut task).await.is_err() {
+        task.abort();
+        let _ = task.await;
+    }
+}
+
+/// hyper's connection settings.
+fn http1_builder(limits: &crate::config::LimitsConfig) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_timeout_secs))
+        .keep_alive(true)
+        // A hard cap on the request head (hyper's `max_buf_size` alone is not one: a
+        // head read in one go may exceed it); past it, hyper answers 431 and closes.
+        .max_header_size(16 * 1024)
+        .max_buf_size(64 * 1024);
+    builder
+}
+
+/// The accept loop's state: the connection limit, the table of open connections and
+/// what each connection is served with.
+struct Acceptor {
+    /// One per connection: all of them back means drained.
+    permits: Arc<Semaphore>,
+    conns: Arc<Conns>,
+    builder: http1::Builder,
+    write_timeout: Duration,
+    handshake_timeout: Duration,
+    tls: Option<TlsAcceptor>,
+    /// Turns true when shutdown begins (closes connections that never started a request).
+    stop: watch::Receiver<bool>,
+}
+
+impl Acceptor {
+    /// Accepts connections until `shutdown` resolves. Accept errors (EMFILE) are logged
+    /// and retried after a pause.
+    async fn run(
+        &self,
+        listener: &TcpListener,
+        app: &Arc<App>,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<(), String> {
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut *shutdown => return Ok(()),
+            };
+            let Some(permit) = self.permit(shutdown).await? else {
+                return Ok(());
+            };
+            self.spawn_connection(stream, peer, permit, app);
+        }
+    }
+
+    /// Waits up to `grace` for every connection to end: each holds a permit until it
+    /// does, so all `max` permits back means drained.
+    async fn drain(&self, max: u32, grace: Duration) {
+        if tokio::time::timeout(grace, self.permits.acquire_many(max))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.conns.len(),
+                "grace period over; closing remaining connections"
+            );
+        }
+    }
+
+    /// A connection permit, taken after accept so that a client waiting at the limit
+    /// can be seen: it makes room by closing the longest-idle connection
+    /// (http/conns.rs). When every connection is inside a request, it waits for one to
+    /// finish, asking again every 100 ms: a connection may have stalled (its client
+    /// stopped reading) since. None when shutdown came first.
+    async fn permit(
+        &self,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<Option<OwnedSemaphorePermit>, String> {
+        if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
+            return Ok(Some(p));
+        }
+        loop {
+            if self.conns.make_room() {
+                tracing::debug!("connection limit reached; closing a connection to make room");
+            }
+            tokio::select! {
+                p = Arc::clone(&self.permits).acquire_owned() => match p {
+                    Ok(p) => return Ok(Some(p)),
+                    Err(_) => return Err("the connection semaphore closed".into()),
+                },
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = &mut *shutdown => return Ok(None),
+            }
+        }
+    }
+
+    /// Registers the connection and serves it on its own task (the TLS handshake
+    /// included, so a slow client never holds up the accept loop).
+    fn spawn_connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        app: &Arc<App>,
+    ) {
+        let _ = stream.set_nodelay(true);
+        // Bounded kernel memory per client: left to autotuning, a socket whose client
+        // reads nothing holds up to `tcp_wmem`'s maximum (4 MiB by default) of answers,
+        // 4 GiB at the connection limit. (Linux doubles the value for its bookkeeping.)
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, SEND_BUFFER_BYTES / 2);
+        let handle = Arc::new(self.conns.register(permit));
+        // Watched below TLS, so a client that stops reading is seen the same way on
+        // both transports (and during the handshake).
+        let stream = handle.watch(stream, self.write_timeout);
+        let builder = self.builder.clone();
+        let app = Arc::clone(app);
+        let tls = self.tls.clone();
+        let stop = self.stop.clone();
+        let handshake_timeout = self.handshake_timeout;
+        tokio::spawn(async move {
+            // The registration (with the permit) lives as long as the connection.
+            let Some(acceptor) = tls else {
+                serve_connection(&builder, &handle, stop, stream, app, peer).await;
+                return;
+            };
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+            tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(stream)) => {
+                        serve_connection(&builder, &handle, stop, stream, app, peer).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                },
+                // Evicted at the connection limit before it sent anything.
+                () = handle.state.evicted() => {}
+            }
+        });
+    }
 }
 
 /// Serves HTTP/1.1 on one connection of any transport until it closes, is evicted at
@@ -350,7 +431,7 @@ mod tests {
         let app = Arc::new(App::open(config).unwrap());
         let (listener, addr) = bind("127.0.0.1:0").await.unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, Arc::clone(&app), None, async {
+        let server = tokio::spawn(serve_http(listener, Arc::clone(&app), None, async {
             let _ = stopped.await;
         }));
         assert!(crate::api::ops::readyz(&app).is_ok());

@@ -3,8 +3,9 @@
 //! `$NOTIFY_SOCKET` (a path, or `@name` for the abstract namespace). The server sends
 //! `READY=1` once the store is open and the listener bound, `STOPPING=1` when a
 //! shutdown begins, and `WATCHDOG=1` every `$WATCHDOG_USEC / 2` — but only while the
-//! store answers a probe (`App::store_answers`) in time, so a wedged store, a starved
-//! runtime or an exhausted blocking pool makes systemd restart the service.
+//! probe it is given (the server passes `App::store_answers_reads`) says yes in time,
+//! so a wedged store, a starved runtime or an exhausted blocking pool makes systemd
+//! restart the service.
 //!
 //! Without `$NOTIFY_SOCKET` (a terminal, a test, a non-systemd supervisor) every call
 //! is a no-op. A failed send is logged and otherwise ignored: notification is advice to
@@ -13,8 +14,6 @@
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::Arc;
 use std::time::Duration;
-
-use crate::app::App;
 
 /// Where and how to notify systemd; built once from the environment.
 #[derive(Debug, Default)]
@@ -89,21 +88,25 @@ impl Notifier {
         self.notify("STOPPING=1\nSTATUS=shutting down");
     }
 
-    /// Spawns the watchdog task when `WATCHDOG_USEC` asks for one. Each tick probes the
-    /// store off the async workers, bounded by the interval itself: a probe that errs or
-    /// does not come back in time means no ping, so systemd sees a hung server as hung.
-    pub fn spawn_watchdog(self: &Arc<Self>, app: &Arc<App>) {
+    /// Spawns the watchdog task when `WATCHDOG_USEC` asks for one. Each tick runs
+    /// `probe` (blocking: whether the store answers) off the async workers, bounded by
+    /// the interval itself: a probe that says no or does not come back in time means no
+    /// ping, so systemd sees a hung server as hung.
+    pub fn spawn_watchdog<P>(self: &Arc<Self>, probe: P)
+    where
+        P: Fn() -> bool + Send + Sync + 'static,
+    {
         let Some(every) = self.watchdog else { return };
         let notifier = Arc::clone(self);
-        let app = Arc::clone(app);
+        let probe = Arc::new(probe);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let a = Arc::clone(&app);
-                let probe = tokio::task::spawn_blocking(move || a.store_answers());
-                match tokio::time::timeout(every, probe).await {
+                let p = Arc::clone(&probe);
+                let answered = tokio::task::spawn_blocking(move || p());
+                match tokio::time::timeout(every, answered).await {
                     Ok(Ok(true)) => notifier.notify("WATCHDOG=1"),
                     Ok(Ok(false)) => {
                         tracing::warn!("store does not answer; withholding the watchdog ping")

@@ -8,8 +8,14 @@
 //! enforces (rate windows, failed-login lockouts, change-feed age). A gateway without a
 //! battery-backed clock boots at a wrong date and is stepped by NTP later, by years;
 //! the monotonic clock never moves with such a step, so durations stay true.
+//!
+//! [`Clock`] is where the server reads both: the app holds one and hands it to auth,
+//! usage, user management, backups and replication, so a test can move time (a token
+//! expiring, a login window passing, a wall-clock step) without waiting for it.
+//! `now_ms` stays for the store, which does not take a clock yet.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// One reading of both clocks, taken together so a decision that needs both (the
 /// daily counter: the UTC day from the wall, the time it has been counting from the
@@ -27,6 +33,71 @@ impl Now {
         Now {
             wall_ms: now_ms(),
             mono: Instant::now(),
+        }
+    }
+}
+
+/// The source of [`Now`]: the system clocks, or a manual clock that moves only when a
+/// test says so. Cheap to clone; clones of a manual clock share its time.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    /// `None`: the system clocks.
+    manual: Option<Arc<Mutex<Now>>>,
+}
+
+impl Clock {
+    /// The system's wall and monotonic clocks.
+    pub fn system() -> Clock {
+        Clock { manual: None }
+    }
+
+    /// A clock that stands still at `wall_ms` (and the monotonic time of its creation)
+    /// until [`advance`](Clock::advance) or [`step_wall`](Clock::step_wall) move it.
+    pub fn manual(wall_ms: i64) -> Clock {
+        Clock {
+            manual: Some(Arc::new(Mutex::new(Now {
+                wall_ms,
+                mono: Instant::now(),
+            }))),
+        }
+    }
+
+    /// Both clocks, now.
+    pub fn now(&self) -> Now {
+        match &self.manual {
+            None => Now::read(),
+            Some(m) => *crate::sync::lock(m),
+        }
+    }
+
+    /// The wall clock: milliseconds since the Unix epoch.
+    pub fn wall_ms(&self) -> i64 {
+        self.now().wall_ms
+    }
+
+    /// The monotonic clock.
+    pub fn mono(&self) -> Instant {
+        self.now().mono
+    }
+
+    /// Lets `by` pass on both clocks of a manual clock; the system clock moves by
+    /// itself, so there this does nothing.
+    pub fn advance(&self, by: Duration) {
+        if let Some(m) = &self.manual {
+            let mut now = crate::sync::lock(m);
+            now.mono += by;
+            now.wall_ms = now
+                .wall_ms
+                .saturating_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Steps the wall clock of a manual clock by `ms` (negative: back), as NTP does to
+    /// a gateway that booted at a wrong date; the monotonic clock does not move.
+    pub fn step_wall(&self, ms: i64) {
+        if let Some(m) = &self.manual {
+            let mut now = crate::sync::lock(m);
+            now.wall_ms = now.wall_ms.saturating_add(ms);
         }
     }
 }
@@ -150,6 +221,24 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_manual_clock_moves_only_when_told() {
+        let clock = Clock::manual(1_000);
+        let copy = clock.clone();
+        let t0 = clock.now();
+        assert_eq!(t0.wall_ms, 1_000);
+        clock.advance(Duration::from_millis(1_500));
+        assert_eq!(copy.wall_ms(), 2_500);
+        assert_eq!(copy.mono() - t0.mono, Duration::from_millis(1_500));
+        clock.step_wall(-10_000);
+        assert_eq!(copy.wall_ms(), -7_500);
+        assert_eq!(copy.mono() - t0.mono, Duration::from_millis(1_500));
+        // The system clock ignores both.
+        let system = Clock::system();
+        system.step_wall(-1_000_000);
+        assert!(system.wall_ms() >= t0.wall_ms);
     }
 
     #[test]

@@ -6,22 +6,22 @@
 use crate::auth::{generate_key, hash_key, valid_name, Auth};
 use crate::store::users::{Role, UsageRecord, UserRecord};
 use crate::store::Store;
-use crate::time::{now_ms, rfc3339_ms};
+use crate::time::{rfc3339_ms, Clock};
 use crate::usage::Usage;
 
-/// A failed admin operation; the message is for the operator.
+/// A failed user-management operation; the message is for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminError(pub String);
+pub struct UserError(pub String);
 
-impl std::fmt::Display for AdminError {
+impl std::fmt::Display for UserError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl From<crate::error::ApiError> for AdminError {
-    fn from(e: crate::error::ApiError) -> AdminError {
-        AdminError(match e.log_detail() {
+impl From<crate::error::ApiError> for UserError {
+    fn from(e: crate::error::ApiError) -> UserError {
+        UserError(match e.log_detail() {
             Some(d) => d.to_string(),
             None => e.message().into_owned(),
         })
@@ -51,30 +51,43 @@ pub struct UserRow {
     pub usage: UsageRecord,
 }
 
-/// User management over a store, optionally mirrored into a running server.
-pub struct Admin<'a> {
+/// User management over a store, optionally mirrored into a running server. (Not
+/// the admin socket, `admin.rs`, which is one of its callers.)
+pub struct UserManager<'a> {
     store: &'a Store,
     live: Option<(&'a Auth, &'a Usage)>,
+    /// Dates new keys and users, and the UTC day of the counters `list` shows.
+    clock: Clock,
 }
 
-impl<'a> Admin<'a> {
+impl<'a> UserManager<'a> {
     /// For the CLI with the server stopped.
-    pub fn offline(store: &'a Store) -> Admin<'a> {
-        Admin { store, live: None }
-    }
-
-    /// For the admin socket of a running server.
-    pub fn live(store: &'a Store, auth: &'a Auth, usage: &'a Usage) -> Admin<'a> {
-        Admin {
+    pub fn offline(store: &'a Store, clock: Clock) -> UserManager<'a> {
+        UserManager {
             store,
-            live: Some((auth, usage)),
+            live: None,
+            clock,
         }
     }
 
-    fn existing(&self, name: &str) -> Result<UserRecord, AdminError> {
+    /// For the admin socket of a running server.
+    pub fn live(
+        store: &'a Store,
+        auth: &'a Auth,
+        usage: &'a Usage,
+        clock: Clock,
+    ) -> UserManager<'a> {
+        UserManager {
+            store,
+            live: Some((auth, usage)),
+            clock,
+        }
+    }
+
+    fn existing(&self, name: &str) -> Result<UserRecord, UserError> {
         self.store
             .user(name)?
-            .ok_or_else(|| AdminError(format!("no user named {name:?}")))
+            .ok_or_else(|| UserError(format!("no user named {name:?}")))
     }
 
     fn publish(&self, name: &str, user: Option<UserRecord>) {
@@ -93,22 +106,22 @@ impl<'a> Admin<'a> {
         account: &str,
         role: Role,
         daily_limit: Option<u64>,
-    ) -> Result<NewKey, AdminError> {
+    ) -> Result<NewKey, UserError> {
         if !valid_name(name) {
-            return Err(AdminError(format!(
+            return Err(UserError(format!(
                 "invalid user name {name:?}: use 1-64 of A-Z a-z 0-9 . _ @ -"
             )));
         }
         if !valid_name(account) {
-            return Err(AdminError(format!(
+            return Err(UserError(format!(
                 "invalid account name {account:?}: use 1-64 of A-Z a-z 0-9 . _ @ -"
             )));
         }
         if self.store.user(name)?.is_some() {
-            return Err(AdminError(format!("a user named {name:?} already exists")));
+            return Err(UserError(format!("a user named {name:?} already exists")));
         }
         let key = generate_key();
-        let now = now_ms();
+        let now = self.clock.wall_ms();
         let user = UserRecord {
             name: name.to_string(),
             account: account.to_string(),
@@ -126,10 +139,10 @@ impl<'a> Admin<'a> {
     }
 
     /// Every user with its counters.
-    pub fn list(&self) -> Result<Vec<UserRow>, AdminError> {
+    pub fn list(&self) -> Result<Vec<UserRow>, UserError> {
         let stored: std::collections::HashMap<String, UsageRecord> =
             self.store.usage_records()?.into_iter().collect();
-        let now = crate::time::Now::read();
+        let now = self.clock.now();
         Ok(self
             .store
             .users()?
@@ -153,19 +166,19 @@ impl<'a> Admin<'a> {
     }
 
     /// Gives a user a new key; the old key and every token issued from it die at once.
-    pub fn rotate_key(&self, name: &str) -> Result<NewKey, AdminError> {
+    pub fn rotate_key(&self, name: &str) -> Result<NewKey, UserError> {
         let mut user = self.existing(name)?;
         let key = generate_key();
         user.key_hash = hash_key(&key)?;
         user.key_generation += 1;
-        user.key_created = now_ms();
+        user.key_created = self.clock.wall_ms();
         self.store.put_user(&user, true)?;
         self.publish(name, Some(user.clone()));
         Ok(NewKey { key, user })
     }
 
     /// Changes role, daily limit or the disabled flag; disabling revokes the tokens.
-    pub fn set(&self, name: &str, changes: &UserChanges) -> Result<UserRecord, AdminError> {
+    pub fn set(&self, name: &str, changes: &UserChanges) -> Result<UserRecord, UserError> {
         let mut user = self.existing(name)?;
         if let Some(role) = changes.role {
             user.role = role;
@@ -182,7 +195,7 @@ impl<'a> Admin<'a> {
     }
 
     /// Removes a user and its tokens; its account's groups stay.
-    pub fn remove(&self, name: &str) -> Result<(), AdminError> {
+    pub fn remove(&self, name: &str) -> Result<(), UserError> {
         self.existing(name)?;
         self.store.remove_user(name)?;
         self.publish(name, None);

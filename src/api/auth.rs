@@ -2,9 +2,9 @@
 
 use serde_json::Value;
 
-use super::Ctx;
+use super::{Ctx, Reply};
 use crate::error::ApiError;
-use crate::http::response::{push_member, Reply};
+use crate::json::push_member;
 use crate::time::rfc3339_ms;
 
 pub async fn token(mut ctx: Ctx<'_>) -> Result<Reply, ApiError> {

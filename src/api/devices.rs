@@ -4,14 +4,11 @@
 //! way (a device may be in many large groups).
 
 use super::groups::{list_query, list_reply};
-use super::Ctx;
+use super::{device_param, Authed, Reply};
 use crate::error::ApiError;
-use crate::http::response::Reply;
-use crate::model::check_device_id;
 
-pub fn groups(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
-    let device = ctx.param(0)?;
-    check_device_id(device).map_err(|why| ApiError::InvalidInput(format!("deviceId {why}")))?;
+pub fn groups(ctx: Authed<'_>, device: &str) -> Result<Reply, ApiError> {
+    device_param(device, "deviceId")?;
     let mut q = list_query(&ctx, &["limit", "after"])?;
     q.device = Some(device.to_string());
     list_reply(&ctx, q)

@@ -7,13 +7,17 @@ use std::sync::Arc;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::Ctx;
+use http::header::{ETAG, LOCATION};
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use super::reply::header_value;
+use super::{device_param, parse_limit, Authed, BodyKind, Chunks, Ctx, Reply, Streamed};
 use crate::app::App;
 use crate::error::ApiError;
-use crate::http::body::BodyKind;
-use crate::http::response::{push_member, push_object_members, Reply, Streamed};
-use crate::http::stream::Chunks;
-use crate::model::{check_device_id, validate_doc, GroupDoc, GroupId, Rules, MAX_NAME_CHARS};
+use crate::json::{array, push_joined, push_member, push_object_members};
+use crate::model::{
+    distinct_devices, valid_idempotency_key, validate_doc, GroupDoc, GroupId, Rules, MAX_NAME_CHARS,
+};
 use crate::patch::{apply_json_patch, apply_merge_patch, parse_json_patch};
 use crate::store::groups::{Actor, GroupView, ListQuery};
 use crate::store::idempotency::IdempotencyRequest;
@@ -21,34 +25,31 @@ use crate::store::idempotency::IdempotencyRequest;
 /// Idempotency keys are remembered this long (api.md §5).
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 
-fn rules(ctx: &Ctx<'_>) -> Rules {
+/// Set on a create answered from its `Idempotency-Key` record (api.md §5).
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+fn rules<U>(ctx: &Ctx<'_, U>) -> Rules {
     Rules {
         max_devices: ctx.app.config.limits.max_devices_per_group,
     }
 }
 
-fn actor<'a>(ctx: &'a Ctx<'_>) -> Result<Actor<'a>, ApiError> {
-    let u = ctx.user()?;
-    Ok(Actor {
-        account: &u.account,
-        user: &u.name,
-    })
+fn actor<'a>(ctx: &Authed<'a>) -> Actor<'a> {
+    Actor {
+        account: &ctx.user.account,
+        user: &ctx.user.name,
+    }
 }
 
-/// The `{groupId}` parameter; a malformed ID names no group, so it is a 404.
-fn group_id(ctx: &Ctx<'_>) -> Result<GroupId, ApiError> {
-    GroupId::parse(ctx.param(0)?).ok_or(ApiError::GroupNotFound)
-}
-
-fn etag(v: &GroupView) -> String {
-    format!("\"{}\"", v.revision())
+fn etag(v: &GroupView) -> Result<HeaderValue, ApiError> {
+    header_value(format!("\"{}\"", v.revision()))
 }
 
 /// One group's answer: its fields at the top level and its `ETag`.
-fn one(v: &GroupView) -> Reply {
+fn one(v: &GroupView) -> Result<Reply, ApiError> {
     let mut m = Vec::with_capacity(v.json().len());
     push_object_members(&mut m, v.json());
-    Reply::ok(m).header("etag", etag(v))
+    Ok(Reply::ok(m).header(ETAG, etag(v)?))
 }
 
 /// Groups per chunk of a streamed list, and a chunk's byte budget: enough to keep the
@@ -58,21 +59,12 @@ const CHUNK_BYTES: usize = 64 * 1024;
 
 /// Appends the groups' JSON, comma-separated.
 fn join(groups: &[GroupView], out: &mut Vec<u8>) {
-    out.reserve(groups.iter().map(|g| g.json().len() + 1).sum());
-    for (i, g) in groups.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(g.json());
-    }
+    push_joined(out, groups.iter().map(GroupView::json));
 }
 
 /// `"groups":[…]` for a list of groups.
 fn groups_member(groups: &[GroupView]) -> Vec<u8> {
-    let mut list = Vec::new();
-    list.push(b'[');
-    join(groups, &mut list);
-    list.push(b']');
+    let list = array(groups.iter().map(GroupView::json));
     let mut m = Vec::with_capacity(list.len() + 12);
     push_member(&mut m, "groups", &list);
     m
@@ -86,8 +78,8 @@ fn groups_member(groups: &[GroupView]) -> Vec<u8> {
 /// one whole state of that group; groups are read chunk by chunk, so a group created
 /// while the list streams may or may not be in it (as if the list were read a moment
 /// later), and none is ever shown twice or half-changed.
-pub fn list_reply(ctx: &Ctx<'_>, mut q: ListQuery) -> Result<Reply, ApiError> {
-    let account = &ctx.user()?.account;
+pub fn list_reply(ctx: &Authed<'_>, mut q: ListQuery) -> Result<Reply, ApiError> {
+    let account = &ctx.user.account;
     if q.limit.is_some() || q.after.is_some() {
         q.max_bytes =
             Some(usize::try_from(ctx.app.config.limits.max_page_bytes).unwrap_or(usize::MAX));
@@ -115,13 +107,12 @@ pub fn list_reply(ctx: &Ctx<'_>, mut q: ListQuery) -> Result<Reply, ApiError> {
         done: false,
     };
     Ok(Reply {
-        status: 200,
         stream: Some(Streamed {
             member: "groups",
             first,
             rest: Box::new(rest),
         }),
-        ..Reply::default()
+        ..Reply::new(StatusCode::OK)
     })
 }
 
@@ -157,7 +148,7 @@ impl Chunks for GroupChunks {
 /// never matches, and a tag matches only when it is exactly `"<revision>"` as the
 /// server sent it (`"03"` is not `"3"`). A value that names no revision at all (empty,
 /// garbage) can never match, so it gives 412 like a stale tag.
-fn if_match(ctx: &Ctx<'_>) -> Option<Vec<u64>> {
+fn if_match(ctx: &Authed<'_>) -> Option<Vec<u64>> {
     parse_if_match(ctx.info.if_match.as_deref()?)
 }
 
@@ -188,30 +179,20 @@ fn if_none_match_hits(raw: &str, revision: u64) -> bool {
     })
 }
 
-pub fn list(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
+pub fn list(ctx: Authed<'_>) -> Result<Reply, ApiError> {
     let q = list_query(&ctx, &["limit", "after", "device", "name"])?;
     list_reply(&ctx, q)
 }
 
 /// The list parameters among `known` (a subset of `limit`, `after`, `device`, `name`).
-pub fn list_query(ctx: &Ctx<'_>, known: &[&'static str]) -> Result<ListQuery, ApiError> {
+pub fn list_query(ctx: &Authed<'_>, known: &[&'static str]) -> Result<ListQuery, ApiError> {
     let mut q = ListQuery::default();
     for (k, v) in ctx.query(known)? {
         match k {
-            "limit" => {
-                q.limit = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|l| (1..=1000).contains(l))
-                        .ok_or_else(|| {
-                            ApiError::InvalidInput("limit must be an integer from 1 to 1000".into())
-                        })?,
-                )
-            }
+            "limit" => q.limit = Some(parse_limit(&v)?),
             "after" => q.after = Some(parse_after(&v)?),
             "device" => {
-                check_device_id(&v)
-                    .map_err(|why| ApiError::InvalidInput(format!("device {why}")))?;
+                device_param(&v, "device")?;
                 q.device = Some(v);
             }
             _ => {
@@ -227,27 +208,18 @@ pub fn list_query(ctx: &Ctx<'_>, known: &[&'static str]) -> Result<ListQuery, Ap
     Ok(q)
 }
 
-/// The `after` cursor: any canonical `grp-<n>` of up to 20 digits, also one beyond the
-/// largest possible ID (nothing follows it), so the documented pattern is exact.
+/// The `after` cursor (`GroupId::parse_cursor`); a malformed one is a 400.
 fn parse_after(v: &str) -> Result<u64, ApiError> {
-    let digits = v
-        .strip_prefix("grp-")
-        .filter(|d| {
-            (1..=20).contains(&d.len())
-                && !d.starts_with('0')
-                && d.bytes().all(|b| b.is_ascii_digit())
-        })
-        .ok_or_else(|| ApiError::InvalidInput("after must be a group ID such as grp-42".into()))?;
-    Ok(digits.parse().unwrap_or(u64::MAX))
+    GroupId::parse_cursor(v)
+        .ok_or_else(|| ApiError::InvalidInput("after must be a group ID such as grp-42".into()))
 }
 
-pub async fn create(mut ctx: Ctx<'_>) -> Result<Reply, ApiError> {
+pub async fn create(mut ctx: Authed<'_>) -> Result<Reply, ApiError> {
     let body = ctx.take_body()?.value;
     let doc = validate_doc(&body, rules(&ctx))?;
     let idempotency = match &ctx.info.idempotency_key {
         Some(key) => {
-            if key.is_empty() || key.len() > 255 || key.bytes().any(|b| !(0x21..=0x7e).contains(&b))
-            {
+            if !valid_idempotency_key(key) {
                 return Err(ApiError::InvalidInput(
                     "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
                 ));
@@ -263,56 +235,49 @@ pub async fn create(mut ctx: Ctx<'_>) -> Result<Reply, ApiError> {
     };
     let app = ctx.app;
     let created = app.store.create_group(
-        actor(&ctx)?,
+        actor(&ctx),
         &doc,
         app.config.limits.max_groups_per_account,
         idempotency.as_ref(),
     )?;
     app.store.durable().await?;
-    let mut reply =
-        one(&created.group).header("location", format!("/api/groups/{}", created.group.id));
-    reply.status = 201;
+    let location = header_value(format!("/api/groups/{}", created.group.id))?;
+    let mut reply = one(&created.group)?.header(LOCATION, location);
+    reply.status = StatusCode::CREATED;
     if created.replayed {
-        reply = reply.header("idempotent-replayed", "true".into());
+        reply = reply.header(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(reply)
 }
 
-pub fn get(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
-    let id = group_id(&ctx)?;
+pub fn get(ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
     let v = ctx
         .app
         .store
-        .get_group(&ctx.user()?.account, id)?
+        .get_group(&ctx.user.account, id)?
         .ok_or(ApiError::GroupNotFound)?;
     if let Some(inm) = ctx.info.if_none_match.as_deref() {
         if if_none_match_hits(inm, v.revision()) {
-            return Ok(Reply {
-                status: 304,
-                ..Reply::default()
-            }
-            .header("etag", etag(&v)));
+            return Ok(Reply::new(StatusCode::NOT_MODIFIED).header(ETAG, etag(&v)?));
         }
     }
-    Ok(one(&v))
+    one(&v)
 }
 
-pub async fn put(mut ctx: Ctx<'_>) -> Result<Reply, ApiError> {
-    let id = group_id(&ctx)?;
+pub async fn put(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
     let body = ctx.take_body()?.value;
     let doc = validate_doc(&body, rules(&ctx))?;
-    let (v, ()) =
-        ctx.app
-            .store
-            .update_group(actor(&ctx)?, id, if_match(&ctx).as_deref(), |_| {
-                Ok((doc, ()))
-            })?;
+    let (v, ()) = ctx
+        .app
+        .store
+        .update_group(actor(&ctx), id, if_match(&ctx).as_deref(), |_| {
+            Ok((doc, ()))
+        })?;
     ctx.app.store.durable().await?;
-    Ok(one(&v))
+    one(&v)
 }
 
-pub async fn patch(mut ctx: Ctx<'_>) -> Result<Reply, ApiError> {
-    let id = group_id(&ctx)?;
+pub async fn patch(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
     let body = ctx.take_body()?;
     let rules = rules(&ctx);
     let (v, ()) = match body.kind {
@@ -329,7 +294,7 @@ pub async fn patch(mut ctx: Ctx<'_>) -> Result<Reply, ApiError> {
             apply_merge_patch(&any_group, &body.value, rules)?;
             ctx.app
                 .store
-                .update_group(actor(&ctx)?, id, if_match(&ctx).as_deref(), |cur| {
+                .update_group(actor(&ctx), id, if_match(&ctx).as_deref(), |cur| {
                     Ok((apply_merge_patch(cur, &body.value, rules)?, ()))
                 })?
         }
@@ -337,28 +302,26 @@ pub async fn patch(mut ctx: Ctx<'_>) -> Result<Reply, ApiError> {
             let ops = parse_json_patch(&body.value)?;
             ctx.app
                 .store
-                .update_group(actor(&ctx)?, id, if_match(&ctx).as_deref(), |cur| {
+                .update_group(actor(&ctx), id, if_match(&ctx).as_deref(), |cur| {
                     Ok((apply_json_patch(cur, &ops, rules)?, ()))
                 })?
         }
     };
     ctx.app.store.durable().await?;
-    Ok(one(&v))
+    one(&v)
 }
 
-pub async fn delete(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
-    let id = group_id(&ctx)?;
+pub async fn delete(ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
     ctx.app
         .store
-        .delete_group(actor(&ctx)?, id, if_match(&ctx).as_deref())?;
+        .delete_group(actor(&ctx), id, if_match(&ctx).as_deref())?;
     ctx.app.store.durable().await?;
     Ok(Reply::ok(Vec::new()))
 }
 
-pub async fn add_devices(mut ctx: Ctx<'_>) -> Result<Reply, ApiError> {
-    let id = group_id(&ctx)?;
+pub async fn add_devices(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
     let body = ctx.take_body()?.value;
-    let items = match body.as_object().map(|o| o.get("devices")) {
+    let wanted = match body.as_object().map(|o| o.get("devices")) {
         None => {
             return Err(ApiError::InvalidInput(
                 "the body must be a JSON object".into(),
@@ -367,28 +330,19 @@ pub async fn add_devices(mut ctx: Ctx<'_>) -> Result<Reply, ApiError> {
         Some(None | Some(Value::Null)) => {
             return Err(ApiError::InvalidInput("devices is required".into()))
         }
-        Some(Some(Value::Array(items))) => items.clone(),
+        // The limit applies to the group with them added, checked below.
+        Some(Some(Value::Array(items))) => distinct_devices(items, None)?,
         Some(Some(_)) => {
             return Err(ApiError::InvalidInput(
                 "devices must be an array of strings".into(),
             ))
         }
     };
-    let mut wanted: Vec<String> = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let s = item
-            .as_str()
-            .ok_or_else(|| ApiError::InvalidInput(format!("devices[{i}] must be a string")))?;
-        check_device_id(s).map_err(|why| ApiError::InvalidInput(format!("devices[{i}] {why}")))?;
-        if !wanted.iter().any(|w| w == s) {
-            wanted.push(s.to_string());
-        }
-    }
     let max = ctx.app.config.limits.max_devices_per_group;
     let (v, added) =
         ctx.app
             .store
-            .update_group(actor(&ctx)?, id, if_match(&ctx).as_deref(), |cur| {
+            .update_group(actor(&ctx), id, if_match(&ctx).as_deref(), |cur| {
                 let present: std::collections::HashSet<&str> =
                     cur.devices.iter().map(String::as_str).collect();
                 let added: Vec<String> = wanted
@@ -406,27 +360,25 @@ pub async fn add_devices(mut ctx: Ctx<'_>) -> Result<Reply, ApiError> {
                 Ok((doc, added))
             })?;
     ctx.app.store.durable().await?;
-    let mut reply = one(&v);
+    let mut reply = one(&v)?;
     let added_json = serde_json::to_vec(&added).map_err(|e| ApiError::Internal(e.to_string()))?;
     push_member(&mut reply.members, "added", &added_json);
     Ok(reply)
 }
 
-pub async fn remove_device(ctx: Ctx<'_>) -> Result<Reply, ApiError> {
-    let id = group_id(&ctx)?;
-    let device = ctx.param(1)?.to_string();
-    check_device_id(&device).map_err(|why| ApiError::InvalidInput(format!("deviceId {why}")))?;
+pub async fn remove_device(ctx: Authed<'_>, id: GroupId, device: &str) -> Result<Reply, ApiError> {
+    device_param(device, "deviceId")?;
     let (v, removed) =
         ctx.app
             .store
-            .update_group(actor(&ctx)?, id, if_match(&ctx).as_deref(), |cur| {
+            .update_group(actor(&ctx), id, if_match(&ctx).as_deref(), |cur| {
                 let mut doc = cur.clone();
                 doc.devices.retain(|d| *d != device);
                 let removed = doc.devices.len() != cur.devices.len();
                 Ok((doc, removed))
             })?;
     ctx.app.store.durable().await?;
-    let mut reply = one(&v);
+    let mut reply = one(&v)?;
     push_member(
         &mut reply.members,
         "removed",

@@ -1,23 +1,27 @@
-//! Handlers, one file per resource. A handler takes a typed [`Ctx`] (the caller, the
-//! decoded path parameters, the relevant headers and the parsed body) and returns a
-//! [`Reply`] or an [`ApiError`]; it never sees hyper and never picks a status code for
-//! an error.
+//! Handlers, one file per resource. A handler takes a typed [`Ctx`] (for an
+//! authenticated route, [`Authed`]: the caller, never missing), the path parameters it
+//! needs already parsed (a [`GroupId`](crate::model::GroupId), a device ID), and
+//! returns a [`Reply`] or an [`ApiError`]; it never sees hyper, the route table or the
+//! raw path, and never picks a status code for an error. The HTTP layer
+//! (`http/dispatch.rs`) calls them; nothing here imports `http/`.
 
-mod auth;
-mod changes;
-mod devices;
-mod groups;
+pub mod auth;
+pub mod changes;
+pub mod devices;
+pub mod groups;
 pub mod openapi;
 pub(crate) mod ops;
+pub mod reply;
+
+pub use reply::{Chunks, Reply, Streamed};
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use serde_json::Value;
+
 use crate::app::App;
 use crate::error::ApiError;
-use crate::http::body::JsonBody;
-use crate::http::response::Reply;
-use crate::http::router::Op;
 use crate::store::users::UserRecord;
 
 /// The request headers and connection facts handlers may use.
@@ -30,31 +34,38 @@ pub struct RequestInfo {
     pub query: Option<String>,
 }
 
-/// Everything a handler gets.
-pub struct Ctx<'a> {
+/// How the body is to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/json`.
+    Json,
+    /// `application/json-patch+json` (PATCH only).
+    JsonPatch,
+    /// `application/merge-patch+json` (PATCH only).
+    MergePatch,
+}
+
+/// A parsed request body.
+#[derive(Debug)]
+pub struct JsonBody {
+    pub kind: BodyKind,
+    pub value: Value,
+}
+
+/// Everything a handler gets; `U` is the caller: `()` on routes without
+/// authentication, the authenticated user on the others ([`Authed`]).
+pub struct Ctx<'a, U = ()> {
     /// Shared, so that a streamed answer can keep reading after the handler returns.
     pub app: &'a Arc<App>,
-    /// The authenticated caller (None only on routes without authentication).
-    pub user: Option<&'a UserRecord>,
-    pub params: &'a [String],
+    pub user: U,
     pub info: &'a RequestInfo,
     pub body: Option<JsonBody>,
 }
 
-impl Ctx<'_> {
-    fn user(&self) -> Result<&UserRecord, ApiError> {
-        self.user.ok_or_else(|| {
-            ApiError::Internal("handler needs a user but the route has no authentication".into())
-        })
-    }
+/// The context of an authenticated route: its user cannot be missing.
+pub type Authed<'a> = Ctx<'a, &'a UserRecord>;
 
-    fn param(&self, i: usize) -> Result<&str, ApiError> {
-        self.params
-            .get(i)
-            .map(String::as_str)
-            .ok_or_else(|| ApiError::Internal(format!("route has no parameter {i}")))
-    }
-
+impl<U> Ctx<'_, U> {
     fn take_body(&mut self) -> Result<JsonBody, ApiError> {
         self.body
             .take()
@@ -65,27 +76,25 @@ impl Ctx<'_> {
     /// (clients and proxies add their own); a known one given twice is ambiguous, so
     /// it is a 400 naming it.
     fn query(&self, known: &[&'static str]) -> Result<Vec<(&'static str, String)>, ApiError> {
-        crate::http::router::parse_query(self.info.query.as_deref().unwrap_or(""), known)
+        crate::percent::parse_query(self.info.query.as_deref().unwrap_or(""), known)
     }
 }
 
-/// Calls the handler of `op`.
-pub async fn dispatch(op: Op, ctx: Ctx<'_>) -> Result<Reply, ApiError> {
-    match op {
-        Op::Token => auth::token(ctx).await,
-        Op::ListGroups => groups::list(ctx),
-        Op::CreateGroup => groups::create(ctx).await,
-        Op::GetGroup => groups::get(ctx),
-        Op::PutGroup => groups::put(ctx).await,
-        Op::PatchGroup => groups::patch(ctx).await,
-        Op::DeleteGroup => groups::delete(ctx).await,
-        Op::AddDevices => groups::add_devices(ctx).await,
-        Op::RemoveDevice => groups::remove_device(ctx).await,
-        Op::DeviceGroups => devices::groups(ctx),
-        Op::Changes => changes::list(ctx),
-        Op::OpenApi => Ok(openapi::reply()),
-        Op::Healthz => Ok(ops::healthz()),
-        Op::Readyz => ops::readyz(ctx.app),
-        Op::Metrics => ops::metrics(ctx.app, ctx.info.peer),
-    }
+/// The `limit` query parameter of a paged list: 1 to 1000.
+fn parse_limit(v: &str) -> Result<usize, ApiError> {
+    v.parse()
+        .ok()
+        .filter(|l| (1..=1000).contains(l))
+        .ok_or_else(|| ApiError::InvalidInput("limit must be an integer from 1 to 1000".into()))
+}
+
+/// A device ID from the path (`deviceId`) or the query (`device`), checked by the §4
+/// device rule; `what` names it in the message.
+fn device_param(v: &str, what: &str) -> Result<(), ApiError> {
+    crate::model::check_device_id(v).map_err(|why| ApiError::InvalidInput(format!("{what} {why}")))
+}
+
+/// A JSON string of `text`.
+fn json_string(text: &str) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(text).map_err(|e| ApiError::Internal(e.to_string()))
 }

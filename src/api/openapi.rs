@@ -3,7 +3,7 @@
 //! the router's table and the document and fail when either has a route, a method, an
 //! error code or an authentication rule the other lacks.
 
-use crate::http::response::Reply;
+use super::Reply;
 
 /// The document as served.
 const DOCUMENT: &str = include_str!("openapi.json");
@@ -11,12 +11,11 @@ const DOCUMENT: &str = include_str!("openapi.json");
 /// The document, with its own content type (it is not an envelope answer).
 pub fn reply() -> Reply {
     Reply {
-        status: 200,
         raw: Some((
             "application/json; charset=utf-8",
             bytes::Bytes::from_static(DOCUMENT.as_bytes()),
         )),
-        ..Reply::default()
+        ..Reply::new(http::StatusCode::OK)
     }
 }
 
@@ -238,7 +237,7 @@ mod tests {
                 .values()
                 .any(|item| {
                     METHODS.iter().any(|m| {
-                        let r = resolve(&doc, &item[m]["responses"][e.status().to_string()]);
+                        let r = resolve(&doc, &item[m]["responses"][e.status().as_str()]);
                         r.to_string().contains(&format!("\"{}\"", e.code()))
                     })
                 });

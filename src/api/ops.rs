@@ -4,9 +4,12 @@
 
 use std::net::IpAddr;
 
+use http::StatusCode;
+
+use super::Reply;
 use crate::app::App;
 use crate::error::ApiError;
-use crate::http::response::{push_member, Reply};
+use crate::json::push_member;
 
 pub fn healthz() -> Reply {
     let mut m = Vec::new();
@@ -40,13 +43,12 @@ pub fn metrics(app: &App, peer: Option<IpAddr>) -> Result<Reply, ApiError> {
             "metrics are not served to this address (metrics.allowed_networks)".into(),
         ));
     }
-    let text = app.metrics.render(app);
+    let text = app.metrics.render(&app.metrics_snapshot());
     Ok(Reply {
-        status: 200,
         raw: Some((
             "text/plain; version=0.0.4; charset=utf-8",
             text.into_bytes().into(),
         )),
-        ..Reply::default()
+        ..Reply::new(StatusCode::OK)
     })
 }

@@ -12,26 +12,10 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use hyper::HeaderMap;
 use serde_json::Value;
 
+// The body types are the handlers' (`api/`); this file produces them.
+pub use crate::api::{BodyKind, JsonBody};
 use crate::error::ApiError;
 use crate::http::router::Op;
-
-/// How the body is to be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyKind {
-    /// `application/json`.
-    Json,
-    /// `application/json-patch+json` (PATCH only).
-    JsonPatch,
-    /// `application/merge-patch+json` (PATCH only).
-    MergePatch,
-}
-
-/// A parsed request body.
-#[derive(Debug)]
-pub struct JsonBody {
-    pub kind: BodyKind,
-    pub value: Value,
-}
 
 /// Decides the body kind from the headers, before reading anything.
 pub fn check_headers(op: Op, headers: &HeaderMap, max: u64) -> Result<Option<BodyKind>, ApiError> {

@@ -1,11 +1,13 @@
 //! The HTTP layer: turns a hyper request into a call of one handler and the handler's
 //! result (or error) into a hyper response. Only this module and `server.rs` touch
 //! hyper. Per request it: assigns the request ID, routes, authenticates and counts
-//! usage, checks the role, reads the body, calls the handler (a panic becomes a 500 for
-//! this request only), renders the envelope, records metrics and writes one log line.
+//! usage, checks the role, reads the body, calls the handler (`dispatch.rs`; a panic
+//! becomes a 500 for this request only), renders the envelope, records metrics and
+//! writes one log line. It calls into `api/`; nothing there calls back.
 
 pub mod body;
 pub mod conns;
+pub mod dispatch;
 pub mod response;
 pub mod router;
 pub mod stream;
@@ -17,20 +19,27 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, IF_MATCH, IF_NONE_MATCH,
+};
 use hyper::{HeaderMap, Request, Response, StatusCode, Version};
 
-use crate::api::{self, Ctx, RequestInfo};
+use crate::api::{Ctx, JsonBody, Reply, RequestInfo};
 use crate::app::App;
 use crate::error::ApiError;
-use crate::store::users::Role;
+use crate::json::push_member;
+use crate::store::users::{Role, UserRecord};
 use crate::usage::Limits;
 use body::{check_headers, read_json};
-use response::{error_body, push_member, success_body, success_head, Reply};
+use dispatch::{call_public, call_user, public_call, user_call};
+use response::{error_body, success_body, success_head};
 use router::Op;
 use stream::OutBody;
 
 const JSON: &str = "application/json; charset=utf-8";
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Serves one request. Never fails: every outcome is a response.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<OutBody> {
@@ -38,8 +47,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     let request_id = request_id(req.headers());
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
-    let mut outcome = Outcome::default();
-    let result = AssertUnwindSafe(serve(&app, req, peer, &mut outcome))
+    let mut seen = Seen::default();
+    let result = AssertUnwindSafe(answer(&app, req, peer, &mut seen))
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| {
@@ -51,18 +60,18 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
             Err(ApiError::Internal(format!("handler panicked: {what}")))
         });
     let response = match result {
-        Ok(reply) => render(reply, outcome.usage, &request_id),
+        Ok(reply) => render(reply, seen.usage, &request_id),
         Err(err) => {
             if let Some(detail) = err.log_detail() {
                 tracing::error!(request_id = %request_id, detail, "request failed");
             }
-            render_error(&err, outcome.usage, &request_id)
+            render_error(&err, seen.usage, &request_id)
         }
     };
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     app.metrics
-        .observe(outcome.op.map_or("unmatched", Op::label), status, elapsed);
+        .observe(seen.op.map_or("unmatched", Op::label), status, elapsed);
     // `log.access`: at thousands of requests a second a line each would exceed
     // journald's rate limit (which then drops warnings too) and wear the flash.
     if app.config.log.access.logs(status) {
@@ -74,89 +83,46 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
             // Whole microseconds, so the value prints as 0.014 and not 0.013954999999999999.
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
             request_id = %request_id,
-            user = outcome.user.as_deref().unwrap_or("-"),
+            user = seen.user.as_deref().unwrap_or("-"),
             "request"
         );
     }
     response
 }
 
-/// What the log line and the envelope need to know about a request as it progresses.
+/// What the log line and the envelope need to know about a request, learnt as it
+/// progresses (and kept when a step fails).
 #[derive(Default)]
-struct Outcome {
+struct Seen {
     op: Option<Op>,
     user: Option<String>,
     usage: Option<(u64, u64)>,
 }
 
-async fn serve(
+/// Routes, authenticates, reads the body and calls the handler.
+async fn answer(
     app: &Arc<App>,
     req: Request<Incoming>,
     peer: SocketAddr,
-    outcome: &mut Outcome,
+    seen: &mut Seen,
 ) -> Result<Reply, ApiError> {
     check_host(&req)?;
     let matched = router::route(req.method().as_str(), req.uri().path())?;
     let op = matched.op;
-    outcome.op = Some(op);
+    seen.op = Some(op);
     let user = if op.needs_auth() {
-        // Two Authorization headers are ambiguous (proxies and we might pick different
-        // ones), so they are refused like a malformed one.
-        let mut auth_headers = req.headers().get_all(AUTHORIZATION).iter();
-        let header = auth_headers.next();
-        if auth_headers.next().is_some() {
-            return Err(ApiError::Unauthorized);
-        }
-        let user = app.auth.authenticate(header.map(HeaderValue::as_bytes))?;
-        outcome.user = Some(user.name.clone());
-        let limits = Limits {
-            daily: app.config.effective_daily_limit(user.daily_limit),
-            per_minute: app.config.limits.requests_per_minute,
-        };
-        match app
-            .usage
-            .count(&user.name, limits, crate::time::Now::read())
-        {
-            Ok(counts) => outcome.usage = Some(counts),
-            Err((err, total, daily)) => {
-                outcome.usage = Some((total, daily));
-                return Err(err);
-            }
-        }
-        if op.writes() && user.role == Role::Read {
-            return Err(ApiError::Forbidden(
-                "this user has the read role and cannot change groups".into(),
-            ));
-        }
-        Some(user)
+        Some(authenticate(app, req.headers(), op, seen)?)
     } else {
         None
     };
     let info = RequestInfo {
-        if_match: header_string(req.headers(), "if-match"),
-        if_none_match: header_string(req.headers(), "if-none-match"),
-        idempotency_key: header_string(req.headers(), "idempotency-key"),
+        if_match: header_string(req.headers(), &IF_MATCH),
+        if_none_match: header_string(req.headers(), &IF_NONE_MATCH),
+        idempotency_key: header_string(req.headers(), &IDEMPOTENCY_KEY),
         peer: Some(peer.ip()),
         query: req.uri().query().map(str::to_string),
     };
-    let body = if op.has_body() {
-        let limits = &app.config.limits;
-        let kind = check_headers(op, req.headers(), limits.max_body_bytes)?;
-        match kind {
-            Some(kind) => Some(
-                read_json(
-                    req.into_body(),
-                    kind,
-                    limits.max_body_bytes,
-                    Duration::from_secs(limits.body_timeout_secs),
-                )
-                .await?,
-            ),
-            None => None,
-        }
-    } else {
-        None
-    };
+    let body = read_body(app, op, req).await?;
     if op == Op::Token {
         // A login has no bearer user yet; the log names the user it is for.
         if let Some(name) = body
@@ -165,17 +131,86 @@ async fn serve(
             .and_then(serde_json::Value::as_str)
             .filter(|n| app.auth.is_user(n))
         {
-            outcome.user = Some(name.to_string());
+            seen.user = Some(name.to_string());
         }
     }
-    let ctx = Ctx {
-        app,
-        user: user.as_deref(),
-        params: &matched.params,
-        info: &info,
-        body,
+    // Path parameters are parsed only now, after authentication and the body, so a
+    // malformed group ID answers 404 in the order it always has.
+    match user {
+        None => {
+            let ctx = Ctx {
+                app,
+                user: (),
+                info: &info,
+                body,
+            };
+            call_public(public_call(op, &matched.params)?, ctx).await
+        }
+        Some(user) => {
+            let ctx = Ctx {
+                app,
+                user: &*user,
+                info: &info,
+                body,
+            };
+            call_user(user_call(op, &matched.params)?, ctx).await
+        }
+    }
+}
+
+/// The bearer token's user, counted against its limits and checked for the role `op`
+/// needs.
+fn authenticate(
+    app: &App,
+    headers: &HeaderMap,
+    op: Op,
+    seen: &mut Seen,
+) -> Result<Arc<UserRecord>, ApiError> {
+    // Two Authorization headers are ambiguous (proxies and we might pick different
+    // ones), so they are refused like a malformed one.
+    let mut auth_headers = headers.get_all(AUTHORIZATION).iter();
+    let header = auth_headers.next();
+    if auth_headers.next().is_some() {
+        return Err(ApiError::Unauthorized);
+    }
+    let user = app.auth.authenticate(header.map(HeaderValue::as_bytes))?;
+    seen.user = Some(user.name.clone());
+    let limits = Limits {
+        daily: app.config.effective_daily_limit(user.daily_limit),
+        per_minute: app.config.limits.requests_per_minute,
     };
-    api::dispatch(op, ctx).await
+    match app.usage.count(&user.name, limits, app.clock.now()) {
+        Ok(counts) => seen.usage = Some(counts),
+        Err((err, total, daily)) => {
+            seen.usage = Some((total, daily));
+            return Err(err);
+        }
+    }
+    if op.writes() && user.role == Role::Read {
+        return Err(ApiError::Forbidden(
+            "this user has the read role and cannot change groups".into(),
+        ));
+    }
+    Ok(user)
+}
+
+/// The JSON body of an operation that takes one (None when it sent none).
+async fn read_body(
+    app: &App,
+    op: Op,
+    req: Request<Incoming>,
+) -> Result<Option<JsonBody>, ApiError> {
+    if !op.has_body() {
+        return Ok(None);
+    }
+    let limits = &app.config.limits;
+    let Some(kind) = check_headers(op, req.headers(), limits.max_body_bytes)? else {
+        return Ok(None);
+    };
+    let timeout = Duration::from_secs(limits.body_timeout_secs);
+    read_json(req.into_body(), kind, limits.max_body_bytes, timeout)
+        .await
+        .map(Some)
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without a `Host` header, or with more than one,
@@ -196,7 +231,7 @@ fn check_host<B>(req: &Request<B>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {
+fn header_string(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -205,7 +240,7 @@ fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// The client's `X-Request-Id` when it is sane (1–128 of `A-Za-z0-9-_.:`), else a new one.
 fn request_id(headers: &HeaderMap) -> String {
-    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+    if let Some(id) = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
         if (1..=128).contains(&id.len())
             && id
                 .bytes()
@@ -218,7 +253,7 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 fn render(reply: Reply, usage: Option<(u64, u64)>, request_id: &str) -> Response<OutBody> {
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    let status = reply.status;
     let (ctype, body) = match (reply.raw, reply.stream) {
         (Some((ctype, bytes)), _) => (ctype, OutBody::full(bytes)),
         (None, _) if status == StatusCode::NOT_MODIFIED => (JSON, OutBody::Full(None)),
@@ -236,11 +271,11 @@ fn render(reply: Reply, usage: Option<(u64, u64)>, request_id: &str) -> Response
 }
 
 fn render_error(err: &ApiError, usage: Option<(u64, u64)>, request_id: &str) -> Response<OutBody> {
-    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = err.status();
     let mut headers = err.headers();
     // A body we did not read (413) leaves the connection in an unknown state.
     if matches!(err, ApiError::BodyTooLarge) {
-        headers.push(("connection", "close".to_string()));
+        headers.push((CONNECTION, HeaderValue::from_static("close")));
     }
     let body = OutBody::full(error_body(err, usage));
     build(status, JSON, body, &headers, request_id)
@@ -250,7 +285,7 @@ fn build(
     status: StatusCode,
     ctype: &'static str,
     body: OutBody,
-    headers: &[(&'static str, String)],
+    headers: &[(HeaderName, HeaderValue)],
     request_id: &str,
 ) -> Response<OutBody> {
     let mut resp = Response::new(body);
@@ -260,16 +295,12 @@ fn build(
     if status != StatusCode::NOT_MODIFIED {
         h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
     }
+    // Always a valid value: a client's ID is kept only when it is sane (`request_id`).
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert(HeaderName::from_static("x-request-id"), v);
+        h.insert(X_REQUEST_ID, v);
     }
     for (name, value) in headers {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            h.append(n, v);
-        }
+        h.append(name.clone(), value.clone());
     }
     resp
 }
@@ -281,7 +312,7 @@ mod tests {
     fn id_for(value: &str) -> String {
         let mut h = HeaderMap::new();
         if let Ok(v) = HeaderValue::from_str(value) {
-            h.insert("x-request-id", v);
+            h.insert(X_REQUEST_ID, v);
         }
         request_id(&h)
     }

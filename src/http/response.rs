@@ -1,85 +1,9 @@
 //! Response bodies: the Plaspy envelope (`success`, `error`, `errorCode`, `apiUsage`,
 //! `apiDailyUsage`) followed by the resource fields at the top level. Handlers hand over
-//! the members of their JSON object as bytes; the envelope is written in front of them
-//! into one buffer, without building a `serde_json::Value`.
+//! the members of their JSON object as bytes (`api::Reply`); the envelope is written in
+//! front of them into one buffer, without building a `serde_json::Value`.
 
 use crate::error::ApiError;
-use crate::http::stream::Chunks;
-
-/// A handler's successful answer.
-#[derive(Debug, Default)]
-pub struct Reply {
-    pub status: u16,
-    /// JSON object members without the braces, e.g. `"id":"grp-1","name":"x"`.
-    pub members: Vec<u8>,
-    /// Extra headers (`Location`, `ETag` …).
-    pub headers: Vec<(&'static str, String)>,
-    /// A body that is not the JSON envelope (metrics, OpenAPI): content type and bytes
-    /// (`Bytes`, so the OpenAPI document is sent from the binary without a copy).
-    pub raw: Option<(&'static str, bytes::Bytes)>,
-    /// An array member sent after `members` as the client reads it (`http/stream.rs`).
-    pub stream: Option<Streamed>,
-}
-
-/// The last member of an answer, an array streamed chunk by chunk.
-pub struct Streamed {
-    /// The member's name, e.g. `groups`.
-    pub member: &'static str,
-    /// The first elements, already read (comma-separated JSON values; may be empty).
-    pub first: Vec<u8>,
-    /// The rest.
-    pub rest: Box<dyn Chunks>,
-}
-
-impl std::fmt::Debug for Streamed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Streamed")
-            .field("member", &self.member)
-            .field("first_bytes", &self.first.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Reply {
-    /// 200 with the given members.
-    pub fn ok(members: Vec<u8>) -> Reply {
-        Reply {
-            status: 200,
-            members,
-            ..Reply::default()
-        }
-    }
-
-    /// Adds a header.
-    pub fn header(mut self, name: &'static str, value: String) -> Reply {
-        self.headers.push((name, value));
-        self
-    }
-}
-
-/// Appends the members of a JSON object (`{...}`) without its braces.
-pub fn push_object_members(out: &mut Vec<u8>, object: &[u8]) {
-    if object.len() >= 2 {
-        let inner = &object[1..object.len() - 1];
-        if !inner.is_empty() {
-            if !out.is_empty() {
-                out.push(b',');
-            }
-            out.extend_from_slice(inner);
-        }
-    }
-}
-
-/// Appends `"name":<json>` as a member.
-pub fn push_member(out: &mut Vec<u8>, name: &str, json: &[u8]) {
-    if !out.is_empty() {
-        out.push(b',');
-    }
-    out.push(b'"');
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
-    out.extend_from_slice(json);
-}
 
 /// The full JSON body of a success: envelope, usage, then the members.
 pub fn success_body(usage: Option<(u64, u64)>, members: &[u8]) -> Vec<u8> {
@@ -126,6 +50,7 @@ fn push_usage(out: &mut Vec<u8>, usage: Option<(u64, u64)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::push_object_members;
 
     #[test]
     fn envelope_shapes() {

@@ -16,14 +16,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::error::ApiError;
-
-/// Where a streamed array's elements come from, chunk by chunk.
-pub trait Chunks: Send {
-    /// Appends the next elements to `out` (JSON values, comma-separated among
-    /// themselves, no leading comma). Returns false, having appended nothing, at the end.
-    fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<bool, ApiError>;
-}
+use crate::api::Chunks;
 
 /// A response body.
 pub enum OutBody {
@@ -128,6 +121,7 @@ impl Body for OutBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ApiError;
     use http_body_util::BodyExt;
 
     struct Counter(u32);
