@@ -277,12 +277,10 @@ impl Store {
         };
         // sled panics on some damaged files instead of returning an error; that is a
         // damaged store to refuse (exit 1 with a message), not a crash to restart.
-        let segment_size = segment_size_of(&dir);
         let opened = std::panic::catch_unwind(|| {
             sled::Config::new()
                 .path(&dir)
                 .cache_capacity(options.cache_bytes)
-                .segment_size(segment_size)
                 // LowSpace (the default) compacts more eagerly; HighThroughput made a
                 // 100,000-group restore 8.4 s instead of 13.7 s and its store 224 MB
                 // instead of 432 MB on the bench machine.
@@ -849,33 +847,6 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "a panic".into())
 }
 
-/// sled's log segment size for a new store. sled cleans a segment once at most half
-/// of it is live, so the log's slack follows the segment: with 128 KiB instead of
-/// sled's 512 KiB, a one-device change of a 10,000-device group left 835 bytes a change
-/// on disk instead of 1,353 (6,000 changes, one flush each), and memory is lower. Its
-/// cost: values over 32 KiB (a quarter of a segment) go to blob files, each synced on
-/// its own; group values never get there (`pieces.rs`), a remembered answer of a
-/// create with thousands of devices does.
-const SEGMENT_SIZE: usize = 128 * 1024;
-
-/// The segment size to open `dir` with: the one its `conf` file records (sled refuses
-/// any other), or `SEGMENT_SIZE` for a new store. Stores made before keep sled's
-/// default, 512 KiB.
-fn segment_size_of(dir: &Path) -> usize {
-    const SLED_DEFAULT: usize = 512 * 1024;
-    match std::fs::read(dir.join("conf")) {
-        // The file ends in a binary checksum: only its text lines are read.
-        Ok(bytes) => String::from_utf8_lossy(&bytes)
-            .lines()
-            .find_map(|l| l.strip_prefix("segment_size: "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(SLED_DEFAULT),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => SEGMENT_SIZE,
-        // Unreadable: sled reports it when it opens the store.
-        Err(_) => SLED_DEFAULT,
-    }
-}
-
 /// Writes the format marker durably (`perms::replace_private`).
 fn write_marker(dir: &Path) -> std::io::Result<()> {
     crate::perms::replace_private(dir, FORMAT_MARKER, format!("{FORMAT_VERSION}\n").as_bytes())
@@ -931,26 +902,6 @@ mod tests {
     use super::testing::{doc, store};
     use super::{keys, OpenError, FORMAT_MARKER, FORMAT_VERSION, META_FORMAT};
     use crate::store::groups::Actor;
-
-    /// A new store gets the small segment; a store made with sled's default keeps it
-    /// (sled refuses to open a store with another segment size).
-    #[test]
-    fn the_segment_size_is_the_one_the_store_was_made_with() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
-        s.close().unwrap();
-        drop(s);
-        let store_dir = dir.path().join("store");
-        assert_eq!(super::segment_size_of(&store_dir), super::SEGMENT_SIZE);
-        let conf = std::fs::read(store_dir.join("conf")).unwrap();
-        assert!(String::from_utf8_lossy(&conf).contains("segment_size: 131072"));
-        // sled's own file for its default: text lines, then a binary checksum.
-        let old = tempfile::tempdir().unwrap();
-        let mut text = b"segment_size: 524288\nuse_compression: false\nversion: 0.34\n".to_vec();
-        text.extend_from_slice(&[0x76, 0x51, 0xff, 0xfe]);
-        std::fs::write(old.path().join("conf"), text).unwrap();
-        assert_eq!(super::segment_size_of(old.path()), 512 * 1024);
-    }
 
     /// A format-2 store (marker and meta say 2) opens, keeps its groups, and is
     /// upgraded to this format in both places; a newer format is still refused.
