@@ -128,7 +128,7 @@ impl App {
         let usage = Usage::load(
             store
                 .usage_records()
-                .map_err(|e| StartError::new(format!("loading usage counters: {e:?}")))?,
+                .map_err(|e| StartError::new(format!("loading usage counters: {}", e.chain())))?,
         );
         let last_backup = crate::backup::last_success(&config.data_dir).unwrap_or(0);
         Ok(App {
@@ -162,10 +162,7 @@ impl App {
     /// the watchdog for it would make systemd restart a server that works as designed,
     /// and on a full disk the restarts can fail and leave no server at all.
     pub fn store_answers_reads(&self) -> bool {
-        // A point read of the users space for a name no user can have (the userName
-        // rule needs at least one character): `Ok(None)` means sled answered, and
-        // which users exist does not matter.
-        self.store.user("").is_ok()
+        self.store.probe().is_ok()
     }
 
     /// The values `/metrics` shows that the store, auth and backups own, read now.
@@ -202,7 +199,7 @@ impl App {
             return;
         }
         if let Err(e) = self.store.put_usage(&dirty) {
-            tracing::warn!(error = ?e, "could not persist usage counters; will retry");
+            tracing::warn!(error = %e.chain(), "could not persist usage counters; will retry");
             self.usage.mark_dirty(&dirty);
         }
     }
@@ -217,7 +214,7 @@ impl App {
     pub fn purge_to_size(&self) {
         let max = self.config.retention.changes_max_mb.saturating_mul(1 << 20);
         if let Err(e) = self.store.purge_to_size(max) {
-            tracing::warn!(error = ?e, "change-feed size purge failed");
+            tracing::warn!(error = %e.chain(), "change-feed size purge failed");
         }
     }
 
@@ -232,7 +229,7 @@ impl App {
                 "purged old change-feed entries and idempotency records"
             ),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = ?e, "purge failed"),
+            Err(e) => tracing::warn!(error = %e.chain(), "purge failed"),
         }
         if let Err(e) = self.auth.purge_expired(&self.store) {
             tracing::warn!(error = ?e, "token purge failed");
@@ -293,7 +290,7 @@ pub fn spawn_upkeep(app: &Arc<App>) {
 fn bootstrap(store: &Store, data_dir: &Path, clock: &Clock) -> Result<(), StartError> {
     let users = store
         .users()
-        .map_err(|e| StartError::new(format!("reading users: {e:?}")))?;
+        .map_err(|e| StartError::new(format!("reading users: {}", e.chain())))?;
     if !users.is_empty() {
         return Ok(());
     }

@@ -19,6 +19,13 @@ impl std::fmt::Display for UserError {
     }
 }
 
+/// A store failure reads as its cause chain (what `ApiError`'s log detail says).
+impl From<crate::store::Error> for UserError {
+    fn from(e: crate::store::Error) -> UserError {
+        UserError::from(crate::error::ApiError::from(e))
+    }
+}
+
 impl From<crate::error::ApiError> for UserError {
     fn from(e: crate::error::ApiError) -> UserError {
         UserError(match e.log_detail() {

@@ -151,7 +151,7 @@ impl Store {
                 Ok(Some(v)) => v,
                 Ok(None) => continue,
                 Err(e) => {
-                    r.problem(format!("{account}/{id}: does not parse ({e:?})"));
+                    r.problem(format!("{account}/{id}: does not parse ({})", e.chain()));
                     continue;
                 }
             };
@@ -159,7 +159,8 @@ impl Store {
                 Ok(d) => d,
                 Err(e) => {
                     r.problem(format!(
-                        "{account}/{id}: its document does not parse ({e:?})"
+                        "{account}/{id}: its document does not parse ({})",
+                        e.chain()
                     ));
                     continue;
                 }
@@ -228,7 +229,7 @@ impl Store {
                     r.users += 1;
                     let name = String::from_utf8_lossy(&k).into_owned();
                     if let Err(e) = self.user(&name) {
-                        r.problem(format!("user {name}: does not parse ({e:?})"));
+                        r.problem(format!("user {name}: does not parse ({})", e.chain()));
                     }
                 }
                 Err(e) => {
@@ -405,7 +406,10 @@ impl Store {
                 let mut reader = super::history::EntryReader::new(self, &account, chunk.to_vec());
                 while let Some(entry) = reader.next_entry() {
                     if let Err(e) = entry {
-                        r.problem(format!("{account}: the feed does not rebuild ({e:?})"));
+                        r.problem(format!(
+                            "{account}: the feed does not rebuild ({})",
+                            e.chain()
+                        ));
                         break;
                     }
                 }

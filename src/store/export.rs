@@ -206,7 +206,10 @@ impl Store {
         // current account are exported (a removed user's records are a retry cache
         // that has lost its owner).
         let mut accounts: HashMap<String, String> = HashMap::new();
-        for user in self.users().map_err(|e| format!("reading users: {e:?}"))? {
+        for user in self
+            .users()
+            .map_err(|e| format!("reading users: {}", e.chain()))?
+        {
             accounts.insert(user.name.clone(), user.account.clone());
             emit(
                 Record::User {
@@ -226,7 +229,7 @@ impl Store {
         }
         for (user, u) in self
             .usage_records()
-            .map_err(|e| format!("reading usage: {e:?}"))?
+            .map_err(|e| format!("reading usage: {}", e.chain()))?
         {
             emit(
                 Record::Usage {
@@ -246,11 +249,11 @@ impl Store {
             let id = keys::trailing_u64(&k).ok_or("corrupt group key")?;
             let Some(view) = self
                 .view(&account, GroupId(id), raw, Seen::Durable)
-                .map_err(|e| format!("{e:?}"))?
+                .map_err(|e| e.chain())?
             else {
                 continue;
             };
-            let doc = view.doc().map_err(|e| format!("{e:?}"))?;
+            let doc = view.doc().map_err(|e| e.chain())?;
             emit(
                 Record::Group {
                     account,
@@ -273,7 +276,7 @@ impl Store {
             accounts_with_changes.push(prefix.to_vec());
             Ok(())
         })
-        .map_err(|e| format!("reading the change feed: {e:?}"))?;
+        .map_err(|e| format!("reading the change feed: {}", e.chain()))?;
         for prefix in accounts_with_changes {
             let account = text(&prefix[..prefix.len() - 1], "change-feed")?;
             let mut from = prefix.clone();
@@ -298,7 +301,8 @@ impl Store {
                 let full = items.len() == EXPORT_CHUNK;
                 let mut reader = EntryReader::new(self, &account, items);
                 while let Some(entry) = reader.next_entry() {
-                    let entry = entry.map_err(|e| format!("reading the change feed: {e:?}"))?;
+                    let entry =
+                        entry.map_err(|e| format!("reading the change feed: {}", e.chain()))?;
                     let c: StoredChange = serde_json::from_slice(&entry.json)
                         .map_err(|e| format!("corrupt change-feed entry in {account}: {e}"))?;
                     let id = GroupId::parse(&c.id).ok_or_else(|| {

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use super::history::EntryReader;
 use super::pieces::Seen;
+use super::Error;
 use super::{keys, Store};
-use crate::error::ApiError;
 use crate::model::GroupId;
 
 /// One change-feed entry and its account.
@@ -63,11 +63,11 @@ impl Store {
         after: u64,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<FeedPage, ApiError> {
+    ) -> Result<FeedPage, Error> {
         let high = self.last_seq();
         let expired = |s: &Store| {
             if after < s.purged_through() {
-                Err(ApiError::CursorExpired)
+                Err(Error::CursorExpired)
             } else {
                 Ok(())
             }
@@ -93,8 +93,8 @@ impl Store {
             for item in self.changes.range(from.as_slice()..to.as_slice()) {
                 let (k, v) = item.map_err(|e| self.read_err(e))?;
                 let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) else {
-                    return Err(ApiError::Internal(format!(
-                        "corrupt change-feed index entry in {account}"
+                    return Err(Error::corrupt(format!(
+                        "change-feed index entry in {account}"
                     )));
                 };
                 if seq > bound {
@@ -165,10 +165,10 @@ impl Store {
     /// before and after the scan), then the feed's entries in `(h0, h1]` are laid
     /// over them, so each group is its state after `h1`. `CursorExpired` when
     /// retention removed entries of that window meanwhile (try again).
-    pub fn snapshot(&self) -> Result<Snapshot, ApiError> {
+    pub fn snapshot(&self) -> Result<Snapshot, Error> {
         let h0 = self.last_seq();
         if h0 < self.purged_through() {
-            return Err(ApiError::CursorExpired);
+            return Err(Error::CursorExpired);
         }
         let mut groups: BTreeMap<(String, u64), (Option<u64>, Vec<u8>)> = BTreeMap::new();
         for item in self.groups.iter() {
@@ -237,7 +237,7 @@ pub struct ParsedEntry {
 }
 
 /// Parses an entry's JSON (`changes::change_entry`).
-pub fn parse_entry(raw: &[u8]) -> Result<ParsedEntry, ApiError> {
+pub fn parse_entry(raw: &[u8]) -> Result<ParsedEntry, Error> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct E<'a> {
@@ -250,10 +250,10 @@ pub fn parse_entry(raw: &[u8]) -> Result<ParsedEntry, ApiError> {
         #[serde(borrow)]
         group: Option<&'a serde_json::value::RawValue>,
     }
-    let e: E<'_> = serde_json::from_slice(raw)
-        .map_err(|err| ApiError::Internal(format!("corrupt change-feed entry: {err}")))?;
+    let e: E<'_> =
+        serde_json::from_slice(raw).map_err(|err| Error::corrupt_json("change-feed entry", err))?;
     let id = GroupId::parse(&e.id)
-        .ok_or_else(|| ApiError::Internal(format!("corrupt change-feed entry id {:?}", e.id)))?;
+        .ok_or_else(|| Error::corrupt(format!("change-feed entry id {:?}", e.id)))?;
     Ok(ParsedEntry {
         op: e.op,
         id,
@@ -271,6 +271,7 @@ pub fn parse_entry(raw: &[u8]) -> Result<ParsedEntry, ApiError> {
 mod tests {
     use crate::store::groups::Actor;
     use crate::store::testing::{doc, store};
+    use crate::store::Error;
 
     /// Pages of the whole feed are exact across accounts whatever the bounds: every
     /// entry once, in order, and `next` never skips one.
@@ -330,7 +331,7 @@ mod tests {
             .nth(1)
             .unwrap()
             .id;
-        s.update_group(a, first, None, |_| Ok((doc("renamed"), ())))
+        s.update_group(a, first, None, |_| Ok::<_, Error>((doc("renamed"), ())))
             .unwrap();
         s.delete_group(a, second, None).unwrap();
         let snap = s.snapshot().unwrap();

@@ -13,8 +13,8 @@ use sled::IVec;
 use super::history::{self, ChangeOp, Record};
 use super::idempotency::IdempotencyRequest;
 use super::pieces::{Encoded, GroupWrites, Seen};
+use super::Error;
 use super::{keys, Kind, Op, Store, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
-use crate::error::ApiError;
 use crate::model::{name_key, GroupDoc, GroupId};
 use crate::time::now_ms;
 
@@ -30,20 +30,16 @@ pub struct GroupView {
 
 impl GroupView {
     /// A view of a whole value (a split one is joined first: `Store::view`).
-    pub(super) fn new(id: GroupId, raw: IVec) -> Result<GroupView, ApiError> {
+    pub(super) fn new(id: GroupId, raw: IVec) -> Result<GroupView, Error> {
         if raw.len() < HEADER + 2 || super::pieces::is_split(&raw) {
-            return Err(ApiError::Internal(format!("corrupt group record {id}")));
+            return Err(Error::corrupt(format!("group record {id}")));
         }
         Ok(GroupView { id, raw })
     }
 
     /// A view of a remembered answer (an idempotent replay): only the revision and the
     /// public JSON are known; the timestamps live in the JSON.
-    pub(super) fn from_parts(
-        id: GroupId,
-        revision: u64,
-        json: &[u8],
-    ) -> Result<GroupView, ApiError> {
+    pub(super) fn from_parts(id: GroupId, revision: u64, json: &[u8]) -> Result<GroupView, Error> {
         let mut bytes = Vec::with_capacity(HEADER + json.len());
         bytes.extend_from_slice(&revision.to_be_bytes());
         bytes.extend_from_slice(&[0u8; 16]);
@@ -77,36 +73,41 @@ impl GroupView {
     }
 
     /// Whether the group's `devices` holds `device` (parses only that member).
-    fn has_device(&self, device: &str) -> Result<bool, ApiError> {
+    fn has_device(&self, device: &str) -> Result<bool, Error> {
         #[derive(Deserialize)]
         struct DevicesOnly {
             devices: Vec<String>,
         }
         serde_json::from_slice::<DevicesOnly>(self.json())
             .map(|d| d.devices.iter().any(|d| d == device))
-            .map_err(|e| ApiError::Internal(format!("corrupt group record {}: {e}", self.id)))
+            .map_err(|e| self.corrupt(e))
     }
 
     /// The group's name (parses only that member).
-    fn name(&self) -> Result<String, ApiError> {
+    fn name(&self) -> Result<String, Error> {
         #[derive(Deserialize)]
         struct NameOnly {
             name: String,
         }
         serde_json::from_slice::<NameOnly>(self.json())
             .map(|n| n.name)
-            .map_err(|e| ApiError::Internal(format!("corrupt group record {}: {e}", self.id)))
+            .map_err(|e| self.corrupt(e))
+    }
+
+    /// This group's record does not parse.
+    fn corrupt(&self, e: serde_json::Error) -> Error {
+        Error::corrupt_json(format!("group record {}", self.id), e)
     }
 
     /// The client-controlled part, parsed.
-    pub fn doc(&self) -> Result<GroupDoc, ApiError> {
+    pub fn doc(&self) -> Result<GroupDoc, Error> {
         serde_json::from_slice::<PublicGroup>(self.json())
             .map(|p| GroupDoc {
                 name: p.name,
                 description: p.description,
                 devices: p.devices,
             })
-            .map_err(|e| ApiError::Internal(format!("corrupt group record {}: {e}", self.id)))
+            .map_err(|e| self.corrupt(e))
     }
 }
 
@@ -289,7 +290,7 @@ impl Store {
         plan: Plan,
         next_group: u64,
         next_change: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let added: u64 = plan
             .changes
             .iter()
@@ -337,7 +338,7 @@ impl Store {
     }
 
     /// One group of an account, if it exists there.
-    pub fn get_group(&self, account: &str, id: GroupId) -> Result<Option<GroupView>, ApiError> {
+    pub fn get_group(&self, account: &str, id: GroupId) -> Result<Option<GroupView>, Error> {
         match self
             .groups
             .get(keys::group(account, id.0))
@@ -352,9 +353,9 @@ impl Store {
     /// the reverse index (cost follows the matches). The `name` filter alone reads up to
     /// 1000 groups directly when a page size is given (common matches fill the page
     /// there), else the account's whole name index (names only) and then the page.
-    pub fn list_groups(&self, account: &str, q: &ListQuery) -> Result<Page, ApiError> {
+    pub fn list_groups(&self, account: &str, q: &ListQuery) -> Result<Page, Error> {
         let name_filter = q.name.as_deref().map(name_key);
-        let matches_name = |v: &GroupView| -> Result<bool, ApiError> {
+        let matches_name = |v: &GroupView| -> Result<bool, Error> {
             Ok(match &name_filter {
                 None => true,
                 Some(f) => name_key(&v.name()?).contains(f.as_str()),
@@ -477,13 +478,13 @@ impl Store {
     }
 
     /// 409 when the (account-scoped, lowercased) name key is taken.
-    fn check_name_free(&self, name_key: &[u8]) -> Result<(), ApiError> {
+    fn check_name_free(&self, name_key: &[u8]) -> Result<(), Error> {
         match self
             .names
             .get_latest(name_key)
             .map_err(|e| self.read_err(e))?
         {
-            Some(_) => Err(ApiError::NameConflict),
+            Some(_) => Err(Error::NameTaken),
             None => Ok(()),
         }
     }
@@ -492,7 +493,7 @@ impl Store {
     /// Two groups of a store made before names were case-folded may share a folded
     /// name (see `reindex_names`); the entry then names the older one, and the younger
     /// one's rename or delete must not free a name that is still taken.
-    fn release_name(&self, plan: &mut Plan, name_key: Vec<u8>, n: u64) -> Result<(), ApiError> {
+    fn release_name(&self, plan: &mut Plan, name_key: Vec<u8>, n: u64) -> Result<(), Error> {
         let owner = self
             .names
             .get_latest(&name_key)
@@ -557,7 +558,7 @@ impl Store {
         Ok(collisions)
     }
 
-    fn account_count(&self, account: &str) -> Result<u64, ApiError> {
+    fn account_count(&self, account: &str) -> Result<u64, Error> {
         Ok(self
             .meta
             .get_latest(count_key(account))
@@ -574,7 +575,7 @@ impl Store {
         doc: &GroupDoc,
         max_groups: u64,
         idempotency: Option<&IdempotencyRequest>,
-    ) -> Result<Created, ApiError> {
+    ) -> Result<Created, Error> {
         let mut w = self.write_lock()?;
         let now = now_ms();
         if let Some(req) = idempotency {
@@ -590,9 +591,7 @@ impl Store {
         self.check_name_free(&name_k)?;
         let count = self.account_count(actor.account)?;
         if count >= max_groups {
-            return Err(ApiError::Forbidden(format!(
-                "the account already has the maximum of {max_groups} groups"
-            )));
+            return Err(Error::QuotaReached { max: max_groups });
         }
         let id = GroupId(w.next_group);
         let seq = w.next_change;
@@ -646,17 +645,17 @@ impl Store {
         actor: Actor<'_>,
         id: GroupId,
         if_match: Option<&[u64]>,
-    ) -> Result<Current, ApiError> {
+    ) -> Result<Current, Error> {
         let stored = self
             .groups
             .get_latest(keys::group(actor.account, id.0))
             .map_err(|e| self.read_err(e))?
-            .ok_or(ApiError::GroupNotFound)?;
+            .ok_or(Error::GroupNotFound)?;
         let view = self
             .view(actor.account, id, stored.clone(), Seen::Latest)?
-            .ok_or(ApiError::GroupNotFound)?;
+            .ok_or(Error::GroupNotFound)?;
         if if_match.is_some_and(|revs| !revs.contains(&view.revision())) {
-            return Err(ApiError::PreconditionFailed);
+            return Err(Error::RevisionMismatch);
         }
         Ok(Current { view, stored })
     }
@@ -664,13 +663,14 @@ impl Store {
     /// Changes a group: `change` gets the current document and returns the new one and
     /// a value for the caller. `if_match` is checked against the revision under the same
     /// lock as the write. A change that leaves the document as it was writes nothing.
-    pub fn update_group<T>(
+    /// `change` fails with the caller's error type, which store errors convert into.
+    pub fn update_group<T, E: From<Error>>(
         &self,
         actor: Actor<'_>,
         id: GroupId,
         if_match: Option<&[u64]>,
-        change: impl FnOnce(&GroupDoc) -> Result<(GroupDoc, T), ApiError>,
-    ) -> Result<(GroupView, T), ApiError> {
+        change: impl FnOnce(&GroupDoc) -> Result<(GroupDoc, T), E>,
+    ) -> Result<(GroupView, T), E> {
         let mut w = self.write_lock()?;
         let Current {
             view: current,
@@ -734,7 +734,7 @@ impl Store {
         actor: Actor<'_>,
         id: GroupId,
         if_match: Option<&[u64]>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let mut w = self.write_lock()?;
         let Current {
             view: current,
@@ -783,7 +783,7 @@ impl Store {
     /// their wall-clock time) and idempotency records expired at `now`. Neither part
     /// blocks requests for long: both work in small batches, each under the writer
     /// mutex only briefly.
-    pub fn purge(&self, keep: std::time::Duration, now: i64) -> Result<Purged, ApiError> {
+    pub fn purge(&self, keep: std::time::Duration, now: i64) -> Result<Purged, Error> {
         let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
         Ok(Purged {
             changes: self.purge_changes_at(keep_ms, self.retention_elapsed_ms())?,
@@ -949,8 +949,10 @@ mod tests {
             "the older group holds it"
         );
         assert_eq!(
-            s.create_group(actor, &doc("strasse"), 10, None)
-                .unwrap_err(),
+            ApiError::from(
+                s.create_group(actor, &doc("strasse"), 10, None)
+                    .unwrap_err()
+            ),
             ApiError::NameConflict
         );
         assert_eq!(

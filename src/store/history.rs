@@ -28,8 +28,8 @@ use std::collections::HashMap;
 use sled::IVec;
 
 use super::delta::{self, Delta, DeltaError, Reader};
+use super::Error;
 use super::{keys, Store};
-use crate::error::ApiError;
 use crate::model::{GroupDoc, GroupId};
 
 /// A checkpoint every this many revisions of a group.
@@ -185,9 +185,9 @@ pub struct EntryReader<'a> {
     cursors: HashMap<u64, Cursor>,
 }
 
-fn damaged(account: &str, n: u64, what: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(format!(
-        "corrupt change records of {account}/{}: {what}",
+fn damaged(account: &str, n: u64, what: impl std::fmt::Display) -> Error {
+    Error::corrupt(format!(
+        "change records of {account}/{}: {what}",
         GroupId(n)
     ))
 }
@@ -213,12 +213,12 @@ impl<'a> EntryReader<'a> {
     }
 
     /// The next entry.
-    pub fn next_entry(&mut self) -> Option<Result<Entry, ApiError>> {
+    pub fn next_entry(&mut self) -> Option<Result<Entry, Error>> {
         let (seq, n) = self.items.pop_front()?;
         Some(self.entry(seq, n))
     }
 
-    fn entry(&mut self, seq: u64, n: u64) -> Result<Entry, ApiError> {
+    fn entry(&mut self, seq: u64, n: u64) -> Result<Entry, Error> {
         if !self.cursors.contains_key(&n) {
             let last = self.last_of.get(&n).copied().unwrap_or(seq);
             let cursor = self.start(n, seq, last)?;
@@ -274,18 +274,18 @@ impl<'a> EntryReader<'a> {
     /// nearest full state at or after `last`. A writer may make a change visible
     /// between the records read and the group read: then the group is newer than the
     /// last record, and the walk is simply made again.
-    fn start(&self, n: u64, first: u64, last: u64) -> Result<Cursor, ApiError> {
+    fn start(&self, n: u64, first: u64, last: u64) -> Result<Cursor, Error> {
         for _ in 0..8 {
             if let Some(c) = self.try_start(n, first, last)? {
                 return Ok(c);
             }
         }
-        Err(ApiError::Unavailable(
-            "the change feed kept moving while it was read; try again".into(),
-        ))
+        Err(Error::KeptChanging {
+            what: "the change feed".into(),
+        })
     }
 
-    fn try_start(&self, n: u64, first: u64, last: u64) -> Result<Option<Cursor>, ApiError> {
+    fn try_start(&self, n: u64, first: u64, last: u64) -> Result<Option<Cursor>, Error> {
         let account = &self.account;
         let store = self.store;
         let prefix = keys::group(account, n);
@@ -480,7 +480,7 @@ mod tests {
                         }
                         _ => new.name = format!("n{i}"),
                     }
-                    Ok((new, ()))
+                    Ok::<_, Error>((new, ()))
                 })
                 .unwrap();
             seq += 1;
@@ -546,7 +546,7 @@ mod tests {
                 } else {
                     new.devices.pop();
                 }
-                Ok((new, ()))
+                Ok::<_, Error>((new, ()))
             })
             .unwrap();
         }

@@ -25,6 +25,7 @@ pub mod changes;
 pub mod check;
 mod commit;
 pub mod delta;
+mod error;
 pub mod export;
 pub mod feed;
 pub mod groups;
@@ -43,10 +44,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use crate::config::Durability;
-use crate::error::ApiError;
 use crate::sync::lock;
 pub use commit::sync_dir;
 use commit::{GroupCommit, SyncTarget};
+pub use error::Error;
 pub use space::Kind;
 use space::{Pending, Space};
 
@@ -199,8 +200,6 @@ pub struct Store {
     /// See `StoreOptions::max_devices`.
     max_devices: usize,
     dir: PathBuf,
-    /// Set when a flush or write failed: writes answer 503 and `/readyz` says so.
-    failed: Arc<AtomicBool>,
     /// The high-water marks last written to `highwater.rs`'s file.
     recorded: Mutex<Option<highwater::HighWater>>,
     /// The elapsed clock and marks of change-feed retention (`retention.rs`).
@@ -406,7 +405,6 @@ impl Store {
                 .and_then(|v| keys::read_u64(&v))
                 .unwrap_or(0),
         }));
-        let failed = Arc::new(AtomicBool::new(false));
         if let Some(n) = options.fail_flush_after {
             tracing::warn!(
                 after = n,
@@ -421,7 +419,7 @@ impl Store {
                 every: (options.durability == Durability::Relaxed)
                     .then(|| std::time::Duration::from_millis(500)),
             },
-            outcome_hook(Arc::clone(&log_seq_pending), Arc::clone(&failed)),
+            outcome_hook(Arc::clone(&log_seq_pending)),
         )
         .map_err(|e| OpenError::Other(format!("cannot start the flusher: {e}")))?;
         log_seq_pending.publish_seq(log_marks.next_change.saturating_sub(1));
@@ -447,7 +445,6 @@ impl Store {
             max_devices: options.max_devices,
             dir,
             db,
-            failed,
             recorded: Mutex::new(recorded),
             retention: Mutex::new(retention),
             store_id,
@@ -512,12 +509,15 @@ impl Store {
     }
 
     /// Waits until everything applied so far is durable (per the durability setting).
-    pub async fn durable(&self) -> Result<(), ApiError> {
+    pub async fn durable(&self) -> Result<(), Error> {
         if self.durability == Durability::Relaxed {
             return Ok(());
         }
         let ticket = self.commit.request();
-        self.commit.wait(ticket).await.map_err(|e| self.fail(e))
+        self.commit
+            .wait(ticket)
+            .await
+            .map_err(|detail| self.fail(Error::Flush { detail }))
     }
 
     /// Flushes and fsyncs now, blocking (CLI commands, shutdown).
@@ -547,26 +547,41 @@ impl Store {
         self.pending.visible_seq()
     }
 
-    /// Whether the store currently takes writes.
+    /// Whether the store currently takes writes: no write or flush has failed
+    /// (`Pending::failed`; writes answer 503 and `/readyz` says so).
     pub fn healthy(&self) -> bool {
-        !self.failed.load(Ordering::SeqCst)
+        !self.pending.failed()
     }
 
-    /// Marks the store failed and turns a storage error into 503.
-    fn fail(&self, detail: impl std::fmt::Display) -> ApiError {
-        self.pending.freeze();
-        self.failed.store(true, Ordering::SeqCst);
-        ApiError::Unavailable(format!("storage: {detail}"))
+    /// Whether the store answers a read right now: one point read of the users space
+    /// for a name no user can have (the userName rule needs at least one character),
+    /// so which users exist does not matter; it checks that sled answers, not that
+    /// the store takes writes (`healthy`). Blocking, and cheap enough for every
+    /// watchdog tick.
+    pub fn probe(&self) -> Result<(), Error> {
+        self.users.get(b"").map(drop).map_err(Error::read)
+    }
+
+    /// Marks the store failed (`Pending::fail`, whatever failed) and gives back `e`.
+    fn fail(&self, e: Error) -> Error {
+        self.pending.fail();
+        e
+    }
+
+    /// A sled write that failed: the store is failed from now on.
+    fn write_err(&self, source: sled::Error) -> Error {
+        self.fail(Error::Storage {
+            during: "write",
+            source,
+        })
     }
 
     /// Refuses writes while the store is failed.
-    fn check_writable(&self) -> Result<(), ApiError> {
+    fn check_writable(&self) -> Result<(), Error> {
         if self.healthy() {
             Ok(())
         } else {
-            Err(ApiError::Unavailable(
-                "storage: an earlier write failed; refusing writes until restart".into(),
-            ))
+            Err(Error::Failed)
         }
     }
 
@@ -598,7 +613,7 @@ impl Store {
 
     /// Takes the writer mutex for a write: refused (503) once the store has failed.
     /// The check is made under the mutex, so no change slips in after a rollback.
-    fn write_lock(&self) -> Result<MutexGuard<'_, Writer>, ApiError> {
+    fn write_lock(&self) -> Result<MutexGuard<'_, Writer>, Error> {
         self.check_writable()?;
         let w = self.lock_writer();
         self.check_writable()?;
@@ -608,7 +623,7 @@ impl Store {
     /// Applies `ops` as one sled batch (atomic) under the writer mutex. With fsync
     /// durability the change stays invisible to readers until a flush covers it
     /// (`space.rs`); `last_seq` is the highest change `seq` once it is applied.
-    fn apply_ops(&self, _w: &mut Writer, ops: &[Op], last_seq: u64) -> Result<(), ApiError> {
+    fn apply_ops(&self, _w: &mut Writer, ops: &[Op], last_seq: u64) -> Result<(), Error> {
         let keys: Vec<Vec<u8>> = ops
             .iter()
             .map(|(kind, k, _)| space::full_key(*kind, k))
@@ -618,7 +633,7 @@ impl Store {
         if hidden {
             self.pending
                 .record(&refs, |k| self.tree.get(k))
-                .map_err(|e| self.fail(e))?;
+                .map_err(|e| self.write_err(e))?;
         }
         let mut batch = sled::Batch::default();
         for (key, (_, _, v)) in keys.iter().zip(ops) {
@@ -629,8 +644,10 @@ impl Store {
         }
         // A failed apply leaves the records in place: the store is failed, and the
         // keys keep reading as their durable values.
-        self.pending.check_open().map_err(|e| self.fail(e))?;
-        self.tree.apply_batch(batch).map_err(|e| self.fail(e))?;
+        self.pending.check_open().map_err(|e| self.write_err(e))?;
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| self.write_err(e))?;
         if hidden {
             self.pending
                 .applied(&refs, self.commit.last_requested(), last_seq);
@@ -665,7 +682,7 @@ impl Store {
         }
         // The retention clock counts running time: keep what this run added.
         if let Err(e) = self.save_retention_clock() {
-            tracing::warn!(error = ?e, "could not save the change-feed retention clock");
+            tracing::warn!(error = %e.chain(), "could not save the change-feed retention clock");
         }
         // Everything is written: the reservation shrinks to the marks, so the next
         // start skips no numbers.
@@ -715,7 +732,7 @@ impl Store {
     /// before a write hands them out (under the writer mutex). Extending it writes and
     /// fsyncs the high-water file: once per `RESERVE` numbers. A failure refuses the
     /// write (503) before anything is applied.
-    fn reserve(&self, w: &mut Writer, next_group: u64, next_change: u64) -> Result<(), ApiError> {
+    fn reserve(&self, w: &mut Writer, next_group: u64, next_change: u64) -> Result<(), Error> {
         if next_group <= w.reserved_group && next_change <= w.reserved_change {
             return Ok(());
         }
@@ -734,8 +751,12 @@ impl Store {
             reserved_change,
             ..base
         };
-        hw.write(&self.dir)
-            .map_err(|e| self.fail(format!("reserving IDs: {e}")))?;
+        hw.write(&self.dir).map_err(|source| {
+            self.fail(Error::Io {
+                during: "reserving IDs",
+                source,
+            })
+        })?;
         *last = Some(hw);
         w.reserved_group = reserved_group;
         w.reserved_change = reserved_change;
@@ -771,8 +792,8 @@ impl Store {
     pub(super) fn each_account(
         &self,
         tree: &Space,
-        mut f: impl FnMut(&[u8]) -> Result<(), ApiError>,
-    ) -> Result<(), ApiError> {
+        mut f: impl FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let mut cursor: Vec<u8> = Vec::new();
         while let Some(first) = tree.range(cursor.as_slice()..).next() {
             let (k, _) = first.map_err(|e| self.read_err(e))?;
@@ -791,9 +812,9 @@ impl Store {
         Ok(())
     }
 
-    /// Maps a sled read error to 503.
-    fn read_err(&self, e: sled::Error) -> ApiError {
-        ApiError::Unavailable(format!("storage read: {e}"))
+    /// A sled read that failed (the store stays as it was).
+    fn read_err(&self, e: sled::Error) -> Error {
+        Error::read(e)
     }
 }
 
@@ -884,13 +905,10 @@ fn write_marker(dir: &Path) -> std::io::Result<()> {
 /// What the flusher does with each outcome, before anyone hears of it: a good flush
 /// makes the changes it covered visible; a failed one marks the store failed, and what
 /// it did not cover stays invisible until restart (`space.rs`).
-fn outcome_hook(pending: Arc<Pending>, failed: Arc<AtomicBool>) -> commit::OutcomeHook {
+fn outcome_hook(pending: Arc<Pending>) -> commit::OutcomeHook {
     Box::new(move |outcome: Option<u64>| match outcome {
         Some(done) => pending.covered(done),
-        None => {
-            pending.freeze();
-            failed.store(true, Ordering::SeqCst);
-        }
+        None => pending.fail(),
     })
 }
 
