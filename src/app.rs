@@ -13,7 +13,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreOptions};
+use crate::store::{Store, StoreOptions, KEY_FILE};
 use crate::time::Clock;
 use crate::usage::Usage;
 use crate::users::UserManager;
@@ -71,9 +71,6 @@ pub fn store_options(config: &Config) -> StoreOptions {
         max_devices: config.limits.max_devices_per_group,
     }
 }
-
-/// The first start's key file in the data directory.
-pub const KEY_FILE: &str = "initial-api-key";
 
 /// How long a starting server waits for a store lock held by someone else.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);

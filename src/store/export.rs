@@ -22,8 +22,10 @@ use super::idempotency::{self, IdempotencyRecord};
 use super::pieces::{self, Encoded, Seen};
 use super::users::{Role, UsageRecord, UserRecord};
 use super::{keys, space, Kind, Store, META_NEXT_CHANGE, META_NEXT_GROUP, META_PURGED_THROUGH};
-use crate::auth::valid_name;
-use crate::model::{name_key, validate_doc, GroupDoc, GroupId, Rules, MAX_NAME_CHARS};
+use crate::model::{
+    name_key, valid_idempotency_key, validate_doc, GroupDoc, GroupId, Rules, MAX_NAME_CHARS,
+};
+use crate::names::valid_user_name;
 use crate::time::parse_rfc3339_ms;
 use std::sync::atomic::Ordering;
 
@@ -558,7 +560,7 @@ impl Importer<'_> {
                 key_created,
                 created,
             } => {
-                if !valid_name(&name) || !valid_name(&account) {
+                if !valid_user_name(&name) || !valid_user_name(&account) {
                     return Err(format!("invalid user or account name {name:?}/{account:?}"));
                 }
                 if !key_hash.starts_with("$argon2") {
@@ -618,7 +620,7 @@ impl Importer<'_> {
                 devices,
             } => {
                 let gid = GroupId(id);
-                if !valid_name(&account) {
+                if !valid_user_name(&account) {
                     return Err(format!("group {gid}: invalid account name {account:?}"));
                 }
                 if id == 0 || revision == 0 {
@@ -691,7 +693,7 @@ impl Importer<'_> {
                 user_name,
                 group,
             } => {
-                if !valid_name(&account) || seq == 0 || id == 0 || revision == Some(0) {
+                if !valid_user_name(&account) || seq == 0 || id == 0 || revision == Some(0) {
                     return Err(format!("change {seq}: invalid account, seq or id"));
                 }
                 if !valid_time(&time) {
@@ -760,11 +762,7 @@ impl Importer<'_> {
                 json,
                 expires,
             } => {
-                if user.contains('\0')
-                    || !(1..=255).contains(&key.len())
-                    || key.bytes().any(|b| !(0x21..=0x7e).contains(&b))
-                    || id == 0
-                {
+                if user.contains('\0') || !valid_idempotency_key(&key) || id == 0 {
                     return Err("idempotency record: invalid user, key or group".into());
                 }
                 // Records belong to the user's account (the backup names only the user).

@@ -153,6 +153,11 @@ pub struct StoreOptions {
     pub max_devices: usize,
 }
 
+/// The first start's key file in the data directory (`app.rs` writes it). It is here
+/// because the store reads it too: a directory that has it has held a store
+/// (`check_not_lost`).
+pub const KEY_FILE: &str = "initial-api-key";
+
 /// The file `restore` writes into the data directory first and removes last: while it
 /// exists, the directory holds a half-restored store that nothing may serve.
 pub const RESTORE_MARKER: &str = "restore-in-progress";
@@ -837,8 +842,7 @@ impl Drop for Store {
 /// which sled would otherwise take for a new store (a new admin, IDs from grp-1 again).
 fn check_not_lost(data_dir: &Path, store_dir: &Path) -> Result<bool, OpenError> {
     let db = store_dir.join("db");
-    let held =
-        store_dir.join(FORMAT_MARKER).exists() || data_dir.join(crate::app::KEY_FILE).exists();
+    let held = store_dir.join(FORMAT_MARKER).exists() || data_dir.join(KEY_FILE).exists();
     let what = match std::fs::metadata(&db) {
         Ok(m) if m.len() > 0 => return Ok(false),
         Ok(_) => format!("{} is empty", db.display()),
