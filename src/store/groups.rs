@@ -14,7 +14,7 @@ use super::history::{self, ChangeOp, Record};
 use super::idempotency::IdempotencyRequest;
 use super::pieces::{Encoded, GroupWrites, Seen};
 use super::Error;
-use super::{keys, Kind, Op, Store, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
+use super::{keys, Kind, Op, Space, Store, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
 use crate::model::{name_key, GroupDoc, GroupId};
 use crate::time::now_ms;
 
@@ -266,6 +266,15 @@ impl Plan {
     }
 }
 
+/// Where `Store::scan_into` reads: keys of one account (`prefix`) from `from`, the
+/// first group number that may follow (`first`), and how many groups it may read.
+struct Scan<'p> {
+    prefix: &'p [u8],
+    from: Vec<u8>,
+    first: u64,
+    budget: usize,
+}
+
 /// Groups a paged `name` filter reads directly before it switches to the name index.
 const NAME_DIRECT_SCAN: usize = 1000;
 
@@ -361,81 +370,51 @@ impl Store {
                 Some(f) => name_key(&v.name()?).contains(f.as_str()),
             })
         };
+        let by_value = |n: u64, raw: IVec| self.view(account, GroupId(n), raw, Seen::Durable);
         let mut page = Collector::new(q);
         // Nothing can follow the largest possible ID.
         let Some(first) = q.after.unwrap_or(0).checked_add(1) else {
             return Ok(page.finish());
         };
+        let prefix = keys::account_prefix(account);
+        let groups = Scan {
+            prefix: &prefix,
+            from: keys::group(account, first),
+            first,
+            budget: usize::MAX,
+        };
         if let Some(device) = &q.device {
             let prefix = keys::device_prefix(account, device);
             let mut from = prefix.clone();
             from.extend_from_slice(&first.to_be_bytes());
-            for item in self.devices.range(from..) {
-                let (k, _) = item.map_err(|e| self.read_err(e))?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                let Some(n) = keys::trailing_u64(&k) else {
-                    continue;
-                };
-                // The index entry and the group are read one after the other, not as one
-                // snapshot: a writer may have taken the device out in between. The
-                // group itself is the truth, so check it.
-                if let Some(v) = self.get_group(account, GroupId(n))? {
-                    if v.has_device(device)? && matches_name(&v)? && !page.offer(v) {
-                        break;
-                    }
-                }
-            }
+            let scan = Scan {
+                prefix: &prefix,
+                from,
+                ..groups
+            };
+            // The index entry and the group are read one after the other, not as one
+            // snapshot: a writer may have taken the device out in between. The group
+            // itself is the truth, so check it.
+            let fetch = |n: u64, _| self.get_group(account, GroupId(n));
+            let keep = |v: &GroupView| Ok(v.has_device(device)? && matches_name(v)?);
+            self.scan_into(&self.devices, scan, &mut page, fetch, keep)?;
         } else if let Some(f) = &name_filter {
-            let prefix = keys::account_prefix(account);
             // With a page size, first read up to NAME_DIRECT_SCAN groups in ID order:
             // when matches are common the page is full long before that.
-            let mut from = Some(first);
-            if q.limit.is_some() {
-                let mut budget = NAME_DIRECT_SCAN;
-                for item in self.groups.range(keys::group(account, first)..) {
-                    let (k, raw) = item.map_err(|e| self.read_err(e))?;
-                    if !k.starts_with(&prefix) {
-                        from = None;
-                        break;
-                    }
-                    let Some(n) = keys::trailing_u64(&k) else {
-                        continue;
-                    };
-                    from = n.checked_add(1);
-                    let Some(v) = self.view(account, GroupId(n), raw, Seen::Durable)? else {
-                        continue;
-                    };
-                    if matches_name(&v)? && !page.offer(v) {
-                        from = None;
-                        break;
-                    }
-                    budget -= 1;
-                    if budget == 0 {
-                        break;
-                    }
-                }
-            }
-            // Rare matches: the name index holds every name of the account already
-            // lowercased, a few bytes each, so scanning it costs far less than reading
-            // the rest of the groups. Its matches come in name order; they are sorted
-            // into ID order and only the page is read (and re-checked: a rename may
-            // have come between the index read and the group read).
-            if let Some(first) = from {
-                let mut matches = Vec::new();
-                for item in self.names.scan_prefix(&prefix) {
-                    let (k, v) = item.map_err(|e| self.read_err(e))?;
-                    let Some(n) = keys::read_u64(&v) else {
-                        continue;
-                    };
-                    // A byte substring of UTF-8 is a character substring.
-                    if n >= first && contains(&k[prefix.len()..], f.as_bytes()) {
-                        matches.push(n);
-                    }
-                }
-                matches.sort_unstable();
-                for n in matches {
+            let from = if q.limit.is_some() {
+                let scan = Scan {
+                    budget: NAME_DIRECT_SCAN,
+                    ..groups
+                };
+                self.scan_into(&self.groups, scan, &mut page, by_value, matches_name)?
+            } else {
+                Some(first)
+            };
+            // Rare matches: the rest from the name index (`name_index_matches`), in ID
+            // order, only the page read (and re-checked: a rename may have come
+            // between the index read and the group read).
+            if let Some(from) = from {
+                for n in self.name_index_matches(&prefix, f, from)? {
                     if let Some(v) = self.get_group(account, GroupId(n))? {
                         if matches_name(&v)? && !page.offer(v) {
                             break;
@@ -444,25 +423,68 @@ impl Store {
                 }
             }
         } else {
-            let prefix = keys::account_prefix(account);
-            let from = keys::group(account, first);
-            for item in self.groups.range(from..) {
-                let (k, raw) = item.map_err(|e| self.read_err(e))?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                let Some(n) = keys::trailing_u64(&k) else {
-                    continue;
-                };
-                let Some(v) = self.view(account, GroupId(n), raw, Seen::Durable)? else {
-                    continue;
-                };
-                if !page.offer(v) {
-                    break;
-                }
-            }
+            self.scan_into(&self.groups, groups, &mut page, by_value, |_| Ok(true))?;
         }
         Ok(page.finish())
+    }
+
+    /// Offers to `page`, in key order, the groups named by the keys of `space` from
+    /// `scan.from` on while they start with `scan.prefix`: `fetch` reads the group a
+    /// key's number names (None: it is gone), `keep` filters. Stops when the page is
+    /// full, at the first key past the prefix, or once `scan.budget` groups were read.
+    /// Returns the group number a scan stopped by its budget (or by the end of the
+    /// space) would go on from; None when nothing is left.
+    fn scan_into(
+        &self,
+        space: &Space,
+        scan: Scan<'_>,
+        page: &mut Collector,
+        mut fetch: impl FnMut(u64, IVec) -> Result<Option<GroupView>, Error>,
+        keep: impl Fn(&GroupView) -> Result<bool, Error>,
+    ) -> Result<Option<u64>, Error> {
+        let mut budget = scan.budget;
+        let mut next = Some(scan.first);
+        for item in space.range(scan.from..) {
+            let (k, v) = item.map_err(|e| self.read_err(e))?;
+            if !k.starts_with(scan.prefix) {
+                return Ok(None);
+            }
+            let Some(n) = keys::trailing_u64(&k) else {
+                continue;
+            };
+            next = n.checked_add(1);
+            let Some(view) = fetch(n, v)? else {
+                continue;
+            };
+            if keep(&view)? && !page.offer(view) {
+                return Ok(None);
+            }
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
+        }
+        Ok(next)
+    }
+
+    /// The group numbers from `first` on whose indexed name holds `f` (folded), in ID
+    /// order. The name index holds every name of the account already folded, a few
+    /// bytes each, so scanning it costs far less than reading the groups; its matches
+    /// come in name order.
+    fn name_index_matches(&self, prefix: &[u8], f: &str, first: u64) -> Result<Vec<u64>, Error> {
+        let mut matches = Vec::new();
+        for item in self.names.scan_prefix(prefix) {
+            let (k, v) = item.map_err(|e| self.read_err(e))?;
+            let Some(n) = keys::read_u64(&v) else {
+                continue;
+            };
+            // A byte substring of UTF-8 is a character substring.
+            if n >= first && contains(&k[prefix.len()..], f.as_bytes()) {
+                matches.push(n);
+            }
+        }
+        matches.sort_unstable();
+        Ok(matches)
     }
 
     /// Number of groups in every account together (metrics).
