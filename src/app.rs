@@ -61,7 +61,7 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Store options from the configuration.
+/// Store options from the configuration, on the system clock.
 pub fn store_options(config: &Config) -> StoreOptions {
     StoreOptions {
         cache_bytes: config.storage.cache_mb.saturating_mul(1024 * 1024),
@@ -69,21 +69,26 @@ pub fn store_options(config: &Config) -> StoreOptions {
         fail_flush_after: config.fault.fail_flush_after,
         restoring: false,
         max_devices: config.limits.max_devices_per_group,
+        clock: Clock::system(),
     }
 }
 
 /// How long a starting server waits for a store lock held by someone else.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Opens the store. A CLI command run while the server starts (its admin socket is not
-/// up yet) opens the store itself and holds the lock for a moment; the server waits for
-/// it, up to `LOCK_WAIT`, rather than exit and leave the gateway down. A second server
-/// on the same directory still fails once the wait is over.
-fn open_waiting(config: &Config) -> Result<Store, StartError> {
+/// Opens the store on `clock`. A CLI command run while the server starts (its admin
+/// socket is not up yet) opens the store itself and holds the lock for a moment; the
+/// server waits for it, up to `LOCK_WAIT`, rather than exit and leave the gateway down.
+/// A second server on the same directory still fails once the wait is over.
+fn open_waiting(config: &Config, clock: &Clock) -> Result<Store, StartError> {
+    let options = StoreOptions {
+        clock: clock.clone(),
+        ..store_options(config)
+    };
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     let mut said = false;
     loop {
-        match Store::open(&config.data_dir, &store_options(config)) {
+        match Store::open(&config.data_dir, &options) {
             Err(crate::store::OpenError::Locked(_)) if std::time::Instant::now() < deadline => {
                 if !said {
                     tracing::info!(
@@ -118,7 +123,7 @@ impl App {
 
     /// [`App::open`] on a given clock (tests pass a manual one).
     pub fn open_with_clock(config: Config, clock: Clock) -> Result<App, StartError> {
-        let store = open_waiting(&config)?;
+        let store = open_waiting(&config, &clock)?;
         bootstrap(&store, &config.data_dir, &clock)?;
         let auth = Auth::load(&store, &config.auth, clock.clone())
             .map_err(|e| StartError::new(format!("loading users: {e:?}")))?;

@@ -16,7 +16,6 @@ use super::pieces::{Encoded, GroupWrites, Seen};
 use super::Error;
 use super::{keys, Kind, Op, Space, Store, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
 use crate::model::{name_key, GroupDoc, GroupId};
-use crate::time::now_ms;
 
 /// Bytes before the public JSON in a stored group (revision, creation, lastModified).
 pub(super) const HEADER: usize = 24;
@@ -599,7 +598,7 @@ impl Store {
         idempotency: Option<&IdempotencyRequest>,
     ) -> Result<Created, Error> {
         let mut w = self.write_lock()?;
-        let now = now_ms();
+        let now = self.clock.wall_ms();
         if let Some(req) = idempotency {
             if let Some(first) = self.idempotency_replay(actor.account, actor.user, req, now)? {
                 return Ok(Created {
@@ -723,7 +722,7 @@ impl Store {
             plan.devices
                 .push((keys::device(actor.account, d, id.0), Some(Vec::new())));
         }
-        let now = now_ms().max(current.last_modified() + 1);
+        let now = self.clock.wall_ms().max(current.last_modified() + 1);
         let enc = Encoded::new(id, &new, current.revision() + 1, current.creation(), now);
         let raw = enc.whole();
         let writes = self.plan_store(actor.account, id.0, Some(&stored), &enc)?;
@@ -788,7 +787,7 @@ impl Store {
             id,
             &Record {
                 op: ChangeOp::Deleted,
-                time: now_ms(),
+                time: self.clock.wall_ms(),
                 revision: None,
                 user: actor.user.to_string(),
                 delta: None,
@@ -835,6 +834,7 @@ mod tests {
                 fail_flush_after: None,
                 restoring: false,
                 max_devices: 10_000,
+                clock: crate::time::Clock::system(),
             },
         )
         .unwrap();
@@ -914,6 +914,45 @@ mod tests {
         }
     }
 
+    /// Groups and their change records are dated by the store's clock, so a test can
+    /// move it.
+    #[test]
+    fn writes_are_dated_by_the_clock_the_store_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = 1_796_000_000_000;
+        let clock = crate::time::Clock::manual(start);
+        let s = Store::open(
+            dir.path(),
+            &StoreOptions {
+                clock: clock.clone(),
+                ..crate::store::testing::options()
+            },
+        )
+        .unwrap();
+        let actor = Actor {
+            account: "a",
+            user: "u",
+        };
+        let doc = |name: &str| GroupDoc {
+            name: name.into(),
+            description: None,
+            devices: vec![],
+        };
+        let id = s.create_group(actor, &doc("g"), 10, None).unwrap().group.id;
+        clock.advance(std::time::Duration::from_secs(60));
+        let (v, ()) = s
+            .update_group(actor, id, None, |_| Ok::<_, super::Error>((doc("h"), ())))
+            .unwrap();
+        assert_eq!((v.creation(), v.last_modified()), (start, start + 60_000));
+        let page = s.changes("a", Some(0), 10, usize::MAX).unwrap();
+        assert_eq!(page.entries.len(), 2);
+        let updated = String::from_utf8_lossy(&page.entries[1]).into_owned();
+        assert!(
+            updated.contains(&crate::time::rfc3339_ms(start + 60_000)),
+            "{updated}"
+        );
+    }
+
     /// A store whose name index was built with `to_lowercase` (before names were
     /// case-folded) gets it rebuilt at open; names that now fold the same both stay.
     #[test]
@@ -953,6 +992,7 @@ mod tests {
             fail_flush_after: None,
             restoring: false,
             max_devices: 10_000,
+            clock: crate::time::Clock::system(),
         };
         let s = loop {
             match Store::open(dir.path(), &options) {

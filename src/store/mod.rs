@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use crate::config::Durability;
 use crate::sync::lock;
+use crate::time::Clock;
 pub use commit::sync_dir;
 use commit::{GroupCommit, SyncTarget};
 pub use error::Error;
@@ -151,6 +152,9 @@ pub struct StoreOptions {
     /// `limits.max_devices_per_group`: what `restore` holds each group to, as a live
     /// write would.
     pub max_devices: usize,
+    /// The wall clock that dates groups and change records (the server's `App::clock`,
+    /// so a test can move it).
+    pub clock: Clock,
 }
 
 /// The first start's key file in the data directory (`app.rs` writes it). It is here
@@ -204,6 +208,8 @@ pub struct Store {
     durability: Durability,
     /// See `StoreOptions::max_devices`.
     max_devices: usize,
+    /// See `StoreOptions::clock`.
+    clock: Clock,
     dir: PathBuf,
     /// The high-water marks last written to `highwater.rs`'s file.
     recorded: Mutex<Option<highwater::HighWater>>,
@@ -267,6 +273,7 @@ impl Store {
             commit,
             durability: options.durability,
             max_devices: options.max_devices,
+            clock: options.clock.clone(),
             dir,
             db,
             recorded: Mutex::new(state.recorded),
@@ -1023,19 +1030,21 @@ pub(crate) mod testing {
     use crate::config::Durability;
     use crate::model::GroupDoc;
 
-    /// A store in `dir` with a small cache and relaxed durability.
+    /// A small cache, relaxed durability, the system clock.
+    pub fn options() -> StoreOptions {
+        StoreOptions {
+            cache_bytes: 1 << 20,
+            durability: Durability::Relaxed,
+            fail_flush_after: None,
+            restoring: false,
+            max_devices: 10_000,
+            clock: crate::time::Clock::system(),
+        }
+    }
+
+    /// A store in `dir` with `options()`.
     pub fn store(dir: &std::path::Path) -> Store {
-        Store::open(
-            dir,
-            &StoreOptions {
-                cache_bytes: 1 << 20,
-                durability: Durability::Relaxed,
-                fail_flush_after: None,
-                restoring: false,
-                max_devices: 10_000,
-            },
-        )
-        .unwrap()
+        Store::open(dir, &options()).unwrap()
     }
 
     /// A group document with a name and nothing else.
@@ -1115,6 +1124,7 @@ mod tests {
                 fail_flush_after: None,
                 restoring: false,
                 max_devices: 10,
+                clock: crate::time::Clock::system(),
             },
         );
         assert!(matches!(refused, Err(OpenError::Version { .. })));
