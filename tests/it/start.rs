@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{clear_fleetgroups_env, raw, Options, TestServer, BIN};
+use crate::support::{clear_fleetgroups_env, open_sled, raw, Options, TestServer, BIN};
 
 #[test]
 fn the_first_start_creates_admin_and_its_key_file() {
@@ -87,7 +87,7 @@ fn a_store_of_another_format_version_is_refused_untouched() {
     // would have).
     let store = server.data_dir().join("store");
     let set_version = |v: &[u8]| {
-        let db = sled::open(&store).expect("open store");
+        let db = open_sled(&store).expect("open store");
         // Formats 2 and 3: one tree, `m` is the meta key space.
         db.insert(b"mformat_version", v).expect("insert");
         db.flush().expect("flush");
@@ -109,7 +109,7 @@ fn a_store_of_another_format_version_is_refused_untouched() {
     assert_ne!(out.code, 0, "{out:?}");
     assert!(out.stderr.contains("format version 4"), "{out:?}");
     {
-        let db = sled::open(&store).expect("open store");
+        let db = open_sled(&store).expect("open store");
         let v = db.get(b"mformat_version").expect("get").expect("version");
         assert_eq!(&v[..], &4u64.to_be_bytes(), "the version was not rewritten");
     }

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
-use crate::support::{cli_in, Options, TestServer};
+use crate::support::{cli_in, open_sled, Options, TestServer};
 
 /// Every file under `dir` with its modification time and contents.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, Vec<u8>)> {
@@ -82,7 +82,7 @@ fn another_format_version_is_refused_and_left_untouched() {
 
 /// Sets `meta/format_version` with sled itself.
 fn set_version(data: &Path, v: u64) {
-    let db = sled::open(data.join("store")).expect("open sled");
+    let db = open_sled(&data.join("store")).expect("open sled");
     // Formats 2 and 3: one tree, `m` is the meta key space.
     db.insert(b"mformat_version", &v.to_be_bytes())
         .expect("insert");
@@ -448,7 +448,7 @@ fn check_reports_a_clean_store_and_each_kind_of_damage() {
     // Damage an index behind the store's back, as a lying disk could: the device
     // index loses an entry and gains a stale one.
     {
-        let db = sled::open(server.data_dir().join("store")).expect("sled");
+        let db = open_sled(&server.data_dir().join("store")).expect("sled");
         // Formats 2 and 3: one tree, `d` is the device index's key space.
         let devices: &sled::Tree = &db;
         let key = |device: &str, n: u64| {
@@ -498,7 +498,7 @@ fn a_format_1_store_is_refused_with_the_way_to_migrate() {
         let data = dir.path().join("data");
         let store = data.join("store");
         {
-            let db = sled::open(&store).expect("sled");
+            let db = open_sled(&store).expect("sled");
             let meta = db.open_tree("meta").expect("meta");
             meta.insert("format_version", &1u64.to_be_bytes())
                 .expect("insert");
@@ -693,7 +693,7 @@ fn after_a_crash_lost_group_records_are_found_by_the_fast_check() {
     server.kill9();
     assert!(!server.data_dir().join("store/seal").exists());
     {
-        let db = sled::open(server.data_dir().join("store")).expect("sled");
+        let db = open_sled(&server.data_dir().join("store")).expect("sled");
         // Format 2: `g` is the group records' key space; grp-5 and grp-6 go.
         for n in [5u64, 6] {
             let mut k = b"gdefault\0".to_vec();

@@ -1104,3 +1104,23 @@ fn timestamps_parse() {
     assert_eq!(timestamp_ms("2026-11-26T10:01:42.123Z"), 1_795_687_302_123);
     assert_eq!(timestamp_ms("2000-02-29T00:00:00.000Z"), 951_782_400_000);
 }
+
+/// Opens a stopped server's sled files behind its back, as a test that damages them
+/// does. sled refuses any segment size but the one a store was made with, and new
+/// stores get the server's (`store::segment_size_of`, 128 KiB), not sled's default: so
+/// the size is read from sled's `conf`, as the server does.
+pub fn open_sled(store_dir: &Path) -> sled::Result<sled::Db> {
+    let segment_size = std::fs::read(store_dir.join("conf"))
+        .ok()
+        .and_then(|bytes| {
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .find_map(|l| l.strip_prefix("segment_size: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(512 * 1024);
+    sled::Config::new()
+        .path(store_dir)
+        .segment_size(segment_size)
+        .open()
+}
