@@ -115,26 +115,7 @@ impl Store {
         }
         // The page's records (at most `limit`), then their entries rebuilt in order
         // until the byte bound (`history.rs`).
-        let prefix = keys::account_prefix(account);
-        let range = keys::change(account, after + 1)..keys::change(account, high + 1);
-        let mut items = Vec::new();
-        let mut more = false;
-        for item in self.changes.range(range) {
-            let (k, v) = item.map_err(|e| self.read_err(e))?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            if items.len() == limit {
-                more = true;
-                break;
-            }
-            let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) else {
-                return Err(Error::corrupt(format!(
-                    "change-feed index entry in {account}"
-                )));
-            };
-            items.push((seq, n));
-        }
+        let (items, mut more) = self.page_items(account, after, high, limit)?;
         let mut reader = EntryReader::new(self, account, items);
         let mut bytes = 0usize;
         let mut last = after;
@@ -157,6 +138,36 @@ impl Store {
             entries,
             next: if more { last } else { high },
         })
+    }
+
+    /// The account's (seq, group number) records in `(after, high]`, at most `limit`;
+    /// true when more follow.
+    fn page_items(
+        &self,
+        account: &str,
+        after: u64,
+        high: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, u64)>, bool), Error> {
+        let prefix = keys::account_prefix(account);
+        let range = keys::change(account, after + 1)..keys::change(account, high + 1);
+        let mut items = Vec::new();
+        for item in self.changes.range(range) {
+            let (k, v) = item.map_err(|e| self.read_err(e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if items.len() == limit {
+                return Ok((items, true));
+            }
+            let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) else {
+                return Err(Error::corrupt(format!(
+                    "change-feed index entry in {account}"
+                )));
+            };
+            items.push((seq, n));
+        }
+        Ok((items, false))
     }
 
     /// `CursorExpired` when retention may have removed an entry after `after`.

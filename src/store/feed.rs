@@ -79,8 +79,27 @@ impl Store {
                 next: after,
             });
         }
-        // Each account's first records (at most `limit`); an account cut short lowers
-        // the bound of the merged page to its last record taken.
+        let (bound, per_account) = self.feed_heads(after, high, limit)?;
+        let (entries, cut) = self.merge_feed(per_account, bound, limit, max_bytes)?;
+        let next = match (cut, entries.last()) {
+            (true, Some(e)) => e.seq,
+            _ => bound,
+        };
+        expired(self)?;
+        Ok(FeedPage { entries, next })
+    }
+
+    /// Each account's first records in `(after, high]` (at most `limit`), and the
+    /// bound of the merged page: `high`, lowered by an account cut short to its last
+    /// record taken (its records above that are not in this page, so neither is
+    /// anything above that).
+    #[allow(clippy::type_complexity)]
+    fn feed_heads(
+        &self,
+        after: u64,
+        high: u64,
+        limit: usize,
+    ) -> Result<(u64, Vec<(String, Vec<(u64, u64)>)>), Error> {
         let mut bound = high;
         let mut per_account: Vec<(String, Vec<(u64, u64)>)> = Vec::new();
         self.each_account(&self.changes, |prefix| {
@@ -101,8 +120,6 @@ impl Store {
                     break;
                 }
                 if items.len() == limit {
-                    // Cut short: records of this account above its last one taken
-                    // are not in this page, so neither is anything above that.
                     bound = bound.min(items.last().map_or(after, |(s, _)| *s));
                     break;
                 }
@@ -113,8 +130,19 @@ impl Store {
             }
             Ok(())
         })?;
-        // Merge by seq, rebuilding each entry as it is taken (`history.rs`), until the
-        // limit or the byte bound.
+        Ok((bound, per_account))
+    }
+
+    /// Merges the accounts' records up to `bound` by seq, rebuilding each entry as it
+    /// is taken (`history.rs`), until `limit` or the byte bound; true when the page
+    /// was cut short there.
+    fn merge_feed(
+        &self,
+        per_account: Vec<(String, Vec<(u64, u64)>)>,
+        bound: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<FeedEntry>, bool), Error> {
         let mut readers: Vec<(String, EntryReader<'_>)> = per_account
             .into_iter()
             .map(|(account, mut items)| {
@@ -125,7 +153,6 @@ impl Store {
             .collect();
         let mut all: Vec<FeedEntry> = Vec::new();
         let mut bytes = 0usize;
-        let mut cut = false;
         while let Some((i, _)) = readers
             .iter()
             .enumerate()
@@ -133,8 +160,7 @@ impl Store {
             .min_by_key(|(_, s)| *s)
         {
             if all.len() == limit {
-                cut = true;
-                break;
+                return Ok((all, true));
             }
             let (account, reader) = &mut readers[i];
             let Some(entry) = reader.next_entry() else {
@@ -142,8 +168,7 @@ impl Store {
             };
             let entry = entry?;
             if !all.is_empty() && bytes.saturating_add(entry.json.len()) > max_bytes {
-                cut = true;
-                break;
+                return Ok((all, true));
             }
             bytes += entry.json.len();
             all.push(FeedEntry {
@@ -152,12 +177,7 @@ impl Store {
                 entry: entry.json,
             });
         }
-        let next = match (cut, all.last()) {
-            (true, Some(e)) => e.seq,
-            _ => bound,
-        };
-        expired(self)?;
-        Ok(FeedPage { entries: all, next })
+        Ok((all, false))
     }
 
     /// Every group of every account as of one `seq`, without holding the writer lock:

@@ -253,6 +253,22 @@ impl Plan {
         self.pieces.extend(w.pieces);
     }
 
+    /// Adds (`present`) or removes the device index entries of group `n` for
+    /// `devices`.
+    fn index_devices(
+        &mut self,
+        account: &str,
+        n: u64,
+        devices: impl IntoIterator<Item = impl AsRef<str>>,
+        present: bool,
+    ) {
+        for d in devices {
+            let entry = present.then(Vec::new);
+            self.devices
+                .push((keys::device(account, d.as_ref(), n), entry));
+        }
+    }
+
     /// Adds the change record of this change (`history.rs`): the feed-order key and
     /// the record under its group.
     fn record_change(&mut self, actor: Actor<'_>, seq: u64, id: GroupId, rec: &Record) {
@@ -622,10 +638,7 @@ impl Store {
         let writes = self.plan_store(actor.account, id.0, None, &enc)?;
         plan.store_group(actor.account, id.0, writes);
         plan.names.push((name_k, Some(id.0.to_be_bytes().to_vec())));
-        for d in &doc.devices {
-            plan.devices
-                .push((keys::device(actor.account, d, id.0), Some(Vec::new())));
-        }
+        plan.index_devices(actor.account, id.0, doc.devices.iter(), true);
         plan.meta.push((
             count_key(actor.account),
             Some((count + 1).to_be_bytes().to_vec()),
@@ -714,14 +727,8 @@ impl Store {
             old.devices.iter().map(String::as_str).collect();
         let new_set: std::collections::HashSet<&str> =
             new.devices.iter().map(String::as_str).collect();
-        for d in old_set.difference(&new_set) {
-            plan.devices
-                .push((keys::device(actor.account, d, id.0), None));
-        }
-        for d in new_set.difference(&old_set) {
-            plan.devices
-                .push((keys::device(actor.account, d, id.0), Some(Vec::new())));
-        }
+        plan.index_devices(actor.account, id.0, old_set.difference(&new_set), false);
+        plan.index_devices(actor.account, id.0, new_set.difference(&old_set), true);
         let now = self.clock.wall_ms().max(current.last_modified() + 1);
         let enc = Encoded::new(id, &new, current.revision() + 1, current.creation(), now);
         let raw = enc.whole();
@@ -770,10 +777,7 @@ impl Store {
             keys::name(actor.account, &name_key(&doc.name)),
             id.0,
         )?;
-        for d in &doc.devices {
-            plan.devices
-                .push((keys::device(actor.account, d, id.0), None));
-        }
+        plan.index_devices(actor.account, id.0, doc.devices.iter(), false);
         let count = self.account_count(actor.account)?;
         plan.meta.push((
             count_key(actor.account),

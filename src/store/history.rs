@@ -285,7 +285,9 @@ impl<'a> EntryReader<'a> {
         })
     }
 
-    fn try_start(&self, n: u64, first: u64, last: u64) -> Result<Option<Cursor>, Error> {
+    /// The records of group `n` from `first` on, up to the first full state at or after
+    /// `last` (or its newest record).
+    fn records_from(&self, n: u64, first: u64, last: u64) -> Result<Vec<(u64, Record)>, Error> {
         let account = &self.account;
         let store = self.store;
         let prefix = keys::group(account, n);
@@ -303,6 +305,47 @@ impl<'a> EntryReader<'a> {
                 break;
             }
         }
+        Ok(records)
+    }
+
+    /// Walks `state` (and `creation`), the state after `records[top]`, back to the
+    /// state after `records[0]`: a full state where a record has one, else the record
+    /// after it reverted.
+    fn walk_back(
+        &self,
+        n: u64,
+        records: &[(u64, Record)],
+        top: usize,
+        state: &mut Option<GroupDoc>,
+        creation: &mut i64,
+    ) -> Result<(), Error> {
+        let account = &self.account;
+        for i in (1..=top).rev() {
+            let (before, after) = (&records[i - 1].1, &records[i].1);
+            match (&before.op, &before.full) {
+                (ChangeOp::Created | ChangeOp::Updated, Some((doc, c))) => {
+                    *state = Some(doc.clone());
+                    *creation = *c;
+                }
+                _ => {
+                    let d = after
+                        .delta
+                        .as_ref()
+                        .ok_or_else(|| damaged(account, n, "an update without its delta"))?;
+                    let s = state
+                        .as_mut()
+                        .ok_or_else(|| damaged(account, n, "an update of nothing"))?;
+                    delta::revert(s, d).map_err(|e| damaged(account, n, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn try_start(&self, n: u64, first: u64, last: u64) -> Result<Option<Cursor>, Error> {
+        let account = &self.account;
+        let store = self.store;
+        let records = self.records_from(n, first, last)?;
         if records.first().map(|(seq, _)| *seq) != Some(first) {
             return Err(damaged(account, n, format!("change {first} is missing")));
         }
@@ -334,27 +377,7 @@ impl<'a> EntryReader<'a> {
                 (Some(view.doc()?), view.creation(), top)
             }
         };
-        // Back to the state after records[0]: a full state where a record has one,
-        // else the record after it reverted.
-        for i in (1..=top).rev() {
-            let (before, after) = (&records[i - 1].1, &records[i].1);
-            match (&before.op, &before.full) {
-                (ChangeOp::Created | ChangeOp::Updated, Some((doc, c))) => {
-                    state = Some(doc.clone());
-                    creation = *c;
-                }
-                _ => {
-                    let d = after
-                        .delta
-                        .as_ref()
-                        .ok_or_else(|| damaged(account, n, "an update without its delta"))?;
-                    let s = state
-                        .as_mut()
-                        .ok_or_else(|| damaged(account, n, "an update of nothing"))?;
-                    delta::revert(s, d).map_err(|e| damaged(account, n, e))?;
-                }
-            }
-        }
+        self.walk_back(n, &records, top, &mut state, &mut creation)?;
         let mut records: std::collections::VecDeque<(u64, Record)> = records.into();
         let Some((at, current)) = records.pop_front() else {
             return Err(damaged(account, n, "no records"));

@@ -217,9 +217,10 @@ pub(super) fn relayout(old: &[(u32, IVec)], enc: &Encoded) -> (Vec<PieceOp>, u32
     (ops, u32::try_from(layout.len()).unwrap_or(u32::MAX))
 }
 
-/// The new layout (piece number → device range, in order), or None when numbers run
-/// out and the list must be laid out afresh.
-fn keep_and_fill(old: &[(u32, IVec)], enc: &Encoded) -> Option<Vec<(u32, (usize, usize))>> {
+/// The old pieces the new list keeps, in order: (old index, first device, end device).
+/// An old piece is kept when its bytes are found whole in the new list, in order, ending
+/// at a device boundary, unless the gap after it fits into it.
+fn kept_runs(old: &[(u32, IVec)], enc: &Encoded) -> Vec<(usize, usize, usize)> {
     let n = enc.spans.len();
     let at: HashMap<&[u8], usize> = enc
         .spans
@@ -261,7 +262,14 @@ fn keep_and_fill(old: &[(u32, IVec)], enc: &Encoded) -> Option<Vec<(u32, (usize,
         }
         merged.push((i, from, to));
     }
-    let kept = merged;
+    merged
+}
+
+/// The new layout (piece number → device range, in order), or None when numbers run
+/// out and the list must be laid out afresh.
+fn keep_and_fill(old: &[(u32, IVec)], enc: &Encoded) -> Option<Vec<(u32, (usize, usize))>> {
+    let n = enc.spans.len();
+    let kept = kept_runs(old, enc);
     let mut layout = Vec::new();
     let mut pos = 0;
     let mut lo: u64 = 0;
