@@ -429,13 +429,8 @@ impl Store {
             // order, only the page read (and re-checked: a rename may have come
             // between the index read and the group read).
             if let Some(from) = from {
-                for n in self.name_index_matches(&prefix, f, from)? {
-                    if let Some(v) = self.get_group(account, GroupId(n))? {
-                        if matches_name(&v)? && !page.offer(v) {
-                            break;
-                        }
-                    }
-                }
+                let ids = self.name_index_matches(&prefix, f, from)?;
+                self.offer_ids(account, ids, &mut page, matches_name)?;
             }
         } else {
             self.scan_into(&self.groups, groups, &mut page, by_value, |_| Ok(true))?;
@@ -480,6 +475,25 @@ impl Store {
             }
         }
         Ok(next)
+    }
+
+    /// Offers the account's groups `ids` (in that order) that `keep` takes to `page`,
+    /// until it is full; a group gone meanwhile is skipped.
+    fn offer_ids(
+        &self,
+        account: &str,
+        ids: Vec<u64>,
+        page: &mut Collector,
+        keep: impl Fn(&GroupView) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        for n in ids {
+            if let Some(v) = self.get_group(account, GroupId(n))? {
+                if keep(&v)? && !page.offer(v) {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The group numbers from `first` on whose indexed name holds `f` (folded), in ID
