@@ -206,7 +206,7 @@ impl Store {
     }
 
     /// Records that entries below `cutoff` may be gone, before anything goes: a reader
-    /// checks it after its scan (410 `cursor_expired`, never a silent gap).
+    /// checks it after its scan (`CursorExpired`, never a silent gap).
     fn raise_purged_through(&self, cutoff: u64) -> Result<(), Error> {
         if cutoff > 1 && cutoff - 1 > self.purged_through() {
             self.meta
@@ -219,7 +219,7 @@ impl Store {
 
     /// Keeps the feed within `max_bytes` (`retention.changes_max_mb`): when it takes
     /// more, the oldest entries of the whole store go first, down to the bound, and
-    /// a reader behind them gets 410 `cursor_expired` as after any purge. Reads only
+    /// a reader behind them gets `CursorExpired` as after any purge. Reads only
     /// the oldest entries of each account, as many as the excess covers.
     pub fn purge_to_size(&self, max_bytes: u64) -> Result<usize, Error> {
         let excess = self.feed_bytes().saturating_sub(max_bytes);

@@ -28,8 +28,9 @@ pub enum Error {
     /// A change-feed cursor lies below what retention kept (`purged_through`).
     #[error("the cursor lies below the retained change feed")]
     CursorExpired,
-    /// sled failed `during` a read or a write. A failed write has also marked the
-    /// store failed (`Store::fail`); a read leaves it as it was.
+    /// sled failed `during` a read or a write. A failed group or user write has also
+    /// marked the store failed (`Store::fail`); a read, or a token or usage write
+    /// (outside the overlay, `users.rs`), leaves it as it was.
     #[error("storage {during}")]
     Storage {
         during: &'static str,

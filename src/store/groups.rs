@@ -528,7 +528,7 @@ impl Store {
         Some(total)
     }
 
-    /// 409 when the (account-scoped, lowercased) name key is taken.
+    /// `NameTaken` when the (account-scoped, folded) name key is taken.
     fn check_name_free(&self, name_key: &[u8]) -> Result<(), Error> {
         match self
             .names
@@ -685,8 +685,9 @@ impl Store {
         })
     }
 
-    /// The group a write is about to change, with `If-Match` checked: 404 when the
-    /// account has no such group, 412 when the revision is not one of `if_match`.
+    /// The group a write is about to change, with `If-Match` checked: `GroupNotFound`
+    /// when the account has no such group, `RevisionMismatch` when the revision is not
+    /// one of `if_match`.
     /// Called under the writer mutex, so the check and the write are one step.
     fn current_for_write(
         &self,

@@ -466,7 +466,7 @@ impl Store {
         }
     }
 
-    /// Takes the writer mutex for a write: refused (503) once the store has failed.
+    /// Takes the writer mutex for a write: refused (`Failed`) once the store has failed.
     /// The check is made under the mutex, so no change slips in after a rollback.
     fn write_lock(&self) -> Result<MutexGuard<'_, Writer>, Error> {
         self.check_writable()?;
@@ -585,8 +585,8 @@ impl Store {
 
     /// Makes sure `next_group` and `next_change` lie inside the durable reservation
     /// before a write hands them out (under the writer mutex). Extending it writes and
-    /// fsyncs the high-water file: once per `RESERVE` numbers. A failure refuses the
-    /// write (503) before anything is applied.
+    /// fsyncs the high-water file: once per `RESERVE` numbers. A failure fails the store
+    /// and refuses the write (`Io`) before anything is applied.
     fn reserve(&self, w: &mut Writer, next_group: u64, next_change: u64) -> Result<(), Error> {
         if next_group <= w.reserved_group && next_change <= w.reserved_change {
             return Ok(());
