@@ -19,7 +19,8 @@ impl std::fmt::Display for UserError {
     }
 }
 
-/// A store failure reads as its cause chain (what `ApiError`'s log detail says).
+/// A store failure reads as `ApiError` shows it to an operator: the log detail (the
+/// cause chain) of a storage failure, else the message.
 impl From<crate::store::Error> for UserError {
     fn from(e: crate::store::Error) -> UserError {
         UserError::from(crate::error::ApiError::from(e))
