@@ -13,7 +13,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreOptions};
+use crate::store::{Store, StoreOptions, KEY_FILE};
 use crate::time::Clock;
 use crate::usage::Usage;
 use crate::users::UserManager;
@@ -61,7 +61,7 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Store options from the configuration.
+/// Store options from the configuration, on the system clock.
 pub fn store_options(config: &Config) -> StoreOptions {
     StoreOptions {
         cache_bytes: config.storage.cache_mb.saturating_mul(1024 * 1024),
@@ -69,24 +69,26 @@ pub fn store_options(config: &Config) -> StoreOptions {
         fail_flush_after: config.fault.fail_flush_after,
         restoring: false,
         max_devices: config.limits.max_devices_per_group,
+        clock: Clock::system(),
     }
 }
-
-/// The first start's key file in the data directory.
-pub const KEY_FILE: &str = "initial-api-key";
 
 /// How long a starting server waits for a store lock held by someone else.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Opens the store. A CLI command run while the server starts (its admin socket is not
-/// up yet) opens the store itself and holds the lock for a moment; the server waits for
-/// it, up to `LOCK_WAIT`, rather than exit and leave the gateway down. A second server
-/// on the same directory still fails once the wait is over.
-fn open_waiting(config: &Config) -> Result<Store, StartError> {
+/// Opens the store on `clock`. A CLI command run while the server starts (its admin
+/// socket is not up yet) opens the store itself and holds the lock for a moment; the
+/// server waits for it, up to `LOCK_WAIT`, rather than exit and leave the gateway down.
+/// A second server on the same directory still fails once the wait is over.
+fn open_waiting(config: &Config, clock: &Clock) -> Result<Store, StartError> {
+    let options = StoreOptions {
+        clock: clock.clone(),
+        ..store_options(config)
+    };
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     let mut said = false;
     loop {
-        match Store::open(&config.data_dir, &store_options(config)) {
+        match Store::open(&config.data_dir, &options) {
             Err(crate::store::OpenError::Locked(_)) if std::time::Instant::now() < deadline => {
                 if !said {
                     tracing::info!(
@@ -121,14 +123,14 @@ impl App {
 
     /// [`App::open`] on a given clock (tests pass a manual one).
     pub fn open_with_clock(config: Config, clock: Clock) -> Result<App, StartError> {
-        let store = open_waiting(&config)?;
+        let store = open_waiting(&config, &clock)?;
         bootstrap(&store, &config.data_dir, &clock)?;
         let auth = Auth::load(&store, &config.auth, clock.clone())
             .map_err(|e| StartError::new(format!("loading users: {e:?}")))?;
         let usage = Usage::load(
             store
                 .usage_records()
-                .map_err(|e| StartError::new(format!("loading usage counters: {e:?}")))?,
+                .map_err(|e| StartError::new(format!("loading usage counters: {}", e.chain())))?,
         );
         let last_backup = crate::backup::last_success(&config.data_dir).unwrap_or(0);
         Ok(App {
@@ -162,10 +164,7 @@ impl App {
     /// the watchdog for it would make systemd restart a server that works as designed,
     /// and on a full disk the restarts can fail and leave no server at all.
     pub fn store_answers_reads(&self) -> bool {
-        // A point read of the users space for a name no user can have (the userName
-        // rule needs at least one character): `Ok(None)` means sled answered, and
-        // which users exist does not matter.
-        self.store.user("").is_ok()
+        self.store.probe().is_ok()
     }
 
     /// The values `/metrics` shows that the store, auth and backups own, read now.
@@ -202,7 +201,7 @@ impl App {
             return;
         }
         if let Err(e) = self.store.put_usage(&dirty) {
-            tracing::warn!(error = ?e, "could not persist usage counters; will retry");
+            tracing::warn!(error = %e.chain(), "could not persist usage counters; will retry");
             self.usage.mark_dirty(&dirty);
         }
     }
@@ -217,7 +216,7 @@ impl App {
     pub fn purge_to_size(&self) {
         let max = self.config.retention.changes_max_mb.saturating_mul(1 << 20);
         if let Err(e) = self.store.purge_to_size(max) {
-            tracing::warn!(error = ?e, "change-feed size purge failed");
+            tracing::warn!(error = %e.chain(), "change-feed size purge failed");
         }
     }
 
@@ -232,7 +231,7 @@ impl App {
                 "purged old change-feed entries and idempotency records"
             ),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = ?e, "purge failed"),
+            Err(e) => tracing::warn!(error = %e.chain(), "purge failed"),
         }
         if let Err(e) = self.auth.purge_expired(&self.store) {
             tracing::warn!(error = ?e, "token purge failed");
@@ -293,7 +292,7 @@ pub fn spawn_upkeep(app: &Arc<App>) {
 fn bootstrap(store: &Store, data_dir: &Path, clock: &Clock) -> Result<(), StartError> {
     let users = store
         .users()
-        .map_err(|e| StartError::new(format!("reading users: {e:?}")))?;
+        .map_err(|e| StartError::new(format!("reading users: {}", e.chain())))?;
     if !users.is_empty() {
         return Ok(());
     }

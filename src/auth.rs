@@ -393,6 +393,7 @@ mod tests {
                 fail_flush_after: None,
                 restoring: false,
                 max_devices: 10_000,
+                clock: crate::time::Clock::system(),
             },
         )
         .unwrap();

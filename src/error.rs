@@ -1,9 +1,11 @@
 //! The one error type of the request path and the one place that turns an error into
 //! an HTTP status, a stable `errorCode` and a client-safe message (api.md §6).
 //!
-//! Handlers, the store and the auth layer all return [`ApiError`]; nothing else in the
+//! Handlers and the auth layer return [`ApiError`]; the store returns its own
+//! [`crate::store::Error`], which the one `From` impl below maps. Nothing else in the
 //! crate picks a status code. Internal causes (`Internal`, `Unavailable`) carry a detail
-//! string that goes to the log with the request ID and never to the client.
+//! string — for a store error its whole cause chain, `{err}: {source}: …` — that goes
+//! to the log with the request ID and never to the client.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -175,6 +177,28 @@ impl ApiError {
     }
 }
 
+impl From<crate::store::Error> for ApiError {
+    /// The status and `errorCode` of each store outcome (api.md §6). Storage failures
+    /// are 503, damaged data 500; both keep the cause chain for the log.
+    fn from(e: crate::store::Error) -> ApiError {
+        use crate::store::Error as S;
+        match e {
+            S::GroupNotFound => ApiError::GroupNotFound,
+            S::RevisionMismatch => ApiError::PreconditionFailed,
+            S::NameTaken => ApiError::NameConflict,
+            S::QuotaReached { .. } => ApiError::Forbidden(e.to_string()),
+            S::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            S::CursorExpired => ApiError::CursorExpired,
+            S::Storage { .. }
+            | S::Io { .. }
+            | S::Flush { .. }
+            | S::Failed
+            | S::KeptChanging { .. } => ApiError::Unavailable(e.chain()),
+            S::Corrupt { .. } | S::Encode { .. } => ApiError::Internal(e.chain()),
+        }
+    }
+}
+
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.status().as_u16(), self.code())
@@ -318,6 +342,55 @@ mod tests {
                 (status, code, message)
             );
         }
+    }
+
+    /// Every store outcome keeps the status and `errorCode` it had when the store built
+    /// `ApiError`s itself; the quota's message too.
+    #[test]
+    fn store_errors_map_to_their_answers() {
+        use crate::store::Error as S;
+        let rows: Vec<(S, u16, &str)> = vec![
+            (S::GroupNotFound, 404, "group_not_found"),
+            (S::RevisionMismatch, 412, "precondition_failed"),
+            (S::NameTaken, 409, "name_conflict"),
+            (S::QuotaReached { max: 5 }, 403, "forbidden"),
+            (S::IdempotencyKeyReused, 422, "idempotency_key_reused"),
+            (S::CursorExpired, 410, "cursor_expired"),
+            (
+                S::Io {
+                    during: "reserving IDs",
+                    source: std::io::Error::other("x"),
+                },
+                503,
+                "unavailable",
+            ),
+            (S::Flush { detail: "x".into() }, 503, "unavailable"),
+            (S::Failed, 503, "unavailable"),
+            (S::KeptChanging { what: "x".into() }, 503, "unavailable"),
+            (S::corrupt("x"), 500, "internal"),
+        ];
+        for (e, status, code) in rows {
+            let api = ApiError::from(e);
+            assert_eq!(
+                (api.status().as_u16(), api.code()),
+                (status, code),
+                "{api:?}"
+            );
+        }
+        assert_eq!(
+            ApiError::from(S::QuotaReached { max: 5 }).message(),
+            "Forbidden: the account already has the maximum of 5 groups"
+        );
+        // The log gets the whole cause chain (sled's `Storage` is checked in
+        // `store/error.rs`: only the store touches sled).
+        let api = ApiError::from(S::Io {
+            during: "reserving IDs",
+            source: std::io::Error::other("no space left on device"),
+        });
+        assert_eq!(
+            api.log_detail(),
+            Some("reserving IDs: no space left on device")
+        );
     }
 
     #[test]

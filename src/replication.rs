@@ -30,9 +30,9 @@ use tokio_postgres::Client;
 
 use crate::app::App;
 use crate::config::ReplicationConfig;
-use crate::error::ApiError;
 use crate::pg_url::SslMode;
 use crate::store::feed::{parse_entry, FeedPage, Snapshot};
+use crate::store::Error as StoreError;
 
 /// The central schema version this binary creates and understands.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -260,10 +260,10 @@ fn pg_failure(settings: &Settings, kind: &'static str, e: &tokio_postgres::Error
     }
 }
 
-fn store_failure(kind: &'static str, e: &ApiError) -> Failure {
+fn store_failure(kind: &'static str, e: &StoreError) -> Failure {
     Failure {
         kind,
-        message: format!("{e:?}"),
+        message: e.chain(),
     }
 }
 
@@ -558,7 +558,7 @@ async fn session(
             })?;
             let page = match page {
                 Ok(p) => p,
-                Err(ApiError::CursorExpired) => break,
+                Err(StoreError::CursorExpired) => break,
                 Err(e) => return Err(store_failure("store", &e)),
             };
             if page.next > last {
@@ -585,7 +585,7 @@ async fn apply_batch(
     page: &FeedPage,
 ) -> Result<bool, Failure> {
     let f = |e: tokio_postgres::Error| pg_failure(s, "apply", &e);
-    let bad = |e: ApiError| store_failure("store", &e);
+    let bad = |e: StoreError| store_failure("store", &e);
     // The state after the batch of every group it touches: the last entry wins.
     let mut last: BTreeMap<(String, u64), Option<Value>> = BTreeMap::new();
     let mut changes = Vec::with_capacity(page.entries.len());
@@ -668,9 +668,9 @@ fn to_i64(n: u64) -> i64 {
 }
 
 /// A central row from a group's public JSON.
-fn row_json(account: &str, group: &[u8], revision: Option<u64>) -> Result<Value, ApiError> {
+fn row_json(account: &str, group: &[u8], revision: Option<u64>) -> Result<Value, StoreError> {
     let g: Value = serde_json::from_slice(group)
-        .map_err(|e| ApiError::Internal(format!("corrupt group JSON in the feed: {e}")))?;
+        .map_err(|e| StoreError::corrupt_json("group JSON in the feed", e))?;
     Ok(json!({
         "account": account,
         "id": g["id"],
@@ -702,7 +702,7 @@ async fn resync(
                 break;
             }
             // Retention moved during the read: read again.
-            Ok(Err(ApiError::CursorExpired)) => continue,
+            Ok(Err(StoreError::CursorExpired)) => continue,
             Ok(Err(e)) => return Err(store_failure("resync", &e)),
             Err(e) => {
                 return Err(Failure {

@@ -19,6 +19,14 @@ impl std::fmt::Display for UserError {
     }
 }
 
+/// A store failure reads as `ApiError` shows it to an operator: the log detail (the
+/// cause chain) of a storage failure, else the message.
+impl From<crate::store::Error> for UserError {
+    fn from(e: crate::store::Error) -> UserError {
+        UserError::from(crate::error::ApiError::from(e))
+    }
+}
+
 impl From<crate::error::ApiError> for UserError {
     fn from(e: crate::error::ApiError) -> UserError {
         UserError(match e.log_detail() {

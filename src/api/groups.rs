@@ -271,7 +271,7 @@ pub async fn put(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
         .app
         .store
         .update_group(actor(&ctx), id, if_match(&ctx).as_deref(), |_| {
-            Ok((doc, ()))
+            Ok::<_, ApiError>((doc, ()))
         })?;
     ctx.app.store.durable().await?;
     one(&v)
@@ -295,7 +295,7 @@ pub async fn patch(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> 
             ctx.app
                 .store
                 .update_group(actor(&ctx), id, if_match(&ctx).as_deref(), |cur| {
-                    Ok((apply_merge_patch(cur, &body.value, rules)?, ()))
+                    Ok::<_, ApiError>((apply_merge_patch(cur, &body.value, rules)?, ()))
                 })?
         }
         BodyKind::Json | BodyKind::JsonPatch => {
@@ -303,7 +303,7 @@ pub async fn patch(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> 
             ctx.app
                 .store
                 .update_group(actor(&ctx), id, if_match(&ctx).as_deref(), |cur| {
-                    Ok((apply_json_patch(cur, &ops, rules)?, ()))
+                    Ok::<_, ApiError>((apply_json_patch(cur, &ops, rules)?, ()))
                 })?
         }
     };
@@ -375,7 +375,7 @@ pub async fn remove_device(ctx: Authed<'_>, id: GroupId, device: &str) -> Result
                 let mut doc = cur.clone();
                 doc.devices.retain(|d| *d != device);
                 let removed = doc.devices.len() != cur.devices.len();
-                Ok((doc, removed))
+                Ok::<_, ApiError>((doc, removed))
             })?;
     ctx.app.store.durable().await?;
     let mut reply = one(&v)?;

@@ -10,8 +10,8 @@
 use std::sync::atomic::Ordering;
 
 use super::history::EntryReader;
+use super::Error;
 use super::{keys, Kind, Store, META_FEED_BYTES, META_PURGED_THROUGH};
-use crate::error::ApiError;
 use crate::model::GroupId;
 use crate::sync::lock;
 use crate::time::rfc3339_ms;
@@ -86,7 +86,7 @@ impl Store {
     /// more than `max_bytes` of JSON together (but always at least one entry, or a
     /// reader could never get past a large one).
     ///
-    /// `after` is expired — `ApiError::CursorExpired` — when `after < purged_through()`:
+    /// `after` is expired — `Error::CursorExpired` — when `after < purged_through()`:
     /// retention may have removed an entry the reader has not seen. `after` equal to
     /// it is fine (every entry up to it was read), so `after = 0` is fine on a store
     /// that never purged. The check is made before and after the scan; the purge
@@ -98,7 +98,7 @@ impl Store {
         after: Option<u64>,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<ChangePage, ApiError> {
+    ) -> Result<ChangePage, Error> {
         let check = after.is_some();
         let after = after.unwrap_or(0);
         // Read first: every entry up to `high` is applied, so the scan below sees all
@@ -115,26 +115,7 @@ impl Store {
         }
         // The page's records (at most `limit`), then their entries rebuilt in order
         // until the byte bound (`history.rs`).
-        let prefix = keys::account_prefix(account);
-        let range = keys::change(account, after + 1)..keys::change(account, high + 1);
-        let mut items = Vec::new();
-        let mut more = false;
-        for item in self.changes.range(range) {
-            let (k, v) = item.map_err(|e| self.read_err(e))?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            if items.len() == limit {
-                more = true;
-                break;
-            }
-            let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) else {
-                return Err(ApiError::Internal(format!(
-                    "corrupt change-feed index entry in {account}"
-                )));
-            };
-            items.push((seq, n));
-        }
+        let (items, mut more) = self.page_items(account, after, high, limit)?;
         let mut reader = EntryReader::new(self, account, items);
         let mut bytes = 0usize;
         let mut last = after;
@@ -159,10 +140,40 @@ impl Store {
         })
     }
 
+    /// The account's (seq, group number) records in `(after, high]`, at most `limit`;
+    /// true when more follow.
+    fn page_items(
+        &self,
+        account: &str,
+        after: u64,
+        high: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, u64)>, bool), Error> {
+        let prefix = keys::account_prefix(account);
+        let range = keys::change(account, after + 1)..keys::change(account, high + 1);
+        let mut items = Vec::new();
+        for item in self.changes.range(range) {
+            let (k, v) = item.map_err(|e| self.read_err(e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if items.len() == limit {
+                return Ok((items, true));
+            }
+            let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) else {
+                return Err(Error::corrupt(format!(
+                    "change-feed index entry in {account}"
+                )));
+            };
+            items.push((seq, n));
+        }
+        Ok((items, false))
+    }
+
     /// `CursorExpired` when retention may have removed an entry after `after`.
-    fn check_cursor(&self, check: bool, after: u64) -> Result<(), ApiError> {
+    fn check_cursor(&self, check: bool, after: u64) -> Result<(), Error> {
         if check && after < self.purged_through() {
-            Err(ApiError::CursorExpired)
+            Err(Error::CursorExpired)
         } else {
             Ok(())
         }
@@ -171,7 +182,7 @@ impl Store {
     /// One retention pass at `now_ms` on the store's elapsed clock (`retention.rs`):
     /// records a mark, saves the clock, and removes the entries at least `keep_ms` of
     /// elapsed time old. Returns how many were removed.
-    pub(super) fn purge_changes_at(&self, keep_ms: u64, now_ms: u64) -> Result<usize, ApiError> {
+    pub(super) fn purge_changes_at(&self, keep_ms: u64, now_ms: u64) -> Result<usize, Error> {
         // Every entry below `next_change` has been applied: the writer mutex covers
         // both the entry and the sequence.
         let next_seq = self.lock_writer().next_change;
@@ -182,7 +193,7 @@ impl Store {
         };
         self.meta
             .insert(super::retention::META_RETENTION, saved)
-            .map_err(|e| self.fail(e))?;
+            .map_err(|e| self.write_err(e))?;
         self.raise_purged_through(cutoff)?;
         let removed = self.purge_changes_below(cutoff)?;
         tracing::debug!(
@@ -195,12 +206,12 @@ impl Store {
     }
 
     /// Records that entries below `cutoff` may be gone, before anything goes: a reader
-    /// checks it after its scan (410 `cursor_expired`, never a silent gap).
-    fn raise_purged_through(&self, cutoff: u64) -> Result<(), ApiError> {
+    /// checks it after its scan (`CursorExpired`, never a silent gap).
+    fn raise_purged_through(&self, cutoff: u64) -> Result<(), Error> {
         if cutoff > 1 && cutoff - 1 > self.purged_through() {
             self.meta
                 .insert(META_PURGED_THROUGH, &(cutoff - 1).to_be_bytes())
-                .map_err(|e| self.fail(e))?;
+                .map_err(|e| self.write_err(e))?;
             self.purged_through.store(cutoff - 1, Ordering::SeqCst);
         }
         Ok(())
@@ -208,9 +219,9 @@ impl Store {
 
     /// Keeps the feed within `max_bytes` (`retention.changes_max_mb`): when it takes
     /// more, the oldest entries of the whole store go first, down to the bound, and
-    /// a reader behind them gets 410 `cursor_expired` as after any purge. Reads only
+    /// a reader behind them gets `CursorExpired` as after any purge. Reads only
     /// the oldest entries of each account, as many as the excess covers.
-    pub fn purge_to_size(&self, max_bytes: u64) -> Result<usize, ApiError> {
+    pub fn purge_to_size(&self, max_bytes: u64) -> Result<usize, Error> {
         let excess = self.feed_bytes().saturating_sub(max_bytes);
         if excess == 0 {
             return Ok(0);
@@ -258,7 +269,7 @@ impl Store {
 
     /// Bytes one entry takes (`META_FEED_BYTES`): its feed-order key and value, its
     /// record's key and value.
-    fn entry_bytes(&self, k: &[u8], h: &[u8]) -> Result<u64, ApiError> {
+    fn entry_bytes(&self, k: &[u8], h: &[u8]) -> Result<u64, Error> {
         let record = self
             .history
             .get(h)
@@ -273,23 +284,25 @@ impl Store {
     }
 
     /// Saves the retention clock (at close; a pass saves it too).
-    pub(super) fn save_retention_clock(&self) -> Result<(), ApiError> {
+    pub(super) fn save_retention_clock(&self) -> Result<(), Error> {
         let saved = {
             let r = lock(&self.retention);
             r.encode(r.elapsed_ms())
         };
         self.meta
             .insert(super::retention::META_RETENTION, saved)
-            .map_err(|e| self.fail(e))?;
+            .map_err(|e| self.write_err(e))?;
         Ok(())
     }
 
     /// Applies one purge batch under the writer mutex, with the feed's new size.
-    fn apply_purge(&self, mut batch: super::space::Batch, bytes: u64) -> Result<(), ApiError> {
+    fn apply_purge(&self, mut batch: super::space::Batch, bytes: u64) -> Result<(), Error> {
         let mut w = self.lock_writer();
         let left = w.feed_bytes.saturating_sub(bytes);
         batch.insert_in(Kind::Meta, META_FEED_BYTES, left.to_be_bytes().to_vec());
-        self.changes.apply_batch(batch).map_err(|e| self.fail(e))?;
+        self.changes
+            .apply_batch(batch)
+            .map_err(|e| self.write_err(e))?;
         w.feed_bytes = left;
         Ok(())
     }
@@ -298,7 +311,7 @@ impl Store {
     /// entries below the cutoff are one key range (`account 0x00 seq`, big-endian), so
     /// the purge reads only what it removes, then seeks to the next account: the cost
     /// follows what is removed, not what is kept.
-    fn purge_changes_below(&self, cutoff: u64) -> Result<usize, ApiError> {
+    fn purge_changes_below(&self, cutoff: u64) -> Result<usize, Error> {
         if cutoff <= 1 {
             return Ok(0);
         }
@@ -341,7 +354,7 @@ mod tests {
     use crate::model::GroupId;
     use crate::store::groups::Actor;
     use crate::store::testing::{doc, store};
-    use crate::store::{keys, Store};
+    use crate::store::{keys, Error, Store};
 
     const DAY: u64 = 86_400_000;
 
@@ -375,7 +388,7 @@ mod tests {
         let id = id.unwrap_or_else(|| s.create_group(actor, &doc("g"), 10, None).unwrap().group.id);
         for i in 0..n {
             s.update_group(actor, id, None, |old| {
-                Ok((doc(&format!("{}{i}", old.name)), ()))
+                Ok::<_, Error>((doc(&format!("{}{i}", old.name)), ()))
             })
             .unwrap();
         }
@@ -551,7 +564,7 @@ mod tests {
         assert_eq!(s.purged_through(), 3);
         for after in [0, 1, 2] {
             assert_eq!(
-                s.changes("b", Some(after), 10, usize::MAX).unwrap_err(),
+                ApiError::from(s.changes("b", Some(after), 10, usize::MAX).unwrap_err()),
                 ApiError::CursorExpired
             );
         }
@@ -609,7 +622,7 @@ mod tests {
         assert_eq!(left.len(), all - removed);
         assert_eq!(left.first().copied(), Some(s.purged_through() + 1));
         assert_eq!(
-            s.changes("a", Some(0), 10, usize::MAX).unwrap_err(),
+            ApiError::from(s.changes("a", Some(0), 10, usize::MAX).unwrap_err()),
             ApiError::CursorExpired
         );
         // The groups are untouched, and the rest of the feed rebuilds.

@@ -12,7 +12,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::groups::{count_key, GroupView};
 use super::pieces::{self, Seen};
 use super::{keys, Store};
-use crate::model::{name_key, GroupId};
+use crate::model::{name_key, GroupDoc, GroupId};
+
+/// (account, n) → (folded name, devices) of every group that parses.
+type Found = BTreeMap<(String, u64), (String, HashSet<String>)>;
 
 /// What `check` found.
 #[derive(Debug, Default)]
@@ -118,8 +121,20 @@ impl Store {
             let w = crate::sync::lock(&self.writer);
             (w.next_group, w.next_change)
         };
-        // (account, n) → (folded name, devices) of every group that parses.
-        let mut groups: BTreeMap<(String, u64), (String, HashSet<String>)> = BTreeMap::new();
+        let (groups, per_account) = self.check_groups(next_group, &mut r);
+        self.check_names(&groups, &mut r);
+        self.check_devices(&groups, &mut r);
+        self.check_counts(&per_account, &mut r);
+        self.check_changes(next_change, &mut r);
+        self.check_users(&mut r);
+        r
+    }
+
+    /// Every group record: its key, its number below `next_group`, its pieces, that it
+    /// parses and keeps the rules (`check_group`). Returns what the index checks need
+    /// of each group that parses, and the groups per account.
+    fn check_groups(&self, next_group: u64, r: &mut Report) -> (Found, HashMap<String, u64>) {
+        let mut groups: Found = BTreeMap::new();
         let mut per_account: HashMap<String, u64> = HashMap::new();
         let mut named_pieces: HashMap<(Vec<u8>, u64), u32> = HashMap::new();
         for item in self.groups.iter() {
@@ -151,48 +166,13 @@ impl Store {
                 Ok(Some(v)) => v,
                 Ok(None) => continue,
                 Err(e) => {
-                    r.problem(format!("{account}/{id}: does not parse ({e:?})"));
+                    r.problem(format!("{account}/{id}: does not parse ({})", e.chain()));
                     continue;
                 }
             };
-            let doc = match view.doc() {
-                Ok(d) => d,
-                Err(e) => {
-                    r.problem(format!(
-                        "{account}/{id}: its document does not parse ({e:?})"
-                    ));
-                    continue;
-                }
+            let Some(doc) = self.check_group(&account, &view, r) else {
+                continue;
             };
-            // Names written before the current name rules are kept as they were (see
-            // names.rs), so a name is held to the rules every version enforced; every
-            // other field to the current ones.
-            let body = serde_json::json!({"name": "placeholder", "description": doc.description, "devices": doc.devices});
-            let rules = crate::model::Rules {
-                max_devices: self.max_devices,
-            };
-            match crate::model::validate_doc(&body, rules) {
-                Ok(valid) if valid.devices == doc.devices => {}
-                Ok(_) => r.problem(format!("{account}/{id}: devices are not distinct")),
-                Err(e) => r.problem(format!("{account}/{id}: {}", e.message())),
-            }
-            let chars = doc.name.chars().count();
-            if doc.name.trim() != doc.name
-                || chars == 0
-                || chars > crate::model::MAX_NAME_CHARS
-                || doc.name.chars().any(char::is_control)
-            {
-                r.problem(format!(
-                    "{account}/{id}: the name {:?} breaks the name rules",
-                    doc.name
-                ));
-            }
-            if view.revision() == 0 {
-                r.problem(format!("{account}/{id}: revision 0"));
-            }
-            if view.last_modified() < view.creation() {
-                r.problem(format!("{account}/{id}: lastModified before creation"));
-            }
             *per_account.entry(account.clone()).or_default() += 1;
             groups.insert(
                 (account, n),
@@ -205,9 +185,57 @@ impl Store {
         {
             r.problem(e);
         }
-        self.check_names(&groups, &mut r);
-        self.check_devices(&groups, &mut r);
-        for (account, n) in &per_account {
+        (groups, per_account)
+    }
+
+    /// One group's document, parsed and held to the rules; None when it does not parse.
+    fn check_group(&self, account: &str, view: &GroupView, r: &mut Report) -> Option<GroupDoc> {
+        let id = view.id;
+        let doc = match view.doc() {
+            Ok(d) => d,
+            Err(e) => {
+                r.problem(format!(
+                    "{account}/{id}: its document does not parse ({})",
+                    e.chain()
+                ));
+                return None;
+            }
+        };
+        // Names written before the current name rules are kept as they were (see
+        // names.rs), so a name is held to the rules every version enforced; every
+        // other field to the current ones.
+        let body = serde_json::json!({"name": "placeholder", "description": doc.description, "devices": doc.devices});
+        let rules = crate::model::Rules {
+            max_devices: self.max_devices,
+        };
+        match crate::model::validate_doc(&body, rules) {
+            Ok(valid) if valid.devices == doc.devices => {}
+            Ok(_) => r.problem(format!("{account}/{id}: devices are not distinct")),
+            Err(e) => r.problem(format!("{account}/{id}: {}", e.message())),
+        }
+        let chars = doc.name.chars().count();
+        if doc.name.trim() != doc.name
+            || chars == 0
+            || chars > crate::model::MAX_NAME_CHARS
+            || doc.name.chars().any(char::is_control)
+        {
+            r.problem(format!(
+                "{account}/{id}: the name {:?} breaks the name rules",
+                doc.name
+            ));
+        }
+        if view.revision() == 0 {
+            r.problem(format!("{account}/{id}: revision 0"));
+        }
+        if view.last_modified() < view.creation() {
+            r.problem(format!("{account}/{id}: lastModified before creation"));
+        }
+        Some(doc)
+    }
+
+    /// Each account's recorded group count is the number of its groups.
+    fn check_counts(&self, per_account: &HashMap<String, u64>, r: &mut Report) {
+        for (account, n) in per_account {
             let stored = self
                 .meta
                 .get(count_key(account))
@@ -221,14 +249,17 @@ impl Store {
                 ));
             }
         }
-        self.check_changes(next_change, &mut r);
+    }
+
+    /// Every user record parses.
+    fn check_users(&self, r: &mut Report) {
         for item in self.users.iter() {
             match item {
                 Ok((k, _)) => {
                     r.users += 1;
                     let name = String::from_utf8_lossy(&k).into_owned();
                     if let Err(e) = self.user(&name) {
-                        r.problem(format!("user {name}: does not parse ({e:?})"));
+                        r.problem(format!("user {name}: does not parse ({})", e.chain()));
                     }
                 }
                 Err(e) => {
@@ -237,17 +268,12 @@ impl Store {
                 }
             }
         }
-        r
     }
 
     /// Every group's folded name is indexed, by it or (two names that fold the same in
     /// a store written before folding) by an older group of that name; every entry
     /// names an existing group of that name.
-    fn check_names(
-        &self,
-        groups: &BTreeMap<(String, u64), (String, HashSet<String>)>,
-        r: &mut Report,
-    ) {
+    fn check_names(&self, groups: &Found, r: &mut Report) {
         let mut index: HashMap<Vec<u8>, u64> = HashMap::new();
         for item in self.names.iter() {
             let Ok((k, v)) = item else {
@@ -287,11 +313,7 @@ impl Store {
     }
 
     /// The device index holds exactly one entry per (group, device).
-    fn check_devices(
-        &self,
-        groups: &BTreeMap<(String, u64), (String, HashSet<String>)>,
-        r: &mut Report,
-    ) {
+    fn check_devices(&self, groups: &Found, r: &mut Report) {
         let mut seen: HashSet<(String, String, u64)> = HashSet::new();
         for item in self.devices.iter() {
             let Ok((k, _)) = item else {
@@ -374,10 +396,18 @@ impl Store {
             indexed.insert((account.clone(), n, seq));
             per_account.entry(account).or_default().push((seq, n));
         }
+        if self.check_records_indexed(&indexed, r) {
+            self.check_rebuild(per_account, r);
+        }
+    }
+
+    /// Every change record is in the feed (`indexed`: account, group number, seq).
+    /// False when the records cannot be read.
+    fn check_records_indexed(&self, indexed: &HashSet<(String, u64, u64)>, r: &mut Report) -> bool {
         for item in self.history.iter() {
             let Ok((k, _)) = item else {
                 r.problem("reading the change records failed".into());
-                return;
+                return false;
             };
             let seq = keys::trailing_u64(&k);
             let n = k
@@ -400,12 +430,20 @@ impl Store {
                 )),
             }
         }
+        true
+    }
+
+    /// Every account's feed entries rebuild from their records (`history.rs`).
+    fn check_rebuild(&self, per_account: BTreeMap<String, Vec<(u64, u64)>>, r: &mut Report) {
         for (account, items) in per_account {
             for chunk in items.chunks(4096) {
                 let mut reader = super::history::EntryReader::new(self, &account, chunk.to_vec());
                 while let Some(entry) = reader.next_entry() {
                     if let Err(e) = entry {
-                        r.problem(format!("{account}: the feed does not rebuild ({e:?})"));
+                        r.problem(format!(
+                            "{account}: the feed does not rebuild ({})",
+                            e.chain()
+                        ));
                         break;
                     }
                 }

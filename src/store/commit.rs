@@ -244,6 +244,10 @@ impl Drop for GroupCommit {
     }
 }
 
+/// The flusher thread: waits for a ticket (or the relaxed timer), syncs, tells the
+/// hook the outcome before any waiter hears of it, then publishes the progress. One
+/// function on purpose: that order is what "visible means durable" rests on
+/// (`space.rs`), and the crash harnesses check it as it is written here.
 fn flusher(
     shared: Arc<Shared>,
     tx: watch::Sender<Progress>,

@@ -22,8 +22,10 @@ use super::idempotency::{self, IdempotencyRecord};
 use super::pieces::{self, Encoded, Seen};
 use super::users::{Role, UsageRecord, UserRecord};
 use super::{keys, space, Kind, Store, META_NEXT_CHANGE, META_NEXT_GROUP, META_PURGED_THROUGH};
-use crate::auth::valid_name;
-use crate::model::{name_key, validate_doc, GroupDoc, GroupId, Rules, MAX_NAME_CHARS};
+use crate::model::{
+    name_key, valid_idempotency_key, validate_doc, GroupDoc, GroupId, Rules, MAX_NAME_CHARS,
+};
+use crate::names::valid_user_name;
 use crate::time::parse_rfc3339_ms;
 use std::sync::atomic::Ordering;
 
@@ -156,6 +158,205 @@ fn account_of(k: &[u8], what: &str) -> Result<String, String> {
     text(&k[..end], what)
 }
 
+/// A sled read that failed during an export.
+fn read_failed(e: sled::Error) -> String {
+    format!("reading the store: {e}")
+}
+
+/// One export in progress: the records go to `out` in the backup's order (sequences,
+/// users, usage, groups, changes, idempotency records), counted as they go.
+struct Export<'s, 'o> {
+    store: &'s Store,
+    out: &'o mut dyn FnMut(&Record) -> std::io::Result<()>,
+    counts: Counts,
+}
+
+impl Export<'_, '_> {
+    fn emit(&mut self, rec: Record) -> Result<(), String> {
+        (self.out)(&rec).map_err(|e| format!("writing the backup: {e}"))?;
+        self.counts.records += 1;
+        Ok(())
+    }
+
+    /// The users; returns each user's account. Idempotency records are scoped by
+    /// account and user, and only those of a user's current account are exported (a
+    /// removed user's records are a retry cache that has lost its owner).
+    fn users(&mut self) -> Result<HashMap<String, String>, String> {
+        let mut accounts: HashMap<String, String> = HashMap::new();
+        for user in self
+            .store
+            .users()
+            .map_err(|e| format!("reading users: {}", e.chain()))?
+        {
+            accounts.insert(user.name.clone(), user.account.clone());
+            self.emit(Record::User {
+                name: user.name,
+                account: user.account,
+                role: user.role,
+                daily_limit: user.daily_limit,
+                disabled: user.disabled,
+                key_hash: user.key_hash,
+                key_generation: user.key_generation,
+                key_created: user.key_created,
+                created: user.created,
+            })?;
+            self.counts.users += 1;
+        }
+        Ok(accounts)
+    }
+
+    fn usage(&mut self) -> Result<(), String> {
+        for (user, u) in self
+            .store
+            .usage_records()
+            .map_err(|e| format!("reading usage: {}", e.chain()))?
+        {
+            self.emit(Record::Usage {
+                user,
+                total: u.total,
+                day: u.day,
+                daily: u.daily,
+                last_used: u.last_used,
+            })?;
+            self.counts.usage += 1;
+        }
+        Ok(())
+    }
+
+    fn groups(&mut self) -> Result<(), String> {
+        let store = self.store;
+        for item in store.groups.iter() {
+            let (k, raw) = item.map_err(read_failed)?;
+            let account = account_of(&k, "group")?;
+            let id = keys::trailing_u64(&k).ok_or("corrupt group key")?;
+            let Some(view) = store
+                .view(&account, GroupId(id), raw, Seen::Durable)
+                .map_err(|e| e.chain())?
+            else {
+                continue;
+            };
+            let doc = view.doc().map_err(|e| e.chain())?;
+            self.emit(Record::Group {
+                account,
+                id,
+                revision: view.revision(),
+                creation: view.creation(),
+                last_modified: view.last_modified(),
+                name: doc.name,
+                description: doc.description,
+                devices: doc.devices,
+            })?;
+            self.counts.groups += 1;
+        }
+        Ok(())
+    }
+
+    /// Change entries, rebuilt from their records (`history.rs`), an account at a time
+    /// in chunks of `EXPORT_CHUNK`, as the API serves them.
+    fn changes(&mut self) -> Result<(), String> {
+        let store = self.store;
+        let mut accounts_with_changes: Vec<Vec<u8>> = Vec::new();
+        store
+            .each_account(&store.changes, |prefix| {
+                accounts_with_changes.push(prefix.to_vec());
+                Ok(())
+            })
+            .map_err(|e| format!("reading the change feed: {}", e.chain()))?;
+        for prefix in accounts_with_changes {
+            let account = text(&prefix[..prefix.len() - 1], "change-feed")?;
+            let mut from = prefix.clone();
+            loop {
+                let items = self.change_items(&account, &prefix, &from)?;
+                let Some(&(last, _)) = items.last() else {
+                    break;
+                };
+                let full = items.len() == EXPORT_CHUNK;
+                self.change_entries(&account, items)?;
+                if !full {
+                    break;
+                }
+                from = keys::change(&account, last + 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `EXPORT_CHUNK` (seq, group number) pairs of the account's feed from `from`.
+    fn change_items(
+        &self,
+        account: &str,
+        prefix: &[u8],
+        from: &[u8],
+    ) -> Result<Vec<(u64, u64)>, String> {
+        let mut items = Vec::new();
+        for item in self.store.changes.range(from..) {
+            let (k, v) = item.map_err(read_failed)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) else {
+                return Err(format!("corrupt change-feed index entry in {account}"));
+            };
+            items.push((seq, n));
+            if items.len() == EXPORT_CHUNK {
+                break;
+            }
+        }
+        Ok(items)
+    }
+
+    /// The feed entries of `items`, rebuilt and emitted.
+    fn change_entries(&mut self, account: &str, items: Vec<(u64, u64)>) -> Result<(), String> {
+        let mut reader = EntryReader::new(self.store, account, items);
+        while let Some(entry) = reader.next_entry() {
+            let entry = entry.map_err(|e| format!("reading the change feed: {}", e.chain()))?;
+            let c: StoredChange = serde_json::from_slice(&entry.json)
+                .map_err(|e| format!("corrupt change-feed entry in {account}: {e}"))?;
+            let id = GroupId::parse(&c.id)
+                .ok_or_else(|| format!("corrupt change-feed entry in {account}: id {:?}", c.id))?;
+            self.emit(Record::Change {
+                account: account.to_string(),
+                seq: c.seq,
+                time: c.time,
+                op: c.op,
+                id: id.0,
+                revision: c.revision,
+                user_name: c.user_name,
+                group: c.group,
+            })?;
+            self.counts.changes += 1;
+        }
+        Ok(())
+    }
+
+    /// The idempotency records of users in their current account (`accounts`).
+    fn idempotency(&mut self, accounts: &HashMap<String, String>) -> Result<(), String> {
+        let store = self.store;
+        for item in store.idempotency.iter() {
+            let (k, v) = item.map_err(read_failed)?;
+            let (account, rest) = split_key(&k).ok_or("corrupt idempotency key")?;
+            let (user, key) = split_key(rest).ok_or("corrupt idempotency key")?;
+            let (account, user) = (text(account, "idempotency")?, text(user, "idempotency")?);
+            if accounts.get(&user) != Some(&account) {
+                continue;
+            }
+            let r: IdempotencyRecord = serde_json::from_slice(&v)
+                .map_err(|e| format!("corrupt idempotency record: {e}"))?;
+            self.emit(Record::Idempotency {
+                user,
+                key: text(key, "idempotency")?,
+                fingerprint: r.fingerprint,
+                id: r.id,
+                revision: r.revision,
+                json: r.json,
+                expires: r.expires,
+            })?;
+            self.counts.idempotency += 1;
+        }
+        Ok(())
+    }
+}
+
 impl Store {
     /// Writes every record to `out` as one consistent snapshot of what is durable.
     /// `out` errors stop the export and are returned as they are.
@@ -188,168 +389,21 @@ impl Store {
         next_change: u64,
         out: &mut dyn FnMut(&Record) -> std::io::Result<()>,
     ) -> Result<Counts, String> {
-        let mut counts = Counts::default();
-        let mut emit = |rec: Record, counts: &mut Counts| -> Result<(), String> {
-            out(&rec).map_err(|e| format!("writing the backup: {e}"))?;
-            counts.records += 1;
-            Ok(())
+        let mut ex = Export {
+            store: self,
+            out,
+            counts: Counts::default(),
         };
-        let io = |e: sled::Error| format!("reading the store: {e}");
-        emit(
-            Record::Sequences {
-                next_group,
-                next_change,
-            },
-            &mut counts,
-        )?;
-        // Idempotency records are scoped by account and user; only those of a user's
-        // current account are exported (a removed user's records are a retry cache
-        // that has lost its owner).
-        let mut accounts: HashMap<String, String> = HashMap::new();
-        for user in self.users().map_err(|e| format!("reading users: {e:?}"))? {
-            accounts.insert(user.name.clone(), user.account.clone());
-            emit(
-                Record::User {
-                    name: user.name,
-                    account: user.account,
-                    role: user.role,
-                    daily_limit: user.daily_limit,
-                    disabled: user.disabled,
-                    key_hash: user.key_hash,
-                    key_generation: user.key_generation,
-                    key_created: user.key_created,
-                    created: user.created,
-                },
-                &mut counts,
-            )?;
-            counts.users += 1;
-        }
-        for (user, u) in self
-            .usage_records()
-            .map_err(|e| format!("reading usage: {e:?}"))?
-        {
-            emit(
-                Record::Usage {
-                    user,
-                    total: u.total,
-                    day: u.day,
-                    daily: u.daily,
-                    last_used: u.last_used,
-                },
-                &mut counts,
-            )?;
-            counts.usage += 1;
-        }
-        for item in self.groups.iter() {
-            let (k, raw) = item.map_err(io)?;
-            let account = account_of(&k, "group")?;
-            let id = keys::trailing_u64(&k).ok_or("corrupt group key")?;
-            let Some(view) = self
-                .view(&account, GroupId(id), raw, Seen::Durable)
-                .map_err(|e| format!("{e:?}"))?
-            else {
-                continue;
-            };
-            let doc = view.doc().map_err(|e| format!("{e:?}"))?;
-            emit(
-                Record::Group {
-                    account,
-                    id,
-                    revision: view.revision(),
-                    creation: view.creation(),
-                    last_modified: view.last_modified(),
-                    name: doc.name,
-                    description: doc.description,
-                    devices: doc.devices,
-                },
-                &mut counts,
-            )?;
-            counts.groups += 1;
-        }
-        // Change entries are rebuilt from their records (`history.rs`), an account at
-        // a time in chunks, as the API serves them.
-        let mut accounts_with_changes: Vec<Vec<u8>> = Vec::new();
-        self.each_account(&self.changes, |prefix| {
-            accounts_with_changes.push(prefix.to_vec());
-            Ok(())
-        })
-        .map_err(|e| format!("reading the change feed: {e:?}"))?;
-        for prefix in accounts_with_changes {
-            let account = text(&prefix[..prefix.len() - 1], "change-feed")?;
-            let mut from = prefix.clone();
-            loop {
-                let mut items = Vec::new();
-                for item in self.changes.range(from.as_slice()..) {
-                    let (k, v) = item.map_err(io)?;
-                    if !k.starts_with(&prefix) {
-                        break;
-                    }
-                    let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) else {
-                        return Err(format!("corrupt change-feed index entry in {account}"));
-                    };
-                    items.push((seq, n));
-                    if items.len() == EXPORT_CHUNK {
-                        break;
-                    }
-                }
-                let Some(&(last, _)) = items.last() else {
-                    break;
-                };
-                let full = items.len() == EXPORT_CHUNK;
-                let mut reader = EntryReader::new(self, &account, items);
-                while let Some(entry) = reader.next_entry() {
-                    let entry = entry.map_err(|e| format!("reading the change feed: {e:?}"))?;
-                    let c: StoredChange = serde_json::from_slice(&entry.json)
-                        .map_err(|e| format!("corrupt change-feed entry in {account}: {e}"))?;
-                    let id = GroupId::parse(&c.id).ok_or_else(|| {
-                        format!("corrupt change-feed entry in {account}: id {:?}", c.id)
-                    })?;
-                    emit(
-                        Record::Change {
-                            account: account.clone(),
-                            seq: c.seq,
-                            time: c.time,
-                            op: c.op,
-                            id: id.0,
-                            revision: c.revision,
-                            user_name: c.user_name,
-                            group: c.group,
-                        },
-                        &mut counts,
-                    )?;
-                    counts.changes += 1;
-                }
-                if !full {
-                    break;
-                }
-                from = keys::change(&account, last + 1);
-            }
-        }
-        for item in self.idempotency.iter() {
-            let (k, v) = item.map_err(io)?;
-            let (account, rest) = split_key(&k).ok_or("corrupt idempotency key")?;
-            let (user, key) = split_key(rest).ok_or("corrupt idempotency key")?;
-            let (account, user) = (text(account, "idempotency")?, text(user, "idempotency")?);
-            if accounts.get(&user) != Some(&account) {
-                continue;
-            }
-            let r: IdempotencyRecord = serde_json::from_slice(&v)
-                .map_err(|e| format!("corrupt idempotency record: {e}"))?;
-            emit(
-                Record::Idempotency {
-                    user,
-                    key: text(key, "idempotency")?,
-                    fingerprint: r.fingerprint,
-                    id: r.id,
-                    revision: r.revision,
-                    json: r.json,
-                    expires: r.expires,
-                },
-                &mut counts,
-            )?;
-            counts.idempotency += 1;
-        }
-        Ok(counts)
+        ex.emit(Record::Sequences {
+            next_group,
+            next_change,
+        })?;
+        let accounts = ex.users()?;
+        ex.usage()?;
+        ex.groups()?;
+        ex.changes()?;
+        ex.idempotency(&accounts)?;
+        Ok(ex.counts)
     }
 
     /// Starts an import into this store, which must hold no group and no user.
@@ -488,6 +542,87 @@ fn checked_doc(
     Ok(doc)
 }
 
+/// The checks of a group record that need nothing else from the backup: its account
+/// name, its ID and revision, and its times.
+fn check_group_fields(
+    account: &str,
+    gid: GroupId,
+    revision: u64,
+    creation: i64,
+    last_modified: i64,
+) -> Result<(), String> {
+    if !valid_user_name(account) {
+        return Err(format!("group {gid}: invalid account name {account:?}"));
+    }
+    if gid.0 == 0 || revision == 0 {
+        return Err(format!("group {gid}: id and revision start at 1"));
+    }
+    if last_modified < creation {
+        return Err(format!("group {gid}: lastModified is before creation"));
+    }
+    Ok(())
+}
+
+/// The fields of a `Record::Change`, for `Importer::add_change`.
+struct ChangeLine {
+    account: String,
+    seq: u64,
+    time: String,
+    op: String,
+    id: u64,
+    revision: Option<u64>,
+    user_name: String,
+    group: Option<PublicGroup>,
+}
+
+impl ChangeLine {
+    /// The checks that need nothing else from the backup.
+    fn check(&self) -> Result<(), String> {
+        let (seq, time, op) = (self.seq, &self.time, &self.op);
+        if !valid_user_name(&self.account) || seq == 0 || self.id == 0 || self.revision == Some(0) {
+            return Err(format!("change {seq}: invalid account, seq or id"));
+        }
+        if !valid_time(time) {
+            return Err(format!(
+                "change {seq}: time {time:?} is not YYYY-MM-DDTHH:MM:SS.mmmZ"
+            ));
+        }
+        if !matches!(op.as_str(), "created" | "updated" | "deleted") {
+            return Err(format!("change {seq}: unknown op {op:?}"));
+        }
+        if (op == "deleted") != self.group.is_none() {
+            return Err(format!(
+                "change {seq}: a deletion has no group, other changes have one"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The group's state after the change (None for a deletion), with its creation
+    /// time. Restored changes are stored with their full state (no delta: the state
+    /// before each may not be in the backup); the feed rebuilds the same entries from
+    /// them (`history.rs`), so the group's times must be the ones a live write gives:
+    /// lastModified is the change's time (`ms`).
+    fn state(&self, ms: i64) -> Result<Option<(GroupDoc, i64)>, String> {
+        let Some(g) = &self.group else {
+            return Ok(None);
+        };
+        let (seq, id) = (self.seq, self.id);
+        let creation = parse_rfc3339_ms(&g.creation);
+        if GroupId::parse(&g.id) != Some(GroupId(id))
+            || g.last_modified != self.time
+            || !matches!(creation, Some(c) if c <= ms)
+        {
+            return Err(format!(
+                "change {seq}: its group is not grp-{id} as of the change (id, lastModified = the change's time, creation not after it)"
+            ));
+        }
+        let doc = checked_doc(&g.name, &g.description, &g.devices)
+            .map_err(|e| format!("change {seq}: {e}"))?;
+        Ok(Some((doc, creation.unwrap_or(ms))))
+    }
+}
+
 impl Importer<'_> {
     fn put(&mut self, tree: Kind, k: Vec<u8>, v: Vec<u8>) -> Result<(), String> {
         if self.store.is_none() {
@@ -527,22 +662,16 @@ impl Importer<'_> {
         Ok(())
     }
 
-    /// Checks and stores one record.
+    /// Checks and stores one record. Only a dispatch: each arm moves the record's
+    /// fields to the step that checks and stores that kind (its length is rustfmt's
+    /// one line a field).
     pub fn add(&mut self, rec: Record) -> Result<(), String> {
         self.counts.records += 1;
         match rec {
             Record::Sequences {
                 next_group,
                 next_change,
-            } => {
-                if self.sequences.is_some() {
-                    return Err("a second sequences record".into());
-                }
-                if next_group == 0 || next_change == 0 {
-                    return Err("sequences start at 1".into());
-                }
-                self.sequences = Some((next_group, next_change));
-            }
+            } => self.add_sequences(next_group, next_change),
             Record::User {
                 name,
                 account,
@@ -553,56 +682,32 @@ impl Importer<'_> {
                 key_generation,
                 key_created,
                 created,
-            } => {
-                if !valid_name(&name) || !valid_name(&account) {
-                    return Err(format!("invalid user or account name {name:?}/{account:?}"));
-                }
-                if !key_hash.starts_with("$argon2") {
-                    return Err(format!("user {name}: keyHash is not an argon2 PHC string"));
-                }
-                if self.users.insert(name.clone(), account.clone()).is_some() {
-                    return Err(format!("user {name} appears twice"));
-                }
-                let user = UserRecord {
-                    name,
-                    account,
-                    role,
-                    daily_limit,
-                    disabled,
-                    key_hash,
-                    key_generation,
-                    key_created,
-                    created,
-                };
-                let v = serde_json::to_vec(&user).map_err(|e| e.to_string())?;
-                self.put(Kind::Users, user.name.into_bytes(), v)?;
-                self.counts.users += 1;
-            }
+            } => self.add_user(UserRecord {
+                name,
+                account,
+                role,
+                daily_limit,
+                disabled,
+                key_hash,
+                key_generation,
+                key_created,
+                created,
+            }),
             Record::Usage {
                 user,
                 total,
                 day,
                 daily,
                 last_used,
-            } => {
-                if !self.users.contains_key(&user) {
-                    return Err(format!(
-                        "usage counters of {user:?}, who is not a user (users come first)"
-                    ));
-                }
-                if !self.usage.insert(user.clone()) {
-                    return Err(format!("usage counters of {user} appear twice"));
-                }
-                let rec = UsageRecord {
+            } => self.add_usage(
+                user,
+                UsageRecord {
                     total,
                     day,
                     daily,
                     last_used,
-                };
-                let v = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
-                self.put(Kind::Usage, user.into_bytes(), v)?;
-                self.counts.usage += 1;
-            }
+                },
+            ),
             Record::Group {
                 account,
                 id,
@@ -614,68 +719,11 @@ impl Importer<'_> {
                 devices,
             } => {
                 let gid = GroupId(id);
-                if !valid_name(&account) {
-                    return Err(format!("group {gid}: invalid account name {account:?}"));
-                }
-                if id == 0 || revision == 0 {
-                    return Err(format!("group {gid}: id and revision start at 1"));
-                }
-                if last_modified < creation {
-                    return Err(format!("group {gid}: lastModified is before creation"));
-                }
+                check_group_fields(&account, gid, revision, creation, last_modified)?;
                 let doc = checked_doc(&name, &description, &devices)
                     .map_err(|e| format!("group {gid}: {e}"))?;
-                if doc.devices.len() > self.max_devices {
-                    return Err(format!(
-                        "group {gid}: {} devices, more than limits.max_devices_per_group ({}) allows",
-                        doc.devices.len(),
-                        self.max_devices
-                    ));
-                }
-                if !self.group_ids.insert(id) {
-                    return Err(format!("group {gid} appears twice"));
-                }
-                if !self
-                    .legacy_names
-                    .insert(keys::name(&account, &doc.name.to_lowercase()))
-                {
-                    return Err(format!(
-                        "group {gid}: another group of account {account} has the name {:?}",
-                        doc.name
-                    ));
-                }
-                let name_k = keys::name(&account, &name_key(&doc.name));
-                // A backup of a store made before names were case-folded may hold two
-                // names that now fold the same: both are kept, as the live store keeps
-                // them (`Store::reindex_names`), and the older group holds the name.
-                let holder = match self.names.get(&name_k) {
-                    Some(first) => {
-                        tracing::warn!(
-                            account = %account,
-                            "restore: groups grp-{first} and {gid} have names that are now the same name (Unicode case folding); both are kept, and grp-{first} holds the name"
-                        );
-                        false
-                    }
-                    None => {
-                        self.names.insert(name_k.clone(), id);
-                        true
-                    }
-                };
-                self.max_group = self.max_group.max(id);
                 let enc = Encoded::new(gid, &doc, revision, creation, last_modified);
-                let (raw, pieces) = pieces::fresh(&enc);
-                self.put(Kind::Groups, keys::group(&account, id), raw)?;
-                for (num, piece) in pieces {
-                    self.put(Kind::Pieces, keys::piece(&account, id, num), piece)?;
-                }
-                if holder {
-                    self.put(Kind::Names, name_k, id.to_be_bytes().to_vec())?;
-                }
-                for d in &doc.devices {
-                    self.put(Kind::Devices, keys::device(&account, d, id), Vec::new())?;
-                }
-                *self.per_account.entry(account).or_default() += 1;
-                self.counts.groups += 1;
+                self.add_group(account, gid, &doc, &enc)
             }
             Record::Change {
                 account,
@@ -686,67 +734,16 @@ impl Importer<'_> {
                 revision,
                 user_name,
                 group,
-            } => {
-                if !valid_name(&account) || seq == 0 || id == 0 || revision == Some(0) {
-                    return Err(format!("change {seq}: invalid account, seq or id"));
-                }
-                if !valid_time(&time) {
-                    return Err(format!(
-                        "change {seq}: time {time:?} is not YYYY-MM-DDTHH:MM:SS.mmmZ"
-                    ));
-                }
-                if !matches!(op.as_str(), "created" | "updated" | "deleted") {
-                    return Err(format!("change {seq}: unknown op {op:?}"));
-                }
-                if (op == "deleted") != group.is_none() {
-                    return Err(format!(
-                        "change {seq}: a deletion has no group, other changes have one"
-                    ));
-                }
-                if !self.change_seqs.insert(seq) {
-                    return Err(format!("change {seq} appears twice"));
-                }
-                self.max_change = self.max_change.max(seq);
-                let (Some(op), Some(ms)) = (ChangeOp::parse(&op), parse_rfc3339_ms(&time)) else {
-                    return Err(format!("change {seq}: unknown op {op:?} or time {time:?}"));
-                };
-                // Restored changes are stored with their full state (no delta: the state
-                // before each may not be in the backup); the feed rebuilds the same
-                // entries from them (`history.rs`), so the group's times must be the
-                // ones a live write gives: lastModified is the change's time.
-                let full = match group {
-                    None => None,
-                    Some(g) => {
-                        let creation = parse_rfc3339_ms(&g.creation);
-                        if GroupId::parse(&g.id) != Some(GroupId(id))
-                            || g.last_modified != time
-                            || !matches!(creation, Some(c) if c <= ms)
-                        {
-                            return Err(format!(
-                                "change {seq}: its group is not grp-{id} as of the change (id, lastModified = the change's time, creation not after it)"
-                            ));
-                        }
-                        let doc = checked_doc(&g.name, &g.description, &g.devices)
-                            .map_err(|e| format!("change {seq}: {e}"))?;
-                        Some((doc, creation.unwrap_or(ms)))
-                    }
-                };
-                let rec = history::Record {
-                    op,
-                    time: ms,
-                    revision,
-                    user: user_name,
-                    delta: None,
-                    full,
-                };
-                self.put(
-                    Kind::Changes,
-                    keys::change(&account, seq),
-                    id.to_be_bytes().to_vec(),
-                )?;
-                self.put(Kind::History, keys::record(&account, id, seq), rec.encode())?;
-                self.counts.changes += 1;
-            }
+            } => self.add_change(ChangeLine {
+                account,
+                seq,
+                time,
+                op,
+                id,
+                revision,
+                user_name,
+                group,
+            }),
             Record::Idempotency {
                 user,
                 key,
@@ -755,43 +752,203 @@ impl Importer<'_> {
                 revision,
                 json,
                 expires,
-            } => {
-                if user.contains('\0')
-                    || !(1..=255).contains(&key.len())
-                    || key.bytes().any(|b| !(0x21..=0x7e).contains(&b))
-                    || id == 0
-                {
-                    return Err("idempotency record: invalid user, key or group".into());
-                }
-                // Records belong to the user's account (the backup names only the user).
-                let account = self.users.get(&user).cloned().ok_or_else(|| {
-                    format!("idempotency record of {user:?}, who is not a user (users come first)")
-                })?;
-                let k = keys::idempotency(&account, &user, &key);
-                if !self.idempotency.insert(k.clone()) {
-                    return Err(format!("idempotency key {key:?} of {user} appears twice"));
-                }
-                self.put(
-                    Kind::IdempotencyOrder,
-                    keys::idempotency_order(&account, &user, id),
-                    key.as_bytes().to_vec(),
-                )?;
-                *self
-                    .idempotency_counts
-                    .entry(keys::idempotency_scope(&account, &user))
-                    .or_default() += 1;
-                let rec = IdempotencyRecord {
+            } => self.add_idempotency(
+                user,
+                key,
+                IdempotencyRecord {
                     fingerprint,
                     id,
                     revision,
                     json,
                     expires,
-                };
-                let v = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
-                self.put(Kind::Idempotency, k, v)?;
-                self.counts.idempotency += 1;
+                },
+            ),
+        }
+    }
+
+    fn add_sequences(&mut self, next_group: u64, next_change: u64) -> Result<(), String> {
+        if self.sequences.is_some() {
+            return Err("a second sequences record".into());
+        }
+        if next_group == 0 || next_change == 0 {
+            return Err("sequences start at 1".into());
+        }
+        self.sequences = Some((next_group, next_change));
+        Ok(())
+    }
+
+    fn add_user(&mut self, user: UserRecord) -> Result<(), String> {
+        let (name, account) = (&user.name, &user.account);
+        if !valid_user_name(name) || !valid_user_name(account) {
+            return Err(format!("invalid user or account name {name:?}/{account:?}"));
+        }
+        if !user.key_hash.starts_with("$argon2") {
+            return Err(format!("user {name}: keyHash is not an argon2 PHC string"));
+        }
+        if self.users.insert(name.clone(), account.clone()).is_some() {
+            return Err(format!("user {name} appears twice"));
+        }
+        let v = serde_json::to_vec(&user).map_err(|e| e.to_string())?;
+        self.put(Kind::Users, user.name.into_bytes(), v)?;
+        self.counts.users += 1;
+        Ok(())
+    }
+
+    fn add_usage(&mut self, user: String, rec: UsageRecord) -> Result<(), String> {
+        if !self.users.contains_key(&user) {
+            return Err(format!(
+                "usage counters of {user:?}, who is not a user (users come first)"
+            ));
+        }
+        if !self.usage.insert(user.clone()) {
+            return Err(format!("usage counters of {user} appear twice"));
+        }
+        let v = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+        self.put(Kind::Usage, user.into_bytes(), v)?;
+        self.counts.usage += 1;
+        Ok(())
+    }
+
+    /// Stores a group whose fields and document are checked (`check_group_fields`,
+    /// `checked_doc`) once it passes the checks against the rest of the backup: the
+    /// device limit, its ID and its name unique.
+    fn add_group(
+        &mut self,
+        account: String,
+        gid: GroupId,
+        doc: &GroupDoc,
+        enc: &Encoded,
+    ) -> Result<(), String> {
+        let id = gid.0;
+        if doc.devices.len() > self.max_devices {
+            return Err(format!(
+                "group {gid}: {} devices, more than limits.max_devices_per_group ({}) allows",
+                doc.devices.len(),
+                self.max_devices
+            ));
+        }
+        if !self.group_ids.insert(id) {
+            return Err(format!("group {gid} appears twice"));
+        }
+        let name_k = self.take_name(&account, gid, &doc.name)?;
+        self.max_group = self.max_group.max(id);
+        let (raw, pieces) = pieces::fresh(enc);
+        self.put(Kind::Groups, keys::group(&account, id), raw)?;
+        for (num, piece) in pieces {
+            self.put(Kind::Pieces, keys::piece(&account, id, num), piece)?;
+        }
+        if let Some(name_k) = name_k {
+            self.put(Kind::Names, name_k, id.to_be_bytes().to_vec())?;
+        }
+        for d in &doc.devices {
+            self.put(Kind::Devices, keys::device(&account, d, id), Vec::new())?;
+        }
+        *self.per_account.entry(account).or_default() += 1;
+        self.counts.groups += 1;
+        Ok(())
+    }
+
+    /// The name index key group `gid` holds, or None when an earlier group holds it.
+    /// Names equal as earlier versions compared them (`to_lowercase`) are refused: a
+    /// damaged or hand-made backup. A backup of a store made before names were
+    /// case-folded may hold two names that now fold the same: both are kept, as the
+    /// live store keeps them (`Store::reindex_names`), and the older group holds the
+    /// name.
+    fn take_name(
+        &mut self,
+        account: &str,
+        gid: GroupId,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, String> {
+        if !self
+            .legacy_names
+            .insert(keys::name(account, &name.to_lowercase()))
+        {
+            return Err(format!(
+                "group {gid}: another group of account {account} has the name {name:?}"
+            ));
+        }
+        let name_k = keys::name(account, &name_key(name));
+        match self.names.get(&name_k) {
+            Some(first) => {
+                tracing::warn!(
+                    account = %account,
+                    "restore: groups grp-{first} and {gid} have names that are now the same name (Unicode case folding); both are kept, and grp-{first} holds the name"
+                );
+                Ok(None)
+            }
+            None => {
+                self.names.insert(name_k.clone(), gid.0);
+                Ok(Some(name_k))
             }
         }
+    }
+
+    fn add_change(&mut self, c: ChangeLine) -> Result<(), String> {
+        let seq = c.seq;
+        c.check()?;
+        if !self.change_seqs.insert(seq) {
+            return Err(format!("change {seq} appears twice"));
+        }
+        self.max_change = self.max_change.max(seq);
+        let (Some(op), Some(ms)) = (ChangeOp::parse(&c.op), parse_rfc3339_ms(&c.time)) else {
+            return Err(format!(
+                "change {seq}: unknown op {:?} or time {:?}",
+                c.op, c.time
+            ));
+        };
+        let full = c.state(ms)?;
+        let rec = history::Record {
+            op,
+            time: ms,
+            revision: c.revision,
+            user: c.user_name,
+            delta: None,
+            full,
+        };
+        self.put(
+            Kind::Changes,
+            keys::change(&c.account, seq),
+            c.id.to_be_bytes().to_vec(),
+        )?;
+        self.put(
+            Kind::History,
+            keys::record(&c.account, c.id, seq),
+            rec.encode(),
+        )?;
+        self.counts.changes += 1;
+        Ok(())
+    }
+
+    fn add_idempotency(
+        &mut self,
+        user: String,
+        key: String,
+        rec: IdempotencyRecord,
+    ) -> Result<(), String> {
+        if user.contains('\0') || !valid_idempotency_key(&key) || rec.id == 0 {
+            return Err("idempotency record: invalid user, key or group".into());
+        }
+        // Records belong to the user's account (the backup names only the user).
+        let account = self.users.get(&user).cloned().ok_or_else(|| {
+            format!("idempotency record of {user:?}, who is not a user (users come first)")
+        })?;
+        let k = keys::idempotency(&account, &user, &key);
+        if !self.idempotency.insert(k.clone()) {
+            return Err(format!("idempotency key {key:?} of {user} appears twice"));
+        }
+        self.put(
+            Kind::IdempotencyOrder,
+            keys::idempotency_order(&account, &user, rec.id),
+            key.as_bytes().to_vec(),
+        )?;
+        *self
+            .idempotency_counts
+            .entry(keys::idempotency_scope(&account, &user))
+            .or_default() += 1;
+        let v = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+        self.put(Kind::Idempotency, k, v)?;
+        self.counts.idempotency += 1;
         Ok(())
     }
 
@@ -812,6 +969,27 @@ impl Importer<'_> {
                 self.max_change
             ));
         }
+        let (purged_through, feed_bytes) = self.put_meta(next_group, next_change)?;
+        self.apply()?;
+        let Some(store) = self.store else {
+            return Ok(self.counts);
+        };
+        // The in-memory sequences must match, should the store be used before reopening.
+        {
+            let mut w = store.lock_writer();
+            w.next_group = next_group;
+            w.next_change = next_change;
+            w.feed_bytes = feed_bytes;
+            store.pending.publish_seq(next_change - 1);
+            store.purged_through.store(purged_through, Ordering::SeqCst);
+        }
+        store.flush_blocking()?;
+        Ok(self.counts)
+    }
+
+    /// Puts what `meta` holds beside the records: the counts derived from them, the
+    /// sequences, `purged_through` and the feed's size; returns the last two.
+    fn put_meta(&mut self, next_group: u64, next_change: u64) -> Result<(u64, u64), String> {
         for (scope, n) in std::mem::take(&mut self.idempotency_counts) {
             self.put(
                 Kind::Meta,
@@ -853,21 +1031,7 @@ impl Importer<'_> {
             super::META_FEED_BYTES.to_vec(),
             feed_bytes.to_be_bytes().to_vec(),
         )?;
-        self.apply()?;
-        let Some(store) = self.store else {
-            return Ok(self.counts);
-        };
-        // The in-memory sequences must match, should the store be used before reopening.
-        {
-            let mut w = store.lock_writer();
-            w.next_group = next_group;
-            w.next_change = next_change;
-            w.feed_bytes = feed_bytes;
-            store.pending.publish_seq(next_change - 1);
-            store.purged_through.store(purged_through, Ordering::SeqCst);
-        }
-        store.flush_blocking()?;
-        Ok(self.counts)
+        Ok((purged_through, feed_bytes))
     }
 }
 

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use super::history::EntryReader;
 use super::pieces::Seen;
+use super::Error;
 use super::{keys, Store};
-use crate::error::ApiError;
 use crate::model::GroupId;
 
 /// One change-feed entry and its account.
@@ -63,11 +63,11 @@ impl Store {
         after: u64,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<FeedPage, ApiError> {
+    ) -> Result<FeedPage, Error> {
         let high = self.last_seq();
         let expired = |s: &Store| {
             if after < s.purged_through() {
-                Err(ApiError::CursorExpired)
+                Err(Error::CursorExpired)
             } else {
                 Ok(())
             }
@@ -79,8 +79,27 @@ impl Store {
                 next: after,
             });
         }
-        // Each account's first records (at most `limit`); an account cut short lowers
-        // the bound of the merged page to its last record taken.
+        let (bound, per_account) = self.feed_heads(after, high, limit)?;
+        let (entries, cut) = self.merge_feed(per_account, bound, limit, max_bytes)?;
+        let next = match (cut, entries.last()) {
+            (true, Some(e)) => e.seq,
+            _ => bound,
+        };
+        expired(self)?;
+        Ok(FeedPage { entries, next })
+    }
+
+    /// Each account's first records in `(after, high]` (at most `limit`), and the
+    /// bound of the merged page: `high`, lowered by an account cut short to its last
+    /// record taken (its records above that are not in this page, so neither is
+    /// anything above that).
+    #[allow(clippy::type_complexity)]
+    fn feed_heads(
+        &self,
+        after: u64,
+        high: u64,
+        limit: usize,
+    ) -> Result<(u64, Vec<(String, Vec<(u64, u64)>)>), Error> {
         let mut bound = high;
         let mut per_account: Vec<(String, Vec<(u64, u64)>)> = Vec::new();
         self.each_account(&self.changes, |prefix| {
@@ -93,16 +112,14 @@ impl Store {
             for item in self.changes.range(from.as_slice()..to.as_slice()) {
                 let (k, v) = item.map_err(|e| self.read_err(e))?;
                 let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) else {
-                    return Err(ApiError::Internal(format!(
-                        "corrupt change-feed index entry in {account}"
+                    return Err(Error::corrupt(format!(
+                        "change-feed index entry in {account}"
                     )));
                 };
                 if seq > bound {
                     break;
                 }
                 if items.len() == limit {
-                    // Cut short: records of this account above its last one taken
-                    // are not in this page, so neither is anything above that.
                     bound = bound.min(items.last().map_or(after, |(s, _)| *s));
                     break;
                 }
@@ -113,8 +130,19 @@ impl Store {
             }
             Ok(())
         })?;
-        // Merge by seq, rebuilding each entry as it is taken (`history.rs`), until the
-        // limit or the byte bound.
+        Ok((bound, per_account))
+    }
+
+    /// Merges the accounts' records up to `bound` by seq, rebuilding each entry as it
+    /// is taken (`history.rs`), until `limit` or the byte bound; true when the page
+    /// was cut short there.
+    fn merge_feed(
+        &self,
+        per_account: Vec<(String, Vec<(u64, u64)>)>,
+        bound: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<FeedEntry>, bool), Error> {
         let mut readers: Vec<(String, EntryReader<'_>)> = per_account
             .into_iter()
             .map(|(account, mut items)| {
@@ -125,7 +153,6 @@ impl Store {
             .collect();
         let mut all: Vec<FeedEntry> = Vec::new();
         let mut bytes = 0usize;
-        let mut cut = false;
         while let Some((i, _)) = readers
             .iter()
             .enumerate()
@@ -133,8 +160,7 @@ impl Store {
             .min_by_key(|(_, s)| *s)
         {
             if all.len() == limit {
-                cut = true;
-                break;
+                return Ok((all, true));
             }
             let (account, reader) = &mut readers[i];
             let Some(entry) = reader.next_entry() else {
@@ -142,8 +168,7 @@ impl Store {
             };
             let entry = entry?;
             if !all.is_empty() && bytes.saturating_add(entry.json.len()) > max_bytes {
-                cut = true;
-                break;
+                return Ok((all, true));
             }
             bytes += entry.json.len();
             all.push(FeedEntry {
@@ -152,12 +177,7 @@ impl Store {
                 entry: entry.json,
             });
         }
-        let next = match (cut, all.last()) {
-            (true, Some(e)) => e.seq,
-            _ => bound,
-        };
-        expired(self)?;
-        Ok(FeedPage { entries: all, next })
+        Ok((all, false))
     }
 
     /// Every group of every account as of one `seq`, without holding the writer lock:
@@ -165,10 +185,10 @@ impl Store {
     /// before and after the scan), then the feed's entries in `(h0, h1]` are laid
     /// over them, so each group is its state after `h1`. `CursorExpired` when
     /// retention removed entries of that window meanwhile (try again).
-    pub fn snapshot(&self) -> Result<Snapshot, ApiError> {
+    pub fn snapshot(&self) -> Result<Snapshot, Error> {
         let h0 = self.last_seq();
         if h0 < self.purged_through() {
-            return Err(ApiError::CursorExpired);
+            return Err(Error::CursorExpired);
         }
         let mut groups: BTreeMap<(String, u64), (Option<u64>, Vec<u8>)> = BTreeMap::new();
         for item in self.groups.iter() {
@@ -237,7 +257,7 @@ pub struct ParsedEntry {
 }
 
 /// Parses an entry's JSON (`changes::change_entry`).
-pub fn parse_entry(raw: &[u8]) -> Result<ParsedEntry, ApiError> {
+pub fn parse_entry(raw: &[u8]) -> Result<ParsedEntry, Error> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct E<'a> {
@@ -250,10 +270,10 @@ pub fn parse_entry(raw: &[u8]) -> Result<ParsedEntry, ApiError> {
         #[serde(borrow)]
         group: Option<&'a serde_json::value::RawValue>,
     }
-    let e: E<'_> = serde_json::from_slice(raw)
-        .map_err(|err| ApiError::Internal(format!("corrupt change-feed entry: {err}")))?;
+    let e: E<'_> =
+        serde_json::from_slice(raw).map_err(|err| Error::corrupt_json("change-feed entry", err))?;
     let id = GroupId::parse(&e.id)
-        .ok_or_else(|| ApiError::Internal(format!("corrupt change-feed entry id {:?}", e.id)))?;
+        .ok_or_else(|| Error::corrupt(format!("change-feed entry id {:?}", e.id)))?;
     Ok(ParsedEntry {
         op: e.op,
         id,
@@ -271,6 +291,7 @@ pub fn parse_entry(raw: &[u8]) -> Result<ParsedEntry, ApiError> {
 mod tests {
     use crate::store::groups::Actor;
     use crate::store::testing::{doc, store};
+    use crate::store::Error;
 
     /// Pages of the whole feed are exact across accounts whatever the bounds: every
     /// entry once, in order, and `next` never skips one.
@@ -330,7 +351,7 @@ mod tests {
             .nth(1)
             .unwrap()
             .id;
-        s.update_group(a, first, None, |_| Ok((doc("renamed"), ())))
+        s.update_group(a, first, None, |_| Ok::<_, Error>((doc("renamed"), ())))
             .unwrap();
         s.delete_group(a, second, None).unwrap();
         let snap = s.snapshot().unwrap();

@@ -13,10 +13,9 @@ use sled::IVec;
 use super::history::{self, ChangeOp, Record};
 use super::idempotency::IdempotencyRequest;
 use super::pieces::{Encoded, GroupWrites, Seen};
-use super::{keys, Kind, Op, Store, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
-use crate::error::ApiError;
+use super::Error;
+use super::{keys, Kind, Op, Space, Store, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
 use crate::model::{name_key, GroupDoc, GroupId};
-use crate::time::now_ms;
 
 /// Bytes before the public JSON in a stored group (revision, creation, lastModified).
 pub(super) const HEADER: usize = 24;
@@ -30,20 +29,16 @@ pub struct GroupView {
 
 impl GroupView {
     /// A view of a whole value (a split one is joined first: `Store::view`).
-    pub(super) fn new(id: GroupId, raw: IVec) -> Result<GroupView, ApiError> {
+    pub(super) fn new(id: GroupId, raw: IVec) -> Result<GroupView, Error> {
         if raw.len() < HEADER + 2 || super::pieces::is_split(&raw) {
-            return Err(ApiError::Internal(format!("corrupt group record {id}")));
+            return Err(Error::corrupt(format!("group record {id}")));
         }
         Ok(GroupView { id, raw })
     }
 
     /// A view of a remembered answer (an idempotent replay): only the revision and the
     /// public JSON are known; the timestamps live in the JSON.
-    pub(super) fn from_parts(
-        id: GroupId,
-        revision: u64,
-        json: &[u8],
-    ) -> Result<GroupView, ApiError> {
+    pub(super) fn from_parts(id: GroupId, revision: u64, json: &[u8]) -> Result<GroupView, Error> {
         let mut bytes = Vec::with_capacity(HEADER + json.len());
         bytes.extend_from_slice(&revision.to_be_bytes());
         bytes.extend_from_slice(&[0u8; 16]);
@@ -77,36 +72,41 @@ impl GroupView {
     }
 
     /// Whether the group's `devices` holds `device` (parses only that member).
-    fn has_device(&self, device: &str) -> Result<bool, ApiError> {
+    fn has_device(&self, device: &str) -> Result<bool, Error> {
         #[derive(Deserialize)]
         struct DevicesOnly {
             devices: Vec<String>,
         }
         serde_json::from_slice::<DevicesOnly>(self.json())
             .map(|d| d.devices.iter().any(|d| d == device))
-            .map_err(|e| ApiError::Internal(format!("corrupt group record {}: {e}", self.id)))
+            .map_err(|e| self.corrupt(e))
     }
 
     /// The group's name (parses only that member).
-    fn name(&self) -> Result<String, ApiError> {
+    fn name(&self) -> Result<String, Error> {
         #[derive(Deserialize)]
         struct NameOnly {
             name: String,
         }
         serde_json::from_slice::<NameOnly>(self.json())
             .map(|n| n.name)
-            .map_err(|e| ApiError::Internal(format!("corrupt group record {}: {e}", self.id)))
+            .map_err(|e| self.corrupt(e))
+    }
+
+    /// This group's record does not parse.
+    fn corrupt(&self, e: serde_json::Error) -> Error {
+        Error::corrupt_json(format!("group record {}", self.id), e)
     }
 
     /// The client-controlled part, parsed.
-    pub fn doc(&self) -> Result<GroupDoc, ApiError> {
+    pub fn doc(&self) -> Result<GroupDoc, Error> {
         serde_json::from_slice::<PublicGroup>(self.json())
             .map(|p| GroupDoc {
                 name: p.name,
                 description: p.description,
                 devices: p.devices,
             })
-            .map_err(|e| ApiError::Internal(format!("corrupt group record {}: {e}", self.id)))
+            .map_err(|e| self.corrupt(e))
     }
 }
 
@@ -253,6 +253,22 @@ impl Plan {
         self.pieces.extend(w.pieces);
     }
 
+    /// Adds (`present`) or removes the device index entries of group `n` for
+    /// `devices`.
+    fn index_devices(
+        &mut self,
+        account: &str,
+        n: u64,
+        devices: impl IntoIterator<Item = impl AsRef<str>>,
+        present: bool,
+    ) {
+        for d in devices {
+            let entry = present.then(Vec::new);
+            self.devices
+                .push((keys::device(account, d.as_ref(), n), entry));
+        }
+    }
+
     /// Adds the change record of this change (`history.rs`): the feed-order key and
     /// the record under its group.
     fn record_change(&mut self, actor: Actor<'_>, seq: u64, id: GroupId, rec: &Record) {
@@ -263,6 +279,15 @@ impl Plan {
         self.history
             .push((keys::record(actor.account, id.0, seq), Some(rec.encode())));
     }
+}
+
+/// Where `Store::scan_into` reads: keys of one account (`prefix`) from `from`, the
+/// first group number that may follow (`first`), and how many groups it may read.
+struct Scan<'p> {
+    prefix: &'p [u8],
+    from: Vec<u8>,
+    first: u64,
+    budget: usize,
 }
 
 /// Groups a paged `name` filter reads directly before it switches to the name index.
@@ -289,7 +314,7 @@ impl Store {
         plan: Plan,
         next_group: u64,
         next_change: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let added: u64 = plan
             .changes
             .iter()
@@ -337,7 +362,7 @@ impl Store {
     }
 
     /// One group of an account, if it exists there.
-    pub fn get_group(&self, account: &str, id: GroupId) -> Result<Option<GroupView>, ApiError> {
+    pub fn get_group(&self, account: &str, id: GroupId) -> Result<Option<GroupView>, Error> {
         match self
             .groups
             .get(keys::group(account, id.0))
@@ -352,116 +377,143 @@ impl Store {
     /// the reverse index (cost follows the matches). The `name` filter alone reads up to
     /// 1000 groups directly when a page size is given (common matches fill the page
     /// there), else the account's whole name index (names only) and then the page.
-    pub fn list_groups(&self, account: &str, q: &ListQuery) -> Result<Page, ApiError> {
+    pub fn list_groups(&self, account: &str, q: &ListQuery) -> Result<Page, Error> {
         let name_filter = q.name.as_deref().map(name_key);
-        let matches_name = |v: &GroupView| -> Result<bool, ApiError> {
+        let matches_name = |v: &GroupView| -> Result<bool, Error> {
             Ok(match &name_filter {
                 None => true,
                 Some(f) => name_key(&v.name()?).contains(f.as_str()),
             })
         };
+        let by_value = |n: u64, raw: IVec| self.view(account, GroupId(n), raw, Seen::Durable);
         let mut page = Collector::new(q);
         // Nothing can follow the largest possible ID.
         let Some(first) = q.after.unwrap_or(0).checked_add(1) else {
             return Ok(page.finish());
         };
+        let prefix = keys::account_prefix(account);
+        let groups = Scan {
+            prefix: &prefix,
+            from: keys::group(account, first),
+            first,
+            budget: usize::MAX,
+        };
         if let Some(device) = &q.device {
             let prefix = keys::device_prefix(account, device);
             let mut from = prefix.clone();
             from.extend_from_slice(&first.to_be_bytes());
-            for item in self.devices.range(from..) {
-                let (k, _) = item.map_err(|e| self.read_err(e))?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                let Some(n) = keys::trailing_u64(&k) else {
-                    continue;
-                };
-                // The index entry and the group are read one after the other, not as one
-                // snapshot: a writer may have taken the device out in between. The
-                // group itself is the truth, so check it.
-                if let Some(v) = self.get_group(account, GroupId(n))? {
-                    if v.has_device(device)? && matches_name(&v)? && !page.offer(v) {
-                        break;
-                    }
-                }
-            }
+            let scan = Scan {
+                prefix: &prefix,
+                from,
+                ..groups
+            };
+            // The index entry and the group are read one after the other, not as one
+            // snapshot: a writer may have taken the device out in between. The group
+            // itself is the truth, so check it.
+            let fetch = |n: u64, _| self.get_group(account, GroupId(n));
+            let keep = |v: &GroupView| Ok(v.has_device(device)? && matches_name(v)?);
+            self.scan_into(&self.devices, scan, &mut page, fetch, keep)?;
         } else if let Some(f) = &name_filter {
-            let prefix = keys::account_prefix(account);
             // With a page size, first read up to NAME_DIRECT_SCAN groups in ID order:
             // when matches are common the page is full long before that.
-            let mut from = Some(first);
-            if q.limit.is_some() {
-                let mut budget = NAME_DIRECT_SCAN;
-                for item in self.groups.range(keys::group(account, first)..) {
-                    let (k, raw) = item.map_err(|e| self.read_err(e))?;
-                    if !k.starts_with(&prefix) {
-                        from = None;
-                        break;
-                    }
-                    let Some(n) = keys::trailing_u64(&k) else {
-                        continue;
-                    };
-                    from = n.checked_add(1);
-                    let Some(v) = self.view(account, GroupId(n), raw, Seen::Durable)? else {
-                        continue;
-                    };
-                    if matches_name(&v)? && !page.offer(v) {
-                        from = None;
-                        break;
-                    }
-                    budget -= 1;
-                    if budget == 0 {
-                        break;
-                    }
-                }
-            }
-            // Rare matches: the name index holds every name of the account already
-            // lowercased, a few bytes each, so scanning it costs far less than reading
-            // the rest of the groups. Its matches come in name order; they are sorted
-            // into ID order and only the page is read (and re-checked: a rename may
-            // have come between the index read and the group read).
-            if let Some(first) = from {
-                let mut matches = Vec::new();
-                for item in self.names.scan_prefix(&prefix) {
-                    let (k, v) = item.map_err(|e| self.read_err(e))?;
-                    let Some(n) = keys::read_u64(&v) else {
-                        continue;
-                    };
-                    // A byte substring of UTF-8 is a character substring.
-                    if n >= first && contains(&k[prefix.len()..], f.as_bytes()) {
-                        matches.push(n);
-                    }
-                }
-                matches.sort_unstable();
-                for n in matches {
-                    if let Some(v) = self.get_group(account, GroupId(n))? {
-                        if matches_name(&v)? && !page.offer(v) {
-                            break;
-                        }
-                    }
-                }
+            let from = if q.limit.is_some() {
+                let scan = Scan {
+                    budget: NAME_DIRECT_SCAN,
+                    ..groups
+                };
+                self.scan_into(&self.groups, scan, &mut page, by_value, matches_name)?
+            } else {
+                Some(first)
+            };
+            // Rare matches: the rest from the name index (`name_index_matches`), in ID
+            // order, only the page read (and re-checked: a rename may have come
+            // between the index read and the group read).
+            if let Some(from) = from {
+                let ids = self.name_index_matches(&prefix, f, from)?;
+                self.offer_ids(account, ids, &mut page, matches_name)?;
             }
         } else {
-            let prefix = keys::account_prefix(account);
-            let from = keys::group(account, first);
-            for item in self.groups.range(from..) {
-                let (k, raw) = item.map_err(|e| self.read_err(e))?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                let Some(n) = keys::trailing_u64(&k) else {
-                    continue;
-                };
-                let Some(v) = self.view(account, GroupId(n), raw, Seen::Durable)? else {
-                    continue;
-                };
-                if !page.offer(v) {
+            self.scan_into(&self.groups, groups, &mut page, by_value, |_| Ok(true))?;
+        }
+        Ok(page.finish())
+    }
+
+    /// Offers to `page`, in key order, the groups named by the keys of `space` from
+    /// `scan.from` on while they start with `scan.prefix`: `fetch` reads the group a
+    /// key's number names (None: it is gone), `keep` filters. Stops when the page is
+    /// full, at the first key past the prefix, or once `scan.budget` groups were read.
+    /// Returns the group number a scan stopped by its budget (or by the end of the
+    /// space) would go on from; None when nothing is left.
+    fn scan_into(
+        &self,
+        space: &Space,
+        scan: Scan<'_>,
+        page: &mut Collector,
+        mut fetch: impl FnMut(u64, IVec) -> Result<Option<GroupView>, Error>,
+        keep: impl Fn(&GroupView) -> Result<bool, Error>,
+    ) -> Result<Option<u64>, Error> {
+        let mut budget = scan.budget;
+        let mut next = Some(scan.first);
+        for item in space.range(scan.from..) {
+            let (k, v) = item.map_err(|e| self.read_err(e))?;
+            if !k.starts_with(scan.prefix) {
+                return Ok(None);
+            }
+            let Some(n) = keys::trailing_u64(&k) else {
+                continue;
+            };
+            next = n.checked_add(1);
+            let Some(view) = fetch(n, v)? else {
+                continue;
+            };
+            if keep(&view)? && !page.offer(view) {
+                return Ok(None);
+            }
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
+        }
+        Ok(next)
+    }
+
+    /// Offers the account's groups `ids` (in that order) that `keep` takes to `page`,
+    /// until it is full; a group gone meanwhile is skipped.
+    fn offer_ids(
+        &self,
+        account: &str,
+        ids: Vec<u64>,
+        page: &mut Collector,
+        keep: impl Fn(&GroupView) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        for n in ids {
+            if let Some(v) = self.get_group(account, GroupId(n))? {
+                if keep(&v)? && !page.offer(v) {
                     break;
                 }
             }
         }
-        Ok(page.finish())
+        Ok(())
+    }
+
+    /// The group numbers from `first` on whose indexed name holds `f` (folded), in ID
+    /// order. The name index holds every name of the account already folded, a few
+    /// bytes each, so scanning it costs far less than reading the groups; its matches
+    /// come in name order.
+    fn name_index_matches(&self, prefix: &[u8], f: &str, first: u64) -> Result<Vec<u64>, Error> {
+        let mut matches = Vec::new();
+        for item in self.names.scan_prefix(prefix) {
+            let (k, v) = item.map_err(|e| self.read_err(e))?;
+            let Some(n) = keys::read_u64(&v) else {
+                continue;
+            };
+            // A byte substring of UTF-8 is a character substring.
+            if n >= first && contains(&k[prefix.len()..], f.as_bytes()) {
+                matches.push(n);
+            }
+        }
+        matches.sort_unstable();
+        Ok(matches)
     }
 
     /// Number of groups in every account together (metrics).
@@ -476,14 +528,14 @@ impl Store {
         Some(total)
     }
 
-    /// 409 when the (account-scoped, lowercased) name key is taken.
-    fn check_name_free(&self, name_key: &[u8]) -> Result<(), ApiError> {
+    /// `NameTaken` when the (account-scoped, folded) name key is taken.
+    fn check_name_free(&self, name_key: &[u8]) -> Result<(), Error> {
         match self
             .names
             .get_latest(name_key)
             .map_err(|e| self.read_err(e))?
         {
-            Some(_) => Err(ApiError::NameConflict),
+            Some(_) => Err(Error::NameTaken),
             None => Ok(()),
         }
     }
@@ -492,7 +544,7 @@ impl Store {
     /// Two groups of a store made before names were case-folded may share a folded
     /// name (see `reindex_names`); the entry then names the older one, and the younger
     /// one's rename or delete must not free a name that is still taken.
-    fn release_name(&self, plan: &mut Plan, name_key: Vec<u8>, n: u64) -> Result<(), ApiError> {
+    fn release_name(&self, plan: &mut Plan, name_key: Vec<u8>, n: u64) -> Result<(), Error> {
         let owner = self
             .names
             .get_latest(&name_key)
@@ -557,7 +609,7 @@ impl Store {
         Ok(collisions)
     }
 
-    fn account_count(&self, account: &str) -> Result<u64, ApiError> {
+    fn account_count(&self, account: &str) -> Result<u64, Error> {
         Ok(self
             .meta
             .get_latest(count_key(account))
@@ -574,9 +626,9 @@ impl Store {
         doc: &GroupDoc,
         max_groups: u64,
         idempotency: Option<&IdempotencyRequest>,
-    ) -> Result<Created, ApiError> {
+    ) -> Result<Created, Error> {
         let mut w = self.write_lock()?;
-        let now = now_ms();
+        let now = self.clock.wall_ms();
         if let Some(req) = idempotency {
             if let Some(first) = self.idempotency_replay(actor.account, actor.user, req, now)? {
                 return Ok(Created {
@@ -590,9 +642,7 @@ impl Store {
         self.check_name_free(&name_k)?;
         let count = self.account_count(actor.account)?;
         if count >= max_groups {
-            return Err(ApiError::Forbidden(format!(
-                "the account already has the maximum of {max_groups} groups"
-            )));
+            return Err(Error::QuotaReached { max: max_groups });
         }
         let id = GroupId(w.next_group);
         let seq = w.next_change;
@@ -602,10 +652,7 @@ impl Store {
         let writes = self.plan_store(actor.account, id.0, None, &enc)?;
         plan.store_group(actor.account, id.0, writes);
         plan.names.push((name_k, Some(id.0.to_be_bytes().to_vec())));
-        for d in &doc.devices {
-            plan.devices
-                .push((keys::device(actor.account, d, id.0), Some(Vec::new())));
-        }
+        plan.index_devices(actor.account, id.0, doc.devices.iter(), true);
         plan.meta.push((
             count_key(actor.account),
             Some((count + 1).to_be_bytes().to_vec()),
@@ -638,25 +685,26 @@ impl Store {
         })
     }
 
-    /// The group a write is about to change, with `If-Match` checked: 404 when the
-    /// account has no such group, 412 when the revision is not one of `if_match`.
+    /// The group a write is about to change, with `If-Match` checked: `GroupNotFound`
+    /// when the account has no such group, `RevisionMismatch` when the revision is not
+    /// one of `if_match`.
     /// Called under the writer mutex, so the check and the write are one step.
     fn current_for_write(
         &self,
         actor: Actor<'_>,
         id: GroupId,
         if_match: Option<&[u64]>,
-    ) -> Result<Current, ApiError> {
+    ) -> Result<Current, Error> {
         let stored = self
             .groups
             .get_latest(keys::group(actor.account, id.0))
             .map_err(|e| self.read_err(e))?
-            .ok_or(ApiError::GroupNotFound)?;
+            .ok_or(Error::GroupNotFound)?;
         let view = self
             .view(actor.account, id, stored.clone(), Seen::Latest)?
-            .ok_or(ApiError::GroupNotFound)?;
+            .ok_or(Error::GroupNotFound)?;
         if if_match.is_some_and(|revs| !revs.contains(&view.revision())) {
-            return Err(ApiError::PreconditionFailed);
+            return Err(Error::RevisionMismatch);
         }
         Ok(Current { view, stored })
     }
@@ -664,13 +712,14 @@ impl Store {
     /// Changes a group: `change` gets the current document and returns the new one and
     /// a value for the caller. `if_match` is checked against the revision under the same
     /// lock as the write. A change that leaves the document as it was writes nothing.
-    pub fn update_group<T>(
+    /// `change` fails with the caller's error type, which store errors convert into.
+    pub fn update_group<T, E: From<Error>>(
         &self,
         actor: Actor<'_>,
         id: GroupId,
         if_match: Option<&[u64]>,
-        change: impl FnOnce(&GroupDoc) -> Result<(GroupDoc, T), ApiError>,
-    ) -> Result<(GroupView, T), ApiError> {
+        change: impl FnOnce(&GroupDoc) -> Result<(GroupDoc, T), E>,
+    ) -> Result<(GroupView, T), E> {
         let mut w = self.write_lock()?;
         let Current {
             view: current,
@@ -693,15 +742,9 @@ impl Store {
             old.devices.iter().map(String::as_str).collect();
         let new_set: std::collections::HashSet<&str> =
             new.devices.iter().map(String::as_str).collect();
-        for d in old_set.difference(&new_set) {
-            plan.devices
-                .push((keys::device(actor.account, d, id.0), None));
-        }
-        for d in new_set.difference(&old_set) {
-            plan.devices
-                .push((keys::device(actor.account, d, id.0), Some(Vec::new())));
-        }
-        let now = now_ms().max(current.last_modified() + 1);
+        plan.index_devices(actor.account, id.0, old_set.difference(&new_set), false);
+        plan.index_devices(actor.account, id.0, new_set.difference(&old_set), true);
+        let now = self.clock.wall_ms().max(current.last_modified() + 1);
         let enc = Encoded::new(id, &new, current.revision() + 1, current.creation(), now);
         let raw = enc.whole();
         let writes = self.plan_store(actor.account, id.0, Some(&stored), &enc)?;
@@ -734,7 +777,7 @@ impl Store {
         actor: Actor<'_>,
         id: GroupId,
         if_match: Option<&[u64]>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let mut w = self.write_lock()?;
         let Current {
             view: current,
@@ -749,10 +792,7 @@ impl Store {
             keys::name(actor.account, &name_key(&doc.name)),
             id.0,
         )?;
-        for d in &doc.devices {
-            plan.devices
-                .push((keys::device(actor.account, d, id.0), None));
-        }
+        plan.index_devices(actor.account, id.0, doc.devices.iter(), false);
         let count = self.account_count(actor.account)?;
         plan.meta.push((
             count_key(actor.account),
@@ -766,7 +806,7 @@ impl Store {
             id,
             &Record {
                 op: ChangeOp::Deleted,
-                time: now_ms(),
+                time: self.clock.wall_ms(),
                 revision: None,
                 user: actor.user.to_string(),
                 delta: None,
@@ -783,7 +823,7 @@ impl Store {
     /// their wall-clock time) and idempotency records expired at `now`. Neither part
     /// blocks requests for long: both work in small batches, each under the writer
     /// mutex only briefly.
-    pub fn purge(&self, keep: std::time::Duration, now: i64) -> Result<Purged, ApiError> {
+    pub fn purge(&self, keep: std::time::Duration, now: i64) -> Result<Purged, Error> {
         let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
         Ok(Purged {
             changes: self.purge_changes_at(keep_ms, self.retention_elapsed_ms())?,
@@ -813,6 +853,7 @@ mod tests {
                 fail_flush_after: None,
                 restoring: false,
                 max_devices: 10_000,
+                clock: crate::time::Clock::system(),
             },
         )
         .unwrap();
@@ -892,6 +933,45 @@ mod tests {
         }
     }
 
+    /// Groups and their change records are dated by the store's clock, so a test can
+    /// move it.
+    #[test]
+    fn writes_are_dated_by_the_clock_the_store_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = 1_796_000_000_000;
+        let clock = crate::time::Clock::manual(start);
+        let s = Store::open(
+            dir.path(),
+            &StoreOptions {
+                clock: clock.clone(),
+                ..crate::store::testing::options()
+            },
+        )
+        .unwrap();
+        let actor = Actor {
+            account: "a",
+            user: "u",
+        };
+        let doc = |name: &str| GroupDoc {
+            name: name.into(),
+            description: None,
+            devices: vec![],
+        };
+        let id = s.create_group(actor, &doc("g"), 10, None).unwrap().group.id;
+        clock.advance(std::time::Duration::from_secs(60));
+        let (v, ()) = s
+            .update_group(actor, id, None, |_| Ok::<_, super::Error>((doc("h"), ())))
+            .unwrap();
+        assert_eq!((v.creation(), v.last_modified()), (start, start + 60_000));
+        let page = s.changes("a", Some(0), 10, usize::MAX).unwrap();
+        assert_eq!(page.entries.len(), 2);
+        let updated = String::from_utf8_lossy(&page.entries[1]).into_owned();
+        assert!(
+            updated.contains(&crate::time::rfc3339_ms(start + 60_000)),
+            "{updated}"
+        );
+    }
+
     /// A store whose name index was built with `to_lowercase` (before names were
     /// case-folded) gets it rebuilt at open; names that now fold the same both stay.
     #[test]
@@ -931,6 +1011,7 @@ mod tests {
             fail_flush_after: None,
             restoring: false,
             max_devices: 10_000,
+            clock: crate::time::Clock::system(),
         };
         let s = loop {
             match Store::open(dir.path(), &options) {
@@ -949,8 +1030,10 @@ mod tests {
             "the older group holds it"
         );
         assert_eq!(
-            s.create_group(actor, &doc("strasse"), 10, None)
-                .unwrap_err(),
+            ApiError::from(
+                s.create_group(actor, &doc("strasse"), 10, None)
+                    .unwrap_err()
+            ),
             ApiError::NameConflict
         );
         assert_eq!(

@@ -28,8 +28,8 @@ use std::collections::HashMap;
 use sled::IVec;
 
 use super::delta::{self, Delta, DeltaError, Reader};
+use super::Error;
 use super::{keys, Store};
-use crate::error::ApiError;
 use crate::model::{GroupDoc, GroupId};
 
 /// A checkpoint every this many revisions of a group.
@@ -185,9 +185,9 @@ pub struct EntryReader<'a> {
     cursors: HashMap<u64, Cursor>,
 }
 
-fn damaged(account: &str, n: u64, what: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(format!(
-        "corrupt change records of {account}/{}: {what}",
+fn damaged(account: &str, n: u64, what: impl std::fmt::Display) -> Error {
+    Error::corrupt(format!(
+        "change records of {account}/{}: {what}",
         GroupId(n)
     ))
 }
@@ -213,12 +213,12 @@ impl<'a> EntryReader<'a> {
     }
 
     /// The next entry.
-    pub fn next_entry(&mut self) -> Option<Result<Entry, ApiError>> {
+    pub fn next_entry(&mut self) -> Option<Result<Entry, Error>> {
         let (seq, n) = self.items.pop_front()?;
         Some(self.entry(seq, n))
     }
 
-    fn entry(&mut self, seq: u64, n: u64) -> Result<Entry, ApiError> {
+    fn entry(&mut self, seq: u64, n: u64) -> Result<Entry, Error> {
         if !self.cursors.contains_key(&n) {
             let last = self.last_of.get(&n).copied().unwrap_or(seq);
             let cursor = self.start(n, seq, last)?;
@@ -274,18 +274,20 @@ impl<'a> EntryReader<'a> {
     /// nearest full state at or after `last`. A writer may make a change visible
     /// between the records read and the group read: then the group is newer than the
     /// last record, and the walk is simply made again.
-    fn start(&self, n: u64, first: u64, last: u64) -> Result<Cursor, ApiError> {
+    fn start(&self, n: u64, first: u64, last: u64) -> Result<Cursor, Error> {
         for _ in 0..8 {
             if let Some(c) = self.try_start(n, first, last)? {
                 return Ok(c);
             }
         }
-        Err(ApiError::Unavailable(
-            "the change feed kept moving while it was read; try again".into(),
-        ))
+        Err(Error::KeptChanging {
+            what: "the change feed".into(),
+        })
     }
 
-    fn try_start(&self, n: u64, first: u64, last: u64) -> Result<Option<Cursor>, ApiError> {
+    /// The records of group `n` from `first` on, up to the first full state at or after
+    /// `last` (or its newest record).
+    fn records_from(&self, n: u64, first: u64, last: u64) -> Result<Vec<(u64, Record)>, Error> {
         let account = &self.account;
         let store = self.store;
         let prefix = keys::group(account, n);
@@ -303,6 +305,47 @@ impl<'a> EntryReader<'a> {
                 break;
             }
         }
+        Ok(records)
+    }
+
+    /// Walks `state` (and `creation`), the state after `records[top]`, back to the
+    /// state after `records[0]`: a full state where a record has one, else the record
+    /// after it reverted.
+    fn walk_back(
+        &self,
+        n: u64,
+        records: &[(u64, Record)],
+        top: usize,
+        state: &mut Option<GroupDoc>,
+        creation: &mut i64,
+    ) -> Result<(), Error> {
+        let account = &self.account;
+        for i in (1..=top).rev() {
+            let (before, after) = (&records[i - 1].1, &records[i].1);
+            match (&before.op, &before.full) {
+                (ChangeOp::Created | ChangeOp::Updated, Some((doc, c))) => {
+                    *state = Some(doc.clone());
+                    *creation = *c;
+                }
+                _ => {
+                    let d = after
+                        .delta
+                        .as_ref()
+                        .ok_or_else(|| damaged(account, n, "an update without its delta"))?;
+                    let s = state
+                        .as_mut()
+                        .ok_or_else(|| damaged(account, n, "an update of nothing"))?;
+                    delta::revert(s, d).map_err(|e| damaged(account, n, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn try_start(&self, n: u64, first: u64, last: u64) -> Result<Option<Cursor>, Error> {
+        let account = &self.account;
+        let store = self.store;
+        let records = self.records_from(n, first, last)?;
         if records.first().map(|(seq, _)| *seq) != Some(first) {
             return Err(damaged(account, n, format!("change {first} is missing")));
         }
@@ -334,27 +377,7 @@ impl<'a> EntryReader<'a> {
                 (Some(view.doc()?), view.creation(), top)
             }
         };
-        // Back to the state after records[0]: a full state where a record has one,
-        // else the record after it reverted.
-        for i in (1..=top).rev() {
-            let (before, after) = (&records[i - 1].1, &records[i].1);
-            match (&before.op, &before.full) {
-                (ChangeOp::Created | ChangeOp::Updated, Some((doc, c))) => {
-                    state = Some(doc.clone());
-                    creation = *c;
-                }
-                _ => {
-                    let d = after
-                        .delta
-                        .as_ref()
-                        .ok_or_else(|| damaged(account, n, "an update without its delta"))?;
-                    let s = state
-                        .as_mut()
-                        .ok_or_else(|| damaged(account, n, "an update of nothing"))?;
-                    delta::revert(s, d).map_err(|e| damaged(account, n, e))?;
-                }
-            }
-        }
+        self.walk_back(n, &records, top, &mut state, &mut creation)?;
         let mut records: std::collections::VecDeque<(u64, Record)> = records.into();
         let Some((at, current)) = records.pop_front() else {
             return Err(damaged(account, n, "no records"));
@@ -480,7 +503,7 @@ mod tests {
                         }
                         _ => new.name = format!("n{i}"),
                     }
-                    Ok((new, ()))
+                    Ok::<_, Error>((new, ()))
                 })
                 .unwrap();
             seq += 1;
@@ -546,7 +569,7 @@ mod tests {
                 } else {
                     new.devices.pop();
                 }
-                Ok((new, ()))
+                Ok::<_, Error>((new, ()))
             })
             .unwrap();
         }

@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::groups::{Actor, GroupView, Plan};
+use super::Error;
 use super::{keys, Kind, Op, Store};
-use crate::error::ApiError;
 use crate::model::GroupId;
 
 /// An `Idempotency-Key` and the fingerprint of the request that carries it.
@@ -58,7 +58,7 @@ pub(super) fn scope_of(record_key: &[u8]) -> Option<&[u8]> {
 }
 
 impl Store {
-    fn idem_count(&self, scope: &[u8]) -> Result<u64, ApiError> {
+    fn idem_count(&self, scope: &[u8]) -> Result<u64, Error> {
         Ok(self
             .meta
             .get_latest(count_key(scope))
@@ -76,7 +76,7 @@ impl Store {
         user: &str,
         req: &IdempotencyRequest,
         now: i64,
-    ) -> Result<Option<GroupView>, ApiError> {
+    ) -> Result<Option<GroupView>, Error> {
         let k = keys::idempotency(account, user, &req.key);
         let Some(raw) = self
             .idempotency
@@ -93,7 +93,7 @@ impl Store {
             return Ok(None);
         }
         if rec.fingerprint != req.fingerprint {
-            return Err(ApiError::IdempotencyKeyReused);
+            return Err(Error::IdempotencyKeyReused);
         }
         Ok(Some(GroupView::from_parts(
             GroupId(rec.id),
@@ -112,7 +112,7 @@ impl Store {
         req: &IdempotencyRequest,
         created: (GroupId, u64, &[u8]),
         now: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let Actor { account, user } = actor;
         let (id, revision, json) = created;
         let scope = keys::idempotency_scope(account, user);
@@ -156,8 +156,10 @@ impl Store {
             json: String::from_utf8_lossy(json).into_owned(),
             expires: now.saturating_add(req.ttl_ms),
         };
-        let bytes = serde_json::to_vec(&rec)
-            .map_err(|e| ApiError::Internal(format!("encode idempotency record: {e}")))?;
+        let bytes = serde_json::to_vec(&rec).map_err(|source| Error::Encode {
+            what: "an idempotency record",
+            source,
+        })?;
         plan.idempotency.push((record_key, Some(bytes)));
         plan.idempotency_order.push((
             keys::idempotency_order(account, user, id.0),
@@ -170,7 +172,7 @@ impl Store {
 
     /// Removes idempotency records that expired at `now`, in small transactions that
     /// each hold the writer mutex only briefly. Returns how many were removed.
-    pub(super) fn purge_idempotency(&self, now: i64) -> Result<usize, ApiError> {
+    pub(super) fn purge_idempotency(&self, now: i64) -> Result<usize, Error> {
         let mut removed = 0;
         let mut cursor: Vec<u8> = Vec::new();
         loop {
@@ -201,7 +203,7 @@ impl Store {
     /// Removes the given records if they are still expired, in one transaction under
     /// the writer mutex (counts stay exact; a backup sees the batch whole or not at
     /// all). Not kept for undo: a purge need not survive a failed flush.
-    fn remove_expired(&self, candidates: &[Vec<u8>], now: i64) -> Result<usize, ApiError> {
+    fn remove_expired(&self, candidates: &[Vec<u8>], now: i64) -> Result<usize, Error> {
         if candidates.is_empty() {
             return Ok(0);
         }
@@ -241,7 +243,7 @@ impl Store {
     }
 
     /// How many idempotency records a user has (tests and diagnostics).
-    pub fn idempotency_records(&self, account: &str, user: &str) -> Result<u64, ApiError> {
+    pub fn idempotency_records(&self, account: &str, user: &str) -> Result<u64, Error> {
         let scope = keys::idempotency_scope(account, user);
         let mut n = 0;
         for item in self.idempotency.scan_prefix(&scope) {
@@ -312,9 +314,10 @@ mod store_tests {
         assert_eq!(again.group.id, first.group.id);
         assert_eq!(again.group.json(), first.group.json());
         assert_eq!(again.group.revision(), 1);
-        let e = s
-            .create_group(ACTOR, &doc("b"), 100, Some(&req("k", "f2", 60_000, 10)))
-            .unwrap_err();
+        let e = ApiError::from(
+            s.create_group(ACTOR, &doc("b"), 100, Some(&req("k", "f2", 60_000, 10)))
+                .unwrap_err(),
+        );
         assert_eq!(e, ApiError::IdempotencyKeyReused);
         // Another user of the same account has its own keys.
         let other = Actor {
@@ -344,9 +347,10 @@ mod store_tests {
         assert_eq!(s.idempotency_records("acct", "u").unwrap(), 3);
         // k0 and k1 were evicted: the same request creates again (and so conflicts on
         // the name), while k4 still replays.
-        let e = s
-            .create_group(ACTOR, &doc("g0"), 100, Some(&req("k0", "f0", 60_000, 3)))
-            .unwrap_err();
+        let e = ApiError::from(
+            s.create_group(ACTOR, &doc("g0"), 100, Some(&req("k0", "f0", 60_000, 3)))
+                .unwrap_err(),
+        );
         assert_eq!(e, ApiError::NameConflict);
         assert!(
             s.create_group(ACTOR, &doc("g4"), 100, Some(&req("k4", "f4", 60_000, 3)))

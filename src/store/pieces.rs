@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use sled::IVec;
 
 use super::groups::{GroupView, HEADER};
+use super::Error;
 use super::{keys, Store};
-use crate::error::ApiError;
 use crate::model::{GroupDoc, GroupId};
 use crate::time::rfc3339_ms;
 
@@ -217,9 +217,10 @@ pub(super) fn relayout(old: &[(u32, IVec)], enc: &Encoded) -> (Vec<PieceOp>, u32
     (ops, u32::try_from(layout.len()).unwrap_or(u32::MAX))
 }
 
-/// The new layout (piece number → device range, in order), or None when numbers run
-/// out and the list must be laid out afresh.
-fn keep_and_fill(old: &[(u32, IVec)], enc: &Encoded) -> Option<Vec<(u32, (usize, usize))>> {
+/// The old pieces the new list keeps, in order: (old index, first device, end device).
+/// An old piece is kept when its bytes are found whole in the new list, in order, ending
+/// at a device boundary, unless the gap after it fits into it.
+fn kept_runs(old: &[(u32, IVec)], enc: &Encoded) -> Vec<(usize, usize, usize)> {
     let n = enc.spans.len();
     let at: HashMap<&[u8], usize> = enc
         .spans
@@ -261,7 +262,14 @@ fn keep_and_fill(old: &[(u32, IVec)], enc: &Encoded) -> Option<Vec<(u32, (usize,
         }
         merged.push((i, from, to));
     }
-    let kept = merged;
+    merged
+}
+
+/// The new layout (piece number → device range, in order), or None when numbers run
+/// out and the list must be laid out afresh.
+fn keep_and_fill(old: &[(u32, IVec)], enc: &Encoded) -> Option<Vec<(u32, (usize, usize))>> {
+    let n = enc.spans.len();
+    let kept = kept_runs(old, enc);
     let mut layout = Vec::new();
     let mut pos = 0;
     let mut lo: u64 = 0;
@@ -359,7 +367,7 @@ impl Store {
         id: GroupId,
         raw: IVec,
         seen: Seen,
-    ) -> Result<Option<GroupView>, ApiError> {
+    ) -> Result<Option<GroupView>, Error> {
         if !is_split(&raw) {
             return GroupView::new(id, raw).map(Some);
         }
@@ -371,7 +379,7 @@ impl Store {
             let joined = join(&raw, &values);
             if seen == Seen::Latest {
                 let whole = joined.ok_or_else(|| {
-                    ApiError::Internal(format!("the device list of {id} is missing pieces"))
+                    Error::corrupt(format!("device list of {id}: pieces are missing"))
                 })?;
                 return GroupView::new(id, whole.into()).map(Some);
             }
@@ -379,7 +387,7 @@ impl Store {
                 None => return Ok(None),
                 Some(again) if again == raw => {
                     let whole = joined.ok_or_else(|| {
-                        ApiError::Internal(format!("the device list of {id} is missing pieces"))
+                        Error::corrupt(format!("device list of {id}: pieces are missing"))
                     })?;
                     return GroupView::new(id, whole.into()).map(Some);
                 }
@@ -387,9 +395,9 @@ impl Store {
                 Some(again) => raw = again,
             }
         }
-        Err(ApiError::Unavailable(format!(
-            "group {id} kept changing while it was read; try again"
-        )))
+        Err(Error::KeptChanging {
+            what: format!("group {id}"),
+        })
     }
 
     /// The stored pieces of group `n`, in order.
@@ -398,7 +406,7 @@ impl Store {
         account: &str,
         n: u64,
         seen: Seen,
-    ) -> Result<Vec<(u32, IVec)>, ApiError> {
+    ) -> Result<Vec<(u32, IVec)>, Error> {
         let prefix = keys::group(account, n);
         let iter = match seen {
             Seen::Durable => self.pieces.scan_prefix(&prefix),
@@ -411,7 +419,7 @@ impl Store {
                 .get(prefix.len()..)
                 .and_then(|b| <[u8; 4]>::try_from(b).ok())
                 .map(u32::from_be_bytes)
-                .ok_or_else(|| ApiError::Internal(format!("a bad piece key of grp-{n}")))?;
+                .ok_or_else(|| Error::corrupt(format!("piece key of grp-{n}")))?;
             out.push((num, v));
         }
         Ok(out)
@@ -426,7 +434,7 @@ impl Store {
         n: u64,
         old: Option<&[u8]>,
         enc: &Encoded,
-    ) -> Result<GroupWrites, ApiError> {
+    ) -> Result<GroupWrites, Error> {
         let old_pieces = match old {
             Some(raw) if is_split(raw) => self.pieces_of(account, n, Seen::Latest)?,
             _ => Vec::new(),
@@ -453,7 +461,7 @@ impl Store {
         account: &str,
         n: u64,
         old: &[u8],
-    ) -> Result<GroupWrites, ApiError> {
+    ) -> Result<GroupWrites, Error> {
         let pieces = if is_split(old) {
             self.pieces_of(account, n, Seen::Latest)?
                 .into_iter()
@@ -707,7 +715,7 @@ mod tests {
                 want.devices.push(format!("toggle-{round}"));
                 let before = s.pieces_of("acct", id.0, Seen::Latest).unwrap();
                 let (v, ()) = s
-                    .update_group(a, id, None, |_| Ok((want.clone(), ())))
+                    .update_group(a, id, None, |_| Ok::<_, Error>((want.clone(), ())))
                     .unwrap();
                 assert_eq!(v.doc().unwrap(), want);
                 let after = s.pieces_of("acct", id.0, Seen::Latest).unwrap();
@@ -715,7 +723,7 @@ mod tests {
                 assert!(changed <= 1, "round {round}: {changed} pieces written");
                 if round % 3 == 0 {
                     want.devices.remove(round * 101);
-                    s.update_group(a, id, None, |_| Ok((want.clone(), ())))
+                    s.update_group(a, id, None, |_| Ok::<_, Error>((want.clone(), ())))
                         .unwrap();
                 }
             }
@@ -735,7 +743,7 @@ mod tests {
         s.fast_check().unwrap();
         // Shrinking below the bound stores the group whole again.
         want.devices.truncate(5);
-        s.update_group(a, id, None, |_| Ok((want.clone(), ())))
+        s.update_group(a, id, None, |_| Ok::<_, Error>((want.clone(), ())))
             .unwrap();
         assert!(s.pieces_of("acct", id.0, Seen::Latest).unwrap().is_empty());
         assert_eq!(
@@ -743,7 +751,7 @@ mod tests {
             want
         );
         want.devices = devices(5_000);
-        s.update_group(a, id, None, |_| Ok((want.clone(), ())))
+        s.update_group(a, id, None, |_| Ok::<_, Error>((want.clone(), ())))
             .unwrap();
         assert!(!s.pieces_of("acct", id.0, Seen::Latest).unwrap().is_empty());
         s.delete_group(a, id, None).unwrap();

@@ -64,11 +64,11 @@ pub struct Pending {
     changes: Mutex<VecDeque<(u64, u64)>>,
     /// Every change-feed entry up to this `seq` is durable and visible.
     visible_seq: AtomicU64,
-    /// Set when a flush or write failed: no change of group or user data is applied
-    /// again until restart (writes outside the overlay — tokens, usage counters —
-    /// go on; they promise nothing, and only a flush takes sled's log to the disk,
-    /// which the flusher no longer does).
-    frozen: std::sync::atomic::AtomicBool,
+    /// Set when a flush or write failed, here only (`fail`): no change of group or
+    /// user data is applied again until restart (writes outside the overlay — tokens,
+    /// usage counters — go on; they promise nothing, and only a flush takes sled's log
+    /// to the disk, which the flusher no longer does). `Store::healthy` reads it.
+    failed: std::sync::atomic::AtomicBool,
     /// Set by a clean close before it seals the files (`seal.rs`): from then on
     /// nothing at all may be written, or the next open would take the change for damage.
     closed: std::sync::atomic::AtomicBool,
@@ -90,14 +90,19 @@ impl Pending {
         }
     }
 
-    /// Stops every later change (see `frozen`).
-    pub fn freeze(&self) {
-        self.frozen.store(true, Ordering::SeqCst);
+    /// Marks the store failed: stops every later change (see `failed`). The one place
+    /// the flag is set, whether a write or the flusher failed.
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a write or a flush has failed since the store opened.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
     }
 
     /// Stops every later write of any kind (a clean close, before the seal).
     pub fn close(&self) {
-        self.frozen.store(true, Ordering::SeqCst);
         self.closed.store(true, Ordering::SeqCst);
     }
 
@@ -112,9 +117,9 @@ impl Pending {
         }
     }
 
-    /// Err once frozen.
+    /// Err once failed or closed.
     pub fn check_open(&self) -> sled::Result<()> {
-        if self.frozen.load(Ordering::SeqCst) {
+        if self.failed() || self.closed.load(Ordering::SeqCst) {
             Err(sled::Error::Io(std::io::Error::other(
                 "the store has failed and takes no more writes until restart",
             )))

@@ -5,8 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Kind, Op, Store};
-use crate::error::ApiError;
+use super::{Error, Kind, Op, Store};
 
 /// What a user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,24 +72,39 @@ pub struct UsageRecord {
     pub last_used: i64,
 }
 
-fn storage(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Unavailable(format!("storage: {e}"))
+/// A token or usage write that sled refused. Unlike a group or user write it does
+/// not fail the store: these writes stay outside the overlay and promise nothing
+/// (`space.rs`), and only the flusher takes them to the disk.
+fn unfailing_write(source: sled::Error) -> Error {
+    Error::Storage {
+        during: "write",
+        source,
+    }
+}
+
+/// The flush after a user write failed (the flusher has failed the store).
+fn flush(detail: String) -> Error {
+    Error::Flush { detail }
+}
+
+fn encode(what: &'static str) -> impl FnOnce(serde_json::Error) -> Error {
+    move |source| Error::Encode { what, source }
 }
 
 impl Store {
     /// All users, sorted by name.
-    pub fn users(&self) -> Result<Vec<UserRecord>, ApiError> {
+    pub fn users(&self) -> Result<Vec<UserRecord>, Error> {
         let mut out = Vec::new();
         for item in self.users.iter() {
-            let (_, v) = item.map_err(storage)?;
+            let (_, v) = item.map_err(Error::read)?;
             out.push(decode(&v)?);
         }
         Ok(out)
     }
 
     /// One user.
-    pub fn user(&self, name: &str) -> Result<Option<UserRecord>, ApiError> {
-        match self.users.get(name.as_bytes()).map_err(storage)? {
+    pub fn user(&self, name: &str) -> Result<Option<UserRecord>, Error> {
+        match self.users.get(name.as_bytes()).map_err(Error::read)? {
             Some(v) => Ok(Some(decode(&v)?)),
             None => Ok(None),
         }
@@ -98,8 +112,8 @@ impl Store {
 
     /// Creates or replaces a user and makes it durable. When `revoke` is set, every token
     /// of the user is deleted in the same transaction.
-    pub fn put_user(&self, user: &UserRecord, revoke: bool) -> Result<(), ApiError> {
-        let value = serde_json::to_vec(user).map_err(|e| ApiError::Internal(e.to_string()))?;
+    pub fn put_user(&self, user: &UserRecord, revoke: bool) -> Result<(), Error> {
+        let value = serde_json::to_vec(user).map_err(encode("a user record"))?;
         let mut w = self.write_lock()?;
         let mut ops: Vec<Op> = vec![(Kind::Users, user.name.as_bytes().to_vec(), Some(value))];
         if revoke {
@@ -110,16 +124,16 @@ impl Store {
         let seq = w.next_change.saturating_sub(1);
         self.apply_ops(&mut w, &ops, seq)?;
         drop(w);
-        self.flush_blocking().map_err(storage)
+        self.flush_blocking().map_err(flush)
     }
 
     /// Removes a user, its tokens and its counters (its account's groups stay).
-    pub fn remove_user(&self, name: &str) -> Result<bool, ApiError> {
+    pub fn remove_user(&self, name: &str) -> Result<bool, Error> {
         let mut w = self.write_lock()?;
         let existed = self
             .users
             .get_latest(name.as_bytes())
-            .map_err(storage)?
+            .map_err(Error::read)?
             .is_some();
         let mut ops: Vec<Op> = vec![
             (Kind::Users, name.as_bytes().to_vec(), None),
@@ -131,11 +145,11 @@ impl Store {
         let seq = w.next_change.saturating_sub(1);
         self.apply_ops(&mut w, &ops, seq)?;
         drop(w);
-        self.flush_blocking().map_err(storage)?;
+        self.flush_blocking().map_err(flush)?;
         Ok(existed)
     }
 
-    fn token_keys_of(&self, user: &str) -> Result<Vec<Vec<u8>>, ApiError> {
+    fn token_keys_of(&self, user: &str) -> Result<Vec<Vec<u8>>, Error> {
         let mut out = Vec::new();
         for (k, rec) in self.tokens()? {
             if rec.user == user {
@@ -146,10 +160,10 @@ impl Store {
     }
 
     /// Every stored token (hash, record), for loading the in-memory table.
-    pub fn tokens(&self) -> Result<Vec<(Vec<u8>, TokenRecord)>, ApiError> {
+    pub fn tokens(&self) -> Result<Vec<(Vec<u8>, TokenRecord)>, Error> {
         let mut out = Vec::new();
         for item in self.tokens.iter() {
-            let (k, v) = item.map_err(storage)?;
+            let (k, v) = item.map_err(Error::read)?;
             if let Ok(rec) = serde_json::from_slice::<TokenRecord>(&v) {
                 out.push((k.to_vec(), rec));
             }
@@ -164,30 +178,30 @@ impl Store {
         hash: &[u8],
         rec: &TokenRecord,
         evicted: &[Vec<u8>],
-    ) -> Result<(), ApiError> {
-        let value = serde_json::to_vec(rec).map_err(|e| ApiError::Internal(e.to_string()))?;
+    ) -> Result<(), Error> {
+        let value = serde_json::to_vec(rec).map_err(encode("a token record"))?;
         let mut batch = self.tokens.batch();
         batch.insert(hash, value);
         for k in evicted {
             batch.remove(k);
         }
-        self.tokens.apply_batch(batch).map_err(storage)
+        self.tokens.apply_batch(batch).map_err(unfailing_write)
     }
 
     /// Deletes token hashes (expired ones, by the purge task).
-    pub fn remove_tokens(&self, hashes: &[Vec<u8>]) -> Result<(), ApiError> {
+    pub fn remove_tokens(&self, hashes: &[Vec<u8>]) -> Result<(), Error> {
         let mut batch = self.tokens.batch();
         for h in hashes {
             batch.remove(h.as_slice());
         }
-        self.tokens.apply_batch(batch).map_err(storage)
+        self.tokens.apply_batch(batch).map_err(unfailing_write)
     }
 
     /// Every user's persisted counters.
-    pub fn usage_records(&self) -> Result<Vec<(String, UsageRecord)>, ApiError> {
+    pub fn usage_records(&self) -> Result<Vec<(String, UsageRecord)>, Error> {
         let mut out = Vec::new();
         for item in self.usage.iter() {
-            let (k, v) = item.map_err(storage)?;
+            let (k, v) = item.map_err(Error::read)?;
             if let Ok(rec) = serde_json::from_slice::<UsageRecord>(&v) {
                 out.push((String::from_utf8_lossy(&k).into_owned(), rec));
             }
@@ -197,18 +211,22 @@ impl Store {
 
     /// Writes a batch of counters (every second, and at shutdown). Counters of users
     /// removed meanwhile are skipped so a removal is not undone.
-    pub fn put_usage(&self, records: &[(String, UsageRecord)]) -> Result<(), ApiError> {
+    pub fn put_usage(&self, records: &[(String, UsageRecord)]) -> Result<(), Error> {
         let mut batch = self.usage.batch();
         for (name, rec) in records {
-            if self.users.contains_key(name.as_bytes()).map_err(storage)? {
-                let v = serde_json::to_vec(rec).map_err(|e| ApiError::Internal(e.to_string()))?;
+            if self
+                .users
+                .contains_key(name.as_bytes())
+                .map_err(Error::read)?
+            {
+                let v = serde_json::to_vec(rec).map_err(encode("usage counters"))?;
                 batch.insert(name.as_bytes(), v);
             }
         }
-        self.usage.apply_batch(batch).map_err(storage)
+        self.usage.apply_batch(batch).map_err(unfailing_write)
     }
 }
 
-fn decode(v: &[u8]) -> Result<UserRecord, ApiError> {
-    serde_json::from_slice(v).map_err(|e| ApiError::Internal(format!("corrupt user record: {e}")))
+fn decode(v: &[u8]) -> Result<UserRecord, Error> {
+    serde_json::from_slice(v).map_err(|e| Error::corrupt_json("user record", e))
 }
