@@ -3,10 +3,10 @@
 //!
 //! A group whose device list is small (at most `INLINE_MAX` bytes of JSON, about a
 //! hundred devices) is one value: `header | public JSON` (`groups.rs`), and a read
-//! copies it. A larger one is split: the group's value keeps the header and the JSON
-//! with its device list cut out — at the cut, the byte `MARK` (never in JSON text:
-//! control characters in strings are escaped) and the number of pieces (4 bytes,
-//! big-endian) — and the list itself lives in the `k` space as pieces of at most
+//! copies it. A larger one is split: the group's value is the header, the byte `MARK`
+//! (where a whole value has its JSON's `{`, so telling the two apart reads one byte),
+//! where the list was cut out of the JSON and the number of pieces (4 bytes each,
+//! big-endian), then the JSON without its list; the list itself lives in the `k` space as pieces of at most
 //! `PIECE_MAX` bytes: `account 0x00 n piece-number` → `"d1","d2",…` (the exact bytes
 //! between the brackets, comma-joined across pieces).
 //!
@@ -33,8 +33,10 @@ pub(super) const INLINE_MAX: usize = 2048;
 pub(super) const PIECE_MAX: usize = 512;
 /// The distance between piece numbers of a list laid out afresh.
 const STRIDE: u32 = 1 << 16;
-/// Where the device list was cut out of a split group's JSON.
+/// The first byte after the header of a split group's value (a whole one has `{`).
 const MARK: u8 = 0x01;
+/// `MARK`, the cut and the piece count.
+const SPLIT_PREFIX: usize = 9;
 
 /// A group's stored form, split around its device list: what a write stores.
 pub(super) struct Encoded {
@@ -117,10 +119,19 @@ impl Encoded {
 
     /// The group's value when it is split into `pieces` pieces.
     fn cut(&self, pieces: u32) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.head.len() + 5 + self.tail.len());
-        out.extend_from_slice(&self.head);
+        let json_head = &self.head[HEADER..];
+        let mut out = Vec::with_capacity(self.head.len() + SPLIT_PREFIX + self.tail.len());
+        out.extend_from_slice(&self.head[..HEADER]);
         out.push(MARK);
+        // A group's JSON without its list is far below 4 GiB (names and descriptions
+        // are bounded by validation).
+        out.extend_from_slice(
+            &u32::try_from(json_head.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
         out.extend_from_slice(&pieces.to_be_bytes());
+        out.extend_from_slice(json_head);
         out.extend_from_slice(&self.tail);
         out
     }
@@ -148,11 +159,17 @@ impl Encoded {
     }
 }
 
-/// Where a split value is cut, and how many pieces it names. None for a whole value.
+/// Where in a split value the list goes (an index into the value), and how many pieces
+/// it names. None for a whole value (or a split one too short to hold its prefix).
 fn cut_of(raw: &[u8]) -> Option<(usize, u32)> {
-    let at = HEADER + raw.get(HEADER..)?.iter().position(|b| *b == MARK)?;
-    let count: [u8; 4] = raw.get(at + 1..at + 5)?.try_into().ok()?;
-    Some((at, u32::from_be_bytes(count)))
+    if raw.get(HEADER) != Some(&MARK) {
+        return None;
+    }
+    let num = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?))
+    };
+    let at = HEADER + SPLIT_PREFIX + usize::try_from(num(HEADER + 1)?).ok()?;
+    (at <= raw.len()).then_some((at, num(HEADER + 5)?))
 }
 
 /// Whether a stored group value is split (its pieces must be read with it).
@@ -337,14 +354,15 @@ fn join(raw: &[u8], pieces: &[IVec]) -> Option<Vec<u8>> {
     }
     let len: usize = pieces.iter().map(|p| p.len() + 1).sum();
     let mut out = Vec::with_capacity(raw.len() + len);
-    out.extend_from_slice(&raw[..at]);
+    out.extend_from_slice(&raw[..HEADER]);
+    out.extend_from_slice(&raw[HEADER + SPLIT_PREFIX..at]);
     for (i, p) in pieces.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(p);
     }
-    out.extend_from_slice(&raw[at + 5..]);
+    out.extend_from_slice(&raw[at..]);
     Some(out)
 }
 
