@@ -177,6 +177,13 @@ impl ApiError {
     }
 }
 
+/// A document that breaks the §4 rules (`model.rs`) is the client's to fix.
+impl From<crate::model::Invalid> for ApiError {
+    fn from(e: crate::model::Invalid) -> ApiError {
+        ApiError::InvalidInput(e.0)
+    }
+}
+
 impl From<crate::store::Error> for ApiError {
     /// The status and `errorCode` of each store outcome (api.md §6). Storage failures
     /// are 503, damaged data 500; both keep the cause chain for the log.

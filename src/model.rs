@@ -6,7 +6,18 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+/// A document that breaks the §4 rules: the sentence that says which rule. The model
+/// knows nothing of HTTP; `error.rs` turns it into 400 `invalid_input`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Invalid {}
 
 /// Longest group name, in characters, after trimming.
 pub const MAX_NAME_CHARS: usize = 128;
@@ -80,7 +91,7 @@ pub struct Rules {
 
 /// Validates a POST/PUT body (or a patched document): an object with `name`,
 /// optional `description` and `devices`; unknown fields are ignored.
-pub fn validate_doc(body: &Value, rules: Rules) -> Result<GroupDoc, ApiError> {
+pub fn validate_doc(body: &Value, rules: Rules) -> Result<GroupDoc, Invalid> {
     let obj = body
         .as_object()
         .ok_or_else(|| invalid("the body must be a JSON object"))?;
@@ -91,11 +102,11 @@ pub fn validate_doc(body: &Value, rules: Rules) -> Result<GroupDoc, ApiError> {
     })
 }
 
-fn invalid(what: impl Into<String>) -> ApiError {
-    ApiError::InvalidInput(what.into())
+fn invalid(what: impl Into<String>) -> Invalid {
+    Invalid(what.into())
 }
 
-fn validate_name(obj: &Map<String, Value>) -> Result<String, ApiError> {
+fn validate_name(obj: &Map<String, Value>) -> Result<String, Invalid> {
     let raw = match obj.get("name") {
         None | Some(Value::Null) => return Err(invalid("name is required")),
         Some(Value::String(s)) => s,
@@ -118,7 +129,7 @@ fn validate_name(obj: &Map<String, Value>) -> Result<String, ApiError> {
     Ok(name)
 }
 
-fn validate_description(obj: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+fn validate_description(obj: &Map<String, Value>) -> Result<Option<String>, Invalid> {
     match obj.get("description") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
@@ -142,7 +153,7 @@ fn validate_description(obj: &Map<String, Value>) -> Result<Option<String>, ApiE
     }
 }
 
-fn validate_devices(value: Option<&Value>, rules: Rules) -> Result<Vec<String>, ApiError> {
+fn validate_devices(value: Option<&Value>, rules: Rules) -> Result<Vec<String>, Invalid> {
     match value {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => distinct_devices(items, Some(rules.max_devices)),
@@ -153,7 +164,7 @@ fn validate_devices(value: Option<&Value>, rules: Rules) -> Result<Vec<String>, 
 /// The device IDs of a `devices` array, each checked (§4), duplicates dropped, in the
 /// order first given; more than `max` distinct ones (when given) is refused. The one
 /// reading of a device list, for group bodies and for the membership call.
-pub fn distinct_devices(items: &[Value], max: Option<usize>) -> Result<Vec<String>, ApiError> {
+pub fn distinct_devices(items: &[Value], max: Option<usize>) -> Result<Vec<String>, Invalid> {
     let cap = max.map_or(items.len(), |m| items.len().min(m));
     let mut out: Vec<String> = Vec::with_capacity(cap);
     let mut seen = std::collections::HashSet::with_capacity(cap);
@@ -208,7 +219,7 @@ mod tests {
 
     fn err(body: Value) -> String {
         match validate_doc(&body, RULES) {
-            Err(ApiError::InvalidInput(m)) => m,
+            Err(Invalid(m)) => m,
             other => panic!("expected invalid input, got {other:?}"),
         }
     }

@@ -76,7 +76,7 @@ pub fn apply_json_patch(
             truncate(e.path.as_str())
         )),
     })?;
-    validate_doc(&doc, rules)
+    Ok(validate_doc(&doc, rules)?)
 }
 
 /// Applies a JSON Merge Patch (an object) to `current` and validates the result.
@@ -92,7 +92,7 @@ pub fn apply_merge_patch(
     }
     let mut doc = current.to_value();
     json_patch::merge(&mut doc, patch);
-    validate_doc(&doc, rules)
+    Ok(validate_doc(&doc, rules)?)
 }
 
 /// A path must start inside one of the three members; the root and other members are

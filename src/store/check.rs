@@ -211,7 +211,7 @@ impl Store {
         match crate::model::validate_doc(&body, rules) {
             Ok(valid) if valid.devices == doc.devices => {}
             Ok(_) => r.problem(format!("{account}/{id}: devices are not distinct")),
-            Err(e) => r.problem(format!("{account}/{id}: {}", e.message())),
+            Err(e) => r.problem(format!("{account}/{id}: {e}")),
         }
         let chars = doc.name.chars().count();
         if doc.name.trim() != doc.name

@@ -520,7 +520,7 @@ fn checked_doc(
             max_devices: usize::MAX,
         },
     )
-    .map_err(|e| e.message().into_owned())?;
+    .map_err(|e| e.0)?;
     let len = name.chars().count();
     if name.trim() != name || len == 0 || len > MAX_NAME_CHARS || name.chars().any(char::is_control)
     {
