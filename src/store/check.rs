@@ -9,8 +9,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::groups::{count_key, GroupView};
+use super::groups::count_key;
 use super::pieces::{self, Seen};
+use super::value::{self, GroupView};
 use super::{keys, Store};
 use crate::model::{name_key, GroupDoc, GroupId};
 
@@ -80,8 +81,8 @@ impl Store {
                         "group grp-{n} is not below the next group number {next_group}"
                     ));
                 }
-                if pieces::is_split(&raw) {
-                    named_pieces.insert((k[..sep].to_vec(), n), pieces::piece_count(&raw));
+                if value::is_split(&raw) {
+                    named_pieces.insert((k[..sep].to_vec(), n), value::piece_count(&raw));
                 } else {
                     GroupView::new(GroupId(n), raw)
                         .map_err(|_| format!("the record of grp-{n} is damaged"))?;
@@ -159,8 +160,8 @@ impl Store {
                     "{account}/{id}: not below the next group number {next_group}"
                 ));
             }
-            if pieces::is_split(&raw) {
-                named_pieces.insert((account.as_bytes().to_vec(), n), pieces::piece_count(&raw));
+            if value::is_split(&raw) {
+                named_pieces.insert((account.as_bytes().to_vec(), n), value::piece_count(&raw));
             }
             let view = match self.view(&account, id, raw, Seen::Durable) {
                 Ok(Some(v)) => v,

@@ -16,11 +16,12 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::groups::{count_key, PublicGroup};
+use super::groups::count_key;
 use super::history::{self, ChangeOp, EntryReader};
 use super::idempotency::{self, IdempotencyRecord};
-use super::pieces::{self, Encoded, Seen};
+use super::pieces::{self, Seen};
 use super::users::{Role, UsageRecord, UserRecord};
+use super::value::{Encoded, PublicGroup};
 use super::{keys, space, Kind, Store, META_NEXT_CHANGE, META_NEXT_GROUP, META_PURGED_THROUGH};
 use crate::model::{
     name_key, valid_idempotency_key, validate_doc, GroupDoc, GroupId, Rules, MAX_NAME_CHARS,

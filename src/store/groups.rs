@@ -7,146 +7,24 @@
 //! big-endian 8-byte numbers, then the exact JSON fields the API shows), so a read
 //! answers by copying bytes into the response instead of parsing and re-serialising.
 
-use serde::{Deserialize, Serialize};
 use sled::IVec;
 
 use super::history::{self, ChangeOp, Record};
 use super::idempotency::IdempotencyRequest;
-use super::pieces::{Encoded, GroupWrites, Seen};
+use super::pieces::Seen;
+pub use super::plan::Actor;
+use super::plan::Plan;
+pub use super::value::GroupView;
+use super::value::{Encoded, HEADER};
 use super::Error;
 use super::{keys, Kind, Op, Space, Store, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
 use crate::model::{name_key, GroupDoc, GroupId};
-
-/// Bytes before the public JSON in a stored group (revision, creation, lastModified).
-pub(super) const HEADER: usize = 24;
-
-/// A stored group as read from the store; cheap to clone (sled's `IVec`).
-#[derive(Debug, Clone)]
-pub struct GroupView {
-    pub id: GroupId,
-    raw: IVec,
-}
-
-impl GroupView {
-    /// A view of a whole value (a split one is joined first: `Store::view`).
-    pub(super) fn new(id: GroupId, raw: IVec) -> Result<GroupView, Error> {
-        if raw.len() < HEADER + 2 || super::pieces::is_split(&raw) {
-            return Err(Error::corrupt(format!("group record {id}")));
-        }
-        Ok(GroupView { id, raw })
-    }
-
-    /// A view of a remembered answer (an idempotent replay): only the revision and the
-    /// public JSON are known; the timestamps live in the JSON.
-    pub(super) fn from_parts(id: GroupId, revision: u64, json: &[u8]) -> Result<GroupView, Error> {
-        let mut bytes = Vec::with_capacity(HEADER + json.len());
-        bytes.extend_from_slice(&revision.to_be_bytes());
-        bytes.extend_from_slice(&[0u8; 16]);
-        bytes.extend_from_slice(json);
-        GroupView::new(id, bytes.into())
-    }
-
-    fn num(&self, at: usize) -> u64 {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&self.raw[at..at + 8]);
-        u64::from_be_bytes(b)
-    }
-
-    /// The revision, sent as the strong `ETag`.
-    pub fn revision(&self) -> u64 {
-        self.num(0)
-    }
-
-    pub(super) fn last_modified(&self) -> i64 {
-        self.num(16) as i64
-    }
-
-    pub(super) fn creation(&self) -> i64 {
-        self.num(8) as i64
-    }
-
-    /// The group's public fields as one JSON object: `{"id", "name", "description",
-    /// "devices", "creation", "lastModified"}`.
-    pub fn json(&self) -> &[u8] {
-        &self.raw[HEADER..]
-    }
-
-    /// Whether the group's `devices` holds `device` (parses only that member).
-    fn has_device(&self, device: &str) -> Result<bool, Error> {
-        #[derive(Deserialize)]
-        struct DevicesOnly {
-            devices: Vec<String>,
-        }
-        serde_json::from_slice::<DevicesOnly>(self.json())
-            .map(|d| d.devices.iter().any(|d| d == device))
-            .map_err(|e| self.corrupt(e))
-    }
-
-    /// The group's name (parses only that member).
-    fn name(&self) -> Result<String, Error> {
-        #[derive(Deserialize)]
-        struct NameOnly {
-            name: String,
-        }
-        serde_json::from_slice::<NameOnly>(self.json())
-            .map(|n| n.name)
-            .map_err(|e| self.corrupt(e))
-    }
-
-    /// This group's record does not parse.
-    fn corrupt(&self, e: serde_json::Error) -> Error {
-        Error::corrupt_json(format!("group record {}", self.id), e)
-    }
-
-    /// The client-controlled part, parsed.
-    pub fn doc(&self) -> Result<GroupDoc, Error> {
-        serde_json::from_slice::<PublicGroup>(self.json())
-            .map(|p| GroupDoc {
-                name: p.name,
-                description: p.description,
-                devices: p.devices,
-            })
-            .map_err(|e| self.corrupt(e))
-    }
-}
-
-/// The wire form of a group (field order is the API's; serialising it again gives the
-/// same bytes, which restore relies on for change-feed entries).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublicGroup {
-    pub(super) id: String,
-    pub(super) name: String,
-    pub(super) description: Option<String>,
-    pub(super) devices: Vec<String>,
-    pub(super) creation: String,
-    #[serde(rename = "lastModified")]
-    pub(super) last_modified: String,
-}
-
-/// A group's whole value (header and public JSON), as a read gives it.
-pub(super) fn encode(
-    id: GroupId,
-    doc: &GroupDoc,
-    revision: u64,
-    creation: i64,
-    modified: i64,
-) -> Vec<u8> {
-    Encoded::new(id, doc, revision, creation, modified).whole()
-}
 
 /// The group a write changes: as read, and its stored value (which says whether its
 /// device list is in pieces).
 struct Current {
     view: GroupView,
     stored: IVec,
-}
-
-/// Who is writing: the account that owns the data and the user for the audit trail.
-#[derive(Debug, Clone, Copy)]
-pub struct Actor<'a> {
-    pub account: &'a str,
-    pub user: &'a str,
 }
 
 /// The result of a create.
@@ -228,56 +106,6 @@ impl Collector {
             groups: self.groups,
             next,
         }
-    }
-}
-
-/// Everything a group write changes, computed under the writer mutex and applied in
-/// one transaction.
-#[derive(Default)]
-pub(super) struct Plan {
-    pub groups: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    pub names: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    pub devices: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    pub pieces: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    pub changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    pub history: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    pub idempotency: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    pub idempotency_order: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    pub meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-}
-
-impl Plan {
-    /// Adds the writes of one group's value and pieces (`pieces.rs`).
-    fn store_group(&mut self, account: &str, n: u64, w: GroupWrites) {
-        self.groups.push((keys::group(account, n), w.value));
-        self.pieces.extend(w.pieces);
-    }
-
-    /// Adds (`present`) or removes the device index entries of group `n` for
-    /// `devices`.
-    fn index_devices(
-        &mut self,
-        account: &str,
-        n: u64,
-        devices: impl IntoIterator<Item = impl AsRef<str>>,
-        present: bool,
-    ) {
-        for d in devices {
-            let entry = present.then(Vec::new);
-            self.devices
-                .push((keys::device(account, d.as_ref(), n), entry));
-        }
-    }
-
-    /// Adds the change record of this change (`history.rs`): the feed-order key and
-    /// the record under its group.
-    fn record_change(&mut self, actor: Actor<'_>, seq: u64, id: GroupId, rec: &Record) {
-        self.changes.push((
-            keys::change(actor.account, seq),
-            Some(id.0.to_be_bytes().to_vec()),
-        ));
-        self.history
-            .push((keys::record(actor.account, id.0, seq), Some(rec.encode())));
     }
 }
 
@@ -990,7 +818,7 @@ mod tests {
             s.create_group(actor, &doc("Straße"), 10, None).unwrap();
             s.create_group(actor, &doc("Other"), 10, None).unwrap();
             // What an earlier version could hold: grp-2 named "STRASSE", indexed apart.
-            let raw = super::encode(GroupId(2), &doc("STRASSE"), 2, 1, 2);
+            let raw = crate::store::value::encode(GroupId(2), &doc("STRASSE"), 2, 1, 2);
             s.groups.insert(keys::group("a", 2), raw).unwrap();
             s.names.clear().unwrap();
             s.names

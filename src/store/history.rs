@@ -31,6 +31,55 @@ use super::delta::{self, Delta, DeltaError, Reader};
 use super::Error;
 use super::{keys, Store};
 use crate::model::{GroupDoc, GroupId};
+use crate::time::rfc3339_ms;
+
+/// A change-feed entry: `{seq, time, op, id, revision, userName, group}` with `group`
+/// the raw public JSON (or null) and `revision` the group's revision after the change
+/// (left out of deletions, and of entries written before it was recorded).
+pub(super) fn change_entry(
+    seq: u64,
+    time: i64,
+    op: &str,
+    id: GroupId,
+    revision: Option<u64>,
+    user: &str,
+    group: Option<&[u8]>,
+) -> Vec<u8> {
+    change_entry_at(seq, &rfc3339_ms(time), op, id, revision, user, group)
+}
+
+/// `change_entry` with the time already formatted (restore keeps the stored text).
+pub(super) fn change_entry_at(
+    seq: u64,
+    time: &str,
+    op: &str,
+    id: GroupId,
+    revision: Option<u64>,
+    user: &str,
+    group: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + group.map_or(4, <[u8]>::len));
+    out.extend_from_slice(b"{\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"time\":\"");
+    out.extend_from_slice(time.as_bytes());
+    out.extend_from_slice(b"\",\"op\":\"");
+    out.extend_from_slice(op.as_bytes());
+    out.extend_from_slice(b"\",\"id\":\"");
+    out.extend_from_slice(id.to_string().as_bytes());
+    out.push(b'"');
+    if let Some(r) = revision {
+        out.extend_from_slice(b",\"revision\":");
+        out.extend_from_slice(r.to_string().as_bytes());
+    }
+    out.extend_from_slice(b",\"userName\":");
+    // Serialising a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, user);
+    out.extend_from_slice(b",\"group\":");
+    out.extend_from_slice(group.unwrap_or(b"null"));
+    out.push(b'}');
+    out
+}
 
 /// A checkpoint every this many revisions of a group.
 pub const CHECKPOINT_EVERY: u64 = 256;
@@ -244,7 +293,7 @@ impl<'a> EntryReader<'a> {
         }
         let rec = &cursor.current;
         let group = cursor.state.as_ref().map(|doc| {
-            super::groups::encode(
+            super::value::encode(
                 GroupId(n),
                 doc,
                 rec.revision.unwrap_or(0),
@@ -252,7 +301,7 @@ impl<'a> EntryReader<'a> {
                 rec.time,
             )
         });
-        let json = super::changes::change_entry(
+        let json = change_entry(
             seq,
             rec.time,
             rec.op.as_str(),
@@ -261,7 +310,7 @@ impl<'a> EntryReader<'a> {
             &rec.user,
             group
                 .as_deref()
-                .and_then(|raw| raw.get(super::groups::HEADER..)),
+                .and_then(|raw| raw.get(super::value::HEADER..)),
         );
         Ok(Entry {
             seq,

@@ -14,7 +14,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::groups::{Actor, GroupView, Plan};
+use super::plan::{Actor, Plan};
+use super::value::GroupView;
 use super::Error;
 use super::{keys, Kind, Op, Store};
 use crate::model::GroupId;

@@ -34,10 +34,12 @@ pub mod history;
 pub mod idempotency;
 pub mod keys;
 mod pieces;
+mod plan;
 mod retention;
 pub mod seal;
 pub mod space;
 pub mod users;
+mod value;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -21,165 +21,31 @@ use std::collections::HashMap;
 
 use sled::IVec;
 
-use super::groups::{GroupView, HEADER};
+use super::value::{is_split, join, Encoded, GroupView};
 use super::Error;
 use super::{keys, Store};
-use crate::model::{GroupDoc, GroupId};
-use crate::time::rfc3339_ms;
+use crate::model::GroupId;
 
-/// A device list longer than this (bytes of JSON) is stored in pieces.
-pub(super) const INLINE_MAX: usize = 2048;
 /// The largest piece (one device longer than this is a piece of its own).
 pub(super) const PIECE_MAX: usize = 512;
 /// The distance between piece numbers of a list laid out afresh.
 const STRIDE: u32 = 1 << 16;
-/// The first byte after the header of a split group's value (a whole one has `{`).
-const MARK: u8 = 0x01;
-/// `MARK`, the cut and the piece count.
-const SPLIT_PREFIX: usize = 9;
 
-/// A group's stored form, split around its device list: what a write stores.
-pub(super) struct Encoded {
-    /// Header, then the JSON up to and including `"devices":[`.
-    head: Vec<u8>,
-    /// The devices as JSON strings, comma-joined.
-    list: Vec<u8>,
-    /// Each device's byte range in `list`.
-    spans: Vec<(usize, usize)>,
-    /// `],"creation":…}`.
-    tail: Vec<u8>,
-}
-
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    // Serialising a plain string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-impl Encoded {
-    /// The stored form: the same bytes serde gives for `groups::PublicGroup` (field
-    /// order id, name, description, devices, creation, lastModified), after the header.
-    pub(super) fn new(
-        id: GroupId,
-        doc: &GroupDoc,
-        revision: u64,
-        creation: i64,
-        modified: i64,
-    ) -> Encoded {
-        let mut head = Vec::with_capacity(HEADER + 96);
-        head.extend_from_slice(&revision.to_be_bytes());
-        head.extend_from_slice(&creation.to_be_bytes());
-        head.extend_from_slice(&modified.to_be_bytes());
-        head.extend_from_slice(b"{\"id\":");
-        push_json_str(&mut head, &id.to_string());
-        head.extend_from_slice(b",\"name\":");
-        push_json_str(&mut head, &doc.name);
-        head.extend_from_slice(b",\"description\":");
-        match &doc.description {
-            Some(d) => push_json_str(&mut head, d),
-            None => head.extend_from_slice(b"null"),
-        }
-        head.extend_from_slice(b",\"devices\":[");
-        let mut list = Vec::with_capacity(doc.devices.len() * 16);
-        let mut spans = Vec::with_capacity(doc.devices.len());
-        for (i, d) in doc.devices.iter().enumerate() {
-            if i > 0 {
-                list.push(b',');
-            }
-            let start = list.len();
-            push_json_str(&mut list, d);
-            spans.push((start, list.len()));
-        }
-        let mut tail = Vec::with_capacity(64);
-        tail.extend_from_slice(b"],\"creation\":");
-        push_json_str(&mut tail, &rfc3339_ms(creation));
-        tail.extend_from_slice(b",\"lastModified\":");
-        push_json_str(&mut tail, &rfc3339_ms(modified));
-        tail.push(b'}');
-        Encoded {
-            head,
-            list,
-            spans,
-            tail,
+/// The list cut into runs of at most `PIECE_MAX` bytes (at least one device each),
+/// as device index ranges.
+fn pack(enc: &Encoded, from: usize, to: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = from;
+    for i in from..to {
+        if i > start && enc.spans[i].1 - enc.spans[start].0 > PIECE_MAX {
+            out.push((start, i));
+            start = i;
         }
     }
-
-    /// Whether the group is stored in pieces.
-    pub(super) fn split(&self) -> bool {
-        self.list.len() > INLINE_MAX
+    if start < to {
+        out.push((start, to));
     }
-
-    /// The whole value: header and public JSON (what a read of the group gives).
-    pub(super) fn whole(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.head.len() + self.list.len() + self.tail.len());
-        out.extend_from_slice(&self.head);
-        out.extend_from_slice(&self.list);
-        out.extend_from_slice(&self.tail);
-        out
-    }
-
-    /// The group's value when it is split into `pieces` pieces.
-    fn cut(&self, pieces: u32) -> Vec<u8> {
-        let json_head = &self.head[HEADER..];
-        let mut out = Vec::with_capacity(self.head.len() + SPLIT_PREFIX + self.tail.len());
-        out.extend_from_slice(&self.head[..HEADER]);
-        out.push(MARK);
-        // A group's JSON without its list is far below 4 GiB (names and descriptions
-        // are bounded by validation).
-        out.extend_from_slice(
-            &u32::try_from(json_head.len())
-                .unwrap_or(u32::MAX)
-                .to_be_bytes(),
-        );
-        out.extend_from_slice(&pieces.to_be_bytes());
-        out.extend_from_slice(json_head);
-        out.extend_from_slice(&self.tail);
-        out
-    }
-
-    /// The devices `from..to` as stored in a piece.
-    fn run(&self, from: usize, to: usize) -> &[u8] {
-        &self.list[self.spans[from].0..self.spans[to - 1].1]
-    }
-
-    /// The list cut into runs of at most `PIECE_MAX` bytes (at least one device each),
-    /// as device index ranges.
-    fn pack(&self, from: usize, to: usize) -> Vec<(usize, usize)> {
-        let mut out = Vec::new();
-        let mut start = from;
-        for i in from..to {
-            if i > start && self.spans[i].1 - self.spans[start].0 > PIECE_MAX {
-                out.push((start, i));
-                start = i;
-            }
-        }
-        if start < to {
-            out.push((start, to));
-        }
-        out
-    }
-}
-
-/// Where in a split value the list goes (an index into the value), and how many pieces
-/// it names. None for a whole value (or a split one too short to hold its prefix).
-fn cut_of(raw: &[u8]) -> Option<(usize, u32)> {
-    if raw.get(HEADER) != Some(&MARK) {
-        return None;
-    }
-    let num = |at: usize| -> Option<u32> {
-        Some(u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?))
-    };
-    let at = HEADER + SPLIT_PREFIX + usize::try_from(num(HEADER + 1)?).ok()?;
-    (at <= raw.len()).then_some((at, num(HEADER + 5)?))
-}
-
-/// Whether a stored group value is split (its pieces must be read with it).
-pub(super) fn is_split(raw: &[u8]) -> bool {
-    cut_of(raw).is_some()
-}
-
-/// The number of pieces a stored group value names (0 for a whole value).
-pub(super) fn piece_count(raw: &[u8]) -> u32 {
-    cut_of(raw).map_or(0, |(_, n)| n)
+    out
 }
 
 /// The first JSON string of a piece (`"a","b"` → `"a"`), as stored.
@@ -210,7 +76,7 @@ pub(super) type PieceOp = (u32, Option<Vec<u8>>);
 /// of pieces after.
 pub(super) fn relayout(old: &[(u32, IVec)], enc: &Encoded) -> (Vec<PieceOp>, u32) {
     let layout = keep_and_fill(old, enc).unwrap_or_else(|| {
-        enc.pack(0, enc.spans.len())
+        pack(enc, 0, enc.spans.len())
             .into_iter()
             .zip(1..)
             .map(|(run, i)| (STRIDE.saturating_mul(i), run))
@@ -297,7 +163,7 @@ fn keep_and_fill(old: &[(u32, IVec)], enc: &Encoded) -> Option<Vec<(u32, (usize,
             None => (n, u64::from(u32::MAX) + 1),
         };
         if pos < gap_end {
-            let runs = enc.pack(pos, gap_end);
+            let runs = pack(enc, pos, gap_end);
             // Numbers of pieces that went, between the neighbours, first.
             let free: Vec<u64> = old
                 .iter()
@@ -343,27 +209,6 @@ pub(super) fn fresh(enc: &Encoded) -> (Vec<u8>, Vec<(u32, Vec<u8>)>) {
         .filter_map(|(num, v)| Some((num, v?)))
         .collect();
     (enc.cut(pieces.len() as u32), pieces)
-}
-
-/// Joins a split value and its pieces into the whole value. None when the pieces are
-/// not as many as the value names.
-fn join(raw: &[u8], pieces: &[IVec]) -> Option<Vec<u8>> {
-    let (at, count) = cut_of(raw)?;
-    if pieces.len() != count as usize {
-        return None;
-    }
-    let len: usize = pieces.iter().map(|p| p.len() + 1).sum();
-    let mut out = Vec::with_capacity(raw.len() + len);
-    out.extend_from_slice(&raw[..HEADER]);
-    out.extend_from_slice(&raw[HEADER + SPLIT_PREFIX..at]);
-    for (i, p) in pieces.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(p);
-    }
-    out.extend_from_slice(&raw[at..]);
-    Some(out)
 }
 
 /// Which state a read sees (`space.rs`): the durable one (every reader), or the
@@ -551,6 +396,9 @@ pub(super) struct GroupWrites {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::GroupDoc;
+    use crate::store::value::{piece_count, PublicGroup, HEADER, MARK};
+    use crate::time::rfc3339_ms;
 
     fn enc(devices: &[String]) -> Encoded {
         let doc = GroupDoc {
@@ -590,7 +438,7 @@ mod tests {
             devices: vec!["a\u{1}".into(), "b,c".into()],
         };
         let e = Encoded::new(GroupId(9), &doc, 1, 5, 6);
-        let public = super::super::groups::PublicGroup {
+        let public = PublicGroup {
             id: GroupId(9).to_string(),
             name: doc.name.clone(),
             description: None,
