@@ -361,7 +361,9 @@ async fn run(app: Arc<App>, settings: Settings, mut stop: watch::Receiver<bool>)
     }
 }
 
-/// Creates or upgrades the central schema under the advisory lock.
+/// Creates or upgrades the central schema under the advisory lock. Long because it is
+/// the schema: its statements read top to bottom as the tables, indexes and upgrades
+/// they make, in the one transaction that holds the lock.
 async fn ensure_schema(client: &Client, s: &Settings) -> Result<(), Failure> {
     let f = |e: tokio_postgres::Error| pg_failure(s, "schema", &e);
     client.batch_execute("BEGIN").await.map_err(f)?;
@@ -476,7 +478,6 @@ async fn session(
     backoff: &mut Duration,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Failure> {
-    let stats = &app.metrics.replication;
     let store_id = app.store.store_id().to_string();
     let mut announced = false;
     loop {
@@ -498,106 +499,141 @@ async fn session(
                 *link = Link::Up;
             }
         }
-        let purged = app.store.purged_through();
-        let last = app.store.last_seq();
-        let cursor = match &central {
-            None if purged == 0 => {
-                // A new gateway whose feed holds its whole history: stream it all.
-                client
-                    .execute(
-                        "INSERT INTO fleetgroups.gateways (gateway_id, store_id, applied_seq, applied_at)
-                         VALUES ($1, $2, 0, now()) ON CONFLICT (gateway_id) DO NOTHING",
-                        &[&s.gateway_id, &store_id],
-                    )
-                    .await
-                    .map_err(|e| pg_failure(s, "apply", &e))?;
-                continue;
-            }
-            Some(c)
-                if c.store_id == store_id && c.applied_seq >= purged && c.applied_seq <= last =>
-            {
-                c.applied_seq
-            }
-            other => {
-                let why = match other {
-                    None => "the centre has no row for this gateway and the feed no longer holds its whole history",
-                    Some(c) if c.store_id != store_id => "the centre holds another store_id",
-                    Some(c) if c.applied_seq < purged => "the centre's applied_seq is older than the feed's retention",
-                    Some(_) => "the centre's applied_seq is ahead of this store",
-                };
-                resync(app, s, &mut client, other.clone(), why).await?;
-                continue;
-            }
+        let Some(cursor) = start_cursor(app, s, &mut client, central, &store_id).await? else {
+            continue;
         };
-        stats.applied_seq.store(cursor, Ordering::Relaxed);
-        // Stream batches until the compare-and-set or the cursor says to look again.
-        let mut cursor = cursor;
-        loop {
-            let last = app.store.last_seq();
-            stats.observe(last);
-            if last <= cursor {
-                tokio::select! {
-                    _ = tokio::time::sleep(POLL) => continue,
-                    _ = stop.wait_for(|s| *s) => return Ok(()),
-                }
-            }
-            // Only entries on disk go out: the centre is never ahead of the gateway.
-            app.store
-                .durable()
-                .await
-                .map_err(|e| store_failure("store", &e))?;
-            let store = Arc::clone(app);
-            let (after, limit) = (cursor, s.batch_size);
-            let page = tokio::task::spawn_blocking(move || {
-                store.store.feed_after(after, limit, MAX_BATCH_BYTES)
-            })
-            .await
-            .map_err(|e| Failure {
-                kind: "store",
-                message: e.to_string(),
-            })?;
-            let page = match page {
-                Ok(p) => p,
-                Err(StoreError::CursorExpired) => break,
-                Err(e) => return Err(store_failure("store", &e)),
-            };
-            if page.next > last {
-                // Never ship beyond what `durable` covered.
-                continue;
-            }
-            match apply_batch(&mut client, s, &store_id, cursor, &page).await? {
-                true => {
-                    cursor = page.next;
-                    stats.applied(cursor, app.store.last_seq());
-                }
-                false => break,
-            }
+        if stream(app, s, &mut client, &store_id, cursor, &mut stop).await? == Streamed::Stopped {
+            return Ok(());
         }
     }
 }
 
-/// One batch in one transaction. Ok(false): the compare-and-set found another state.
-async fn apply_batch(
-    client: &mut Client,
+/// Where streaming starts: the centre's `applied_seq` when it is this store's and the
+/// feed still holds what follows it. Otherwise the centre is brought to a state it can
+/// follow (a new gateway's row, or a resync) and None says to read it again.
+async fn start_cursor(
+    app: &Arc<App>,
     s: &Settings,
+    client: &mut Client,
+    central: Option<Central>,
     store_id: &str,
-    prev: u64,
-    page: &FeedPage,
-) -> Result<bool, Failure> {
-    let f = |e: tokio_postgres::Error| pg_failure(s, "apply", &e);
-    let bad = |e: StoreError| store_failure("store", &e);
-    // The state after the batch of every group it touches: the last entry wins.
+) -> Result<Option<u64>, Failure> {
+    let purged = app.store.purged_through();
+    let last = app.store.last_seq();
+    match &central {
+        None if purged == 0 => {
+            // A new gateway whose feed holds its whole history: stream it all.
+            client
+                .execute(
+                    "INSERT INTO fleetgroups.gateways (gateway_id, store_id, applied_seq, applied_at)
+                     VALUES ($1, $2, 0, now()) ON CONFLICT (gateway_id) DO NOTHING",
+                    &[&s.gateway_id, &store_id],
+                )
+                .await
+                .map_err(|e| pg_failure(s, "apply", &e))?;
+            Ok(None)
+        }
+        Some(c) if c.store_id == store_id && c.applied_seq >= purged && c.applied_seq <= last => {
+            app.metrics
+                .replication
+                .applied_seq
+                .store(c.applied_seq, Ordering::Relaxed);
+            Ok(Some(c.applied_seq))
+        }
+        other => {
+            let why = match other {
+                None => "the centre has no row for this gateway and the feed no longer holds its whole history",
+                Some(c) if c.store_id != store_id => "the centre holds another store_id",
+                Some(c) if c.applied_seq < purged => "the centre's applied_seq is older than the feed's retention",
+                Some(_) => "the centre's applied_seq is ahead of this store",
+            };
+            resync(app, s, client, other.clone(), why).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Why `stream` returned.
+#[derive(Debug, PartialEq, Eq)]
+enum Streamed {
+    /// Shutdown.
+    Stopped,
+    /// The compare-and-set or the feed's retention says to read the centre again.
+    LookAgain,
+}
+
+/// Streams batches from `cursor` until shutdown, or until the centre's state or the
+/// feed's retention says to look again.
+async fn stream(
+    app: &Arc<App>,
+    s: &Settings,
+    client: &mut Client,
+    store_id: &str,
+    mut cursor: u64,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Streamed, Failure> {
+    let stats = &app.metrics.replication;
+    loop {
+        let last = app.store.last_seq();
+        stats.observe(last);
+        if last <= cursor {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => continue,
+                _ = stop.wait_for(|s| *s) => return Ok(Streamed::Stopped),
+            }
+        }
+        // Only entries on disk go out: the centre is never ahead of the gateway.
+        app.store
+            .durable()
+            .await
+            .map_err(|e| store_failure("store", &e))?;
+        let store = Arc::clone(app);
+        let (after, limit) = (cursor, s.batch_size);
+        let page = tokio::task::spawn_blocking(move || {
+            store.store.feed_after(after, limit, MAX_BATCH_BYTES)
+        })
+        .await
+        .map_err(|e| Failure {
+            kind: "store",
+            message: e.to_string(),
+        })?;
+        let page = match page {
+            Ok(p) => p,
+            Err(StoreError::CursorExpired) => return Ok(Streamed::LookAgain),
+            Err(e) => return Err(store_failure("store", &e)),
+        };
+        if page.next > last {
+            // Never ship beyond what `durable` covered.
+            continue;
+        }
+        if !apply_batch(client, s, store_id, cursor, &page).await? {
+            return Ok(Streamed::LookAgain);
+        }
+        cursor = page.next;
+        stats.applied(cursor, app.store.last_seq());
+    }
+}
+
+/// What one batch writes to the centre: a row per change, and the state after the
+/// batch of every group it touches (the last entry wins), as upserts or deletes.
+struct Rows {
+    changes: Vec<Value>,
+    upserts: Vec<Value>,
+    deletes: Vec<Value>,
+}
+
+fn rows_of(page: &FeedPage) -> Result<Rows, StoreError> {
     let mut last: BTreeMap<(String, u64), Option<Value>> = BTreeMap::new();
     let mut changes = Vec::with_capacity(page.entries.len());
     for e in &page.entries {
-        let p = parse_entry(&e.entry).map_err(bad)?;
+        let p = parse_entry(&e.entry)?;
         changes.push(json!({
             "seq": e.seq, "time": p.time, "op": p.op, "account": e.account,
             "id": p.id.to_string(), "user_name": p.user_name,
         }));
         let state = match &p.group {
             None => None,
-            Some(g) => Some(row_json(&e.account, g, p.revision).map_err(bad)?),
+            Some(g) => Some(row_json(&e.account, g, p.revision)?),
         };
         last.insert((e.account.clone(), p.id.0), state);
     }
@@ -609,6 +645,27 @@ async fn apply_batch(
             None => deletes.push(json!({"account": account, "id": format!("grp-{n}")})),
         }
     }
+    Ok(Rows {
+        changes,
+        upserts,
+        deletes,
+    })
+}
+
+/// One batch in one transaction. Ok(false): the compare-and-set found another state.
+async fn apply_batch(
+    client: &mut Client,
+    s: &Settings,
+    store_id: &str,
+    prev: u64,
+    page: &FeedPage,
+) -> Result<bool, Failure> {
+    let f = |e: tokio_postgres::Error| pg_failure(s, "apply", &e);
+    let Rows {
+        changes,
+        upserts,
+        deletes,
+    } = rows_of(page).map_err(|e| store_failure("store", &e))?;
     let tx = client.transaction().await.map_err(f)?;
     let moved = tx
         .execute(
@@ -683,24 +740,13 @@ fn row_json(account: &str, group: &[u8], revision: Option<u64>) -> Result<Value,
     }))
 }
 
-/// Replaces all this gateway's central rows with a consistent snapshot, in one
-/// transaction, provided the centre still holds `seen`.
-async fn resync(
-    app: &Arc<App>,
-    s: &Settings,
-    client: &mut Client,
-    seen: Option<Central>,
-    why: &str,
-) -> Result<(), Failure> {
-    let f = |e: tokio_postgres::Error| pg_failure(s, "resync", &e);
-    let mut snapshot: Option<Snapshot> = None;
+/// A consistent snapshot of every group (`Store::snapshot`), read again when retention
+/// moved past it during the read (three tries).
+async fn read_snapshot(app: &Arc<App>) -> Result<Snapshot, Failure> {
     for _ in 0..3 {
         let a = Arc::clone(app);
         match tokio::task::spawn_blocking(move || a.store.snapshot()).await {
-            Ok(Ok(snap)) => {
-                snapshot = Some(snap);
-                break;
-            }
+            Ok(Ok(snap)) => return Ok(snap),
             // Retention moved during the read: read again.
             Ok(Err(StoreError::CursorExpired)) => continue,
             Ok(Err(e)) => return Err(store_failure("resync", &e)),
@@ -712,10 +758,23 @@ async fn resync(
             }
         }
     }
-    let snapshot = snapshot.ok_or_else(|| Failure {
+    Err(Failure {
         kind: "resync",
         message: "the feed kept moving past retention while the snapshot was read".into(),
-    })?;
+    })
+}
+
+/// Replaces all this gateway's central rows with a consistent snapshot, in one
+/// transaction, provided the centre still holds `seen`.
+async fn resync(
+    app: &Arc<App>,
+    s: &Settings,
+    client: &mut Client,
+    seen: Option<Central>,
+    why: &str,
+) -> Result<(), Failure> {
+    let f = |e: tokio_postgres::Error| pg_failure(s, "resync", &e);
+    let snapshot = read_snapshot(app).await?;
     let store_id = app.store.store_id().to_string();
     let mut rows = Vec::with_capacity(snapshot.groups.len());
     for g in &snapshot.groups {
@@ -760,23 +819,31 @@ async fn resync(
     .await
     .map_err(f)?;
     tx.commit().await.map_err(f)?;
-    app.metrics
-        .replication
-        .resyncs
-        .fetch_add(1, Ordering::Relaxed);
-    app.metrics
-        .replication
-        .applied(snapshot.seq, app.store.last_seq());
+    resynced(app, s, seen.as_ref(), &store_id, &snapshot, why);
+    Ok(())
+}
+
+/// Counts and logs a resync that committed.
+fn resynced(
+    app: &App,
+    s: &Settings,
+    seen: Option<&Central>,
+    store_id: &str,
+    snapshot: &Snapshot,
+    why: &str,
+) {
+    let stats = &app.metrics.replication;
+    stats.resyncs.fetch_add(1, Ordering::Relaxed);
+    stats.applied(snapshot.seq, app.store.last_seq());
     tracing::warn!(
         gateway_id = %s.gateway_id,
-        central_store_id = seen.as_ref().map_or("(none)", |c| c.store_id.as_str()),
-        central_applied_seq = seen.as_ref().map(|c| c.applied_seq),
+        central_store_id = seen.map_or("(none)", |c| c.store_id.as_str()),
+        central_applied_seq = seen.map(|c| c.applied_seq),
         store_id = %store_id,
         snapshot_seq = snapshot.seq,
         groups = snapshot.groups.len(),
         "replication: resynced: {why}; replaced this gateway's central groups with a snapshot"
     );
-    Ok(())
 }
 
 #[cfg(test)]
