@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::groups::count_key;
 use super::pieces::{self, Seen};
 use super::value::{self, GroupView};
 use super::{keys, Store};
@@ -90,9 +89,9 @@ impl Store {
                 *per_account.entry(k[..sep].to_vec()).or_default() += 1;
             }
             pieces::compare_counts(self.piece_counts()?, &named_pieces)?;
-            for item in self.meta.scan_prefix(b"groups\0") {
+            for item in self.meta.scan_prefix(keys::GROUP_COUNTS) {
                 let (k, v) = item.map_err(|e| format!("a count cannot be read ({e})"))?;
-                let account = &k[b"groups\0".len()..];
+                let account = &k[keys::GROUP_COUNTS.len()..];
                 let recorded = keys::read_u64(&v).unwrap_or(u64::MAX);
                 let found = per_account.remove(account).unwrap_or(0);
                 if recorded != found {
@@ -239,7 +238,7 @@ impl Store {
         for (account, n) in per_account {
             let stored = self
                 .meta
-                .get(count_key(account))
+                .get(keys::group_count(account))
                 .ok()
                 .flatten()
                 .and_then(|v| keys::read_u64(&v))

@@ -16,9 +16,8 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::groups::count_key;
 use super::history::{self, ChangeOp, EntryReader};
-use super::idempotency::{self, IdempotencyRecord};
+use super::idempotency::IdempotencyRecord;
 use super::pieces::{self, Seen};
 use super::users::{Role, UsageRecord, UserRecord};
 use super::value::{Encoded, PublicGroup};
@@ -994,13 +993,13 @@ impl Importer<'_> {
         for (scope, n) in std::mem::take(&mut self.idempotency_counts) {
             self.put(
                 Kind::Meta,
-                idempotency::count_key(&scope),
+                keys::idempotency_count(&scope),
                 n.to_be_bytes().to_vec(),
             )?;
         }
         let per_account = std::mem::take(&mut self.per_account);
         for (account, n) in per_account {
-            self.put(Kind::Meta, count_key(&account), n.to_be_bytes().to_vec())?;
+            self.put(Kind::Meta, keys::group_count(&account), n.to_be_bytes().to_vec())?;
         }
         self.put(
             Kind::Meta,

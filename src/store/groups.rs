@@ -126,12 +126,6 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// `groups 0x00 account` in `meta`: the number of groups of an account.
-pub(super) fn count_key(account: &str) -> Vec<u8> {
-    let mut k = b"groups\0".to_vec();
-    k.extend_from_slice(account.as_bytes());
-    k
-}
 
 impl Store {
     /// Applies a plan and the new sequences in one transaction (under the writer
@@ -349,7 +343,7 @@ impl Store {
     /// refuses writes): a gauge should then be absent, not 0.
     pub fn group_count(&self) -> Option<u64> {
         let mut total = 0;
-        for item in self.meta.scan_prefix(b"groups\0") {
+        for item in self.meta.scan_prefix(keys::GROUP_COUNTS) {
             let (_, v) = item.ok()?;
             total += keys::read_u64(&v).unwrap_or(0);
         }
@@ -440,7 +434,7 @@ impl Store {
     fn account_count(&self, account: &str) -> Result<u64, Error> {
         Ok(self
             .meta
-            .get_latest(count_key(account))
+            .get_latest(keys::group_count(account))
             .map_err(|e| self.read_err(e))?
             .and_then(|v| keys::read_u64(&v))
             .unwrap_or(0))
@@ -482,7 +476,7 @@ impl Store {
         plan.names.push((name_k, Some(id.0.to_be_bytes().to_vec())));
         plan.index_devices(actor.account, id.0, doc.devices.iter(), true);
         plan.meta.push((
-            count_key(actor.account),
+            keys::group_count(actor.account),
             Some((count + 1).to_be_bytes().to_vec()),
         ));
         let json = &raw[HEADER..];
@@ -623,7 +617,7 @@ impl Store {
         plan.index_devices(actor.account, id.0, doc.devices.iter(), false);
         let count = self.account_count(actor.account)?;
         plan.meta.push((
-            count_key(actor.account),
+            keys::group_count(actor.account),
             Some(count.saturating_sub(1).to_be_bytes().to_vec()),
         ));
         let seq = w.next_change;

@@ -43,12 +43,6 @@ pub(super) struct IdempotencyRecord {
 /// Records removed per purge transaction, so the writer mutex is held only briefly.
 const PURGE_BATCH: usize = 256;
 
-/// `idem\0 account\0 user\0`: a user's record count in `meta`.
-pub(super) fn count_key(scope: &[u8]) -> Vec<u8> {
-    let mut k = b"idem\0".to_vec();
-    k.extend_from_slice(scope);
-    k
-}
 
 /// The scope (`account\0user\0`) of a record key, which ends with the idempotency key
 /// (visible ASCII, so it holds no 0x00).
@@ -62,7 +56,7 @@ impl Store {
     fn idem_count(&self, scope: &[u8]) -> Result<u64, Error> {
         Ok(self
             .meta
-            .get_latest(count_key(scope))
+            .get_latest(keys::idempotency_count(scope))
             .map_err(|e| self.read_err(e))?
             .and_then(|v| keys::read_u64(&v))
             .unwrap_or(0))
@@ -167,7 +161,7 @@ impl Store {
             Some(req.key.as_bytes().to_vec()),
         ));
         plan.meta
-            .push((count_key(&scope), Some((count + 1).to_be_bytes().to_vec())));
+            .push((keys::idempotency_count(&scope), Some((count + 1).to_be_bytes().to_vec())));
         Ok(())
     }
 
@@ -236,7 +230,7 @@ impl Store {
         for (scope, n) in per_scope {
             let left = self.idem_count(&scope)?.saturating_sub(n);
             let v = (left > 0).then(|| left.to_be_bytes().to_vec());
-            ops.push((Kind::Meta, count_key(&scope), v));
+            ops.push((Kind::Meta, keys::idempotency_count(&scope), v));
         }
         let seq = w.next_change.saturating_sub(1);
         self.apply_ops(&mut w, &ops, seq)?;

@@ -49,6 +49,24 @@ pub fn piece(account: &str, n: u64, piece: u32) -> Vec<u8> {
     k
 }
 
+/// `groups 0x00` in `meta`: the prefix of every account's group count.
+pub const GROUP_COUNTS: &[u8] = b"groups\0";
+
+/// `groups 0x00 account` in `meta`: the number of groups of an account.
+pub fn group_count(account: &str) -> Vec<u8> {
+    let mut k = GROUP_COUNTS.to_vec();
+    k.extend_from_slice(account.as_bytes());
+    k
+}
+
+/// `idem 0x00 account 0x00 user 0x00` in `meta`: a user's idempotency record count
+/// (`scope` is `idempotency_scope`).
+pub fn idempotency_count(scope: &[u8]) -> Vec<u8> {
+    let mut k = b"idem\0".to_vec();
+    k.extend_from_slice(scope);
+    k
+}
+
 /// `account 0x00 seq`: a change-feed entry.
 pub fn change(account: &str, seq: u64) -> Vec<u8> {
     let mut k = account_prefix(account);
