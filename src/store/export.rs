@@ -999,7 +999,11 @@ impl Importer<'_> {
         }
         let per_account = std::mem::take(&mut self.per_account);
         for (account, n) in per_account {
-            self.put(Kind::Meta, keys::group_count(&account), n.to_be_bytes().to_vec())?;
+            self.put(
+                Kind::Meta,
+                keys::group_count(&account),
+                n.to_be_bytes().to_vec(),
+            )?;
         }
         self.put(
             Kind::Meta,

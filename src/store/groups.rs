@@ -126,7 +126,6 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
-
 impl Store {
     /// Applies a plan and the new sequences in one transaction (under the writer
     /// mutex), keeping its undo until a flush covers it.

@@ -43,7 +43,6 @@ pub(super) struct IdempotencyRecord {
 /// Records removed per purge transaction, so the writer mutex is held only briefly.
 const PURGE_BATCH: usize = 256;
 
-
 /// The scope (`account\0user\0`) of a record key, which ends with the idempotency key
 /// (visible ASCII, so it holds no 0x00).
 pub(super) fn scope_of(record_key: &[u8]) -> Option<&[u8]> {
@@ -160,8 +159,10 @@ impl Store {
             keys::idempotency_order(account, user, id.0),
             Some(req.key.as_bytes().to_vec()),
         ));
-        plan.meta
-            .push((keys::idempotency_count(&scope), Some((count + 1).to_be_bytes().to_vec())));
+        plan.meta.push((
+            keys::idempotency_count(&scope),
+            Some((count + 1).to_be_bytes().to_vec()),
+        ));
         Ok(())
     }
 
