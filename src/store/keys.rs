@@ -67,6 +67,17 @@ pub fn idempotency_count(scope: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The parts of a `piece` key: account, group number, piece number.
+pub fn piece_parts(key: &[u8]) -> Option<(&[u8], u64, u32)> {
+    let group_end = key.len().checked_sub(4)?;
+    let account_end = group_end.checked_sub(9)?;
+    if key[account_end] != 0 {
+        return None;
+    }
+    let piece = u32::from_be_bytes(key[group_end..].try_into().ok()?);
+    Some((&key[..account_end], trailing_u64(&key[..group_end])?, piece))
+}
+
 /// `account 0x00 seq`: a change-feed entry.
 pub fn change(account: &str, seq: u64) -> Vec<u8> {
     let mut k = account_prefix(account);
@@ -158,6 +169,12 @@ mod tests {
         // Device "d1" entries are not inside the prefix of device "d".
         assert!(!device("a", "d1", 5).starts_with(&device_prefix("a", "d")));
         assert!(device("a", "d", 5).starts_with(&device_prefix("a", "d")));
+        // A piece key reads back as its parts; a group key is not one.
+        assert_eq!(
+            piece_parts(&piece("acct", 7, 3)),
+            Some((&b"acct"[..], 7, 3))
+        );
+        assert!(piece_parts(b"ab").is_none());
         // One user's idempotency scope does not contain another user's ("u" vs "u2").
         assert!(!idempotency("a", "u2", "k").starts_with(&idempotency_scope("a", "u")));
         assert!(idempotency_order("a", "u", 9).starts_with(&idempotency_scope("a", "u")));

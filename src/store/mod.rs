@@ -1069,17 +1069,7 @@ mod tests {
             format!("{FORMAT_VERSION}\n")
         );
         std::fs::write(&marker, format!("{}\n", FORMAT_VERSION + 1)).unwrap();
-        let refused = super::Store::open(
-            dir.path(),
-            &super::StoreOptions {
-                cache_bytes: 1 << 20,
-                durability: crate::config::Durability::Relaxed,
-                fail_flush_after: None,
-                restoring: false,
-                max_devices: 10,
-                clock: crate::time::Clock::system(),
-            },
-        );
+        let refused = super::Store::open(dir.path(), &super::testing::options());
         assert!(matches!(refused, Err(OpenError::Version { .. })));
     }
 }

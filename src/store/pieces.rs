@@ -240,23 +240,23 @@ impl Store {
             let pieces = self.pieces_of(account, id.0, seen)?;
             let values: Vec<IVec> = pieces.into_iter().map(|(_, v)| v).collect();
             let joined = join(&raw, &values);
-            if seen == Seen::Latest {
-                let whole = joined.ok_or_else(|| {
-                    Error::corrupt(format!("device list of {id}: pieces are missing"))
-                })?;
-                return GroupView::new(id, whole.into()).map(Some);
-            }
-            match self.groups.get(&key).map_err(|e| self.read_err(e))? {
-                None => return Ok(None),
-                Some(again) if again == raw => {
-                    let whole = joined.ok_or_else(|| {
-                        Error::corrupt(format!("device list of {id}: pieces are missing"))
-                    })?;
-                    return GroupView::new(id, whole.into()).map(Some);
+            // A writer holds the mutex, so nothing moves under it; a durable read
+            // checks that the value it joined is still the group's.
+            if seen == Seen::Durable {
+                match self.groups.get(&key).map_err(|e| self.read_err(e))? {
+                    None => return Ok(None),
+                    Some(again) if again == raw => {}
+                    Some(again) if !is_split(&again) => return GroupView::new(id, again).map(Some),
+                    Some(again) => {
+                        raw = again;
+                        continue;
+                    }
                 }
-                Some(again) if !is_split(&again) => return GroupView::new(id, again).map(Some),
-                Some(again) => raw = again,
             }
+            let whole = joined.ok_or_else(|| {
+                Error::corrupt(format!("device list of {id}: pieces are missing"))
+            })?;
+            return GroupView::new(id, whole.into()).map(Some);
         }
         Err(Error::KeptChanging {
             what: format!("group {id}"),
@@ -278,14 +278,21 @@ impl Store {
         let mut out = Vec::new();
         for item in iter {
             let (k, v) = item.map_err(|e| self.read_err(e))?;
-            let num = k
-                .get(prefix.len()..)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map(u32::from_be_bytes)
+            let (_, _, num) = keys::piece_parts(&k)
                 .ok_or_else(|| Error::corrupt(format!("piece key of grp-{n}")))?;
             out.push((num, v));
         }
         Ok(out)
+    }
+
+    /// The pieces of group `n` as the writer sees them, when its stored value `old`
+    /// is split (none otherwise).
+    fn stored_pieces(&self, account: &str, n: u64, old: &[u8]) -> Result<Vec<(u32, IVec)>, Error> {
+        if is_split(old) {
+            self.pieces_of(account, n, Seen::Latest)
+        } else {
+            Ok(Vec::new())
+        }
     }
 
     /// The writes that store `enc` as group `n`, whose stored value is `old` (None
@@ -299,8 +306,8 @@ impl Store {
         enc: &Encoded,
     ) -> Result<GroupWrites, Error> {
         let old_pieces = match old {
-            Some(raw) if is_split(raw) => self.pieces_of(account, n, Seen::Latest)?,
-            _ => Vec::new(),
+            Some(raw) => self.stored_pieces(account, n, raw)?,
+            None => Vec::new(),
         };
         let (value, ops) = if enc.split() {
             let (ops, count) = relayout(&old_pieces, enc);
@@ -325,39 +332,27 @@ impl Store {
         n: u64,
         old: &[u8],
     ) -> Result<GroupWrites, Error> {
-        let pieces = if is_split(old) {
-            self.pieces_of(account, n, Seen::Latest)?
-                .into_iter()
-                .map(|(num, _)| (keys::piece(account, n, num), None))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let pieces = self
+            .stored_pieces(account, n, old)?
+            .into_iter()
+            .map(|(num, _)| (keys::piece(account, n, num), None))
+            .collect();
         Ok(GroupWrites {
             value: None,
             pieces,
         })
     }
-}
 
-impl Store {
     /// How many pieces each group has, by (account, group number): one pass over the
     /// pieces, for the checks (`check.rs`).
     pub(super) fn piece_counts(&self) -> Result<HashMap<(Vec<u8>, u64), u32>, String> {
         let mut out: HashMap<(Vec<u8>, u64), u32> = HashMap::new();
         for item in self.pieces.iter() {
             let (k, _) = item.map_err(|e| format!("a piece cannot be read ({e})"))?;
-            let group = k
-                .len()
-                .checked_sub(4)
-                .map(|end| &k[..end])
-                .filter(|g| g.len() > 9 && g[g.len() - 9] == 0)
-                .ok_or_else(|| {
-                    format!("a piece key is not account + group + piece ({:?})", &k[..])
-                })?;
-            let n = keys::trailing_u64(group).unwrap_or(0);
-            *out.entry((group[..group.len() - 9].to_vec(), n))
-                .or_default() += 1;
+            let (account, n, _) = keys::piece_parts(&k).ok_or_else(|| {
+                format!("a piece key is not account + group + piece ({:?})", &k[..])
+            })?;
+            *out.entry((account.to_vec(), n)).or_default() += 1;
         }
         Ok(out)
     }
