@@ -1105,19 +1105,8 @@ fn timestamps_parse() {
     assert_eq!(timestamp_ms("2000-02-29T00:00:00.000Z"), 951_782_400_000);
 }
 
-/// Opens a stopped server's sled store directly (to tamper with it as another binary
-/// or damage would), with the segment size the store was made with: sled refuses any
-/// other, so a test keeps working whatever size the server picks.
+/// Opens a stopped server's sled store directly, to tamper with it as another binary
+/// or damage would. The server opens sled with its default segment size, as this does.
 pub fn open_sled(store_dir: &Path) -> sled::Db {
-    let conf = std::fs::read(store_dir.join("conf")).expect("sled's conf file");
-    let segment_size = String::from_utf8_lossy(&conf)
-        .lines()
-        .find_map(|l| l.strip_prefix("segment_size: "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("segment_size in sled's conf");
-    sled::Config::new()
-        .path(store_dir)
-        .segment_size(segment_size)
-        .open()
-        .expect("open the store with sled")
+    sled::open(store_dir).expect("open the store with sled")
 }
