@@ -826,14 +826,7 @@ mod tests {
         // sled's own background flusher may hold the file lock a moment after the
         // last handle is dropped; wait for it rather than fail.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let options = StoreOptions {
-            cache_bytes: 1 << 20,
-            durability: Durability::Relaxed,
-            fail_flush_after: None,
-            restoring: false,
-            max_devices: 10_000,
-            clock: crate::time::Clock::system(),
-        };
+        let options = crate::store::testing::options();
         let s = loop {
             match Store::open(dir.path(), &options) {
                 Ok(s) => break s,
