@@ -69,7 +69,7 @@ fn the_unit_has_every_required_directive() {
     assert_eq!(one("RuntimeDirectory"), "fleetgroups");
     assert_eq!(one("ConfigurationDirectory"), "fleetgroups");
     // A dedicated user: the admin socket answers only the server's uid, and the
-    // operator runs the CLI as this user (README).
+    // operator runs the CLI as this user (docs/operations/install.md).
     assert_eq!(one("User"), "fleetgroups");
     assert_eq!(one("Group"), "fleetgroups");
     for k in [
