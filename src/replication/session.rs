@@ -4,6 +4,9 @@
 //! runs the periodic steps, and waits for more. After `idle_disconnect_secs` without a
 //! batch it closes the connection, so a fleet larger than the centre's connection
 //! slots takes turns (a connection opened only for a heartbeat closes right after it).
+//! A gateway that keeps writing gives its connection back after `MAX_HOLD` (between
+//! batches) and takes one again after a short random pause, so a refused gateway gets
+//! its turn even while the holders stay busy.
 //!
 //! Failures back off exponentially with full jitter up to 30 s, and the backoff resets
 //! only after a whole cycle succeeded (everything shipped committed, the periodic steps
@@ -35,6 +38,17 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Longest wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Longest a busy gateway keeps its connection before giving it back (after a batch,
+/// never in the middle of one), so gateways refused a slot get their turn even while
+/// the holders keep writing.
+const MAX_HOLD: Duration = Duration::from_secs(60);
+
+/// Longest pause before a gateway that gave its slot back takes one again (uniform).
+const TURN_PAUSE: Duration = Duration::from_secs(5);
+
+/// Refusals of a slot in a row after which a connected gateway says so.
+const REFUSALS_NEWS: u32 = 12;
 
 /// How often the fleet prunes central changes (whichever gateway comes first).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -70,6 +84,14 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(rand::thread_rng().gen_range(0.75..1.25))
 }
 
+/// Sleeps until `t`; for ever when None.
+async fn until(t: Option<Instant>) {
+    match t {
+        Some(t) => sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What the operator was last told (one log line per state change).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
@@ -89,6 +111,8 @@ enum End {
     Stopped,
     /// `idle_disconnect_secs` passed without a batch: the slot is given back.
     Idle,
+    /// Held for `MAX_HOLD`: the slot is given back for a moment, for the others.
+    Turn,
 }
 
 struct Replicator {
@@ -99,6 +123,8 @@ struct Replicator {
     backoff: Backoff,
     /// Whether the centre's schema was found current in this process.
     schema_ok: bool,
+    /// Refusals of a slot in a row (taking turns is normal; a long run is news).
+    refusals: u32,
     timers: Timers,
 }
 
@@ -112,6 +138,7 @@ pub(super) async fn run(app: Arc<App>, s: Settings, mut stop: watch::Receiver<bo
         link: Link::Unknown,
         backoff: Backoff::default(),
         schema_ok: false,
+        refusals: 0,
         timers: Timers {
             heartbeat: now,
             prune: now,
@@ -132,6 +159,15 @@ pub(super) async fn run(app: Arc<App>, s: Settings, mut stop: watch::Receiver<bo
             Ok(End::Stopped) => return,
             Ok(End::Idle) => {
                 tracing::debug!("replication: idle; closed the central connection");
+            }
+            Ok(End::Turn) => {
+                tracing::debug!(
+                    "replication: held the connection long enough; giving others a turn"
+                );
+                tokio::select! {
+                    () = sleep(TURN_PAUSE.mul_f64(rand::thread_rng().gen::<f64>())) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
             }
             Err(f) => {
                 r.failed(&f);
@@ -176,6 +212,7 @@ impl Replicator {
             self.schema_ok = true;
         }
         let mut last_batch: Option<Instant> = None;
+        let turn_ends = self.s.idle_disconnect.map(|_| Instant::now() + MAX_HOLD);
         loop {
             let Some(cursor) =
                 stream::start_cursor(&self.app, &self.s, &mut conn.client, &self.store_id).await?
@@ -200,17 +237,14 @@ impl Replicator {
                 .s
                 .idle_disconnect
                 .map(|d| last_batch.map_or_else(Instant::now, |t| t + d));
-            let idle = async {
-                match idle_until {
-                    Some(t) => sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let idle = until(idle_until);
+            let turn = until(turn_ends);
             let next_step = self.timers.heartbeat.min(self.timers.prune);
             tokio::select! {
                 () = self.app.store.wait_past(cursor) => {}
                 () = sleep_until(next_step) => {}
                 () = idle => return Ok(End::Idle),
+                () = turn => return Ok(End::Turn),
                 why = &mut conn.ended => {
                     return Err(Failure {
                         kind: "connect",
@@ -328,6 +362,7 @@ impl Replicator {
     /// A whole cycle succeeded: the backoff starts over, and a recovery is told once.
     fn healthy(&mut self, applied_seq: u64) {
         self.backoff.reset();
+        self.refusals = 0;
         if self.link != Link::Up {
             tracing::info!(
                 gateway_id = %self.s.gateway_id,
@@ -345,7 +380,13 @@ impl Replicator {
             // Check (and upgrade) the schema again at the next connection.
             self.schema_ok = false;
         }
-        if self.link == Link::Down(f.kind) {
+        if f.kind == "refused" {
+            self.refusals += 1;
+        }
+        // A connected gateway refused a slot later is taking turns, not news, until
+        // the refusals run long (about five minutes at the backoff's ceiling).
+        let turns = f.kind == "refused" && self.link == Link::Up && self.refusals < REFUSALS_NEWS;
+        if self.link == Link::Down(f.kind) || turns {
             tracing::debug!(kind = f.kind, error = %f.message, "replication: attempt failed");
             return;
         }
