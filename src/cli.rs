@@ -364,7 +364,13 @@ fn check_config(
             return ExitCode::from(2);
         }
     };
-    let note = config.ignored_env_note();
+    let notes: Vec<String> = config
+        .ignored_env_note()
+        .into_iter()
+        .chain(crate::pg_url::sslmode_warning(
+            &config.replication.postgres_url,
+        ))
+        .collect();
     let printed = match output {
         OutputFormat::Text => print(&config.to_redacted_toml()),
         OutputFormat::Json => {
@@ -372,7 +378,7 @@ fn check_config(
                 "valid": true,
                 "configFile": file_json,
                 "config": config.redacted(),
-                "warnings": note.iter().collect::<Vec<_>>(),
+                "warnings": notes,
             });
             print(&format!("{doc}\n"))
         }
@@ -381,8 +387,8 @@ fn check_config(
         say(&format!("fleetgroups: cannot write to stdout: {e}\n"));
         return ExitCode::FAILURE;
     }
-    if let Some(note) = note {
-        say(&format!("fleetgroups: {note}\n"));
+    for note in &notes {
+        say(&format!("fleetgroups: warning: {note}\n"));
     }
     match &file {
         Some(f) => say(&format!("configuration file: {}\n", f.display())),
