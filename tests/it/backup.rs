@@ -291,6 +291,19 @@ fn restore_refuses_bad_input_and_leaves_nothing_behind() {
     v["devices"] = json!((0..10_001).map(|i| format!("d{i}")).collect::<Vec<_>>());
     crowded[g] = v.to_string();
     cases.push(("crowded", crowded, "more than limits.max_devices_per_group"));
+    // Argon2 costs beyond this binary's own (one failed login took 12 s and 2 GB).
+    let mut costly = lines.clone();
+    let u = costly
+        .iter()
+        .position(|l| l.contains("\"type\":\"user\""))
+        .expect("user");
+    assert!(costly[u].contains("m=19456,t=2,p=1"), "{}", costly[u]);
+    costly[u] = costly[u].replace("m=19456,t=2,p=1", "m=2097152,t=10,p=1");
+    cases.push((
+        "costly-hash",
+        costly,
+        "user admin: keyHash asks for m=2097152 KiB, t=10, p=1",
+    ));
     let mut unknown = lines.clone();
     unknown[seq_at] = unknown[seq_at].replace("}", ",\"extra\":true}");
     cases.push(("unknown-field", unknown, "unknown field"));
