@@ -168,6 +168,33 @@ pub const KEY_FILE: &str = "initial-api-key";
 /// exists, the directory holds a half-restored store that nothing may serve.
 pub const RESTORE_MARKER: &str = "restore-in-progress";
 
+/// Takes the restore lock of `data_dir`: an exclusive `flock` on the directory itself,
+/// held by `restore` from before it looks inside until it has finished (or cleaned
+/// up), and released by the kernel when that process dies. So a second restore into
+/// the same directory (under any path) is refused instead of taking the first one's
+/// marker for an abandoned restore and emptying the directory under it, and the
+/// marker without the lock is known to be abandoned. `Ok(None)`: another process
+/// holds it.
+pub fn lock_for_restore(data_dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use rustix::fs::{flock, FlockOperation};
+    let dir = std::fs::File::open(data_dir)?;
+    match flock(&dir, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(dir)),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a `restore` is running into `data_dir` right now (it holds the lock of
+/// [`lock_for_restore`]); false when it cannot be told.
+fn restore_running(data_dir: &Path) -> bool {
+    use rustix::fs::{flock, FlockOperation};
+    std::fs::File::open(data_dir).is_ok_and(|dir| {
+        flock(&dir, FlockOperation::NonBlockingLockShared)
+            .is_err_and(|e| e == rustix::io::Errno::WOULDBLOCK)
+    })
+}
+
 /// One key written by a change: the space, the key, the new value (None removes it).
 type Op = (Kind, Vec<u8>, Option<Vec<u8>>);
 
@@ -717,6 +744,13 @@ fn check_before_sled(
     crate::perms::create_private_dir(data_dir)
         .map_err(|e| OpenError::Other(format!("cannot create {}: {e}", data_dir.display())))?;
     if !options.restoring && data_dir.join(RESTORE_MARKER).exists() {
+        if restore_running(data_dir) {
+            // Not the operator's to repair: it is being written, and will start once done.
+            return Err(OpenError::Other(format!(
+                "a restore into {} is running; start once it has finished",
+                data_dir.display()
+            )));
+        }
         return Err(OpenError::Interrupted(data_dir.to_path_buf()));
     }
     let fresh = check_not_lost(data_dir, dir)?;
