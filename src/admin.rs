@@ -15,7 +15,10 @@
 //! key travels only in `stdout`; nothing here logs stdout, so keys are never logged.
 //!
 //! The CLI side ([`request`]) decides: a socket that answers is used; no socket, or one
-//! nobody listens on, means the server is not running and the CLI opens the store.
+//! nobody listens on, means the server is not running and the CLI opens the store. It
+//! checks the server too: the socket's peer (`SO_PEERCRED`) must be the data
+//! directory's owner or root ([`TrustedPeer`]), or nothing is sent and the command
+//! fails (exit 1) naming the uid that answered.
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
@@ -358,11 +361,55 @@ pub enum ClientError {
     Failed(String),
 }
 
-/// Sends one command to a running server and returns its answer.
-pub fn request(socket: &Path, command: &Command) -> Result<Outcome, ClientError> {
+/// Who may answer on the admin socket: the data directory's owner (the uid the server
+/// runs as) and root. Anyone else who can put a socket at that path (a shared
+/// directory, a socket left behind) could otherwise answer `user rotate-key` with a
+/// fake key while the old one stays valid, or `backup` with a success and no file.
+#[derive(Debug, Clone)]
+pub struct TrustedPeer {
+    /// The data directory's owner (or, with no data directory yet, the CLI's own uid).
+    pub owner: u32,
+    /// What that owner is called.
+    pub what: String,
+}
+
+/// Checks the socket's peer (`SO_PEERCRED`: the uid of the process that listens)
+/// against `trusted`, before anything is sent.
+fn check_peer(
+    stream: &std::os::unix::net::UnixStream,
+    socket: &Path,
+    trusted: &TrustedPeer,
+) -> Result<(), ClientError> {
+    let cred = rustix::net::sockopt::socket_peercred(stream).map_err(|e| {
+        ClientError::Failed(format!(
+            "admin socket {}: cannot tell who answers on it ({e}); nothing was sent",
+            socket.display()
+        ))
+    })?;
+    let uid = cred.uid.as_raw();
+    if uid == trusted.owner || uid == 0 {
+        return Ok(());
+    }
+    Err(ClientError::Failed(format!(
+        "refused the admin socket {}: it is answered by {} (pid {}), not by {} or root, so its answer cannot be trusted and the command was not sent. Check admin.socket: another user may have put a socket there",
+        socket.display(),
+        crate::cli::who(uid),
+        cred.pid.as_raw_nonzero(),
+        trusted.what,
+    )))
+}
+
+/// Sends one command to a running server and returns its answer. The server must be
+/// `trusted` ([`TrustedPeer`]): anyone else is refused before the command is sent.
+pub fn request(
+    socket: &Path,
+    command: &Command,
+    trusted: &TrustedPeer,
+) -> Result<Outcome, ClientError> {
     let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
         ClientError::NotRunning(format!("cannot connect to {}: {e}", socket.display()))
     })?;
+    check_peer(&stream, socket, trusted)?;
     let failed =
         |e: std::io::Error| ClientError::Failed(format!("admin socket {}: {e}", socket.display()));
     // A backup of a big store takes a while; anything else answers within seconds.

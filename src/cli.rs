@@ -418,10 +418,6 @@ fn owner_check(data_dir: &std::path::Path) -> Result<(), String> {
         return Ok(());
     }
     let owner = user_name(meta.uid());
-    let who = |name: &Option<String>, uid: u32| match name {
-        Some(n) => format!("{n} (uid {uid})"),
-        None => format!("uid {uid}"),
-    };
     let command = shell_words(std::env::args_os());
     let how = match (&owner, me) {
         (Some(name), 0) => format!("runuser -u {name} -- {command}"),
@@ -436,9 +432,37 @@ fn owner_check(data_dir: &std::path::Path) -> Result<(), String> {
     Err(format!(
         "fleetgroups: {} belongs to {}, but this command runs as {}: files it created there would belong to the wrong user and the server could no longer open its store. Nothing was done. Run it as the owner:\n  {how}\n",
         data_dir.display(),
-        who(&owner, meta.uid()),
-        who(&user_name(me), me),
+        who(meta.uid()),
+        who(me),
     ))
+}
+
+/// A uid as people read it: `fleetgroups (uid 998)`, or `uid 998` without a name.
+pub(crate) fn who(uid: u32) -> String {
+    match user_name(uid) {
+        Some(n) => format!("{n} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+/// Who may answer on the admin socket (`admin::TrustedPeer`): the owner of the data
+/// directory's store (else of the directory itself: what `owner_check` holds the CLI
+/// to), or the CLI's own uid when there is no data directory yet.
+fn trusted_peer(data_dir: &std::path::Path) -> crate::admin::TrustedPeer {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(data_dir.join("store")).or_else(|_| std::fs::metadata(data_dir)) {
+        Ok(meta) => crate::admin::TrustedPeer {
+            owner: meta.uid(),
+            what: format!("the owner of {}, {}", data_dir.display(), who(meta.uid())),
+        },
+        Err(_) => {
+            let me = rustix::process::geteuid().as_raw();
+            crate::admin::TrustedPeer {
+                owner: me,
+                what: format!("this command's own user, {}", who(me)),
+            }
+        }
+    }
 }
 
 /// The name of `uid` from `/etc/passwd`, if it is there (a systemd `DynamicUser` is
@@ -589,7 +613,8 @@ impl From<UserCommand> for AdminCommand {
 /// when no server answers there.
 fn run_admin(config: &Config, command: AdminCommand) -> ExitCode {
     let socket = config.admin_socket();
-    let outcome = match crate::admin::request(&socket, &command) {
+    let trusted = trusted_peer(&config.data_dir);
+    let outcome = match crate::admin::request(&socket, &command, &trusted) {
         Ok(outcome) => outcome,
         Err(ClientError::Failed(why)) => Outcome::failed(1, why),
         Err(ClientError::NotRunning(why)) => offline(config, &command, &why),
