@@ -504,8 +504,10 @@ fn serve_command(config: Config, overrides: Overrides) -> ExitCode {
 
 /// `check`: the store must be stopped (the check reads every record, and a running
 /// server changes them meanwhile). Opening it already refuses a damaged store with the
-/// reason; then every record is read. Nothing is written: the store is dropped without
-/// a close, so not even the high-water file changes.
+/// reason; then every record is read. A clean store is closed as the server closes it,
+/// sealed (`store/seal.rs`), so that damage made after the check is still refused by
+/// the next start; a damaged one is dropped unsealed, and the next start checks it
+/// again.
 fn check_store(config: &Config) -> ExitCode {
     let dir = config.data_dir.display().to_string();
     if !config.data_dir.join("store").exists() {
@@ -528,6 +530,12 @@ fn check_store(config: &Config) -> ExitCode {
         }
     };
     let report = store.check();
+    if report.clean() {
+        if let Err(e) = store.close() {
+            say(&format!("fleetgroups: closing the store: {e}\n"));
+            return ExitCode::FAILURE;
+        }
+    }
     drop(store);
     let mut text = format!(
         "checked the store in {dir}: {} groups, {} name index entries, {} device index entries, {} change-feed entries, {} users\n",
