@@ -676,7 +676,7 @@ fn offline(config: &Config, command: &AdminCommand, socket_error: &str) -> Outco
         Err(OpenError::Locked(dir)) => Outcome::failed(
             1,
             format!(
-                "the store in {} is locked by a running fleetgroups, but its admin socket does not answer ({socket_error}); check admin.socket, or wait for the server to finish starting",
+                "the store in {} is locked by a running fleetgroups, but its admin socket does not answer ({socket_error}): the server is starting or stopping, or admin.socket names another path. Run the command again in a moment, or check admin.socket",
                 dir.display()
             ),
         ),
