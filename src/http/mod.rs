@@ -6,6 +6,7 @@
 //! writes one log line. It calls into `api/`; nothing there calls back.
 
 pub mod body;
+pub mod budget;
 pub mod conns;
 pub mod dispatch;
 pub mod response;
@@ -20,7 +21,8 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, IF_MATCH, IF_NONE_MATCH,
+    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, IF_MATCH,
+    IF_NONE_MATCH, TRANSFER_ENCODING,
 };
 use hyper::{HeaderMap, Request, Response, StatusCode, Version};
 
@@ -30,7 +32,8 @@ use crate::error::ApiError;
 use crate::json::push_member;
 use crate::store::users::{Role, UserRecord};
 use crate::usage::Limits;
-use body::{check_headers, read_json};
+use body::{check_headers, content_length, read_json, BodyRead};
+use budget::Share;
 use dispatch::{call_public, call_user, public_call, user_call};
 use response::{error_body, success_body, success_head};
 use router::Op;
@@ -122,7 +125,8 @@ async fn answer(
         peer: Some(peer.ip()),
         query: req.uri().query().map(str::to_string),
     };
-    let body = read_body(app, op, req).await?;
+    // The body's share of the body budget is held until the handler is done with it.
+    let (body, _body_share) = read_body(app, op, req).await?;
     if op == Op::Token {
         // A login has no bearer user yet; the log names the user it is for.
         if let Some(name) = body
@@ -194,23 +198,40 @@ fn authenticate(
     Ok(user)
 }
 
-/// The JSON body of an operation that takes one (None when it sent none).
+/// The JSON body of an operation that takes one (None when it sent none), with its
+/// share of the body budget. A login's body is limited far below the others'
+/// (`limits.max_token_body_bytes`): it is the one body anyone may send unauthenticated.
 async fn read_body(
     app: &App,
     op: Op,
     req: Request<Incoming>,
-) -> Result<Option<JsonBody>, ApiError> {
+) -> Result<(Option<JsonBody>, Share), ApiError> {
     if !op.has_body() {
-        return Ok(None);
+        return Ok((None, Share::default()));
     }
     let limits = &app.config.limits;
-    let Some(kind) = check_headers(op, req.headers(), limits.max_body_bytes)? else {
-        return Ok(None);
+    let max = if op == Op::Token {
+        limits.max_token_body_bytes.min(limits.max_body_bytes)
+    } else {
+        limits.max_body_bytes
     };
-    let timeout = Duration::from_secs(limits.body_timeout_secs);
-    read_json(req.into_body(), kind, limits.max_body_bytes, timeout)
-        .await
-        .map(Some)
+    let Some(kind) = check_headers(op, req.headers(), max)? else {
+        return Ok((None, Share::default()));
+    };
+    // Without a length or a transfer coding, an HTTP/1.1 request has no body.
+    let declared = match content_length(req.headers())? {
+        None if !req.headers().contains_key(TRANSFER_ENCODING) => Some(0),
+        declared => declared,
+    };
+    let read = BodyRead {
+        kind,
+        declared,
+        max,
+        timeout: Duration::from_secs(limits.body_timeout_secs),
+        budget: &app.bodies,
+    };
+    let (body, share) = read_json(req.into_body(), read).await?;
+    Ok((Some(body), share))
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without a `Host` header, or with more than one,

@@ -1,0 +1,158 @@
+//! Bytes a client controls, each bounded by a named configuration value (issue "No
+//! client can make the server hold more than its configuration allows"): a JSON
+//! Patch's operations and the document while it applies, a login's body, the request
+//! bodies of all clients together, the answers waiting for slow readers, and the
+//! stored first answers of `Idempotency-Key` creates. Each test shows the bound's
+//! answer and that nothing else changed; the memory and time these save are measured
+//! in `bench/bounds.py`, not here.
+
+use std::io::Write;
+
+use serde_json::{json, Value};
+
+use crate::support::{begin_slow_request, poll_until, raw, Options, TestServer};
+use std::time::Duration;
+
+fn devices(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("dev-{i:05}")).collect()
+}
+
+/// The issue's patch: 24 copies of the device list into itself, each doubling the
+/// document. Refused at the bound, the group as it was, and other accounts' writes go on.
+#[test]
+fn a_doubling_json_patch_is_refused_at_the_document_bound() {
+    let (server, a, b) = TestServer::two_accounts();
+    let (a, b) = (server.client(&a), server.client(&b));
+    let g = a.create(&json!({"name": "Doubling", "devices": devices(64)}));
+    let id = g["id"].as_str().unwrap();
+    let before = a.group(id);
+    let ops: Vec<Value> = (0..24)
+        .map(|_| json!({"op": "copy", "from": "/devices", "path": "/devices/-"}))
+        .collect();
+    let body = serde_json::to_vec(&ops).unwrap();
+    let r = a
+        .req("PATCH", &format!("/api/groups/{id}"))
+        .body_as("application/json-patch+json", &body)
+        .send();
+    let v = r.expect_error(400, "invalid_patch");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("limits.max_patch_document_bytes"), "{msg}");
+    assert_eq!(a.group(id), before, "the group is unchanged");
+    b.create(&json!({"name": "Other account", "devices": ["x"]}));
+}
+
+#[test]
+fn patch_operation_count_and_document_size_are_configured() {
+    let server = TestServer::with(
+        Options::default()
+            .env("FLEETGROUPS_LIMITS_MAX_PATCH_OPERATIONS", "3")
+            .env("FLEETGROUPS_LIMITS_MAX_PATCH_DOCUMENT_BYTES", "2048"),
+    );
+    let c = server.client(&server.admin_token());
+    let g = c.create(&json!({"name": "Small", "devices": ["a"]}));
+    let id = g["id"].as_str().unwrap();
+    let path = format!("/api/groups/{id}");
+    let add = |d: &str| json!({"op": "add", "path": "/devices/-", "value": d});
+    let four = serde_json::to_vec(&[add("b"), add("c"), add("d"), add("e")]).unwrap();
+    let r = c
+        .req("PATCH", &path)
+        .body_as("application/json-patch+json", &four)
+        .send();
+    let v = r.expect_error(400, "invalid_patch");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 3 operations"),
+        "{v}"
+    );
+    let three = serde_json::to_vec(&[add("b"), add("c"), add("d")]).unwrap();
+    let r = c
+        .req("PATCH", &path)
+        .body_as("application/json-patch+json", &three)
+        .send();
+    assert_eq!(r.expect_ok(200)["devices"], json!(["a", "b", "c", "d"]));
+    // A merge patch is bounded alike: its document would pass 2,048 bytes.
+    let big = json!({"description": "d".repeat(1000), "devices": devices(100)});
+    let r = c
+        .req("PATCH", &path)
+        .body_as(
+            "application/merge-patch+json",
+            &serde_json::to_vec(&big).unwrap(),
+        )
+        .send();
+    let v = r.expect_error(400, "invalid_input");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_patch_document_bytes"),
+        "{v}"
+    );
+    assert_eq!(c.group(id)["devices"], json!(["a", "b", "c", "d"]));
+}
+
+/// A login body is small: one over `limits.max_token_body_bytes` (4 KiB) is a 413,
+/// whether it declares its length or comes chunked, and a valid login still works.
+#[test]
+fn an_oversized_login_body_is_413() {
+    let server = TestServer::start();
+    let key = server.admin_key();
+    let padded = json!({"userName": "admin", "apiKey": key, "pad": "p".repeat(5000)});
+    let r = server.req("POST", "/api/Auth/Token").json(&padded).send();
+    r.expect_error(413, "body_too_large");
+    // Chunked: cut off once past the limit.
+    let body = serde_json::to_vec(&padded).unwrap();
+    let mut req = format!(
+        "POST /api/Auth/Token HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        server.addr
+    )
+    .into_bytes();
+    for part in body.chunks(1000) {
+        req.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        req.extend_from_slice(part);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    raw(server.addr, &req).expect_error(413, "body_too_large");
+    server.login("admin", &key);
+}
+
+/// Bodies being received are paid for from `limits.body_budget_bytes`: while one body
+/// holds the whole budget, another waits and is then refused with 503 `server_busy`
+/// (and `Retry-After`), counted in `/metrics`; once the first is done, it goes through.
+#[test]
+fn the_body_budget_refuses_bodies_past_it() {
+    let server = TestServer::with(
+        Options::default()
+            .env("FLEETGROUPS_LIMITS_MAX_BODY_BYTES", "65536")
+            .env("FLEETGROUPS_LIMITS_BODY_BUDGET_BYTES", "65536"),
+    );
+    let token = server.admin_token();
+    let c = server.client(&token);
+    let body = serde_json::to_vec(&json!({"name": "Held", "devices": ["a"]})).unwrap();
+    let mut padded = body.clone();
+    padded.resize(65536, b' ');
+    // Declares 64 KiB and sends none of it yet: the whole budget is taken.
+    let mut held = begin_slow_request(&server, "POST", "/api/groups", &token, padded.len());
+    poll_until(Duration::from_secs(10), "the body budget in use", || {
+        (server.metric("fleetgroups_budget_in_use_bytes{budget=\"body\"}") == Some(65536.0))
+            .then_some(())
+    });
+    let r = c.post("/api/groups", &json!({"name": "Refused"}));
+    r.expect_error(503, "server_busy");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(
+        server.metric("fleetgroups_budget_refused_total{budget=\"body\"}"),
+        Some(1.0)
+    );
+    held.write_all(&padded).unwrap();
+    crate::support::read_response(&mut held).expect_ok(201);
+    poll_until(Duration::from_secs(10), "the budget given back", || {
+        (server.metric("fleetgroups_budget_in_use_bytes{budget=\"body\"}") == Some(0.0))
+            .then_some(())
+    });
+    c.create(&json!({"name": "Refused"}));
+    let names: Vec<Value> = c.groups().iter().map(|g| g["name"].clone()).collect();
+    assert_eq!(names, [json!("Held"), json!("Refused")]);
+}
