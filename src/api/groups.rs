@@ -229,6 +229,7 @@ pub async fn create(mut ctx: Authed<'_>) -> Result<Reply, ApiError> {
                 fingerprint: fingerprint(&body),
                 ttl_ms: IDEMPOTENCY_TTL_MS,
                 max_per_user: ctx.app.config.limits.idempotency_keys_per_user,
+                max_bytes_per_user: ctx.app.config.limits.idempotency_bytes_per_user,
             })
         }
         None => None,

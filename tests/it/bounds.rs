@@ -156,3 +156,37 @@ fn the_body_budget_refuses_bodies_past_it() {
     let names: Vec<Value> = c.groups().iter().map(|g| g["name"].clone()).collect();
     assert_eq!(names, [json!("Held"), json!("Refused")]);
 }
+
+/// Remembered first answers are bounded in bytes per user
+/// (`limits.idempotency_bytes_per_user`): a create whose answer does not fit beside the
+/// older ones evicts the oldest, so a retry of that older key creates anew, while the
+/// newest still replays — also across a restart (the tally is stored).
+#[test]
+fn idempotency_answers_are_bounded_in_bytes_per_user() {
+    let mut server = TestServer::with(
+        Options::default().env("FLEETGROUPS_LIMITS_IDEMPOTENCY_BYTES_PER_USER", "20000"),
+    );
+    let c = server.client(&server.admin_token());
+    let create = |c: &crate::support::Client<'_>, key: &str, name: &str| {
+        c.req("POST", "/api/groups")
+            .header("Idempotency-Key", key)
+            .json(&json!({"name": name, "devices": devices(1000)}))
+            .send()
+    };
+    // Each answer is about 13 KB: the second does not fit beside the first.
+    let first = create(&c, "k1", "One");
+    let first_id = first.expect_ok(201)["id"].clone();
+    c.delete(&format!("/api/groups/{}", first_id.as_str().unwrap()))
+        .expect_ok(200);
+    let second = create(&c, "k2", "Two");
+    let second_id = second.expect_ok(201)["id"].clone();
+    server.stop();
+    server.restart();
+    let c = server.client(&server.admin_token());
+    let again = create(&c, "k2", "Two");
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.expect_ok(201)["id"], second_id);
+    let retried = create(&c, "k1", "One");
+    assert_eq!(retried.header("idempotent-replayed"), None, "k1 was evicted");
+    assert_ne!(retried.expect_ok(201)["id"], first_id);
+}
