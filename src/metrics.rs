@@ -94,6 +94,9 @@ pub struct ConnStats {
     pub blocked: AtomicU64,
     /// Closed because a write made no progress for `limits.write_timeout_secs`.
     pub write_timeouts: AtomicU64,
+    /// Closed because the client took answers slower than
+    /// `limits.min_read_bytes_per_sec`.
+    pub slow_readers: AtomicU64,
     /// Idle connections closed at the connection limit to make room.
     pub evicted_idle: AtomicU64,
     /// Connections whose client stopped reading, closed at the limit to make room.
@@ -293,6 +296,7 @@ fn render_connections(out: &mut String, c: &ConnStats) {
     out.push_str("# HELP fleetgroups_connections_closed_total Connections the server closed, by reason.\n# TYPE fleetgroups_connections_closed_total counter\n");
     for (reason, n) in [
         ("write_timeout", &c.write_timeouts),
+        ("slow_reader", &c.slow_readers),
         ("evicted_idle", &c.evicted_idle),
         ("evicted_stalled", &c.evicted_stalled),
     ] {

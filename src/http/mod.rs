@@ -63,7 +63,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
             Err(ApiError::Internal(format!("handler panicked: {what}")))
         });
     let response = match result {
-        Ok(reply) => render(reply, seen.usage, &request_id),
+        // A raw answer (the OpenAPI document from the binary, `/metrics`) is not
+        // built from client data and is not paid for.
+        Ok(reply) if reply.raw.is_some() => render(reply, seen.usage, &request_id),
+        Ok(reply) => pay_for_answer(&app, seen.op, render(reply, seen.usage, &request_id))
+            .unwrap_or_else(|err| render_error(&err, seen.usage, &request_id)),
         Err(err) => {
             if let Some(detail) = err.log_detail() {
                 tracing::error!(request_id = %request_id, detail, "request failed");
@@ -91,6 +95,33 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         );
     }
     response
+}
+
+/// Answers up to this size are not paid for from the answer budget: as small as a
+/// streamed chunk, so the connection limit bounds them (and an error or `/healthz` is
+/// never refused for a budget).
+const SMALL_ANSWER: usize = stream::SLICE;
+
+/// Pays for a large whole answer from the answer budget (`limits.answer_budget_bytes`)
+/// until its client has taken it. When the budget is spent, a read is refused (503
+/// `server_busy`: the client reads again shortly, and the answer built is dropped at
+/// once), but a write's answer is sent unpaid: the change is made and must be told.
+fn pay_for_answer(
+    app: &App,
+    op: Option<Op>,
+    mut response: Response<OutBody>,
+) -> Result<Response<OutBody>, ApiError> {
+    let Some(len) = response.body().full_len().filter(|n| *n > SMALL_ANSWER) else {
+        return Ok(response);
+    };
+    match app.answers.try_take(len as u64) {
+        Some(share) => response.body_mut().hold(share),
+        None if !op.is_some_and(Op::writes) => {
+            return Err(ApiError::Busy("answers (limits.answer_budget_bytes)"))
+        }
+        None => {}
+    }
+    Ok(response)
 }
 
 /// What the log line and the envelope need to know about a request, learnt as it
@@ -277,7 +308,9 @@ fn render(reply: Reply, usage: Option<(u64, u64)>, request_id: &str) -> Response
     let status = reply.status;
     let (ctype, body) = match (reply.raw, reply.stream) {
         (Some((ctype, bytes)), _) => (ctype, OutBody::full(bytes)),
-        (None, _) if status == StatusCode::NOT_MODIFIED => (JSON, OutBody::Full(None)),
+        (None, _) if status == StatusCode::NOT_MODIFIED => {
+            (JSON, OutBody::Full(None, Share::default()))
+        }
         (None, Some(st)) => {
             let mut head =
                 success_head(usage, &reply.members, st.member.len() + 4 + st.first.len());

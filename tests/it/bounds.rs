@@ -187,6 +187,105 @@ fn idempotency_answers_are_bounded_in_bytes_per_user() {
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(again.expect_ok(201)["id"], second_id);
     let retried = create(&c, "k1", "One");
-    assert_eq!(retried.header("idempotent-replayed"), None, "k1 was evicted");
+    assert_eq!(
+        retried.header("idempotent-replayed"),
+        None,
+        "k1 was evicted"
+    );
     assert_ne!(retried.expect_ok(201)["id"], first_id);
+}
+
+/// A group whose answer (about 600 KB) is larger than what the kernel buffers of a
+/// client that does not read can take, so its answer stays in the server.
+fn big_group(c: &crate::support::Client<'_>) -> (String, Vec<String>) {
+    let devices: Vec<String> = (0..10_000).map(|i| format!("{i:0>50}")).collect();
+    let g = c.create(&json!({"name": "Big", "devices": devices}));
+    (g["id"].as_str().unwrap().to_string(), devices)
+}
+
+/// Answers waiting for their clients are paid for from `limits.answer_budget_bytes`:
+/// while a client that does not read holds a large answer, another read of it is
+/// refused with 503 `server_busy` (small answers and writes' answers still go out);
+/// once that client is gone, the budget is back.
+#[test]
+fn the_answer_budget_refuses_large_reads_past_it() {
+    let server = TestServer::with(
+        Options::default()
+            .env("FLEETGROUPS_LIMITS_ANSWER_BUDGET_BYTES", "700000")
+            .env("FLEETGROUPS_LIMITS_MAX_PAGE_BYTES", "65536"),
+    );
+    let token = server.admin_token();
+    let c = server.client(&token);
+    let (id, devices) = big_group(&c);
+    let path = format!("/api/groups/{id}");
+    let get = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let stalled = crate::exhaustion::stalled_client(server.addr, &get, 1);
+    let in_use = "fleetgroups_budget_in_use_bytes{budget=\"answer\"}";
+    poll_until(Duration::from_secs(10), "the answer budget in use", || {
+        (server.metric(in_use).unwrap_or(0.0) > 500_000.0).then_some(())
+    });
+    let r = c.get(&path);
+    r.expect_error(503, "server_busy");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    server.req("GET", "/healthz").send().expect_ok(200);
+    c.get("/api/groups?limit=1&name=nothing").expect_ok(200);
+    // A write's answer is as large, and goes out: the change is made.
+    let renamed = c.put(&path, &json!({"name": "Bigger", "devices": devices}));
+    assert_eq!(renamed.expect_ok(200)["name"], "Bigger");
+    drop(stalled);
+    poll_until(
+        Duration::from_secs(10),
+        "the answer budget given back",
+        || (server.metric(in_use) == Some(0.0)).then_some(()),
+    );
+    assert_eq!(c.get(&path).expect_ok(200)["name"], "Bigger");
+    assert!(
+        server
+            .metric("fleetgroups_budget_refused_total{budget=\"answer\"}")
+            .unwrap()
+            >= 1.0
+    );
+}
+
+/// A client that reads, but slower than `limits.min_read_bytes_per_sec`, is cut once
+/// the server has waited the write timeout (here 2 s) for it, and counted.
+#[test]
+fn a_slow_reader_is_cut() {
+    let server = TestServer::with(
+        Options::default()
+            .env("FLEETGROUPS_LIMITS_MIN_READ_BYTES_PER_SEC", "1000000")
+            .env("FLEETGROUPS_LIMITS_WRITE_TIMEOUT_SECS", "2"),
+    );
+    let token = server.admin_token();
+    let c = server.client(&token);
+    let (id, _) = big_group(&c);
+    let get = format!(
+        "GET /api/groups/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    let mut slow = crate::exhaustion::stalled_client(server.addr, &get, 1);
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // About 40 KB a second: far below the least rate, far from stopping. The pause
+    // is the client's slowness, not a wait for the server.
+    let started = std::time::Instant::now();
+    let mut got = 0usize;
+    let mut buf = [0u8; 1024];
+    let cut = loop {
+        assert!(started.elapsed() < Duration::from_secs(60), "never cut");
+        match std::io::Read::read(&mut slow, &mut buf) {
+            Ok(0) | Err(_) => break true,
+            Ok(n) => got += n,
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    assert!(
+        cut && got < 600_000,
+        "cut before the whole answer: {got} bytes"
+    );
+    assert_eq!(
+        server.metric("fleetgroups_connections_closed_total{reason=\"slow_reader\"}"),
+        Some(1.0)
+    );
+    // A client that reads at once is not.
+    assert_eq!(c.group(&id)["name"], "Big");
 }
