@@ -19,8 +19,8 @@
 //!   and nothing left to write — a keep-alive connection between requests, or one that
 //!   has not finished sending a request head, as a slowloris client never does) is
 //!   closed, the way nginx reuses idle keep-alive connections when it runs out; failing
-//!   that, the connection whose writes have been blocked the longest (at least
-//!   `STALLED_AFTER`) is cut. Connections inside a request whose client reads are never
+//!   that, the connections whose writes have been blocked the longest (at least
+//!   `STALLED_AFTER`) are cut, up to `CUT_BATCH` at once. Connections inside a request whose client reads are never
 //!   cut; when every connection is busy, new clients queue in the listen backlog.
 //! - at shutdown, connections that never started a request close at once, and the
 //!   others finish their current request and close (hyper's graceful shutdown).
@@ -57,6 +57,9 @@ use crate::sync::lock;
 /// a client that is merely slow for a moment (a full window on a busy link) is spared
 /// while idle connections exist.
 pub const STALLED_AFTER: Duration = Duration::from_millis(250);
+
+/// Stalled connections cut at once when room is needed (see `Conns::make_room`).
+pub const CUT_BATCH: usize = 16;
 
 /// How long the server must have waited for a client's reads before their rate is
 /// judged against `limits.min_read_bytes_per_sec`: this, or the write timeout when
@@ -151,8 +154,11 @@ impl Conns {
     }
 
     /// Asks one connection to close to make room: the one idle the longest, else the
-    /// one stalled the longest. False when every connection is inside a request or
-    /// writing to a client that reads.
+    /// ones stalled the longest — up to `CUT_BATCH` of them at once, since clients that
+    /// stopped reading rarely come alone, and each cut frees its permit only once its
+    /// task has run: one at a time, a new client queued in the backlog behind a few
+    /// dozen others waited seconds for its turn. False when every connection is inside
+    /// a request or writing to a client that reads.
     pub fn make_room(&self) -> bool {
         let now = self.now();
         let stalled_ms = u64::try_from(STALLED_AFTER.as_millis()).unwrap_or(u64::MAX);
@@ -165,34 +171,30 @@ impl Conns {
                     && c.blocked_since() == 0
             })
             .min_by_key(|c| c.last_active.load(Ordering::Relaxed));
-        let (victim, cut) = match idle {
-            Some(c) => (c, false),
-            None => {
-                // One asked to close gracefully may have stalled since: it can be cut.
-                let stalled = table
-                    .values()
-                    .filter(|c| !c.cut.load(Ordering::Relaxed))
-                    .filter(|c| {
-                        let since = c.blocked_since();
-                        since != 0 && now.saturating_sub(since - 1) >= stalled_ms
-                    })
-                    .min_by_key(|c| c.blocked_since());
-                match stalled {
-                    Some(c) => (c, true),
-                    None => return false,
-                }
-            }
-        };
-        victim.cut.store(cut, Ordering::Relaxed);
-        victim.evicting.store(true, Ordering::Relaxed);
-        victim.evict.notify_one();
-        let counter = if cut {
-            &self.stats.evicted_stalled
-        } else {
-            &self.stats.evicted_idle
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        true
+        if let Some(victim) = idle {
+            victim.cut.store(false, Ordering::Relaxed);
+            victim.evicting.store(true, Ordering::Relaxed);
+            victim.evict.notify_one();
+            self.stats.evicted_idle.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        // One asked to close gracefully may have stalled since: it can be cut.
+        let mut stalled: Vec<&Arc<ConnState>> = table
+            .values()
+            .filter(|c| !c.cut.load(Ordering::Relaxed))
+            .filter(|c| {
+                let since = c.blocked_since();
+                since != 0 && now.saturating_sub(since - 1) >= stalled_ms
+            })
+            .collect();
+        stalled.sort_by_key(|c| c.blocked_since());
+        for victim in stalled.iter().take(CUT_BATCH) {
+            victim.cut.store(true, Ordering::Relaxed);
+            victim.evicting.store(true, Ordering::Relaxed);
+            victim.evict.notify_one();
+            self.stats.evicted_stalled.fetch_add(1, Ordering::Relaxed);
+        }
+        !stalled.is_empty()
     }
 }
 
