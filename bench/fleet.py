@@ -27,7 +27,7 @@ import urllib.request
 
 ENV = os.environ
 N = int(ENV.get("N", "1000"))
-GROUPS = int(ENV.get("GROUPS", "200"))
+GROUPS = int(ENV.get("GROUPS_EACH", "200"))
 MAXCONN = int(ENV.get("MAXCONN", "100"))
 # The README's sizing rule: the gateways' role may hold what is left after the
 # superuser reserve (3) and the readers' share.
