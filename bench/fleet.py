@@ -137,7 +137,9 @@ class Gateway:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def launch(self, url):
-        self.port = free_port()
+        # Port 0: the server picks a free one and logs it (no race between picking a
+        # port here and binding it there).
+        self.port = None
         env = dict(ENV)
         env.update({
             "FLEETGROUPS_REPLICATION_POSTGRES_URL": url,
@@ -146,11 +148,25 @@ class Gateway:
         })
         out = open(f"{self.dir}.log", "ab")
         self.proc = subprocess.Popen(
-            [BIN, "--data-dir", self.dir, "serve", "--listen", f"127.0.0.1:{self.port}"],
+            [BIN, "--data-dir", self.dir, "serve", "--listen", "127.0.0.1:0"],
             env=env, stdout=out, stderr=out)
         STARTED.append(self.proc)
 
+    def find_port(self):
+        """The port from the server's log line `listening on http://127.0.0.1:PORT`."""
+        if self.port is None:
+            with open(f"{self.dir}.log", errors="replace") as f:
+                for line in f:
+                    i = line.find("listening on http://127.0.0.1:")
+                    if i >= 0:
+                        self.port = int(line[i + 30:].split()[0].rstrip(","))
+        return self.port
+
     def ready(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.id} exited: see {self.dir}.log")
+        if self.find_port() is None:
+            return False
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
                 return r.status == 200
@@ -338,6 +354,10 @@ def run_mode(mode, key):
         g.launch(url)
     launched = time.monotonic() - t0
     log(f"   launched {N} processes in {launched:.1f} s")
+    for g in gws:
+        while not g.ready():
+            time.sleep(0.05)
+    log(f"   all {N} ready {time.monotonic() - t0:.1f} s after the launch began")
     writers = gws[::10]
     for g in writers:
         while not g.ready():
@@ -464,6 +484,8 @@ def explain_at_scale():
 
 def main():
     key = sys.argv[5]
+    # A SIGTERM still runs the finally below: no gateway is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     setup_pg()
     results = []
     plans = {}
