@@ -152,6 +152,16 @@ class Gateway:
             env=env, stdout=out, stderr=out)
         STARTED.append(self.proc)
 
+    def launch_plain(self):
+        """The same server without [replication]."""
+        out = open(f"{self.dir}.log", "ab")
+        env = dict(ENV)
+        env["FLEETGROUPS_STORAGE_CACHE_MB"] = "1"
+        self.proc = subprocess.Popen(
+            [BIN, "--data-dir", self.dir, "serve", "--listen", "127.0.0.1:0"],
+            env=env, stdout=out, stderr=out)
+        STARTED.append(self.proc)
+
     def find_port(self):
         """The port from the server's log line `listening on http://127.0.0.1:PORT`."""
         if self.port is None:
@@ -441,6 +451,39 @@ def run_mode(mode, key):
     }
 
 
+def idle_baseline():
+    """Idle CPU and RSS of the same N gateways without [replication] and with it
+    (direct, caught up), over IDLE_WINDOW after a settling minute: what replication
+    itself costs an idle fleet."""
+    out = {}
+    for label, url in (("off", None),
+                       ("on", f"postgresql://fleet@127.0.0.1:{PGPORT}/postgres?sslmode=disable")):
+        log(f"== idle baseline, replication {label}: {N} gateways")
+        psql("DROP SCHEMA IF EXISTS fleetgroups CASCADE")
+        os.makedirs(f"{WORK}/idle-{label}", exist_ok=True)
+        gws = [Gateway(i, f"idle-{label}") for i in range(N)]
+        for g in gws:
+            g.restore()
+        for g in gws:
+            g.launch(url) if url else g.launch_plain()
+        for g in gws:
+            while not g.ready():
+                time.sleep(0.05)
+        if url:
+            wait_converged(gws, [])
+        time.sleep(60)
+        c0, _ = fleet_usage(gws)
+        time.sleep(IDLE_WINDOW)
+        c1, rss = fleet_usage(gws)
+        out[label] = {"cpu": (c1 - c0) / TICK / IDLE_WINDOW * 100, "rss_mib": rss / 1024}
+        log(f"   {out[label]}")
+        for g in gws:
+            g.proc.terminate()
+        for g in gws:
+            g.proc.wait()
+    return out
+
+
 def explain_at_scale():
     """The README's three queries on 1,000,000 central groups (1,000 gateways) and
     1,000,000 changes: the plans, each served by an index."""
@@ -489,8 +532,11 @@ def main():
     setup_pg()
     results = []
     plans = {}
+    baseline = {}
     try:
-        for mode in MODES:
+        if ENV.get("BASELINE", "0") == "1":
+            baseline = idle_baseline()
+        for mode in filter(None, MODES):
             results.append(run_mode(mode, key))
         if ENV.get("EXPLAIN", "1") == "1":
             plans = explain_at_scale()
@@ -507,7 +553,7 @@ def main():
             pg_stop()
         except Exception:  # noqa: BLE001
             pass
-    print(json.dumps({"results": results, "plans": plans}))
+    print(json.dumps({"results": results, "plans": plans, "baseline": baseline}))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@
 #
 # Usage: bench/fleet.sh                       (N=1000 GROUPS_EACH=200 MAXCONN=100)
 #        N=200 MODES=direct EXPLAIN=0 bench/fleet.sh
+#        N=100 MODES= EXPLAIN=0 BASELINE=1 RESULT=bench/results/fleet-idle.md bench/fleet.sh
+#          (idle CPU and RSS of the same gateways without and with replication)
 # Needs root (initdb and pgbouncer run as postgres), psql, Debian's postgresql and
 # pgbouncer, and memory for N servers (~10 MiB each).
 set -euo pipefail
@@ -82,9 +84,12 @@ print(f"- {env['N']} gateway processes (release), {env['GROUPS_EACH']} groups ea
       f"role `fleet` CONNECTION LIMIT {int(env['MAXCONN']) - 3 - int(env.get('READER_SLOTS', '17'))}; "
       f"PgBouncer transaction mode, default_pool_size {env.get('POOL', '20')}; idle_disconnect_secs 10, heartbeat_secs 60 (defaults)")
 print()
-print("| measurement | " + " | ".join(r["mode"] for r in rs) + " |")
-print("|---|" + "---|" * len(rs))
+if rs:
+    print("| measurement | " + " | ".join(r["mode"] for r in rs) + " |")
+    print("|---|" + "---|" * len(rs))
 def row(name, f):
+    if not rs:
+        return
     print(f"| {name} | " + " | ".join(f(r) for r in rs) + " |")
 row("launch of all processes (s)", lambda r: f"{r['launch_s']:.1f}")
 row("launch → every gateway applied_seq = head (s)", lambda r: f"{r['converge_s']:.1f}")
@@ -98,6 +103,17 @@ row("fleet RSS (MiB; per gateway)", lambda r: f"{r['rss_mib']:.0f}; {r['rss_each
 row(f"{env.get('OUTAGE', '60')} s outage: catch-up after the restart (s)", lambda r: f"{r['catch_s']:.1f}")
 row("reconnects after the restart: first / median / p90 (s)", lambda r: f"{r['rec_first']:.1f} / {r['rec_p50']:.1f} / {r['rec_p90']:.1f}")
 row("reconnects counted; most in one second (first 10 s)", lambda r: f"{r['rec_n']}; {r['rec_peak_s']}")
+b = d.get("baseline") or {}
+if b:
+    n = int(env["N"])
+    print()
+    print(f"Idle cost of replication itself: the same {n} caught-up gateways, {env.get('IDLE_WINDOW', '30')} s after a settling minute:")
+    print()
+    print("| replication | fleet CPU (% of one core) | per gateway (% of one core) | fleet RSS (MiB) |")
+    print("|---|---|---|---|")
+    for k in ("off", "on"):
+        if k in b:
+            print(f"| {k} | {b[k]['cpu']:.2f} | {b[k]['cpu'] / n:.4f} | {b[k]['rss_mib']:.0f} |")
 if any(r["fail_example"] for r in rs):
     print()
     for r in rs:
