@@ -167,8 +167,14 @@ impl Guard {
         }
         for name in &kept {
             if name != TIMES {
-                // The copy has the original's time; a rename keeps it.
-                std::fs::rename(guard.join(name), self.store.join(name))?;
+                // Copied, not renamed: the guard stays complete until it is retired
+                // below, so a restore cut off half-way is simply done again.
+                let from = guard.join(name);
+                let to = self.store.join(name);
+                std::fs::copy(&from, &to)?;
+                let restored = File::options().write(true).open(&to)?;
+                restored.set_times(FileTimes::new().set_modified(modified(&from)?))?;
+                restored.sync_all()?;
             }
         }
         let blobs = self.store.join("blobs");
@@ -190,8 +196,7 @@ impl Guard {
         } else if blobs.exists() {
             std::fs::remove_dir_all(&blobs)?;
         }
-        std::fs::remove_dir_all(&guard)?;
-        super::sync_dir(&self.store)?;
+        retire(&self.store)?;
         if let Some(t) = time_of("blobs") {
             set_modified(&blobs, t)?;
         }
@@ -201,11 +206,26 @@ impl Guard {
         Ok(())
     }
 
-    /// The open succeeded: the copy is no longer needed.
+    /// The open succeeded: the copy is no longer needed. An error here must fail the
+    /// open: a complete guard left behind would be put back at the next start, over
+    /// everything written meanwhile.
     pub fn discard(self) -> std::io::Result<()> {
-        std::fs::remove_dir_all(self.store.join(DIR))?;
-        super::sync_dir(&self.store)
+        retire(&self.store)
     }
+}
+
+/// Takes the guard out of use — renamed to the temporary name, which a later open
+/// only ever removes, durably — and then removes it. Once the rename is on disk no
+/// start can put it back, whatever happens to the removal.
+fn retire(store: &Path) -> std::io::Result<()> {
+    let tmp = store.join(TMP);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::rename(store.join(DIR), &tmp)?;
+    super::sync_dir(store)?;
+    std::fs::remove_dir_all(&tmp)?;
+    super::sync_dir(store)
 }
 
 #[cfg(test)]
@@ -256,6 +276,24 @@ mod tests {
         guard.restore().unwrap();
         assert_eq!(picture(s), before);
         assert!(!s.join(DIR).exists());
+        // A restore cut off after putting some files back finds the guard complete
+        // and does it all again.
+        let guard = Guard::take(s).unwrap();
+        std::fs::write(s.join("db"), b"rewritten again").unwrap();
+        std::fs::copy(s.join(DIR).join("db"), s.join("db")).unwrap();
+        drop(guard);
+        Guard::leftover(s)
+            .unwrap()
+            .expect("still complete")
+            .restore()
+            .unwrap();
+        assert_eq!(picture(s), before);
+        // A guard half removed (retired to the temporary name) is never put back.
+        let guard = Guard::take(s).unwrap();
+        std::fs::rename(s.join(DIR), s.join(TMP)).unwrap();
+        drop(guard);
+        assert!(Guard::leftover(s).unwrap().is_none());
+        assert!(!s.join(TMP).exists());
         // Taken and discarded, nothing changes but the guard's coming and going.
         Guard::take(s).unwrap().discard().unwrap();
         assert!(Guard::leftover(s).unwrap().is_none());

@@ -288,9 +288,13 @@ impl Store {
         match Store::open_after_checks(data_dir, &dir, options, &before) {
             Ok(mut store) => {
                 if let Some(g) = guard {
-                    if let Err(e) = g.discard() {
-                        tracing::warn!(store = %dir.display(), error = %e, "cannot remove the recovery guard");
-                    }
+                    // Not served until the copy is out of use: a start would put it back.
+                    g.discard().map_err(|e| {
+                        OpenError::Other(format!(
+                            "cannot remove the recovery guard {}: {e}",
+                            dir.join(guard::DIR).display()
+                        ))
+                    })?;
                 }
                 store._dir_lock = match dir_lock {
                     Some(lock) => Some(lock),

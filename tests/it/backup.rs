@@ -549,3 +549,33 @@ fn a_second_restore_into_the_same_directory_is_refused_and_touches_nothing() {
         "a first start: the restore was undone"
     );
 }
+
+/// A server started on a directory a restore is filling (its marker there, its lock
+/// held: here the lock is taken as `restore` takes it, an `flock` on the directory)
+/// says a restore is running and exits 1, so systemd retries once it is done; the same
+/// marker without the lock is an interrupted restore (exit 3, the operator's).
+#[test]
+fn a_server_started_during_a_restore_says_a_restore_is_running() {
+    let server = TestServer::unstarted(Options::default());
+    let data = server.data_dir();
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("restore-in-progress"), b"restoring b.jsonl\n").expect("marker");
+    let held = std::fs::File::open(&data).expect("open");
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+    let out = server.second_server();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("a restore into data is running; start once it has finished"),
+        "{}",
+        out.stderr
+    );
+    drop(held);
+    let out = server.second_server();
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("restore was interrupted"),
+        "{}",
+        out.stderr
+    );
+}
