@@ -396,72 +396,17 @@ fn check_config(
 /// directory as anyone but its owner. Root can write anywhere, but the files it
 /// creates there (sled's snapshots, a lock, a store) are root's, 0600, and the
 /// service's user can then no longer open its own store: the next start fails.
-///
-/// The owner is that of `<data_dir>/store` when there is one (what the server
-/// created), else of the data directory itself; a directory that does not exist yet
-/// is fine (the command creates it, as its user).
 fn owner_check(data_dir: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) =
-        std::fs::metadata(data_dir.join("store")).or_else(|_| std::fs::metadata(data_dir))
-    else {
-        return Ok(());
-    };
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() == me {
-        return Ok(());
+    match crate::perms::foreign_owner(data_dir) {
+        None => Ok(()),
+        Some(f) => Err(format!(
+            "fleetgroups: {} belongs to {}, but this command runs as {}: files it created there would belong to the wrong user and the server could no longer open its store. Nothing was done. Run it as the owner:\n  {}\n",
+            data_dir.display(),
+            f.owner,
+            f.me,
+            f.run_as_owner,
+        )),
     }
-    let owner = user_name(meta.uid());
-    let who = |name: &Option<String>, uid: u32| match name {
-        Some(n) => format!("{n} (uid {uid})"),
-        None => format!("uid {uid}"),
-    };
-    let command = shell_words(std::env::args_os());
-    let how = match (&owner, me) {
-        (Some(name), 0) => format!("runuser -u {name} -- {command}"),
-        (None, 0) => format!(
-            "setpriv --reuid={} --regid={} --clear-groups -- {command}",
-            meta.uid(),
-            meta.gid()
-        ),
-        (Some(name), _) => format!("sudo -u {name} -- {command}"),
-        (None, _) => format!("sudo -u '#{}' -- {command}", meta.uid()),
-    };
-    Err(format!(
-        "fleetgroups: {} belongs to {}, but this command runs as {}: files it created there would belong to the wrong user and the server could no longer open its store. Nothing was done. Run it as the owner:\n  {how}\n",
-        data_dir.display(),
-        who(&owner, meta.uid()),
-        who(&user_name(me), me),
-    ))
-}
-
-/// The name of `uid` from `/etc/passwd`, if it is there (a systemd `DynamicUser` is
-/// not; then the hint uses numbers).
-fn user_name(uid: u32) -> Option<String> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let id = fields.nth(1)?;
-        (id.parse::<u32>().ok()? == uid && !name.is_empty()).then(|| name.to_string())
-    })
-}
-
-/// The command line as a shell would need it typed again.
-fn shell_words(args: impl Iterator<Item = std::ffi::OsString>) -> String {
-    args.map(|a| {
-        let a = a.to_string_lossy().into_owned();
-        let plain = !a.is_empty()
-            && a.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(&b));
-        if plain {
-            a
-        } else {
-            format!("'{}'", a.replace('\'', "'\\''"))
-        }
-    })
-    .collect::<Vec<_>>()
-    .join(" ")
 }
 
 /// `serve`, the default command: the server until it stops.

@@ -627,7 +627,11 @@ fn check_each_key(table: &toml::Table) -> Result<(), ConfigError> {
             .try_into::<Config>()
             .map(|_| ())
             .map_err(|e: toml::de::Error| {
-                ConfigError(format!("{path}: {}", describe_toml_error(&e)))
+                let (section, key) = path.rsplit_once('.').unwrap_or(("", &path));
+                match belongs_elsewhere(section, key) {
+                    Some(hint) => ConfigError(format!("{path}: unknown key; {hint}")),
+                    None => ConfigError(format!("{path}: {}", describe_toml_error(&e))),
+                }
             })
     };
     for (key, value) in table {
@@ -654,6 +658,22 @@ fn check_each_key(table: &toml::Table) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Where a key found in the wrong place belongs, said so that the fix is obvious: a
+/// top-level key written after a `[section]` header is read by TOML as part of that
+/// section (`listen` after `[limits]` is `limits.listen`), which "unknown field"
+/// alone does not explain. None when `key` is unknown everywhere.
+fn belongs_elsewhere(section: &str, key: &str) -> Option<String> {
+    let home = known_keys()
+        .into_iter()
+        .find(|(s, k, _)| k == key && s != section)?
+        .0;
+    Some(if home.is_empty() {
+        format!("`{key}` is a top-level key: put it above the first [section] of the file (after [{section}], TOML reads it as {section}.{key})")
+    } else {
+        format!("`{key}` belongs in the [{home}] section")
+    })
 }
 
 /// The `[replication]` checks of [`Config::validate`].
@@ -901,6 +921,36 @@ mod tests {
     fn shipped_config_equals_defaults() {
         let text = include_str!("../config.toml");
         assert_eq!(load(&[], Some(text)).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_key_in_the_wrong_place_says_where_it_belongs() {
+        // The common slip: a top-level key appended at the end of the file.
+        let e = load(
+            &[],
+            Some("[limits]\nmax_body_bytes = 5\nlisten = \"0.0.0.0:1\"\n"),
+        )
+        .unwrap_err();
+        assert!(
+            e.0.ends_with("limits.listen: unknown key; `listen` is a top-level key: put it above the first [section] of the file (after [limits], TOML reads it as limits.listen)"),
+            "{e}"
+        );
+        let e = load(&[], Some("durability = \"relaxed\"\n")).unwrap_err();
+        assert!(
+            e.0.ends_with("durability: unknown key; `durability` belongs in the [storage] section"),
+            "{e}"
+        );
+        let e = load(&[], Some("[auth]\ncache_mb = 9\n")).unwrap_err();
+        assert!(
+            e.0.ends_with("`cache_mb` belongs in the [storage] section"),
+            "{e}"
+        );
+        // A key known nowhere keeps toml's own message.
+        let e = load(&[], Some("[limits]\nnonsense = 1\n")).unwrap_err();
+        assert!(
+            e.0.contains("limits.nonsense: unknown field `nonsense`"),
+            "{e}"
+        );
     }
 
     #[test]

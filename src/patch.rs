@@ -14,10 +14,15 @@ const FIELDS: [&str; 3] = ["name", "description", "devices"];
 
 /// Parses a JSON Patch body: an array of operation objects. Anything that is not an
 /// array is `invalid_input` (the body is wrong); a malformed operation is
-/// `invalid_patch`.
+/// `invalid_patch`. An object is most likely a merge patch sent with the JSON Patch
+/// (or plain JSON) media type, so the message names the media type that takes it.
 pub fn parse_json_patch(body: &Value) -> Result<Vec<PatchOperation>, ApiError> {
     let items = body.as_array().ok_or_else(|| {
-        ApiError::InvalidInput("the body must be a JSON Patch array of operations".into())
+        ApiError::InvalidInput(if body.is_object() {
+            "the body must be a JSON Patch array of operations; an object is a merge patch: send it with Content-Type: application/merge-patch+json".into()
+        } else {
+            "the body must be a JSON Patch array of operations".into()
+        })
     })?;
     let mut ops = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {

@@ -162,7 +162,16 @@ fn bearer_token_is_required_on_every_api_path() {
             }
             let r = req.send();
             let v = r.expect_error_message(401, "unauthorized", "Unauthorized access");
-            assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{header:?}");
+            // RFC 6750: the bare challenge without credentials, else why the token
+            // was refused (tests/it/operator_messages.rs checks each reason).
+            let challenge = r.header("www-authenticate").unwrap_or("");
+            match header {
+                None => assert_eq!(challenge, "Bearer"),
+                Some(_) => assert!(
+                    challenge.starts_with("Bearer error=\"invalid_token\", error_description=\""),
+                    "{header:?}: {challenge}"
+                ),
+            }
             assert!(v.get("apiUsage").is_none() && v.get("apiDailyUsage").is_none());
         }
     }

@@ -40,6 +40,7 @@ mod metrics;
 mod names;
 mod notify;
 mod openapi;
+mod operator_messages;
 mod ops_endpoints;
 mod pg;
 mod replication;
