@@ -65,6 +65,8 @@ enum Command {
     },
     /// Load a backup (plain or gzip) into an empty data directory.
     Restore {
+        /// The backup to load: a file written by `fleetgroups backup`, plain JSON Lines
+        /// or gzip (told apart by its first bytes, not its name).
         #[arg(value_name = "FILE")]
         file: PathBuf,
         /// Only verify FILE end to end, as restore would, writing nothing; exit 0 when
@@ -157,12 +159,14 @@ enum UserCommand {
     List(OutputArg),
     /// Give a user a new API key; the old key and its tokens stop working at once.
     RotateKey {
+        /// The user whose key to replace.
         name: String,
         #[command(flatten)]
         output: OutputArg,
     },
     /// Change a user's role, daily limit or disabled flag.
     Set {
+        /// The user to change.
         name: String,
         /// What the user may do.
         #[arg(long, value_enum)]
@@ -170,11 +174,16 @@ enum UserCommand {
         /// A number (at least 1), or `none` to use the configured default.
         #[arg(long, value_name = "N|none", value_parser = parse_limit)]
         daily_limit: Option<LimitSetting>,
+        /// `true` refuses the user's logins and revokes its tokens; `false` lets it in
+        /// again.
         #[arg(long, value_name = "true|false")]
         disabled: Option<bool>,
     },
     /// Remove a user and its tokens (its account's groups stay).
-    Remove { name: String },
+    Remove {
+        /// The user to remove.
+        name: String,
+    },
 }
 
 /// A user or account name is checked while parsing, so a bad one is a usage error

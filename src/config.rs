@@ -704,8 +704,9 @@ fn validate_replication(r: &ReplicationConfig) -> Result<(), ConfigError> {
 }
 
 /// Every known key as (section or "", key, default value), derived from the defaults so
-/// the list cannot drift from the struct.
-fn known_keys() -> Vec<(String, String, toml::Value)> {
+/// the list cannot drift from the struct (also what the manual pages and
+/// docs/configuration.md are generated from, `assets.rs`).
+pub fn known_keys() -> Vec<(String, String, toml::Value)> {
     let mut out = Vec::new();
     if let Ok(toml::Value::Table(top)) = toml::Value::try_from(Config::default()) {
         for (k, v) in top {
@@ -720,6 +721,20 @@ fn known_keys() -> Vec<(String, String, toml::Value)> {
         }
     }
     out
+}
+
+/// The environment variable of a key: `FLEETGROUPS_<SECTION>_<KEY>`, or
+/// `FLEETGROUPS_<KEY>` for a top-level one (`section` empty).
+pub fn env_name(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        format!("FLEETGROUPS_{}", key.to_uppercase())
+    } else {
+        format!(
+            "FLEETGROUPS_{}_{}",
+            section.to_uppercase(),
+            key.to_uppercase()
+        )
+    }
 }
 
 /// Whether `name=value` is a variable Kubernetes injects into every pod of a namespace
@@ -834,18 +849,9 @@ fn apply_env(
         {
             continue;
         }
-        let found = keys.iter().find(|(section, key, _)| {
-            let full = if section.is_empty() {
-                format!("FLEETGROUPS_{}", key.to_uppercase())
-            } else {
-                format!(
-                    "FLEETGROUPS_{}_{}",
-                    section.to_uppercase(),
-                    key.to_uppercase()
-                )
-            };
-            &full == name
-        });
+        let found = keys
+            .iter()
+            .find(|(section, key, _)| &env_name(section, key) == name);
         let Some((section, key, default)) = found else {
             if service_link(name, raw) {
                 ignored.push(name.clone());
