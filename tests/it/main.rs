@@ -43,6 +43,7 @@ mod openapi;
 mod operator_messages;
 mod ops_endpoints;
 mod pg;
+mod readme;
 mod replication;
 mod security;
 mod shutdown;
