@@ -1,5 +1,5 @@
 //! The admin socket: how `fleetgroups user …` and `fleetgroups backup` reach a running
-//! server (operations.md "CLI"). A Unix domain socket at `Config::admin_socket()`, mode
+//! server (docs/operations/running.md "Users and keys"). A Unix domain socket at `Config::admin_socket()`, mode
 //! 0600, that only answers peers whose uid (`SO_PEERCRED`) is the server's own; anyone
 //! else is refused and logged.
 //!

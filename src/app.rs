@@ -192,7 +192,7 @@ impl App {
     /// Writes changed usage counters to the store.
     pub fn persist_usage(&self) {
         // A failed store takes no writes (store/space.rs); the counters stay in
-        // memory, as api.md §3 allows.
+        // memory, as docs/api/http.md "Usage counters and limits" allows.
         if !self.store.healthy() {
             return;
         }

@@ -263,7 +263,7 @@ impl Auth {
         self.check_failures(&limit_keys)?;
         if name.is_none() {
             // No user can have a name outside the userName rule (the CLI and restore
-            // refuse one), so answering at once tells the client only what api.md
+            // refuse one), so answering at once tells the client only what docs/api/http.md
             // already does: the answer is the same 401, without the argon2 run that
             // would make it as slow as a wrong key. The failure counts for the address.
             self.record_failure(&limit_keys);

@@ -1,7 +1,6 @@
 //! Configuration: every key declared once with its type and default, loaded with the
 //! precedence flag > `FLEETGROUPS_<SECTION>_<KEY>` environment variable > TOML file >
-//! built-in default, and validated before anything starts (operations.md
-//! "Configuration"). There is no global: a `Config` value is passed to the server, so
+//! built-in default, and validated before anything starts (docs/configuration.md). There is no global: a `Config` value is passed to the server, so
 //! two servers with different configurations can run in one process.
 
 use std::collections::BTreeMap;
@@ -202,7 +201,7 @@ pub struct AdminConfig {
     pub socket: String,
 }
 
-/// `[replication]`: push the change feed into a central PostgreSQL (replication.md).
+/// `[replication]`: push the change feed into a central PostgreSQL (docs/operations/many-gateways.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReplicationConfig {

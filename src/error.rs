@@ -1,5 +1,5 @@
 //! The one error type of the request path and the one place that turns an error into
-//! an HTTP status, a stable `errorCode` and a client-safe message (api.md §6).
+//! an HTTP status, a stable `errorCode` and a client-safe message (docs/api/http.md "Errors").
 //!
 //! Handlers and the auth layer return [`ApiError`]; the store returns its own
 //! [`crate::store::Error`], which the one `From` impl below maps. Nothing else in the
@@ -246,7 +246,7 @@ impl From<crate::model::Invalid> for ApiError {
 }
 
 impl From<crate::store::Error> for ApiError {
-    /// The status and `errorCode` of each store outcome (api.md §6). Storage failures
+    /// The status and `errorCode` of each store outcome (docs/api/http.md "Errors"). Storage failures
     /// are 503, damaged data 500; both keep the cause chain for the log.
     fn from(e: crate::store::Error) -> ApiError {
         use crate::store::Error as S;

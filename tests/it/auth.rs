@@ -1,4 +1,4 @@
-//! Authentication (api.md §2): the token exchange on both spellings of its path,
+//! Authentication (docs/api/http.md "Authentication"): the token exchange on both spellings of its path,
 //! identical answers for every bad credential, bearer-token checks, the read role,
 //! failed-login limiting per userName and per client address, token expiry, the
 //! per-user token bound, and revocation by the CLI with the server stopped.
