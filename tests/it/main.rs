@@ -20,6 +20,7 @@ mod clock;
 mod config;
 mod crash;
 mod disk_faults;
+mod docs;
 mod durability;
 mod errors;
 mod exhaustion;
