@@ -180,7 +180,7 @@ pub fn foreign_owner(data_dir: &Path) -> Option<ForeignOwner> {
 
 /// The name of `uid` from `/etc/passwd`, if it is there (a systemd `DynamicUser` is
 /// not; then the hint uses numbers).
-fn user_name(uid: u32) -> Option<String> {
+pub fn user_name(uid: u32) -> Option<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
         let mut fields = line.split(':');
