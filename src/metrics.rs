@@ -354,7 +354,7 @@ fn label_value(v: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The replication metrics (replication.md §4), present only when `[replication]` is
+/// The replication metrics (docs/operations/many-gateways.md "Metrics"), present only when `[replication]` is
 /// configured.
 fn render_replication(out: &mut String, r: &ReplicationStats, last: u64) {
     if !r.enabled.load(Ordering::Relaxed) {
