@@ -182,6 +182,14 @@ async fn answer(
             call_public(public_call(op, &matched.params)?, ctx).await
         }
         Some(user) => {
+            // A read whose answer may be a whole page is refused before it is built when
+            // the answer budget has less than a page free: building it only to drop it
+            // would spend the CPU that other clients are waiting for.
+            let page = app.config.limits.max_page_bytes;
+            if !op.writes() && app.answers.free() < page {
+                app.answers.refuse();
+                return Err(ApiError::Busy("answers (limits.answer_budget_bytes)"));
+            }
             let ctx = Ctx {
                 app,
                 user: &*user,
