@@ -217,6 +217,9 @@ pub struct ReplicationConfig {
     pub gateway_id: String,
     /// Change entries per PostgreSQL transaction (1–10000).
     pub batch_size: u64,
+    /// Seconds between pulls of office groups from the centre at most (jittered;
+    /// 1–86400): a gateway also pulls whenever it connects.
+    pub pull_secs: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -227,6 +230,7 @@ impl Default for ReplicationConfig {
             ca_file: String::new(),
             gateway_id: String::new(),
             batch_size: 500,
+            pull_secs: 60,
         }
     }
 }
@@ -661,6 +665,9 @@ fn validate_replication(r: &ReplicationConfig) -> Result<(), ConfigError> {
     let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
     if !(1..=10_000).contains(&r.batch_size) {
         return bad("replication.batch_size", "must be from 1 to 10000");
+    }
+    if !(1..=86_400).contains(&r.pull_secs) {
+        return bad("replication.pull_secs", "must be from 1 to 86400");
     }
     if !r.gateway_id.is_empty() && !valid_gateway_id(&r.gateway_id) {
         return bad(

@@ -166,6 +166,7 @@ mod tests {
             ApiError::Unauthorized,
             ApiError::InvalidCredentials,
             ApiError::Forbidden(String::new()),
+            ApiError::OfficeGroupReadOnly,
             ApiError::GroupNotFound,
             ApiError::NotFound,
             ApiError::MethodNotAllowed("GET"),
@@ -190,6 +191,7 @@ mod tests {
                 | ApiError::Unauthorized
                 | ApiError::InvalidCredentials
                 | ApiError::Forbidden(_)
+                | ApiError::OfficeGroupReadOnly
                 | ApiError::GroupNotFound
                 | ApiError::NotFound
                 | ApiError::MethodNotAllowed(_)

@@ -14,7 +14,7 @@ use super::idempotency::IdempotencyRequest;
 use super::pieces::Seen;
 pub use super::plan::Actor;
 use super::plan::Plan;
-pub use super::value::GroupView;
+pub use super::value::{push_served, GroupView};
 use super::value::{Encoded, HEADER};
 use super::Error;
 use super::{keys, Kind, Op, Space, Store, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
@@ -129,7 +129,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 impl Store {
     /// Applies a plan and the new sequences in one transaction (under the writer
     /// mutex), keeping its undo until a flush covers it.
-    fn apply(
+    pub(super) fn apply(
         &self,
         w: &mut Writer,
         plan: Plan,
@@ -350,7 +350,7 @@ impl Store {
     }
 
     /// `NameTaken` when the (account-scoped, folded) name key is taken.
-    fn check_name_free(&self, name_key: &[u8]) -> Result<(), Error> {
+    pub(super) fn check_name_free(&self, name_key: &[u8]) -> Result<(), Error> {
         match self
             .names
             .get_latest(name_key)
@@ -365,7 +365,12 @@ impl Store {
     /// Two groups of a store made before names were case-folded may share a folded
     /// name (see `reindex_names`); the entry then names the older one, and the younger
     /// one's rename or delete must not free a name that is still taken.
-    fn release_name(&self, plan: &mut Plan, name_key: Vec<u8>, n: u64) -> Result<(), Error> {
+    pub(super) fn release_name(
+        &self,
+        plan: &mut Plan,
+        name_key: Vec<u8>,
+        n: u64,
+    ) -> Result<(), Error> {
         let owner = self
             .names
             .get_latest(&name_key)
@@ -430,7 +435,7 @@ impl Store {
         Ok(collisions)
     }
 
-    fn account_count(&self, account: &str) -> Result<u64, Error> {
+    pub(super) fn account_count(&self, account: &str) -> Result<u64, Error> {
         Ok(self
             .meta
             .get_latest(keys::group_count(account))
@@ -521,6 +526,10 @@ impl Store {
             .get_latest(keys::group(actor.account, id.0))
             .map_err(|e| self.read_err(e))?
             .ok_or(Error::GroupNotFound)?;
+        if id.is_office() {
+            // Only the office pull (`office.rs`) changes an office group.
+            return Err(Error::OfficeReadOnly);
+        }
         let view = self
             .view(actor.account, id, stored.clone(), Seen::Latest)?
             .ok_or(Error::GroupNotFound)?;
