@@ -217,6 +217,7 @@ impl App {
             flush_fsync_micros: load(&flush.sync_micros),
             backup_last_success_ms: self.backup_last_success_ms.load(Ordering::Relaxed),
             last_seq: self.store.last_seq(),
+            office: self.store.office_figures().ok(),
         }
     }
 

@@ -396,6 +396,17 @@ impl<'a> EntryReader<'a> {
                     *state = Some(doc.clone());
                     *creation = *c;
                 }
+                // A delete followed by more records: an office group deleted and
+                // made again under its central ID (`office.rs`; local numbers are
+                // never reused). Nothing exists after a delete.
+                (ChangeOp::Deleted, _) => *state = None,
+                // ... and a delete in the middle keeps the state before it.
+                _ if after.op == ChangeOp::Deleted && after.full.is_some() => {
+                    if let Some((doc, c)) = &after.full {
+                        *state = Some(doc.clone());
+                        *creation = *c;
+                    }
+                }
                 _ => {
                     let d = after
                         .delta

@@ -349,7 +349,10 @@ impl Store {
                     revision: Some(1),
                     user: OFFICE_USER.into(),
                     delta: None,
-                    full: None,
+                    // Unlike a local group's number, an office ID comes back when the
+                    // office deletes a group and makes it again: the feed then reads
+                    // forward over this create, so it carries its state (`history.rs`).
+                    full: Some((doc.clone(), now)),
                 },
             );
             return Ok(Ok(true));
@@ -467,6 +470,31 @@ impl Store {
             }
         }
         Ok(applied)
+    }
+
+    /// Moves the cursor past `revision` alone (a central row no gateway can hold was
+    /// skipped); never back.
+    pub fn advance_office_cursor(&self, revision: u64) -> Result<(), Error> {
+        let mut w = self.write_lock()?;
+        if revision <= self.office_cursor()? {
+            return Ok(());
+        }
+        let mut plan = Plan::default();
+        plan.meta.push((
+            META_OFFICE_CURSOR.to_vec(),
+            Some(revision.to_be_bytes().to_vec()),
+        ));
+        let (ng, nc) = (w.next_group, w.next_change);
+        self.apply(&mut w, plan, ng, nc)
+    }
+
+    /// `/metrics`: the cursor, the office groups served and the changes held.
+    pub fn office_figures(&self) -> Result<(u64, u64, u64), Error> {
+        Ok((
+            self.office_cursor()?,
+            self.office_served()?.len() as u64,
+            self.meta.scan_prefix_latest(HELD_PREFIX).count() as u64,
+        ))
     }
 
     /// Every office group this gateway serves, as (account, id), in key order.
@@ -628,6 +656,65 @@ mod tests {
         );
         let entry = &s.changes("a", Some(0), 1, usize::MAX).unwrap().entries[0];
         assert!(String::from_utf8_lossy(entry).contains(r#""origin":"office"}"#));
+    }
+
+    /// An office ID deleted and made again (the same number): every feed entry of
+    /// both lives reads back, in pages of every size.
+    #[test]
+    fn an_office_id_made_again_keeps_the_feed_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let id = GroupId::office(4).unwrap();
+        let rm = OfficeChange::Remove {
+            account: "a".into(),
+            id,
+        };
+        let mut want = Vec::new();
+        for life in 0..3 {
+            for v in 0..3 {
+                let g = office("a", 4, &format!("life {life}"), &[&format!("d{v}")]);
+                s.apply_office(&OfficeChange::Upsert(g), None, LIMITS)
+                    .unwrap();
+                want.push(s.get_group("a", id).unwrap().map(|v| v.served()));
+            }
+            s.apply_office(&rm, None, LIMITS).unwrap();
+            want.push(None);
+        }
+        s.apply_office(
+            &OfficeChange::Upsert(office("a", 4, "last", &[])),
+            None,
+            LIMITS,
+        )
+        .unwrap();
+        want.push(s.get_group("a", id).unwrap().map(|v| v.served()));
+        for limit in [1, 2, 3, 5, 100] {
+            let mut got = Vec::new();
+            let mut after = 0;
+            loop {
+                let page = s.changes("a", Some(after), limit, usize::MAX).unwrap();
+                if page.entries.is_empty() {
+                    break;
+                }
+                for e in &page.entries {
+                    let v: serde_json::Value = serde_json::from_slice(e).unwrap();
+                    got.push((!v["group"].is_null()).then(|| v["group"].to_string()));
+                }
+                after = page.next;
+            }
+            let want: Vec<Option<String>> = want
+                .iter()
+                .map(|w| {
+                    w.as_ref().map(|b| {
+                        serde_json::from_slice::<serde_json::Value>(b)
+                            .unwrap()
+                            .to_string()
+                    })
+                })
+                .collect();
+            assert_eq!(got, want, "limit {limit}");
+        }
+        let report = s.check();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
 
     /// A name taken by a local group, the quota and the device limit hold an office
