@@ -311,11 +311,14 @@ async fn run(app: Arc<App>, settings: Settings, mut stop: watch::Receiver<bool>)
         }
         let session_stop = stop.clone();
         let attempt = async {
-            let client = settings
+            let mut client = settings
                 .connect()
                 .await
                 .map_err(|e| pg_failure(&settings, "connect", &e))?;
             ensure_schema(&client, &settings).await?;
+            crate::office::ensure_schema(&mut client, SCHEMA_LOCK)
+                .await
+                .map_err(|e| pg_failure(&settings, "schema", &e))?;
             session(
                 &app,
                 &settings,
@@ -480,6 +483,11 @@ async fn session(
 ) -> Result<(), Failure> {
     let store_id = app.store.store_id().to_string();
     let mut announced = false;
+    // Office groups are pulled on this connection: at once, then every pull_secs.
+    let mut office = Office {
+        puller: crate::office::Puller::default(),
+        schedule: crate::office::Schedule::new(app.config.replication.pull_secs),
+    };
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -502,7 +510,18 @@ async fn session(
         let Some(cursor) = start_cursor(app, s, &mut client, central, &store_id).await? else {
             continue;
         };
-        if stream(app, s, &mut client, &store_id, cursor, &mut stop).await? == Streamed::Stopped {
+        if stream(
+            app,
+            s,
+            &mut client,
+            &store_id,
+            cursor,
+            &mut stop,
+            &mut office,
+        )
+        .await?
+            == Streamed::Stopped
+        {
             return Ok(());
         }
     }
@@ -571,9 +590,13 @@ async fn stream(
     store_id: &str,
     mut cursor: u64,
     stop: &mut watch::Receiver<bool>,
+    office: &mut Office,
 ) -> Result<Streamed, Failure> {
     let stats = &app.metrics.replication;
     loop {
+        if office.schedule.due() {
+            office.pull(app, s, client).await?;
+        }
         let last = app.store.last_seq();
         stats.observe(last);
         if last <= cursor {
@@ -611,6 +634,45 @@ async fn stream(
         }
         cursor = page.next;
         stats.applied(cursor, app.store.last_seq());
+    }
+}
+
+/// The office pull of one session (`crate::office`).
+struct Office {
+    puller: crate::office::Puller,
+    schedule: crate::office::Schedule,
+}
+
+impl Office {
+    /// One pull round. A failure is counted and logged and the pull tried again after
+    /// a backoff; it ends the session only when the connection is gone, so a problem
+    /// with office groups alone never stops the push of this gateway's own changes.
+    async fn pull(
+        &mut self,
+        app: &Arc<App>,
+        s: &Settings,
+        client: &mut Client,
+    ) -> Result<(), Failure> {
+        match self.puller.round(app, client, &s.gateway_id).await {
+            Ok(_) => {
+                self.schedule.pulled();
+                Ok(())
+            }
+            Err(e) => {
+                app.metrics.replication.error("office");
+                self.schedule.failed();
+                self.puller.reconnected();
+                let message = s.scrub(e.to_string());
+                if client.is_closed() {
+                    return Err(Failure {
+                        kind: "connect",
+                        message,
+                    });
+                }
+                tracing::warn!(error = %message, "office pull failed; trying again");
+                Ok(())
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// Error kinds of `fleetgroups_replication_errors_total{kind}`.
-pub const ERROR_KINDS: [&str; 5] = ["connect", "schema", "apply", "resync", "store"];
+pub const ERROR_KINDS: [&str; 6] = ["connect", "schema", "apply", "resync", "store", "office"];
 
 /// What `/metrics` shows (replication.md §4).
 #[derive(Debug, Default)]

@@ -39,6 +39,7 @@ mod logs;
 mod metrics;
 mod names;
 mod notify;
+mod office;
 mod openapi;
 mod ops_endpoints;
 mod pg;
