@@ -23,10 +23,9 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::history::{ChangeOp, Record};
+use super::groups::Current;
 use super::pieces::Seen;
 use super::plan::{Actor, Plan};
-use super::value::Encoded;
 use super::{keys, Error, Store};
 use crate::model::{name_key, validate_doc, GroupId, Rules, OFFICE_BASE};
 
@@ -303,23 +302,17 @@ impl Store {
             .get_latest(&new_k)
             .map_err(|e| self.read_err(e))?
             .and_then(|v| keys::read_u64(&v));
-        let stored = self
-            .groups
-            .get_latest(keys::group(account, id.0))
-            .map_err(|e| self.read_err(e))?;
-        let current = match &stored {
-            Some(raw) => self.view(account, id, raw.clone(), Seen::Latest)?,
-            None => None,
-        };
-        if owner.is_some_and(|n| n != id.0) {
-            let holder = GroupId(owner.unwrap_or(0));
+        if let Some(holder) = owner.filter(|n| *n != id.0) {
             return Ok(Err((
                 HeldReason::NameTaken,
-                format!("{holder} of account {account} has the name {:?}", doc.name),
+                format!(
+                    "{} of account {account} has the name {:?}",
+                    GroupId(holder),
+                    doc.name
+                ),
             )));
         }
-        let now = self.clock.wall_ms();
-        let Some(current) = current else {
+        let Some(current) = self.current_office(account, id)? else {
             let count = self.account_count(account)?;
             if count >= limits.max_groups {
                 return Ok(Err((
@@ -330,66 +323,30 @@ impl Store {
                     ),
                 )));
             }
-            let enc = Encoded::new(id, &doc, 1, now, now);
-            let writes = self.plan_store(account, id.0, None, &enc)?;
-            plan.store_group(account, id.0, writes);
-            plan.names.push((new_k, Some(id.0.to_be_bytes().to_vec())));
-            plan.index_devices(account, id.0, doc.devices.iter(), true);
-            plan.meta.push((
-                keys::group_count(account),
-                Some((count + 1).to_be_bytes().to_vec()),
-            ));
-            plan.record_change(
-                actor,
-                seq,
-                id,
-                &Record {
-                    op: ChangeOp::Created,
-                    time: now,
-                    revision: Some(1),
-                    user: OFFICE_USER.into(),
-                    delta: None,
-                    // Unlike a local group's number, an office ID comes back when the
-                    // office deletes a group and makes it again: the feed then reads
-                    // forward over this create, so it carries its state (`history.rs`).
-                    full: Some((doc.clone(), now)),
-                },
-            );
+            let now = self.clock.wall_ms();
+            self.plan_create(plan, actor, id, &doc, (new_k, count), (seq, now))?;
             return Ok(Ok(true));
         };
-        let old = current.doc()?;
+        let old = current.view.doc()?;
         if old == doc {
             return Ok(Ok(false));
         }
-        let old_k = keys::name(account, &name_key(&old.name));
-        if old_k != new_k {
-            self.release_name(plan, old_k, id.0)?;
-            plan.names.push((new_k, Some(id.0.to_be_bytes().to_vec())));
-        }
-        let old_set: HashSet<&str> = old.devices.iter().map(String::as_str).collect();
-        let new_set: HashSet<&str> = doc.devices.iter().map(String::as_str).collect();
-        plan.index_devices(account, id.0, old_set.difference(&new_set), false);
-        plan.index_devices(account, id.0, new_set.difference(&old_set), true);
-        let revision = current.revision() + 1;
-        let modified = now.max(current.last_modified() + 1);
-        let enc = Encoded::new(id, &doc, revision, current.creation(), modified);
-        let writes = self.plan_store(account, id.0, stored.as_deref(), &enc)?;
-        plan.store_group(account, id.0, writes);
-        plan.record_change(
-            actor,
-            seq,
-            id,
-            &Record {
-                op: ChangeOp::Updated,
-                time: modified,
-                revision: Some(revision),
-                user: OFFICE_USER.into(),
-                delta: Some(super::delta::diff(&old, &doc)),
-                full: (revision % super::history::CHECKPOINT_EVERY == 0)
-                    .then(|| (doc.clone(), current.creation())),
-            },
-        );
+        self.plan_update(plan, actor, id, &current, (&old, &doc), seq)?;
         Ok(Ok(true))
+    }
+
+    /// The office group `id` as served, with its stored value (None: not served).
+    fn current_office(&self, account: &str, id: GroupId) -> Result<Option<Current>, Error> {
+        let Some(stored) = self
+            .groups
+            .get_latest(keys::group(account, id.0))
+            .map_err(|e| self.read_err(e))?
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .view(account, id, stored.clone(), Seen::Latest)?
+            .map(|view| Current { view, stored }))
     }
 
     /// Plans removing the office group `id` when it is served; false when it is not.
@@ -400,39 +357,11 @@ impl Store {
         id: GroupId,
         seq: u64,
     ) -> Result<bool, Error> {
-        let Some(stored) = self
-            .groups
-            .get_latest(keys::group(actor.account, id.0))
-            .map_err(|e| self.read_err(e))?
-        else {
+        let Some(current) = self.current_office(actor.account, id)? else {
             return Ok(false);
         };
-        let Some(current) = self.view(actor.account, id, stored.clone(), Seen::Latest)? else {
-            return Ok(false);
-        };
-        let doc = current.doc()?;
-        let writes = self.plan_remove(actor.account, id.0, &stored)?;
-        plan.store_group(actor.account, id.0, writes);
-        self.release_name(plan, keys::name(actor.account, &name_key(&doc.name)), id.0)?;
-        plan.index_devices(actor.account, id.0, doc.devices.iter(), false);
-        let count = self.account_count(actor.account)?;
-        plan.meta.push((
-            keys::group_count(actor.account),
-            Some(count.saturating_sub(1).to_be_bytes().to_vec()),
-        ));
-        plan.record_change(
-            actor,
-            seq,
-            id,
-            &Record {
-                op: ChangeOp::Deleted,
-                time: self.clock.wall_ms(),
-                revision: None,
-                user: OFFICE_USER.into(),
-                delta: None,
-                full: Some((doc, current.creation())),
-            },
-        );
+        let doc = current.view.doc()?;
+        self.plan_delete(plan, actor, id, &current, doc, seq)?;
         Ok(true)
     }
 

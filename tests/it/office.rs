@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::pg::Pg;
-use crate::support::{cli_in, poll_until, without_envelope, Options, TestServer};
+use crate::support::{cli_in, env_u64, poll_until, without_envelope, Options, TestServer};
 
 fn options(pg: &Pg, gateway: &str) -> Options {
     Options::default()
@@ -478,14 +478,8 @@ fn a_name_conflict_is_reported_centrally_and_resolved_by_a_local_rename() {
 /// `FLEETGROUPS_OFFICE_ROUNDS` (default 3) and `FLEETGROUPS_OFFICE_SEED` for more.
 #[test]
 fn kills_during_pulls_lose_and_double_no_office_change() {
-    let rounds: u64 = std::env::var("FLEETGROUPS_OFFICE_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let seed: u64 = std::env::var("FLEETGROUPS_OFFICE_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(24);
+    let rounds = env_u64("FLEETGROUPS_OFFICE_ROUNDS", 3);
+    let seed = env_u64("FLEETGROUPS_OFFICE_SEED", 24);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let pg = Pg::start();
     let mut gws: Vec<(TestServer, String, &str)> = ["gw-x", "gw-y"]
