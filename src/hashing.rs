@@ -37,6 +37,9 @@ struct Queue {
     jobs: VecDeque<Job>,
     closed: bool,
     workers: usize,
+    /// How many times an idle worker has given its buffer back: what a test waits on
+    /// instead of guessing how long the idle wait takes.
+    freed: u64,
 }
 
 type Shared = Arc<(Mutex<Queue>, Condvar)>;
@@ -152,11 +155,12 @@ fn next_job(shared: &Shared, blocks: &mut Vec<Block>, keep: Duration) -> Option<
                 .wait(q)
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         } else {
-            let (q, waited) = ready
+            let (mut q, waited) = ready
                 .wait_timeout(q, keep)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if waited.timed_out() && q.jobs.is_empty() {
                 *blocks = Vec::new();
+                q.freed += 1;
             }
             q
         };
@@ -211,11 +215,23 @@ mod tests {
                 (job.is_none(), blocks.capacity())
             })
         };
-        std::thread::sleep(Duration::from_millis(200));
-        {
+        // Close the queue only once the worker has given its buffer back, so the
+        // close cannot wake it before its idle wait ends (however slow the machine).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
             let (queue, ready) = &*shared;
-            crate::sync::lock(queue).closed = true;
-            ready.notify_all();
+            let mut q = crate::sync::lock(queue);
+            if q.freed == 1 {
+                q.closed = true;
+                ready.notify_all();
+                break;
+            }
+            drop(q);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the idle worker kept its buffer"
+            );
+            std::thread::yield_now();
         }
         assert_eq!(waiter.join().unwrap(), (true, 0));
 

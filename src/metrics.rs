@@ -319,7 +319,7 @@ fn label_value(v: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The office-group metrics (README "Office groups"): always present, since a restore
+/// The office-group metrics (docs/operations/many-gateways.md, "Office groups"): always present, since a restore
 /// can bring office groups to a gateway without `[replication]`.
 fn render_office(out: &mut String, stats: &OfficeStats, store: Option<(u64, u64, u64)>) {
     let mut gauges = Vec::new();

@@ -1,4 +1,4 @@
-//! Office groups, central side (README "Office groups"): the schema the gateway
+//! Office groups, central side (docs/operations/many-gateways.md, "Office groups"): the schema the gateway
 //! creates (`office/office_groups.sql`), the pull of what changed for this gateway
 //! since its cursor, and the report of its cursor and conflicts. The store applies
 //! each change (`store::office`); this file only talks to PostgreSQL and hands rows

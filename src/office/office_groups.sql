@@ -1,4 +1,4 @@
--- Office groups (README "Office groups"): defined once centrally with plain SQL,
+-- Office groups (docs/operations/many-gateways.md, "Office groups"): defined once centrally with plain SQL,
 -- pulled by every gateway they target. The office writes only office_groups; these
 -- triggers keep a revision per change, remember every gateway a group ever targeted,
 -- and turn a DELETE into a tombstone, so INSERT, UPDATE and DELETE are all a gateway

@@ -1,4 +1,4 @@
-//! Office groups (README "Office groups") against a real PostgreSQL (`pg.rs`): defined
+//! Office groups (docs/operations/many-gateways.md, "Office groups") against a real PostgreSQL (`pg.rs`): defined
 //! with plain SQL in `fleetgroups.office_groups`, pulled by the gateways they target,
 //! served read-only with `ofc-` IDs, through kills of the gateway and of its
 //! connections, a central outage and a restore. Checked against the gateways' own
