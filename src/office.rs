@@ -119,6 +119,12 @@ impl Puller {
         gateway: &str,
     ) -> Result<usize, PullError> {
         let limits = app.office_limits();
+        if app.store.office_gateway(gateway)? {
+            tracing::warn!(
+                gateway_id = gateway,
+                "office groups: the gateway_id changed; pulling them again from revision 0"
+            );
+        }
         let mut applied = 0;
         loop {
             let cursor = app.store.office_cursor()?;

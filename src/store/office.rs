@@ -37,6 +37,8 @@ const META_OFFICE_CURSOR: &[u8] = b"office_cursor";
 /// `meta`: present once this store has reconciled its office groups with the centre
 /// (a new or restored store has not).
 const META_OFFICE_RECONCILED: &[u8] = b"office_reconciled";
+/// `meta`: the `gateway_id` the cursor was pulled for.
+const META_OFFICE_GATEWAY: &[u8] = b"office_gateway";
 /// `meta`: the prefix of held office changes, `office 0x00 account 0x00 n`.
 const HELD_PREFIX: &[u8] = b"office\0";
 
@@ -175,6 +177,19 @@ impl Store {
         cursor: Option<u64>,
         limits: OfficeLimits,
     ) -> Result<Outcome, Error> {
+        self.apply_office_if(change, cursor, limits, None)
+    }
+
+    /// `apply_office`, only while the change held for its group is still `held` (when
+    /// given): checked under the writer mutex, so a retry never applies a held state
+    /// that a newer pull has replaced meanwhile (Unchanged then).
+    fn apply_office_if(
+        &self,
+        change: &OfficeChange,
+        cursor: Option<u64>,
+        limits: OfficeLimits,
+        held: Option<&Held>,
+    ) -> Result<Outcome, Error> {
         let (account, id) = change.key();
         if !id.is_office() {
             return Err(Error::corrupt(format!(
@@ -182,6 +197,15 @@ impl Store {
             )));
         }
         let mut w = self.write_lock()?;
+        let existing = self.held_one(account, id.0)?;
+        if held.is_some_and(|h| existing.as_ref() != Some(h)) {
+            return Ok(Outcome::Unchanged);
+        }
+        let clear_held = |plan: &mut Plan| {
+            if existing.is_some() {
+                plan.meta.push((held_key(account, id.0), None));
+            }
+        };
         let mut plan = Plan::default();
         let mut seq = w.next_change;
         if let Some(c) = cursor {
@@ -196,7 +220,7 @@ impl Store {
         };
         let outcome = match change {
             OfficeChange::Remove { .. } => {
-                plan.meta.push((held_key(account, id.0), None));
+                clear_held(&mut plan);
                 if self.plan_office_remove(&mut plan, actor, id, seq)? {
                     seq += 1;
                     Outcome::Changed
@@ -206,7 +230,7 @@ impl Store {
             }
             OfficeChange::Upsert(g) => match self.plan_office_upsert(&mut plan, g, seq, limits)? {
                 Ok(changed) => {
-                    plan.meta.push((held_key(account, id.0), None));
+                    clear_held(&mut plan);
                     if changed {
                         seq += 1;
                         Outcome::Changed
@@ -215,7 +239,7 @@ impl Store {
                     }
                 }
                 Err((reason, detail)) => {
-                    let since = match self.held_one(account, id.0)? {
+                    let since = match &existing {
                         Some(h) if h.reason == reason => h.since,
                         _ => self.clock.wall_ms(),
                     };
@@ -229,11 +253,17 @@ impl Store {
                         what: "a held office change",
                         source,
                     })?;
-                    plan.meta.push((held_key(account, id.0), Some(bytes)));
+                    if existing.as_ref() != Some(&held) {
+                        plan.meta.push((held_key(account, id.0), Some(bytes)));
+                    }
                     Outcome::Held(reason)
                 }
             },
         };
+        if plan.is_empty() {
+            // A repeat, a removal of nothing, a conflict held as it was: nothing to write.
+            return Ok(outcome);
+        }
         let ng = w.next_group;
         self.apply(&mut w, plan, ng, seq)?;
         Ok(outcome)
@@ -383,22 +413,40 @@ impl Store {
         };
         let mut applied = 0;
         for held in self.held_under(&prefix)? {
-            // The held record is re-read under the writer mutex by `apply_office`; a
-            // pull that replaced or removed it meanwhile makes this a harmless repeat
-            // of the newer state only if it is still held.
-            if self
-                .held_one(&held.group.account, held.group.id.0)?
-                .as_ref()
-                != Some(&held)
-            {
-                continue;
-            }
-            let change = OfficeChange::Upsert(held.group);
-            if self.apply_office(&change, None, limits)? == Outcome::Changed {
+            let change = OfficeChange::Upsert(held.group.clone());
+            if self.apply_office_if(&change, None, limits, Some(&held))? == Outcome::Changed {
                 applied += 1;
             }
         }
         Ok(applied)
+    }
+
+    /// Notes that office changes are pulled for `gateway`. When the cursor was pulled
+    /// for another one (`replication.gateway_id` changed), another set of office
+    /// groups may be meant for this gateway: the cursor and the reconcile mark go, in
+    /// one batch, so the next pull starts from 0 and reconciles. True when it reset.
+    pub fn office_gateway(&self, gateway: &str) -> Result<bool, Error> {
+        let mut w = self.write_lock()?;
+        let known = self
+            .meta
+            .get_latest(META_OFFICE_GATEWAY)
+            .map_err(|e| self.read_err(e))?;
+        if known.as_deref() == Some(gateway.as_bytes()) {
+            return Ok(false);
+        }
+        let mut plan = Plan::default();
+        plan.meta.push((
+            META_OFFICE_GATEWAY.to_vec(),
+            Some(gateway.as_bytes().to_vec()),
+        ));
+        let reset = known.is_some();
+        if reset {
+            plan.meta.push((META_OFFICE_CURSOR.to_vec(), None));
+            plan.meta.push((META_OFFICE_RECONCILED.to_vec(), None));
+        }
+        let (ng, nc) = (w.next_group, w.next_change);
+        self.apply(&mut w, plan, ng, nc)?;
+        Ok(reset)
     }
 
     /// Moves the cursor past `revision` alone (a central row no gateway can hold was
@@ -730,6 +778,27 @@ mod tests {
         // Local writes to an office group are refused in the store too.
         let err = s.delete_group(local, g.id, None).unwrap_err();
         assert!(matches!(err, Error::OfficeReadOnly), "{err:?}");
+    }
+
+    /// Another gateway_id resets the cursor and the reconcile mark; the same one
+    /// changes nothing.
+    #[test]
+    fn a_new_gateway_id_starts_the_office_pull_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        assert!(!s.office_gateway("gw-1").unwrap(), "the first is no change");
+        s.apply_office(
+            &OfficeChange::Upsert(office("a", 1, "g", &[])),
+            Some(9),
+            LIMITS,
+        )
+        .unwrap();
+        s.reconcile_office(&HashSet::new(), LIMITS).unwrap();
+        assert!(!s.office_gateway("gw-1").unwrap());
+        assert_eq!(s.office_cursor().unwrap(), 9);
+        assert!(s.office_gateway("gw-2").unwrap());
+        assert_eq!(s.office_cursor().unwrap(), 0);
+        assert!(!s.office_reconciled().unwrap());
     }
 
     /// Reconciling removes what the centre no longer means for this gateway, held

@@ -630,3 +630,86 @@ fn a_restore_pulls_from_revision_zero_and_reconciles() {
         (b.metric("fleetgroups_office_cursor")? >= top.parse::<f64>().ok()?).then_some(())
     });
 }
+
+/// Without a centre: an office group a restore brings (a backup keeps office groups
+/// like any other) is served read-only in every read, `check` finds the store sound,
+/// and `check-config` shows `replication.pull_secs`.
+#[test]
+fn an_office_group_from_a_backup_is_served_read_only_without_a_centre() {
+    let mut a = TestServer::start();
+    let ta = a.admin_token();
+    a.req("POST", "/api/groups")
+        .bearer(&ta)
+        .json(&json!({"name": "Local", "devices": ["d1"]}))
+        .send()
+        .expect_ok(201);
+    let shown = a.cli(&["check-config"]);
+    assert!(shown.stdout.contains("pull_secs = 60"), "{}", shown.stdout);
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let file = out_dir.path().join("b.jsonl");
+    assert_eq!(a.cli(&["backup", file.to_str().expect("utf-8")]).code, 0);
+    let admin_key = a.admin_key();
+    a.stop();
+    // ofc-7 is group number 2^63 + 7 inside, as a pull would have stored it.
+    let text = std::fs::read_to_string(&file).expect("backup");
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let end: Value = serde_json::from_str(&lines.pop().expect("end")).expect("json");
+    let records = end["records"].as_u64().expect("records");
+    lines.push(
+        json!({"type": "group", "account": "default", "id": (1u64 << 63) + 7, "revision": 1,
+               "creation": 1_796_000_000_000i64, "lastModified": 1_796_000_000_000i64,
+               "name": "Office trucks", "description": null, "devices": ["d1"]})
+        .to_string(),
+    );
+    lines.push(json!({"type": "end", "records": records + 1}).to_string());
+    std::fs::write(&file, lines.join("\n") + "\n").expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = cli_in(
+        &dir.path().join("data"),
+        &["restore", file.to_str().expect("utf-8")],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut b = TestServer::with_dir(dir, Options::default());
+    let tb = b.login("admin", &admin_key);
+    let g = b
+        .req("GET", "/api/groups/ofc-7")
+        .bearer(&tb)
+        .send()
+        .expect_ok(200);
+    assert_eq!((&g["name"], &g["origin"]), (&json!("Office trucks"), &json!("office")));
+    let listed = b.req("GET", "/api/groups").bearer(&tb).send().expect_ok(200);
+    let ids: Vec<(&str, &str)> = listed["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| (g["id"].as_str().unwrap_or(""), g["origin"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(ids, [("grp-1", "local"), ("ofc-7", "office")]);
+    let holders = b
+        .req("GET", "/api/devices/d1/groups")
+        .bearer(&tb)
+        .send()
+        .expect_ok(200);
+    assert_eq!(holders["groups"].as_array().map(Vec::len), Some(2), "{holders}");
+    for (method, path) in [
+        ("DELETE", "/api/groups/ofc-7"),
+        ("DELETE", "/api/groups/ofc-7/devices/d1"),
+    ] {
+        let r = b.req(method, path).bearer(&tb).send();
+        assert_eq!(r.status, 403, "{method} {path}");
+        assert_eq!(r.json()["errorCode"], "office_group_read_only");
+    }
+    // A local group may not take its name either.
+    let r = b
+        .req("POST", "/api/groups")
+        .bearer(&tb)
+        .json(&json!({"name": "office TRUCKS"}))
+        .send();
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(b.metric("fleetgroups_office_groups"), Some(1.0));
+    assert_eq!(b.metric("fleetgroups_office_cursor"), Some(0.0));
+    b.stop();
+    let checked = cli_in(&b.data_dir(), &["check"], &[]);
+    assert_eq!(checked.code, 0, "{}{}", checked.stdout, checked.stderr);
+}
