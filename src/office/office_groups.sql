@@ -153,8 +153,26 @@ CREATE TABLE IF NOT EXISTS fleetgroups.office_conflicts (
     PRIMARY KEY (gateway_id, account, id)
 );
 
--- Per gateway: the office revision it has applied through, how many office changes it
--- holds back, and when it last reported.
+-- fleetgroups.groups says where each group comes from: 'office' for an office group a
+-- gateway serves (ofc-<n>), 'local' for one made there. Set on insert (an id never
+-- changes); rows from before are filled once.
+ALTER TABLE fleetgroups.groups ADD COLUMN IF NOT EXISTS origin text;
+CREATE OR REPLACE FUNCTION fleetgroups.groups_origin() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.origin := CASE WHEN NEW.id LIKE 'ofc-%' THEN 'office' ELSE 'local' END;
+    RETURN NEW;
+END
+$$;
+DROP TRIGGER IF EXISTS groups_origin ON fleetgroups.groups;
+CREATE TRIGGER groups_origin BEFORE INSERT ON fleetgroups.groups
+    FOR EACH ROW EXECUTE PROCEDURE fleetgroups.groups_origin();
+UPDATE fleetgroups.groups SET origin = CASE WHEN id LIKE 'ofc-%' THEN 'office' ELSE 'local' END
+ WHERE origin IS NULL;
+
+-- Last, so that its presence means this file ran to the end. Per gateway: the office
+-- revision it has applied through, how many office changes it holds back, and when it
+-- last reported.
 CREATE OR REPLACE VIEW fleetgroups.office_status AS
 SELECT g.gateway_id,
        g.office_cursor,

@@ -270,6 +270,15 @@ fn office_groups_reach_only_the_targeted_gateways_and_follow_every_change() {
         ))?;
         (n == "3").then_some(())
     });
+    let origins =
+        pg.query("SELECT DISTINCT origin, left(id, 4) FROM fleetgroups.groups ORDER BY 1");
+    assert_eq!(
+        origins,
+        vec![
+            vec![Some("local".to_string()), Some("grp-".to_string())],
+            vec![Some("office".to_string()), Some("ofc-".to_string())]
+        ]
+    );
     let cursor = pg
         .value("SELECT max(revision) FROM fleetgroups.office_tombstones")
         .expect("revision");
@@ -677,13 +686,25 @@ fn an_office_group_from_a_backup_is_served_read_only_without_a_centre() {
         .bearer(&tb)
         .send()
         .expect_ok(200);
-    assert_eq!((&g["name"], &g["origin"]), (&json!("Office trucks"), &json!("office")));
-    let listed = b.req("GET", "/api/groups").bearer(&tb).send().expect_ok(200);
+    assert_eq!(
+        (&g["name"], &g["origin"]),
+        (&json!("Office trucks"), &json!("office"))
+    );
+    let listed = b
+        .req("GET", "/api/groups")
+        .bearer(&tb)
+        .send()
+        .expect_ok(200);
     let ids: Vec<(&str, &str)> = listed["groups"]
         .as_array()
         .expect("groups")
         .iter()
-        .map(|g| (g["id"].as_str().unwrap_or(""), g["origin"].as_str().unwrap_or("")))
+        .map(|g| {
+            (
+                g["id"].as_str().unwrap_or(""),
+                g["origin"].as_str().unwrap_or(""),
+            )
+        })
         .collect();
     assert_eq!(ids, [("grp-1", "local"), ("ofc-7", "office")]);
     let holders = b
@@ -691,7 +712,11 @@ fn an_office_group_from_a_backup_is_served_read_only_without_a_centre() {
         .bearer(&tb)
         .send()
         .expect_ok(200);
-    assert_eq!(holders["groups"].as_array().map(Vec::len), Some(2), "{holders}");
+    assert_eq!(
+        holders["groups"].as_array().map(Vec::len),
+        Some(2),
+        "{holders}"
+    );
     for (method, path) in [
         ("DELETE", "/api/groups/ofc-7"),
         ("DELETE", "/api/groups/ofc-7/devices/d1"),
