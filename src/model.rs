@@ -279,11 +279,25 @@ mod tests {
     #[test]
     fn parses_only_canonical_ids() {
         assert_eq!(GroupId::parse("grp-1"), Some(GroupId(1)));
+        // Local numbers stay below 2^63; office IDs take the numbers above it.
         assert_eq!(
-            GroupId::parse("grp-18446744073709551615"),
+            GroupId::parse("grp-9223372036854775807"),
+            Some(GroupId(OFFICE_BASE - 1))
+        );
+        assert_eq!(GroupId::parse("ofc-1"), Some(GroupId(OFFICE_BASE + 1)));
+        assert_eq!(
+            GroupId::parse("ofc-9223372036854775807"),
             Some(GroupId(u64::MAX))
         );
+        assert_eq!(GroupId(OFFICE_BASE + 5).to_string(), "ofc-5");
+        assert!(GroupId(OFFICE_BASE + 5).is_office() && !GroupId(5).is_office());
         for bad in [
+            "grp-18446744073709551615",
+            "grp-9223372036854775808",
+            "ofc-0",
+            "ofc-01",
+            "ofc-9223372036854775808",
+            "OFC-1",
             "grp-0",
             "grp-01",
             "grp-",
