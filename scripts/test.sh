@@ -25,7 +25,7 @@ need=()
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(faketime)
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
     || need+=(postgresql)
-command -v pgbouncer >/dev/null 2>&1 || need+=(pgbouncer)
+[ -x /usr/sbin/pgbouncer ] || [ -x /usr/bin/pgbouncer ] || need+=(pgbouncer)
 { command -v systemd-analyze && command -v systemd-cat && command -v journalctl; } >/dev/null 2>&1 \
     && [ -x /lib/systemd/systemd-journald ] || need+=(systemd)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)

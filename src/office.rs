@@ -1,6 +1,8 @@
-//! Office groups, central side (docs/operations/many-gateways.md, "Office groups"): the schema the gateway
-//! creates (`office/office_groups.sql`), the pull of what changed for this gateway
-//! since its cursor, and the report of its cursor and conflicts. The store applies
+//! Office groups, central side (docs/operations/many-gateways.md, "Office groups"): the
+//! pull of what changed for this gateway since its cursor, and the report of its
+//! cursor and conflicts. The tables and triggers are a migration of the central schema
+//! (`replication/migrations/0003_office_groups.sql`); the replication session
+//! (`replication/session.rs`) calls `Puller::round` when a pull is due. The store applies
 //! each change (`store::office`); this file only talks to PostgreSQL and hands rows
 //! over.
 //!
@@ -19,9 +21,6 @@ use tokio_postgres::{Client, IsolationLevel, Row};
 use crate::app::App;
 use crate::model::GroupId;
 use crate::store::office::{Held, OfficeChange, OfficeGroup, Outcome};
-
-/// The schema of office groups: tables, triggers, the status view. Idempotent.
-pub const SCHEMA: &str = include_str!("office/office_groups.sql");
 
 /// Rows one pull transaction reads at most; a round reads pages until it is caught up.
 pub const PAGE: i64 = 500;
@@ -257,24 +256,6 @@ impl Puller {
     }
 }
 
-/// Creates the office schema when it is not there yet, in one transaction under the
-/// schema's advisory lock `lock` (the one the rest of the schema takes). Its last
-/// statement makes `fleetgroups.office_status`, so that view's presence says the whole
-/// file ran, and a connect then takes no lock at all.
-pub async fn ensure_schema(client: &mut Client, lock: i64) -> Result<(), tokio_postgres::Error> {
-    const DONE: &str = "SELECT to_regclass('fleetgroups.office_status') IS NOT NULL";
-    if client.query_typed(DONE, &[]).await?[0].get::<_, bool>(0) {
-        return Ok(());
-    }
-    let tx = client.transaction().await?;
-    tx.query_typed("SELECT pg_advisory_xact_lock($1)", &[(&lock, Type::INT8)])
-        .await?;
-    if !tx.query_typed(DONE, &[]).await?[0].get::<_, bool>(0) {
-        tx.batch_execute(SCHEMA).await?;
-    }
-    tx.commit().await
-}
-
 /// Reads one page after `cursor` in one read-only snapshot.
 async fn read_page(
     client: &mut Client,
@@ -362,48 +343,4 @@ fn change_of(r: &Row) -> Option<OfficeChange> {
 
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// When the next pull is due: at once on a new connection, then every `pull_secs`
-/// with ±20 % jitter (so a thousand gateways started together spread out), and after
-/// a failed pull with a backoff up to 30 s.
-#[derive(Debug)]
-pub struct Schedule {
-    every: std::time::Duration,
-    next: tokio::time::Instant,
-    backoff: std::time::Duration,
-}
-
-impl Schedule {
-    /// Due at once.
-    pub fn new(pull_secs: u64) -> Schedule {
-        Schedule {
-            every: std::time::Duration::from_secs(pull_secs.max(1)),
-            next: tokio::time::Instant::now(),
-            backoff: std::time::Duration::from_millis(500),
-        }
-    }
-
-    pub fn due(&self) -> bool {
-        tokio::time::Instant::now() >= self.next
-    }
-
-    /// When it is due next.
-    pub fn at(&self) -> tokio::time::Instant {
-        self.next
-    }
-
-    /// A pull finished: the next in `pull_secs` ± 20 %.
-    pub fn pulled(&mut self) {
-        let jitter = rand::random::<f64>() * 0.4 + 0.8;
-        self.next = tokio::time::Instant::now() + self.every.mul_f64(jitter);
-        self.backoff = std::time::Duration::from_millis(500);
-    }
-
-    /// A pull failed: try again after the backoff (never later than a regular pull).
-    pub fn failed(&mut self) {
-        let jitter = rand::random::<f64>() * 0.5 + 0.75;
-        self.next = tokio::time::Instant::now() + self.backoff.mul_f64(jitter).min(self.every);
-        self.backoff = (self.backoff * 2).min(std::time::Duration::from_secs(30));
-    }
 }

@@ -8,7 +8,22 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// Error kinds of `fleetgroups_replication_errors_total{kind}`.
-pub const ERROR_KINDS: [&str; 6] = ["connect", "schema", "apply", "resync", "store", "office"];
+/// `refused`: no connection slot (too many connections, or the role's limit);
+/// `constraint`, `permission`: the centre refuses a statement until fixed there;
+/// `schema`: creating or upgrading the schema, or one that does not match.
+pub const ERROR_KINDS: [&str; 11] = [
+    "connect",
+    "refused",
+    "schema",
+    "apply",
+    "constraint",
+    "permission",
+    "heartbeat",
+    "prune",
+    "resync",
+    "store",
+    "office",
+];
 
 /// What `/metrics` shows (replication.md §4).
 #[derive(Debug, Default)]

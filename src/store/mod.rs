@@ -405,6 +405,21 @@ impl Store {
         self.pending.visible_seq()
     }
 
+    /// Waits until `last_seq()` passes `seq`. Woken by the flusher's published
+    /// outcomes (`commit::FlushWatch`): the visible seq moves in its outcome hook before
+    /// it publishes, or, with relaxed durability, at a write that the next timer flush
+    /// then announces. An idle store costs its waiters nothing.
+    pub async fn wait_past(&self, seq: u64) {
+        let mut flushes = self.commit.watch();
+        loop {
+            flushes.mark_seen();
+            if self.last_seq() > seq {
+                return;
+            }
+            flushes.changed().await;
+        }
+    }
+
     /// Whether the store currently takes writes: no write or flush has failed
     /// (`Pending::failed`; writes answer 503 and `/readyz` says so).
     pub fn healthy(&self) -> bool {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::pg::Pg;
+use crate::pg::{Bouncer, Pg};
 use crate::support::{cli_in, env_u64, poll_until, without_envelope, Options, TestServer};
 
 fn options(pg: &Pg, gateway: &str) -> Options {
@@ -557,6 +557,57 @@ fn kills_during_pulls_lose_and_double_no_office_change() {
         println!("round {round}: killed gw-{victim} at {kill_at:?}, terminated at {terminate_at:?}: converged");
     }
     println!("office kill rounds: {rounds} rounds, {changes} central changes, lost 0, doubled 0 (seed {seed})");
+}
+
+/// Through PgBouncer in transaction mode (one server connection for two gateways):
+/// the pulls and reports use no named statements and no session state, so office
+/// groups and conflicts arrive as directly.
+#[test]
+fn office_groups_arrive_through_pgbouncer_in_transaction_mode() {
+    let pg = Pg::start();
+    let bouncer = Bouncer::start(&pg, 1);
+    let opts = |gw: &str| {
+        Options::default()
+            .env(
+                "FLEETGROUPS_REPLICATION_POSTGRES_URL",
+                &bouncer.url("postgres"),
+            )
+            .env("FLEETGROUPS_REPLICATION_GATEWAY_ID", gw)
+            .env("FLEETGROUPS_REPLICATION_PULL_SECS", "1")
+    };
+    let a = TestServer::with(opts("gw-p1"));
+    let b = TestServer::with(opts("gw-p2"));
+    let (ta, tb) = (a.admin_token(), b.admin_token());
+    a.req("POST", "/api/groups")
+        .bearer(&ta)
+        .json(&json!({"name": "Pooled"}))
+        .send()
+        .expect_ok(201);
+    schema_ready(&pg);
+    pg.query("INSERT INTO fleetgroups.office_groups (account, name) VALUES ('default', 'Pooled')");
+    pg.query(
+        "INSERT INTO fleetgroups.office_groups (account, name) VALUES ('default', 'Everyone')",
+    );
+    converged(&pg, &b, &tb, "gw-p2");
+    poll_until(
+        Duration::from_secs(30),
+        "the conflict through the pool",
+        || {
+            pg.value("SELECT reason FROM fleetgroups.office_conflicts WHERE gateway_id = 'gw-p1'")
+                .filter(|r| r == "name_taken")
+        },
+    );
+    assert_eq!(served(&a, &ta).len(), 1, "only Everyone on gw-p1");
+    for (s, name) in [(&a, "gw-p1"), (&b, "gw-p2")] {
+        assert_eq!(
+            s.metric("fleetgroups_replication_errors_total{kind=\"office\"}"),
+            Some(0.0),
+            "{name}: {}",
+            s.log()
+        );
+    }
+    let log = pg.log();
+    assert!(!log.contains("prepared statement"), "{log}");
 }
 
 /// While the centre is down a gateway serves the last office state it applied, also

@@ -2,7 +2,7 @@
 -- pulled by every gateway they target. The office writes only office_groups; these
 -- triggers keep a revision per change, remember every gateway a group ever targeted,
 -- and turn a DELETE into a tombstone, so INSERT, UPDATE and DELETE are all a gateway
--- needs. Safe to run again: every statement creates or replaces.
+-- needs.
 
 -- Every change gets the next revision. Writers serialise on one advisory lock taken
 -- before the revision is drawn, so revisions are handed out in commit order and a
@@ -170,9 +170,8 @@ CREATE TRIGGER groups_origin BEFORE INSERT ON fleetgroups.groups
 UPDATE fleetgroups.groups SET origin = CASE WHEN id LIKE 'ofc-%' THEN 'office' ELSE 'local' END
  WHERE origin IS NULL;
 
--- Last, so that its presence means this file ran to the end. Per gateway: the office
--- revision it has applied through, how many office changes it holds back, and when it
--- last reported.
+-- Per gateway: the office revision it has applied through, how many office changes it
+-- holds back, and when it last reported.
 CREATE OR REPLACE VIEW fleetgroups.office_status AS
 SELECT g.gateway_id,
        g.office_cursor,
