@@ -479,6 +479,19 @@ fn a_name_conflict_is_reported_centrally_and_resolved_by_a_local_rename() {
         1,
         "one line per state change:\n{log}"
     );
+    // Decommissioning the gateway takes its office report along.
+    drop(m);
+    pg.query("SELECT fleetgroups.decommission('gw-m')");
+    assert_eq!(
+        pg.value("SELECT count(*) FROM fleetgroups.office_conflicts WHERE gateway_id = 'gw-m'")
+            .as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        pg.value("SELECT count(*) FROM fleetgroups.office_status WHERE gateway_id = 'gw-m'")
+            .as_deref(),
+        Some("0")
+    );
 }
 
 /// kill -9 of gateways and `pg_terminate_backend` of their connections at seeded

@@ -153,6 +153,20 @@ CREATE TABLE IF NOT EXISTS fleetgroups.office_conflicts (
     PRIMARY KEY (gateway_id, account, id)
 );
 
+-- A gateway decommissioned or renamed (its gateways row deleted, or its id changed)
+-- leaves no office report behind; a renamed gateway reports again under its new id.
+CREATE OR REPLACE FUNCTION fleetgroups.office_gateway_gone() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM fleetgroups.office_conflicts WHERE gateway_id = OLD.gateway_id;
+    DELETE FROM fleetgroups.office_gateways WHERE gateway_id = OLD.gateway_id;
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS office_gateway_gone ON fleetgroups.gateways;
+CREATE TRIGGER office_gateway_gone AFTER DELETE OR UPDATE OF gateway_id ON fleetgroups.gateways
+    FOR EACH ROW EXECUTE PROCEDURE fleetgroups.office_gateway_gone();
+
 -- fleetgroups.groups says where each group comes from: 'office' for an office group a
 -- gateway serves (ofc-<n>), 'local' for one made there. Set on insert (an id never
 -- changes); rows from before are filled once.
