@@ -86,6 +86,8 @@ struct Page {
     /// central checks in place): skipped, the cursor moves past them.
     skipped: Option<u64>,
     pending: u64,
+    /// The page was full: more may follow at once.
+    full: bool,
     /// With a reconcile asked for and the page the last one: what the centre means
     /// for this gateway in the same snapshot.
     meant: Option<HashSet<(String, GroupId)>>,
@@ -133,7 +135,7 @@ impl Puller {
                 .office
                 .pending
                 .store(page.pending, Ordering::Relaxed);
-            let full = page.changes.len() as i64 + i64::from(page.skipped.is_some()) >= PAGE;
+            let full = page.full;
             for (change, revision) in &page.changes {
                 if app.store.apply_office(change, Some(*revision), limits)? == Outcome::Changed {
                     applied += 1;
@@ -320,6 +322,7 @@ async fn read_page(
         changes,
         skipped,
         pending: u64::try_from(pending).unwrap_or(0),
+        full: rows.len() as i64 >= PAGE,
         meant,
     })
 }
