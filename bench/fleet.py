@@ -27,7 +27,7 @@ import urllib.request
 
 ENV = os.environ
 N = int(ENV.get("N", "1000"))
-GROUPS = int(ENV.get("GROUPS", "200"))
+GROUPS = int(ENV.get("GROUPS_EACH", "200"))
 MAXCONN = int(ENV.get("MAXCONN", "100"))
 # The README's sizing rule: the gateways' role may hold what is left after the
 # superuser reserve (3) and the readers' share.
@@ -137,7 +137,9 @@ class Gateway:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def launch(self, url):
-        self.port = free_port()
+        # Port 0: the server picks a free one and logs it (no race between picking a
+        # port here and binding it there).
+        self.port = None
         env = dict(ENV)
         env.update({
             "FLEETGROUPS_REPLICATION_POSTGRES_URL": url,
@@ -146,11 +148,35 @@ class Gateway:
         })
         out = open(f"{self.dir}.log", "ab")
         self.proc = subprocess.Popen(
-            [BIN, "--data-dir", self.dir, "serve", "--listen", f"127.0.0.1:{self.port}"],
+            [BIN, "--data-dir", self.dir, "serve", "--listen", "127.0.0.1:0"],
             env=env, stdout=out, stderr=out)
         STARTED.append(self.proc)
 
+    def launch_plain(self):
+        """The same server without [replication]."""
+        out = open(f"{self.dir}.log", "ab")
+        env = dict(ENV)
+        env["FLEETGROUPS_STORAGE_CACHE_MB"] = "1"
+        self.proc = subprocess.Popen(
+            [BIN, "--data-dir", self.dir, "serve", "--listen", "127.0.0.1:0"],
+            env=env, stdout=out, stderr=out)
+        STARTED.append(self.proc)
+
+    def find_port(self):
+        """The port from the server's log line `listening on http://127.0.0.1:PORT`."""
+        if self.port is None:
+            with open(f"{self.dir}.log", errors="replace") as f:
+                for line in f:
+                    i = line.find("listening on http://127.0.0.1:")
+                    if i >= 0:
+                        self.port = int(line[i + 30:].split()[0].rstrip(","))
+        return self.port
+
     def ready(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.id} exited: see {self.dir}.log")
+        if self.find_port() is None:
+            return False
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
                 return r.status == 200
@@ -367,6 +393,10 @@ def run_mode(mode, key):
         g.launch(url)
     launched = time.monotonic() - t0
     log(f"   launched {N} processes in {launched:.1f} s")
+    for g in gws:
+        while not g.ready():
+            time.sleep(0.05)
+    log(f"   all {N} ready {time.monotonic() - t0:.1f} s after the launch began")
     writers = gws[::10]
     for g in writers:
         while not g.ready():
@@ -452,6 +482,39 @@ def run_mode(mode, key):
     }
 
 
+def idle_baseline():
+    """Idle CPU and RSS of the same N gateways without [replication] and with it
+    (direct, caught up), over IDLE_WINDOW after a settling minute: what replication
+    itself costs an idle fleet."""
+    out = {}
+    for label, url in (("off", None),
+                       ("on", f"postgresql://fleet@127.0.0.1:{PGPORT}/postgres?sslmode=disable")):
+        log(f"== idle baseline, replication {label}: {N} gateways")
+        psql("DROP SCHEMA IF EXISTS fleetgroups CASCADE")
+        os.makedirs(f"{WORK}/idle-{label}", exist_ok=True)
+        gws = [Gateway(i, f"idle-{label}") for i in range(N)]
+        for g in gws:
+            g.restore()
+        for g in gws:
+            g.launch(url) if url else g.launch_plain()
+        for g in gws:
+            while not g.ready():
+                time.sleep(0.05)
+        if url:
+            wait_converged(gws, [])
+        time.sleep(60)
+        c0, _ = fleet_usage(gws)
+        time.sleep(IDLE_WINDOW)
+        c1, rss = fleet_usage(gws)
+        out[label] = {"cpu": (c1 - c0) / TICK / IDLE_WINDOW * 100, "rss_mib": rss / 1024}
+        log(f"   {out[label]}")
+        for g in gws:
+            g.proc.terminate()
+        for g in gws:
+            g.proc.wait()
+    return out
+
+
 def explain_at_scale():
     """The README's three queries on 1,000,000 central groups (1,000 gateways) and
     1,000,000 changes: the plans, each served by an index."""
@@ -495,11 +558,16 @@ def explain_at_scale():
 
 def main():
     key = sys.argv[5]
+    # A SIGTERM still runs the finally below: no gateway is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     setup_pg()
     results = []
     plans = {}
+    baseline = {}
     try:
-        for mode in MODES:
+        if ENV.get("BASELINE", "0") == "1":
+            baseline = idle_baseline()
+        for mode in filter(None, MODES):
             results.append(run_mode(mode, key))
         if ENV.get("EXPLAIN", "1") == "1":
             plans = explain_at_scale()
@@ -516,7 +584,7 @@ def main():
             pg_stop()
         except Exception:  # noqa: BLE001
             pass
-    print(json.dumps({"results": results, "plans": plans}))
+    print(json.dumps({"results": results, "plans": plans, "baseline": baseline}))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::http::budget::Budget;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions, KEY_FILE};
 use crate::time::Clock;
@@ -25,6 +26,10 @@ pub struct App {
     pub auth: Auth,
     pub usage: Usage,
     pub metrics: Metrics,
+    /// Bytes of request bodies held for clients (`limits.body_budget_bytes`).
+    pub bodies: Budget,
+    /// Bytes of answers waiting for their clients (`limits.answer_budget_bytes`).
+    pub answers: Budget,
     /// When the last backup succeeded (ms since the epoch, 0: none known): set by
     /// backups through the admin socket, read at start from `backup::LAST_SUCCESS_FILE`.
     pub backup_last_success_ms: AtomicI64,
@@ -134,6 +139,8 @@ impl App {
         );
         let last_backup = crate::backup::last_success(&config.data_dir).unwrap_or(0);
         Ok(App {
+            bodies: Budget::new(config.limits.body_budget_bytes),
+            answers: Budget::new(config.limits.answer_budget_bytes),
             config,
             store,
             auth,
@@ -218,6 +225,8 @@ impl App {
             backup_last_success_ms: self.backup_last_success_ms.load(Ordering::Relaxed),
             last_seq: self.store.last_seq(),
             office: self.store.office_figures().ok(),
+            bodies: figures(&self.bodies),
+            answers: figures(&self.answers),
         }
     }
 
@@ -268,6 +277,14 @@ impl App {
         if let Err(e) = self.auth.purge_expired(&self.store) {
             tracing::warn!(error = ?e, "token purge failed");
         }
+    }
+}
+
+fn figures(b: &Budget) -> crate::metrics::BudgetFigures {
+    crate::metrics::BudgetFigures {
+        total: b.total(),
+        in_use: b.in_use(),
+        refused: b.refused(),
     }
 }
 

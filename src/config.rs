@@ -113,6 +113,25 @@ pub struct LimitsConfig {
     /// `Idempotency-Key` records kept per user (24 h each); past it the oldest goes, so
     /// storage stays bounded between hourly purges.
     pub idempotency_keys_per_user: u64,
+    /// Bytes of remembered first answers (`Idempotency-Key` records) per user; past it
+    /// the oldest records go. One answer larger than this is still kept, alone.
+    pub idempotency_bytes_per_user: u64,
+    /// Most operations in one JSON Patch.
+    pub max_patch_operations: u64,
+    /// Largest a group document may grow (as JSON) while a JSON Patch or merge patch
+    /// applies, checked before each operation.
+    pub max_patch_document_bytes: u64,
+    /// Largest body of `POST /api/Auth/Token` (a valid login is under 200 bytes).
+    pub max_token_body_bytes: u64,
+    /// Bytes of request bodies all clients together may have in the server at once
+    /// (received and being handled); past it a body waits briefly, then 503.
+    pub body_budget_bytes: u64,
+    /// Bytes of answers all clients together may have waiting to be read at once;
+    /// past it a read's answer is refused with 503 (a write's answer is always sent).
+    pub answer_budget_bytes: u64,
+    /// Least rate, in bytes a second, at which a client must take an answer while it
+    /// makes the server wait; a slower one is cut (measured over 10 s of waiting).
+    pub min_read_bytes_per_sec: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,6 +339,13 @@ impl Default for LimitsConfig {
             requests_per_minute: 0,
             daily_limit: 0,
             idempotency_keys_per_user: 10_000,
+            idempotency_bytes_per_user: 4 * 1024 * 1024,
+            max_patch_operations: 1000,
+            max_patch_document_bytes: 4 * 1024 * 1024,
+            max_token_body_bytes: 4096,
+            body_budget_bytes: 64 * 1024 * 1024,
+            answer_budget_bytes: 64 * 1024 * 1024,
+            min_read_bytes_per_sec: 4096,
         }
     }
 }
@@ -506,6 +532,36 @@ impl Config {
                 n(limits.idempotency_keys_per_user),
                 1,
             ),
+            (
+                "limits.idempotency_bytes_per_user",
+                n(limits.idempotency_bytes_per_user),
+                1024,
+            ),
+            (
+                "limits.max_patch_operations",
+                n(limits.max_patch_operations),
+                1,
+            ),
+            (
+                "limits.max_patch_document_bytes",
+                n(limits.max_patch_document_bytes),
+                1024,
+            ),
+            (
+                "limits.max_token_body_bytes",
+                n(limits.max_token_body_bytes),
+                256,
+            ),
+            (
+                "limits.body_budget_bytes",
+                n(limits.body_budget_bytes),
+                1024,
+            ),
+            (
+                "limits.answer_budget_bytes",
+                n(limits.answer_budget_bytes),
+                1024,
+            ),
             ("limits.max_connections", n(limits.max_connections), 1),
             (
                 "limits.header_timeout_secs",
@@ -527,6 +583,19 @@ impl Config {
             if value < floor {
                 return bad(key, &format!("must be at least {floor}"));
             }
+        }
+        // A budget smaller than one request's share could never admit that request.
+        if limits.body_budget_bytes < limits.max_body_bytes {
+            return bad(
+                "limits.body_budget_bytes",
+                "must be at least limits.max_body_bytes (one largest body must fit)",
+            );
+        }
+        if limits.answer_budget_bytes < limits.max_page_bytes {
+            return bad(
+                "limits.answer_budget_bytes",
+                "must be at least limits.max_page_bytes (one largest page must fit)",
+            );
         }
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             return bad("tls", "set both cert and key, or neither");

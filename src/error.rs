@@ -60,6 +60,9 @@ pub enum ApiError {
     Internal(String),
     /// 503: storage cannot take writes (or the server is stopping); detail for the log.
     Unavailable(String),
+    /// 503: a shared byte budget is spent (request bodies or answers being held for
+    /// clients); names the budget. Try again after `Retry-After`.
+    Busy(&'static str),
 }
 
 impl ApiError {
@@ -83,7 +86,7 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable(_) | Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -113,6 +116,7 @@ impl ApiError {
             TooManyFailedLogins { .. } => "too_many_failed_logins",
             Internal(_) => "internal",
             Unavailable(_) => "unavailable",
+            Busy(_) => "server_busy",
         }
     }
 
@@ -144,6 +148,10 @@ impl ApiError {
             TooManyFailedLogins { .. } => "Too many failed login attempts".into(),
             Internal(_) => "Internal server error".into(),
             Unavailable(_) => "Service unavailable".into(),
+            Busy(budget) => format!(
+                "Server busy: too many bytes held for clients ({budget}); try again shortly"
+            )
+            .into(),
         }
     }
 
@@ -162,6 +170,7 @@ impl ApiError {
                 vec![(RETRY_AFTER, HeaderValue::from(*retry_after))]
             }
             RequestTimeout => vec![(CONNECTION, HeaderValue::from_static("close"))],
+            Busy(_) => vec![(RETRY_AFTER, HeaderValue::from_static("1"))],
             _ => Vec::new(),
         }
     }
@@ -349,6 +358,12 @@ mod tests {
                 "unavailable",
                 "Service unavailable",
             ),
+            (
+                ApiError::Busy("request bodies"),
+                503,
+                "server_busy",
+                "Server busy: too many bytes held for clients (request bodies); try again shortly",
+            ),
         ];
         for (err, status, code, message) in rows {
             assert_eq!(
@@ -429,6 +444,10 @@ mod tests {
                 "{e}"
             );
         }
+        assert_eq!(
+            ApiError::Busy("answers").headers(),
+            vec![(RETRY_AFTER, HeaderValue::from(1u64))]
+        );
         assert!(ApiError::InvalidCredentials.headers().is_empty());
         assert!(ApiError::GroupNotFound.headers().is_empty());
     }

@@ -71,6 +71,18 @@ pub struct Snapshot {
     /// The store's office figures (`store::office`): cursor, groups served, changes
     /// held by a conflict. None when the store cannot read them right now.
     pub office: Option<(u64, u64, u64)>,
+    /// The body budget (`limits.body_budget_bytes`).
+    pub bodies: BudgetFigures,
+    /// The answer budget (`limits.answer_budget_bytes`).
+    pub answers: BudgetFigures,
+}
+
+/// One byte budget's figures (`http/budget.rs`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BudgetFigures {
+    pub total: u64,
+    pub in_use: u64,
+    pub refused: u64,
 }
 
 /// What one route answered and how long it took.
@@ -96,6 +108,9 @@ pub struct ConnStats {
     pub blocked: AtomicU64,
     /// Closed because a write made no progress for `limits.write_timeout_secs`.
     pub write_timeouts: AtomicU64,
+    /// Closed because the client took answers slower than
+    /// `limits.min_read_bytes_per_sec`.
+    pub slow_readers: AtomicU64,
     /// Idle connections closed at the connection limit to make room.
     pub evicted_idle: AtomicU64,
     /// Connections whose client stopped reading, closed at the limit to make room.
@@ -162,6 +177,7 @@ impl Metrics {
             );
         }
         render_connections(&mut out, &self.conns);
+        render_budgets(&mut out, app);
         // What /readyz and the watchdog look at: writes are taken (no failed flush) and
         // a read answers. 0 pages someone before clients see 503s for long.
         let healthy = app.store_healthy;
@@ -295,6 +311,7 @@ fn render_connections(out: &mut String, c: &ConnStats) {
     out.push_str("# HELP fleetgroups_connections_closed_total Connections the server closed, by reason.\n# TYPE fleetgroups_connections_closed_total counter\n");
     for (reason, n) in [
         ("write_timeout", &c.write_timeouts),
+        ("slow_reader", &c.slow_readers),
         ("evicted_idle", &c.evicted_idle),
         ("evicted_stalled", &c.evicted_stalled),
     ] {
@@ -303,6 +320,39 @@ fn render_connections(out: &mut String, c: &ConnStats) {
             "fleetgroups_connections_closed_total{{reason=\"{reason}\"}} {}",
             load(n)
         );
+    }
+}
+
+/// The byte budgets: size, use and refusals by budget. `in_use / bytes` near 1, or
+/// refusals rising, says clients are being turned away (503 `server_busy`).
+fn render_budgets(out: &mut String, app: &Snapshot) {
+    let budgets = [("body", &app.bodies), ("answer", &app.answers)];
+    for (name, help, value) in [
+        (
+            "fleetgroups_budget_bytes",
+            "Size of a shared byte budget (limits.body_budget_bytes, limits.answer_budget_bytes).",
+            (|b: &BudgetFigures| b.total) as fn(&BudgetFigures) -> u64,
+        ),
+        (
+            "fleetgroups_budget_in_use_bytes",
+            "Bytes of a budget held now (request bodies received or in use; answers not yet taken by their clients).",
+            |b: &BudgetFigures| b.in_use,
+        ),
+        (
+            "fleetgroups_budget_refused_total",
+            "Requests refused with 503 server_busy because a budget was spent.",
+            |b: &BudgetFigures| b.refused,
+        ),
+    ] {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (budget, figures) in budgets {
+            let _ = writeln!(out, "{name}{{budget=\"{budget}\"}} {}", value(figures));
+        }
     }
 }
 

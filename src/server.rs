@@ -87,6 +87,10 @@ fn check_start_config(config: &Config) -> Result<Option<crate::tls::Tls>, ExitCo
             tracing::error!("configuration error: {e}");
             return Err(ExitCode::from(2));
         }
+        // Once per start: the fallback itself happens inside the driver, unseen.
+        if let Some(w) = crate::pg_url::sslmode_warning(&config.replication.postgres_url) {
+            tracing::warn!("{w}");
+        }
     }
     Ok(tls)
 }
@@ -185,6 +189,7 @@ pub async fn serve_http(
         conns: Conns::new(Arc::clone(&app.metrics.conns)),
         builder: http1_builder(limits),
         write_timeout: Duration::from_secs(limits.write_timeout_secs),
+        min_read_rate: limits.min_read_bytes_per_sec,
         handshake_timeout: Duration::from_secs(limits.header_timeout_secs),
         tls,
         stop: stop_rx,
@@ -244,6 +249,8 @@ struct Acceptor {
     conns: Arc<Conns>,
     builder: http1::Builder,
     write_timeout: Duration,
+    /// `limits.min_read_bytes_per_sec`.
+    min_read_rate: u64,
     handshake_timeout: Duration,
     tls: Option<TlsAcceptor>,
     /// Turns true when shutdown begins (closes connections that never started a request).
@@ -336,7 +343,7 @@ impl Acceptor {
         let handle = Arc::new(self.conns.register(permit));
         // Watched below TLS, so a client that stops reading is seen the same way on
         // both transports (and during the handshake).
-        let stream = handle.watch(stream, self.write_timeout);
+        let stream = handle.watch(stream, self.write_timeout, self.min_read_rate);
         let builder = self.builder.clone();
         let app = Arc::clone(app);
         let tls = self.tls.clone();

@@ -5,11 +5,15 @@
 #![no_main]
 
 use fleetgroups::model::{check_device_id, validate_doc, GroupDoc, Rules};
-use fleetgroups::patch::{apply_json_patch, apply_merge_patch, parse_json_patch};
+use fleetgroups::patch::{apply_json_patch, apply_merge_patch, parse_json_patch, PatchLimits};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
 const RULES: Rules = Rules { max_devices: 16 };
+const LIMITS: PatchLimits = PatchLimits {
+    max_operations: 1000,
+    max_document_bytes: 1 << 20,
+};
 
 fn check(doc: &GroupDoc) {
     let again = validate_doc(&doc.to_value(), RULES).expect("a produced document validates");
@@ -36,14 +40,14 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         1 => {
-            if let Ok(ops) = parse_json_patch(&value) {
-                if let Ok(doc) = apply_json_patch(&current, &ops, RULES) {
+            if let Ok(ops) = parse_json_patch(&value, &LIMITS) {
+                if let Ok(doc) = apply_json_patch(&current, &ops, RULES, &LIMITS) {
                     check(&doc);
                 }
             }
         }
         2 => {
-            if let Ok(doc) = apply_merge_patch(&current, &value, RULES) {
+            if let Ok(doc) = apply_merge_patch(&current, &value, RULES, &LIMITS) {
                 check(&doc);
             }
         }

@@ -18,7 +18,7 @@ use crate::json::{push_member, push_object_members};
 use crate::model::{
     distinct_devices, valid_idempotency_key, validate_doc, GroupDoc, GroupId, Rules, MAX_NAME_CHARS,
 };
-use crate::patch::{apply_json_patch, apply_merge_patch, parse_json_patch};
+use crate::patch::{apply_json_patch, apply_merge_patch, parse_json_patch, PatchLimits};
 use crate::store::groups::{push_served, Actor, GroupView, ListQuery};
 use crate::store::idempotency::IdempotencyRequest;
 
@@ -238,6 +238,7 @@ pub async fn create(mut ctx: Authed<'_>) -> Result<Reply, ApiError> {
                 fingerprint: fingerprint(&body),
                 ttl_ms: IDEMPOTENCY_TTL_MS,
                 max_per_user: ctx.app.config.limits.idempotency_keys_per_user,
+                max_bytes_per_user: ctx.app.config.limits.idempotency_bytes_per_user,
             })
         }
         None => None,
@@ -300,40 +301,68 @@ pub async fn put(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
     one(&v)
 }
 
+/// PATCH: the patch is applied to a copy of the group read without the store's writer
+/// lock, which every account's writes wait on; under the lock, when the group is still
+/// the one it was applied to, that result (or error) is taken as it is, and only when a
+/// write came in between is it applied again there — within the same bounds
+/// (`patch.rs`), so even then the lock is held for a bounded time.
 pub async fn patch(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
     writable(&ctx, id)?;
     let body = ctx.take_body()?;
     let rules = rules(&ctx);
-    let (v, ()) = match body.kind {
+    let limits = patch_limits(&ctx);
+    // A body that is wrong on its own is a 400 before the group or If-Match is looked
+    // at, as for PUT (found by Schemathesis).
+    let ops = match body.kind {
         BodyKind::MergePatch => {
-            // A body that is wrong on its own is a 400 before the group or If-Match is
-            // looked at, as for PUT (found by Schemathesis). A merge patch replaces
-            // each member it names as a whole, so applying it to any valid group finds
-            // exactly the errors it would cause on the real one.
+            // A merge patch replaces each member it names as a whole, so applying it
+            // to any valid group finds exactly the errors it would cause on the real
+            // one.
             let any_group = GroupDoc {
                 name: "x".into(),
                 description: None,
                 devices: Vec::new(),
             };
-            apply_merge_patch(&any_group, &body.value, rules)?;
-            ctx.app
-                .store
-                .update_group(actor(&ctx), id, if_match(&ctx).as_deref(), |cur| {
-                    Ok::<_, ApiError>((apply_merge_patch(cur, &body.value, rules)?, ()))
-                })?
+            apply_merge_patch(&any_group, &body.value, rules, &limits)?;
+            None
         }
-        BodyKind::Json | BodyKind::JsonPatch => {
-            let ops = parse_json_patch(&body.value)?;
-            ctx.app
-                .store
-                .update_group(actor(&ctx), id, if_match(&ctx).as_deref(), |cur| {
-                    Ok::<_, ApiError>((apply_json_patch(cur, &ops, rules)?, ()))
-                })?
-        }
+        BodyKind::Json | BodyKind::JsonPatch => Some(parse_json_patch(&body.value, &limits)?),
     };
+    let apply = |cur: &GroupDoc| match &ops {
+        None => apply_merge_patch(cur, &body.value, rules, &limits),
+        Some(ops) => apply_json_patch(cur, ops, rules, &limits),
+    };
+    let early = ctx
+        .app
+        .store
+        .get_group(&ctx.user.account, id)?
+        .map(|v| v.doc())
+        .transpose()?
+        .map(|doc| {
+            let result = apply(&doc);
+            (doc, result)
+        });
+    let (v, ()) =
+        ctx.app
+            .store
+            .update_group(actor(&ctx), id, if_match(&ctx).as_deref(), |cur| {
+                let new = match early {
+                    Some((seen, result)) if seen == *cur => result?,
+                    _ => apply(cur)?,
+                };
+                Ok::<_, ApiError>((new, ()))
+            })?;
     ctx.app.store.durable().await?;
     ctx.app.retry_office_held(&ctx.user.account).await;
     one(&v)
+}
+
+fn patch_limits(ctx: &Authed<'_>) -> PatchLimits {
+    let l = &ctx.app.config.limits;
+    PatchLimits {
+        max_operations: usize::try_from(l.max_patch_operations).unwrap_or(usize::MAX),
+        max_document_bytes: usize::try_from(l.max_patch_document_bytes).unwrap_or(usize::MAX),
+    }
 }
 
 pub async fn delete(ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {

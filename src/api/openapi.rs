@@ -182,6 +182,7 @@ mod tests {
             ApiError::TooManyFailedLogins { retry_after: 1 },
             ApiError::Internal(String::new()),
             ApiError::Unavailable(String::new()),
+            ApiError::Busy(""),
         ];
         for e in &all {
             match e {
@@ -206,7 +207,8 @@ mod tests {
                 | ApiError::DailyLimitExceeded { .. }
                 | ApiError::TooManyFailedLogins { .. }
                 | ApiError::Internal(_)
-                | ApiError::Unavailable(_) => {}
+                | ApiError::Unavailable(_)
+                | ApiError::Busy(_) => {}
             }
         }
         all

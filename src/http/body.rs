@@ -2,11 +2,17 @@
 //! length over the limit is refused before a byte is read (413), a chunked body is cut
 //! off as soon as it passes the limit, and a body that does not arrive within
 //! `limits.body_timeout_secs` is a 408. Then the bytes are parsed as JSON (400).
+//!
+//! Every body is also paid for from the shared body budget (`budget.rs`,
+//! `limits.body_budget_bytes`) before it is read: a declared length at once, a chunked
+//! body `CHUNKED_STEP` ahead of what has arrived. A body whose share is not free within
+//! `BUDGET_WAIT` is refused with 503 `server_busy`; the share is held until the
+//! request's handler is done with the parsed body.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use hyper::HeaderMap;
@@ -15,19 +21,34 @@ use serde_json::Value;
 // The body types are the handlers' (`api/`); this file produces them.
 pub use crate::api::{BodyKind, JsonBody};
 use crate::error::ApiError;
+use crate::http::budget::{Budget, Share};
 use crate::http::router::Op;
 
-/// Decides the body kind from the headers, before reading anything.
-pub fn check_headers(op: Op, headers: &HeaderMap, max: u64) -> Result<Option<BodyKind>, ApiError> {
-    let declared = match headers.get(CONTENT_LENGTH) {
-        Some(v) => Some(
+/// How long a body waits for its share of the body budget before it is refused: long
+/// enough to ride out a burst, short enough that a client is told to come back rather
+/// than left hanging.
+pub const BUDGET_WAIT: Duration = Duration::from_secs(1);
+
+/// What a chunked body (no declared length) reserves ahead of what has arrived. hyper
+/// hands over at most its read buffer (64 KiB, `server.rs`) at a time.
+const CHUNKED_STEP: u64 = 64 * 1024;
+
+/// The declared `Content-Length`, if any.
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    match headers.get(CONTENT_LENGTH) {
+        Some(v) => Ok(Some(
             v.to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .ok_or_else(|| ApiError::InvalidInput("Content-Length is not a number".into()))?,
-        ),
-        None => None,
-    };
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Decides the body kind from the headers, before reading anything.
+pub fn check_headers(op: Op, headers: &HeaderMap, max: u64) -> Result<Option<BodyKind>, ApiError> {
+    let declared = content_length(headers)?;
     if declared.is_some_and(|n| n > max) {
         return Err(ApiError::BodyTooLarge);
     }
@@ -59,37 +80,63 @@ pub fn check_headers(op: Op, headers: &HeaderMap, max: u64) -> Result<Option<Bod
     Ok(Some(kind))
 }
 
-/// Reads and parses the body within the size and time limits.
-pub async fn read_json(
-    body: Incoming,
-    kind: BodyKind,
-    max: u64,
-    timeout: Duration,
-) -> Result<JsonBody, ApiError> {
-    let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+/// A body to read: its limits, and the budget it is paid from.
+pub struct BodyRead<'a> {
+    pub kind: BodyKind,
+    /// The declared length, when there is one (else the body is chunked).
+    pub declared: Option<u64>,
+    pub max: u64,
+    pub timeout: Duration,
+    pub budget: &'a Budget,
+}
+
+/// Reads and parses the body within the size and time limits and the body budget.
+/// Returns the body with its share of the budget, to hold while the body is in use.
+pub async fn read_json(body: Incoming, read: BodyRead<'_>) -> Result<(JsonBody, Share), ApiError> {
+    let (bytes, share) = tokio::time::timeout(read.timeout, collect(body, &read))
         .await
-        .map_err(|_| ApiError::RequestTimeout)?;
-    let bytes: Bytes = match collected {
-        Ok(c) => c.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Err(ApiError::BodyTooLarge)
-        }
-        Err(e) => {
-            return Err(ApiError::InvalidInput(format!(
-                "the body could not be read ({e})"
-            )))
-        }
-    };
+        .map_err(|_| ApiError::RequestTimeout)??;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::InvalidInput("a JSON body is required".into()));
     }
     let value = serde_json::from_slice::<Value>(&bytes)
         .map_err(|e| ApiError::InvalidInput(format!("the body is not valid JSON ({e})")))?;
-    Ok(JsonBody { kind, value })
+    let kind = read.kind;
+    Ok((JsonBody { kind, value }, share))
+}
+
+/// The body's bytes, each paid for from the budget before it is read.
+async fn collect(mut body: Incoming, read: &BodyRead<'_>) -> Result<(Bytes, Share), ApiError> {
+    let busy = || ApiError::Busy("request bodies (limits.body_budget_bytes)");
+    let ahead = read.declared.unwrap_or(CHUNKED_STEP.min(read.max));
+    let mut share = read
+        .budget
+        .take(ahead, BUDGET_WAIT)
+        .await
+        .ok_or_else(busy)?;
+    let mut out: Vec<u8> = Vec::with_capacity(usize::try_from(ahead).unwrap_or(0).min(1 << 20));
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::InvalidInput(format!("the body could not be read ({e})")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let received = (out.len() + data.len()) as u64;
+        if received > read.max {
+            return Err(ApiError::BodyTooLarge);
+        }
+        out.extend_from_slice(&data);
+        // A chunked body stays a step ahead; a declared one was paid in full (hyper
+        // never hands over more than it declared).
+        let wanted = received.saturating_add(CHUNKED_STEP).min(read.max);
+        if read.declared.is_none() && wanted > share.bytes() {
+            let more = wanted - share.bytes();
+            if !read.budget.grow(&mut share, more, BUDGET_WAIT).await {
+                return Err(busy());
+            }
+        }
+    }
+    Ok((Bytes::from(out), share))
 }
 
 #[cfg(test)]

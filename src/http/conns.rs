@@ -5,7 +5,11 @@
 //! - every connection makes progress or goes: a write that the client does not take
 //!   for `limits.write_timeout_secs` (it stopped reading; its socket buffers are full)
 //!   ends the connection, the way a header or body timeout ends one that stopped
-//!   sending. A client that reads slowly but steadily is not cut.
+//!   sending. A client that reads, but slower than `limits.min_read_bytes_per_sec`
+//!   while the server waits for it, is cut too: measured over `RATE_WINDOW` (or the
+//!   write timeout, if shorter) of waiting, so a client that keeps up is never measured, and one that pauses a
+//!   moment is not cut for it. (A slow reader of a 4 MiB page would otherwise hold it
+//!   for as long as it liked; the answer budget bounds their sum, this frees it.)
 //! - answers do not pile up for a client that does not read them: while the previous
 //!   answer is stuck (a write blocked), the next pipelined request waits before it is
 //!   handled, so what is answered but unread is bounded by the socket buffers plus one
@@ -15,8 +19,8 @@
 //!   and nothing left to write — a keep-alive connection between requests, or one that
 //!   has not finished sending a request head, as a slowloris client never does) is
 //!   closed, the way nginx reuses idle keep-alive connections when it runs out; failing
-//!   that, the connection whose writes have been blocked the longest (at least
-//!   `STALLED_AFTER`) is cut. Connections inside a request whose client reads are never
+//!   that, the connections whose writes have been blocked the longest (at least
+//!   `STALLED_AFTER`) are cut, up to `CUT_BATCH` at once. Connections inside a request whose client reads are never
 //!   cut; when every connection is busy, new clients queue in the listen backlog.
 //! - at shutdown, connections that never started a request close at once, and the
 //!   others finish their current request and close (hyper's graceful shutdown).
@@ -53,6 +57,14 @@ use crate::sync::lock;
 /// a client that is merely slow for a moment (a full window on a busy link) is spared
 /// while idle connections exist.
 pub const STALLED_AFTER: Duration = Duration::from_millis(250);
+
+/// Stalled connections cut at once when room is needed (see `Conns::make_room`).
+pub const CUT_BATCH: usize = 16;
+
+/// How long the server must have waited for a client's reads before their rate is
+/// judged against `limits.min_read_bytes_per_sec`: this, or the write timeout when
+/// that is shorter.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// Every open connection of one server.
 pub struct Conns {
@@ -142,8 +154,11 @@ impl Conns {
     }
 
     /// Asks one connection to close to make room: the one idle the longest, else the
-    /// one stalled the longest. False when every connection is inside a request or
-    /// writing to a client that reads.
+    /// ones stalled the longest — up to `CUT_BATCH` of them at once, since clients that
+    /// stopped reading rarely come alone, and each cut frees its permit only once its
+    /// task has run: one at a time, a new client queued in the backlog behind a few
+    /// dozen others waited seconds for its turn. False when every connection is inside
+    /// a request or writing to a client that reads.
     pub fn make_room(&self) -> bool {
         let now = self.now();
         let stalled_ms = u64::try_from(STALLED_AFTER.as_millis()).unwrap_or(u64::MAX);
@@ -156,34 +171,30 @@ impl Conns {
                     && c.blocked_since() == 0
             })
             .min_by_key(|c| c.last_active.load(Ordering::Relaxed));
-        let (victim, cut) = match idle {
-            Some(c) => (c, false),
-            None => {
-                // One asked to close gracefully may have stalled since: it can be cut.
-                let stalled = table
-                    .values()
-                    .filter(|c| !c.cut.load(Ordering::Relaxed))
-                    .filter(|c| {
-                        let since = c.blocked_since();
-                        since != 0 && now.saturating_sub(since - 1) >= stalled_ms
-                    })
-                    .min_by_key(|c| c.blocked_since());
-                match stalled {
-                    Some(c) => (c, true),
-                    None => return false,
-                }
-            }
-        };
-        victim.cut.store(cut, Ordering::Relaxed);
-        victim.evicting.store(true, Ordering::Relaxed);
-        victim.evict.notify_one();
-        let counter = if cut {
-            &self.stats.evicted_stalled
-        } else {
-            &self.stats.evicted_idle
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        true
+        if let Some(victim) = idle {
+            victim.cut.store(false, Ordering::Relaxed);
+            victim.evicting.store(true, Ordering::Relaxed);
+            victim.evict.notify_one();
+            self.stats.evicted_idle.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        // One asked to close gracefully may have stalled since: it can be cut.
+        let mut stalled: Vec<&Arc<ConnState>> = table
+            .values()
+            .filter(|c| !c.cut.load(Ordering::Relaxed))
+            .filter(|c| {
+                let since = c.blocked_since();
+                since != 0 && now.saturating_sub(since - 1) >= stalled_ms
+            })
+            .collect();
+        stalled.sort_by_key(|c| c.blocked_since());
+        for victim in stalled.iter().take(CUT_BATCH) {
+            victim.cut.store(true, Ordering::Relaxed);
+            victim.evicting.store(true, Ordering::Relaxed);
+            victim.evict.notify_one();
+            self.stats.evicted_stalled.fetch_add(1, Ordering::Relaxed);
+        }
+        !stalled.is_empty()
     }
 }
 
@@ -233,14 +244,19 @@ impl ConnHandle {
         }
     }
 
-    /// Wraps the connection's socket so that its writes are watched (see [`Watched`]).
-    pub fn watch<S>(&self, io: S, timeout: Duration) -> Watched<S> {
+    /// Wraps the connection's socket so that its writes are watched (see [`Watched`]):
+    /// cut after `timeout` without progress, or when it reads slower than `min_rate`
+    /// bytes a second while writes wait for it (0: never).
+    pub fn watch<S>(&self, io: S, timeout: Duration, min_rate: u64) -> Watched<S> {
         Watched {
             io,
             state: Arc::clone(&self.state),
             conns: Arc::clone(&self.conns),
             timeout,
             stall: None,
+            min_rate,
+            blocked_at: None,
+            window: None,
         }
     }
 }
@@ -257,7 +273,8 @@ impl Drop for RequestGuard {
 /// A socket whose writes are watched: when the kernel will not take more bytes (the
 /// client is not reading), the connection is marked blocked, and if that lasts for the
 /// write timeout without any progress, the write fails with `TimedOut`, which ends the
-/// connection. Reads pass through untouched (hyper times those itself).
+/// connection; so does a client that takes its answers slower than the least rate.
+/// Reads pass through untouched (hyper times those itself).
 pub struct Watched<S> {
     io: S,
     state: Arc<ConnState>,
@@ -265,6 +282,13 @@ pub struct Watched<S> {
     timeout: Duration,
     /// Armed when a write first waits; cleared on progress.
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// `limits.min_read_bytes_per_sec` (0: not measured).
+    min_rate: u64,
+    /// When the current wait for the client began.
+    blocked_at: Option<Instant>,
+    /// Since the first wait of the current measurement: (time spent waiting, bytes the
+    /// client took).
+    window: Option<(Duration, u64)>,
 }
 
 impl<S> Watched<S> {
@@ -272,6 +296,11 @@ impl<S> Watched<S> {
         match r {
             Poll::Ready(r) => {
                 if self.stall.take().is_some() {
+                    if let (Some(at), Some((waited, _))) =
+                        (self.blocked_at.take(), &mut self.window)
+                    {
+                        *waited += at.elapsed();
+                    }
                     self.state.blocked_since.store(0, Ordering::Relaxed);
                     self.conns.stats.blocked.fetch_sub(1, Ordering::Relaxed);
                     self.state.drained.notify_waiters();
@@ -285,6 +314,10 @@ impl<S> Watched<S> {
                         self.state
                             .blocked_since
                             .store(self.conns.now() + 1, Ordering::Relaxed);
+                        self.blocked_at = Some(Instant::now());
+                        if self.min_rate > 0 {
+                            self.window.get_or_insert((Duration::ZERO, 0));
+                        }
                         self.conns.stats.blocked.fetch_add(1, Ordering::Relaxed);
                         self.stall
                             .insert(Box::pin(tokio::time::sleep(self.timeout)))
@@ -305,6 +338,34 @@ impl<S> Watched<S> {
                 }
             }
         }
+    }
+}
+
+impl<S> Watched<S> {
+    /// Counts `n` bytes taken by the client; once the server has waited `RATE_WINDOW`
+    /// for it, judges the rate (bytes taken over time waited) and starts over, or cuts
+    /// the connection when it is below `min_rate`.
+    fn took(&mut self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        let (Poll::Ready(Ok(n)), Some((waited, bytes))) = (&r, &mut self.window) else {
+            return r;
+        };
+        *bytes = bytes.saturating_add(*n as u64);
+        if *waited < RATE_WINDOW.min(self.timeout) {
+            return r;
+        }
+        let least = u128::from(self.min_rate) * waited.as_millis() / 1000;
+        if u128::from(*bytes) >= least {
+            self.window = None;
+            return r;
+        }
+        self.conns
+            .stats
+            .slow_readers
+            .fetch_add(1, Ordering::Relaxed);
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client took its answer slower than limits.min_read_bytes_per_sec",
+        )))
     }
 }
 
@@ -333,7 +394,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.watch(cx, r)
+        let r = self.watch(cx, r);
+        self.took(r)
     }
 
     fn poll_write_vectored(
@@ -342,7 +404,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.watch(cx, r)
+        let r = self.watch(cx, r);
+        self.took(r)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -6,6 +6,7 @@
 //! writes one log line. It calls into `api/`; nothing there calls back.
 
 pub mod body;
+pub mod budget;
 pub mod conns;
 pub mod dispatch;
 pub mod response;
@@ -20,7 +21,8 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, IF_MATCH, IF_NONE_MATCH,
+    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, IF_MATCH,
+    IF_NONE_MATCH, TRANSFER_ENCODING,
 };
 use hyper::{HeaderMap, Request, Response, StatusCode, Version};
 
@@ -30,7 +32,8 @@ use crate::error::ApiError;
 use crate::json::push_member;
 use crate::store::users::{Role, UserRecord};
 use crate::usage::Limits;
-use body::{check_headers, read_json};
+use body::{check_headers, content_length, read_json, BodyRead};
+use budget::Share;
 use dispatch::{call_public, call_user, public_call, user_call};
 use response::{error_body, success_body, success_head};
 use router::Op;
@@ -60,7 +63,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
             Err(ApiError::Internal(format!("handler panicked: {what}")))
         });
     let response = match result {
-        Ok(reply) => render(reply, seen.usage, &request_id),
+        // A raw answer (the OpenAPI document from the binary, `/metrics`) is not
+        // built from client data and is not paid for.
+        Ok(reply) if reply.raw.is_some() => render(reply, seen.usage, &request_id),
+        Ok(reply) => pay_for_answer(&app, seen.op, render(reply, seen.usage, &request_id))
+            .unwrap_or_else(|err| render_error(&err, seen.usage, &request_id)),
         Err(err) => {
             if let Some(detail) = err.log_detail() {
                 tracing::error!(request_id = %request_id, detail, "request failed");
@@ -88,6 +95,33 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         );
     }
     response
+}
+
+/// Answers up to this size are not paid for from the answer budget: as small as a
+/// streamed chunk, so the connection limit bounds them (and an error or `/healthz` is
+/// never refused for a budget).
+const SMALL_ANSWER: usize = stream::SLICE;
+
+/// Pays for a large whole answer from the answer budget (`limits.answer_budget_bytes`)
+/// until its client has taken it. When the budget is spent, a read is refused (503
+/// `server_busy`: the client reads again shortly, and the answer built is dropped at
+/// once), but a write's answer is sent unpaid: the change is made and must be told.
+fn pay_for_answer(
+    app: &App,
+    op: Option<Op>,
+    mut response: Response<OutBody>,
+) -> Result<Response<OutBody>, ApiError> {
+    let Some(len) = response.body().full_len().filter(|n| *n > SMALL_ANSWER) else {
+        return Ok(response);
+    };
+    match app.answers.try_take(len as u64) {
+        Some(share) => response.body_mut().hold(share),
+        None if !op.is_some_and(Op::writes) => {
+            return Err(ApiError::Busy("answers (limits.answer_budget_bytes)"))
+        }
+        None => {}
+    }
+    Ok(response)
 }
 
 /// What the log line and the envelope need to know about a request, learnt as it
@@ -122,7 +156,8 @@ async fn answer(
         peer: Some(peer.ip()),
         query: req.uri().query().map(str::to_string),
     };
-    let body = read_body(app, op, req).await?;
+    // The body's share of the body budget is held until the handler is done with it.
+    let (body, _body_share) = read_body(app, op, req).await?;
     if op == Op::Token {
         // A login has no bearer user yet; the log names the user it is for.
         if let Some(name) = body
@@ -194,23 +229,40 @@ fn authenticate(
     Ok(user)
 }
 
-/// The JSON body of an operation that takes one (None when it sent none).
+/// The JSON body of an operation that takes one (None when it sent none), with its
+/// share of the body budget. A login's body is limited far below the others'
+/// (`limits.max_token_body_bytes`): it is the one body anyone may send unauthenticated.
 async fn read_body(
     app: &App,
     op: Op,
     req: Request<Incoming>,
-) -> Result<Option<JsonBody>, ApiError> {
+) -> Result<(Option<JsonBody>, Share), ApiError> {
     if !op.has_body() {
-        return Ok(None);
+        return Ok((None, Share::default()));
     }
     let limits = &app.config.limits;
-    let Some(kind) = check_headers(op, req.headers(), limits.max_body_bytes)? else {
-        return Ok(None);
+    let max = if op == Op::Token {
+        limits.max_token_body_bytes.min(limits.max_body_bytes)
+    } else {
+        limits.max_body_bytes
     };
-    let timeout = Duration::from_secs(limits.body_timeout_secs);
-    read_json(req.into_body(), kind, limits.max_body_bytes, timeout)
-        .await
-        .map(Some)
+    let Some(kind) = check_headers(op, req.headers(), max)? else {
+        return Ok((None, Share::default()));
+    };
+    // Without a length or a transfer coding, an HTTP/1.1 request has no body.
+    let declared = match content_length(req.headers())? {
+        None if !req.headers().contains_key(TRANSFER_ENCODING) => Some(0),
+        declared => declared,
+    };
+    let read = BodyRead {
+        kind,
+        declared,
+        max,
+        timeout: Duration::from_secs(limits.body_timeout_secs),
+        budget: &app.bodies,
+    };
+    let (body, share) = read_json(req.into_body(), read).await?;
+    Ok((Some(body), share))
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without a `Host` header, or with more than one,
@@ -256,7 +308,9 @@ fn render(reply: Reply, usage: Option<(u64, u64)>, request_id: &str) -> Response
     let status = reply.status;
     let (ctype, body) = match (reply.raw, reply.stream) {
         (Some((ctype, bytes)), _) => (ctype, OutBody::full(bytes)),
-        (None, _) if status == StatusCode::NOT_MODIFIED => (JSON, OutBody::Full(None)),
+        (None, _) if status == StatusCode::NOT_MODIFIED => {
+            (JSON, OutBody::Full(None, Share::default()))
+        }
         (None, Some(st)) => {
             let mut head =
                 success_head(usage, &reply.members, st.member.len() + 4 + st.first.len());

@@ -5,6 +5,11 @@
 //! that stops reading is cut by the write timeout, `http/conns.rs`). Unpaged lists use
 //! it: Plaspy clients never page, and a list of 100,000 groups is tens of megabytes.
 //!
+//! A whole answer is handed over in `SLICE`-sized pieces of one buffer (no copy), so
+//! hyper takes the next piece only when it has written the previous: the answer's
+//! share of the answer budget (`budget.rs`), which it carries, is given back when the
+//! last piece has been taken, not when the first is queued.
+//!
 //! Once a streamed answer has begun, its status line is sent; a read error later can
 //! only end the connection without the final chunk, which every HTTP client reports as
 //! a truncated answer (never a well-formed wrong one). The error goes to the log.
@@ -17,11 +22,16 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::api::Chunks;
+use crate::http::budget::Share;
+
+/// The piece of a whole answer handed to hyper at a time.
+pub const SLICE: usize = 64 * 1024;
 
 /// A response body.
 pub enum OutBody {
-    /// The whole answer; `None` once sent.
-    Full(Option<Bytes>),
+    /// The whole answer (what is left of it; `None` once sent), with its share of the
+    /// answer budget.
+    Full(Option<Bytes>, Share),
     /// A head already rendered, then the array's elements, then `tail`.
     Stream(Streaming),
 }
@@ -39,7 +49,22 @@ pub struct Streaming {
 
 impl OutBody {
     pub fn full(bytes: impl Into<Bytes>) -> OutBody {
-        OutBody::Full(Some(bytes.into()))
+        OutBody::Full(Some(bytes.into()), Share::default())
+    }
+
+    /// The length of a whole answer (None for a streamed one).
+    pub fn full_len(&self) -> Option<usize> {
+        match self {
+            OutBody::Full(b, _) => Some(b.as_ref().map_or(0, Bytes::len)),
+            OutBody::Stream(_) => None,
+        }
+    }
+
+    /// Makes a whole answer carry `share` until its last piece is taken.
+    pub fn hold(&mut self, share: Share) {
+        if let OutBody::Full(_, held) = self {
+            *held = share;
+        }
     }
 
     /// `head`, then the elements of `chunks`, then `tail`. `head_has_elements` says
@@ -69,7 +94,17 @@ impl Body for OutBody {
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let s = match self.get_mut() {
-            OutBody::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            OutBody::Full(b, share) => {
+                let piece = match b {
+                    Some(rest) if rest.len() > SLICE => Some(rest.split_to(SLICE)),
+                    _ => b.take(),
+                };
+                if b.is_none() {
+                    // The last piece is taken: the share goes back.
+                    *share = Share::default();
+                }
+                return Poll::Ready(piece.map(|p| Ok(Frame::data(p))));
+            }
             OutBody::Stream(s) => s,
         };
         if let Some(head) = s.head.take() {
@@ -104,15 +139,15 @@ impl Body for OutBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            OutBody::Full(b) => b.is_none(),
+            OutBody::Full(b, _) => b.is_none(),
             OutBody::Stream(s) => s.done && s.head.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            OutBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            OutBody::Full(None) => SizeHint::with_exact(0),
+            OutBody::Full(Some(b), _) => SizeHint::with_exact(b.len() as u64),
+            OutBody::Full(None, _) => SizeHint::with_exact(0),
             OutBody::Stream(_) => SizeHint::default(),
         }
     }
@@ -140,6 +175,26 @@ mod tests {
     async fn collect(body: OutBody) -> String {
         let bytes = body.collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_goes_in_pieces_and_gives_its_share_back_at_the_end() {
+        let budget = crate::http::budget::Budget::new(1 << 20);
+        let answer: Vec<u8> = (0..SLICE * 2 + 10).map(|i| (i % 251) as u8).collect();
+        let mut body = OutBody::full(answer.clone());
+        body.hold(budget.try_take(answer.len() as u64).unwrap());
+        let mut got = Vec::new();
+        let mut pieces = 0;
+        while let Some(frame) = body.frame().await {
+            assert_eq!(
+                budget.in_use() > 0,
+                !body.is_end_stream(),
+                "held until the end"
+            );
+            got.extend_from_slice(&frame.unwrap().into_data().unwrap());
+            pieces += 1;
+        }
+        assert_eq!((got, pieces, budget.in_use()), (answer, 3, 0));
     }
 
     #[tokio::test]

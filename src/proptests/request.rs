@@ -14,9 +14,13 @@ use crate::http::router::{parse_query, percent_decode, route, Op};
 /// Query parameter names the property tests parse for.
 const KNOWN: [&str; 4] = ["limit", "after", "device", "name"];
 use crate::model::{check_device_id, validate_doc, GroupDoc, GroupId, Rules, MAX_NAME_CHARS};
-use crate::patch::{apply_json_patch, apply_merge_patch, parse_json_patch};
+use crate::patch::{apply_json_patch, apply_merge_patch, parse_json_patch, PatchLimits};
 
 const RULES: Rules = Rules { max_devices: 8 };
+const LIMITS: PatchLimits = PatchLimits {
+    max_operations: 1000,
+    max_document_bytes: 1 << 20,
+};
 
 /// Characters that stress the rules: white space, controls (NUL, ESC, DEL, C1), case
 /// pairs, multi-byte and path/percent syntax.
@@ -231,7 +235,7 @@ proptest! {
 
     #[test]
     fn json_patch_is_whole_or_nothing(doc in valid_doc(), ops in prop::collection::vec(patch_op(), 0..6)) {
-        let parsed = match parse_json_patch(&Value::Array(ops)) {
+        let parsed = match parse_json_patch(&Value::Array(ops), &LIMITS) {
             Ok(p) => p,
             Err(ApiError::InvalidPatch(m)) => {
                 prop_assert!(m.starts_with("operation "), "{}", m);
@@ -242,7 +246,7 @@ proptest! {
                 return Ok(());
             }
         };
-        match apply_json_patch(&doc, &parsed, RULES) {
+        match apply_json_patch(&doc, &parsed, RULES, &LIMITS) {
             Ok(out) => assert_valid(&out),
             Err(ApiError::InvalidInput(_) | ApiError::InvalidPatch(_) | ApiError::PatchTestFailed(_)) => {}
             Err(other) => prop_assert!(false, "unexpected error {:?}", other),
@@ -250,14 +254,14 @@ proptest! {
         // A failing operation appended to any patch makes the whole patch fail,
         // whatever the operations before it did.
         let mut failing = parsed;
-        failing.extend(parse_json_patch(&json!([{"op": "test", "path": "/name", "value": 0}])).expect("parses"));
-        prop_assert!(apply_json_patch(&doc, &failing, RULES).is_err());
+        failing.extend(parse_json_patch(&json!([{"op": "test", "path": "/name", "value": 0}]), &LIMITS).expect("parses"));
+        prop_assert!(apply_json_patch(&doc, &failing, RULES, &LIMITS).is_err());
     }
 
     #[test]
     fn json_patch_of_arbitrary_json_never_panics(doc in valid_doc(), body in json_value()) {
-        if let Ok(ops) = parse_json_patch(&body) {
-            if let Ok(out) = apply_json_patch(&doc, &ops, RULES) {
+        if let Ok(ops) = parse_json_patch(&body, &LIMITS) {
+            if let Ok(out) = apply_json_patch(&doc, &ops, RULES, &LIMITS) {
                 assert_valid(&out);
             }
         }
@@ -265,27 +269,27 @@ proptest! {
 
     #[test]
     fn a_passing_test_op_changes_nothing(doc in valid_doc(), ops in prop::collection::vec(patch_op(), 0..4)) {
-        let Ok(parsed) = parse_json_patch(&Value::Array(ops.clone())) else { return Ok(()) };
+        let Ok(parsed) = parse_json_patch(&Value::Array(ops.clone()), &LIMITS) else { return Ok(()) };
         let mut guarded = vec![json!({"op": "test", "path": "/name", "value": doc.name}), json!({"op": "test", "path": "/devices", "value": doc.devices})];
         guarded.extend(ops);
-        let guarded = parse_json_patch(&Value::Array(guarded)).expect("still parses");
+        let guarded = parse_json_patch(&Value::Array(guarded), &LIMITS).expect("still parses");
         // Same result; an error names the same problem (its operation index shifts by 2).
         let code = |r: Result<GroupDoc, ApiError>| r.map_err(|e| e.code());
-        prop_assert_eq!(code(apply_json_patch(&doc, &guarded, RULES)), code(apply_json_patch(&doc, &parsed, RULES)));
+        prop_assert_eq!(code(apply_json_patch(&doc, &guarded, RULES, &LIMITS)), code(apply_json_patch(&doc, &parsed, RULES, &LIMITS)));
     }
 
     #[test]
     fn merge_patch_is_whole_or_nothing(doc in valid_doc(), patch in prop_oneof![json_value(), group_body()]) {
-        match apply_merge_patch(&doc, &patch, RULES) {
+        match apply_merge_patch(&doc, &patch, RULES, &LIMITS) {
             Ok(out) => {
                 assert_valid(&out);
                 // Merging the result into itself is the identity.
-                prop_assert_eq!(apply_merge_patch(&out, &out.to_value(), RULES), Ok(out.clone()));
+                prop_assert_eq!(apply_merge_patch(&out, &out.to_value(), RULES, &LIMITS), Ok(out.clone()));
             }
             Err(ApiError::InvalidInput(_)) => {}
             Err(other) => prop_assert!(false, "unexpected error {other:?}"),
         }
-        prop_assert_eq!(apply_merge_patch(&doc, &json!({}), RULES), Ok(doc));
+        prop_assert_eq!(apply_merge_patch(&doc, &json!({}), RULES, &LIMITS), Ok(doc));
     }
 
     #[test]

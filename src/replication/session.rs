@@ -471,3 +471,27 @@ impl Replicator {
         self.link = Link::Down(f.kind);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_doubling_ceiling_capped_at_30_s() {
+        let mut b = Backoff::default();
+        for failure in 0..20u32 {
+            let ceiling = FIRST_BACKOFF
+                .saturating_mul(1 << failure.min(16))
+                .min(MAX_BACKOFF);
+            let d = b.next();
+            assert!(d <= ceiling, "failure {failure}: {d:?} > {ceiling:?}");
+        }
+        // Capped: many waits at the ceiling spread over [0, 30 s], not bunched at 30.
+        let waits: Vec<Duration> = (0..200).map(|_| b.next()).collect();
+        assert!(waits.iter().all(|d| *d <= MAX_BACKOFF));
+        assert!(waits.iter().any(|d| *d < MAX_BACKOFF / 4));
+        assert!(waits.iter().any(|d| *d > MAX_BACKOFF * 3 / 4));
+        b.reset();
+        assert!(b.next() <= FIRST_BACKOFF);
+    }
+}

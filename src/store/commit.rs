@@ -152,7 +152,14 @@ impl SyncTarget {
             for entry in entries.flatten() {
                 let path = entry.path();
                 if !synced_blobs.contains(&path) {
-                    File::open(&path)?.sync_all()?;
+                    match File::open(&path) {
+                        Ok(f) => f.sync_all()?,
+                        // sled removed it between the listing and the open: a blob
+                        // that is gone needs no sync (and failing the flush for it
+                        // would fail the store).
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    }
                     new_blob = true;
                 }
                 present.insert(path);

@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::history::{self, ChangeOp, EntryReader};
-use super::idempotency::IdempotencyRecord;
+use super::idempotency::{IdempotencyRecord, Tally};
 use super::pieces::{self, Seen};
 use super::users::{Role, UsageRecord, UserRecord};
 use super::value::{Encoded, PublicGroup};
@@ -477,8 +477,8 @@ pub struct Importer<'a> {
     usage: HashSet<String>,
     change_seqs: HashSet<u64>,
     idempotency: HashSet<Vec<u8>>,
-    /// Records per idempotency scope (account, user), for the counts in `meta`.
-    idempotency_counts: HashMap<Vec<u8>, u64>,
+    /// Records and their bytes per idempotency scope (account, user), for `meta`.
+    idempotency_counts: HashMap<Vec<u8>, Tally>,
     per_account: HashMap<String, u64>,
     max_group: u64,
     max_change: u64,
@@ -782,8 +782,12 @@ impl Importer<'_> {
         if !valid_user_name(name) || !valid_user_name(account) {
             return Err(format!("invalid user or account name {name:?}/{account:?}"));
         }
-        if !user.key_hash.starts_with("$argon2") {
-            return Err(format!("user {name}: keyHash is not an argon2 PHC string"));
+        // The cost parameters come from the file: bounded, or one login for the
+        // name could take seconds and gigabytes (`hashing::check_key_hash`).
+        if let Err(why) = crate::hashing::check_key_hash(&user.key_hash) {
+            return Err(format!(
+                "user {name}: keyHash {why}. Nothing was restored; remove the user's line (and its usage line) from the backup, restore, and `user add` it again"
+            ));
         }
         if self.users.insert(name.clone(), account.clone()).is_some() {
             return Err(format!("user {name} appears twice"));
@@ -945,11 +949,13 @@ impl Importer<'_> {
             keys::idempotency_order(&account, &user, rec.id),
             key.as_bytes().to_vec(),
         )?;
-        *self
+        let v = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+        let tally = self
             .idempotency_counts
             .entry(keys::idempotency_scope(&account, &user))
-            .or_default() += 1;
-        let v = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+            .or_default();
+        tally.count += 1;
+        tally.bytes += v.len() as u64;
         self.put(Kind::Idempotency, k, v)?;
         self.counts.idempotency += 1;
         Ok(())
@@ -993,12 +999,10 @@ impl Importer<'_> {
     /// Puts what `meta` holds beside the records: the counts derived from them, the
     /// sequences, `purged_through` and the feed's size; returns the last two.
     fn put_meta(&mut self, next_group: u64, next_change: u64) -> Result<(u64, u64), String> {
-        for (scope, n) in std::mem::take(&mut self.idempotency_counts) {
-            self.put(
-                Kind::Meta,
-                keys::idempotency_count(&scope),
-                n.to_be_bytes().to_vec(),
-            )?;
+        for (scope, tally) in std::mem::take(&mut self.idempotency_counts) {
+            if let Some(v) = tally.encode() {
+                self.put(Kind::Meta, keys::idempotency_count(&scope), v)?;
+            }
         }
         let per_account = std::mem::take(&mut self.per_account);
         for (account, n) in per_account {

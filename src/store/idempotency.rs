@@ -3,12 +3,17 @@
 //! are written in the create's own transaction (`groups.rs`), under the writer mutex, so
 //! two racing requests with one key cannot both create.
 //!
-//! Storage is bounded twice: expired records are purged in the background (`purge`), and
-//! each user keeps at most `limits.idempotency_keys_per_user` records — the oldest is
-//! evicted in the transaction that would go past the cap. The `idempotency_order` tree
-//! (`scope, group number → key`; group numbers grow with time) finds the oldest record
-//! with one seek; a per-user count in `meta` (`idem\0 scope`) says when to evict without
-//! counting.
+//! Storage is bounded three times: expired records are purged in the background
+//! (`purge`), and each user keeps at most `limits.idempotency_keys_per_user` records
+//! holding at most `limits.idempotency_bytes_per_user` bytes — the oldest are evicted in
+//! the transaction that would go past either (a first answer is a whole group, 650 KB
+//! for 10,000 devices, so the count alone let a user keep gigabytes). One record larger
+//! than the byte bound is still kept, alone: a create's answer is bounded by the group
+//! limits. The `idempotency_order` tree (`scope, group number → key`; group numbers
+//! grow with time) finds the oldest record with one seek; a per-user tally in `meta`
+//! (`idem\0 scope` → record count, then their bytes, 8 bytes each) says when to evict
+//! without counting. A tally of 8 bytes (written before bytes were counted) counts 0
+//! bytes for the records it has; those age out within the TTL.
 
 use std::collections::HashMap;
 
@@ -28,6 +33,38 @@ pub struct IdempotencyRequest {
     pub ttl_ms: i64,
     /// Most records kept per user; the oldest is evicted past it.
     pub max_per_user: u64,
+    /// Most bytes of records kept per user; the oldest are evicted past it.
+    pub max_bytes_per_user: u64,
+}
+
+/// A user's records: how many, and their stored bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Tally {
+    pub(super) count: u64,
+    pub(super) bytes: u64,
+}
+
+impl Tally {
+    /// The `meta` value: count, then bytes (an 8-byte value from before is a count).
+    pub(super) fn read(v: &[u8]) -> Tally {
+        let count = keys::read_u64(v.get(..8).unwrap_or_default()).unwrap_or(0);
+        let bytes = v.get(8..).and_then(keys::read_u64).unwrap_or(0);
+        Tally { count, bytes }
+    }
+
+    /// The `meta` value, None when there are no records.
+    pub(super) fn encode(self) -> Option<Vec<u8>> {
+        (self.count > 0).then(|| {
+            let mut v = self.count.to_be_bytes().to_vec();
+            v.extend_from_slice(&self.bytes.to_be_bytes());
+            v
+        })
+    }
+
+    fn remove(&mut self, bytes: usize) {
+        self.count = self.count.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes as u64);
+    }
 }
 
 /// A remembered create. Its group number `id` is also its key in `idempotency_order`.
@@ -52,13 +89,18 @@ pub(super) fn scope_of(record_key: &[u8]) -> Option<&[u8]> {
 }
 
 impl Store {
-    fn idem_count(&self, scope: &[u8]) -> Result<u64, Error> {
+    fn idem_tally(&self, scope: &[u8]) -> Result<Tally, Error> {
         Ok(self
             .meta
             .get_latest(keys::idempotency_count(scope))
             .map_err(|e| self.read_err(e))?
-            .and_then(|v| keys::read_u64(&v))
-            .unwrap_or(0))
+            .map(|v| Tally::read(&v))
+            .unwrap_or_default())
+    }
+
+    #[cfg(test)]
+    fn idem_count(&self, scope: &[u8]) -> Result<u64, Error> {
+        Ok(self.idem_tally(scope)?.count)
     }
 
     /// Looks a key up for a create. `Ok(Some)`: the first answer, to replay. `Ok(None)`:
@@ -111,7 +153,7 @@ impl Store {
         let (id, revision, json) = created;
         let scope = keys::idempotency_scope(account, user);
         let record_key = keys::idempotency(account, user, &req.key);
-        let mut count = self.idem_count(&scope)?;
+        let mut tally = self.idem_tally(&scope)?;
         if let Some(old) = self
             .idempotency
             .get(&record_key)
@@ -121,27 +163,7 @@ impl Store {
                 plan.idempotency_order
                     .push((keys::idempotency_order(account, user, old.id), None));
             }
-            count = count.saturating_sub(1);
-        }
-        let max = req.max_per_user.max(1);
-        if count >= max {
-            let mut to_evict = count - max + 1;
-            for item in self.idempotency_order.scan_prefix_latest(&scope) {
-                if to_evict == 0 {
-                    break;
-                }
-                let (order_key, evicted_key) = item.map_err(|e| self.read_err(e))?;
-                // The record being replaced is already accounted for above.
-                if evicted_key.as_ref() == req.key.as_bytes() {
-                    continue;
-                }
-                let mut rk = scope.clone();
-                rk.extend_from_slice(&evicted_key);
-                plan.idempotency.push((rk, None));
-                plan.idempotency_order.push((order_key.to_vec(), None));
-                count = count.saturating_sub(1);
-                to_evict -= 1;
-            }
+            tally.remove(old.len());
         }
         let rec = IdempotencyRecord {
             fingerprint: req.fingerprint.clone(),
@@ -154,15 +176,43 @@ impl Store {
             what: "an idempotency record",
             source,
         })?;
-        plan.idempotency.push((record_key, Some(bytes)));
+        let max = req.max_per_user.max(1);
+        let over = |t: &Tally| {
+            t.count >= max || t.bytes.saturating_add(bytes.len() as u64) > req.max_bytes_per_user
+        };
+        if tally.count > 0 && over(&tally) {
+            for item in self.idempotency_order.scan_prefix_latest(&scope) {
+                if tally.count == 0 || !over(&tally) {
+                    break;
+                }
+                let (order_key, evicted_key) = item.map_err(|e| self.read_err(e))?;
+                // The record being replaced is already accounted for above.
+                if evicted_key.as_ref() == req.key.as_bytes() {
+                    continue;
+                }
+                let mut rk = scope.clone();
+                rk.extend_from_slice(&evicted_key);
+                let size = self
+                    .idempotency
+                    .get_latest(&rk)
+                    .map_err(|e| self.read_err(e))?
+                    .map_or(0, |v| v.len());
+                plan.idempotency.push((rk, None));
+                plan.idempotency_order.push((order_key.to_vec(), None));
+                tally.remove(size);
+            }
+        }
         plan.idempotency_order.push((
             keys::idempotency_order(account, user, id.0),
             Some(req.key.as_bytes().to_vec()),
         ));
-        plan.meta.push((
-            keys::idempotency_count(&scope),
-            Some((count + 1).to_be_bytes().to_vec()),
-        ));
+        let tally = Tally {
+            count: tally.count + 1,
+            bytes: tally.bytes.saturating_add(bytes.len() as u64),
+        };
+        plan.idempotency.push((record_key, Some(bytes)));
+        plan.meta
+            .push((keys::idempotency_count(&scope), tally.encode()));
         Ok(())
     }
 
@@ -206,7 +256,7 @@ impl Store {
         let mut w = self.lock_writer();
         let mut ops: Vec<Op> = Vec::new();
         let mut removed = 0;
-        let mut per_scope: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut per_scope: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
         for k in candidates {
             let Some(v) = self
                 .idempotency
@@ -226,12 +276,12 @@ impl Store {
                 ok.extend_from_slice(&rec.id.to_be_bytes());
                 ops.push((Kind::IdempotencyOrder, ok, None));
             }
-            *per_scope.entry(scope.to_vec()).or_default() += 1;
+            per_scope.entry(scope.to_vec()).or_default().push(v.len());
         }
-        for (scope, n) in per_scope {
-            let left = self.idem_count(&scope)?.saturating_sub(n);
-            let v = (left > 0).then(|| left.to_be_bytes().to_vec());
-            ops.push((Kind::Meta, keys::idempotency_count(&scope), v));
+        for (scope, sizes) in per_scope {
+            let mut tally = self.idem_tally(&scope)?;
+            sizes.into_iter().for_each(|size| tally.remove(size));
+            ops.push((Kind::Meta, keys::idempotency_count(&scope), tally.encode()));
         }
         let seq = w.next_change.saturating_sub(1);
         self.apply_ops(&mut w, &ops, seq)?;
@@ -292,6 +342,7 @@ mod store_tests {
             fingerprint: fp.into(),
             ttl_ms,
             max_per_user: max,
+            max_bytes_per_user: u64::MAX,
         }
     }
 
@@ -406,5 +457,65 @@ mod store_tests {
         let scope = crate::store::keys::idempotency_scope("acct", "u");
         assert_eq!(s.idem_count(&scope).unwrap(), 0);
         assert_eq!(s.idempotency_order.scan_prefix(&scope).count(), 0);
+    }
+
+    /// Records are also bounded in bytes per user: a create past the bound evicts the
+    /// oldest records until it fits, and one record larger than the bound is kept alone.
+    #[test]
+    fn the_byte_bound_evicts_the_oldest_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let scope = crate::store::keys::idempotency_scope("acct", "u");
+        let bounded = |key: &str, max_bytes: u64| IdempotencyRequest {
+            max_bytes_per_user: max_bytes,
+            ..req(key, key, 60_000, 100)
+        };
+        let mut sizes = Vec::new();
+        for i in 0..4 {
+            s.create_group(
+                ACTOR,
+                &doc(&format!("g{i}")),
+                100,
+                Some(&bounded(&format!("k{i}"), 10_000)),
+            )
+            .unwrap();
+            let k = crate::store::keys::idempotency("acct", "u", &format!("k{i}"));
+            sizes.push(s.idempotency.get(k).unwrap().unwrap().len() as u64);
+        }
+        let tally = s.idem_tally(&scope).unwrap();
+        assert_eq!((tally.count, tally.bytes), (4, sizes.iter().sum()));
+        // A bound of three records' bytes: the next create evicts the two oldest.
+        let three = sizes[0] * 3 + 5;
+        s.create_group(ACTOR, &doc("g4"), 100, Some(&bounded("k4", three)))
+            .unwrap();
+        assert_eq!(s.idempotency_records("acct", "u").unwrap(), 3);
+        assert!(
+            !s.create_group(ACTOR, &doc("g9"), 100, Some(&bounded("k0", three)))
+                .unwrap()
+                .replayed,
+            "k0 was evicted"
+        );
+        // Smaller than one record: that record alone is kept.
+        s.create_group(ACTOR, &doc("g5"), 100, Some(&bounded("k5", 10)))
+            .unwrap();
+        assert_eq!(s.idempotency_records("acct", "u").unwrap(), 1);
+        let tally = s.idem_tally(&scope).unwrap();
+        assert_eq!(tally.count, 1);
+        // Expiry gives the bytes back too.
+        s.purge(std::time::Duration::MAX, crate::time::now_ms() + 120_000)
+            .unwrap();
+        assert_eq!(s.idem_tally(&scope).unwrap(), super::Tally::default());
+    }
+
+    #[test]
+    fn a_tally_from_before_bytes_were_counted_reads_as_a_count() {
+        let t = super::Tally::read(&7u64.to_be_bytes());
+        assert_eq!((t.count, t.bytes), (7, 0));
+        let both = super::Tally {
+            count: 2,
+            bytes: 300,
+        };
+        assert_eq!(super::Tally::read(&both.encode().unwrap()), both);
+        assert_eq!(super::Tally { count: 0, bytes: 0 }.encode(), None);
     }
 }

@@ -18,7 +18,7 @@ use crate::support::{group_ids_of, poll_until, Client, Options, TestServer};
 /// A connection that pipelines `count` copies of `request` and never reads. Its
 /// receive buffer is made small (before connecting, so the window is small from the
 /// start), so the server's writes block after a few answers.
-fn stalled_client(addr: SocketAddr, request: &str, count: usize) -> TcpStream {
+pub fn stalled_client(addr: SocketAddr, request: &str, count: usize) -> TcpStream {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()

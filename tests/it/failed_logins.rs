@@ -36,8 +36,13 @@ fn login_from(server: &TestServer, from: &str, user: &str, key: &str) -> Resp {
 /// answer an unknown user gets and is never a key; the addresses are, up to the bound.
 #[test]
 fn names_outside_the_rule_never_become_keys() {
-    let server =
-        TestServer::with(Options::default().env("FLEETGROUPS_AUTH_FAILED_LOGIN_MAX_ENTRIES", "20"));
+    // Names this long need a login body past the default 4 KiB bound, which would
+    // refuse them before they reach the failed-login table this test is about.
+    let server = TestServer::with(
+        Options::default()
+            .env("FLEETGROUPS_AUTH_FAILED_LOGIN_MAX_ENTRIES", "20")
+            .env("FLEETGROUPS_LIMITS_MAX_TOKEN_BODY_BYTES", "1048576"),
+    );
     let header_names = |r: &Resp| {
         let mut names: Vec<String> = r
             .headers
@@ -82,7 +87,10 @@ fn rss_kib(server: &TestServer) -> u64 {
 /// leave nothing behind but the addresses.
 #[test]
 fn huge_names_from_many_addresses_do_not_grow_memory() {
-    let server = TestServer::start();
+    // 256 KiB names: the login body bound is raised so that they reach the table.
+    let server = TestServer::with(
+        Options::default().env("FLEETGROUPS_LIMITS_MAX_TOKEN_BODY_BYTES", "1048576"),
+    );
     let long = "a".repeat(256 * 1024);
     let flood = |range: std::ops::Range<u32>| {
         for i in range {

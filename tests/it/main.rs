@@ -13,6 +13,7 @@ mod auth;
 mod backup;
 mod backup_schedule;
 mod badinput;
+mod bounds;
 mod build_info;
 mod cli;
 mod cli_safety;
