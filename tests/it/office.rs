@@ -610,7 +610,15 @@ fn office_groups_arrive_through_pgbouncer_in_transaction_mode() {
                 .filter(|r| r == "name_taken")
         },
     );
-    assert_eq!(served(&a, &ta).len(), 1, "only Everyone on gw-p1");
+    // The two inserts may reach gw-p1 in two pulls: wait for the second.
+    let on_a = poll_until(Duration::from_secs(30), "Everyone on gw-p1", || {
+        let ids: Vec<String> = served(&a, &ta)
+            .values()
+            .map(|g| g["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        (!ids.is_empty()).then_some(ids)
+    });
+    assert_eq!(on_a, ["Everyone"], "only Everyone on gw-p1");
     for (s, name) in [(&a, "gw-p1"), (&b, "gw-p2")] {
         assert_eq!(
             s.metric("fleetgroups_replication_errors_total{kind=\"office\"}"),
