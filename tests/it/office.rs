@@ -27,6 +27,25 @@ fn gateway(pg: &Pg, id: &str) -> (TestServer, String) {
     (server, token)
 }
 
+/// A new office group of account `default` for every gateway; its id.
+fn office_group(pg: &Pg, name: &str) -> String {
+    pg.value(&format!(
+        "INSERT INTO fleetgroups.office_groups (account, name) VALUES ('default', '{name}')
+         RETURNING id"
+    ))
+    .expect("id")
+}
+
+/// A gateway serving one new office group `name`: the gateway, its admin's token and
+/// the group's id.
+fn serving_one(pg: &Pg, gw: &str, name: &str) -> (TestServer, String, String) {
+    let (server, token) = gateway(pg, gw);
+    schema_ready(pg);
+    let id = office_group(pg, name);
+    converged(pg, &server, &token, gw);
+    (server, token, id)
+}
+
 /// Waits until the gateway has created the office schema (its first connect).
 fn schema_ready(pg: &Pg) {
     poll_until(Duration::from_secs(30), "the office schema", || {
@@ -166,12 +185,7 @@ fn office_groups_reach_only_the_targeted_gateways_and_follow_every_change() {
         )
         .expect("id");
     assert!(id.starts_with("ofc-"), "{id}");
-    let everywhere = pg
-        .value(
-            "INSERT INTO fleetgroups.office_groups (account, name) VALUES ('default', 'All depots')
-             RETURNING id",
-        )
-        .expect("id");
+    let everywhere = office_group(&pg, "All depots");
     for (s, t, gw) in [(&a, &ta, "gw-a"), (&b, &tb, "gw-b"), (&c, &tc, "gw-c")] {
         converged(&pg, s, t, gw);
     }
@@ -414,12 +428,7 @@ fn a_name_conflict_is_reported_centrally_and_resolved_by_a_local_rename() {
         .send()
         .expect_ok(201);
     let lid = local["id"].as_str().expect("id").to_string();
-    let id = pg
-        .value(
-            "INSERT INTO fleetgroups.office_groups (account, name) VALUES ('default', 'TRUCKS')
-             RETURNING id",
-        )
-        .expect("id");
+    let id = office_group(&pg, "TRUCKS");
     let conflict = poll_until(Duration::from_secs(30), "the conflict row", || {
         pg.query(&format!(
             "SELECT reason, detail FROM fleetgroups.office_conflicts
@@ -636,12 +645,7 @@ fn office_groups_arrive_through_pgbouncer_in_transaction_mode() {
 #[test]
 fn a_central_outage_leaves_the_last_office_state_served() {
     let pg = Pg::start();
-    let (mut a, ta) = gateway(&pg, "gw-o");
-    schema_ready(&pg);
-    let id = pg
-        .value("INSERT INTO fleetgroups.office_groups (account, name) VALUES ('default', 'Kept') RETURNING id")
-        .expect("id");
-    converged(&pg, &a, &ta, "gw-o");
+    let (mut a, _, id) = serving_one(&pg, "gw-o", "Kept");
     pg.stop_immediate();
     a.stop();
     a.restart();
@@ -669,12 +673,7 @@ fn a_central_outage_leaves_the_last_office_state_served() {
 #[test]
 fn a_restore_pulls_from_revision_zero_and_reconciles() {
     let pg = Pg::start();
-    let (mut a, ta) = gateway(&pg, "gw-r");
-    schema_ready(&pg);
-    let old = pg
-        .value("INSERT INTO fleetgroups.office_groups (account, name) VALUES ('default', 'Old') RETURNING id")
-        .expect("id");
-    converged(&pg, &a, &ta, "gw-r");
+    let (mut a, _, old) = serving_one(&pg, "gw-r", "Old");
     let out_dir = tempfile::tempdir().expect("tempdir");
     let file = out_dir.path().join("b.jsonl");
     assert_eq!(a.cli(&["backup", file.to_str().expect("utf-8")]).code, 0);
@@ -688,9 +687,7 @@ fn a_restore_pulls_from_revision_zero_and_reconciles() {
     pg.query(&format!(
         "DELETE FROM fleetgroups.office_groups WHERE id = '{old}'"
     ));
-    let new = pg
-        .value("INSERT INTO fleetgroups.office_groups (account, name) VALUES ('default', 'New') RETURNING id")
-        .expect("id");
+    let new = office_group(&pg, "New");
     let dir = tempfile::tempdir().expect("tempdir");
     let out = cli_in(
         &dir.path().join("data"),
