@@ -337,6 +337,35 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
+def office_propagation(gws, mode):
+    """One office change (a new office group for every gateway) until every gateway
+    serves it, as their central reports say (fleetgroups.office_gateways.office_cursor
+    reaches its revision; a gateway reports right after applying): seconds to the last
+    gateway, the centre's transactions per second meanwhile, and the fleet's peak
+    connections."""
+    def xacts():
+        return int(psql("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'postgres'"))
+    x0 = xacts()
+    t = time.monotonic()
+    rev = int(psql(f"INSERT INTO fleetgroups.office_groups (account, name) VALUES ('default', 'bench-{mode}') RETURNING revision"))
+    peak = 0
+    first = None
+    while True:
+        n = int(psql(f"SELECT count(*) FROM fleetgroups.office_gateways WHERE office_cursor >= {rev}"))
+        peak = max(peak, int(psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'fleet'")))
+        if n > 0 and first is None:
+            first = time.monotonic() - t
+        if n >= len(gws):
+            break
+        if time.monotonic() - t > 1800:
+            raise SystemExit(f"office change: only {n} of {len(gws)} gateways after 30 min")
+        time.sleep(0.2)
+    elapsed = time.monotonic() - t
+    tps = (xacts() - x0) / elapsed
+    log(f"   office change: first gateway {first:.1f} s, all {len(gws)} {elapsed:.1f} s; centre {tps:.0f} transactions/s, peak {peak} fleet connections")
+    return {"office_first_s": first, "office_all_s": elapsed, "office_tps": tps, "office_peak": peak}
+
+
 def run_mode(mode, key):
     log(f"== {mode}: restoring {N} gateways of {GROUPS} groups")
     os.makedirs(f"{WORK}/{mode}", exist_ok=True)
@@ -392,6 +421,7 @@ def run_mode(mode, key):
     c1, rss = fleet_usage(gws)
     idle_cpu = (c1 - c0) / TICK / IDLE_WINDOW * 100  # % of one core
     log(f"   idle: {idle_conns} connections, fleet CPU {idle_cpu:.2f} % of a core, RSS {rss / 1024:.0f} MiB")
+    office = office_propagation(gws, mode)
     # Outage under writes.
     w = Writers(writers)
     w.start()
@@ -448,6 +478,7 @@ def run_mode(mode, key):
         "rec_p90": pct(rec, 90),
         "rec_n": len(rec),
         "rec_peak_s": max(per_sec) if per_sec else 0,
+        **office,
     }
 
 

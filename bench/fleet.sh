@@ -4,7 +4,9 @@
 # directly and through PgBouncer in transaction mode, GROUPS (200) groups each, a
 # tenth of them writing. Reports per mode: seconds until every gateway's applied_seq
 # equals its head, the peak number of central connections of the gateways' role, a
-# reader's connect latency throughout, the fleet's RSS and idle CPU, and after a
+# reader's connect latency throughout, the fleet's RSS and idle CPU, one office change
+# until every gateway serves it (with FLEETGROUPS_REPLICATION_PULL_SECS as set, default
+# 60; the centre's transactions/s and the fleet's connections meanwhile), and after a
 # 60 s stop of PostgreSQL under writes: the spread of reconnections and the catch-up.
 # Then EXPLAIN ANALYZE of the README's queries on 1,000,000 central groups.
 # Prints a Markdown table and writes it to bench/results/fleet.md (RESULT to change).
@@ -82,7 +84,8 @@ print(f"- commit {rev}; {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os
 print(f"- {env['N']} gateway processes (release), {env['GROUPS_EACH']} groups each (restored), writes on every tenth "
       f"(one group per {env.get('WRITE_EVERY', '2')} s each, {env.get('WRITE_SECONDS', '30')} s); max_connections = {env['MAXCONN']}, "
       f"role `fleet` CONNECTION LIMIT {int(env['MAXCONN']) - 3 - int(env.get('READER_SLOTS', '17'))}; "
-      f"PgBouncer transaction mode, default_pool_size {env.get('POOL', '20')}; idle_disconnect_secs 10, heartbeat_secs 60 (defaults)")
+      f"PgBouncer transaction mode, default_pool_size {env.get('POOL', '20')}; idle_disconnect_secs 10, heartbeat_secs 60 (defaults), "
+      f"pull_secs {env.get('FLEETGROUPS_REPLICATION_PULL_SECS', '60')}")
 print()
 if rs:
     print("| measurement | " + " | ".join(r["mode"] for r in rs) + " |")
@@ -100,6 +103,8 @@ row("reader refused (of samples)", lambda r: f"{r['reader_fail']} of {r['reader_
 row("fleet connections at PostgreSQL once idle (15 s after; PgBouncer keeps its pool)", lambda r: f"{r['idle_conns']}")
 row("fleet idle CPU (% of one core, 30 s)", lambda r: f"{r['idle_cpu']:.2f}")
 row("fleet RSS (MiB; per gateway)", lambda r: f"{r['rss_mib']:.0f}; {r['rss_each']:.1f}")
+row("one office change → first / every gateway serving it (s)", lambda r: f"{r['office_first_s']:.1f} / {r['office_all_s']:.1f}")
+row("meanwhile: central transactions/s; peak fleet connections", lambda r: f"{r['office_tps']:.0f}; {r['office_peak']}")
 row(f"{env.get('OUTAGE', '60')} s outage: catch-up after the restart (s)", lambda r: f"{r['catch_s']:.1f}")
 row("reconnects after the restart: first / median / p90 (s)", lambda r: f"{r['rec_first']:.1f} / {r['rec_p50']:.1f} / {r['rec_p90']:.1f}")
 row("reconnects counted; most in one second (first 10 s)", lambda r: f"{r['rec_n']}; {r['rec_peak_s']}")

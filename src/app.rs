@@ -153,6 +153,37 @@ impl App {
     }
 
     /// Whether shutdown has begun (`/readyz` answers 503).
+    /// The local limits an office group must fit (`store::office`), as a local write.
+    pub fn office_limits(&self) -> crate::store::office::OfficeLimits {
+        crate::store::office::OfficeLimits {
+            max_groups: self.config.limits.max_groups_per_account,
+            max_devices: self.config.limits.max_devices_per_group,
+        }
+    }
+
+    /// After a local write that may have freed a name or a quota slot: applies the
+    /// account's held office changes that fit now (`Store::retry_office_held`), and
+    /// makes them durable. A failure is logged: the next pull tries again.
+    pub async fn retry_office_held(&self, account: &str) {
+        match self
+            .store
+            .retry_office_held(Some(account), self.office_limits())
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(
+                    account,
+                    applied = n,
+                    "office groups held by a conflict are applied now"
+                );
+                if let Err(e) = self.store.durable().await {
+                    tracing::warn!(error = %e.chain(), "making applied office groups durable");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e.chain(), "retrying held office groups"),
+        }
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
     }
@@ -193,6 +224,7 @@ impl App {
             flush_fsync_micros: load(&flush.sync_micros),
             backup_last_success_ms: self.backup_last_success_ms.load(Ordering::Relaxed),
             last_seq: self.store.last_seq(),
+            office: self.store.office_figures().ok(),
             bodies: figures(&self.bodies),
             answers: figures(&self.answers),
         }

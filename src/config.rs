@@ -242,6 +242,9 @@ pub struct ReplicationConfig {
     pub heartbeat_secs: u64,
     /// Central `changes` older than this many days are pruned (0: kept for ever).
     pub central_changes_days: u64,
+    /// Seconds between pulls of office groups from the centre at most (jittered;
+    /// 1–86400): a gateway also pulls whenever it connects.
+    pub pull_secs: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -255,6 +258,7 @@ impl Default for ReplicationConfig {
             idle_disconnect_secs: 10,
             heartbeat_secs: 60,
             central_changes_days: 365,
+            pull_secs: 60,
         }
     }
 }
@@ -774,6 +778,9 @@ fn validate_replication(r: &ReplicationConfig) -> Result<(), ConfigError> {
             "replication.central_changes_days",
             "must be from 0 (keep for ever) to 36500",
         );
+    }
+    if !(1..=86_400).contains(&r.pull_secs) {
+        return bad("replication.pull_secs", "must be from 1 to 86400");
     }
     if !r.gateway_id.is_empty() && !valid_gateway_id(&r.gateway_id) {
         return bad(

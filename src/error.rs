@@ -27,6 +27,8 @@ pub enum ApiError {
     InvalidCredentials,
     /// 403: the caller may not do this (a `read` user writing, a quota).
     Forbidden(String),
+    /// 403: the group is an office group (defined centrally): read-only at a gateway.
+    OfficeGroupReadOnly,
     /// 404: no such group in the caller's account (or in another one: same answer).
     GroupNotFound,
     /// 404: no such route.
@@ -131,7 +133,7 @@ impl ApiError {
         match self {
             InvalidInput(_) | InvalidPatch(_) => StatusCode::BAD_REQUEST,
             Unauthorized(_) | InvalidCredentials => StatusCode::UNAUTHORIZED,
-            Forbidden(_) => StatusCode::FORBIDDEN,
+            Forbidden(_) | OfficeGroupReadOnly => StatusCode::FORBIDDEN,
             GroupNotFound | NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -158,6 +160,7 @@ impl ApiError {
             Unauthorized(_) => "unauthorized",
             InvalidCredentials => "invalid_credentials",
             Forbidden(_) => "forbidden",
+            OfficeGroupReadOnly => "office_group_read_only",
             GroupNotFound => "group_not_found",
             NotFound => "not_found",
             MethodNotAllowed(_) => "method_not_allowed",
@@ -187,6 +190,9 @@ impl ApiError {
             Unauthorized(_) => "Unauthorized access".into(),
             InvalidCredentials => "Invalid API key or username.".into(),
             Forbidden(why) => format!("Forbidden: {why}").into(),
+            OfficeGroupReadOnly => {
+                "Forbidden: this is an office group, defined centrally and read-only on a gateway; change it in fleetgroups.office_groups".into()
+            }
             GroupNotFound => "Group not found".into(),
             NotFound => "Not found".into(),
             MethodNotAllowed(_) => "Method not allowed".into(),
@@ -263,6 +269,7 @@ impl From<crate::store::Error> for ApiError {
             S::GroupNotFound => ApiError::GroupNotFound,
             S::RevisionMismatch => ApiError::PreconditionFailed,
             S::NameTaken => ApiError::NameConflict,
+            S::OfficeReadOnly => ApiError::OfficeGroupReadOnly,
             S::QuotaReached { .. } => ApiError::Forbidden(e.to_string()),
             S::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
             S::CursorExpired => ApiError::CursorExpired,
@@ -436,6 +443,7 @@ mod tests {
             (S::GroupNotFound, 404, "group_not_found"),
             (S::RevisionMismatch, 412, "precondition_failed"),
             (S::NameTaken, 409, "name_conflict"),
+            (S::OfficeReadOnly, 403, "office_group_read_only"),
             (S::QuotaReached { max: 5 }, 403, "forbidden"),
             (S::IdempotencyKeyReused, 422, "idempotency_key_reused"),
             (S::CursorExpired, 410, "cursor_expired"),

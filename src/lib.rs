@@ -22,6 +22,7 @@ pub mod login_limiter;
 pub mod metrics;
 pub mod model;
 pub mod names;
+pub mod office;
 pub mod patch;
 pub mod percent;
 pub mod perms;

@@ -33,6 +33,17 @@ pub struct Metrics {
     pub conns: std::sync::Arc<ConnStats>,
     /// Written by the replication task (`replication.rs`).
     pub replication: ReplicationStats,
+    /// Written by the office pull (`office.rs`).
+    pub office: OfficeStats,
+}
+
+/// The office pull's own figures (the rest is read from the store at scrape time).
+#[derive(Debug, Default)]
+pub struct OfficeStats {
+    /// Central office changes for this gateway past the cursor, as the last pull saw.
+    pub pending: AtomicU64,
+    /// When a pull last completed (ms since the epoch; 0: not in this run).
+    pub last_pull_ms: std::sync::atomic::AtomicI64,
 }
 
 /// What a scrape shows that other parts own (the store, auth, backups), read at scrape
@@ -57,6 +68,9 @@ pub struct Snapshot {
     pub backup_last_success_ms: i64,
     /// The store's highest change seq (the replication lag is measured to it).
     pub last_seq: u64,
+    /// The store's office figures (`store::office`): cursor, groups served, changes
+    /// held by a conflict. None when the store cannot read them right now.
+    pub office: Option<(u64, u64, u64)>,
     /// The body budget (`limits.body_budget_bytes`).
     pub bodies: BudgetFigures,
     /// The answer budget (`limits.answer_budget_bytes`).
@@ -186,6 +200,7 @@ impl Metrics {
             app.backup_last_success_ms as f64 / 1e3
         );
         render_replication(&mut out, &self.replication, app.last_seq);
+        render_office(&mut out, &self.office, app.office);
         out
     }
 
@@ -354,6 +369,52 @@ fn label_value(v: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The office-group metrics (docs/operations/many-gateways.md, "Office groups"): always present, since a restore
+/// can bring office groups to a gateway without `[replication]`.
+fn render_office(out: &mut String, stats: &OfficeStats, store: Option<(u64, u64, u64)>) {
+    let mut gauges = Vec::new();
+    if let Some((cursor, served, held)) = store {
+        gauges.extend([
+            (
+                "fleetgroups_office_cursor",
+                "The central office revision every change up to which is applied here.",
+                cursor.to_string(),
+            ),
+            (
+                "fleetgroups_office_groups",
+                "Office groups this gateway serves.",
+                served.to_string(),
+            ),
+            (
+                "fleetgroups_office_conflicts",
+                "Office changes held back by a conflict (a name taken locally, a quota, the device limit).",
+                held.to_string(),
+            ),
+        ]);
+    }
+    gauges.extend([
+        (
+            "fleetgroups_office_pending_changes",
+            "Central office changes for this gateway past the cursor, as the last pull saw them.",
+            stats.pending.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "fleetgroups_office_last_pull_timestamp_seconds",
+            "When an office pull last completed (Unix time; 0: not yet in this run).",
+            format!(
+                "{}",
+                stats.last_pull_ms.load(Ordering::Relaxed) as f64 / 1e3
+            ),
+        ),
+    ]);
+    for (name, help, value) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
+}
+
 /// The replication metrics (docs/operations/many-gateways.md "Metrics"), present only when `[replication]` is
 /// configured.
 fn render_replication(out: &mut String, r: &ReplicationStats, last: u64) {
@@ -391,7 +452,7 @@ fn render_replication(out: &mut String, r: &ReplicationStats, last: u64) {
     }
     let _ = writeln!(
         out,
-        "# HELP fleetgroups_replication_errors_total Failed replication attempts, by kind (connect, refused, schema, apply, constraint, permission, heartbeat, prune, resync, store).\n# TYPE fleetgroups_replication_errors_total counter"
+        "# HELP fleetgroups_replication_errors_total Failed replication attempts, by kind (connect, refused, schema, apply, constraint, permission, heartbeat, prune, resync, store, office).\n# TYPE fleetgroups_replication_errors_total counter"
     );
     for (kind, n) in r.errors() {
         let _ = writeln!(

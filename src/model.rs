@@ -26,28 +26,76 @@ pub const MAX_DESCRIPTION_CHARS: usize = 1024;
 /// Longest device ID, in characters.
 pub const MAX_DEVICE_CHARS: usize = 64;
 
-/// A group's number: `grp-<n>` on the wire, `n` inside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A group's number: `grp-<n>` on the wire, `n` inside, for a group made at this
+/// gateway; `ofc-<m>` on the wire and `OFFICE_BASE + m` inside for an office group
+/// (defined centrally, the same `ofc-<m>` on every gateway). Local numbers come from
+/// the store's sequence and never reach `OFFICE_BASE` (2^63), so the two can never
+/// collide, and every key, index and feed record keeps its `u64` number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct GroupId(pub u64);
 
+/// Where office group numbers start inside (see `GroupId`).
+pub const OFFICE_BASE: u64 = 1 << 63;
+
+/// The largest `m` of an `ofc-<m>` ID.
+pub const OFFICE_MAX: u64 = u64::MAX - OFFICE_BASE;
+
 impl GroupId {
-    /// Parses the canonical `grp-<n>` form: `n` positive, decimal, no sign, no leading
-    /// zero. Anything else is not the ID of any group (and so answers 404, not 400).
+    /// Parses the canonical `grp-<n>` or `ofc-<m>` form: a positive decimal, no sign,
+    /// no leading zero, in range (`n` below `OFFICE_BASE`, `m` at most `OFFICE_MAX`).
+    /// Anything else is not the ID of any group (and so answers 404, not 400).
     pub fn parse(s: &str) -> Option<GroupId> {
-        canonical_digits(s)?.parse().ok().map(GroupId)
+        if let Some(d) = canonical_digits(s, "ofc-") {
+            return GroupId::office(d.parse().ok()?);
+        }
+        let n: u64 = canonical_digits(s, "grp-")?.parse().ok()?;
+        (n < OFFICE_BASE).then_some(GroupId(n))
     }
 
-    /// A list cursor (`after`): any canonical `grp-<n>` of up to 20 digits, also one
-    /// beyond the largest possible ID, which reads as `u64::MAX` (nothing follows it),
-    /// so the documented pattern is exact.
+    /// The office group `ofc-<m>` (None when `m` is out of range).
+    pub fn office(m: u64) -> Option<GroupId> {
+        (1..=OFFICE_MAX)
+            .contains(&m)
+            .then(|| GroupId(OFFICE_BASE + m))
+    }
+
+    /// Whether this is an office group (defined centrally, read-only here).
+    pub fn is_office(self) -> bool {
+        self.0 > OFFICE_BASE
+    }
+
+    /// `"office"` or `"local"`: the group's `origin` on the wire.
+    pub fn origin(self) -> &'static str {
+        if self.is_office() {
+            "office"
+        } else {
+            "local"
+        }
+    }
+
+    /// A list cursor (`after`): any canonical `grp-<n>` or `ofc-<m>` of up to 20
+    /// digits, also one beyond the largest possible ID, so the documented pattern is
+    /// exact. Lists run in number order: every local group, then every office group;
+    /// so a `grp-` cursor past the last possible local number reads as the last one
+    /// (office groups follow it) and an `ofc-` one past the last as `u64::MAX`
+    /// (nothing follows).
     pub fn parse_cursor(s: &str) -> Option<u64> {
-        canonical_digits(s).map(|d| d.parse().unwrap_or(u64::MAX))
+        if let Some(d) = canonical_digits(s, "ofc-") {
+            return Some(
+                d.parse::<u64>()
+                    .map_or(u64::MAX, |m| OFFICE_BASE.saturating_add(m.min(OFFICE_MAX))),
+            );
+        }
+        canonical_digits(s, "grp-").map(|d| {
+            d.parse::<u64>()
+                .map_or(OFFICE_BASE - 1, |n| n.min(OFFICE_BASE - 1))
+        })
     }
 }
 
-/// The digits of `grp-<n>` in canonical form (1–20 digits, no leading zero).
-fn canonical_digits(s: &str) -> Option<&str> {
-    s.strip_prefix("grp-").filter(|d| {
+/// The digits of `<prefix><n>` in canonical form (1–20 digits, no leading zero).
+fn canonical_digits<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    s.strip_prefix(prefix).filter(|d| {
         (1..=20).contains(&d.len()) && !d.starts_with('0') && d.bytes().all(|b| b.is_ascii_digit())
     })
 }
@@ -60,7 +108,11 @@ pub fn valid_idempotency_key(key: &str) -> bool {
 
 impl std::fmt::Display for GroupId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "grp-{}", self.0)
+        if self.is_office() {
+            write!(f, "ofc-{}", self.0 - OFFICE_BASE)
+        } else {
+            write!(f, "grp-{}", self.0)
+        }
     }
 }
 
@@ -227,11 +279,25 @@ mod tests {
     #[test]
     fn parses_only_canonical_ids() {
         assert_eq!(GroupId::parse("grp-1"), Some(GroupId(1)));
+        // Local numbers stay below 2^63; office IDs take the numbers above it.
         assert_eq!(
-            GroupId::parse("grp-18446744073709551615"),
+            GroupId::parse("grp-9223372036854775807"),
+            Some(GroupId(OFFICE_BASE - 1))
+        );
+        assert_eq!(GroupId::parse("ofc-1"), Some(GroupId(OFFICE_BASE + 1)));
+        assert_eq!(
+            GroupId::parse("ofc-9223372036854775807"),
             Some(GroupId(u64::MAX))
         );
+        assert_eq!(GroupId(OFFICE_BASE + 5).to_string(), "ofc-5");
+        assert!(GroupId(OFFICE_BASE + 5).is_office() && !GroupId(5).is_office());
         for bad in [
+            "grp-18446744073709551615",
+            "grp-9223372036854775808",
+            "ofc-0",
+            "ofc-01",
+            "ofc-9223372036854775808",
+            "OFC-1",
             "grp-0",
             "grp-01",
             "grp-",

@@ -14,12 +14,12 @@ use super::reply::header_value;
 use super::{device_param, parse_limit, Authed, BodyKind, Chunks, Ctx, Reply, Streamed};
 use crate::app::App;
 use crate::error::ApiError;
-use crate::json::{array, push_joined, push_member, push_object_members};
+use crate::json::{push_member, push_object_members};
 use crate::model::{
     distinct_devices, valid_idempotency_key, validate_doc, GroupDoc, GroupId, Rules, MAX_NAME_CHARS,
 };
 use crate::patch::{apply_json_patch, apply_merge_patch, parse_json_patch, PatchLimits};
-use crate::store::groups::{Actor, GroupView, ListQuery};
+use crate::store::groups::{push_served, Actor, GroupView, ListQuery};
 use crate::store::idempotency::IdempotencyRequest;
 
 /// Idempotency keys are remembered this long (docs/api/extensions.md "Retry-safe create").
@@ -47,8 +47,8 @@ fn etag(v: &GroupView) -> Result<HeaderValue, ApiError> {
 
 /// One group's answer: its fields at the top level and its `ETag`.
 fn one(v: &GroupView) -> Result<Reply, ApiError> {
-    let mut m = Vec::with_capacity(v.json().len());
-    push_object_members(&mut m, v.json());
+    let mut m = Vec::with_capacity(v.json().len() + 20);
+    push_object_members(&mut m, &v.served());
     Ok(Reply::ok(m).header(ETAG, etag(v)?))
 }
 
@@ -57,14 +57,22 @@ fn one(v: &GroupView) -> Result<Reply, ApiError> {
 const CHUNK_GROUPS: usize = 256;
 const CHUNK_BYTES: usize = 64 * 1024;
 
-/// Appends the groups' JSON, comma-separated.
+/// Appends the groups as served (`origin` included), comma-separated.
 fn join(groups: &[GroupView], out: &mut Vec<u8>) {
-    push_joined(out, groups.iter().map(GroupView::json));
+    out.reserve(groups.iter().map(|g| g.json().len() + 21).sum());
+    for (i, g) in groups.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_served(out, g.id, g.json());
+    }
 }
 
 /// `"groups":[…]` for a list of groups.
 fn groups_member(groups: &[GroupView]) -> Vec<u8> {
-    let list = array(groups.iter().map(GroupView::json));
+    let mut list = vec![b'['];
+    join(groups, &mut list);
+    list.push(b']');
     let mut m = Vec::with_capacity(list.len() + 12);
     push_member(&mut m, "groups", &list);
     m
@@ -210,8 +218,9 @@ pub fn list_query(ctx: &Authed<'_>, known: &[&'static str]) -> Result<ListQuery,
 
 /// The `after` cursor (`GroupId::parse_cursor`); a malformed one is a 400.
 fn parse_after(v: &str) -> Result<u64, ApiError> {
-    GroupId::parse_cursor(v)
-        .ok_or_else(|| ApiError::InvalidInput("after must be a group ID such as grp-42".into()))
+    GroupId::parse_cursor(v).ok_or_else(|| {
+        ApiError::InvalidInput("after must be a group ID such as grp-42 or ofc-7".into())
+    })
 }
 
 pub async fn create(mut ctx: Authed<'_>) -> Result<Reply, ApiError> {
@@ -265,7 +274,19 @@ pub fn get(ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
     one(&v)
 }
 
+/// Refuses any write to an office group (403 `office_group_read_only`), before its body
+/// is read: an office group is changed only centrally. One that this account does not
+/// have goes on as any missing group (400 for a bad body, else 404). The store refuses
+/// such a write too (`OfficeReadOnly`), whatever comes in between.
+fn writable(ctx: &Authed<'_>, id: GroupId) -> Result<(), ApiError> {
+    if id.is_office() && ctx.app.store.get_group(&ctx.user.account, id)?.is_some() {
+        return Err(ApiError::OfficeGroupReadOnly);
+    }
+    Ok(())
+}
+
 pub async fn put(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
+    writable(&ctx, id)?;
     let body = ctx.take_body()?.value;
     let doc = validate_doc(&body, rules(&ctx))?;
     let (v, ()) = ctx
@@ -275,6 +296,8 @@ pub async fn put(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
             Ok::<_, ApiError>((doc, ()))
         })?;
     ctx.app.store.durable().await?;
+    // A rename frees a name: an office group held for it may fit now.
+    ctx.app.retry_office_held(&ctx.user.account).await;
     one(&v)
 }
 
@@ -284,6 +307,7 @@ pub async fn put(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
 /// write came in between is it applied again there — within the same bounds
 /// (`patch.rs`), so even then the lock is held for a bounded time.
 pub async fn patch(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
+    writable(&ctx, id)?;
     let body = ctx.take_body()?;
     let rules = rules(&ctx);
     let limits = patch_limits(&ctx);
@@ -329,6 +353,7 @@ pub async fn patch(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> 
                 Ok::<_, ApiError>((new, ()))
             })?;
     ctx.app.store.durable().await?;
+    ctx.app.retry_office_held(&ctx.user.account).await;
     one(&v)
 }
 
@@ -341,14 +366,18 @@ fn patch_limits(ctx: &Authed<'_>) -> PatchLimits {
 }
 
 pub async fn delete(ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
+    writable(&ctx, id)?;
     ctx.app
         .store
         .delete_group(actor(&ctx), id, if_match(&ctx).as_deref())?;
     ctx.app.store.durable().await?;
+    // The name and a quota slot are free: an office group held for them may fit now.
+    ctx.app.retry_office_held(&ctx.user.account).await;
     Ok(Reply::ok(Vec::new()))
 }
 
 pub async fn add_devices(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
+    writable(&ctx, id)?;
     let body = ctx.take_body()?.value;
     let wanted = match body.as_object().map(|o| o.get("devices")) {
         None => {
@@ -396,6 +425,7 @@ pub async fn add_devices(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiE
 }
 
 pub async fn remove_device(ctx: Authed<'_>, id: GroupId, device: &str) -> Result<Reply, ApiError> {
+    writable(&ctx, id)?;
     device_param(device, "deviceId")?;
     let (v, removed) =
         ctx.app
@@ -465,8 +495,14 @@ mod tests {
     #[test]
     fn after_takes_every_canonical_id() {
         assert_eq!(parse_after("grp-42"), Ok(42));
-        assert_eq!(parse_after("grp-18446744073709551615"), Ok(u64::MAX));
-        assert_eq!(parse_after("grp-99999999999999999999"), Ok(u64::MAX));
+        // Lists run local groups first, then office groups: a `grp-` cursor past the
+        // last local number still has the office groups after it.
+        let last_local = crate::model::OFFICE_BASE - 1;
+        assert_eq!(parse_after("grp-18446744073709551615"), Ok(last_local));
+        assert_eq!(parse_after("grp-99999999999999999999"), Ok(last_local));
+        assert_eq!(parse_after("ofc-7"), Ok(crate::model::OFFICE_BASE + 7));
+        assert_eq!(parse_after("ofc-9223372036854775807"), Ok(u64::MAX));
+        assert_eq!(parse_after("ofc-99999999999999999999"), Ok(u64::MAX));
         for bad in [
             "grp-0",
             "grp-01",
@@ -474,6 +510,8 @@ mod tests {
             "42",
             "grp-123456789012345678901",
             "grp-1a",
+            "ofc-0",
+            "ofc-",
         ] {
             assert!(parse_after(bad).is_err(), "{bad}");
         }

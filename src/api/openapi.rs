@@ -165,6 +165,7 @@ mod tests {
             ApiError::Unauthorized(crate::error::TokenRefusal::Expired),
             ApiError::InvalidCredentials,
             ApiError::Forbidden(String::new()),
+            ApiError::OfficeGroupReadOnly,
             ApiError::GroupNotFound,
             ApiError::NotFound,
             ApiError::MethodNotAllowed("GET"),
@@ -190,6 +191,7 @@ mod tests {
                 | ApiError::Unauthorized(_)
                 | ApiError::InvalidCredentials
                 | ApiError::Forbidden(_)
+                | ApiError::OfficeGroupReadOnly
                 | ApiError::GroupNotFound
                 | ApiError::NotFound
                 | ApiError::MethodNotAllowed(_)

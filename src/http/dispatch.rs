@@ -139,7 +139,15 @@ mod tests {
             user_call(Op::RemoveDevice, &params),
             Ok(UserCall::RemoveDevice(GroupId(42), "a/b"))
         );
-        for bad in ["grp-0", "grp-01", "42", "grp-99999999999999999999"] {
+        for bad in [
+            "grp-0",
+            "grp-01",
+            "42",
+            "grp-99999999999999999999",
+            "grp-9223372036854775808",
+            "ofc-0",
+            "ofc-9223372036854775808",
+        ] {
             assert_eq!(
                 user_call(Op::GetGroup, &p(&[bad])),
                 Err(ApiError::GroupNotFound),

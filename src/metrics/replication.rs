@@ -11,7 +11,7 @@ use std::time::Instant;
 /// `refused`: no connection slot (too many connections, or the role's limit);
 /// `constraint`, `permission`: the centre refuses a statement until fixed there;
 /// `schema`: creating or upgrading the schema, or one that does not match.
-pub const ERROR_KINDS: [&str; 10] = [
+pub const ERROR_KINDS: [&str; 11] = [
     "connect",
     "refused",
     "schema",
@@ -22,6 +22,7 @@ pub const ERROR_KINDS: [&str; 10] = [
     "prune",
     "resync",
     "store",
+    "office",
 ];
 
 /// What `/metrics` shows (docs/operations/many-gateways.md "Metrics").

@@ -223,7 +223,10 @@ proptest! {
     }
 
     #[test]
-    fn group_ids_round_trip(n in 1u64.., s in "(grp-)?[0-9+-]{0,22}") {
+    fn group_ids_round_trip(
+        n in prop_oneof![1u64..crate::model::OFFICE_BASE, crate::model::OFFICE_BASE + 1..],
+        s in "((grp|ofc)-)?[0-9+-]{0,22}",
+    ) {
         prop_assert_eq!(GroupId::parse(&GroupId(n).to_string()), Some(GroupId(n)));
         if let Some(id) = GroupId::parse(&s) {
             prop_assert_eq!(id.to_string(), s);

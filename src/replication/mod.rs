@@ -7,7 +7,8 @@
 //! `sslmode`); `schema` (numbered migration files under an advisory lock); `session`
 //! (the life of a replicator: offline until there is something to ship or a heartbeat
 //! is due, connected only while busy, backoff with full jitter, one log line per state
-//! change, and the periodic steps: heartbeat, retention of central changes); `stream`
+//! change, and the periodic steps: heartbeat, retention of central changes, the
+//! office-groups pull of `crate::office`); `stream`
 //! (batches with a compare-and-set on `applied_seq`); `resync` (a snapshot replaces
 //! the gateway's central rows).
 //!

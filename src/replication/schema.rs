@@ -15,6 +15,7 @@ use super::{pg_failure, Failure, Settings};
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (2, include_str!("migrations/0002_fleet.sql")),
+    (3, include_str!("migrations/0003_office_groups.sql")),
 ];
 
 /// The central schema version this binary creates and understands.

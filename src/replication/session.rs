@@ -16,8 +16,11 @@
 //!
 //! The periodic steps live in `Connected::periodic`: the heartbeat (`heartbeat_secs`,
 //! jittered; last seen, head seq, version, revision) and retention of central changes
-//! (one gateway at a time fleet-wide, under an advisory lock). A step that pulls from
-//! the centre (office groups) is one more due time in `Timers` and one more call there.
+//! (one gateway at a time fleet-wide, under an advisory lock), and the office-groups
+//! pull (`crate::office`: at every connect, then every `pull_secs`, jittered; a due
+//! pull is a reason to connect). A failing pull is counted and retried on its own
+//! backoff, and ends the session only when the connection is gone: office groups never
+//! hold up the push of the gateway's own changes.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -104,6 +107,7 @@ enum Link {
 struct Timers {
     heartbeat: Instant,
     prune: Instant,
+    office: Instant,
 }
 
 /// How a connected session ended without a failure.
@@ -126,6 +130,11 @@ struct Replicator {
     /// Refusals of a slot in a row (taking turns is normal; a long run is news).
     refusals: u32,
     timers: Timers,
+    /// The office-groups pull: what it logged and reported, across sessions.
+    office: crate::office::Puller,
+    /// The pull's own backoff, and whether it is failing (one log line per change).
+    office_backoff: Backoff,
+    office_failing: bool,
 }
 
 /// Runs until `stop` turns true.
@@ -142,7 +151,11 @@ pub(super) async fn run(app: Arc<App>, s: Settings, mut stop: watch::Receiver<bo
         timers: Timers {
             heartbeat: now,
             prune: now,
+            office: now,
         },
+        office: crate::office::Puller::default(),
+        office_backoff: Backoff::default(),
+        office_failing: false,
     };
     loop {
         if r.link != Link::Unknown {
@@ -196,6 +209,7 @@ impl Replicator {
         tokio::select! {
             () = self.app.store.wait_past(applied) => {}
             () = sleep_until(self.timers.heartbeat) => {}
+            () = sleep_until(self.timers.office) => {}
         }
     }
 
@@ -211,6 +225,9 @@ impl Replicator {
             schema::ensure(&mut conn.client, &self.s).await?;
             self.schema_ok = true;
         }
+        // Office groups are pulled whenever connected: at once, then every pull_secs.
+        self.timers.office = Instant::now();
+        self.office.reconnected();
         let mut last_batch: Option<Instant> = None;
         let turn_ends = self.s.idle_disconnect.map(|_| Instant::now() + MAX_HOLD);
         loop {
@@ -239,7 +256,11 @@ impl Replicator {
                 .map(|d| last_batch.map_or_else(Instant::now, |t| t + d));
             let idle = until(idle_until);
             let turn = until(turn_ends);
-            let next_step = self.timers.heartbeat.min(self.timers.prune);
+            let next_step = self
+                .timers
+                .heartbeat
+                .min(self.timers.prune)
+                .min(self.timers.office);
             tokio::select! {
                 () = self.app.store.wait_past(cursor) => {}
                 () = sleep_until(next_step) => {}
@@ -256,10 +277,12 @@ impl Replicator {
         }
     }
 
-    /// The steps that run on a timer while connected. (An office-groups pull is one
-    /// more due time in `Timers` and one more call here.)
+    /// The steps that run on a timer while connected.
     async fn periodic(&mut self, client: &mut Client) -> Result<(), Failure> {
         let now = Instant::now();
+        if now >= self.timers.office {
+            self.pull_office(client).await?;
+        }
         if now >= self.timers.heartbeat {
             self.heartbeat(client).await?;
             self.timers.heartbeat = now + jittered(self.s.heartbeat);
@@ -269,6 +292,46 @@ impl Replicator {
             self.timers.prune = now + jittered(PRUNE_EVERY);
         }
         Ok(())
+    }
+
+    /// One office-groups pull round (`office::Puller::round`). A failure is counted,
+    /// logged once per state change and tried again after the pull's own backoff
+    /// (never later than `pull_secs`); it fails the session only when the connection
+    /// is gone.
+    async fn pull_office(&mut self, client: &mut Client) -> Result<(), Failure> {
+        match self
+            .office
+            .round(&self.app, client, &self.s.gateway_id)
+            .await
+        {
+            Ok(_) => {
+                self.timers.office = Instant::now() + jittered(self.s.pull);
+                self.office_backoff.reset();
+                if self.office_failing {
+                    tracing::info!("replication: office groups are pulled again");
+                    self.office_failing = false;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let message = self.s.scrub(e.to_string());
+                self.app.metrics.replication.error("office");
+                self.office.reconnected();
+                let wait = self.office_backoff.next().max(FIRST_BACKOFF / 5);
+                self.timers.office = Instant::now() + wait.min(self.s.pull);
+                if client.is_closed() {
+                    return Err(Failure {
+                        kind: "connect",
+                        message,
+                    });
+                }
+                if !self.office_failing {
+                    tracing::warn!(error = %message, "replication: the office-groups pull fails; retrying with backoff");
+                    self.office_failing = true;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Tells the centre this gateway is alive: when, its own head seq, its build, and

@@ -29,6 +29,8 @@ pub struct Settings {
     pub(super) idle_disconnect: Option<Duration>,
     /// How often a gateway reports that it is alive (before jitter).
     pub(super) heartbeat: Duration,
+    /// `pull_secs`: office groups are pulled at least this often (jittered).
+    pub(super) pull: Duration,
     /// Central `changes` older than this many days are pruned; 0 keeps them.
     pub(super) central_changes_days: u32,
     /// The password, to scrub it from any message that might echo it.
@@ -71,6 +73,7 @@ impl Settings {
             idle_disconnect: (r.idle_disconnect_secs > 0)
                 .then(|| Duration::from_secs(r.idle_disconnect_secs)),
             heartbeat: Duration::from_secs(r.heartbeat_secs.max(1)),
+            pull: Duration::from_secs(r.pull_secs.max(1)),
             central_changes_days: u32::try_from(r.central_changes_days).unwrap_or(u32::MAX),
             password,
         })

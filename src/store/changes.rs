@@ -66,7 +66,7 @@ impl Store {
         // The page's records (at most `limit`), then their entries rebuilt in order
         // until the byte bound (`history.rs`).
         let (items, mut more) = self.page_items(account, after, high, limit)?;
-        let mut reader = EntryReader::new(self, account, items);
+        let mut reader = EntryReader::new(self, account, items).served();
         let mut bytes = 0usize;
         let mut last = after;
         while let Some(seq) = reader.peek_seq() {

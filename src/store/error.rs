@@ -19,6 +19,10 @@ pub enum Error {
     /// Another group of the account has this name (as names compare, `names.rs`).
     #[error("another group of the account has this name")]
     NameTaken,
+    /// A write through the API to an office group (defined centrally: only the office
+    /// pull changes it).
+    #[error("the group is an office group, read-only at a gateway")]
+    OfficeReadOnly,
     /// The account already has `max` groups.
     #[error("the account already has the maximum of {max} groups")]
     QuotaReached { max: u64 },

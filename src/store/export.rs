@@ -835,7 +835,10 @@ impl Importer<'_> {
             return Err(format!("group {gid} appears twice"));
         }
         let name_k = self.take_name(&account, gid, &doc.name)?;
-        self.max_group = self.max_group.max(id);
+        if !gid.is_office() {
+            // Office groups are numbered centrally, above every local number.
+            self.max_group = self.max_group.max(id);
+        }
         let (raw, pieces) = pieces::fresh(enc);
         self.put(Kind::Groups, keys::group(&account, id), raw)?;
         for (num, piece) in pieces {

@@ -14,7 +14,7 @@ use super::idempotency::IdempotencyRequest;
 use super::pieces::Seen;
 pub use super::plan::Actor;
 use super::plan::Plan;
-pub use super::value::GroupView;
+pub use super::value::{push_served, GroupView};
 use super::value::{Encoded, HEADER};
 use super::Error;
 use super::{keys, Kind, Op, Space, Store, Writer, META_NEXT_CHANGE, META_NEXT_GROUP};
@@ -22,9 +22,9 @@ use crate::model::{name_key, GroupDoc, GroupId};
 
 /// The group a write changes: as read, and its stored value (which says whether its
 /// device list is in pieces).
-struct Current {
-    view: GroupView,
-    stored: IVec,
+pub(super) struct Current {
+    pub(super) view: GroupView,
+    pub(super) stored: IVec,
 }
 
 /// The result of a create.
@@ -129,7 +129,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 impl Store {
     /// Applies a plan and the new sequences in one transaction (under the writer
     /// mutex), keeping its undo until a flush covers it.
-    fn apply(
+    pub(super) fn apply(
         &self,
         w: &mut Writer,
         plan: Plan,
@@ -350,7 +350,7 @@ impl Store {
     }
 
     /// `NameTaken` when the (account-scoped, folded) name key is taken.
-    fn check_name_free(&self, name_key: &[u8]) -> Result<(), Error> {
+    pub(super) fn check_name_free(&self, name_key: &[u8]) -> Result<(), Error> {
         match self
             .names
             .get_latest(name_key)
@@ -365,7 +365,12 @@ impl Store {
     /// Two groups of a store made before names were case-folded may share a folded
     /// name (see `reindex_names`); the entry then names the older one, and the younger
     /// one's rename or delete must not free a name that is still taken.
-    fn release_name(&self, plan: &mut Plan, name_key: Vec<u8>, n: u64) -> Result<(), Error> {
+    pub(super) fn release_name(
+        &self,
+        plan: &mut Plan,
+        name_key: Vec<u8>,
+        n: u64,
+    ) -> Result<(), Error> {
         let owner = self
             .names
             .get_latest(&name_key)
@@ -430,7 +435,7 @@ impl Store {
         Ok(collisions)
     }
 
-    fn account_count(&self, account: &str) -> Result<u64, Error> {
+    pub(super) fn account_count(&self, account: &str) -> Result<u64, Error> {
         Ok(self
             .meta
             .get_latest(keys::group_count(account))
@@ -467,9 +472,33 @@ impl Store {
         }
         let id = GroupId(w.next_group);
         let seq = w.next_change;
-        let enc = Encoded::new(id, doc, 1, now, now);
-        let raw = enc.whole();
         let mut plan = Plan::default();
+        let raw = self.plan_create(&mut plan, actor, id, doc, (name_k, count), (seq, now))?;
+        let json = &raw[HEADER..];
+        if let Some(req) = idempotency {
+            self.plan_idempotency(&mut plan, actor, req, (id, 1, json), now)?;
+        }
+        let (ng, nc) = (id.0 + 1, seq + 1);
+        self.apply(&mut w, plan, ng, nc)?;
+        Ok(Created {
+            group: GroupView::new(id, raw.into())?,
+            replayed: false,
+        })
+    }
+
+    /// Plans creating group `id` with `doc` (its name key `name_k` not taken, `count`
+    /// the account's groups before it) as change `seq` at `now`; returns its whole
+    /// value.
+    pub(super) fn plan_create(
+        &self,
+        plan: &mut Plan,
+        actor: Actor<'_>,
+        id: GroupId,
+        doc: &GroupDoc,
+        (name_k, count): (Vec<u8>, u64),
+        (seq, now): (u64, i64),
+    ) -> Result<Vec<u8>, Error> {
+        let enc = Encoded::new(id, doc, 1, now, now);
         let writes = self.plan_store(actor.account, id.0, None, &enc)?;
         plan.store_group(actor.account, id.0, writes);
         plan.names.push((name_k, Some(id.0.to_be_bytes().to_vec())));
@@ -478,7 +507,6 @@ impl Store {
             keys::group_count(actor.account),
             Some((count + 1).to_be_bytes().to_vec()),
         ));
-        let json = &raw[HEADER..];
         plan.record_change(
             actor,
             seq,
@@ -491,19 +519,100 @@ impl Store {
                 delta: None,
                 // The state after a create is rebuilt backwards like any other
                 // (`history.rs`): from the group, or from a later checkpoint or delete.
-                // Storing it would double what a group costs on disk.
-                full: None,
+                // Storing it would double what a group costs on disk. An office ID
+                // comes back when the office deletes a group and makes it again
+                // (local numbers never do): the feed then reads forward over this
+                // create, so an office create carries its state.
+                full: id.is_office().then(|| (doc.clone(), now)),
             },
         );
-        if let Some(req) = idempotency {
-            self.plan_idempotency(&mut plan, actor, req, (id, 1, json), now)?;
+        Ok(enc.whole())
+    }
+
+    /// Plans changing group `id` from `current` (its document `old`) to `new` as change
+    /// `seq`: the name index (refused when the new name is taken), the device index,
+    /// the value and the change record. Returns the new whole value.
+    pub(super) fn plan_update(
+        &self,
+        plan: &mut Plan,
+        actor: Actor<'_>,
+        id: GroupId,
+        current: &Current,
+        (old, new): (&GroupDoc, &GroupDoc),
+        seq: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let (old_lname, new_lname) = (name_key(&old.name), name_key(&new.name));
+        if old_lname != new_lname {
+            let new_k = keys::name(actor.account, &new_lname);
+            self.check_name_free(&new_k)?;
+            self.release_name(plan, keys::name(actor.account, &old_lname), id.0)?;
+            plan.names.push((new_k, Some(id.0.to_be_bytes().to_vec())));
         }
-        let (ng, nc) = (id.0 + 1, seq + 1);
-        self.apply(&mut w, plan, ng, nc)?;
-        Ok(Created {
-            group: GroupView::new(id, raw.into())?,
-            replayed: false,
-        })
+        let old_set: std::collections::HashSet<&str> =
+            old.devices.iter().map(String::as_str).collect();
+        let new_set: std::collections::HashSet<&str> =
+            new.devices.iter().map(String::as_str).collect();
+        plan.index_devices(actor.account, id.0, old_set.difference(&new_set), false);
+        plan.index_devices(actor.account, id.0, new_set.difference(&old_set), true);
+        let view = &current.view;
+        let now = self.clock.wall_ms().max(view.last_modified() + 1);
+        let revision = view.revision() + 1;
+        let enc = Encoded::new(id, new, revision, view.creation(), now);
+        let writes = self.plan_store(actor.account, id.0, Some(&current.stored), &enc)?;
+        plan.store_group(actor.account, id.0, writes);
+        plan.record_change(
+            actor,
+            seq,
+            id,
+            &Record {
+                op: ChangeOp::Updated,
+                time: now,
+                revision: Some(revision),
+                user: actor.user.to_string(),
+                delta: Some(super::delta::diff(old, new)),
+                // A checkpoint now and then bounds how far a read walks back.
+                full: (revision % history::CHECKPOINT_EVERY == 0)
+                    .then(|| (new.clone(), view.creation())),
+            },
+        );
+        Ok(enc.whole())
+    }
+
+    /// Plans deleting group `id` (`current`, its document `doc`) with its index
+    /// entries as change `seq`.
+    pub(super) fn plan_delete(
+        &self,
+        plan: &mut Plan,
+        actor: Actor<'_>,
+        id: GroupId,
+        current: &Current,
+        doc: GroupDoc,
+        seq: u64,
+    ) -> Result<(), Error> {
+        let writes = self.plan_remove(actor.account, id.0, &current.stored)?;
+        plan.store_group(actor.account, id.0, writes);
+        self.release_name(plan, keys::name(actor.account, &name_key(&doc.name)), id.0)?;
+        plan.index_devices(actor.account, id.0, doc.devices.iter(), false);
+        let count = self.account_count(actor.account)?;
+        plan.meta.push((
+            keys::group_count(actor.account),
+            Some(count.saturating_sub(1).to_be_bytes().to_vec()),
+        ));
+        plan.record_change(
+            actor,
+            seq,
+            id,
+            &Record {
+                op: ChangeOp::Deleted,
+                time: self.clock.wall_ms(),
+                revision: None,
+                user: actor.user.to_string(),
+                delta: None,
+                // The state before: earlier records are rebuilt from it.
+                full: Some((doc, current.view.creation())),
+            },
+        );
+        Ok(())
     }
 
     /// The group a write is about to change, with `If-Match` checked: `GroupNotFound`
@@ -521,6 +630,10 @@ impl Store {
             .get_latest(keys::group(actor.account, id.0))
             .map_err(|e| self.read_err(e))?
             .ok_or(Error::GroupNotFound)?;
+        if id.is_office() {
+            // Only the office pull (`office.rs`) changes an office group.
+            return Err(Error::OfficeReadOnly);
+        }
         let view = self
             .view(actor.account, id, stored.clone(), Seen::Latest)?
             .ok_or(Error::GroupNotFound)?;
@@ -542,51 +655,15 @@ impl Store {
         change: impl FnOnce(&GroupDoc) -> Result<(GroupDoc, T), E>,
     ) -> Result<(GroupView, T), E> {
         let mut w = self.write_lock()?;
-        let Current {
-            view: current,
-            stored,
-        } = self.current_for_write(actor, id, if_match)?;
-        let old = current.doc()?;
+        let current = self.current_for_write(actor, id, if_match)?;
+        let old = current.view.doc()?;
         let (new, extra) = change(&old)?;
         if new == old {
-            return Ok((current, extra));
+            return Ok((current.view, extra));
         }
         let mut plan = Plan::default();
-        let (old_lname, new_lname) = (name_key(&old.name), name_key(&new.name));
-        if old_lname != new_lname {
-            let new_k = keys::name(actor.account, &new_lname);
-            self.check_name_free(&new_k)?;
-            self.release_name(&mut plan, keys::name(actor.account, &old_lname), id.0)?;
-            plan.names.push((new_k, Some(id.0.to_be_bytes().to_vec())));
-        }
-        let old_set: std::collections::HashSet<&str> =
-            old.devices.iter().map(String::as_str).collect();
-        let new_set: std::collections::HashSet<&str> =
-            new.devices.iter().map(String::as_str).collect();
-        plan.index_devices(actor.account, id.0, old_set.difference(&new_set), false);
-        plan.index_devices(actor.account, id.0, new_set.difference(&old_set), true);
-        let now = self.clock.wall_ms().max(current.last_modified() + 1);
-        let enc = Encoded::new(id, &new, current.revision() + 1, current.creation(), now);
-        let raw = enc.whole();
-        let writes = self.plan_store(actor.account, id.0, Some(&stored), &enc)?;
-        plan.store_group(actor.account, id.0, writes);
         let seq = w.next_change;
-        let revision = current.revision() + 1;
-        plan.record_change(
-            actor,
-            seq,
-            id,
-            &Record {
-                op: ChangeOp::Updated,
-                time: now,
-                revision: Some(revision),
-                user: actor.user.to_string(),
-                delta: Some(super::delta::diff(&old, &new)),
-                // A checkpoint now and then bounds how far a read walks back.
-                full: (revision % history::CHECKPOINT_EVERY == 0)
-                    .then(|| (new.clone(), current.creation())),
-            },
-        );
+        let raw = self.plan_update(&mut plan, actor, id, &current, (&old, &new), seq)?;
         let ng = w.next_group;
         self.apply(&mut w, plan, ng, seq + 1)?;
         Ok((GroupView::new(id, raw.into())?, extra))
@@ -600,41 +677,11 @@ impl Store {
         if_match: Option<&[u64]>,
     ) -> Result<(), Error> {
         let mut w = self.write_lock()?;
-        let Current {
-            view: current,
-            stored,
-        } = self.current_for_write(actor, id, if_match)?;
-        let doc = current.doc()?;
+        let current = self.current_for_write(actor, id, if_match)?;
+        let doc = current.view.doc()?;
         let mut plan = Plan::default();
-        let writes = self.plan_remove(actor.account, id.0, &stored)?;
-        plan.store_group(actor.account, id.0, writes);
-        self.release_name(
-            &mut plan,
-            keys::name(actor.account, &name_key(&doc.name)),
-            id.0,
-        )?;
-        plan.index_devices(actor.account, id.0, doc.devices.iter(), false);
-        let count = self.account_count(actor.account)?;
-        plan.meta.push((
-            keys::group_count(actor.account),
-            Some(count.saturating_sub(1).to_be_bytes().to_vec()),
-        ));
         let seq = w.next_change;
-        let creation = current.creation();
-        plan.record_change(
-            actor,
-            seq,
-            id,
-            &Record {
-                op: ChangeOp::Deleted,
-                time: self.clock.wall_ms(),
-                revision: None,
-                user: actor.user.to_string(),
-                delta: None,
-                // The state before: earlier records are rebuilt from it.
-                full: Some((doc, creation)),
-            },
-        );
+        self.plan_delete(&mut plan, actor, id, &current, doc, seq)?;
         let ng = w.next_group;
         self.apply(&mut w, plan, ng, seq + 1)
     }

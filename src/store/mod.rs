@@ -34,6 +34,7 @@ pub mod highwater;
 pub mod history;
 pub mod idempotency;
 pub mod keys;
+pub mod office;
 mod pieces;
 mod plan;
 mod retention;

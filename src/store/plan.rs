@@ -31,6 +31,23 @@ pub(super) struct Plan {
 }
 
 impl Plan {
+    /// Whether the plan writes nothing at all.
+    pub(super) fn is_empty(&self) -> bool {
+        [
+            &self.groups,
+            &self.names,
+            &self.devices,
+            &self.pieces,
+            &self.changes,
+            &self.history,
+            &self.idempotency,
+            &self.idempotency_order,
+            &self.meta,
+        ]
+        .iter()
+        .all(|v| v.is_empty())
+    }
+
     /// Adds the writes of one group's value and pieces (`pieces.rs`).
     pub(super) fn store_group(&mut self, account: &str, n: u64, w: GroupWrites) {
         self.groups.push((keys::group(account, n), w.value));

@@ -168,6 +168,25 @@ pub(super) fn join(raw: &[u8], pieces: &[IVec]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Room `push_served` adds at most.
+const ORIGIN_BYTES: usize = 20;
+
+/// Appends a group's stored public JSON (an object) as the API serves it: with
+/// `"origin"` (`"office"` or `"local"`, from the ID) as its last member. The origin is
+/// never stored: the ID says it, so stores and backups made before it need nothing.
+pub fn push_served(out: &mut Vec<u8>, id: GroupId, json: &[u8]) {
+    match json.split_last() {
+        Some((b'}', inner)) => {
+            out.extend_from_slice(inner);
+            out.extend_from_slice(b",\"origin\":\"");
+            out.extend_from_slice(id.origin().as_bytes());
+            out.extend_from_slice(b"\"}");
+        }
+        // Not an object (never stored so): passed on as it is.
+        _ => out.extend_from_slice(json),
+    }
+}
+
 /// Bytes before the public JSON in a stored group (revision, creation, lastModified).
 pub(super) const HEADER: usize = 24;
 
@@ -217,9 +236,16 @@ impl GroupView {
     }
 
     /// The group's public fields as one JSON object: `{"id", "name", "description",
-    /// "devices", "creation", "lastModified"}`.
+    /// "devices", "creation", "lastModified"}`, as stored (`served` adds `origin`).
     pub fn json(&self) -> &[u8] {
         &self.raw[HEADER..]
+    }
+
+    /// The group as the API serves it: `json` and `origin` (`push_served`).
+    pub fn served(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.json().len() + ORIGIN_BYTES);
+        push_served(&mut out, self.id, self.json());
+        out
     }
 
     /// Whether the group's `devices` holds `device` (parses only that member).

@@ -27,6 +27,7 @@ from fleetgroups_client.models import (
     GroupMergePatch,
     JsonPatchOperationType0,
     JsonPatchOperationType0Op,
+    GroupOrigin,
     RemoveDeviceResponse200,
     TokenAnswer,
     TokenRequest,
@@ -65,6 +66,10 @@ def main(base_url, user, key):
     )
     g = typed(created.parsed, GroupAnswer, "create")
     assert created.status_code == 201 and g.id.startswith("grp-") and g.devices == ["d1", "d2"], g
+    # A group made here says so; an office group (ofc-<n>) says "office" and every
+    # write to it is 403 office_group_read_only, a code the enum must know.
+    assert g.origin == GroupOrigin.LOCAL, g
+    assert ErrorCode("office_group_read_only") == ErrorCode.OFFICE_GROUP_READ_ONLY
     assert isinstance(g.api_usage, int), g
 
     listed = typed(list_groups.sync_detailed(client=c).parsed, GroupList, "list")

@@ -36,7 +36,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::support::{try_raw, Options, Resp, TestServer};
+use crate::support::{env_u64, try_raw, Options, Resp, TestServer};
 
 const THREADS: usize = 4;
 /// Groups each thread owns (its "slots"); names never collide across threads.
@@ -366,13 +366,6 @@ fn parse_id(v: &Value) -> u64 {
         .and_then(|s| s.strip_prefix("grp-"))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("not a group ID: {v}"))
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 #[test]

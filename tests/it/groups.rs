@@ -23,13 +23,16 @@ fn sorted(names: &[&str]) -> Vec<String> {
     k
 }
 
-const GROUP_FIELDS: [&str; 6] = [
+/// Plaspy's fields, and `origin` [ext] (`local` here; `office` for an office group),
+/// which Plaspy clients ignore.
+const GROUP_FIELDS: [&str; 7] = [
     "id",
     "name",
     "description",
     "devices",
     "creation",
     "lastModified",
+    "origin",
 ];
 
 #[test]
@@ -52,6 +55,7 @@ fn plaspy_documentation_example_creates_a_group() {
     expected.extend(GROUP_FIELDS);
     assert_eq!(keys(&v), sorted(&expected));
     assert_eq!(v["id"], "grp-1");
+    assert_eq!(v["origin"], "local");
     assert_eq!(v["name"], "New Group");
     assert_eq!(v["description"], "Description of the new group");
     assert_eq!(v["devices"], json!(["dev-456", "dev-789"]));

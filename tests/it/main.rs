@@ -42,6 +42,7 @@ mod logs;
 mod metrics;
 mod names;
 mod notify;
+mod office;
 mod openapi;
 mod operator_messages;
 mod ops_endpoints;

@@ -291,6 +291,11 @@ impl Pg {
 
     /// Runs `sql` and returns each row's columns as text (NULL as None).
     pub fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        self.try_query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// `query`, with the server's refusal as the error (its message) instead of a panic.
+    pub fn try_query(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
         // The test's own connection goes through the Unix socket, which needs no TLS.
         let url = if self.tls_only {
             format!(
@@ -306,20 +311,22 @@ impl Pg {
                 .await
                 .unwrap_or_else(|e| panic!("connect to the test cluster: {e}"));
             let task = tokio::spawn(conn);
-            let rows = client
-                .simple_query(sql)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let rows = client.simple_query(sql).await;
             drop(client);
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-            rows.into_iter()
+            let rows = rows.map_err(|e| match e.as_db_error() {
+                Some(db) => db.message().to_string(),
+                None => e.to_string(),
+            })?;
+            Ok(rows
+                .into_iter()
                 .filter_map(|m| match m {
                     tokio_postgres::SimpleQueryMessage::Row(r) => {
                         Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
                     }
                     _ => None,
                 })
-                .collect()
+                .collect())
         })
     }
 

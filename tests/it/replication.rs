@@ -125,7 +125,7 @@ pub fn central_groups(pg: &Pg, gateway: &str, account: &str) -> Value {
         .value(&format!(
             "SELECT coalesce(json_agg(json_build_object('id', id, 'name', name, \
              'description', description, 'devices', devices, 'creation', {}, \
-             'lastModified', {}) ORDER BY substr(id, 5)::bigint), '[]')::text \
+             'lastModified', {}, 'origin', origin) ORDER BY origin = 'office', substr(id, 5)::bigint), '[]')::text \
              FROM fleetgroups.groups WHERE gateway_id = '{gateway}' AND account = '{account}'",
             ts("creation"),
             ts("last_modified")

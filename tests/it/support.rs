@@ -653,6 +653,15 @@ pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> CliOutput {
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, failing the test after `deadline`.
+/// A number from the environment (the rounds and seeds of the long adversarial runs),
+/// else `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn poll_until<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let started = std::time::Instant::now();
     loop {
