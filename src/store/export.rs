@@ -340,8 +340,7 @@ impl Export<'_, '_> {
             if accounts.get(&user) != Some(&account) {
                 continue;
             }
-            let r: IdempotencyRecord = serde_json::from_slice(&v)
-                .map_err(|e| format!("corrupt idempotency record: {e}"))?;
+            let r = IdempotencyRecord::decode(&v).ok_or("corrupt idempotency record")?;
             self.emit(Record::Idempotency {
                 user,
                 key: text(key, "idempotency")?,
@@ -949,7 +948,7 @@ impl Importer<'_> {
             keys::idempotency_order(&account, &user, rec.id),
             key.as_bytes().to_vec(),
         )?;
-        let v = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+        let v = rec.encode().map_err(|e| e.to_string())?;
         let tally = self
             .idempotency_counts
             .entry(keys::idempotency_scope(&account, &user))

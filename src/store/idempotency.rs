@@ -77,6 +77,60 @@ pub(super) struct IdempotencyRecord {
     pub(super) expires: i64,
 }
 
+impl IdempotencyRecord {
+    /// The stored value: 0x00, then the record's JSON deflated. A first answer is a
+    /// whole group (a 10,000-device group is ~650 KB of JSON, mostly device IDs that
+    /// share their prefixes), written once and usually dropped unread: deflating it
+    /// shrinks what each keyed create writes several times over, and with it what the
+    /// store's log carries until its segments are reclaimed (issue 20: 30 create/delete
+    /// cycles with keys grew the store 11-15 MB more than without).
+    pub(super) fn encode(&self) -> Result<Vec<u8>, Error> {
+        use std::io::Write;
+        let json = serde_json::to_vec(self).map_err(|source| Error::Encode {
+            what: "an idempotency record",
+            source,
+        })?;
+        let mut out = flate2::write::DeflateEncoder::new(vec![DEFLATED], RECORD_COMPRESSION);
+        out.write_all(&json)
+            .and_then(|()| out.finish())
+            .map_err(|source| Error::Io {
+                during: "deflating an idempotency record",
+                source,
+            })
+    }
+
+    /// Reads a stored value: deflated behind 0x00, or plain JSON (records written
+    /// before records were deflated; JSON never starts with 0x00). `None` when it does
+    /// not read, or would inflate past [`MAX_RECORD_BYTES`] (damage, not a record).
+    pub(super) fn decode(raw: &[u8]) -> Option<IdempotencyRecord> {
+        use std::io::Read;
+        match raw.split_first() {
+            Some((&DEFLATED, deflated)) => {
+                let mut json = Vec::new();
+                flate2::read::DeflateDecoder::new(deflated)
+                    .take(MAX_RECORD_BYTES + 1)
+                    .read_to_end(&mut json)
+                    .ok()?;
+                if json.len() as u64 > MAX_RECORD_BYTES {
+                    return None;
+                }
+                serde_json::from_slice(&json).ok()
+            }
+            _ => serde_json::from_slice(raw).ok(),
+        }
+    }
+}
+
+/// The first byte of a deflated record.
+const DEFLATED: u8 = 0x00;
+
+/// Fast deflate: a record is written on the create's path, under the writer mutex.
+const RECORD_COMPRESSION: flate2::Compression = flate2::Compression::fast();
+
+/// The most a stored record may inflate to: far above any first answer (a group is
+/// bounded by `limits.max_devices_per_group` and the body limit), far below harm.
+const MAX_RECORD_BYTES: u64 = 64 << 20;
+
 /// Records removed per purge transaction, so the writer mutex is held only briefly.
 const PURGE_BATCH: usize = 256;
 
@@ -122,7 +176,7 @@ impl Store {
             return Ok(None);
         };
         // An unreadable record is treated as absent and replaced by this create.
-        let Ok(rec) = serde_json::from_slice::<IdempotencyRecord>(&raw) else {
+        let Some(rec) = IdempotencyRecord::decode(&raw) else {
             return Ok(None);
         };
         if rec.expires <= now {
@@ -159,7 +213,7 @@ impl Store {
             .get(&record_key)
             .map_err(|e| self.read_err(e))?
         {
-            if let Ok(old) = serde_json::from_slice::<IdempotencyRecord>(&old) {
+            if let Some(old) = IdempotencyRecord::decode(&old) {
                 plan.idempotency_order
                     .push((keys::idempotency_order(account, user, old.id), None));
             }
@@ -172,10 +226,7 @@ impl Store {
             json: String::from_utf8_lossy(json).into_owned(),
             expires: now.saturating_add(req.ttl_ms),
         };
-        let bytes = serde_json::to_vec(&rec).map_err(|source| Error::Encode {
-            what: "an idempotency record",
-            source,
-        })?;
+        let bytes = rec.encode()?;
         let max = req.max_per_user.max(1);
         let over = |t: &Tally| {
             t.count >= max || t.bytes.saturating_add(bytes.len() as u64) > req.max_bytes_per_user
@@ -271,7 +322,7 @@ impl Store {
             ops.push((Kind::Idempotency, k.clone(), None));
             removed += 1;
             let Some(scope) = scope_of(k) else { continue };
-            if let Ok(rec) = serde_json::from_slice::<IdempotencyRecord>(&v) {
+            if let Some(rec) = IdempotencyRecord::decode(&v) {
                 let mut ok = scope.to_vec();
                 ok.extend_from_slice(&rec.id.to_be_bytes());
                 ops.push((Kind::IdempotencyOrder, ok, None));
@@ -306,14 +357,62 @@ fn is_expired(raw: &[u8], now: i64) -> bool {
     struct ExpiresOnly {
         expires: i64,
     }
-    serde_json::from_slice::<ExpiresOnly>(raw)
-        .map(|r| r.expires <= now)
-        .unwrap_or(true)
+    match raw.first() {
+        Some(&DEFLATED) => IdempotencyRecord::decode(raw).map_or(true, |r| r.expires <= now),
+        _ => serde_json::from_slice::<ExpiresOnly>(raw)
+            .map(|r| r.expires <= now)
+            .unwrap_or(true),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::scope_of;
+    use super::{scope_of, IdempotencyRecord, MAX_RECORD_BYTES};
+
+    fn record(devices: usize) -> IdempotencyRecord {
+        let list: Vec<String> = (0..devices).map(|i| format!("\"dev-{i}\"")).collect();
+        IdempotencyRecord {
+            fingerprint: "fp".into(),
+            id: 7,
+            revision: 1,
+            json: format!("{{\"id\":\"grp-7\",\"devices\":[{}]}}", list.join(",")),
+            expires: 42,
+        }
+    }
+
+    #[test]
+    fn records_are_stored_deflated_and_older_plain_ones_still_read() {
+        let rec = record(10_000);
+        let stored = rec.encode().unwrap();
+        let plain = serde_json::to_vec(&rec).unwrap();
+        assert_eq!(stored[0], 0);
+        // A 10,000-device answer: several times smaller on disk.
+        assert!(
+            stored.len() * 4 < plain.len(),
+            "{} vs {}",
+            stored.len(),
+            plain.len()
+        );
+        let back = IdempotencyRecord::decode(&stored).unwrap();
+        assert_eq!((back.json, back.expires), (rec.json.clone(), 42));
+        // A record written before records were deflated.
+        assert_eq!(IdempotencyRecord::decode(&plain).unwrap().json, rec.json);
+        assert!(IdempotencyRecord::decode(b"\0not deflate").is_none());
+        assert!(super::is_expired(&stored, 42) && !super::is_expired(&stored, 41));
+    }
+
+    #[test]
+    fn a_record_that_would_inflate_past_the_bound_does_not_read() {
+        use std::io::Write;
+        let mut out = flate2::write::DeflateEncoder::new(vec![0u8], flate2::Compression::best());
+        let zeros = vec![b' '; 1 << 20];
+        for _ in 0..=(MAX_RECORD_BYTES >> 20) {
+            out.write_all(&zeros).unwrap();
+        }
+        let bomb = out.finish().unwrap();
+        assert!(bomb.len() < 1 << 20);
+        assert!(IdempotencyRecord::decode(&bomb).is_none());
+    }
 
     #[test]
     fn scope_is_account_and_user() {
@@ -485,7 +584,10 @@ mod store_tests {
         let tally = s.idem_tally(&scope).unwrap();
         assert_eq!((tally.count, tally.bytes), (4, sizes.iter().sum()));
         // A bound of three records' bytes: the next create evicts the two oldest.
-        let three = sizes[0] * 3 + 5;
+        // (Deflated records differ by a byte or two: a margin, far below a record.)
+        let biggest = *sizes.iter().max().unwrap();
+        let three = biggest * 3 + 16;
+        assert!(sizes.iter().sum::<u64>() > three + 16);
         s.create_group(ACTOR, &doc("g4"), 100, Some(&bounded("k4", three)))
             .unwrap();
         assert_eq!(s.idempotency_records("acct", "u").unwrap(), 3);
