@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # Steps the wall clock of a running fleetgroups server with libfaketime (Debian package
-# `faketime`) and prints what the limits do (issue 11, item 7; figures for the README,
+# `faketime`) and prints what the limits do (issue 11, item 7; figures for docs/design/decisions.md,
 # not a test; tests/it/clock.rs pins the same behaviour):
 #   1. rate limit (5 a minute) and failed-login lockout (10 a minute) reached, then the
 #      clock stepped back 10 years: the Retry-After each answers.

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # Measures how much memory failed logins can make a real fleetgroups server keep (issue
-# 11, item 1; figures for the README, not a test). For --seconds, --threads clients send
+# 11, item 1; figures for docs/design/decisions.md, not a test). For --seconds, --threads clients send
 # POST /api/Auth/Token with a new ~900 KB userName each and a wrong key, every request
 # from its own 127.x.y.z source address (--addresses rotate) or all from 127.0.0.1
 # (--addresses single). The server's RSS (/proc/<pid>/status VmRSS) is sampled once a

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Replication benchmark (README "Many gateways"): a throwaway PostgreSQL cluster on
+# Replication benchmark (docs/operations/many-gateways.md): a throwaway PostgreSQL cluster on
 # 127.0.0.1 and the release server, three measurements:
 #   1. the gateway's write throughput (wrk POST /api/groups, fsync) without
 #      [replication], then with it while every write is replicated live;

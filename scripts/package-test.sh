@@ -323,7 +323,7 @@ wait_for 10 "the initial key file" test -s "$key"
     fail "$key: $(stat -c '%U:%G %a' "$key")"
 grep -q "$key" "$log" || fail "the log does not name the initial key file"
 if grep -qF "$(cat "$key")" "$log"; then fail "the log holds the initial key"; fi
-# The CLI as the README says to run it, through the running server's admin socket.
+# The CLI as docs/operations/install.md says to run it, through the running server's admin socket.
 runuser -u fleetgroups -- /usr/bin/fleetgroups --config /etc/fleetgroups/config.toml user list >"$work/users"
 grep -q 'admin' "$work/users" || fail "user list: $(cat "$work/users")"
 # The backup unit's command, as its ExecStart runs it, once `backup --dir` exists in

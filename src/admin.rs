@@ -15,7 +15,10 @@
 //! key travels only in `stdout`; nothing here logs stdout, so keys are never logged.
 //!
 //! The CLI side ([`request`]) decides: a socket that answers is used; no socket, or one
-//! nobody listens on, means the server is not running and the CLI opens the store.
+//! nobody listens on, means the server is not running and the CLI opens the store. It
+//! checks the server too: the socket's peer (`SO_PEERCRED`) must be the data
+//! directory's owner or root ([`TrustedPeer`]), or nothing is sent and the command
+//! fails (exit 1) naming the uid that answered.
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
@@ -358,11 +361,55 @@ pub enum ClientError {
     Failed(String),
 }
 
-/// Sends one command to a running server and returns its answer.
-pub fn request(socket: &Path, command: &Command) -> Result<Outcome, ClientError> {
+/// Who may answer on the admin socket: the data directory's owner (the uid the server
+/// runs as) and root. Anyone else who can put a socket at that path (a shared
+/// directory, a socket left behind) could otherwise answer `user rotate-key` with a
+/// fake key while the old one stays valid, or `backup` with a success and no file.
+#[derive(Debug, Clone)]
+pub struct TrustedPeer {
+    /// The data directory's owner (or, with no data directory yet, the CLI's own uid).
+    pub owner: u32,
+    /// What that owner is called.
+    pub what: String,
+}
+
+/// Checks the socket's peer (`SO_PEERCRED`: the uid of the process that listens)
+/// against `trusted`, before anything is sent.
+fn check_peer(
+    stream: &std::os::unix::net::UnixStream,
+    socket: &Path,
+    trusted: &TrustedPeer,
+) -> Result<(), ClientError> {
+    let cred = rustix::net::sockopt::socket_peercred(stream).map_err(|e| {
+        ClientError::Failed(format!(
+            "admin socket {}: cannot tell who answers on it ({e}); nothing was sent",
+            socket.display()
+        ))
+    })?;
+    let uid = cred.uid.as_raw();
+    if uid == trusted.owner || uid == 0 {
+        return Ok(());
+    }
+    Err(ClientError::Failed(format!(
+        "refused the admin socket {}: it is answered by {} (pid {}), not by {} or root, so its answer cannot be trusted and the command was not sent. Check admin.socket: another user may have put a socket there",
+        socket.display(),
+        crate::cli::who(uid),
+        cred.pid.as_raw_nonzero(),
+        trusted.what,
+    )))
+}
+
+/// Sends one command to a running server and returns its answer. The server must be
+/// `trusted` ([`TrustedPeer`]): anyone else is refused before the command is sent.
+pub fn request(
+    socket: &Path,
+    command: &Command,
+    trusted: &TrustedPeer,
+) -> Result<Outcome, ClientError> {
     let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
         ClientError::NotRunning(format!("cannot connect to {}: {e}", socket.display()))
     })?;
+    check_peer(&stream, socket, trusted)?;
     let failed =
         |e: std::io::Error| ClientError::Failed(format!("admin socket {}: {e}", socket.display()));
     // A backup of a big store takes a while; anything else answers within seconds.
@@ -471,24 +518,45 @@ pub async fn bind(path: &Path) -> Result<AdminSocket, String> {
     })
 }
 
+/// Where the admin socket is in the server's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Commands are run.
+    Serving,
+    /// Shutdown has begun: every new command is answered "the server is stopping"
+    /// (exit 1), so the CLI neither waits on a server that will not run it nor opens
+    /// a store the server still holds and says "wait for the server to finish
+    /// starting".
+    Stopping,
+    /// The server is done with the store: the socket goes.
+    Closed,
+}
+
 /// The running admin socket task, as `server::run` holds it.
 pub struct Running {
-    stop: tokio::sync::watch::Sender<bool>,
+    stop: tokio::sync::watch::Sender<Phase>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    /// Something to call when shutdown begins; the socket stops taking commands.
+    /// Something to call when shutdown begins; the socket stops taking commands (it
+    /// answers that the server is stopping until [`Running::finished`]).
     pub fn stopper(&self) -> impl FnOnce() + Send + 'static {
         let stop = self.stop.clone();
         move || {
-            let _ = stop.send(true);
+            stop.send_if_modified(|p| {
+                let moved = *p < Phase::Stopping;
+                if moved {
+                    *p = Phase::Stopping;
+                }
+                moved
+            });
         }
     }
 
-    /// Waits until the commands in flight are done and the socket file is removed.
+    /// Closes the socket once the commands in flight are done, and removes its file.
     pub async fn finished(self) {
-        let _ = self.stop.send(true);
+        let _ = self.stop.send(Phase::Closed);
         let _ = self.task.await;
     }
 }
@@ -498,16 +566,23 @@ impl Running {
 pub async fn start(app: &Arc<App>) -> Result<Running, String> {
     let socket = bind(&app.config.admin_socket()).await?;
     tracing::info!(path = %socket.path().display(), "admin socket ready");
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(serve_socket(socket, Arc::clone(app), async move {
-        let _ = stopped.wait_for(|s| *s).await;
+    let (stop, phase) = tokio::sync::watch::channel(Phase::Serving);
+    let mut closed = phase.clone();
+    let task = tokio::spawn(serve_socket(socket, Arc::clone(app), phase, async move {
+        let _ = closed.wait_for(|p| *p == Phase::Closed).await;
     }));
     Ok(Running { stop, task })
 }
 
-/// Serves admin connections until `shutdown` resolves, lets the ones in flight finish
-/// (bounded), then removes the socket file if it is still ours.
-pub async fn serve_socket(socket: AdminSocket, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+/// Serves admin connections until `shutdown` resolves (answering that the server is
+/// stopping once `phase` says so), lets the ones in flight finish (bounded), then
+/// removes the socket file if it is still ours.
+pub async fn serve_socket(
+    socket: AdminSocket,
+    app: Arc<App>,
+    phase: tokio::sync::watch::Receiver<Phase>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut running = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -515,7 +590,8 @@ pub async fn serve_socket(socket: AdminSocket, app: Arc<App>, shutdown: impl Fut
             accepted = socket.listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let app = Arc::clone(&app);
-                    running.spawn(connection(stream, app, socket.own_uid));
+                    let stopping = *phase.borrow() != Phase::Serving;
+                    running.spawn(connection(stream, app, socket.own_uid, stopping));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "admin socket: accept failed; retrying");
@@ -543,8 +619,9 @@ pub async fn serve_socket(socket: AdminSocket, app: Arc<App>, shutdown: impl Fut
     }
 }
 
-/// One admin connection: check the peer, read one request, answer it.
-async fn connection(mut stream: UnixStream, app: Arc<App>, own_uid: u32) {
+/// One admin connection: check the peer, read one request, answer it (while
+/// `stopping`, with "the server is stopping" whatever it asks).
+async fn connection(mut stream: UnixStream, app: Arc<App>, own_uid: u32, stopping: bool) {
     let peer = stream.peer_cred();
     let peer_uid = peer.as_ref().map(|c| c.uid()).ok();
     if peer_uid != Some(own_uid) {
@@ -558,6 +635,14 @@ async fn connection(mut stream: UnixStream, app: Arc<App>, own_uid: u32) {
         let answer = Outcome::failed(
             1,
             "refused: the admin socket only serves the user the server runs as",
+        );
+        let _ = send(&mut stream, &answer).await;
+        return;
+    }
+    if stopping {
+        let answer = Outcome::failed(
+            1,
+            "the server is stopping; nothing was done. Run the command again once it has stopped (the command then opens the store itself)",
         );
         let _ = send(&mut stream, &answer).await;
         return;

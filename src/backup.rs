@@ -436,41 +436,60 @@ pub fn last_success(data_dir: &Path) -> Option<i64> {
         .as_i64()
 }
 
-/// Loads the backup at `file` into `data_dir`, which must be missing or empty. On any
-/// error everything restore created is removed again.
+/// Loads the backup at `file` into `data_dir`, which must be missing or empty. The
+/// directory is locked first (`store::lock_for_restore`): a second restore into it
+/// is refused while this one runs, and touches nothing. On any error everything
+/// restore created is removed again.
 pub fn restore(data_dir: &Path, options: &StoreOptions, file: &Path) -> Result<Counts, String> {
     let existed = data_dir.exists();
-    if existed {
-        let mut entries = std::fs::read_dir(data_dir)
-            .map_err(|e| format!("cannot read {}: {e}", data_dir.display()))?;
-        if entries.next().is_some() {
-            if !data_dir.join(RESTORE_MARKER).exists() {
-                return Err(format!(
-                    "the data directory {} is not empty; restore only fills an empty one (nothing was changed)",
-                    data_dir.display()
-                ));
-            }
-            // Only an interrupted restore leaves the marker: everything here is its
-            // half-done work, ours to remove.
-            tracing::warn!(
-                data_dir = %data_dir.display(),
-                "an earlier restore into this directory was interrupted; removing what it left and restoring again"
-            );
-            empty_dir(data_dir)?;
-        }
+    if !existed {
+        // The lock is on the directory itself, so it must exist first. Two restores
+        // may both create it; only the one that gets the lock ever removes it.
+        crate::perms::create_private_dir(data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     }
-    let (input, _) = open(file)?;
-    let mut lines = input.lines();
-    check_header(lines.next(), file)?;
+    let _lock = match crate::store::lock_for_restore(data_dir) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            return Err(format!(
+                "another restore into {} is running; nothing was changed. Wait for it to finish, then start the server on what it restored",
+                data_dir.display()
+            ))
+        }
+        Err(e) => return Err(format!("cannot lock {}: {e}", data_dir.display())),
+    };
+    let mut entries = std::fs::read_dir(data_dir)
+        .map_err(|e| format!("cannot read {}: {e}", data_dir.display()))?;
+    if entries.next().is_some() {
+        if !data_dir.join(RESTORE_MARKER).exists() {
+            return Err(format!(
+                "the data directory {} is not empty; restore only fills an empty one (nothing was changed)",
+                data_dir.display()
+            ));
+        }
+        // The marker, and no restore holds the lock: an interrupted restore left it,
+        // and everything here is its half-done work, ours to remove.
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            "an earlier restore into this directory was interrupted; removing what it left and restoring again"
+        );
+        empty_dir(data_dir)?;
+    }
     let result = (|| {
+        let (input, _) = open(file)?;
+        let mut lines = input.lines();
+        check_header(lines.next(), file)?;
         // The marker goes first and durably, and comes off last: a kill at any moment
         // in between leaves a directory that the server refuses and a second restore
         // redoes, never a half-restored store that starts.
-        crate::perms::create_private_dir(data_dir)
-            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
         crate::perms::write_private(
             &data_dir.join(RESTORE_MARKER),
-            format!("restoring {}\n", file.display()).as_bytes(),
+            format!(
+                "restoring {} (pid {})\n",
+                file.display(),
+                std::process::id()
+            )
+            .as_bytes(),
         )
         .map_err(|e| {
             format!(

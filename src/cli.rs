@@ -364,7 +364,13 @@ fn check_config(
             return ExitCode::from(2);
         }
     };
-    let note = config.ignored_env_note();
+    let notes: Vec<String> = config
+        .ignored_env_note()
+        .into_iter()
+        .chain(crate::pg_url::sslmode_warning(
+            &config.replication.postgres_url,
+        ))
+        .collect();
     let printed = match output {
         OutputFormat::Text => print(&config.to_redacted_toml()),
         OutputFormat::Json => {
@@ -372,7 +378,7 @@ fn check_config(
                 "valid": true,
                 "configFile": file_json,
                 "config": config.redacted(),
-                "warnings": note.iter().collect::<Vec<_>>(),
+                "warnings": notes,
             });
             print(&format!("{doc}\n"))
         }
@@ -381,8 +387,8 @@ fn check_config(
         say(&format!("fleetgroups: cannot write to stdout: {e}\n"));
         return ExitCode::FAILURE;
     }
-    if let Some(note) = note {
-        say(&format!("fleetgroups: {note}\n"));
+    for note in &notes {
+        say(&format!("fleetgroups: warning: {note}\n"));
     }
     match &file {
         Some(f) => say(&format!("configuration file: {}\n", f.display())),
@@ -412,10 +418,6 @@ fn owner_check(data_dir: &std::path::Path) -> Result<(), String> {
         return Ok(());
     }
     let owner = user_name(meta.uid());
-    let who = |name: &Option<String>, uid: u32| match name {
-        Some(n) => format!("{n} (uid {uid})"),
-        None => format!("uid {uid}"),
-    };
     let command = shell_words(std::env::args_os());
     let how = match (&owner, me) {
         (Some(name), 0) => format!("runuser -u {name} -- {command}"),
@@ -430,9 +432,37 @@ fn owner_check(data_dir: &std::path::Path) -> Result<(), String> {
     Err(format!(
         "fleetgroups: {} belongs to {}, but this command runs as {}: files it created there would belong to the wrong user and the server could no longer open its store. Nothing was done. Run it as the owner:\n  {how}\n",
         data_dir.display(),
-        who(&owner, meta.uid()),
-        who(&user_name(me), me),
+        who(meta.uid()),
+        who(me),
     ))
+}
+
+/// A uid as people read it: `fleetgroups (uid 998)`, or `uid 998` without a name.
+pub(crate) fn who(uid: u32) -> String {
+    match user_name(uid) {
+        Some(n) => format!("{n} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+/// Who may answer on the admin socket (`admin::TrustedPeer`): the owner of the data
+/// directory's store (else of the directory itself: what `owner_check` holds the CLI
+/// to), or the CLI's own uid when there is no data directory yet.
+fn trusted_peer(data_dir: &std::path::Path) -> crate::admin::TrustedPeer {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(data_dir.join("store")).or_else(|_| std::fs::metadata(data_dir)) {
+        Ok(meta) => crate::admin::TrustedPeer {
+            owner: meta.uid(),
+            what: format!("the owner of {}, {}", data_dir.display(), who(meta.uid())),
+        },
+        Err(_) => {
+            let me = rustix::process::geteuid().as_raw();
+            crate::admin::TrustedPeer {
+                owner: me,
+                what: format!("this command's own user, {}", who(me)),
+            }
+        }
+    }
 }
 
 /// The name of `uid` from `/etc/passwd`, if it is there (a systemd `DynamicUser` is
@@ -474,8 +504,10 @@ fn serve_command(config: Config, overrides: Overrides) -> ExitCode {
 
 /// `check`: the store must be stopped (the check reads every record, and a running
 /// server changes them meanwhile). Opening it already refuses a damaged store with the
-/// reason; then every record is read. Nothing is written: the store is dropped without
-/// a close, so not even the high-water file changes.
+/// reason; then every record is read. A clean store is closed as the server closes it,
+/// sealed (`store/seal.rs`), so that damage made after the check is still refused by
+/// the next start; a damaged one is dropped unsealed, and the next start checks it
+/// again.
 fn check_store(config: &Config) -> ExitCode {
     let dir = config.data_dir.display().to_string();
     if !config.data_dir.join("store").exists() {
@@ -498,6 +530,12 @@ fn check_store(config: &Config) -> ExitCode {
         }
     };
     let report = store.check();
+    if report.clean() {
+        if let Err(e) = store.close() {
+            say(&format!("fleetgroups: closing the store: {e}\n"));
+            return ExitCode::FAILURE;
+        }
+    }
     drop(store);
     let mut text = format!(
         "checked the store in {dir}: {} groups, {} name index entries, {} device index entries, {} change-feed entries, {} users\n",
@@ -583,7 +621,8 @@ impl From<UserCommand> for AdminCommand {
 /// when no server answers there.
 fn run_admin(config: &Config, command: AdminCommand) -> ExitCode {
     let socket = config.admin_socket();
-    let outcome = match crate::admin::request(&socket, &command) {
+    let trusted = trusted_peer(&config.data_dir);
+    let outcome = match crate::admin::request(&socket, &command, &trusted) {
         Ok(outcome) => outcome,
         Err(ClientError::Failed(why)) => Outcome::failed(1, why),
         Err(ClientError::NotRunning(why)) => offline(config, &command, &why),
@@ -637,7 +676,7 @@ fn offline(config: &Config, command: &AdminCommand, socket_error: &str) -> Outco
         Err(OpenError::Locked(dir)) => Outcome::failed(
             1,
             format!(
-                "the store in {} is locked by a running fleetgroups, but its admin socket does not answer ({socket_error}); check admin.socket, or wait for the server to finish starting",
+                "the store in {} is locked by a running fleetgroups, but its admin socket does not answer ({socket_error}): the server is starting or stopping, or admin.socket names another path. Run the command again in a moment, or check admin.socket",
                 dir.display()
             ),
         ),

@@ -236,6 +236,13 @@ pub struct ReplicationConfig {
     pub gateway_id: String,
     /// Change entries per PostgreSQL transaction (1–10000).
     pub batch_size: u64,
+    /// Close the central connection after this many seconds with nothing to ship
+    /// (0: keep it open); a fleet larger than the centre's slots takes turns.
+    pub idle_disconnect_secs: u64,
+    /// How often a gateway reports that it is alive, jittered (1–86400).
+    pub heartbeat_secs: u64,
+    /// Central `changes` older than this many days are pruned (0: kept for ever).
+    pub central_changes_days: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -246,6 +253,9 @@ impl Default for ReplicationConfig {
             ca_file: String::new(),
             gateway_id: String::new(),
             batch_size: 500,
+            idle_disconnect_secs: 10,
+            heartbeat_secs: 60,
+            central_changes_days: 365,
         }
     }
 }
@@ -730,6 +740,21 @@ fn validate_replication(r: &ReplicationConfig) -> Result<(), ConfigError> {
     let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
     if !(1..=10_000).contains(&r.batch_size) {
         return bad("replication.batch_size", "must be from 1 to 10000");
+    }
+    if r.idle_disconnect_secs > 86_400 {
+        return bad(
+            "replication.idle_disconnect_secs",
+            "must be from 0 (keep the connection open) to 86400",
+        );
+    }
+    if !(1..=86_400).contains(&r.heartbeat_secs) {
+        return bad("replication.heartbeat_secs", "must be from 1 to 86400");
+    }
+    if r.central_changes_days > 36_500 {
+        return bad(
+            "replication.central_changes_days",
+            "must be from 0 (keep for ever) to 36500",
+        );
     }
     if !r.gateway_id.is_empty() && !valid_gateway_id(&r.gateway_id) {
         return bad(

@@ -37,6 +37,9 @@ struct Queue {
     jobs: VecDeque<Job>,
     closed: bool,
     workers: usize,
+    /// How many times an idle worker has given its buffer back: what a test waits on
+    /// instead of guessing how long the idle wait takes.
+    freed: u64,
 }
 
 type Shared = Arc<(Mutex<Queue>, Condvar)>;
@@ -152,15 +155,67 @@ fn next_job(shared: &Shared, blocks: &mut Vec<Block>, keep: Duration) -> Option<
                 .wait(q)
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         } else {
-            let (q, waited) = ready
+            let (mut q, waited) = ready
                 .wait_timeout(q, keep)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if waited.timed_out() && q.jobs.is_empty() {
                 *blocks = Vec::new();
+                q.freed += 1;
             }
             q
         };
     }
+}
+
+/// Checks that an argon2 PHC string (`user.keyHash` in a backup) parses and costs no
+/// more than what this binary hashes keys with (`auth::hash_key`: argon2id, version
+/// 0x13, argon2's default memory, passes and lanes). Anyone who tries a user's name
+/// pays that cost on the server's side: a backup asking for 2 GiB and 10 passes made
+/// one anonymous failed login take 12 s and 2 GB. Cheaper parameters are accepted
+/// (older keys stay usable); the error says what was asked and what is allowed.
+pub fn check_key_hash(phc: &str) -> Result<(), String> {
+    let hash = PasswordHash::new(phc).map_err(|e| format!("is not an argon2 PHC string ({e})"))?;
+    let algorithm = Algorithm::try_from(hash.algorithm)
+        .map_err(|_| format!("names the algorithm {}, not argon2id", hash.algorithm))?;
+    let params =
+        Params::try_from(&hash).map_err(|e| format!("has unusable argon2 parameters ({e})"))?;
+    if hash.hash.is_none() || hash.salt.is_none() {
+        return Err("has no salt or no hash".into());
+    }
+    within_bounds(algorithm, hash.version, &params)
+}
+
+/// The bounds of [`check_key_hash`], also applied at every verification: a store
+/// restored by an older binary (which took any parameters) must not make a login
+/// cost more than this binary's own keys do.
+fn within_bounds(
+    algorithm: Algorithm,
+    version: Option<u32>,
+    params: &Params,
+) -> Result<(), String> {
+    if algorithm != Algorithm::Argon2id {
+        return Err(format!(
+            "uses {algorithm}; this binary hashes keys with argon2id"
+        ));
+    }
+    if version.is_some_and(|v| v != u32::from(Version::V0x13)) {
+        return Err(format!(
+            "uses argon2 version {}; this binary uses 19",
+            version.unwrap_or_default()
+        ));
+    }
+    let (m, t, p) = (params.m_cost(), params.t_cost(), params.p_cost());
+    let (max_m, max_t, max_p) = (
+        Params::DEFAULT_M_COST,
+        Params::DEFAULT_T_COST,
+        Params::DEFAULT_P_COST,
+    );
+    if m > max_m || t > max_t || p > max_p {
+        return Err(format!(
+            "asks for m={m} KiB, t={t}, p={p}, more than this binary's own keys cost (m={max_m}, t={max_t}, p={max_p}): every login attempt for the name would pay it"
+        ));
+    }
+    Ok(())
 }
 
 /// Recomputes the hash of `key` with the parameters and salt of `phc` into the reused
@@ -173,6 +228,12 @@ fn verify_with(blocks: &mut Vec<Block>, phc: &str, key: &[u8]) -> Option<bool> {
         None => Version::default(),
     };
     let params = Params::try_from(&hash).ok()?;
+    if let Err(why) = within_bounds(algorithm, hash.version, &params) {
+        tracing::warn!(
+            "a stored key hash {why}; it is not computed and the login fails (rotate the user's key)"
+        );
+        return None;
+    }
     let expected = hash.hash?;
     let mut salt_buf = [0u8; 64];
     let salt = hash.salt?.decode_b64(&mut salt_buf).ok()?;
@@ -198,6 +259,17 @@ mod tests {
         assert_eq!(verify_with(&mut blocks, &phc, b"fgk_secret"), Some(true));
         assert_eq!(verify_with(&mut blocks, &phc, b"fgk_other"), Some(false));
         assert_eq!(verify_with(&mut blocks, "garbage", b"x"), None);
+        // Costlier than this binary's own keys: not computed, whatever the key.
+        let costly = phc.replace("m=19456,t=2,p=1", "m=2097152,t=10,p=1");
+        assert_ne!(costly, phc);
+        assert_eq!(verify_with(&mut blocks, &costly, b"fgk_secret"), None);
+        assert!(check_key_hash(&phc).is_ok());
+        let why = check_key_hash(&costly).unwrap_err();
+        assert!(why.contains("m=2097152 KiB, t=10, p=1"), "{why}");
+        let cheaper = phc.replace("m=19456,t=2,p=1", "m=8192,t=1,p=1");
+        assert!(check_key_hash(&cheaper).is_ok());
+        assert!(check_key_hash(&phc.replace("argon2id", "argon2i")).is_err());
+        assert!(check_key_hash("$argon2id$nonsense").is_err());
     }
 
     #[test]
@@ -211,11 +283,23 @@ mod tests {
                 (job.is_none(), blocks.capacity())
             })
         };
-        std::thread::sleep(Duration::from_millis(200));
-        {
+        // Close the queue only once the worker has given its buffer back, so the
+        // close cannot wake it before its idle wait ends (however slow the machine).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
             let (queue, ready) = &*shared;
-            crate::sync::lock(queue).closed = true;
-            ready.notify_all();
+            let mut q = crate::sync::lock(queue);
+            if q.freed == 1 {
+                q.closed = true;
+                ready.notify_all();
+                break;
+            }
+            drop(q);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the idle worker kept its buffer"
+            );
+            std::thread::yield_now();
         }
         assert_eq!(waiter.join().unwrap(), (true, 0));
 

@@ -16,7 +16,7 @@
 //!   such entries every second (`expire`), not only when a new key needs room.
 //! - Times are `Instant`s: a wall-clock step neither locks anyone out nor unlocks them.
 //!
-//! When a budget is full of live entries (decision, README "Decisions"):
+//! When a budget is full of live entries (decision, docs/design/decisions.md):
 //! - addresses: the one whose last failure is oldest goes. Only an attacker who holds
 //!   many addresses can fill the table, and such an attacker gains nothing from
 //!   unlocking one of them;

@@ -391,7 +391,7 @@ fn render_replication(out: &mut String, r: &ReplicationStats, last: u64) {
     }
     let _ = writeln!(
         out,
-        "# HELP fleetgroups_replication_errors_total Failed replication attempts, by kind (connect, schema, apply, resync, store).\n# TYPE fleetgroups_replication_errors_total counter"
+        "# HELP fleetgroups_replication_errors_total Failed replication attempts, by kind (connect, refused, schema, apply, constraint, permission, heartbeat, prune, resync, store).\n# TYPE fleetgroups_replication_errors_total counter"
     );
     for (kind, n) in r.errors() {
         let _ = writeln!(

@@ -14,27 +14,147 @@ pub enum SslMode {
     VerifyFull,
 }
 
-/// The URL without its password (`user:***@host`), for showing it.
-pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &authority[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
-        None => url.to_string(),
+/// The query parameters whose value is a secret: libpq's `password` and
+/// `sslpassword` (the client key's passphrase). libpq percent-decodes parameter names
+/// too, so `pass%77ord=` is a password as well: names are compared decoded.
+const SECRET_PARAMS: &[&str] = &["password", "sslpassword"];
+
+/// What a URL whose secrets cannot be located is shown as: everything hidden.
+const HIDDEN: &str = "*** (not shown: not a postgresql:// URL)";
+
+/// Percent-decodes `s` (invalid escapes and bytes are kept as they are: this is only
+/// for recognising names and secrets, never for connecting).
+fn decode_lossy(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
     }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The URL's parts: everything up to and including `://`, the user info (before the
+/// last `@` of the authority, if any), the rest of the authority and path, and the
+/// query (after the first `?`, if any).
+struct Parts<'a> {
+    scheme: &'a str,
+    userinfo: Option<&'a str>,
+    hostpath: &'a str,
+    query: Option<&'a str>,
+}
+
+fn split(url: &str) -> Option<Parts<'_>> {
+    let scheme_end = url.find("://")? + 3;
+    let rest = &url[scheme_end..];
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let authority_end = before_query.find('/').unwrap_or(before_query.len());
+    let (userinfo, hostpath) = match before_query[..authority_end].rfind('@') {
+        Some(at) => (Some(&before_query[..at]), &before_query[at..]),
+        None => (None, before_query),
+    };
+    Some(Parts {
+        scheme: &url[..scheme_end],
+        userinfo,
+        hostpath,
+        query,
+    })
+}
+
+/// Whether a query parameter's name (as written) is one whose value is a secret.
+fn is_secret_param(name: &str) -> bool {
+    SECRET_PARAMS.contains(&decode_lossy(name).as_str())
+}
+
+/// The URL with every secret in it replaced by `***`, for showing it anywhere (
+/// `check-config`, logs, errors): the password of the user info (`user:***@host`) and
+/// the value of every `password=` and `sslpassword=` query parameter, whatever their
+/// spelling (percent-encoded names included). A value that is not a `…://` URL cannot
+/// be taken apart, so it is hidden whole.
+pub fn redact(url: &str) -> String {
+    if url.is_empty() {
+        return String::new();
+    }
+    let Some(parts) = split(url) else {
+        return HIDDEN.into();
+    };
+    let mut out = String::from(parts.scheme);
+    if let Some(userinfo) = parts.userinfo {
+        match userinfo.split_once(':') {
+            Some((user, _)) => {
+                out.push_str(user);
+                out.push_str(":***");
+            }
+            None => out.push_str(userinfo),
+        }
+    }
+    out.push_str(parts.hostpath);
+    if let Some(query) = parts.query {
+        let shown: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if is_secret_param(name) => format!("{name}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&shown.join("&"));
+    }
+    out
+}
+
+/// Every secret the URL holds, as written and percent-decoded (longest first, so a
+/// scrub replaces a whole secret before any part of it): what `scrub` removes from
+/// a message that might echo the URL or a piece of it.
+fn secrets_of(url: &str) -> Vec<String> {
+    let Some(parts) = split(url) else {
+        return Vec::new();
+    };
+    let mut raw = Vec::new();
+    if let Some((_, p)) = parts.userinfo.and_then(|u| u.split_once(':')) {
+        raw.push(p);
+    }
+    for pair in parts.query.unwrap_or("").split('&') {
+        if let Some((name, value)) = pair.split_once('=') {
+            if is_secret_param(name) {
+                raw.push(value);
+            }
+        }
+    }
+    let mut all: Vec<String> = raw
+        .iter()
+        .flat_map(|r| [r.to_string(), decode_lossy(r)])
+        .filter(|s| !s.is_empty())
+        .collect();
+    all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    all.dedup();
+    all
+}
+
+/// `msg` with every secret of `url` replaced by `***`.
+pub fn scrub(url: &str, msg: &str) -> String {
+    let mut msg = msg.to_string();
+    for secret in secrets_of(url) {
+        msg = msg.replace(secret.as_str(), "***");
+    }
+    msg
 }
 
 /// Splits `sslmode` off the URL's query (tokio-postgres knows only some of its values).
@@ -72,6 +192,24 @@ fn split_sslmode(url: &str) -> Result<(String, SslMode), String> {
     Ok((url, mode))
 }
 
+/// The warning for a URL whose `sslmode` is `prefer` (given, or the default when none
+/// is): TLS when the server offers it, plaintext without a word when it does not (or
+/// when someone on the path says it does not), and the certificate never checked.
+/// `serve` logs it once at start and `check-config` lists it; `None` for the modes
+/// that never fall back, and for replication switched off (an empty URL).
+pub fn sslmode_warning(postgres_url: &str) -> Option<String> {
+    if postgres_url.is_empty() {
+        return None;
+    }
+    match split_sslmode(postgres_url) {
+        Ok((_, SslMode::Prefer)) => Some(
+            "replication.postgres_url: sslmode=prefer (the default) falls back to plaintext when the server does not offer TLS, and never checks the server's certificate: the password and the replicated changes can then be read and changed on the way. Set sslmode=verify-full with replication.ca_file, or sslmode=disable on a trusted link to say so"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
 /// The checks `Config::validate` makes for every command (of `replication.postgres_url`
 /// and `replication.ca_file`): the URL, `sslmode`, and a
 /// CA file where one is needed. The files themselves are read by `serve` and
@@ -86,11 +224,7 @@ pub fn parse(
     postgres_url: &str,
     ca_file: &str,
 ) -> Result<(tokio_postgres::Config, Option<String>, SslMode), String> {
-    let url_password = redact_secret_of(postgres_url);
-    let scrub = |msg: String| match &url_password {
-        Some(p) if !p.is_empty() => msg.replace(p.as_str(), "***"),
-        _ => msg,
-    };
+    let scrub = |msg: String| scrub(postgres_url, &msg);
     if !(postgres_url.starts_with("postgresql://") || postgres_url.starts_with("postgres://")) {
         return Err("replication.postgres_url: must be a postgresql:// URL (libpq style)".into());
     }
@@ -111,16 +245,12 @@ pub fn parse(
     if matches!(ssl, SslMode::VerifyCa | SslMode::VerifyFull) && ca_file.is_empty() {
         return Err("replication.ca_file: required with sslmode=verify-ca or verify-full".into());
     }
-    Ok((pg, url_password, ssl))
-}
-
-/// The password in the URL's user info, if any (percent-decoding left aside: it is
-/// only used to scrub messages).
-fn redact_secret_of(url: &str) -> Option<String> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    userinfo.split_once(':').map(|(_, p)| p.to_string())
+    // The password as the driver took it (from the user info or a `password=`
+    // parameter, decoded): what the replicator scrubs from every message.
+    let password = pg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    Ok((pg, password, ssl))
 }
 
 #[cfg(test)]
@@ -138,5 +268,68 @@ mod tests {
             "postgresql://fleet@hq/fleet"
         );
         assert_eq!(redact(""), "");
+    }
+
+    /// Every form libpq (and tokio-postgres) takes a password in is redacted: the user
+    /// info, `password=` and `sslpassword=` parameters, given twice, with a
+    /// percent-encoded name, with an `@` in the password, after other parameters.
+    #[test]
+    fn every_form_of_a_password_is_redacted_and_scrubbed() {
+        for (url, shown) in [
+            (
+                "postgresql://fleet@hq/db?password=S3CRET",
+                "postgresql://fleet@hq/db?password=***",
+            ),
+            (
+                "postgres://fleet@hq/db?sslmode=require&password=S3CRET&connect_timeout=5",
+                "postgres://fleet@hq/db?sslmode=require&password=***&connect_timeout=5",
+            ),
+            (
+                "postgresql://fleet@hq/db?pass%77ord=S3CRET",
+                "postgresql://fleet@hq/db?pass%77ord=***",
+            ),
+            (
+                "postgresql://fleet@hq/db?sslpassword=S3CRET",
+                "postgresql://fleet@hq/db?sslpassword=***",
+            ),
+            (
+                "postgresql://fleet:S3CRET@hq/db?password=S3CRET&password=S3CRET2",
+                "postgresql://fleet:***@hq/db?password=***&password=***",
+            ),
+            (
+                "postgresql://fleet:S3C@RET@hq,hq2:5433/db",
+                "postgresql://fleet:***@hq,hq2:5433/db",
+            ),
+            (
+                "postgresql://fleet:S3C%52ET@hq/db",
+                "postgresql://fleet:***@hq/db",
+            ),
+            ("host=hq password=S3CRET", HIDDEN),
+        ] {
+            let r = redact(url);
+            assert_eq!(r, shown, "{url}");
+            assert!(!r.contains("S3C"), "{url}");
+            let msg = format!("error near {url}, decoded {}", decode_lossy(url));
+            if url.contains("://") {
+                let scrubbed = scrub(url, &msg);
+                assert!(!scrubbed.contains("S3C"), "{scrubbed}");
+            }
+        }
+        // The driver takes the query's password: parse hands it over for scrubbing.
+        let (_, password, _) = parse("postgresql://fleet@hq/db?pass%77ord=S3CRET", "").unwrap();
+        assert_eq!(password.as_deref(), Some("S3CRET"));
+        let e = parse("postgresql://fleet@hq/db?password=S3CRET&nonsense=1", "").unwrap_err();
+        assert!(!e.contains("S3CRET"), "{e}");
+    }
+
+    #[test]
+    fn only_prefer_warns_about_plaintext() {
+        assert!(sslmode_warning("postgresql://u@h/db").is_some());
+        assert!(sslmode_warning("postgresql://u@h/db?sslmode=prefer").is_some());
+        for quiet in ["disable", "require", "verify-ca", "verify-full"] {
+            let url = format!("postgresql://u@h/db?sslmode={quiet}");
+            assert_eq!(sslmode_warning(&url), None, "{quiet}");
+        }
+        assert_eq!(sslmode_warning(""), None);
     }
 }

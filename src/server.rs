@@ -87,6 +87,10 @@ fn check_start_config(config: &Config) -> Result<Option<crate::tls::Tls>, ExitCo
             tracing::error!("configuration error: {e}");
             return Err(ExitCode::from(2));
         }
+        // Once per start: the fallback itself happens inside the driver, unseen.
+        if let Some(w) = crate::pg_url::sslmode_warning(&config.replication.postgres_url) {
+            tracing::warn!("{w}");
+        }
     }
     Ok(tls)
 }

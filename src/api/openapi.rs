@@ -76,59 +76,58 @@ mod tests {
             }
         }
         let mut routed = BTreeSet::new();
-        for def in ROUTES {
-            let (path, item) = doc_path(&doc, def.pattern, def.case_insensitive)
-                .unwrap_or_else(|| panic!("{} is not in openapi.json", def.pattern));
-            for (method, op) in def.methods {
-                routed.insert((path.to_ascii_lowercase(), method.to_string()));
-                let o = &item[method.to_ascii_lowercase()];
-                assert!(o.is_object(), "{method} {path} is not in openapi.json");
-                // Authentication as the router applies it.
-                let open = o.get("security") == Some(&serde_json::json!([]));
-                assert_eq!(open, !op.needs_auth(), "security of {method} {path}");
-                let responses = o["responses"].as_object().expect("responses");
-                if op.needs_auth() {
-                    for s in ["401", "429"] {
-                        assert!(responses.contains_key(s), "{method} {path} lacks {s}");
-                    }
+        for r in ROUTES {
+            let (path, item) = doc_path(&doc, r.pattern, r.any_case)
+                .unwrap_or_else(|| panic!("{} is not in openapi.json", r.pattern));
+            let (method, op) = (r.method, r.op);
+            routed.insert((path.to_ascii_lowercase(), method.to_string()));
+            let o = &item[method.to_ascii_lowercase()];
+            assert!(o.is_object(), "{method} {path} is not in openapi.json");
+            // Authentication as the router applies it.
+            let open = o.get("security") == Some(&serde_json::json!([]));
+            assert_eq!(open, !op.needs_auth(), "security of {method} {path}");
+            let responses = o["responses"].as_object().expect("responses");
+            if op.needs_auth() {
+                for s in ["401", "429"] {
+                    assert!(responses.contains_key(s), "{method} {path} lacks {s}");
                 }
-                if op.writes() {
-                    assert!(responses.contains_key("403"), "{method} {path} lacks 403");
-                }
-                if op.has_body() {
-                    assert!(o["requestBody"].is_object(), "{method} {path} lacks a body");
-                    for s in ["400", "408", "413", "415"] {
-                        assert!(responses.contains_key(s), "{method} {path} lacks {s}");
-                    }
-                } else {
-                    assert!(o.get("requestBody").is_none(), "{method} {path} has a body");
-                }
-                assert!(
-                    responses.keys().any(|s| s.starts_with('2')),
-                    "{method} {path} has no success answer"
-                );
-                assert!(o["operationId"].is_string(), "{method} {path} operationId");
-                // Every path parameter of the pattern is declared.
-                let mut declared: Vec<String> = Vec::new();
-                for p in item["parameters"]
-                    .as_array()
-                    .into_iter()
-                    .chain(o["parameters"].as_array())
-                    .flatten()
-                {
-                    let p = resolve(&doc, p);
-                    if p["in"] == "path" {
-                        declared.push(p["name"].as_str().expect("name").to_string());
-                    }
-                }
-                let wanted: Vec<String> = def
-                    .pattern
-                    .split('/')
-                    .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
-                    .map(str::to_string)
-                    .collect();
-                assert_eq!(declared, wanted, "path parameters of {method} {path}");
             }
+            if op.writes() {
+                assert!(responses.contains_key("403"), "{method} {path} lacks 403");
+            }
+            if op.has_body() {
+                assert!(o["requestBody"].is_object(), "{method} {path} lacks a body");
+                for s in ["400", "408", "413", "415"] {
+                    assert!(responses.contains_key(s), "{method} {path} lacks {s}");
+                }
+            } else {
+                assert!(o.get("requestBody").is_none(), "{method} {path} has a body");
+            }
+            assert!(
+                responses.keys().any(|s| s.starts_with('2')),
+                "{method} {path} has no success answer"
+            );
+            assert!(o["operationId"].is_string(), "{method} {path} operationId");
+            // Every path parameter of the pattern is declared.
+            let mut declared: Vec<String> = Vec::new();
+            for p in item["parameters"]
+                .as_array()
+                .into_iter()
+                .chain(o["parameters"].as_array())
+                .flatten()
+            {
+                let p = resolve(&doc, p);
+                if p["in"] == "path" {
+                    declared.push(p["name"].as_str().expect("name").to_string());
+                }
+            }
+            let wanted: Vec<String> = r
+                .pattern
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+                .map(str::to_string)
+                .collect();
+            assert_eq!(declared, wanted, "path parameters of {method} {path}");
         }
         assert_eq!(documented, routed, "openapi.json and ROUTES differ");
     }

@@ -112,22 +112,21 @@ mod tests {
 
     #[test]
     fn every_route_has_a_handler_of_its_shape() {
-        for def in ROUTES {
+        for r in ROUTES {
             // A path of the pattern with sample segments: a group ID where one goes.
-            let path = def
+            let path = r
                 .pattern
                 .replace("{groupId}", "grp-7")
                 .replace("{deviceId}", "d-1");
-            for (method, op) in def.methods {
-                let m = route(method, &path).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-                assert_eq!(m.op, *op);
-                if op.needs_auth() {
-                    assert!(user_call(m.op, &m.params).is_ok(), "{method} {path}");
-                    assert!(public_call(m.op, &m.params).is_err(), "{method} {path}");
-                } else {
-                    assert!(public_call(m.op, &m.params).is_ok(), "{method} {path}");
-                    assert!(user_call(m.op, &m.params).is_err(), "{method} {path}");
-                }
+            let (method, op) = (r.method, r.op);
+            let m = route(method, &path).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            assert_eq!(m.op, op);
+            if op.needs_auth() {
+                assert!(user_call(m.op, &m.params).is_ok(), "{method} {path}");
+                assert!(public_call(m.op, &m.params).is_err(), "{method} {path}");
+            } else {
+                assert!(public_call(m.op, &m.params).is_ok(), "{method} {path}");
+                assert!(user_call(m.op, &m.params).is_err(), "{method} {path}");
             }
         }
     }

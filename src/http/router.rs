@@ -1,7 +1,7 @@
 //! The hand-rolled router: a table of path patterns and the operations each method maps
 //! to. A path is split on `/` once, each segment is percent-decoded, and the segments
 //! are matched against the table. A known path with another method is 405 with `Allow`.
-//! The table is plain data so the OpenAPI test can walk it. Percent-decoding and the
+//! The table is plain data, one row per route, so the OpenAPI tests can walk it. Percent-decoding and the
 //! query parser live in `percent.rs`, below the handlers that parse their queries.
 
 use crate::error::ApiError;
@@ -29,130 +29,158 @@ pub enum Op {
 }
 
 impl Op {
+    /// This operation's row in [`ROUTES`] (the table is in `Op` order; a test checks).
+    fn route(self) -> &'static Route {
+        &ROUTES[self as usize]
+    }
+
     /// Whether the operation needs a bearer token.
     pub fn needs_auth(self) -> bool {
-        !matches!(
-            self,
-            Op::Token | Op::OpenApi | Op::Healthz | Op::Readyz | Op::Metrics
-        )
+        self.route().token
     }
 
     /// Whether the operation changes groups (refused to `read` users).
     pub fn writes(self) -> bool {
-        matches!(
-            self,
-            Op::CreateGroup
-                | Op::PutGroup
-                | Op::PatchGroup
-                | Op::DeleteGroup
-                | Op::AddDevices
-                | Op::RemoveDevice
-        )
+        self.route().writes
     }
 
     /// Whether the operation reads a JSON request body.
     pub fn has_body(self) -> bool {
-        matches!(
-            self,
-            Op::Token | Op::CreateGroup | Op::PutGroup | Op::PatchGroup | Op::AddDevices
-        )
+        self.route().body
     }
 
     /// A stable label for logs and metrics (the route, not the concrete path).
     pub fn label(self) -> &'static str {
-        ROUTES
-            .iter()
-            .find(|r| r.methods.iter().any(|(_, op)| *op == self))
-            .map_or("unknown", |r| r.pattern)
+        self.route().pattern
     }
 }
 
-/// One path pattern and its methods.
+/// One route: a method on a path pattern, the operation it runs and what the request
+/// pipeline does before the handler. Everything else about a route (the `Allow` value
+/// of a 405, the OpenAPI consistency checks, the metrics label) is derived from here,
+/// so adding an endpoint is an `Op`, one row and its dispatch arm.
 #[derive(Debug)]
-pub struct RouteDef {
+pub struct Route {
+    pub method: &'static str,
     /// `/api/groups/{groupId}` style; `{x}` matches one non-empty segment.
     pub pattern: &'static str,
-    pub methods: &'static [(&'static str, Op)],
-    /// `Allow` header value for 405 answers.
-    pub allow: &'static str,
+    pub op: Op,
+    /// Needs a bearer token (the default; [`Route::public`] clears it).
+    pub token: bool,
+    /// Changes groups: refused to `read` users.
+    pub writes: bool,
+    /// Reads a JSON request body.
+    pub body: bool,
     /// Literal segments compare ASCII-case-insensitively (only `/api/Auth/Token`).
-    pub case_insensitive: bool,
+    pub any_case: bool,
 }
 
-/// The route table.
-pub static ROUTES: &[RouteDef] = &[
-    RouteDef {
-        pattern: "/api/auth/token",
-        methods: &[("POST", Op::Token)],
-        allow: "POST",
-        case_insensitive: true,
-    },
-    RouteDef {
-        pattern: "/api/groups",
-        methods: &[("GET", Op::ListGroups), ("POST", Op::CreateGroup)],
-        allow: "GET, POST",
-        case_insensitive: false,
-    },
-    RouteDef {
-        pattern: "/api/groups/{groupId}",
-        methods: &[
-            ("GET", Op::GetGroup),
-            ("PUT", Op::PutGroup),
-            ("PATCH", Op::PatchGroup),
-            ("DELETE", Op::DeleteGroup),
-        ],
-        allow: "GET, PUT, PATCH, DELETE",
-        case_insensitive: false,
-    },
-    RouteDef {
-        pattern: "/api/groups/{groupId}/devices",
-        methods: &[("POST", Op::AddDevices)],
-        allow: "POST",
-        case_insensitive: false,
-    },
-    RouteDef {
-        pattern: "/api/groups/{groupId}/devices/{deviceId}",
-        methods: &[("DELETE", Op::RemoveDevice)],
-        allow: "DELETE",
-        case_insensitive: false,
-    },
-    RouteDef {
-        pattern: "/api/devices/{deviceId}/groups",
-        methods: &[("GET", Op::DeviceGroups)],
-        allow: "GET",
-        case_insensitive: false,
-    },
-    RouteDef {
-        pattern: "/api/changes",
-        methods: &[("GET", Op::Changes)],
-        allow: "GET",
-        case_insensitive: false,
-    },
-    RouteDef {
-        pattern: "/api/openapi.json",
-        methods: &[("GET", Op::OpenApi)],
-        allow: "GET",
-        case_insensitive: false,
-    },
-    RouteDef {
-        pattern: "/healthz",
-        methods: &[("GET", Op::Healthz)],
-        allow: "GET",
-        case_insensitive: false,
-    },
-    RouteDef {
-        pattern: "/readyz",
-        methods: &[("GET", Op::Readyz)],
-        allow: "GET",
-        case_insensitive: false,
-    },
-    RouteDef {
-        pattern: "/metrics",
-        methods: &[("GET", Op::Metrics)],
-        allow: "GET",
-        case_insensitive: false,
-    },
+impl Route {
+    const fn new(method: &'static str, pattern: &'static str, op: Op) -> Route {
+        Route {
+            method,
+            pattern,
+            op,
+            token: true,
+            writes: false,
+            body: false,
+            any_case: false,
+        }
+    }
+
+    const fn public(mut self) -> Route {
+        self.token = false;
+        self
+    }
+
+    const fn writes(mut self) -> Route {
+        self.writes = true;
+        self
+    }
+
+    const fn body(mut self) -> Route {
+        self.body = true;
+        self
+    }
+
+    const fn any_case(mut self) -> Route {
+        self.any_case = true;
+        self
+    }
+
+    /// Whether `segments` (percent-decoded) fit this route's pattern.
+    fn fits(&self, segments: &[String]) -> bool {
+        self.pattern.matches('/').count() == segments.len()
+            && self.pattern[1..].split('/').zip(segments).all(|(p, s)| {
+                if p.starts_with('{') {
+                    !s.is_empty()
+                } else if self.any_case {
+                    p.eq_ignore_ascii_case(s)
+                } else {
+                    p == s
+                }
+            })
+    }
+}
+
+/// The route table, one row per method and pattern, in `Op` order; rows of one pattern
+/// stay together, in the order their methods are listed in `Allow`.
+pub static ROUTES: &[Route] = &[
+    Route::new("POST", "/api/auth/token", Op::Token)
+        .public()
+        .body()
+        .any_case(),
+    Route::new("GET", "/api/groups", Op::ListGroups),
+    Route::new("POST", "/api/groups", Op::CreateGroup)
+        .writes()
+        .body(),
+    Route::new("GET", "/api/groups/{groupId}", Op::GetGroup),
+    Route::new("PUT", "/api/groups/{groupId}", Op::PutGroup)
+        .writes()
+        .body(),
+    Route::new("PATCH", "/api/groups/{groupId}", Op::PatchGroup)
+        .writes()
+        .body(),
+    Route::new("DELETE", "/api/groups/{groupId}", Op::DeleteGroup).writes(),
+    Route::new("POST", "/api/groups/{groupId}/devices", Op::AddDevices)
+        .writes()
+        .body(),
+    Route::new(
+        "DELETE",
+        "/api/groups/{groupId}/devices/{deviceId}",
+        Op::RemoveDevice,
+    )
+    .writes(),
+    Route::new("GET", "/api/devices/{deviceId}/groups", Op::DeviceGroups),
+    Route::new("GET", "/api/changes", Op::Changes),
+    Route::new("GET", "/api/openapi.json", Op::OpenApi).public(),
+    Route::new("GET", "/healthz", Op::Healthz).public(),
+    Route::new("GET", "/readyz", Op::Readyz).public(),
+    Route::new("GET", "/metrics", Op::Metrics).public(),
 ];
+
+/// The `Allow` value of a 405 on `pattern`: its rows' methods, joined once per process
+/// (the error carries a `&'static str`, and the table is static).
+pub fn allow(pattern: &str) -> &'static str {
+    static ALLOW: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
+    let table = ALLOW.get_or_init(|| {
+        let mut out: Vec<(&'static str, String)> = Vec::new();
+        for r in ROUTES {
+            match out.iter_mut().find(|(p, _)| *p == r.pattern) {
+                Some((_, methods)) => {
+                    methods.push_str(", ");
+                    methods.push_str(r.method);
+                }
+                None => out.push((r.pattern, r.method.to_string())),
+            }
+        }
+        out
+    });
+    table
+        .iter()
+        .find(|(p, _)| *p == pattern)
+        .map_or("", |(_, methods)| methods.as_str())
+}
 
 /// A matched route: the operation and the decoded `{…}` parameters in order.
 #[derive(Debug, PartialEq, Eq)]
@@ -171,36 +199,33 @@ pub fn route(method: &str, path: &str) -> Result<Matched, ApiError> {
         .split('/')
         .map(percent_decode)
         .collect::<Result<_, _>>()?;
-    // Patterns are walked in place (no per-request allocation per route); the
-    // parameters are copied only for the route that matches.
-    for def in ROUTES {
-        if def.pattern.matches('/').count() != segments.len() {
-            continue;
-        }
-        let fits = def.pattern[1..].split('/').zip(&segments).all(|(p, s)| {
-            if p.starts_with('{') {
-                !s.is_empty()
-            } else if def.case_insensitive {
-                p.eq_ignore_ascii_case(s)
-            } else {
-                p == s
-            }
-        });
+    // Patterns are walked in place (no per-request allocation per route), once per
+    // pattern (its rows are adjacent); the parameters are copied only for the row that
+    // matches.
+    let mut fitting: Option<&'static str> = None;
+    let mut last: Option<(&'static str, bool)> = None;
+    for r in ROUTES {
+        let fits = match last {
+            Some((pattern, fits)) if pattern == r.pattern => fits,
+            _ => r.fits(&segments),
+        };
+        last = Some((r.pattern, fits));
         if !fits {
             continue;
         }
-        return match def.methods.iter().find(|(m, _)| *m == method) {
-            Some((_, op)) => {
-                let params = def.pattern[1..]
-                    .split('/')
-                    .zip(segments)
-                    .filter(|(p, _)| p.starts_with('{'))
-                    .map(|(_, s)| s)
-                    .collect();
-                Ok(Matched { op: *op, params })
-            }
-            None => Err(ApiError::MethodNotAllowed(def.allow)),
-        };
+        if r.method == method {
+            let params = r.pattern[1..]
+                .split('/')
+                .zip(segments)
+                .filter(|(p, _)| p.starts_with('{'))
+                .map(|(_, s)| s)
+                .collect();
+            return Ok(Matched { op: r.op, params });
+        }
+        fitting = Some(r.pattern);
+    }
+    if let Some(pattern) = fitting {
+        return Err(ApiError::MethodNotAllowed(allow(pattern)));
     }
     Err(ApiError::NotFound)
 }
@@ -258,17 +283,28 @@ mod tests {
     }
 
     #[test]
+    fn the_table_is_in_op_order_with_each_pattern_together() {
+        for (i, r) in ROUTES.iter().enumerate() {
+            assert_eq!(r.op as usize, i, "{:?} is not at its Op's place", r.op);
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for w in ROUTES.windows(2) {
+            if w[0].pattern != w[1].pattern {
+                seen.push(w[0].pattern);
+                assert!(!seen.contains(&w[1].pattern), "{} is split", w[1].pattern);
+            }
+        }
+    }
+
+    #[test]
     fn allow_values_are_header_values() {
         // `ApiError::headers` makes them with `HeaderValue::from_static`.
-        for def in ROUTES {
-            assert!(
-                http::HeaderValue::from_str(def.allow).is_ok(),
-                "{}",
-                def.pattern
-            );
-            let methods: Vec<&str> = def.methods.iter().map(|(m, _)| *m).collect();
-            assert_eq!(def.allow, methods.join(", "), "{}", def.pattern);
+        for r in ROUTES {
+            let allow = allow(r.pattern);
+            assert!(http::HeaderValue::from_str(allow).is_ok(), "{}", r.pattern);
+            assert!(allow.split(", ").any(|m| m == r.method), "{}", r.pattern);
         }
+        assert_eq!(allow("/api/groups/{groupId}"), "GET, PUT, PATCH, DELETE");
     }
 
     #[test]

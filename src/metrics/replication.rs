@@ -8,7 +8,21 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// Error kinds of `fleetgroups_replication_errors_total{kind}`.
-pub const ERROR_KINDS: [&str; 5] = ["connect", "schema", "apply", "resync", "store"];
+/// `refused`: no connection slot (too many connections, or the role's limit);
+/// `constraint`, `permission`: the centre refuses a statement until fixed there;
+/// `schema`: creating or upgrading the schema, or one that does not match.
+pub const ERROR_KINDS: [&str; 10] = [
+    "connect",
+    "refused",
+    "schema",
+    "apply",
+    "constraint",
+    "permission",
+    "heartbeat",
+    "prune",
+    "resync",
+    "store",
+];
 
 /// What `/metrics` shows (replication.md §4).
 #[derive(Debug, Default)]

@@ -77,6 +77,26 @@ pub struct GroupCommit {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// Follows the flusher's published outcomes without asking for a flush: whoever waits
+/// for the store's visible seq to move (the replicator) sleeps until the next outcome
+/// instead of polling.
+pub struct FlushWatch(watch::Receiver<Progress>);
+
+impl FlushWatch {
+    /// Marks every outcome so far as seen: `changed` then waits for a later one.
+    pub fn mark_seen(&mut self) {
+        self.0.borrow_and_update();
+    }
+
+    /// Returns after the next published outcome; never, once the flusher has stopped
+    /// (nothing will move again).
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Flusher counters (monotonic), exported as Prometheus counters.
 #[derive(Debug, Default)]
 pub struct FlushStats {
@@ -132,7 +152,14 @@ impl SyncTarget {
             for entry in entries.flatten() {
                 let path = entry.path();
                 if !synced_blobs.contains(&path) {
-                    File::open(&path)?.sync_all()?;
+                    match File::open(&path) {
+                        Ok(f) => f.sync_all()?,
+                        // sled removed it between the listing and the open: a blob
+                        // that is gone needs no sync (and failing the flush for it
+                        // would fail the store).
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    }
                     new_blob = true;
                 }
                 present.insert(path);
@@ -209,6 +236,11 @@ impl GroupCommit {
             .map_err(|_| "the flusher has stopped".to_string())?;
         seen.outcome(ticket)
             .unwrap_or_else(|| Err("the flusher has stopped".to_string()))
+    }
+
+    /// A follower of flush outcomes that holds no ticket (`FlushWatch`).
+    pub fn watch(&self) -> FlushWatch {
+        FlushWatch(self.progress.clone())
     }
 
     /// Blocking form of `request` + `wait`, for the CLI and shutdown. Never waits on a

@@ -782,8 +782,12 @@ impl Importer<'_> {
         if !valid_user_name(name) || !valid_user_name(account) {
             return Err(format!("invalid user or account name {name:?}/{account:?}"));
         }
-        if !user.key_hash.starts_with("$argon2") {
-            return Err(format!("user {name}: keyHash is not an argon2 PHC string"));
+        // The cost parameters come from the file: bounded, or one login for the
+        // name could take seconds and gigabytes (`hashing::check_key_hash`).
+        if let Err(why) = crate::hashing::check_key_hash(&user.key_hash) {
+            return Err(format!(
+                "user {name}: keyHash {why}. Nothing was restored; remove the user's line (and its usage line) from the backup, restore, and `user add` it again"
+            ));
         }
         if self.users.insert(name.clone(), account.clone()).is_some() {
             return Err(format!("user {name} appears twice"));

@@ -29,6 +29,7 @@ mod error;
 pub mod export;
 pub mod feed;
 pub mod groups;
+mod guard;
 pub mod highwater;
 pub mod history;
 pub mod idempotency;
@@ -168,6 +169,33 @@ pub const KEY_FILE: &str = "initial-api-key";
 /// exists, the directory holds a half-restored store that nothing may serve.
 pub const RESTORE_MARKER: &str = "restore-in-progress";
 
+/// Takes the restore lock of `data_dir`: an exclusive `flock` on the directory itself,
+/// held by `restore` from before it looks inside until it has finished (or cleaned
+/// up), and released by the kernel when that process dies. So a second restore into
+/// the same directory (under any path) is refused instead of taking the first one's
+/// marker for an abandoned restore and emptying the directory under it, and the
+/// marker without the lock is known to be abandoned. `Ok(None)`: another process
+/// holds it.
+pub fn lock_for_restore(data_dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use rustix::fs::{flock, FlockOperation};
+    let dir = std::fs::File::open(data_dir)?;
+    match flock(&dir, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(dir)),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a `restore` is running into `data_dir` right now (it holds the lock of
+/// [`lock_for_restore`]); false when it cannot be told.
+fn restore_running(data_dir: &Path) -> bool {
+    use rustix::fs::{flock, FlockOperation};
+    std::fs::File::open(data_dir).is_ok_and(|dir| {
+        flock(&dir, FlockOperation::NonBlockingLockShared)
+            .is_err_and(|e| e == rustix::io::Errno::WOULDBLOCK)
+    })
+}
+
 /// One key written by a change: the space, the key, the new value (None removes it).
 type Op = (Kind, Vec<u8>, Option<Vec<u8>>);
 
@@ -221,6 +249,9 @@ pub struct Store {
     store_id: String,
     /// See `META_PURGED_THROUGH`.
     purged_through: AtomicU64,
+    /// The lock on the store directory (`lock_store_dir`), held as long as the store
+    /// is open. `None` for a store this open created.
+    _dir_lock: Option<std::fs::File>,
 }
 
 impl Store {
@@ -228,10 +259,89 @@ impl Store {
     /// must come before sled touches any file, sled itself, the state the log and the
     /// high-water file hold, the flusher, then the repairs and checks made before
     /// anything is served (`settle`).
+    ///
+    /// After a crash (no seal) sled's recovery may rewrite the files before the checks
+    /// can tell damage from a crash; a copy of them is kept meanwhile (`guard.rs`) and
+    /// put back when the store is refused, so a refused store is left as found.
     pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<Store, OpenError> {
         let dir = data_dir.join("store");
+        let dir_lock = lock_store_dir(data_dir, &dir)?;
+        if dir_lock.is_some() {
+            put_back_leftover_guard(data_dir, &dir)?;
+        }
         let before = check_before_sled(data_dir, &dir, options)?;
-        let db = open_sled(data_dir, &dir, options.cache_bytes)?;
+        let guard = if dir_lock.is_some() && !before.fresh && !before.sealed && !options.restoring {
+            match guard::Guard::take(&dir) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(
+                        data_dir = %data_dir.display(),
+                        error = %e,
+                        "cannot keep a copy of the store's files while sled recovers them after a crash; should the store be refused, sled will have changed them"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        match Store::open_after_checks(data_dir, &dir, options, &before) {
+            Ok(mut store) => {
+                if let Some(g) = guard {
+                    // Not served until the copy is out of use: a start would put it back.
+                    g.discard().map_err(|e| {
+                        OpenError::Other(format!(
+                            "cannot remove the recovery guard {}: {e}",
+                            dir.join(guard::DIR).display()
+                        ))
+                    })?;
+                }
+                store._dir_lock = match dir_lock {
+                    Some(lock) => Some(lock),
+                    // A new store: its directory exists now, and is held as long as the
+                    // store is open like any other (waiting out a CLI that is looking
+                    // at it for a moment, and will find sled's lock held).
+                    None => Some(lock_new_store_dir(&dir).map_err(|e| {
+                        OpenError::Other(format!("cannot lock {}: {e}", dir.display()))
+                    })?),
+                };
+                Ok(store)
+            }
+            Err(e @ OpenError::Locked(_)) => {
+                // Another process has the files open (one that does not take the
+                // directory's lock): they are its, never to be put back from a copy.
+                if let Some(g) = guard {
+                    let _ = g.discard();
+                }
+                Err(e)
+            }
+            Err(e) => {
+                // sled is closed (everything it opened was dropped on the way out).
+                if let Some(g) = guard {
+                    if let Err(re) = g.restore() {
+                        tracing::error!(
+                            data_dir = %data_dir.display(),
+                            error = %re,
+                            "cannot put the store's files back as they were found; the copy is in {}",
+                            dir.join(guard::DIR).display()
+                        );
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Store::open`] once the checks before sled have passed: sled, the state, the
+    /// flusher, `settle`.
+    fn open_after_checks(
+        data_dir: &Path,
+        dir: &Path,
+        options: &StoreOptions,
+        before: &BeforeSled,
+    ) -> Result<Store, OpenError> {
+        let dir = dir.to_path_buf();
+        let db = open_sled(data_dir, &dir, options.cache_bytes, before.fresh)?;
         let tree: sled::Tree = (*db).clone();
         let pending = Arc::new(Pending::new(0));
         let space = |kind: Kind| Space::new(tree.clone(), kind, Arc::clone(&pending));
@@ -282,8 +392,9 @@ impl Store {
             retention: Mutex::new(state.retention),
             store_id: state.store_id,
             purged_through: AtomicU64::new(state.purged_through),
+            _dir_lock: None,
         };
-        store.settle(data_dir, &before, reseat, options)?;
+        store.settle(data_dir, before, reseat, options)?;
         Ok(store)
     }
 
@@ -402,6 +513,21 @@ impl Store {
     /// The highest change `seq` handed out so far; every entry up to it is applied.
     pub fn last_seq(&self) -> u64 {
         self.pending.visible_seq()
+    }
+
+    /// Waits until `last_seq()` passes `seq`. Woken by the flusher's published
+    /// outcomes (`commit::FlushWatch`): the visible seq moves in its outcome hook before
+    /// it publishes, or, with relaxed durability, at a write that the next timer flush
+    /// then announces. An idle store costs its waiters nothing.
+    pub async fn wait_past(&self, seq: u64) {
+        let mut flushes = self.commit.watch();
+        loop {
+            flushes.mark_seen();
+            if self.last_seq() > seq {
+                return;
+            }
+            flushes.changed().await;
+        }
     }
 
     /// Whether the store currently takes writes: no write or flush has failed
@@ -558,7 +684,19 @@ impl Store {
         // Nothing is written after this (sled's drop flushes nothing: all is flushed),
         // so the files are sealed as the next open will find them.
         self.pending.close();
-        seal::write(&self.dir).map_err(|e| format!("sealing the store: {e}"))
+        if let Err(e) = seal::write(&self.dir) {
+            // Everything is durable: the stop itself succeeded. Without a seal the next
+            // start checks the store as after a crash (the fast check, and the files
+            // kept until it passes), so it is said here rather than failing the stop.
+            let removed = seal::remove(&self.dir);
+            tracing::warn!(
+                store = %self.dir.display(),
+                error = %e,
+                stale_seal_removed = removed.is_ok(),
+                "could not seal the store at this clean stop; the next start checks it as after a crash"
+            );
+        }
+        Ok(())
     }
 
     /// Writes the high-water marks file when the marks moved since it was last written.
@@ -717,6 +855,13 @@ fn check_before_sled(
     crate::perms::create_private_dir(data_dir)
         .map_err(|e| OpenError::Other(format!("cannot create {}: {e}", data_dir.display())))?;
     if !options.restoring && data_dir.join(RESTORE_MARKER).exists() {
+        if restore_running(data_dir) {
+            // Not the operator's to repair: it is being written, and will start once done.
+            return Err(OpenError::Other(format!(
+                "a restore into {} is running; start once it has finished",
+                data_dir.display()
+            )));
+        }
         return Err(OpenError::Interrupted(data_dir.to_path_buf()));
     }
     let fresh = check_not_lost(data_dir, dir)?;
@@ -783,10 +928,78 @@ fn read_marker(data_dir: &Path, dir: &Path) -> Result<bool, OpenError> {
     }
 }
 
+/// Locks the store directory (an exclusive `flock` on the directory itself) before
+/// anything looks inside, so that only one process reads its seal, keeps a recovery
+/// guard or lets sled recover it. `Locked` when another process holds it; `None` when
+/// there is no store directory yet (a new store: sled's own lock covers it).
+fn lock_store_dir(data_dir: &Path, dir: &Path) -> Result<Option<std::fs::File>, OpenError> {
+    use rustix::fs::{flock, FlockOperation};
+    let handle = match std::fs::File::open(dir) {
+        Ok(h) => h,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(OpenError::Other(format!(
+                "cannot open {}: {e}",
+                dir.display()
+            )))
+        }
+    };
+    match flock(&handle, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(handle)),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            Err(OpenError::Locked(data_dir.to_path_buf()))
+        }
+        Err(e) => Err(OpenError::Other(format!(
+            "cannot lock {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
+/// The lock of `lock_store_dir`, for the directory of a store this process has just
+/// created (and so holds sled's lock on): waits for it, since another process can only
+/// hold it for the moment it takes to find sled's lock taken.
+fn lock_new_store_dir(dir: &Path) -> std::io::Result<std::fs::File> {
+    let handle = std::fs::File::open(dir)?;
+    rustix::fs::flock(&handle, rustix::fs::FlockOperation::LockExclusive)?;
+    Ok(handle)
+}
+
+/// A recovery guard left by an open that was cut off (`guard.rs`): the files go back
+/// as that open found them, before anything else reads them.
+fn put_back_leftover_guard(data_dir: &Path, dir: &Path) -> Result<(), OpenError> {
+    let leftover = guard::Guard::leftover(dir).map_err(|e| {
+        OpenError::Other(format!(
+            "cannot read the recovery guard in {}: {e}",
+            dir.display()
+        ))
+    })?;
+    if let Some(g) = leftover {
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            "an earlier start was cut off while sled recovered the store after a crash; putting its files back as that start found them"
+        );
+        g.restore().map_err(|e| {
+            OpenError::Other(format!(
+                "cannot put the store's files back from {}: {e}",
+                dir.join(guard::DIR).display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// Opens sled on `dir`. sled panics on some damaged files instead of returning an
-/// error; that is a damaged store to refuse (exit 1 with a message), not a crash to
-/// restart. Another process's lock is `Locked`.
-fn open_sled(data_dir: &Path, dir: &Path, cache_bytes: u64) -> Result<sled::Db, OpenError> {
+/// error; that is a damaged store to refuse (exit 3 with a message), not a crash to
+/// restart. So is an error sled reports as corruption, or as a read past the end or of
+/// invalid data, in a store that is not new (a truncated log, a zeroed tail). Another
+/// process's lock is `Locked`.
+fn open_sled(
+    data_dir: &Path,
+    dir: &Path,
+    cache_bytes: u64,
+    fresh: bool,
+) -> Result<sled::Db, OpenError> {
     let opened = std::panic::catch_unwind(|| {
         sled::Config::new()
             .path(dir)
@@ -802,9 +1015,23 @@ fn open_sled(data_dir: &Path, dir: &Path, cache_bytes: u64) -> Result<sled::Db, 
         path: data_dir.to_path_buf(),
         what: format!("sled cannot read it ({})", panic_text(&panic)),
     })?;
+    let damaged = |e: &sled::Error| OpenError::Damaged {
+        path: data_dir.to_path_buf(),
+        what: format!("sled cannot read it ({e})"),
+    };
     opened.map_err(|e| match e {
         sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
             OpenError::Locked(data_dir.to_path_buf())
+        }
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) if !fresh => damaged(&e),
+        sled::Error::Io(ref io)
+            if !fresh
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                ) =>
+        {
+            damaged(&e)
         }
         other => OpenError::Other(other.to_string()),
     })

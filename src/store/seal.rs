@@ -58,15 +58,57 @@ fn digest(path: &Path) -> std::io::Result<(u64, u32)> {
     Ok((len, hasher.finalize()))
 }
 
+/// How many times [`write`] lists and digests the files before it gives up on a set
+/// that keeps changing.
+const ATTEMPTS: usize = 5;
+
 /// Writes the seal of the files as they are now (sled closed or idle: nothing more
 /// may be written to them). Temp file, fsync, rename, fsync the directory.
+///
+/// sled removes a replaced blob file when the segment that replaced it settles, which
+/// can come just after the last flush: a blob listed may be gone when it is read, and
+/// one may go while the others are read. A file gone when read is left out; the
+/// listing is taken again after the digests, and the seal is written only when it is
+/// still the same set (else all over again, up to `ATTEMPTS` times). A seal that names
+/// a blob sled has since removed would make the next start refuse a healthy store.
 pub fn write(store_dir: &Path) -> std::io::Result<()> {
-    let mut text = String::new();
-    for rel in sealed_files(store_dir)? {
-        let (len, crc) = digest(&store_dir.join(&rel))?;
-        text.push_str(&format!("{len} {crc:08x} {}\n", rel.display()));
+    for _ in 0..ATTEMPTS {
+        let (text, sealed) = digest_all(store_dir, &sealed_files(store_dir)?)?;
+        if sealed_files(store_dir)? == sealed {
+            return crate::perms::replace_private(store_dir, FILE, text.as_bytes());
+        }
     }
-    crate::perms::replace_private(store_dir, FILE, text.as_bytes())
+    Err(std::io::Error::other(format!(
+        "sled's blob files kept changing while they were sealed ({ATTEMPTS} attempts)"
+    )))
+}
+
+/// The seal's text for the files `listed`, and the files it covers: those of them
+/// still there when read (`db` must be).
+fn digest_all(store_dir: &Path, listed: &[PathBuf]) -> std::io::Result<(String, Vec<PathBuf>)> {
+    let mut text = String::new();
+    let mut sealed = Vec::new();
+    for rel in listed {
+        match digest(&store_dir.join(rel)) {
+            Ok((len, crc)) => {
+                text.push_str(&format!("{len} {crc:08x} {}\n", rel.display()));
+                sealed.push(rel.clone());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && rel != Path::new("db") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((text, sealed))
+}
+
+/// Removes a seal, durably (a seal that may no longer match must not be trusted by the
+/// next start). Absent already is fine.
+pub fn remove(store_dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(store_dir.join(FILE)) {
+        Ok(()) => super::sync_dir(store_dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether the last stop was clean, after checking its seal: `Ok(true)` when a seal
@@ -124,6 +166,32 @@ pub fn check_and_remove(store_dir: &Path) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A blob that is gone by the time it is read is left out of the seal (sled
+    /// removed it), instead of failing the seal and with it the clean stop.
+    #[test]
+    fn a_blob_gone_before_it_is_read_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("db"), b"log").unwrap();
+        std::fs::create_dir(d.join("blobs")).unwrap();
+        std::fs::write(d.join("blobs/1"), b"kept").unwrap();
+        // As listed just before sled removed blob 2.
+        let listed = [
+            PathBuf::from("db"),
+            PathBuf::from("blobs/1"),
+            PathBuf::from("blobs/2"),
+        ];
+        let (text, sealed) = digest_all(d, &listed).unwrap();
+        assert_eq!(sealed, sealed_files(d).unwrap());
+        assert!(
+            text.contains("blobs/1") && !text.contains("blobs/2"),
+            "{text}"
+        );
+        // The log itself gone is an error, not something to leave out.
+        std::fs::remove_file(d.join("db")).unwrap();
+        assert!(digest_all(d, &listed).is_err());
+    }
 
     #[test]
     fn a_sealed_file_that_changes_in_any_way_is_found() {

@@ -337,3 +337,79 @@ fn other_users_are_refused_and_logged() {
         .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
     assert!(refused.contains("peer_uid=Some(65534)"), "{refused}");
 }
+
+/// A fake server listening on the admin socket as another user (uid 65534, `nobody`;
+/// the listening thread drops to it with a per-thread setuid, so `SO_PEERCRED` names
+/// it) that would answer every command with success and a made-up key. The CLI
+/// refuses it before sending anything: `user rotate-key` and `backup` exit 1 naming
+/// the uid that answered and the data directory's owner, print no key, write no file,
+/// and the old key still works.
+#[test]
+fn the_cli_refuses_an_admin_socket_answered_by_another_user() {
+    assert_eq!(
+        rustix::process::geteuid().as_raw(),
+        0,
+        "this test listens as another uid, which needs root (CI runs as root)"
+    );
+    let mut server = TestServer::start();
+    let old_key = server.admin_key();
+    assert!(server.stop().success());
+    let shared = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let sock = shared.path().join("admin.sock");
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let (heard_tx, heard) = std::sync::mpsc::channel::<String>();
+    let fake_at = sock.clone();
+    std::thread::spawn(move || {
+        // Only this thread changes uid (the raw syscall, not glibc's process-wide one).
+        rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(65534)).expect("setuid");
+        let listener = UnixListener::bind(&fake_at).expect("bind as nobody");
+        ready_tx.send(()).expect("ready");
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut line = String::new();
+            let _ = BufReader::new(&conn).read_line(&mut line);
+            let _ = heard_tx.send(line);
+            let _ = conn.write_all(
+                b"{\"v\":1,\"code\":0,\"stdout\":\"fgk_fake\\n\",\"stderr\":\"done\\n\"}\n",
+            );
+        }
+    });
+    ready
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the fake server listens");
+    let env = [(
+        "FLEETGROUPS_ADMIN_SOCKET".to_string(),
+        sock.to_str().expect("utf-8").to_string(),
+    )];
+    let backup = shared.path().join("b.jsonl");
+    for args in [
+        &["user", "rotate-key", "admin"][..],
+        &["backup", backup.to_str().expect("utf-8")],
+    ] {
+        let out = cli_in(&server.data_dir(), args, &env);
+        assert_eq!(out.code, 1, "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+        for needle in [
+            "refused the admin socket",
+            "answered by nobody (uid 65534)",
+            "not by the owner of",
+            "root (uid 0)",
+            "the command was not sent",
+        ] {
+            assert!(
+                out.stderr.contains(needle),
+                "{args:?}: {needle:?} in {}",
+                out.stderr
+            );
+        }
+    }
+    assert!(!backup.exists(), "a backup file appeared");
+    // The fake heard nothing: the check comes before the request is written.
+    while let Ok(line) = heard.try_recv() {
+        assert!(line.is_empty(), "the command was sent: {line}");
+    }
+    server.restart();
+    server.login("admin", &old_key);
+}

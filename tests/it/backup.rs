@@ -291,6 +291,19 @@ fn restore_refuses_bad_input_and_leaves_nothing_behind() {
     v["devices"] = json!((0..10_001).map(|i| format!("d{i}")).collect::<Vec<_>>());
     crowded[g] = v.to_string();
     cases.push(("crowded", crowded, "more than limits.max_devices_per_group"));
+    // Argon2 costs beyond this binary's own (one failed login took 12 s and 2 GB).
+    let mut costly = lines.clone();
+    let u = costly
+        .iter()
+        .position(|l| l.contains("\"type\":\"user\""))
+        .expect("user");
+    assert!(costly[u].contains("m=19456,t=2,p=1"), "{}", costly[u]);
+    costly[u] = costly[u].replace("m=19456,t=2,p=1", "m=2097152,t=10,p=1");
+    cases.push((
+        "costly-hash",
+        costly,
+        "user admin: keyHash asks for m=2097152 KiB, t=10, p=1",
+    ));
     let mut unknown = lines.clone();
     unknown[seq_at] = unknown[seq_at].replace("}", ",\"extra\":true}");
     cases.push(("unknown-field", unknown, "unknown field"));
@@ -470,4 +483,99 @@ fn a_restore_killed_at_any_moment_is_refused_and_a_second_restore_redoes_it() {
     }
     println!("restore kill rounds: {interrupted} interrupted, {finished} finished");
     assert!(interrupted >= 2, "the kills must land inside restores");
+}
+
+/// Two `restore` runs into one directory: the second, started while the first is
+/// writing (its in-progress marker is there), is refused with exit 1 and a message
+/// naming the directory, instead of taking the marker for an abandoned restore and
+/// emptying the directory under the first; the first finishes and its store starts
+/// with every group. One started after the first finished is refused (not empty) and
+/// leaves the finished restore as it was. (Before the lock, 4 of 4 such pairs ended
+/// with an empty or missing directory.)
+#[test]
+fn a_second_restore_into_the_same_directory_is_refused_and_touches_nothing() {
+    let source = TestServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big.jsonl");
+    let groups = 8_000;
+    big_backup(&source, &file, groups);
+    let mut server = TestServer::unstarted(Options::default());
+    let data = server.data_dir();
+    let mut cmd = std::process::Command::new(crate::support::BIN);
+    crate::support::clear_fleetgroups_env(&mut cmd);
+    let first = cmd
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("restore")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("restore");
+    let marker = data.join("restore-in-progress");
+    crate::support::poll_until(
+        std::time::Duration::from_secs(30),
+        "the first restore's marker",
+        || marker.exists().then_some(()),
+    );
+    let second = cli_in(&data, &["restore", file.to_str().expect("utf-8")], &[]);
+    let first = first.wait_with_output().expect("wait");
+    assert!(
+        first.status.success(),
+        "the first restore: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(
+        second.stderr.contains(&format!(
+            "another restore into {} is running; nothing was changed",
+            data.display()
+        )),
+        "{}",
+        second.stderr
+    );
+    // A third, after the first finished: refused, and the restored store stays.
+    let third = cli_in(&data, &["restore", file.to_str().expect("utf-8")], &[]);
+    assert_eq!(third.code, 1, "{third:?}");
+    assert!(third.stderr.contains("is not empty"), "{}", third.stderr);
+    server.restart();
+    let admin = server.client(&server.login("admin", &source.admin_key()));
+    let page = admin
+        .get("/api/groups?after=grp-7990&limit=100")
+        .expect_ok(200);
+    assert_eq!(page["groups"].as_array().map(Vec::len), Some(10));
+    assert!(
+        !server.log().contains("created user admin"),
+        "a first start: the restore was undone"
+    );
+}
+
+/// A server started on a directory a restore is filling (its marker there, its lock
+/// held: here the lock is taken as `restore` takes it, an `flock` on the directory)
+/// says a restore is running and exits 1, so systemd retries once it is done; the same
+/// marker without the lock is an interrupted restore (exit 3, the operator's).
+#[test]
+fn a_server_started_during_a_restore_says_a_restore_is_running() {
+    let server = TestServer::unstarted(Options::default());
+    let data = server.data_dir();
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("restore-in-progress"), b"restoring b.jsonl\n").expect("marker");
+    let held = std::fs::File::open(&data).expect("open");
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+    let out = server.second_server();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("a restore into data is running; start once it has finished"),
+        "{}",
+        out.stderr
+    );
+    drop(held);
+    let out = server.second_server();
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("restore was interrupted"),
+        "{}",
+        out.stderr
+    );
 }

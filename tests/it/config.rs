@@ -269,3 +269,64 @@ fn a_misspelt_setting_beside_service_links_still_exits_2() {
         assert!(!dir.path().join("data").exists());
     }
 }
+
+/// A password in `replication.postgres_url` is never shown, whatever form it takes:
+/// the user info, a `password=` parameter (also with a percent-encoded name), an
+/// `sslpassword=` parameter. Not by `check-config` (text, JSON, or the error of a URL
+/// it refuses), not in the server's log while it fails to reach the database; and the
+/// default `sslmode=prefer` is warned about once.
+#[test]
+fn every_form_of_a_database_password_is_redacted_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let url =
+        "postgresql://fleet:Ui9secret@127.0.0.1:1/fleet?pass%77ord=Qp7secret&connect_timeout=2";
+    let env = [("FLEETGROUPS_REPLICATION_POSTGRES_URL", url)];
+    let mut shown = Vec::new();
+    for output in ["text", "json"] {
+        let out = run_expecting_exit(dir.path(), &["check-config", "--output", output], &env);
+        assert_eq!(out.code, 0, "{output}: {}", out.stderr);
+        assert!(out.stdout.contains("pass%77ord=***"), "{}", out.stdout);
+        assert!(
+            out.stderr
+                .contains("warning: replication.postgres_url: sslmode=prefer"),
+            "{}",
+            out.stderr
+        );
+        shown.extend([out.stdout, out.stderr]);
+    }
+    // A URL check-config refuses: the error is scrubbed too.
+    for bad in [
+        "postgresql://fleet@127.0.0.1:1/fleet?password=Qp7secret&sslmode=maybe",
+        "postgresql://fleet@127.0.0.1:1/fleet?sslpassword=Qp7secret&nonsense=1",
+    ] {
+        let out = run_expecting_exit(
+            dir.path(),
+            &["check-config", "--output", "json"],
+            &[("FLEETGROUPS_REPLICATION_POSTGRES_URL", bad)],
+        );
+        assert_eq!(out.code, 2, "{bad}: {}", out.stderr);
+        shown.extend([out.stdout, out.stderr]);
+    }
+    // The server retries a database that is not there and logs why, without it.
+    let mut server = TestServer::with(
+        Options::default()
+            .env("FLEETGROUPS_REPLICATION_POSTGRES_URL", url)
+            .env("FLEETGROUPS_LOG_LEVEL", "debug"),
+    );
+    server.wait_for_log("cannot reach the central database");
+    let m = server.req("GET", "/metrics").send().text();
+    assert!(server.stop().success());
+    let log = server.log();
+    assert_eq!(
+        log.matches("sslmode=prefer (the default) falls back to plaintext")
+            .count(),
+        1,
+        "warned once:\n{log}"
+    );
+    shown.extend([log, m]);
+    for text in &shown {
+        for secret in ["Ui9secret", "Qp7secret"] {
+            assert!(!text.contains(secret), "{secret} was shown: {text}");
+        }
+    }
+}

@@ -7,27 +7,27 @@
 //! socket's `device:inode`. journald is not running on CI machines, so the test plays
 //! systemd with a plain file: the server's stderr is the file and `JOURNAL_STREAM` its
 //! device and inode, which is all the server can see of a journald stream anyway. The
-//! server's address comes from the log file itself (polled with a deadline).
+//! harness learns the server's address from its READY=1 notification.
 
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{clear_fleetgroups_env, poll_until, raw, BIN};
+use crate::support::{clear_fleetgroups_env, poll_until, raw, Options, TestServer, BIN};
 
-/// A server whose stderr is a file.
+/// A server whose stderr is a file (the harness's `Options::stderr_to`; it learns the
+/// address from the READY=1 notification).
 struct FileLogged {
-    child: Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
+    server: TestServer,
+    log: PathBuf,
 }
 
 impl FileLogged {
-    /// Starts the server with stderr on `dir/stderr.log`, `config` as its `--config`
-    /// file, and `JOURNAL_STREAM` set by `journal` from the log file's path.
+    /// Starts the server with stderr on a file, `config` as its `--config` file, and
+    /// `JOURNAL_STREAM` set by `journal` from the log file's path.
     fn start(
         config: &str,
         env: &[(&str, &str)],
@@ -36,57 +36,25 @@ impl FileLogged {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("stderr.log");
         let stderr = File::create(&log).unwrap();
-        let config_path = dir.path().join("config.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let mut cmd = Command::new(BIN);
-        clear_fleetgroups_env(&mut cmd);
-        cmd.current_dir(dir.path())
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"])
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("JOURNAL_STREAM")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(stderr));
-        if let Some(value) = journal(&log) {
-            cmd.env("JOURNAL_STREAM", value);
+        let mut options = Options::default().config(config).stderr_to(stderr);
+        for (k, v) in env {
+            options = options.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let marker = "listening on http://";
-            if let Some(at) = text.find(marker) {
-                let rest = &text[at + marker.len()..];
-                let addr: String = rest
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '"')
-                    .collect();
-                if let Ok(addr) = addr.parse() {
-                    break addr;
-                }
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("the server exited ({status}); log:\n{text}");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("no address logged within 30 s; log:\n{text}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        FileLogged { child, addr, dir }
+        if let Some(value) = journal(&log) {
+            options = options.env("JOURNAL_STREAM", &value);
+        }
+        FileLogged {
+            server: TestServer::with_dir(dir, options),
+            log,
+        }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap()
+        std::fs::read_to_string(&self.log).unwrap()
     }
 
     fn config_path(&self) -> PathBuf {
-        self.dir.path().join("config.toml")
+        self.server.config_path()
     }
 
     /// Polls the log file until `needle` appears `n` times; returns the log.
@@ -98,39 +66,19 @@ impl FileLogged {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        self.server.signal(sig);
     }
 
     fn get(&self, path: &str, id: &str) -> u16 {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: {id}\r\nConnection: close\r\n\r\n"
         );
-        raw(self.addr, req.as_bytes()).status
+        raw(self.server.addr, req.as_bytes()).status
     }
 
     /// SIGTERM; the exit code.
     fn stop(mut self) -> Option<i32> {
-        self.signal("TERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "no exit within 30 s");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for FileLogged {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.server.stop().code()
     }
 }
 
@@ -263,10 +211,14 @@ fn under_journald_json_lines_carry_priorities_and_no_timestamp() {
 #[test]
 fn a_journal_stream_that_is_not_our_stderr_keeps_the_usual_format() {
     // JOURNAL_STREAM is inherited: a child of a service whose stderr was redirected to
-    // a file still carries it. Here it names another file (the configuration file), and
+    // a file still carries it. Here it names another file in the directory, and
     // then a garbage value.
     for journal in [
-        (|log: &Path| Some(stream_of(&log.with_file_name("config.toml")))) as fn(&Path) -> _,
+        (|log: &Path| {
+            let other = log.with_file_name("not-stderr");
+            File::create(&other).unwrap();
+            Some(stream_of(&other))
+        }) as fn(&Path) -> _,
         |_: &Path| Some("garbage".to_string()),
     ] {
         let server = FileLogged::start(CONFIG, &[], journal);
@@ -281,8 +233,8 @@ fn a_journal_stream_that_is_not_our_stderr_keeps_the_usual_format() {
     }
 }
 
-/// The same against a real journald where one runs (a systemd machine; CI machines
-/// have none, and `FLEETGROUPS_REQUIRE_JOURNALD=1` turns its absence into a failure):
+/// The same against a real journald (a systemd machine's, or the one scripts/test.sh
+/// starts where none runs; without one this test fails):
 /// `systemd-cat` connects the server's stderr to journald, a shell sets
 /// `JOURNAL_STREAM` to that socket's `device:inode` as systemd does for a service, and
 /// `journalctl -p warning` then shows exactly the warning and the error.
@@ -298,14 +250,11 @@ fn under_a_real_journald_journalctl_filters_by_priority() {
     };
     // A socket file left by a journald that has stopped does not count: connect.
     let running = std::os::unix::net::UnixStream::connect("/run/systemd/journal/stdout").is_ok();
-    if !(running && have("systemd-cat") && have("journalctl")) {
-        assert!(
-            std::env::var_os("FLEETGROUPS_REQUIRE_JOURNALD").is_none(),
-            "FLEETGROUPS_REQUIRE_JOURNALD is set but journald or its tools are missing"
-        );
-        eprintln!("skipped: no journald running (the file-based tests above still ran)");
-        return;
-    }
+    assert!(
+        running && have("systemd-cat") && have("journalctl"),
+        "this test needs a running journald and systemd-cat/journalctl \
+         (scripts/test.sh installs systemd and starts systemd-journald when none runs)"
+    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.toml"), CONFIG).unwrap();
     let tag = format!(

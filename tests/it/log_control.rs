@@ -77,7 +77,7 @@ fn log_level_directives_filter_by_target() {
 #[test]
 fn sighup_applies_directives_and_refuses_a_bad_one() {
     let mut server = TestServer::with(Options::default().config("[log]\nlevel = \"info\"\n"));
-    let file = server.dir.path().join("test-config.toml");
+    let file = server.config_path();
     let reload = |text: &str, done: &str| {
         std::fs::write(&file, text).unwrap();
         let before = server.log().matches(done).count();

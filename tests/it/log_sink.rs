@@ -5,81 +5,38 @@
 //! part, never panics on a broken stdout or stderr: a result it could not print is
 //! exit code 1.
 //!
-//! These servers cannot be found through their log (that is the point), so the test
+//! These servers cannot be found through their log (that is the point), so the harness
 //! plays systemd and reads the address from the READY=1 notification. The full disk is
 //! a real one: a 64 KiB tmpfs mounted for the test (root only; without the mount the
 //! test fails and says why, rather than passing without having tested anything).
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::net::SocketAddr;
-use std::os::unix::net::UnixDatagram;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{clear_fleetgroups_env, try_raw, Resp, BIN};
+use crate::support::{clear_fleetgroups_env, try_raw, Options, Resp, TestServer, BIN};
 
-/// A server started with a stderr of the test's choosing.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
+/// A server whose stderr is the test's choice (the harness's `Options::stderr_to`),
+/// with what these tests ask of it.
+struct Server(TestServer);
 
 impl Server {
-    fn start(stderr: Stdio) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let notify_path = dir.path().join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let mut cmd = Command::new(BIN);
-        clear_fleetgroups_env(&mut cmd);
-        let mut child = cmd
-            .current_dir(dir.path())
-            .args(["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"])
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env_remove("WATCHDOG_USEC")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut buf = [0u8; 4096];
-        let addr = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("the server exited before it was ready: {status}");
-            }
-            assert!(Instant::now() < deadline, "no READY=1 within 30 s");
-            let Ok(n) = notify.recv(&mut buf) else {
-                continue;
-            };
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let marker = "STATUS=serving on http://";
-            if let Some(at) = msg.find(marker) {
-                let rest = &msg[at + marker.len()..];
-                break rest.lines().next().unwrap().parse().unwrap();
-            }
-        };
-        Server {
-            child,
-            addr,
-            _dir: dir,
-        }
+    fn start(stderr: impl Into<OwnedFd>) -> Server {
+        Server(TestServer::with(Options::default().stderr_to(stderr)))
     }
 
     /// One request; fails the test unless it is answered within `limit`.
     fn get(&self, path: &str, limit: Duration) -> (Resp, Duration) {
         let started = Instant::now();
-        let mut s = std::net::TcpStream::connect(self.addr).unwrap();
+        let mut s = std::net::TcpStream::connect(self.0.addr).unwrap();
         s.set_read_timeout(Some(limit)).unwrap();
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
+            self.0.addr
         )
         .unwrap();
         let r = crate::support::try_read_response(&mut s).unwrap_or_else(|e| {
@@ -93,10 +50,10 @@ impl Server {
 
     fn dropped(&self) -> u64 {
         let r = try_raw(
-            self.addr,
+            self.0.addr,
             format!(
                 "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                self.addr
+                self.0.addr
             )
             .as_bytes(),
         )
@@ -127,29 +84,20 @@ impl Server {
         }
     }
 
-    /// SIGTERM, then the exit status (failing the test after 30 s).
+    /// SIGTERM, then the exit status (failing the test after 30 s: a stop stuck on
+    /// its log destination is what these tests look for).
     fn stop(&mut self) -> ExitStatus {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.0.signal("TERM");
+        self.0
+            .wait_timeout(Duration::from_secs(30))
+            .expect("no exit within 30 s of SIGTERM")
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A pipe: (read end, write end). Close-on-exec, so that no child (this server, or
+/// one another test starts meanwhile) holds the read end open by inheritance.
+fn pipe() -> (OwnedFd, OwnedFd) {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe")
 }
 
 /// A 64 KiB tmpfs, filled: every write to a file on it fails with ENOSPC.
@@ -213,7 +161,7 @@ fn stderr_on_a_full_disk_starts_serves_counts_and_exits_0() {
     let e = (&file).write_all(b"x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(28), "the disk is not full: {e}");
 
-    let mut server = Server::start(Stdio::from(file));
+    let mut server = Server::start(file);
     for _ in 0..5 {
         let (r, _) = server.get("/healthz", Duration::from_secs(10));
         assert_eq!(r.status, 200, "{}", r.text());
@@ -227,9 +175,10 @@ fn stderr_on_a_full_disk_starts_serves_counts_and_exits_0() {
 
 #[test]
 fn stderr_pipe_whose_reader_went_away_answers_and_exits_0() {
-    let mut server = Server::start(Stdio::piped());
+    let (reader, writer) = pipe();
+    let mut server = Server::start(writer);
     // The reader goes away (journald restarted, `… | head` done): writes now get EPIPE.
-    drop(server.child.stderr.take());
+    drop(reader);
     for _ in 0..5 {
         let (r, _) = server.get("/healthz", Duration::from_secs(10));
         assert_eq!(r.status, 200, "{}", r.text());
@@ -241,9 +190,10 @@ fn stderr_pipe_whose_reader_went_away_answers_and_exits_0() {
 
 #[test]
 fn stderr_pipe_nobody_reads_does_not_slow_requests() {
-    let mut server = Server::start(Stdio::piped());
+    let (unread, writer) = pipe();
+    let mut server = Server::start(writer);
     // Kept open, never read: once its 64 KiB are full, every write to it blocks.
-    let _unread = server.child.stderr.take();
+    let _unread = unread;
     // A 4,000-byte path makes a 4 KB log line (and a 404): the pipe is full after ~16
     // of them, the server's 1 MiB queue after ~270 more; then lines are dropped.
     let long = format!("/{}", "a".repeat(4000));

@@ -31,6 +31,7 @@ mod ext_membership;
 mod ext_merge_patch;
 mod ext_paging;
 mod failed_logins;
+mod fleet;
 mod groups;
 mod healthcheck;
 mod journald;

@@ -17,6 +17,8 @@ pub struct Pg {
     extra: String,
     /// Whether the test's own connections need TLS (`hostssl` only).
     tls_only: bool,
+    /// `max_connections` of the cluster.
+    max_connections: u32,
 }
 
 fn bin_dir() -> PathBuf {
@@ -80,16 +82,21 @@ fn postgres_ids() -> (u32, u32) {
 
 impl Pg {
     pub fn start() -> Pg {
-        Self::start_with(None)
+        Self::start_with(None, 50)
+    }
+
+    /// A cluster with only `max_connections` slots (a fleet larger than the centre).
+    pub fn start_limited(max_connections: u32) -> Pg {
+        Self::start_with(None, max_connections)
     }
 
     /// A cluster that takes TCP connections only over TLS (`hostssl`), with this
     /// certificate and key (PEM).
     pub fn start_tls(cert_pem: &str, key_pem: &str) -> Pg {
-        Self::start_with(Some((cert_pem, key_pem)))
+        Self::start_with(Some((cert_pem, key_pem)), 50)
     }
 
-    fn start_with(tls: Option<(&str, &str)>) -> Pg {
+    fn start_with(tls: Option<(&str, &str)>, max_connections: u32) -> Pg {
         let bin = bin_dir();
         let dir = tempfile::tempdir().expect("tempdir");
         let (uid, gid) = postgres_ids();
@@ -147,6 +154,7 @@ impl Pg {
                 .expect("runtime"),
             extra,
             tls_only: tls.is_some(),
+            max_connections,
         };
         pg.start_again();
         pg
@@ -159,9 +167,10 @@ impl Pg {
     /// Starts the (stopped) cluster and waits until it takes connections.
     pub fn start_again(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50 {}",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections={} {}",
             self.port,
             self.dir.path().display(),
+            self.max_connections,
             self.extra
         );
         let log = self.dir.path().join("log");
@@ -209,6 +218,67 @@ impl Pg {
             "pg_ctl stop failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// `pg_ctl stop -m fast`: a clean shutdown that closes every connection.
+    pub fn stop_fast(&self) {
+        let out = as_postgres(
+            &self.bin,
+            "pg_ctl",
+            &[
+                "-D",
+                self.data().to_str().expect("utf-8"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Connects as `user` over TCP and runs `sql` on a runtime of its own (so any
+    /// thread may call it while the test uses `query`): how long connecting and the
+    /// query took and the first value, or why it failed.
+    pub fn run_as(&self, user: &str, sql: &str) -> Result<(Duration, Option<String>), String> {
+        let url = self.url_as(user);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let started = std::time::Instant::now();
+        runtime.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            let task = tokio::spawn(conn);
+            let rows = client.simple_query(sql).await.map_err(|e| e.to_string())?;
+            let took = started.elapsed();
+            drop(client);
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            let first = rows.into_iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+                _ => None,
+            });
+            Ok((took, first.flatten()))
+        })
+    }
+
+    /// A URL for `user` (password-less: trust).
+    pub fn url_as(&self, user: &str) -> String {
+        format!(
+            "postgresql://{user}@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
     }
 
     /// A URL for the gateway (password-less: trust).
@@ -259,6 +329,99 @@ impl Pg {
             .into_iter()
             .next()
             .and_then(|r| r.into_iter().next().flatten())
+    }
+}
+
+/// A real Debian `pgbouncer` in front of a `Pg`, in transaction pooling mode (the mode
+/// that breaks named prepared statements and session state), run as the postgres user
+/// on a free port; stopped with the test.
+pub struct Bouncer {
+    _dir: tempfile::TempDir,
+    child: std::process::Child,
+    pub port: u16,
+    log: PathBuf,
+}
+
+fn pgbouncer_bin() -> PathBuf {
+    for p in ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!(
+        "PgBouncer is required for the pooler tests and was not found (/usr/sbin/pgbouncer): apt-get install -y pgbouncer"
+    )
+}
+
+impl Bouncer {
+    /// PgBouncer in transaction mode with at most `pool_size` server connections.
+    pub fn start(pg: &Pg, pool_size: u32) -> Bouncer {
+        use std::os::unix::process::CommandExt;
+        let bin = pgbouncer_bin();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown to postgres");
+        let port = free_port();
+        let d = dir.path().display();
+        let users = dir.path().join("users.txt");
+        std::fs::write(&users, "\"postgres\" \"\"\n\"fleet\" \"\"\n").expect("users.txt");
+        let ini = dir.path().join("pgbouncer.ini");
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\npostgres = host=127.0.0.1 port={} dbname=postgres\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {d}/users.txt\npool_mode = transaction\n\
+                 max_client_conn = 2000\ndefault_pool_size = {pool_size}\n\
+                 logfile = {d}/pgbouncer.log\n",
+                pg.port
+            ),
+        )
+        .expect("pgbouncer.ini");
+        let child = Command::new(&bin)
+            .arg(&ini)
+            .uid(uid)
+            .gid(gid)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let b = Bouncer {
+            log: dir.path().join("pgbouncer.log"),
+            _dir: dir,
+            child,
+            port,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pgbouncer did not listen on {port}: {}",
+                b.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        b
+    }
+
+    /// A URL through the pooler.
+    pub fn url(&self, user: &str) -> String {
+        format!(
+            "postgresql://{user}@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// PgBouncer's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

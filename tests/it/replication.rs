@@ -47,7 +47,7 @@ fn gateway_keys(pg: &Pg, id: &str) -> (TestServer, Vec<String>, Vec<String>) {
 }
 
 /// The store's highest seq, from the feed: `next` of a page that reached the end.
-fn high(server: &TestServer, token: &str) -> u64 {
+pub fn high(server: &TestServer, token: &str) -> u64 {
     // No `after` first: from the oldest kept entry, never expired.
     let mut after: Option<u64> = None;
     loop {
@@ -72,7 +72,7 @@ fn feed_path(after: Option<u64>) -> String {
 }
 
 /// Every feed seq of the accounts of `tokens`.
-fn feed_seqs(server: &TestServer, tokens: &[String]) -> BTreeSet<u64> {
+pub fn feed_seqs(server: &TestServer, tokens: &[String]) -> BTreeSet<u64> {
     let mut out = BTreeSet::new();
     for t in tokens {
         let mut after: Option<u64> = None;
@@ -93,7 +93,7 @@ fn feed_seqs(server: &TestServer, tokens: &[String]) -> BTreeSet<u64> {
     out
 }
 
-fn central_applied(pg: &Pg, gateway: &str) -> Option<(u64, String)> {
+pub fn central_applied(pg: &Pg, gateway: &str) -> Option<(u64, String)> {
     pg.value("SELECT to_regclass('fleetgroups.gateways')::text")?;
     pg.query(&format!(
         "SELECT applied_seq, store_id FROM fleetgroups.gateways WHERE gateway_id = '{gateway}'"
@@ -109,7 +109,7 @@ fn central_applied(pg: &Pg, gateway: &str) -> Option<(u64, String)> {
 }
 
 /// Waits until the centre has applied everything up to `seq` for `gateway`.
-fn caught_up(pg: &Pg, gateway: &str, seq: u64, deadline: Duration) {
+pub fn caught_up(pg: &Pg, gateway: &str, seq: u64, deadline: Duration) {
     poll_until(deadline, &format!("{gateway} applied up to {seq}"), || {
         central_applied(pg, gateway)
             .filter(|(applied, _)| *applied >= seq)
@@ -118,7 +118,7 @@ fn caught_up(pg: &Pg, gateway: &str, seq: u64, deadline: Duration) {
 }
 
 /// The central rows of one gateway's account as `GET /api/groups` shows groups.
-fn central_groups(pg: &Pg, gateway: &str, account: &str) -> Value {
+pub fn central_groups(pg: &Pg, gateway: &str, account: &str) -> Value {
     let ts =
         |c: &str| format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')");
     let text = pg
@@ -135,7 +135,7 @@ fn central_groups(pg: &Pg, gateway: &str, account: &str) -> Value {
 }
 
 /// The central `changes` seqs of a gateway's store, and how many rows they are.
-fn central_changes(pg: &Pg, gateway: &str, store_id: &str) -> (BTreeSet<u64>, usize) {
+pub fn central_changes(pg: &Pg, gateway: &str, store_id: &str) -> (BTreeSet<u64>, usize) {
     let rows = pg.query(&format!(
         "SELECT seq FROM fleetgroups.changes WHERE gateway_id = '{gateway}' AND store_id = '{store_id}'"
     ));
@@ -164,7 +164,7 @@ fn assert_converged(pg: &Pg, server: &TestServer, gateway: &str, tokens: &[Strin
     }
 }
 
-fn store_id(server: &TestServer, token: &str) -> String {
+pub fn store_id(server: &TestServer, token: &str) -> String {
     server
         .req("GET", "/api/changes?limit=1")
         .bearer(token)
@@ -240,7 +240,7 @@ fn two_gateways_converge_row_for_row_and_every_change_is_central_exactly_once() 
     assert_eq!(holders, Some("2".into()));
     assert_eq!(
         pg.value("SELECT max(version)::text FROM fleetgroups.schema_version"),
-        Some("1".into())
+        Some(fleetgroups::replication::SCHEMA_VERSION.to_string())
     );
     // Metrics: caught up.
     let m = a.req("GET", "/metrics").send().text();
@@ -387,7 +387,7 @@ fn kills_of_the_gateway_and_its_connections_lose_and_double_nothing() {
             });
             std::thread::sleep(terminate_at);
             let n = pg.value(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'fleetgroups'",
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE 'fleetgroups/%'",
             );
             terminated += n.and_then(|n| n.parse().ok()).unwrap_or(0);
             std::thread::sleep(kill_at.saturating_sub(terminate_at));

@@ -110,3 +110,32 @@ fn a_second_signal_exits_at_once_and_keeps_acknowledged_writes() {
         .collect();
     assert_eq!(names, ["Kept 0", "Kept 1", "Kept 2"]);
 }
+
+/// A CLI command while the server shuts down (here: held in its grace period by an
+/// unfinished request) is told the server is stopping, exit 1, nothing done; not
+/// "wait for the server to finish starting". Once stopped, the same command works.
+#[test]
+fn a_cli_command_during_shutdown_is_told_the_server_is_stopping() {
+    let mut server = TestServer::start();
+    let token = server.admin_token();
+    let body = serde_json::to_vec(&json!({"name": "Drained"})).unwrap();
+    let mut slow = begin_slow_request(&server, "POST", "/api/groups", &token, body.len());
+    slow.write_all(&body[..4]).unwrap();
+    server.signal("TERM");
+    wait_until_draining(&server);
+    let out = server.cli(&["user", "add", "late"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the server is stopping; nothing was done"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("finish starting"), "{}", out.stderr);
+    slow.write_all(&body[4..]).unwrap();
+    assert_eq!(read_response(&mut slow).status, 201);
+    assert_eq!(server.wait().code(), Some(0), "{}", server.log());
+    let listed = server.cli(&["user", "list"]);
+    assert_eq!(listed.code, 0, "{listed:?}");
+    assert!(!listed.stdout.contains("late"), "{}", listed.stdout);
+}

@@ -3,20 +3,13 @@
 //! changed settings that need a restart, keeps everything when the file is broken, and
 //! never stops the server; SIGUSR1, SIGUSR2 and SIGALRM are logged and ignored.
 
-use std::path::PathBuf;
-
 use crate::support::{Options, TestServer};
-
-/// The configuration file `TestServer` passes with `--config`.
-fn config_file(server: &TestServer) -> PathBuf {
-    server.dir.path().join("test-config.toml")
-}
 
 /// Writes the configuration file, sends SIGHUP and waits for the reload's last line: a
 /// reload changes nothing else a test could observe (a log level, or nothing at all
 /// when it is refused), and that line is what these tests check.
 fn reload_with(server: &TestServer, text: &str, done: &str) {
-    std::fs::write(config_file(server), text).unwrap();
+    std::fs::write(server.config_path(), text).unwrap();
     let before = server.log().matches(done).count();
     server.signal("HUP");
     server.wait_for_log_count(done, before + 1);

@@ -3,10 +3,10 @@
 //! (one connection per request), so tests control every byte they send and see every
 //! byte that comes back.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +29,10 @@ pub struct Options {
     pub umask: Option<u32>,
     /// `--listen` (default `127.0.0.1:0`), e.g. `[::]:0` for a dual-stack listener.
     pub listen: Option<String>,
+    /// Where stderr goes instead of the harness's pipe (a file on a full disk, a pipe
+    /// nobody reads, a journald stream). The log is then the test's to read, and the
+    /// harness plays systemd: it learns the address from the READY=1 notification.
+    pub stderr: Option<Arc<OwnedFd>>,
 }
 
 impl Options {
@@ -52,6 +56,12 @@ impl Options {
     /// Listens on `addr` instead of `127.0.0.1:0`.
     pub fn listen(mut self, addr: &str) -> Self {
         self.listen = Some(addr.to_string());
+        self
+    }
+
+    /// Sends the server's stderr to `fd` (see [`Options::stderr`]).
+    pub fn stderr_to(mut self, fd: impl Into<OwnedFd>) -> Self {
+        self.stderr = Some(Arc::new(fd.into()));
         self
     }
 }
@@ -180,6 +190,12 @@ impl TestServer {
             let log = self.log();
             (log.matches(needle).count() >= n).then_some(log)
         })
+    }
+
+    /// The configuration file the server was started with (`Options::config`), for a
+    /// test that edits it before a SIGHUP.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("test-config.toml")
     }
 
     /// The options the server runs with.
@@ -448,14 +464,19 @@ fn spawn(dir: &Path, options: &Options) -> Spawned {
     cmd.args(["--data-dir", "data", "serve", "--listen", listen]);
     clear_fleetgroups_env(&mut cmd);
     cmd
-        // A test run under systemd must not notify the test runner's own unit.
+        // A test run under systemd must not notify the test runner's own unit, nor
+        // log as if its stderr were the runner's journal stream.
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
+        .env_remove("JOURNAL_STREAM")
         .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stdout(Stdio::null());
+    if let Some(fd) = &options.stderr {
+        return spawn_notified(dir, cmd, fd);
+    }
+    cmd.stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn fleetgroups");
     let stderr = child.stderr.take().expect("stderr");
     let log = Arc::new(Mutex::new(String::new()));
@@ -499,6 +520,52 @@ fn spawn(dir: &Path, options: &Options) -> Spawned {
         }
     };
     (child, addr, log, closed)
+}
+
+/// Starts `cmd` with stderr on `fd`, as systemd would: the address comes from the
+/// `STATUS=serving on …` of the READY=1 notification on a socket in `dir`.
+fn spawn_notified(dir: &Path, mut cmd: Command, fd: &OwnedFd) -> Spawned {
+    let notify_path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&notify_path);
+    let notify = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let stderr = fd.try_clone().expect("dup stderr");
+    let mut child = cmd
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .expect("spawn fleetgroups");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 4096];
+    let addr = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("the server exited before it was ready: {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no READY=1 within 30 s"
+        );
+        let Ok(n) = notify.recv(&mut buf) else {
+            continue;
+        };
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let found = ["STATUS=serving on http://", "STATUS=serving on https://"]
+            .iter()
+            .find_map(|m| msg.find(m).map(|at| at + m.len()));
+        if let Some(at) = found {
+            let line = msg[at..].lines().next().unwrap_or_default();
+            break line.parse().expect("an address after `serving on`");
+        }
+    };
+    // Nothing to read: the log is the test's, wherever it sent it.
+    (
+        child,
+        addr,
+        Arc::new(Mutex::new(String::new())),
+        Arc::new(AtomicBool::new(true)),
+    )
 }
 
 /// The server refuses unknown `FLEETGROUPS_*` variables, and the test process may carry

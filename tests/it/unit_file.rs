@@ -1,10 +1,8 @@
 //! `systemd/fleetgroups.service` (operations.md "Running under systemd") and the backup
 //! pair `fleetgroups-backup.service` + `.timer` (issue 12 item 4): the unit text must
-//! carry every required directive — checked always, without systemd — and, where
-//! `systemd-analyze` exists, systemd itself must accept the units without a warning and
-//! rate each service's exposure at 2.0 or less. Set
-//! `FLEETGROUPS_REQUIRE_SYSTEMD_ANALYZE=1` to make a missing `systemd-analyze` a
-//! failure (CI on a machine with systemd installed).
+//! carry every required directive, and systemd itself (`systemd-analyze`, which
+//! scripts/test.sh installs; without it these tests fail) must accept the units without
+//! a warning and rate each service's exposure at 2.0 or less.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -71,7 +69,7 @@ fn the_unit_has_every_required_directive() {
     assert_eq!(one("RuntimeDirectory"), "fleetgroups");
     assert_eq!(one("ConfigurationDirectory"), "fleetgroups");
     // A dedicated user: the admin socket answers only the server's uid, and the
-    // operator runs the CLI as this user (README).
+    // operator runs the CLI as this user (docs/operations/install.md).
     assert_eq!(one("User"), "fleetgroups");
     assert_eq!(one("Group"), "fleetgroups");
     for k in [
@@ -117,21 +115,17 @@ fn the_unit_has_every_required_directive() {
     assert!(UNIT.contains("\n[Install]\nWantedBy=multi-user.target\n"));
 }
 
-/// `systemd-analyze`, or `None` (with a note on stderr) when it is not installed.
-fn systemd_analyze() -> Option<&'static str> {
+/// `systemd-analyze`; a test that needs it fails when it is not installed.
+fn systemd_analyze() -> &'static str {
     let found = Command::new("systemd-analyze")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("FLEETGROUPS_REQUIRE_SYSTEMD_ANALYZE").is_none(),
-            "FLEETGROUPS_REQUIRE_SYSTEMD_ANALYZE is set but systemd-analyze is missing"
-        );
-        eprintln!("systemd-analyze not installed: only the unit text was checked");
-        return None;
-    }
-    Some("systemd-analyze")
+    assert!(
+        found,
+        "systemd-analyze is missing: install Debian's systemd package (scripts/test.sh does)"
+    );
+    "systemd-analyze"
 }
 
 /// The unit `name` with `ExecStart` pointing at the binary under test, since `verify`
@@ -166,9 +160,7 @@ fn verify_quietly(tool: &str, units: &[(&str, &str)]) -> tempfile::TempDir {
 
 #[test]
 fn systemd_accepts_the_unit_and_rates_it_ok() {
-    let Some(tool) = systemd_analyze() else {
-        return;
-    };
+    let tool = systemd_analyze();
     let dir = verify_quietly(tool, &[("fleetgroups.service", UNIT)]);
     assert_rated_ok(tool, &dir.path().join("fleetgroups.service"));
 }
@@ -276,9 +268,7 @@ fn the_backup_timer_is_daily_persistent_and_spread() {
 
 #[test]
 fn systemd_accepts_the_backup_units_and_rates_the_service_ok() {
-    let Some(tool) = systemd_analyze() else {
-        return;
-    };
+    let tool = systemd_analyze();
     let dir = verify_quietly(
         tool,
         &[

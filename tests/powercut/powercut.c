@@ -10,7 +10,7 @@
  *
  * sync_file_range (what sled 0.34.7's flush ends in) is deliberately NOT a sync here:
  * it flushes neither the drive cache nor file metadata. Directory operations (create,
- * rename, unlink) are not simulated; see ARCHITECTURE.md "Durability and power loss".
+ * rename, unlink) are not simulated; see docs/design/store.md "Durability and power loss".
  *
  * Build: cc -shared -fPIC -O2 -o powercut.so powercut.c -ldl
  */

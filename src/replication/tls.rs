@@ -1,0 +1,128 @@
+//! TLS for the connection to the centre (rustls, never OpenSSL), with libpq's meaning
+//! of each `sslmode`: `prefer`/`require` encrypt without checking the certificate,
+//! `verify-ca` checks the chain against `replication.ca_file` but not the host name,
+//! `verify-full` checks both.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+
+use crate::pg_url::SslMode;
+
+/// The client configuration for `ssl`, reading `ca_file` where the mode needs it;
+/// None for `disable`.
+pub(super) fn config_for(
+    ssl: SslMode,
+    ca_file: &str,
+) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    Ok(match ssl {
+        SslMode::Disable => None,
+        SslMode::Prefer | SslMode::Require => Some(tls_config(Verify::Nothing)?),
+        SslMode::VerifyCa => Some(tls_config(Verify::Chain(read_roots(ca_file)?))?),
+        SslMode::VerifyFull => Some(tls_config(Verify::Full(read_roots(ca_file)?))?),
+    })
+}
+
+enum Verify {
+    Nothing,
+    Chain(rustls::RootCertStore),
+    Full(rustls::RootCertStore),
+}
+
+fn read_roots(path: &str) -> Result<rustls::RootCertStore, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("replication.ca_file: cannot read {path}: {}", e.kind()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&bytes) {
+        let cert = cert.map_err(|_| format!("replication.ca_file: {path} is not PEM"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("replication.ca_file: {path}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("replication.ca_file: {path} holds no certificate"));
+    }
+    Ok(roots)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_config(verify: Verify) -> Result<Arc<rustls::ClientConfig>, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("replication: TLS: {e}"))?;
+    let cfg = match verify {
+        Verify::Full(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
+        Verify::Chain(roots) => {
+            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| format!("replication.ca_file: {e}"))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+                .with_no_client_auth()
+        }
+        // `sslmode=require`/`prefer`: encrypted, the certificate not checked (libpq's
+        // meaning).
+        Verify::Nothing => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(crate::tls::AnyCertificate(provider())))
+            .with_no_client_auth(),
+    };
+    Ok(Arc::new(cfg))
+}
+
+/// `sslmode=verify-ca`: the chain must lead to `ca_file`; the host name is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
