@@ -5,7 +5,7 @@
 #      (each an argon2id verification, bounded by auth.hash_concurrency), how long do
 #      ordinary GETs of other clients take? Compared with the same GETs on an idle server.
 #   2. Failed-login timing: median and spread of the answer time for an unknown user, a
-#      wrong key and a disabled user, which api.md §2 wants indistinguishable.
+#      wrong key and a disabled user, which docs/api/http.md "Authentication" wants indistinguishable.
 # It starts the binary itself (default target/release/fleetgroups) on 127.0.0.1 with a
 # temporary data directory, and stops it at the end. Loopback only, bounded in time.
 #

@@ -27,6 +27,7 @@ Scenarios:
 
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -229,6 +230,11 @@ def slow(binary):
                 if 5 < time.time() - t0 and len(healthz) < 5:
                     healthz.append(timed(request, addr, "GET", "/healthz", timeout=10)[0])
                 time.sleep(1)  # the readers' pace: 1 KiB a second each
+            _, metrics = request(addr, "GET", "/metrics", timeout=30)
+            cuts = {
+                m.group(1): m.group(2)
+                for m in re.finditer(rb'connections_closed_total\{reason="(\w+)"\} (\d+)', metrics)
+            }
             statuses = {}
             for code in first.values():
                 statuses[code] = statuses.get(code, 0) + 1
@@ -240,6 +246,7 @@ def slow(binary):
                 "slow: first status of 300": " ".join(f"{k}x{v}" for k, v in sorted(statuses.items())),
                 "slow: connections ended within 20 s": str(len(ended)),
                 "slow: fresh /healthz max s": max(healthz) if healthz else 0.0,
+                "slow: cut (slow_reader / write_timeout)": f"{cuts.get(b'slow_reader', b'-').decode()} / {cuts.get(b'write_timeout', b'-').decode()}",
             }
         finally:
             proc.kill()

@@ -14,7 +14,8 @@
 #  5. edits /etc/fleetgroups/config.toml, upgrades to the second package and checks
 #     the edit and the data survive;
 #  6. `dpkg --remove` keeps data, configuration and user; `dpkg --purge` removes all
-#     three.
+#     three, says so, and moves the backups to /var/backups/fleetgroups/<time>/ unless
+#     FLEETGROUPS_PURGE_BACKUPS=yes (checked too, on a second install).
 #
 # It changes the machine (a system user, /usr/bin/fleetgroups, /etc, /var/lib), so it
 # refuses to start when any of that exists already — a gateway or a developer's
@@ -67,8 +68,10 @@ cleanup() {
         kill -KILL "$server_pid" 2>/dev/null || true
     fi
     if [ -n "$installed" ]; then
-        dpkg --purge fleetgroups >/dev/null 2>&1 || true
+        FLEETGROUPS_PURGE_BACKUPS=yes dpkg --purge fleetgroups >/dev/null 2>&1 || true
     fi
+    [ -n "${kept_backups:-}" ] && rm -rf "$kept_backups"
+    rmdir /var/backups/fleetgroups 2>/dev/null || true
     [ -n "${work:-}" ] && rm -rf "$work"
     if [ "$rc" = 0 ]; then
         echo "package-test: passed in $(($(date +%s) - started)) s"
@@ -130,6 +133,13 @@ for f in etc/fleetgroups/config.toml \
     usr/share/man/man1/fleetgroups-serve.1.gz \
     usr/share/man/man1/fleetgroups-healthcheck.1.gz \
     usr/share/man/man1/fleetgroups-user-add.1.gz \
+    usr/share/man/man1/fleetgroups-restore.1.gz \
+    usr/share/man/man5/fleetgroups.toml.5.gz \
+    usr/share/doc/fleetgroups/changelog.gz \
+    usr/share/doc/fleetgroups/docs/README.md \
+    usr/share/doc/fleetgroups/docs/configuration.md \
+    usr/share/doc/fleetgroups/docs/operations/install.md \
+    usr/share/doc/fleetgroups/SECURITY.md \
     usr/share/doc/fleetgroups/copyright \
     usr/share/doc/fleetgroups/README.md \
     usr/share/doc/fleetgroups/examples/config.toml; do
@@ -140,6 +150,8 @@ done
 while read -r path mode; do
     case "$path" in
         usr/share/man/man1/fleetgroups-*.1.gz) ;;
+        usr/share/doc/fleetgroups/docs/*.md) [ -f "docs/${path#usr/share/doc/fleetgroups/docs/}" ] ||
+            fail "the package has a page docs/ does not: $path" ;;
         *) grep -qxF "$path" <<<"usr/bin/fleetgroups
 etc/fleetgroups/config.toml
 usr/lib/systemd/system/fleetgroups.service
@@ -150,11 +162,21 @@ usr/share/bash-completion/completions/fleetgroups
 usr/share/zsh/vendor-completions/_fleetgroups
 usr/share/fish/vendor_completions.d/fleetgroups.fish
 usr/share/man/man1/fleetgroups.1.gz
+usr/share/man/man5/fleetgroups.toml.5.gz
+usr/share/doc/fleetgroups/changelog.gz
+usr/share/doc/fleetgroups/SECURITY.md
 usr/share/doc/fleetgroups/copyright
 usr/share/doc/fleetgroups/README.md
 usr/share/doc/fleetgroups/examples/config.toml" || fail "unexpected file in the package: $path ($mode)" ;;
     esac
 done <"$work/files"
+# Every page of docs/ is in the package.
+(cd docs && find . -name '*.md') | while read -r page; do
+    grep -q "^usr/share/doc/fleetgroups/docs/${page#./} " "$work/files" || fail "the package lacks docs/${page#./}"
+done
+# The changelog is the repository's CHANGELOG.md.
+dpkg-deb --fsys-tarfile "$deb1" | tar -xO ./usr/share/doc/fleetgroups/changelog.gz | zcat | cmp - CHANGELOG.md ||
+    fail "usr/share/doc/fleetgroups/changelog.gz is not CHANGELOG.md"
 if awk '{ print $2 }' "$work/list" | grep -vqx '0/0'; then
     fail "a file not owned by root/root in the package"
 fi
@@ -196,6 +218,8 @@ has prerm 'deb-systemd-invoke stop fleetgroups.service'
 has postrm 'deb-systemd-helper purge fleetgroups.service'
 has postrm 'rm -rf /var/lib/fleetgroups'
 has postrm 'userdel fleetgroups'
+has postrm 'FLEETGROUPS_PURGE_BACKUPS'
+has postinst 'fleetgroups: systemd is not running, so the service was not started'
 # The backup service itself is never started by the package (the timer starts it).
 if grep -E 'deb-systemd-invoke (start|restart|\$_dh_action) .*fleetgroups-backup\.service' "$work/control/postinst"; then
     fail "postinst starts fleetgroups-backup.service"
@@ -208,7 +232,18 @@ install_line=$(grep -n 'install -d -m 0700 -o fleetgroups' "$work/control/postin
 # ---------------------------------------------------------------------------------
 step "3. install ($( [ -d /run/systemd/system ] && echo "systemd running" || echo "systemd not running"))"
 installed=yes
-dpkg -i "$deb1" </dev/null || fail "dpkg -i $deb1"
+dpkg -i "$deb1" </dev/null >"$work/install.log" 2>&1 || {
+    cat "$work/install.log"
+    fail "dpkg -i $deb1"
+}
+cat "$work/install.log"
+# Without a running systemd nothing starts, and the install says how to start it.
+if [ -d /run/systemd/system ]; then
+    if grep -q 'systemd is not running' "$work/install.log"; then fail "the install says systemd is not running"; fi
+else
+    grep -qx 'fleetgroups: systemd is not running, so the service was not started; start it as its unit would: install -d -m 0700 -o fleetgroups -g fleetgroups /run/fleetgroups && cd /var/lib/fleetgroups && runuser -u fleetgroups -- fleetgroups --config /etc/fleetgroups/config.toml serve' "$work/install.log" ||
+        fail "the install without systemd does not say how to start the service"
+fi
 [ "$(dpkg-query -W -f '${Status} ${Version}' fleetgroups)" = "install ok installed $version-1" ] ||
     fail "dpkg-query: $(dpkg-query -W -f '${Status} ${Version}' fleetgroups)"
 IFS=: read -r _ _ uid gid _ home shell < <(getent passwd fleetgroups) || fail "no user fleetgroups"
@@ -372,8 +407,23 @@ dpkg --remove fleetgroups </dev/null || fail "dpkg --remove"
 [ -s "$key" ] || fail "remove deleted the data"
 [ -f /etc/fleetgroups/config.toml ] || fail "remove deleted the configuration"
 getent passwd fleetgroups >/dev/null || fail "remove deleted the user"
-dpkg --purge fleetgroups </dev/null || fail "dpkg --purge"
+backups_before=$(find /var/lib/fleetgroups/backups -type f -name 'fleetgroups-*.jsonl.gz' 2>/dev/null | wc -l)
+dpkg --purge fleetgroups </dev/null >"$work/purge.log" 2>&1 || {
+    cat "$work/purge.log"
+    fail "dpkg --purge"
+}
 installed=
+cat "$work/purge.log"
+grep -qx 'fleetgroups: purged the data directory /var/lib/fleetgroups (the store, its users and keys), /run/fleetgroups, /etc/fleetgroups and the user fleetgroups' "$work/purge.log" ||
+    fail "purge does not say what it removed"
+if [ "$backups_before" -gt 0 ]; then
+    kept_backups=$(sed -n 's/^fleetgroups: kept the backups: moved to \([^ ]*\) (remove them.*/\1/p' "$work/purge.log")
+    [ -n "$kept_backups" ] || fail "purge does not say where the backups went"
+    [ "$(find "$kept_backups" -type f -name 'fleetgroups-*.jsonl.gz' | wc -l)" = "$backups_before" ] ||
+        fail "purge kept $(ls "$kept_backups") of $backups_before backups"
+    [ "$(stat -c '%U:%G %a' "$kept_backups")" = "root:root 700" ] || fail "$kept_backups: $(stat -c '%U:%G %a' "$kept_backups")"
+    if find "$kept_backups" ! -user root | grep .; then fail "kept backups not owned by root"; fi
+fi
 [ ! -e /var/lib/fleetgroups ] || fail "purge left /var/lib/fleetgroups"
 [ ! -e /etc/fleetgroups ] || fail "purge left /etc/fleetgroups: $(ls -A /etc/fleetgroups)"
 [ ! -e /run/fleetgroups ] || fail "purge left /run/fleetgroups"
@@ -381,4 +431,20 @@ installed=
 ! getent group fleetgroups >/dev/null || fail "purge left the group"
 if find /etc/systemd/system -name 'fleetgroups*' | grep .; then fail "purge left unit links"; fi
 if dpkg-query -W fleetgroups >/dev/null 2>&1; then fail "dpkg still knows the package"; fi
+# Asked to, purge removes the backups too, and says so.
+installed=yes
+dpkg -i "$deb1" </dev/null >/dev/null 2>&1 || fail "dpkg -i $deb1 (again)"
+install -d -m 0700 -o fleetgroups -g fleetgroups /var/lib/fleetgroups/backups
+runuser -u fleetgroups -- touch /var/lib/fleetgroups/backups/fleetgroups-20261201T085300Z.jsonl.gz
+ls -d /var/backups/fleetgroups/* >"$work/kept.before" 2>/dev/null || true
+FLEETGROUPS_PURGE_BACKUPS=yes dpkg --purge fleetgroups </dev/null >"$work/purge.log" 2>&1 || {
+    cat "$work/purge.log"
+    fail "dpkg --purge with FLEETGROUPS_PURGE_BACKUPS=yes"
+}
+installed=
+grep -qx 'fleetgroups: FLEETGROUPS_PURGE_BACKUPS=yes: removing the backups in /var/lib/fleetgroups/backups' "$work/purge.log" ||
+    fail "purge with FLEETGROUPS_PURGE_BACKUPS=yes does not say it removes the backups: $(cat "$work/purge.log")"
+[ ! -e /var/lib/fleetgroups ] || fail "purge with FLEETGROUPS_PURGE_BACKUPS=yes left /var/lib/fleetgroups"
+ls -d /var/backups/fleetgroups/* 2>/dev/null | diff "$work/kept.before" - >/dev/null ||
+    fail "purge with FLEETGROUPS_PURGE_BACKUPS=yes kept backups anyway"
 step "done"

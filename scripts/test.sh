@@ -13,6 +13,7 @@
 #   prometheus           promtool check metrics (tests/it/metrics.rs)
 #   git                  tests/it/build_info.rs makes throwaway repositories
 #   e2fsprogs, mount     tests/it/disk_faults.rs (an ext4 image on a loop device)
+#   curl                 tests/it/readme.rs runs the README's quick start as written
 # Installing needs root (or sudo); the tests themselves run as root because initdb
 # and the fault tests need it. Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -32,6 +33,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v mkfs.ext4 >/dev/null 2>&1 && command -v e2fsck >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
     echo "== installing: ${need[*]}"
     $sudo apt-get update -qq

@@ -1,5 +1,5 @@
 //! The admin socket: how `fleetgroups user …` and `fleetgroups backup` reach a running
-//! server (operations.md "CLI"). A Unix domain socket at `Config::admin_socket()`, mode
+//! server (docs/operations/running.md "Users and keys"). A Unix domain socket at `Config::admin_socket()`, mode
 //! 0600, that only answers peers whose uid (`SO_PEERCRED`) is the server's own; anyone
 //! else is refused and logged.
 //!
@@ -209,7 +209,10 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
             key_outcome(
                 &new,
                 *output,
-                format!("rotated the key of {name}; the old key and its tokens no longer work\n"),
+                format!(
+                    "rotated the key of {name}; the old key and its tokens no longer work\n{}",
+                    forget_initial_key(&data_dir_of(store, live), name)
+                ),
             )
         }),
         Command::UserSet {
@@ -228,7 +231,10 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
         Command::UserRemove { name } => admin.remove(name).map(|()| {
             Outcome::ok(
                 String::new(),
-                format!("removed user {name}; its account's groups stay\n"),
+                format!(
+                    "removed user {name}; its account's groups stay\n{}",
+                    forget_initial_key(&data_dir_of(store, live), name)
+                ),
             )
         }),
         Command::Backup { file } => return backup_to_file(store, live, file, &clock),
@@ -237,6 +243,44 @@ pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome 
         }
     };
     result.unwrap_or_else(|e| Outcome::failed(1, e))
+}
+
+/// Once the first user's key is rotated or the user removed, the first start's key
+/// file holds a key that no longer works: it is removed, and the line returned (for
+/// stderr) says so. Removed rather than rewritten: the new key is printed once, like
+/// every other user's, and a key in a plain file is a risk kept no longer than needed.
+fn forget_initial_key(data_dir: &Path, name: &str) -> String {
+    if name != crate::app::FIRST_USER {
+        return String::new();
+    }
+    let path = data_dir.join(crate::store::KEY_FILE);
+    // Named as the operator can find it: the server's data directory may be relative
+    // to its own working directory.
+    let path = std::path::absolute(&path).unwrap_or(path);
+    match std::fs::remove_file(&path) {
+        Ok(()) => format!(
+            "removed {}: it held the old key of {name}\n",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => format!(
+            "fleetgroups: warning: {} holds the old key of {name}, which no longer works, and cannot be removed ({e}): remove it\n",
+            path.display()
+        ),
+    }
+}
+
+/// The data directory of `store`: the running server's, or the one the CLI opened.
+fn data_dir_of(store: &Store, live: Option<&App>) -> std::path::PathBuf {
+    match live {
+        Some(app) => app.config.data_dir.clone(),
+        // The store lives in `<data_dir>/store`.
+        None => store
+            .dir()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    }
 }
 
 /// A new key: alone on stdout (or as JSON), what happened on stderr.
@@ -326,15 +370,7 @@ fn backup_to_dir(
 /// the data directory's state file, which a restarted server reads); returns a
 /// warning for stderr when the file could not be written (the backup itself is fine).
 fn backed_up(store: &Store, live: Option<&App>, file: &Path, clock: &Clock) -> String {
-    let data_dir = match live {
-        Some(app) => app.config.data_dir.clone(),
-        // The store lives in `<data_dir>/store`.
-        None => store
-            .dir()
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
-    };
+    let data_dir = data_dir_of(store, live);
     let (ms, warning) = match crate::backup::record_success(&data_dir, file, clock) {
         Ok(ms) => (ms, String::new()),
         Err(e) => (

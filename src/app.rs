@@ -233,7 +233,7 @@ impl App {
     /// Writes changed usage counters to the store.
     pub fn persist_usage(&self) {
         // A failed store takes no writes (store/space.rs); the counters stay in
-        // memory, as api.md §3 allows.
+        // memory, as docs/api/http.md "Usage counters and limits" allows.
         if !self.store.healthy() {
             return;
         }
@@ -336,6 +336,9 @@ pub fn spawn_upkeep(app: &Arc<App>) {
     });
 }
 
+/// The user a first start creates, whose key goes to [`KEY_FILE`].
+pub const FIRST_USER: &str = "admin";
+
 /// On a first start (no user at all), creates `admin` and writes its key to
 /// `<data_dir>/initial-api-key` (0600). Logs the file's path, never the key.
 fn bootstrap(store: &Store, data_dir: &Path, clock: &Clock) -> Result<(), StartError> {
@@ -346,7 +349,12 @@ fn bootstrap(store: &Store, data_dir: &Path, clock: &Clock) -> Result<(), StartE
         return Ok(());
     }
     let key = UserManager::offline(store, clock.clone())
-        .add("admin", "default", crate::store::users::Role::Write, None)
+        .add(
+            FIRST_USER,
+            "default",
+            crate::store::users::Role::Write,
+            None,
+        )
         .map_err(|e| StartError::new(format!("creating the first user: {e}")))?
         .key;
     let path = data_dir.join(KEY_FILE);

@@ -19,7 +19,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::config::AuthConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, TokenRefusal};
 use crate::hashing::Verifier;
 use crate::login_limiter::{FailedLogins, LimitKey, NameKey};
 use crate::store::users::{TokenRecord, UserRecord};
@@ -27,9 +27,13 @@ use crate::store::Store;
 use crate::sync::lock;
 use crate::time::Clock;
 
+/// What every API key starts with (a token starts with `fgt_`), so that a key sent
+/// as a bearer token can be told apart and the client told what to do.
+const KEY_PREFIX: &str = "fgk_";
+
 /// A fresh API key: `fgk_` and 64 hex digits (256 bits).
 pub fn generate_key() -> String {
-    format!("fgk_{}", random_hex())
+    format!("{KEY_PREFIX}{}", random_hex())
 }
 
 fn random_hex() -> String {
@@ -98,6 +102,11 @@ pub struct Auth {
     config: AuthConfig,
     users: RwLock<HashMap<String, Arc<UserRecord>>>,
     tokens: RwLock<HashMap<[u8; 32], LiveToken>>,
+    /// Tokens revoked while this server runs (a rotated key, a removed user), until
+    /// they would have expired: only so that a client presenting one is told "revoked"
+    /// rather than "unknown". Only the operator revokes, and each entry goes at its
+    /// deadline, so this holds at most the tokens revoked within one token lifetime.
+    revoked: RwLock<HashMap<[u8; 32], Instant>>,
     failures: std::sync::Mutex<FailedLogins>,
     /// Argon2 verifications run here, `hash_concurrency` at a time.
     verifier: Verifier,
@@ -144,6 +153,7 @@ impl Auth {
             config: config.clone(),
             users: RwLock::new(users),
             tokens: RwLock::new(tokens),
+            revoked: RwLock::new(HashMap::new()),
             failures: std::sync::Mutex::new(FailedLogins::new(
                 config.max_failed_logins,
                 Duration::from_secs(config.failed_login_window_secs),
@@ -175,34 +185,42 @@ impl Auth {
             .unwrap_or(0)
     }
 
-    /// Checks an `Authorization` header value; returns the caller.
+    /// Checks an `Authorization` header value; returns the caller, or why not.
     pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Arc<UserRecord>, ApiError> {
-        let header = header.ok_or(ApiError::Unauthorized)?;
-        let header = std::str::from_utf8(header).map_err(|_| ApiError::Unauthorized)?;
-        let (scheme, token) = header
-            .trim()
-            .split_once(' ')
-            .ok_or(ApiError::Unauthorized)?;
+        use TokenRefusal::*;
+        let refuse = |why| ApiError::Unauthorized(why);
+        let header = header.ok_or(refuse(NoHeader))?;
+        let header = std::str::from_utf8(header).map_err(|_| refuse(Malformed))?;
+        let Some((scheme, token)) = header.trim().split_once(' ') else {
+            // One word: the token (or a key) without its scheme, or a scheme alone.
+            return Err(refuse(NotBearer));
+        };
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::Unauthorized);
+            return Err(refuse(NotBearer));
         }
         let token = token.trim();
+        if token.starts_with(KEY_PREFIX) {
+            return Err(refuse(ApiKey));
+        }
         if token.is_empty() || token.len() > 256 {
-            return Err(ApiError::Unauthorized);
+            return Err(refuse(Malformed));
         }
         let hash = token_hash(token);
         let rec = {
-            let tokens = self.tokens.read().map_err(|_| ApiError::Unauthorized)?;
-            let live = tokens.get(&hash).ok_or(ApiError::Unauthorized)?;
+            let tokens = self.tokens.read().map_err(|_| refuse(Unknown))?;
+            let Some(live) = tokens.get(&hash) else {
+                let revoked = self.revoked.read().is_ok_and(|r| r.contains_key(&hash));
+                return Err(refuse(if revoked { Revoked } else { Unknown }));
+            };
             if live.expired(self.clock.now()) {
-                return Err(ApiError::Unauthorized);
+                return Err(refuse(Expired));
             }
             live.rec.clone()
         };
-        let users = self.users.read().map_err(|_| ApiError::Unauthorized)?;
-        let user = users.get(&rec.user).ok_or(ApiError::Unauthorized)?;
+        let users = self.users.read().map_err(|_| refuse(Unknown))?;
+        let user = users.get(&rec.user).ok_or(refuse(Revoked))?;
         if user.disabled || user.key_generation != rec.key_generation {
-            return Err(ApiError::Unauthorized);
+            return Err(refuse(Revoked));
         }
         Ok(Arc::clone(user))
     }
@@ -245,7 +263,7 @@ impl Auth {
         self.check_failures(&limit_keys)?;
         if name.is_none() {
             // No user can have a name outside the userName rule (the CLI and restore
-            // refuse one), so answering at once tells the client only what api.md
+            // refuse one), so answering at once tells the client only what docs/api/http.md
             // already does: the answer is the same 401, without the argon2 run that
             // would make it as slow as a wrong key. The failure counts for the address.
             self.record_failure(&limit_keys);
@@ -336,8 +354,14 @@ impl Auth {
             }
         }
         if revoke {
-            if let Ok(mut tokens) = self.tokens.write() {
-                tokens.retain(|_, t| t.rec.user != name);
+            if let (Ok(mut tokens), Ok(mut revoked)) = (self.tokens.write(), self.revoked.write()) {
+                tokens.retain(|hash, t| {
+                    let keep = t.rec.user != name;
+                    if !keep {
+                        revoked.insert(*hash, t.deadline);
+                    }
+                    keep
+                });
             }
         }
     }
@@ -345,6 +369,9 @@ impl Auth {
     /// Drops expired tokens from memory and the store (periodic task).
     pub fn purge_expired(&self, store: &Store) -> Result<usize, ApiError> {
         let now = self.clock.now();
+        if let Ok(mut revoked) = self.revoked.write() {
+            revoked.retain(|_, deadline| *deadline > now.mono);
+        }
         let dead: Vec<[u8; 32]> = match self.tokens.read() {
             Ok(t) => t
                 .iter()
@@ -427,7 +454,7 @@ mod tests {
         assert_eq!(
             auth.authenticate(Some(header(&token).as_bytes()))
                 .map(|_| ()),
-            Err(ApiError::Unauthorized)
+            Err(ApiError::Unauthorized(TokenRefusal::Expired))
         );
         assert_eq!(auth.live_tokens(), 0);
         assert_eq!(auth.purge_expired(&store), Ok(1));
@@ -439,7 +466,7 @@ mod tests {
         assert_eq!(
             auth.authenticate(Some(header(&token).as_bytes()))
                 .map(|_| ()),
-            Err(ApiError::Unauthorized)
+            Err(ApiError::Unauthorized(TokenRefusal::Expired))
         );
     }
 
@@ -484,24 +511,26 @@ mod tests {
         ] {
             assert_eq!(ok(h.clone()), Ok("bob".to_string()), "{h}");
         }
-        for h in [
-            String::new(),
-            "Bearer".to_string(),
-            "Bearer ".to_string(),
-            token.clone(),
-            format!("Basic {token}"),
-            format!("Bearer {token}x"),
-            format!("Bearer {}", "a".repeat(300)),
+        use TokenRefusal::*;
+        for (h, why) in [
+            (String::new(), NotBearer),
+            ("Bearer".to_string(), NotBearer),
+            ("Bearer ".to_string(), NotBearer),
+            (token.clone(), NotBearer),
+            (format!("Basic {token}"), NotBearer),
+            (format!("Bearer {}", generate_key()), ApiKey),
+            (format!("Bearer {token}x"), Unknown),
+            (format!("Bearer {}", "a".repeat(300)), Malformed),
         ] {
-            assert_eq!(ok(h.clone()), Err(ApiError::Unauthorized), "{h:?}");
+            assert_eq!(ok(h.clone()), Err(ApiError::Unauthorized(why)), "{h:?}");
         }
         assert_eq!(
             auth.authenticate(None).map(|_| ()),
-            Err(ApiError::Unauthorized)
+            Err(ApiError::Unauthorized(NoHeader))
         );
         assert_eq!(
             auth.authenticate(Some(b"Bearer \xff\xfe")).map(|_| ()),
-            Err(ApiError::Unauthorized)
+            Err(ApiError::Unauthorized(Malformed))
         );
     }
 

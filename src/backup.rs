@@ -1,4 +1,4 @@
-//! The backup file (operations.md "CLI": `backup FILE`, `restore FILE`): JSON Lines, a
+//! The backup file (docs/operations/backup-restore.md: `backup FILE`, `restore FILE`): JSON Lines, a
 //! versioned header first, one [`Record`] per line, and an end line with the record
 //! count so a truncated file is refused instead of half-restored. The header names the
 //! build that wrote it (`writerVersion`, `writerRevision`; absent in backups written

@@ -65,6 +65,8 @@ enum Command {
     },
     /// Load a backup (plain or gzip) into an empty data directory.
     Restore {
+        /// The backup to load: a file written by `fleetgroups backup`, plain JSON Lines
+        /// or gzip (told apart by its first bytes, not its name).
         #[arg(value_name = "FILE")]
         file: PathBuf,
         /// Only verify FILE end to end, as restore would, writing nothing; exit 0 when
@@ -157,12 +159,14 @@ enum UserCommand {
     List(OutputArg),
     /// Give a user a new API key; the old key and its tokens stop working at once.
     RotateKey {
+        /// The user whose key to replace.
         name: String,
         #[command(flatten)]
         output: OutputArg,
     },
     /// Change a user's role, daily limit or disabled flag.
     Set {
+        /// The user to change.
         name: String,
         /// What the user may do.
         #[arg(long, value_enum)]
@@ -170,11 +174,16 @@ enum UserCommand {
         /// A number (at least 1), or `none` to use the configured default.
         #[arg(long, value_name = "N|none", value_parser = parse_limit)]
         daily_limit: Option<LimitSetting>,
+        /// `true` refuses the user's logins and revokes its tokens; `false` lets it in
+        /// again.
         #[arg(long, value_name = "true|false")]
         disabled: Option<bool>,
     },
     /// Remove a user and its tokens (its account's groups stay).
-    Remove { name: String },
+    Remove {
+        /// The user to remove.
+        name: String,
+    },
 }
 
 /// A user or account name is checked while parsing, so a bad one is a usage error
@@ -402,44 +411,22 @@ fn check_config(
 /// directory as anyone but its owner. Root can write anywhere, but the files it
 /// creates there (sled's snapshots, a lock, a store) are root's, 0600, and the
 /// service's user can then no longer open its own store: the next start fails.
-///
-/// The owner is that of `<data_dir>/store` when there is one (what the server
-/// created), else of the data directory itself; a directory that does not exist yet
-/// is fine (the command creates it, as its user).
 fn owner_check(data_dir: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) =
-        std::fs::metadata(data_dir.join("store")).or_else(|_| std::fs::metadata(data_dir))
-    else {
-        return Ok(());
-    };
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() == me {
-        return Ok(());
+    match crate::perms::foreign_owner(data_dir) {
+        None => Ok(()),
+        Some(f) => Err(format!(
+            "fleetgroups: {} belongs to {}, but this command runs as {}: files it created there would belong to the wrong user and the server could no longer open its store. Nothing was done. Run it as the owner:\n  {}\n",
+            data_dir.display(),
+            f.owner,
+            f.me,
+            f.run_as_owner,
+        )),
     }
-    let owner = user_name(meta.uid());
-    let command = shell_words(std::env::args_os());
-    let how = match (&owner, me) {
-        (Some(name), 0) => format!("runuser -u {name} -- {command}"),
-        (None, 0) => format!(
-            "setpriv --reuid={} --regid={} --clear-groups -- {command}",
-            meta.uid(),
-            meta.gid()
-        ),
-        (Some(name), _) => format!("sudo -u {name} -- {command}"),
-        (None, _) => format!("sudo -u '#{}' -- {command}", meta.uid()),
-    };
-    Err(format!(
-        "fleetgroups: {} belongs to {}, but this command runs as {}: files it created there would belong to the wrong user and the server could no longer open its store. Nothing was done. Run it as the owner:\n  {how}\n",
-        data_dir.display(),
-        who(meta.uid()),
-        who(me),
-    ))
 }
 
 /// A uid as people read it: `fleetgroups (uid 998)`, or `uid 998` without a name.
 pub(crate) fn who(uid: u32) -> String {
-    match user_name(uid) {
+    match crate::perms::user_name(uid) {
         Some(n) => format!("{n} (uid {uid})"),
         None => format!("uid {uid}"),
     }
@@ -463,35 +450,6 @@ fn trusted_peer(data_dir: &std::path::Path) -> crate::admin::TrustedPeer {
             }
         }
     }
-}
-
-/// The name of `uid` from `/etc/passwd`, if it is there (a systemd `DynamicUser` is
-/// not; then the hint uses numbers).
-fn user_name(uid: u32) -> Option<String> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let id = fields.nth(1)?;
-        (id.parse::<u32>().ok()? == uid && !name.is_empty()).then(|| name.to_string())
-    })
-}
-
-/// The command line as a shell would need it typed again.
-fn shell_words(args: impl Iterator<Item = std::ffi::OsString>) -> String {
-    args.map(|a| {
-        let a = a.to_string_lossy().into_owned();
-        let plain = !a.is_empty()
-            && a.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(&b));
-        if plain {
-            a
-        } else {
-            format!("'{}'", a.replace('\'', "'\\''"))
-        }
-    })
-    .collect::<Vec<_>>()
-    .join(" ")
 }
 
 /// `serve`, the default command: the server until it stops.

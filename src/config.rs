@@ -1,7 +1,6 @@
 //! Configuration: every key declared once with its type and default, loaded with the
 //! precedence flag > `FLEETGROUPS_<SECTION>_<KEY>` environment variable > TOML file >
-//! built-in default, and validated before anything starts (operations.md
-//! "Configuration"). There is no global: a `Config` value is passed to the server, so
+//! built-in default, and validated before anything starts (docs/configuration.md). There is no global: a `Config` value is passed to the server, so
 //! two servers with different configurations can run in one process.
 
 use std::collections::BTreeMap;
@@ -221,7 +220,7 @@ pub struct AdminConfig {
     pub socket: String,
 }
 
-/// `[replication]`: push the change feed into a central PostgreSQL (replication.md).
+/// `[replication]`: push the change feed into a central PostgreSQL (docs/operations/many-gateways.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReplicationConfig {
@@ -710,7 +709,11 @@ fn check_each_key(table: &toml::Table) -> Result<(), ConfigError> {
             .try_into::<Config>()
             .map(|_| ())
             .map_err(|e: toml::de::Error| {
-                ConfigError(format!("{path}: {}", describe_toml_error(&e)))
+                let (section, key) = path.rsplit_once('.').unwrap_or(("", &path));
+                match belongs_elsewhere(section, key) {
+                    Some(hint) => ConfigError(format!("{path}: unknown key; {hint}")),
+                    None => ConfigError(format!("{path}: {}", describe_toml_error(&e))),
+                }
             })
     };
     for (key, value) in table {
@@ -737,6 +740,22 @@ fn check_each_key(table: &toml::Table) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Where a key found in the wrong place belongs, said so that the fix is obvious: a
+/// top-level key written after a `[section]` header is read by TOML as part of that
+/// section (`listen` after `[limits]` is `limits.listen`), which "unknown field"
+/// alone does not explain. None when `key` is unknown everywhere.
+fn belongs_elsewhere(section: &str, key: &str) -> Option<String> {
+    let home = known_keys()
+        .into_iter()
+        .find(|(s, k, _)| k == key && s != section)?
+        .0;
+    Some(if home.is_empty() {
+        format!("`{key}` is a top-level key: put it above the first [section] of the file (after [{section}], TOML reads it as {section}.{key})")
+    } else {
+        format!("`{key}` belongs in the [{home}] section")
+    })
 }
 
 /// The `[replication]` checks of [`Config::validate`].
@@ -785,8 +804,9 @@ fn validate_replication(r: &ReplicationConfig) -> Result<(), ConfigError> {
 }
 
 /// Every known key as (section or "", key, default value), derived from the defaults so
-/// the list cannot drift from the struct.
-fn known_keys() -> Vec<(String, String, toml::Value)> {
+/// the list cannot drift from the struct (also what the manual pages and
+/// docs/configuration.md are generated from, `assets.rs`).
+pub fn known_keys() -> Vec<(String, String, toml::Value)> {
     let mut out = Vec::new();
     if let Ok(toml::Value::Table(top)) = toml::Value::try_from(Config::default()) {
         for (k, v) in top {
@@ -801,6 +821,20 @@ fn known_keys() -> Vec<(String, String, toml::Value)> {
         }
     }
     out
+}
+
+/// The environment variable of a key: `FLEETGROUPS_<SECTION>_<KEY>`, or
+/// `FLEETGROUPS_<KEY>` for a top-level one (`section` empty).
+pub fn env_name(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        format!("FLEETGROUPS_{}", key.to_uppercase())
+    } else {
+        format!(
+            "FLEETGROUPS_{}_{}",
+            section.to_uppercase(),
+            key.to_uppercase()
+        )
+    }
 }
 
 /// Whether `name=value` is a variable Kubernetes injects into every pod of a namespace
@@ -915,18 +949,9 @@ fn apply_env(
         {
             continue;
         }
-        let found = keys.iter().find(|(section, key, _)| {
-            let full = if section.is_empty() {
-                format!("FLEETGROUPS_{}", key.to_uppercase())
-            } else {
-                format!(
-                    "FLEETGROUPS_{}_{}",
-                    section.to_uppercase(),
-                    key.to_uppercase()
-                )
-            };
-            &full == name
-        });
+        let found = keys
+            .iter()
+            .find(|(section, key, _)| &env_name(section, key) == name);
         let Some((section, key, default)) = found else {
             if service_link(name, raw) {
                 ignored.push(name.clone());
@@ -1002,6 +1027,36 @@ mod tests {
     fn shipped_config_equals_defaults() {
         let text = include_str!("../config.toml");
         assert_eq!(load(&[], Some(text)).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_key_in_the_wrong_place_says_where_it_belongs() {
+        // The common slip: a top-level key appended at the end of the file.
+        let e = load(
+            &[],
+            Some("[limits]\nmax_body_bytes = 5\nlisten = \"0.0.0.0:1\"\n"),
+        )
+        .unwrap_err();
+        assert!(
+            e.0.ends_with("limits.listen: unknown key; `listen` is a top-level key: put it above the first [section] of the file (after [limits], TOML reads it as limits.listen)"),
+            "{e}"
+        );
+        let e = load(&[], Some("durability = \"relaxed\"\n")).unwrap_err();
+        assert!(
+            e.0.ends_with("durability: unknown key; `durability` belongs in the [storage] section"),
+            "{e}"
+        );
+        let e = load(&[], Some("[auth]\ncache_mb = 9\n")).unwrap_err();
+        assert!(
+            e.0.ends_with("`cache_mb` belongs in the [storage] section"),
+            "{e}"
+        );
+        // A key known nowhere keeps toml's own message.
+        let e = load(&[], Some("[limits]\nnonsense = 1\n")).unwrap_err();
+        assert!(
+            e.0.contains("limits.nonsense: unknown field `nonsense`"),
+            "{e}"
+        );
     }
 
     #[test]

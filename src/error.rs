@@ -1,5 +1,5 @@
 //! The one error type of the request path and the one place that turns an error into
-//! an HTTP status, a stable `errorCode` and a client-safe message (api.md §6).
+//! an HTTP status, a stable `errorCode` and a client-safe message (docs/api/http.md "Errors").
 //!
 //! Handlers and the auth layer return [`ApiError`]; the store returns its own
 //! [`crate::store::Error`], which the one `From` impl below maps. Nothing else in the
@@ -20,8 +20,9 @@ pub enum ApiError {
     InvalidInput(String),
     /// 400: a JSON Patch document is malformed or addresses something outside the group.
     InvalidPatch(String),
-    /// 401: no, a malformed, unknown, expired or revoked bearer token.
-    Unauthorized,
+    /// 401: no, a malformed, unknown, expired or revoked bearer token; why, for the
+    /// `WWW-Authenticate` challenge and the log (the message stays Plaspy's).
+    Unauthorized(TokenRefusal),
     /// 401: token exchange with an unknown user, a wrong key or a disabled user.
     InvalidCredentials,
     /// 403: the caller may not do this (a `read` user writing, a quota).
@@ -65,13 +66,73 @@ pub enum ApiError {
     Busy(&'static str),
 }
 
+/// Why a request's bearer token was refused. A client is told (RFC 6750's
+/// `error_description`), because "Unauthorized access" alone leaves a developer
+/// guessing between a typo, a clock, a rotated key and the wrong credential; none of
+/// these says anything about a token the caller does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// No `Authorization` header at all (RFC 6750 §3.1: then no error code).
+    NoHeader,
+    /// More than one `Authorization` header.
+    TwoHeaders,
+    /// A header without the `Bearer` scheme (another scheme, or the token alone).
+    NotBearer,
+    /// An API key (`fgk_…`) sent where a token belongs.
+    ApiKey,
+    /// Empty, too long, not UTF-8.
+    Malformed,
+    /// Not a token this server knows (never issued here, or expired and purged).
+    Unknown,
+    /// Past its `expires`, or its lifetime on the monotonic clock.
+    Expired,
+    /// Its user's key was rotated, or the user was disabled or removed.
+    Revoked,
+}
+
+impl TokenRefusal {
+    /// The `error_description`: what is wrong and what to do (ASCII, no quotes).
+    pub fn description(self) -> &'static str {
+        use TokenRefusal::*;
+        match self {
+            NoHeader => "no Authorization header: send Authorization: Bearer <token>",
+            TwoHeaders => "more than one Authorization header: send exactly one",
+            NotBearer => "the Authorization header must be Bearer <token>",
+            ApiKey => "an API key is not a token: trade it for one at POST /api/Auth/Token",
+            Malformed => "the token is malformed",
+            Unknown => "the token is unknown here: log in again at POST /api/Auth/Token",
+            Expired => "the token has expired: log in again at POST /api/Auth/Token",
+            Revoked => "the token was revoked (key rotated, or user disabled or removed)",
+        }
+    }
+
+    /// The challenge: `Bearer` alone when no credentials were sent (RFC 6750 §3.1),
+    /// else `invalid_token` with the description.
+    fn challenge(self) -> HeaderValue {
+        match self {
+            TokenRefusal::NoHeader => HeaderValue::from_static("Bearer"),
+            why => HeaderValue::from_str(&format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                why.description()
+            ))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"invalid_token\"")),
+        }
+    }
+}
+
+impl fmt::Display for TokenRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
 impl ApiError {
     /// The HTTP status code.
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
             InvalidInput(_) | InvalidPatch(_) => StatusCode::BAD_REQUEST,
-            Unauthorized | InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Unauthorized(_) | InvalidCredentials => StatusCode::UNAUTHORIZED,
             Forbidden(_) | OfficeGroupReadOnly => StatusCode::FORBIDDEN,
             GroupNotFound | NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -96,7 +157,7 @@ impl ApiError {
         match self {
             InvalidInput(_) => "invalid_input",
             InvalidPatch(_) => "invalid_patch",
-            Unauthorized => "unauthorized",
+            Unauthorized(_) => "unauthorized",
             InvalidCredentials => "invalid_credentials",
             Forbidden(_) => "forbidden",
             OfficeGroupReadOnly => "office_group_read_only",
@@ -126,7 +187,7 @@ impl ApiError {
         match self {
             InvalidInput(what) => format!("Invalid input: {what}").into(),
             InvalidPatch(what) => format!("Invalid patch operation: {what}").into(),
-            Unauthorized => "Unauthorized access".into(),
+            Unauthorized(_) => "Unauthorized access".into(),
             InvalidCredentials => "Invalid API key or username.".into(),
             Forbidden(why) => format!("Forbidden: {why}").into(),
             OfficeGroupReadOnly => {
@@ -160,7 +221,7 @@ impl ApiError {
     pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         use ApiError::*;
         match self {
-            Unauthorized => vec![(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+            Unauthorized(why) => vec![(WWW_AUTHENTICATE, why.challenge())],
             // The route table's `allow` values are checked to be header values by a
             // test in `http/router.rs`.
             MethodNotAllowed(allow) => vec![(ALLOW, HeaderValue::from_static(allow))],
@@ -200,7 +261,7 @@ impl From<crate::model::Invalid> for ApiError {
 }
 
 impl From<crate::store::Error> for ApiError {
-    /// The status and `errorCode` of each store outcome (api.md §6). Storage failures
+    /// The status and `errorCode` of each store outcome (docs/api/http.md "Errors"). Storage failures
     /// are 503, damaged data 500; both keep the cause chain for the log.
     fn from(e: crate::store::Error) -> ApiError {
         use crate::store::Error as S;
@@ -250,7 +311,7 @@ mod tests {
                 "Invalid patch operation: op",
             ),
             (
-                ApiError::Unauthorized,
+                ApiError::Unauthorized(TokenRefusal::Expired),
                 401,
                 "unauthorized",
                 "Unauthorized access",
@@ -426,9 +487,25 @@ mod tests {
     #[test]
     fn headers_that_errors_require() {
         assert_eq!(
-            ApiError::Unauthorized.headers(),
+            ApiError::Unauthorized(TokenRefusal::NoHeader).headers(),
             vec![(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))]
         );
+        // Every other refusal names itself, RFC 6750 style, and is a valid header.
+        use TokenRefusal::*;
+        for why in [
+            TwoHeaders, NotBearer, ApiKey, Malformed, Unknown, Expired, Revoked,
+        ] {
+            let headers = ApiError::Unauthorized(why).headers();
+            assert_eq!(headers.len(), 1);
+            assert_eq!(headers[0].0, WWW_AUTHENTICATE);
+            assert_eq!(
+                headers[0].1.to_str().unwrap(),
+                format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                    why.description()
+                )
+            );
+        }
         assert_eq!(
             ApiError::MethodNotAllowed("GET, POST").headers(),
             vec![(ALLOW, HeaderValue::from_static("GET, POST"))]

@@ -4,7 +4,7 @@
 //!
 //! The log destination may fail in every way a file descriptor can — a full disk, a pipe
 //! whose reader went away, a reader that stopped reading — and none of that may stop or
-//! slow the service (operations.md "Logs and metrics"). So the formatting layer never
+//! slow the service (docs/operations/running.md "When the log destination fails"). So the formatting layer never
 //! writes to fd 2 itself: each formatted line goes into a bounded in-memory queue
 //! ([`QUEUE_BYTES`]) and one dedicated thread (`log-writer`) writes the queue to
 //! stderr. A caller never waits for the destination and never sees an error; a line

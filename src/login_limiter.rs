@@ -1,4 +1,4 @@
-//! The failed-login table behind api.md §2's 429 `too_many_failed_logins`: after
+//! The failed-login table behind the 429 `too_many_failed_logins` (docs/api/http.md "Authentication"): after
 //! `auth.max_failed_logins` failures for one userName or one client address within
 //! `auth.failed_login_window_secs`, logins for it are refused before argon2 runs.
 //!
@@ -31,7 +31,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// The longest userName (api.md §2).
+/// The longest userName (docs/api/http.md "Authentication").
 const NAME_MAX: usize = 64;
 
 /// A userName as a limiter key: valid by the userName rule, ASCII-lowercased (so

@@ -415,7 +415,7 @@ fn render_office(out: &mut String, stats: &OfficeStats, store: Option<(u64, u64,
     }
 }
 
-/// The replication metrics (replication.md §4), present only when `[replication]` is
+/// The replication metrics (docs/operations/many-gateways.md "Metrics"), present only when `[replication]` is
 /// configured.
 fn render_replication(out: &mut String, r: &ReplicationStats, last: u64) {
     if !r.enabled.load(Ordering::Relaxed) {

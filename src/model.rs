@@ -1,4 +1,4 @@
-//! The group resource (api.md §4): typed IDs, the validated document a client may set
+//! The group resource (docs/api/http.md "The group"): typed IDs, the validated document a client may set
 //! (`name`, `description`, `devices`), and the rules every create, replace, patch and
 //! membership change must pass. Pure logic, no I/O: the same checks run for POST, PUT,
 //! JSON Patch and Merge Patch results, so there is exactly one definition of "valid".
@@ -100,7 +100,7 @@ fn canonical_digits<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     })
 }
 
-/// Whether `key` is a usable `Idempotency-Key` (api.md §5): 1 to 255 visible ASCII
+/// Whether `key` is a usable `Idempotency-Key` (docs/api/extensions.md "Retry-safe create"): 1 to 255 visible ASCII
 /// characters.
 pub fn valid_idempotency_key(key: &str) -> bool {
     (1..=255).contains(&key.len()) && key.bytes().all(|b| (0x21..=0x7e).contains(&b))

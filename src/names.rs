@@ -1,4 +1,4 @@
-//! Group names as people see them (api.md §4): two names that render the same are the
+//! Group names as people see them (docs/api/http.md "The group"): two names that render the same are the
 //! same name. A name is stored NFC-normalised, so "Café" typed with a combining accent
 //! and with a precomposed é are one string; uniqueness compares the full Unicode case
 //! folding of that (so "Straße" and "STRASSE" collide, which `to_lowercase` misses); and
@@ -13,7 +13,7 @@
 use caseless::Caseless;
 use unicode_normalization::UnicodeNormalization;
 
-/// A user name is 1–64 of `A-Z a-z 0-9 . _ @ -` (api.md §2); accounts follow the same rule.
+/// A user name is 1–64 of `A-Z a-z 0-9 . _ @ -` (docs/api/http.md "Authentication"); accounts follow the same rule.
 pub fn valid_user_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name

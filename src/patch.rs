@@ -42,13 +42,19 @@ impl Default for PatchLimits {
 
 /// Parses a JSON Patch body: an array of operation objects. Anything that is not an
 /// array is `invalid_input` (the body is wrong); a malformed operation, or more of them
-/// than `limits.max_operations`, is `invalid_patch`.
+/// than `limits.max_operations`, is `invalid_patch`. An object is most likely a merge
+/// patch sent with the JSON Patch (or plain JSON) media type, so the message names the
+/// media type that takes it.
 pub fn parse_json_patch(
     body: &Value,
     limits: &PatchLimits,
 ) -> Result<Vec<PatchOperation>, ApiError> {
     let items = body.as_array().ok_or_else(|| {
-        ApiError::InvalidInput("the body must be a JSON Patch array of operations".into())
+        ApiError::InvalidInput(if body.is_object() {
+            "the body must be a JSON Patch array of operations; an object is a merge patch: send it with Content-Type: application/merge-patch+json".into()
+        } else {
+            "the body must be a JSON Patch array of operations".into()
+        })
     })?;
     if items.len() > limits.max_operations {
         return Err(too_many_operations(items.len(), limits));

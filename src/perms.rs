@@ -4,7 +4,8 @@
 //! Two parts: `restrict_umask` makes every file this process creates from then on
 //! private (sled creates snapshot and blob files on its own, long after start-up, so
 //! a chmod after the fact would leave windows), and `tighten` repairs a data directory
-//! made earlier under a looser umask.
+//! made earlier under a looser umask. Also who owns the data directory, when it is not
+//! this process's user, and the command that runs as the owner instead.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
@@ -113,4 +114,95 @@ mod tests {
             "a second pass changes nothing"
         );
     }
+}
+
+/// A data directory owned by another user than this process's: who owns it, who we
+/// are, and the command line that runs this same command as the owner. The CLI refuses
+/// to write there (`cli.rs`), and `serve` says it when the store cannot be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignOwner {
+    /// `fleetgroups (uid 998)`, or `uid 998` without a name.
+    pub owner: String,
+    /// This process's user, the same way.
+    pub me: String,
+    /// This process's command line as the owner would run it: `runuser -u …` as root,
+    /// `sudo -u …` otherwise, numeric forms when the owner has no name.
+    pub run_as_owner: String,
+    /// The other way out, when this process's user is the right one (a service whose
+    /// directory root created): `chown -R <me>: <dir>`.
+    pub chown_to_me: String,
+}
+
+/// The owner is that of `<data_dir>/store` when there is one (what the server
+/// created), else of the data directory itself; a directory that does not exist yet
+/// has no owner to mind (the command creates it, as its user).
+pub fn foreign_owner(data_dir: &Path) -> Option<ForeignOwner> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(data_dir.join("store"))
+        .or_else(|_| std::fs::metadata(data_dir))
+        .ok()?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() == me {
+        return None;
+    }
+    let owner = user_name(meta.uid());
+    let who = |name: &Option<String>, uid: u32| match name {
+        Some(n) => format!("{n} (uid {uid})"),
+        None => format!("uid {uid}"),
+    };
+    let command = shell_words(std::env::args_os());
+    let run_as_owner = match (&owner, me) {
+        (Some(name), 0) => format!("runuser -u {name} -- {command}"),
+        (None, 0) => format!(
+            "setpriv --reuid={} --regid={} --clear-groups -- {command}",
+            meta.uid(),
+            meta.gid()
+        ),
+        (Some(name), _) => format!("sudo -u {name} -- {command}"),
+        (None, _) => format!("sudo -u '#{}' -- {command}", meta.uid()),
+    };
+    let my_name = user_name(me);
+    let chown_to_me = format!(
+        "chown -R {} {}",
+        my_name.as_ref().map_or_else(
+            || format!("{me}:{}", rustix::process::getegid().as_raw()),
+            |n| format!("{n}:")
+        ),
+        shell_words(std::iter::once(data_dir.as_os_str().to_owned()))
+    );
+    Some(ForeignOwner {
+        owner: who(&owner, meta.uid()),
+        me: who(&my_name, me),
+        run_as_owner,
+        chown_to_me,
+    })
+}
+
+/// The name of `uid` from `/etc/passwd`, if it is there (a systemd `DynamicUser` is
+/// not; then the hint uses numbers).
+pub fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id = fields.nth(1)?;
+        (id.parse::<u32>().ok()? == uid && !name.is_empty()).then(|| name.to_string())
+    })
+}
+
+/// The command line as a shell would need it typed again.
+fn shell_words(args: impl Iterator<Item = std::ffi::OsString>) -> String {
+    args.map(|a| {
+        let a = a.to_string_lossy().into_owned();
+        let plain = !a.is_empty()
+            && a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(&b));
+        if plain {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', "'\\''"))
+        }
+    })
+    .collect::<Vec<_>>()
+    .join(" ")
 }

@@ -1,4 +1,4 @@
-//! `replication.postgres_url` (replication.md): parsing and checking the libpq-style
+//! `replication.postgres_url` (docs/operations/many-gateways.md): parsing and checking the libpq-style
 //! URL (`sslmode` split off, since tokio-postgres knows only some of its values), and
 //! showing it without its password. Plain functions of strings, so the configuration
 //! checks it (`config.rs`) and the replication task connects with it (`replication.rs`)

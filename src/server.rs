@@ -112,26 +112,46 @@ async fn start_and_serve(
         }
     };
     let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
+    let config_file = Config::file_from_env(&overrides);
     if let Some(reloads) = signals.reloads() {
         let reloader = crate::reload::Reloader::new(overrides, config.clone(), tls, level);
         tokio::spawn(reloader.run(reloads));
     }
+    // The listener before the store: a first start that cannot listen must not leave
+    // an admin and its key file behind for a server that never ran.
+    let (listener, addr) = match bind(&config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(
+                "{}",
+                bind_failure(&config.listen, &e, config_file.as_deref())
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let data_dir = config.data_dir.clone();
     let app = match App::open(config) {
         Ok(a) => Arc::new(a),
         Err(e) => {
-            tracing::error!("{e}");
+            // Root can use any directory: the hint is for a user that cannot.
+            let blocked = !rustix::process::geteuid().is_root();
+            match crate::perms::foreign_owner(&data_dir).filter(|_| blocked) {
+                Some(f) => tracing::error!(
+                    "{e}\n{} belongs to {}, but the server runs as {} and cannot use it. Nothing was changed. Run it as the owner:\n  {}\nor, if {} should own it:\n  {}",
+                    data_dir.display(),
+                    f.owner,
+                    f.me,
+                    f.run_as_owner,
+                    f.me,
+                    f.chown_to_me
+                ),
+                None => tracing::error!("{e}"),
+            }
             return if e.needs_operator {
                 ExitCode::from(3)
             } else {
                 ExitCode::FAILURE
             };
-        }
-    };
-    let (listener, addr) = match bind(&app.config.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("cannot listen on {}: {e}", app.config.listen);
-            return ExitCode::FAILURE;
         }
     };
     let admin = match crate::admin::start(&app).await {
@@ -405,6 +425,28 @@ async fn serve_connection<S>(
 }
 
 /// Binds the configured address.
+/// What to do when the listen address cannot be had: the address, why, and the three
+/// places the setting comes from (flag, variable, file), naming the file in use.
+fn bind_failure(addr: &str, e: &std::io::Error, file: Option<&std::path::Path>) -> String {
+    let why = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "Another process (another fleetgroups?) listens there already: stop it, or choose another address. "
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "A port below 1024 needs CAP_NET_BIND_SERVICE (a drop-in, docs/operations/install.md), or choose another port. "
+        }
+        std::io::ErrorKind::AddrNotAvailable => "This machine has no such address. ",
+        _ => "",
+    };
+    let key = match file {
+        Some(f) => format!("`listen` in {}", f.display()),
+        None => "`listen` in the configuration file".to_string(),
+    };
+    format!(
+        "cannot listen on {addr}: {e}. {why}The address is set with --listen ADDR, FLEETGROUPS_LISTEN=ADDR or {key}. Nothing was written to the data directory."
+    )
+}
+
 pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;

@@ -1,4 +1,4 @@
-//! Per-user usage counters and limits (api.md §3). Counters live in memory and are
+//! Per-user usage counters and limits (docs/api/http.md "Usage counters and limits"). Counters live in memory and are
 //! written to the store in batches every second and at shutdown, which is what §3
 //! allows (a crash may lose the last second of counts, never group data). Limits are
 //! checked and counted under one mutex, so they hold exactly under concurrency.

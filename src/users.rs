@@ -1,4 +1,4 @@
-//! User management (operations.md "CLI"): add, list, rotate-key, set, remove. The same
+//! User management (docs/operations/running.md "Users and keys"): add, list, rotate-key, set, remove. The same
 //! code serves the CLI when the server is stopped (it opens the store itself) and the
 //! admin socket when the server runs; in the latter case every change is also applied
 //! to the live auth tables, so it takes effect for the very next HTTP request.

@@ -1,6 +1,6 @@
 //! The group endpoints: the six Plaspy calls (list, create, get, replace, patch, delete)
 //! and the membership calls [ext]. Writes wait for group commit before answering, so a
-//! 2xx means the change is on disk (api.md §7).
+//! 2xx means the change is on disk (docs/api/http.md "Durability").
 
 use std::sync::Arc;
 
@@ -22,10 +22,10 @@ use crate::patch::{apply_json_patch, apply_merge_patch, parse_json_patch, PatchL
 use crate::store::groups::{push_served, Actor, GroupView, ListQuery};
 use crate::store::idempotency::IdempotencyRequest;
 
-/// Idempotency keys are remembered this long (api.md §5).
+/// Idempotency keys are remembered this long (docs/api/extensions.md "Retry-safe create").
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 
-/// Set on a create answered from its `Idempotency-Key` record (api.md §5).
+/// Set on a create answered from its `Idempotency-Key` record (docs/api/extensions.md "Retry-safe create").
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 fn rules<U>(ctx: &Ctx<'_, U>) -> Rules {

@@ -162,7 +162,7 @@ mod tests {
         let all = vec![
             ApiError::InvalidInput(String::new()),
             ApiError::InvalidPatch(String::new()),
-            ApiError::Unauthorized,
+            ApiError::Unauthorized(crate::error::TokenRefusal::Expired),
             ApiError::InvalidCredentials,
             ApiError::Forbidden(String::new()),
             ApiError::OfficeGroupReadOnly,
@@ -188,7 +188,7 @@ mod tests {
             match e {
                 ApiError::InvalidInput(_)
                 | ApiError::InvalidPatch(_)
-                | ApiError::Unauthorized
+                | ApiError::Unauthorized(_)
                 | ApiError::InvalidCredentials
                 | ApiError::Forbidden(_)
                 | ApiError::OfficeGroupReadOnly

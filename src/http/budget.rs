@@ -90,6 +90,16 @@ impl Budget {
             .saturating_sub(self.sem.available_permits() as u64)
     }
 
+    /// Bytes free now.
+    pub fn free(&self) -> u64 {
+        self.sem.available_permits() as u64
+    }
+
+    /// Counts a refusal made without asking for a share (`free` said there was no room).
+    pub fn refuse(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Shares refused since the start.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)

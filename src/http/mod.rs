@@ -28,7 +28,7 @@ use hyper::{HeaderMap, Request, Response, StatusCode, Version};
 
 use crate::api::{Ctx, JsonBody, Reply, RequestInfo};
 use crate::app::App;
-use crate::error::ApiError;
+use crate::error::{ApiError, TokenRefusal};
 use crate::json::push_member;
 use crate::store::users::{Role, UserRecord};
 use crate::usage::Limits;
@@ -182,6 +182,14 @@ async fn answer(
             call_public(public_call(op, &matched.params)?, ctx).await
         }
         Some(user) => {
+            // A read whose answer may be a whole page is refused before it is built when
+            // the answer budget has less than a page free: building it only to drop it
+            // would spend the CPU that other clients are waiting for.
+            let page = app.config.limits.max_page_bytes;
+            if !op.writes() && app.answers.free() < page {
+                app.answers.refuse();
+                return Err(ApiError::Busy("answers (limits.answer_budget_bytes)"));
+            }
             let ctx = Ctx {
                 app,
                 user: &*user,
@@ -205,10 +213,17 @@ fn authenticate(
     // ones), so they are refused like a malformed one.
     let mut auth_headers = headers.get_all(AUTHORIZATION).iter();
     let header = auth_headers.next();
-    if auth_headers.next().is_some() {
-        return Err(ApiError::Unauthorized);
+    let user = if auth_headers.next().is_some() {
+        Err(ApiError::Unauthorized(TokenRefusal::TwoHeaders))
+    } else {
+        app.auth.authenticate(header.map(HeaderValue::as_bytes))
     }
-    let user = app.auth.authenticate(header.map(HeaderValue::as_bytes))?;
+    .inspect_err(|e| {
+        if let ApiError::Unauthorized(why) = e {
+            // The reason the client is told, for whoever reads the log at debug.
+            tracing::debug!(reason = %why, "bearer token refused");
+        }
+    })?;
     seen.user = Some(user.name.clone());
     let limits = Limits {
         daily: app.config.effective_daily_limit(user.daily_limit),

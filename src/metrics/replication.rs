@@ -1,4 +1,4 @@
-//! Central replication's figures (replication.md §4): written by the replication task
+//! Central replication's figures (docs/operations/many-gateways.md "Metrics"): written by the replication task
 //! (`replication.rs`), read at scrape time. They live here, beside `ConnStats`, so that
 //! the app holds them without depending on the replication task.
 
@@ -25,7 +25,7 @@ pub const ERROR_KINDS: [&str; 11] = [
     "office",
 ];
 
-/// What `/metrics` shows (replication.md §4).
+/// What `/metrics` shows (docs/operations/many-gateways.md "Metrics").
 #[derive(Debug, Default)]
 pub struct ReplicationStats {
     /// Dates the marks and the last success (the app's clock).

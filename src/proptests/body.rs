@@ -1,7 +1,7 @@
 //! Property tests (proptest) of the request-header checks in `http/body.rs`: for any
 //! `Content-Type` and `Content-Length` a client can put on the wire, `check_headers`
 //! never panics, refuses an oversized declared length before anything else, accepts
-//! exactly the media types api.md §1 allows (case and parameters aside), and echoes
+//! exactly the media types docs/api/http.md "Conventions" allows (case and parameters aside), and echoes
 //! the sent type in a 415 only cleaned and cut short. Test-only.
 
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};

@@ -174,7 +174,7 @@ fn patch_op() -> impl Strategy<Value = Value> {
     })
 }
 
-/// What every accepted document must satisfy (api.md §4).
+/// What every accepted document must satisfy (docs/api/http.md "The group").
 fn assert_valid(doc: &GroupDoc) {
     assert_eq!(doc.name, doc.name.trim());
     let n = doc.name.chars().count();

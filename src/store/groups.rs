@@ -42,7 +42,7 @@ pub struct Purged {
     pub idempotency: usize,
 }
 
-/// Filters and paging for a list (api.md §5 [ext]).
+/// Filters and paging for a list (docs/api/extensions.md "Paging and filters").
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     pub after: Option<u64>,

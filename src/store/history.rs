@@ -1,7 +1,7 @@
 //! Compact change records and the change-feed entries rebuilt from them [ext].
 //!
-//! The feed answers each entry with the group's full state after the change (api.md
-//! §5), but storing that state every time made a one-device change of a 10,000-device
+//! The feed answers each entry with the group's full state after the change (docs/api/extensions.md
+//! "Change feed"), but storing that state every time made a one-device change of a 10,000-device
 //! group cost its whole JSON (150 KB) for 30 days. A change is stored as a record of
 //! what changed instead (`delta.rs`: an invertible delta, a few dozen bytes), under the
 //! group: `h` space, `account 0x00 n seq`. The feed order is a small index beside it:

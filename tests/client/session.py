@@ -10,7 +10,7 @@ import sys
 from fleetgroups_client import AuthenticatedClient, Client
 from fleetgroups_client.api.auth import get_token
 from fleetgroups_client.api.changes import list_changes
-from fleetgroups_client.api.groups import create_group, get_group, list_groups
+from fleetgroups_client.api.groups import create_group, get_group, list_groups, patch_group
 from fleetgroups_client.api.membership import add_devices, device_groups, remove_device
 from fleetgroups_client.models import (
     AddDevices,
@@ -26,6 +26,8 @@ from fleetgroups_client.models import (
     GroupList,
     GroupMergePatch,
     GroupOrigin,
+    JsonPatchOperationType0,
+    JsonPatchOperationType0Op,
     RemoveDeviceResponse200,
     TokenAnswer,
     TokenRequest,
@@ -76,27 +78,18 @@ def main(base_url, user, key):
     paged = typed(list_groups.sync_detailed(client=c, limit=1).parsed, GroupList, "a page")
     assert paged.next_ is None, paged
 
-    # openapi-python-client 0.29.1 cannot send the body of an operation whose content
-    # types include an array schema (its generated `isinstance(body, list[...])` raises
-    # TypeError), so PATCH goes through the client's own httpx session with the
-    # generated body model, and its answer is parsed by the generated answer model.
-    http = c.get_httpx_client()
-    for content_type, body in [
-        ("application/merge-patch+json", GroupMergePatch(description="south").to_dict()),
-        ("application/json-patch+json", [{"op": "replace", "path": "/name", "value": "Lorries"}]),
-    ]:
-        answer = http.patch(f"/api/groups/{g.id}", json=body, headers={"Content-Type": content_type})
-        assert answer.status_code == 200, answer.content
-        patched = typed(GroupAnswer.from_dict(answer.json()), GroupAnswer, content_type)
+    # PATCH through the generated operation, all three ways: a typed merge patch, a
+    # typed JSON Patch, and a JSON Patch the server refuses (a path outside the group).
+    merged = patch_group.sync_detailed(g.id, client=c, body=GroupMergePatch(description="south"))
+    assert merged.status_code == 200, merged.content
+    typed(merged.parsed, GroupAnswer, "a merge patch")
+    replace = JsonPatchOperationType0(op=JsonPatchOperationType0Op.REPLACE, path="/name", value="Lorries")
+    patched = patch_group.sync_detailed(g.id, client=c, body=[replace])
+    assert patched.status_code == 200, patched.content
+    patched = typed(patched.parsed, GroupAnswer, "a JSON Patch")
     assert (patched.description, patched.name) == ("south", "Lorries"), patched
-    bad = http.patch(
-        f"/api/groups/{g.id}",
-        json=[{"op": "frobnicate", "path": "/name"}],
-        headers={"Content-Type": "application/json-patch+json"},
-    )
-    assert bad.status_code == 400, bad.content
-    bad_error = typed(Error.from_dict(bad.json()), Error, "an invalid patch")
-    assert bad_error.error_code == ErrorCode.INVALID_PATCH, bad_error
+    outside = JsonPatchOperationType0(op=JsonPatchOperationType0Op.REPLACE, path="/id", value="grp-9")
+    error(patch_group.sync_detailed(g.id, client=c, body=[outside]), 400, "invalid_patch", "a patch outside the group")
 
     added = typed(
         add_devices.sync_detailed(g.id, client=c, body=AddDevices(devices=["d2", "d3"])).parsed,

@@ -1,4 +1,4 @@
-//! Authentication (api.md §2): the token exchange on both spellings of its path,
+//! Authentication (docs/api/http.md "Authentication"): the token exchange on both spellings of its path,
 //! identical answers for every bad credential, bearer-token checks, the read role,
 //! failed-login limiting per userName and per client address, token expiry, the
 //! per-user token bound, and revocation by the CLI with the server stopped.
@@ -162,7 +162,16 @@ fn bearer_token_is_required_on_every_api_path() {
             }
             let r = req.send();
             let v = r.expect_error_message(401, "unauthorized", "Unauthorized access");
-            assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{header:?}");
+            // RFC 6750: the bare challenge without credentials, else why the token
+            // was refused (tests/it/operator_messages.rs checks each reason).
+            let challenge = r.header("www-authenticate").unwrap_or("");
+            match header {
+                None => assert_eq!(challenge, "Bearer"),
+                Some(_) => assert!(
+                    challenge.starts_with("Bearer error=\"invalid_token\", error_description=\""),
+                    "{header:?}: {challenge}"
+                ),
+            }
             assert!(v.get("apiUsage").is_none() && v.get("apiDailyUsage").is_none());
         }
     }

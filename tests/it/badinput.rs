@@ -1,5 +1,5 @@
 //! Malformed requests against the real binary: every one gets its documented error
-//! (api.md §6) or, below our code, hyper's status, and afterwards the server still
+//! (docs/api/http.md "Errors") or, below our code, hyper's status, and afterwards the server still
 //! answers and the data is exactly as before. Bytes are written by hand where a normal
 //! client could not send them (invalid UTF-8, duplicate headers, a head without its
 //! body, huge heads, chunked bodies).

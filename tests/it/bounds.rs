@@ -195,10 +195,10 @@ fn idempotency_answers_are_bounded_in_bytes_per_user() {
     assert_ne!(retried.expect_ok(201)["id"], first_id);
 }
 
-/// A group whose answer (about 600 KB) is larger than what the kernel buffers of a
+/// A group whose answer (about 670 KB) is larger than what the kernel buffers of a
 /// client that does not read can take, so its answer stays in the server.
 fn big_group(c: &crate::support::Client<'_>) -> (String, Vec<String>) {
-    let devices: Vec<String> = (0..10_000).map(|i| format!("{i:0>50}")).collect();
+    let devices: Vec<String> = (0..10_000).map(|i| format!("{i:0>64}")).collect();
     let g = c.create(&json!({"name": "Big", "devices": devices}));
     (g["id"].as_str().unwrap().to_string(), devices)
 }
@@ -211,7 +211,7 @@ fn big_group(c: &crate::support::Client<'_>) -> (String, Vec<String>) {
 fn the_answer_budget_refuses_large_reads_past_it() {
     let server = TestServer::with(
         Options::default()
-            .env("FLEETGROUPS_LIMITS_ANSWER_BUDGET_BYTES", "700000")
+            .env("FLEETGROUPS_LIMITS_ANSWER_BUDGET_BYTES", "800000")
             .env("FLEETGROUPS_LIMITS_MAX_PAGE_BYTES", "65536"),
     );
     let token = server.admin_token();
@@ -228,6 +228,7 @@ fn the_answer_budget_refuses_large_reads_past_it() {
     r.expect_error(503, "server_busy");
     assert_eq!(r.header("retry-after"), Some("1"));
     server.req("GET", "/healthz").send().expect_ok(200);
+    // A small read goes through while a page's worth of the budget is free...
     c.get("/api/groups?limit=1&name=nothing").expect_ok(200);
     // A write's answer is as large, and goes out: the change is made.
     let renamed = c.put(&path, &json!({"name": "Bigger", "devices": devices}));
@@ -239,6 +240,24 @@ fn the_answer_budget_refuses_large_reads_past_it() {
         || (server.metric(in_use) == Some(0.0)).then_some(()),
     );
     assert_eq!(c.get(&path).expect_ok(200)["name"], "Bigger");
+    // ...and is refused before it is built when less than that is free.
+    let tight = TestServer::with(
+        Options::default()
+            .env("FLEETGROUPS_LIMITS_ANSWER_BUDGET_BYTES", "700000")
+            .env("FLEETGROUPS_LIMITS_MAX_PAGE_BYTES", "65536"),
+    );
+    let t = tight.client(&tight.admin_token());
+    let (id, _) = big_group(&t);
+    let get = format!(
+        "GET /api/groups/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        t.token
+    );
+    let _stalled = crate::exhaustion::stalled_client(tight.addr, &get, 1);
+    poll_until(Duration::from_secs(10), "the answer budget in use", || {
+        (tight.metric(in_use).unwrap_or(0.0) > 500_000.0).then_some(())
+    });
+    t.get("/api/groups?limit=1&name=nothing")
+        .expect_error(503, "server_busy");
     assert!(
         server
             .metric("fleetgroups_budget_refused_total{budget=\"answer\"}")
@@ -248,13 +267,14 @@ fn the_answer_budget_refuses_large_reads_past_it() {
 }
 
 /// A client that reads, but slower than `limits.min_read_bytes_per_sec`, is cut once
-/// the server has waited the write timeout (here 2 s) for it, and counted.
+/// the server has waited the write timeout (here 5 s) for it, and counted. It reads
+/// often enough that the write timeout (no progress at all) never fires.
 #[test]
 fn a_slow_reader_is_cut() {
     let server = TestServer::with(
         Options::default()
             .env("FLEETGROUPS_LIMITS_MIN_READ_BYTES_PER_SEC", "1000000")
-            .env("FLEETGROUPS_LIMITS_WRITE_TIMEOUT_SECS", "2"),
+            .env("FLEETGROUPS_LIMITS_WRITE_TIMEOUT_SECS", "5"),
     );
     let token = server.admin_token();
     let c = server.client(&token);

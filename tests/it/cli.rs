@@ -1,4 +1,4 @@
-//! The command line with the server stopped (operations.md "CLI"): `user add` prints
+//! The command line with the server stopped (docs/operations/running.md "Users and keys"): `user add` prints
 //! the key alone on stdout, `user list` shows the columns, `rotate-key`, `set` and
 //! `remove` change what the restarted server accepts, mistakes exit 1 (failed) or 2
 //! (bad usage) with a clear message and change nothing, and `check-config` validates.

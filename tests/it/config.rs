@@ -1,4 +1,4 @@
-//! Configuration through the real binary (operations.md "Configuration"): `check-config`
+//! Configuration through the real binary (docs/configuration.md): `check-config`
 //! prints the effective values with the TLS key redacted; flag > environment > file >
 //! default, for the file's own location too; a bad key stops the start with exit 2 and
 //! touches nothing; and two servers with different configurations run side by side.

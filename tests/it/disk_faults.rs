@@ -1,7 +1,7 @@
 //! Real disk faults (issue 14, "a store that never serves a partial truth"): a tmpfs
 //! that fills up (ENOSPC) and an ext4 image on a loop device, mounted
 //! `errors=remount-ro`, whose error is triggered through sysfs (EROFS), both under the
-//! default `storage.durability = "fsync"`. They pin api.md §7 and operations.md "Data":
+//! default `storage.durability = "fsync"`. They pin docs/api/http.md "Durability" and docs/operations/storage.md:
 //! a refused write answers 503 and leaves no trace on any read path (GET by the ID it
 //! would have got, the list, the name filter, the reverse lookup, the change feed, the
 //! `/metrics` group gauge); every acknowledged write stays readable; reads go on and

@@ -1,4 +1,4 @@
-//! Durability basics (api.md §7): every acknowledged create, update and delete
+//! Durability basics (docs/api/http.md "Durability"): every acknowledged create, update and delete
 //! survives `kill -9` exactly, and the ID sequence continues after the crash.
 
 use serde_json::{json, Value};

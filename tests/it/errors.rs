@@ -1,4 +1,4 @@
-//! The error table of api.md §6 as the core produces it: status, `errorCode` and
+//! The error table of docs/api/http.md "Errors" as the core produces it: status, `errorCode` and
 //! message for bad bodies, unknown routes, wrong methods, other accounts' groups,
 //! oversized bodies and media types; `X-Request-Id` and the JSON content type on every
 //! answer. Each refused write is followed by a look showing nothing changed.

@@ -36,8 +36,8 @@ fn login_from(server: &TestServer, from: &str, user: &str, key: &str) -> Resp {
 /// answer an unknown user gets and is never a key; the addresses are, up to the bound.
 #[test]
 fn names_outside_the_rule_never_become_keys() {
-    // Names this long need a login body past the default 4 KiB bound, which would
-    // refuse them before they reach the failed-login table this test is about.
+    // Login bodies are limited to 4 KiB by default (413 past it, `bounds.rs`); raised
+    // here so the failed-login table itself is shown to hold whatever arrives.
     let server = TestServer::with(
         Options::default()
             .env("FLEETGROUPS_AUTH_FAILED_LOGIN_MAX_ENTRIES", "20")
@@ -87,7 +87,8 @@ fn rss_kib(server: &TestServer) -> u64 {
 /// leave nothing behind but the addresses.
 #[test]
 fn huge_names_from_many_addresses_do_not_grow_memory() {
-    // 256 KiB names: the login body bound is raised so that they reach the table.
+    // The login body limit (4 KiB by default) would refuse these names with 413 before
+    // the table sees them; raised, the table is what keeps memory flat.
     let server = TestServer::with(
         Options::default().env("FLEETGROUPS_LIMITS_MAX_TOKEN_BODY_BYTES", "1048576"),
     );

@@ -1,4 +1,4 @@
-//! The six Plaspy group endpoints (api.md §1, §4, §5): the documentation example,
+//! The six Plaspy group endpoints (docs/api/http.md): the documentation example,
 //! the envelope, IDs, timestamps, list order and scope, full replacement by PUT,
 //! RFC 6902 PATCH (every op, atomicity, re-validation, its errors) and DELETE.
 

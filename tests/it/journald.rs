@@ -1,4 +1,4 @@
-//! Logs journald understands (operations.md "Logs and metrics", issue 12 item 3): when
+//! Logs journald understands (docs/operations/running.md "Logs under journald", issue 12 item 3): when
 //! `JOURNAL_STREAM` names the file the server's stderr is, every line starts with its
 //! syslog priority (`<3>` error, `<4>` warning, `<6>` info, `<7>` debug) and has no
 //! timestamp of its own; when it names anything else, the lines are the usual ones.

@@ -1,4 +1,4 @@
-//! A failing log destination (operations.md "Logs and metrics"): with stderr on a full
+//! A failing log destination (docs/operations/running.md "When the log destination fails"): with stderr on a full
 //! disk, a pipe whose reader went away, or a pipe nobody reads, the server starts,
 //! answers every request promptly, counts the lines it could not write in
 //! `fleetgroups_log_lines_dropped_total`, and exits 0 on SIGTERM. The CLI, for its

@@ -1,4 +1,4 @@
-//! Logs (operations.md "Logs and metrics"): one line per request with method, path,
+//! Logs (docs/operations/running.md "Request log"): one line per request with method, path,
 //! status, duration, request ID and user, in `text` and in `json` (every line parses);
 //! and across a whole session — logins, a key rotation through the CLI with the server
 //! stopped, bad logins, requests with live, revoked and bogus tokens — no key, no token

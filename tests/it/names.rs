@@ -1,4 +1,4 @@
-//! Group names that render the same are the same name (api.md §4): stored NFC,
+//! Group names that render the same are the same name (docs/api/http.md "The group"): stored NFC,
 //! compared with full Unicode case folding, refused with bidirectional controls or with
 //! nothing visible. A store written before these rules keeps working: its names stay as
 //! written, two that now fold the same both stay, and the name they share stays taken.

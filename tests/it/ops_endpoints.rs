@@ -1,4 +1,4 @@
-//! `/healthz`, `/readyz` and `/metrics` (api.md §5): the probes answer without
+//! `/healthz`, `/readyz` and `/metrics` (docs/api/http.md "Endpoints"): the probes answer without
 //! authentication; the metrics count requests by route and status, keep a latency
 //! histogram consistent with those counts, and report groups, users and store bytes
 //! that match what the test wrote; `metrics.enabled = false` hides the endpoint.

@@ -1,4 +1,4 @@
-//! Push replication into a real PostgreSQL (replication.md), never a mock: each test
+//! Push replication into a real PostgreSQL (docs/operations/many-gateways.md), never a mock: each test
 //! starts its own throwaway cluster (`pg.rs`). Checked against the gateways' own HTTP
 //! answers: central rows equal `GET /api/groups` row for row, every feed entry is in
 //! `fleetgroups.changes` exactly once, through a centre that goes away, kills of the

@@ -1,4 +1,4 @@
-//! Graceful shutdown (operations.md "Shutdown"): SIGTERM stops accepting, lets an
+//! Graceful shutdown (docs/operations/running.md "Shutdown"): SIGTERM stops accepting, lets an
 //! in-flight request finish and exits 0 with its write kept; a second signal exits at
 //! once, non-zero, and still loses no acknowledged write.
 

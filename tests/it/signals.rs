@@ -1,4 +1,4 @@
-//! Signals other than SIGTERM/SIGINT (operations.md "Signals"): SIGHUP re-reads the
+//! Signals other than SIGTERM/SIGINT (docs/operations/running.md "Signals"): SIGHUP re-reads the
 //! configuration file and applies the log level (the TLS pair: `tls.rs`), names the
 //! changed settings that need a restart, keeps everything when the file is broken, and
 //! never stops the server; SIGUSR1, SIGUSR2 and SIGALRM are logged and ignored.

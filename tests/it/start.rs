@@ -1,4 +1,4 @@
-//! Starting the server (operations.md "Start" and "Data"): the first start creates
+//! Starting the server (README.md "Quick start" and docs/operations/storage.md): the first start creates
 //! `admin` and its key file (0600) and logs the file's path but never the key; later
 //! starts keep both; a second server on the same data directory refuses with a clear
 //! message; a store written by another format version is refused untouched; the data

@@ -1,4 +1,4 @@
-//! Storage trouble (operations.md "Data"): a store of another format version is refused
+//! Storage trouble (docs/operations/storage.md): a store of another format version is refused
 //! without being touched, and when flushing fails writes answer 503, nothing they did
 //! stays visible, reads go on, `/readyz` says 503, and after a restart only the
 //! acknowledged writes are there. The flush failure is injected with the test-only

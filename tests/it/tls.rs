@@ -1,4 +1,4 @@
-//! TLS (operations.md "Configuration", `[tls]`): with a certificate and key the server
+//! TLS (docs/configuration.md, `[tls]`): with a certificate and key the server
 //! speaks HTTPS only — a client that trusts the certificate logs in and creates a group,
 //! plain HTTP on the same port gets no API answer — and a bad certificate or key stops
 //! the start with exit code 2, a message naming the key, and an untouched data

@@ -1,4 +1,4 @@
-//! `systemd/fleetgroups.service` (operations.md "Running under systemd") and the backup
+//! `systemd/fleetgroups.service` (docs/operations/install.md "What the unit does") and the backup
 //! pair `fleetgroups-backup.service` + `.timer` (issue 12 item 4): the unit text must
 //! carry every required directive, and systemd itself (`systemd-analyze`, which
 //! scripts/test.sh installs; without it these tests fail) must accept the units without

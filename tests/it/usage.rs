@@ -1,4 +1,4 @@
-//! Usage counters and limits (api.md §3): every authenticated request counts, whatever
+//! Usage counters and limits (docs/api/http.md "Usage counters and limits"): every authenticated request counts, whatever
 //! its outcome, except refusals for a limit; counters are per user, present on every
 //! answer to an authenticated caller and absent otherwise; they survive a graceful
 //! restart exactly; the daily limit and the per-minute rate limit refuse with 429.

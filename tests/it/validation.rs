@@ -1,4 +1,4 @@
-//! Every rule of the group resource (api.md §4) through POST and PUT: normalisation
+//! Every rule of the group resource (docs/api/http.md "The group") through POST and PUT: normalisation
 //! (trimming, dropping duplicate devices), the limits at their exact edges, wrong
 //! types naming the field, unknown fields ignored, and case-insensitive name
 //! uniqueness per account. Every refused body is followed by a look at the data to
