@@ -613,9 +613,15 @@ fn damage_after_a_clean_stop_is_refused_and_the_files_stay_as_found() {
             admin.create(&json!({"name": format!("g{i}"), "devices": [format!("d{i}")]}));
         }
         // Long IDs, created with an Idempotency-Key: the group is stored in pieces, but
-        // the remembered answer is one value over sled's blob threshold (128 KiB).
-        let devices: Vec<String> = (0..10_000)
-            .map(|i| format!("gateway-7-device-serial-{i:05}"))
+        // the remembered answer is one value over sled's blob threshold (128 KiB). The
+        // record is stored deflated, so the IDs carry hash digits that do not compress.
+        let mix = |mut x: u64| {
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            x ^ (x >> 31)
+        };
+        let devices: Vec<String> = (0..10_000u64)
+            .map(|i| format!("dev-{:016x}{:016x}-{i:05}", mix(i), mix(i + 1_000_000)))
             .collect();
         let created = admin
             .req("POST", "/api/groups")
