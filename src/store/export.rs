@@ -954,7 +954,7 @@ impl Importer<'_> {
             .entry(keys::idempotency_scope(&account, &user))
             .or_default();
         tally.count += 1;
-        tally.bytes += v.len() as u64;
+        tally.bytes += super::idempotency::charged_len(&v) as u64;
         self.put(Kind::Idempotency, k, v)?;
         self.counts.idempotency += 1;
         Ok(())

@@ -78,7 +78,8 @@ pub(super) struct IdempotencyRecord {
 }
 
 impl IdempotencyRecord {
-    /// The stored value: 0x00, then the record's JSON deflated. A first answer is a
+    /// The stored value: 0x00, the length of the record's JSON (u32, big-endian), then
+    /// that JSON deflated. A first answer is a
     /// whole group (a 10,000-device group is ~650 KB of JSON, mostly device IDs that
     /// share their prefixes), written once and usually dropped unread: deflating it
     /// shrinks what each keyed create writes several times over, and with it what the
@@ -90,7 +91,10 @@ impl IdempotencyRecord {
             what: "an idempotency record",
             source,
         })?;
-        let mut out = flate2::write::DeflateEncoder::new(vec![DEFLATED], RECORD_COMPRESSION);
+        let plain = u32::try_from(json.len()).unwrap_or(u32::MAX);
+        let mut head = vec![DEFLATED];
+        head.extend_from_slice(&plain.to_be_bytes());
+        let mut out = flate2::write::DeflateEncoder::new(head, RECORD_COMPRESSION);
         out.write_all(&json)
             .and_then(|()| out.finish())
             .map_err(|source| Error::Io {
@@ -105,7 +109,8 @@ impl IdempotencyRecord {
     pub(super) fn decode(raw: &[u8]) -> Option<IdempotencyRecord> {
         use std::io::Read;
         match raw.split_first() {
-            Some((&DEFLATED, deflated)) => {
+            Some((&DEFLATED, rest)) => {
+                let deflated = rest.get(4..)?;
                 let mut json = Vec::new();
                 flate2::read::DeflateDecoder::new(deflated)
                     .take(MAX_RECORD_BYTES + 1)
@@ -123,6 +128,16 @@ impl IdempotencyRecord {
 
 /// The first byte of a deflated record.
 const DEFLATED: u8 = 0x00;
+
+/// What a stored record counts against `limits.idempotency_bytes_per_user`: the size
+/// of its JSON, as a backup writes it and a replay serves it (deflated records carry
+/// it in their header), so the bound holds for backups too, not only for the store.
+pub(super) fn charged_len(raw: &[u8]) -> usize {
+    match raw {
+        [DEFLATED, a, b, c, d, ..] => u32::from_be_bytes([*a, *b, *c, *d]) as usize,
+        _ => raw.len(),
+    }
+}
 
 /// Fast deflate: a record is written on the create's path, under the writer mutex.
 const RECORD_COMPRESSION: flate2::Compression = flate2::Compression::fast();
@@ -217,7 +232,7 @@ impl Store {
                 plan.idempotency_order
                     .push((keys::idempotency_order(account, user, old.id), None));
             }
-            tally.remove(old.len());
+            tally.remove(charged_len(&old));
         }
         let rec = IdempotencyRecord {
             fingerprint: req.fingerprint.clone(),
@@ -227,10 +242,10 @@ impl Store {
             expires: now.saturating_add(req.ttl_ms),
         };
         let bytes = rec.encode()?;
+        let charged = charged_len(&bytes) as u64;
         let max = req.max_per_user.max(1);
-        let over = |t: &Tally| {
-            t.count >= max || t.bytes.saturating_add(bytes.len() as u64) > req.max_bytes_per_user
-        };
+        let over =
+            |t: &Tally| t.count >= max || t.bytes.saturating_add(charged) > req.max_bytes_per_user;
         if tally.count > 0 && over(&tally) {
             for item in self.idempotency_order.scan_prefix_latest(&scope) {
                 if tally.count == 0 || !over(&tally) {
@@ -247,7 +262,7 @@ impl Store {
                     .idempotency
                     .get_latest(&rk)
                     .map_err(|e| self.read_err(e))?
-                    .map_or(0, |v| v.len());
+                    .map_or(0, |v| charged_len(&v));
                 plan.idempotency.push((rk, None));
                 plan.idempotency_order.push((order_key.to_vec(), None));
                 tally.remove(size);
@@ -259,7 +274,7 @@ impl Store {
         ));
         let tally = Tally {
             count: tally.count + 1,
-            bytes: tally.bytes.saturating_add(bytes.len() as u64),
+            bytes: tally.bytes.saturating_add(charged),
         };
         plan.idempotency.push((record_key, Some(bytes)));
         plan.meta
@@ -327,7 +342,10 @@ impl Store {
                 ok.extend_from_slice(&rec.id.to_be_bytes());
                 ops.push((Kind::IdempotencyOrder, ok, None));
             }
-            per_scope.entry(scope.to_vec()).or_default().push(v.len());
+            per_scope
+                .entry(scope.to_vec())
+                .or_default()
+                .push(charged_len(&v));
         }
         for (scope, sizes) in per_scope {
             let mut tally = self.idem_tally(&scope)?;
@@ -386,6 +404,8 @@ mod tests {
         let stored = rec.encode().unwrap();
         let plain = serde_json::to_vec(&rec).unwrap();
         assert_eq!(stored[0], 0);
+        assert_eq!(super::charged_len(&stored), plain.len());
+        assert_eq!(super::charged_len(&plain), plain.len());
         // A 10,000-device answer: several times smaller on disk.
         assert!(
             stored.len() * 4 < plain.len(),
@@ -404,7 +424,8 @@ mod tests {
     #[test]
     fn a_record_that_would_inflate_past_the_bound_does_not_read() {
         use std::io::Write;
-        let mut out = flate2::write::DeflateEncoder::new(vec![0u8], flate2::Compression::best());
+        let mut out =
+            flate2::write::DeflateEncoder::new(vec![0u8, 0, 0, 0, 1], flate2::Compression::best());
         let zeros = vec![b' '; 1 << 20];
         for _ in 0..=(MAX_RECORD_BYTES >> 20) {
             out.write_all(&zeros).unwrap();
@@ -579,7 +600,7 @@ mod store_tests {
             )
             .unwrap();
             let k = crate::store::keys::idempotency("acct", "u", &format!("k{i}"));
-            sizes.push(s.idempotency.get(k).unwrap().unwrap().len() as u64);
+            sizes.push(super::charged_len(&s.idempotency.get(k).unwrap().unwrap()) as u64);
         }
         let tally = s.idem_tally(&scope).unwrap();
         assert_eq!((tally.count, tally.bytes), (4, sizes.iter().sum()));
