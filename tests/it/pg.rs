@@ -201,42 +201,22 @@ impl Pg {
 
     /// `pg_ctl stop -m immediate`: the centre goes away without a clean shutdown.
     pub fn stop_immediate(&self) {
-        let out = as_postgres(
-            &self.bin,
-            "pg_ctl",
-            &[
-                "-D",
-                self.data().to_str().expect("utf-8"),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl stop failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.stop("immediate");
     }
 
     /// `pg_ctl stop -m fast`: a clean shutdown that closes every connection.
     pub fn stop_fast(&self) {
-        let out = as_postgres(
-            &self.bin,
-            "pg_ctl",
-            &[
-                "-D",
-                self.data().to_str().expect("utf-8"),
-                "-m",
-                "fast",
-                "-w",
-                "stop",
-            ],
-        );
+        self.stop("fast");
+    }
+
+    /// `pg_ctl stop -m <mode>`, waiting until it is down.
+    fn stop(&self, mode: &str) {
+        let data = self.data();
+        let data = data.to_str().expect("utf-8");
+        let out = as_postgres(&self.bin, "pg_ctl", &["-D", data, "-m", mode, "-w", "stop"]);
         assert!(
             out.status.success(),
-            "pg_ctl stop failed: {}",
+            "pg_ctl stop -m {mode} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
