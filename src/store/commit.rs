@@ -1,33 +1,56 @@
-//! Group commit: the one place that makes writes durable. A writer applies its change in
-//! memory (a sled transaction), then asks for a flush and waits. One background thread
-//! flushes sled's log and then `fdatasync`s the log file and any new blob files,
-//! covering every write that asked before the flush began: N concurrent writers share
-//! one fsync instead of paying N.
+//! The write path: log first, apply after. A writer hands its after-images to
+//! [`Engine::submit`], which gives them the next log sequence and puts them in the
+//! memtable (`memtable.rs`), invisible to readers. One log thread takes everything
+//! submitted since its last append as one frame, appends it to the write-ahead log
+//! (`wal.rs`) with one `fdatasync`, and only then marks it durable: the values become
+//! visible and the waiting writers hear that their change is durable (group commit: N
+//! writers share one fsync). The applier thread then writes whole frames into sled in
+//! one merged `apply_batch` per round, with the log sequence they cover in the same
+//! batch (`META_WAL_APPLIED`), and trims them from the memtable.
 //!
-//! A failed flush is sticky: the disk is not trusted again until a restart, so every
-//! later ticket fails too. Before any outcome is published, the flusher calls the
-//! store's outcome hook: after a good flush it makes the covered changes visible (so a
-//! writer's own read after its 2xx sees its change), after a failed one it marks the
-//! store failed; what no flush covered was never visible (`space.rs`), so nothing a
-//! writer was refused can be seen.
+//! sled is never flushed on the write path. A checkpoint (on a size or time bound, and
+//! whenever a caller needs sled itself durable: close, backup, restore, the CLI) flushes
+//! sled, `fdatasync`s its files, then tells the log that everything up to the applied
+//! sequence is in the store, so the log recycles those segments. After a crash, the
+//! frames after the checkpoint are replayed into sled (`Store::open`); they hold
+//! after-images, so replaying one twice changes nothing.
 //!
-//! Why the extra sync: sled 0.34.7's `flush()` ends in `sync_file_range`, which pushes
-//! dirty pages to the device but neither flushes the drive's write cache nor persists
-//! file metadata (the log's new length), and large values ("blobs") are written to
-//! their own files without any sync. `File::sync_data` (fdatasync) on the log file and
-//! `sync_all` on new blob files and their directory close that gap.
+//! A failed append or apply is sticky: the store is failed, every later write is
+//! refused, and what no append covered was never visible, so nothing a writer was
+//! refused can be seen. Reads go on from sled and the memtable.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::memtable::{encode, Memtable, Write};
+use super::wal::Log;
 use crate::sync::lock;
 
-/// Flush progress: every ticket `<= done` is durable; once `broken`, every later ticket
-/// fails; `closed` means the flusher has stopped and takes no more tickets.
+/// The meta key (full key, `m` space) that holds the highest log sequence sled holds,
+/// written in the same batch as the writes it covers.
+pub const META_WAL_APPLIED: &[u8] = b"mwal_applied";
+
+/// At most this many bytes of records go in one frame (more wait for the next one; a
+/// single larger write goes alone).
+const FRAME_MAX: usize = 4 << 20;
+/// Writers wait while the memtable holds more than this (the applier is behind): the
+/// bound on what logged-but-unapplied values can cost.
+pub const MEMTABLE_MAX: usize = 64 << 20;
+/// A checkpoint runs once this much log was written since the last one: the bound on
+/// what a replay after a crash reads.
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// … or once this long has passed with something applied since.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+
+/// Log progress: every sequence `<= done` is durable; once `broken`, nothing more is;
+/// `closed` means the log thread has stopped.
 #[derive(Debug, Clone, Copy, Default)]
 struct Progress {
     done: u64,
@@ -36,12 +59,12 @@ struct Progress {
 }
 
 impl Progress {
-    /// The outcome of `ticket`, if it is known yet.
-    fn outcome(&self, ticket: u64) -> Option<Result<(), String>> {
-        if self.done >= ticket {
+    /// The outcome for sequence `seq`, if it is known yet.
+    fn outcome(&self, seq: u64) -> Option<Result<(), String>> {
+        if self.done >= seq {
             Some(Ok(()))
         } else if self.broken {
-            Some(Err("flushing the store to disk failed".to_string()))
+            Some(Err("writing the store's log failed".to_string()))
         } else if self.closed {
             Some(Err("the store is closed".to_string()))
         } else {
@@ -50,101 +73,81 @@ impl Progress {
     }
 }
 
-/// Called by the flusher after every flush and before anyone hears of it: `Some(done)`
-/// when every ticket up to `done` is durable, None when the flush failed.
-pub type OutcomeHook = Box<dyn FnMut(Option<u64>) + Send>;
-
-struct Shared {
-    requested: Mutex<Requested>,
-    wake: Condvar,
-    /// Mirror of the watch value for blocking waiters (CLI, shutdown).
-    progress: Mutex<Progress>,
-    progressed: Condvar,
-}
-
+/// Writes submitted and not yet taken by the log thread.
 #[derive(Default)]
-struct Requested {
-    last: u64,
+struct Queue {
+    /// The next log sequence to hand out.
+    next: u64,
+    /// Encoded records, in sequence order, and the writes they hold.
+    buf: Vec<u8>,
+    writes: Vec<(u64, Vec<Write>)>,
+    /// (log sequence, change-feed seq it brings once durable), oldest first.
+    changes: VecDeque<(u64, u64)>,
     stop: bool,
 }
 
-/// Hands out tickets and tells when they are durable.
-pub struct GroupCommit {
-    shared: Arc<Shared>,
-    /// Counters for `/metrics`: how often and how long the flusher works.
-    pub stats: Arc<FlushStats>,
-    progress: watch::Receiver<Progress>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+/// What the applier is sent: a durable frame to apply, or a checkpoint to make.
+enum Msg {
+    Frame {
+        last: u64,
+        writes: Vec<(u64, Vec<Write>)>,
+        bytes: u64,
+    },
+    Checkpoint(mpsc::Sender<Result<(), String>>),
 }
 
-/// Follows the flusher's published outcomes without asking for a flush: whoever waits
-/// for the store's visible seq to move (the replicator) sleeps until the next outcome
-/// instead of polling.
-pub struct FlushWatch(watch::Receiver<Progress>);
-
-impl FlushWatch {
-    /// Marks every outcome so far as seen: `changed` then waits for a later one.
-    pub fn mark_seen(&mut self) {
-        self.0.borrow_and_update();
-    }
-
-    /// Returns after the next published outcome; never, once the flusher has stopped
-    /// (nothing will move again).
-    pub async fn changed(&mut self) {
-        if self.0.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the log thread.
+    wake: Condvar,
+    /// Wakes writers waiting for room in the memtable.
+    room: Condvar,
+    progress: Mutex<Progress>,
+    progressed: Condvar,
+    /// A write, append, apply or checkpoint failed: no change is taken until restart.
+    failed: AtomicBool,
+    /// A clean close has begun: nothing at all may be written any more.
+    closed: AtomicBool,
+    /// Every change-feed entry up to this `seq` is visible.
+    visible_seq: AtomicU64,
 }
 
-/// Flusher counters (monotonic), exported as Prometheus counters.
+/// Counters for `/metrics` (monotonic).
 #[derive(Debug, Default)]
 pub struct FlushStats {
-    /// Completed flushes.
-    pub flushes: std::sync::atomic::AtomicU64,
-    /// Tickets (acknowledged writes and other waits) those flushes covered.
-    pub tickets: std::sync::atomic::AtomicU64,
-    /// Microseconds spent in sled's `flush()` (log write + `sync_file_range`).
-    pub sled_micros: std::sync::atomic::AtomicU64,
-    /// Microseconds spent in `fdatasync` of the log and blob files.
-    pub sync_micros: std::sync::atomic::AtomicU64,
+    /// Log appends (frames).
+    pub flushes: AtomicU64,
+    /// Writes those appends covered.
+    pub tickets: AtomicU64,
+    /// Microseconds spent applying frames to sled and in checkpoints.
+    pub sled_micros: AtomicU64,
+    /// Microseconds spent in the log's write + `fdatasync`.
+    pub sync_micros: AtomicU64,
 }
 
-/// What the flusher needs to make sled's files durable.
+/// What the checkpoint needs to make sled's files durable.
 pub struct SyncTarget {
     pub db: sled::Db,
     pub dir: PathBuf,
-    /// Test-only fault injection: report failure after this many successful flushes
+    /// Test-only fault injection: log appends fail after this many successful ones
     /// (`FLEETGROUPS_FAULT_FAIL_FLUSH_AFTER`, see config.rs). `None` in production.
     pub fail_after: Option<u64>,
-    /// Flush on this timer even when nobody asks (relaxed durability: nobody waits,
-    /// and sled's own timer is off so that nothing reaches the disk behind the
-    /// flusher's back).
-    pub every: Option<std::time::Duration>,
+    /// Relaxed durability: writers do not wait for the log, and their values are
+    /// visible at once.
+    pub relaxed: bool,
 }
 
 impl SyncTarget {
     /// Flushes sled and fsyncs its files. Blob files already synced are remembered.
-    fn sync(
-        &self,
-        log: &File,
-        synced_blobs: &mut HashSet<PathBuf>,
-        succeeded: u64,
-        stats: &FlushStats,
-    ) -> std::io::Result<()> {
-        if self.fail_after.is_some_and(|n| succeeded >= n) {
-            // Like a disk that refuses writes: nothing reaches the files.
-            return Err(std::io::Error::other(
-                "injected fault (FLEETGROUPS_FAULT_FAIL_FLUSH_AFTER)",
-            ));
-        }
-        let started = std::time::Instant::now();
+    /// sled 0.34.7's `flush()` ends in `sync_file_range`, which neither flushes the
+    /// drive's cache nor the file's length; large values ("blobs") are written to their
+    /// own files without any sync: `fdatasync` of the log and `sync_all` of new blobs
+    /// and their directory close that gap.
+    fn sync(&self, log: &File, synced_blobs: &mut HashSet<PathBuf>) -> std::io::Result<()> {
         self.db
             .flush()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let flushed = std::time::Instant::now();
         log.sync_data()?;
-        add_micros(&stats.sled_micros, flushed - started);
         let blobs = self.dir.join("blobs");
         let mut new_blob = false;
         if let Ok(entries) = std::fs::read_dir(&blobs) {
@@ -154,9 +157,7 @@ impl SyncTarget {
                 if !synced_blobs.contains(&path) {
                     match File::open(&path) {
                         Ok(f) => f.sync_all()?,
-                        // sled removed it between the listing and the open: a blob
-                        // that is gone needs no sync (and failing the flush for it
-                        // would fail the store).
+                        // sled removed it between the listing and the open.
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                         Err(e) => return Err(e),
                     }
@@ -164,92 +165,238 @@ impl SyncTarget {
                 }
                 present.insert(path);
             }
-            // Forget blobs sled has deleted so the set stays small.
             synced_blobs.retain(|p| present.contains(p));
             synced_blobs.extend(present);
         }
         if new_blob {
             File::open(&blobs)?.sync_all()?;
         }
-        add_micros(&stats.sync_micros, flushed.elapsed());
         Ok(())
     }
 }
 
-fn add_micros(counter: &std::sync::atomic::AtomicU64, d: std::time::Duration) {
+fn add_micros(counter: &AtomicU64, d: Duration) {
     counter.fetch_add(
         u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
-        std::sync::atomic::Ordering::Relaxed,
+        Ordering::Relaxed,
     );
 }
 
-impl GroupCommit {
-    /// Starts the flusher thread for a store in `target.dir`.
-    pub fn start(target: SyncTarget, hook: OutcomeHook) -> std::io::Result<GroupCommit> {
-        let log = File::open(target.dir.join("db"))?;
-        // The store's directory entries themselves must be durable once.
+/// The write path's threads and what writers and waiters share with them.
+pub struct Engine {
+    pub mem: Arc<Memtable>,
+    shared: Arc<Shared>,
+    pub stats: Arc<FlushStats>,
+    progress: watch::Receiver<Progress>,
+    to_applier: Mutex<Option<mpsc::Sender<Msg>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    relaxed: bool,
+}
+
+/// Follows the log's published progress without asking for anything: whoever waits
+/// for the store's visible seq to move (the replicator) sleeps until the next append.
+pub struct FlushWatch(watch::Receiver<Progress>);
+
+impl FlushWatch {
+    /// Marks every outcome so far as seen: `changed` then waits for a later one.
+    pub fn mark_seen(&mut self) {
+        self.0.borrow_and_update();
+    }
+
+    /// Returns after the next published outcome; never, once the log thread has
+    /// stopped (nothing will move again).
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Engine {
+    /// Starts the log thread and the applier. `log` continues after its last frame
+    /// (every sequence up to it is durable and applied to sled), `checkpoint` is what
+    /// sled holds durably, `visible_seq` the change-feed seq visible now.
+    pub fn start(
+        log: Log,
+        checkpoint: u64,
+        tree: sled::Tree,
+        target: SyncTarget,
+        visible_seq: u64,
+    ) -> std::io::Result<Engine> {
+        let last = log.last();
+        let sled_log = File::open(target.dir.join("db"))?;
         sync_dir(&target.dir)?;
         let shared = Arc::new(Shared {
-            requested: Mutex::new(Requested::default()),
+            queue: Mutex::new(Queue {
+                next: last + 1,
+                ..Queue::default()
+            }),
             wake: Condvar::new(),
-            progress: Mutex::new(Progress::default()),
+            room: Condvar::new(),
+            progress: Mutex::new(Progress {
+                done: last,
+                ..Progress::default()
+            }),
             progressed: Condvar::new(),
+            failed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            visible_seq: AtomicU64::new(visible_seq),
         });
-        let (tx, rx) = watch::channel(Progress::default());
-        let thread_shared = Arc::clone(&shared);
+        let mem = Arc::new(Memtable::new(last));
         let stats = Arc::new(FlushStats::default());
-        let thread_stats = Arc::clone(&stats);
-        let thread = std::thread::Builder::new()
-            .name("fg-flusher".into())
-            .spawn(move || flusher(thread_shared, tx, target, log, hook, &thread_stats))?;
-        Ok(GroupCommit {
+        let (tx, rx) = watch::channel(Progress {
+            done: last,
+            ..Progress::default()
+        });
+        let (to_applier, from_log) = mpsc::channel();
+        let log = Arc::new(Mutex::new(log));
+        let relaxed = target.relaxed;
+        let fail_after = target.fail_after;
+        let applier = Applier {
+            tree,
+            mem: Arc::clone(&mem),
+            shared: Arc::clone(&shared),
+            stats: Arc::clone(&stats),
+            log: Arc::clone(&log),
+            target,
+            sled_log,
+            synced_blobs: HashSet::new(),
+            since_checkpoint: 0,
+            applied: last,
+            checkpointed: checkpoint,
+            last_checkpoint: Instant::now(),
+        };
+        let applier_thread = std::thread::Builder::new()
+            .name("fg-apply".into())
+            .spawn(move || applier.run(from_log))?;
+        let log_thread = {
+            let shared = Arc::clone(&shared);
+            let mem = Arc::clone(&mem);
+            let stats = Arc::clone(&stats);
+            let to_applier = to_applier.clone();
+            std::thread::Builder::new()
+                .name("fg-log".into())
+                .spawn(move || {
+                    log_thread(&shared, &mem, &stats, &log, &tx, to_applier, fail_after)
+                })?
+        };
+        Ok(Engine {
+            mem,
             shared,
             stats,
             progress: rx,
-            thread: Mutex::new(Some(thread)),
+            to_applier: Mutex::new(Some(to_applier)),
+            threads: Mutex::new(vec![log_thread, applier_thread]),
+            relaxed,
         })
     }
 
-    /// Asks for a flush covering everything applied so far; returns the ticket to wait on.
-    pub fn request(&self) -> u64 {
-        let mut req = lock(&self.shared.requested);
-        req.last += 1;
-        let ticket = req.last;
-        drop(req);
+    /// Submits one write: its after-images get the next log sequence and go into the
+    /// memtable, invisible until the log has them (`now`: visible at once — a write no
+    /// acknowledgement depends on); `change_seq` is the change-feed seq it brings, once
+    /// durable. Waits while the memtable is over its bound. Err once the store has
+    /// failed or closed: nothing was recorded.
+    pub fn submit(
+        &self,
+        writes: Vec<Write>,
+        now: bool,
+        change_seq: Option<u64>,
+    ) -> Result<u64, String> {
+        self.wait_for_room()?;
+        let now = now || self.relaxed;
+        let mut q = lock(&self.shared.queue);
+        self.check_open()?;
+        let seq = q.next;
+        q.next += 1;
+        self.mem.insert(seq, now, &writes);
+        encode(seq, &writes, &mut q.buf);
+        q.writes.push((seq, writes));
+        if let Some(c) = change_seq {
+            if self.relaxed {
+                self.shared.visible_seq.fetch_max(c, Ordering::SeqCst);
+            } else {
+                q.changes.push_back((seq, c));
+            }
+        }
+        drop(q);
         self.shared.wake.notify_one();
-        ticket
+        Ok(seq)
     }
 
-    /// The number of tickets handed out so far. A change applied before this call is
-    /// covered by every flush whose ticket is greater than the value returned.
-    pub fn last_requested(&self) -> u64 {
-        lock(&self.shared.requested).last
+    /// Waits while the memtable holds more than `MEMTABLE_MAX` (the applier is behind).
+    fn wait_for_room(&self) -> Result<(), String> {
+        let mut q = lock(&self.shared.queue);
+        while self.mem.bytes() > MEMTABLE_MAX {
+            self.check_open()?;
+            q = self
+                .shared
+                .room
+                .wait_timeout(q, Duration::from_millis(10))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        Ok(())
     }
 
-    /// Waits until `ticket` is durable. Err when the flush covering it failed.
-    pub async fn wait(&self, ticket: u64) -> Result<(), String> {
+    /// The last log sequence handed out.
+    pub fn last_submitted(&self) -> u64 {
+        lock(&self.shared.queue).next - 1
+    }
+
+    /// Err once failed or closed.
+    pub fn check_open(&self) -> Result<(), String> {
+        if self.failed() {
+            Err("the store has failed and takes no more writes until restart".into())
+        } else if self.shared.closed.load(Ordering::SeqCst) {
+            Err("the store is closed".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Marks the store failed: no change is taken again until restart.
+    pub fn fail(&self) {
+        self.shared.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a write, append, apply or checkpoint has failed since the store opened.
+    pub fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::SeqCst)
+    }
+
+    /// Every change-feed entry up to this `seq` is visible.
+    pub fn visible_seq(&self) -> u64 {
+        self.shared.visible_seq.load(Ordering::SeqCst)
+    }
+
+    /// Makes `seq` visible at once (work done before anything is served: restore).
+    pub fn publish_seq(&self, seq: u64) {
+        self.shared.visible_seq.fetch_max(seq, Ordering::SeqCst);
+    }
+
+    /// Waits until everything submitted so far is durable in the log. Relaxed
+    /// durability waits for nothing.
+    pub async fn durable(&self) -> Result<(), String> {
+        if self.relaxed {
+            return Ok(());
+        }
+        let target = self.last_submitted();
         let mut rx = self.progress.clone();
         let seen = rx
-            .wait_for(|p| p.outcome(ticket).is_some())
+            .wait_for(|p| p.outcome(target).is_some())
             .await
             .map(|p| *p)
-            .map_err(|_| "the flusher has stopped".to_string())?;
-        seen.outcome(ticket)
-            .unwrap_or_else(|| Err("the flusher has stopped".to_string()))
+            .map_err(|_| "the store's log has stopped".to_string())?;
+        seen.outcome(target)
+            .unwrap_or_else(|| Err("the store's log has stopped".to_string()))
     }
 
-    /// A follower of flush outcomes that holds no ticket (`FlushWatch`).
-    pub fn watch(&self) -> FlushWatch {
-        FlushWatch(self.progress.clone())
-    }
-
-    /// Blocking form of `request` + `wait`, for the CLI and shutdown. Never waits on a
-    /// stopped flusher: after `stop` it answers Err at once.
-    pub fn flush_blocking(&self) -> Result<(), String> {
-        let ticket = self.request();
+    /// Blocking form of `durable` (whatever the durability setting).
+    pub fn durable_blocking(&self) -> Result<(), String> {
+        let target = self.last_submitted();
         let mut p = lock(&self.shared.progress);
         loop {
-            if let Some(outcome) = p.outcome(ticket) {
+            if let Some(outcome) = p.outcome(target) {
                 return outcome;
             }
             p = self
@@ -260,95 +407,301 @@ impl GroupCommit {
         }
     }
 
-    /// Stops the flusher after a final flush of everything requested.
+    /// Makes everything submitted so far durable in sled itself: the log appends it,
+    /// the applier applies it, and a checkpoint flushes sled and lets the log recycle.
+    /// For close, backup, restore and the CLI; blocking.
+    pub fn checkpoint_blocking(&self) -> Result<(), String> {
+        self.durable_blocking()?;
+        let (reply, answer) = mpsc::channel();
+        let sent = lock(&self.to_applier)
+            .as_ref()
+            .is_some_and(|tx| tx.send(Msg::Checkpoint(reply)).is_ok());
+        if !sent {
+            return Err("the store is closed".into());
+        }
+        answer
+            .recv()
+            .unwrap_or_else(|_| Err("the store's applier has stopped".into()))
+    }
+
+    /// A follower of the log's progress that asks for nothing (`FlushWatch`).
+    pub fn watch(&self) -> FlushWatch {
+        FlushWatch(self.progress.clone())
+    }
+
+    /// Takes no write of any kind from now on (a clean close, before the seal).
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops the log thread (after it has appended everything submitted) and the
+    /// applier (after it has applied everything appended).
     pub fn stop(&self) {
-        lock(&self.shared.requested).stop = true;
+        lock(&self.shared.queue).stop = true;
         self.shared.wake.notify_one();
-        if let Some(t) = lock(&self.thread).take() {
+        lock(&self.to_applier).take();
+        for t in lock(&self.threads).drain(..) {
             let _ = t.join();
         }
     }
 }
 
-impl Drop for GroupCommit {
+impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-/// The flusher thread: waits for a ticket (or the relaxed timer), syncs, tells the
-/// hook the outcome before any waiter hears of it, then publishes the progress. One
-/// function on purpose: that order is what "visible means durable" rests on
-/// (`space.rs`), and the crash harnesses check it as it is written here.
-fn flusher(
-    shared: Arc<Shared>,
-    tx: watch::Sender<Progress>,
-    target: SyncTarget,
-    log: File,
-    mut hook: OutcomeHook,
+/// The log thread: takes what was submitted as one frame, appends it (one write, one
+/// `fdatasync`), then — before any waiter hears of it — makes it visible and hands it
+/// to the applier, then publishes the progress. One function on purpose: that order is
+/// what "visible means durable" rests on, and the crash harnesses check it as written.
+fn log_thread(
+    shared: &Shared,
+    mem: &Memtable,
     stats: &FlushStats,
+    log: &Mutex<Log>,
+    tx: &watch::Sender<Progress>,
+    to_applier: mpsc::Sender<Msg>,
+    fail_after: Option<u64>,
 ) {
-    let mut synced_blobs = HashSet::new();
-    let mut progress = Progress::default();
-    let mut succeeded = 0u64;
+    let mut progress = *lock(&shared.progress);
+    let mut appended = 0u64;
     let publish = |progress: Progress| {
         tx.send_replace(progress);
         *lock(&shared.progress) = progress;
         shared.progressed.notify_all();
     };
     loop {
-        let (upto, stop, timer) = {
-            let mut req = lock(&shared.requested);
-            let mut timer = false;
-            // Once broken, nothing is flushed again: waiters already see the failure.
-            while (req.last <= progress.done || progress.broken) && !req.stop {
-                match target.every {
-                    Some(every) if !progress.broken => {
-                        let (g, waited) = shared
-                            .wake
-                            .wait_timeout(req, every)
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        req = g;
-                        if waited.timed_out() {
-                            timer = true;
-                            break;
-                        }
-                    }
-                    _ => {
-                        req = shared
-                            .wake
-                            .wait(req)
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    }
-                }
+        let (buf, writes, changes, stop) = {
+            let mut q = lock(&shared.queue);
+            while (q.writes.is_empty() || progress.broken) && !q.stop {
+                q = shared
+                    .wake
+                    .wait(q)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
-            (req.last, req.stop, timer)
+            take_frame(&mut q)
         };
-        if (upto > progress.done || timer) && !progress.broken {
-            match target.sync(&log, &mut synced_blobs, succeeded, stats) {
+        if !writes.is_empty() && !progress.broken {
+            let first = writes[0].0;
+            let last = writes[writes.len() - 1].0;
+            let started = Instant::now();
+            let result = if fail_after.is_some_and(|n| appended >= n) {
+                Err(std::io::Error::other(
+                    "injected fault (FLEETGROUPS_FAULT_FAIL_FLUSH_AFTER)",
+                ))
+            } else {
+                lock(log).append(first, last, &buf)
+            };
+            add_micros(&stats.sync_micros, started.elapsed());
+            match result {
                 Ok(()) => {
-                    succeeded += 1;
-                    stats
-                        .flushes
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    appended += 1;
+                    stats.flushes.fetch_add(1, Ordering::Relaxed);
                     stats
                         .tickets
-                        .fetch_add(upto - progress.done, std::sync::atomic::Ordering::Relaxed);
-                    progress.done = upto;
-                    hook(Some(upto));
+                        .fetch_add(writes.len() as u64, Ordering::Relaxed);
+                    mem.set_durable(last);
+                    for (_, c) in changes.iter().filter(|(s, _)| *s <= last) {
+                        shared.visible_seq.fetch_max(*c, Ordering::SeqCst);
+                    }
+                    // Sent before the progress is published: a checkpoint asked for
+                    // once the progress shows this frame finds it ahead in the channel.
+                    let _ = to_applier.send(Msg::Frame {
+                        last,
+                        writes,
+                        bytes: buf.len() as u64,
+                    });
+                    progress.done = last;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "store flush failed; the changes it should have made durable stay invisible; writes answer 503 until restart");
-                    hook(None);
+                    tracing::error!(error = %e, "appending to the store's log failed; the changes it held stay invisible; writes answer 503 until restart");
+                    shared.failed.store(true, Ordering::SeqCst);
                     progress.broken = true;
                 }
             }
             publish(progress);
         }
-        if stop {
+        if stop && lock(&shared.queue).writes.is_empty() {
             progress.closed = true;
             publish(progress);
             return;
+        }
+    }
+}
+
+/// Takes up to `FRAME_MAX` bytes of records from the queue (at least one write).
+#[allow(clippy::type_complexity)]
+fn take_frame(q: &mut Queue) -> (Vec<u8>, Vec<(u64, Vec<Write>)>, Vec<(u64, u64)>, bool) {
+    let stop = q.stop;
+    if q.buf.len() <= FRAME_MAX {
+        let changes = q.changes.drain(..).collect();
+        return (
+            std::mem::take(&mut q.buf),
+            std::mem::take(&mut q.writes),
+            changes,
+            stop,
+        );
+    }
+    // Too much for one frame: whole records up to the bound, found by re-encoding the
+    // writes one by one (rare: only when the log thread fell far behind).
+    let mut buf = Vec::new();
+    let mut n = 0;
+    for (seq, w) in &q.writes {
+        let before = buf.len();
+        encode(*seq, w, &mut buf);
+        if n > 0 && buf.len() > FRAME_MAX {
+            buf.truncate(before);
+            break;
+        }
+        n += 1;
+    }
+    let writes: Vec<_> = q.writes.drain(..n).collect();
+    q.buf.drain(..buf.len());
+    let last = writes.last().map_or(0, |(s, _)| *s);
+    let mut changes = Vec::new();
+    while q.changes.front().is_some_and(|(s, _)| *s <= last) {
+        if let Some(c) = q.changes.pop_front() {
+            changes.push(c);
+        }
+    }
+    (buf, writes, changes, stop)
+}
+
+/// The applier thread's state.
+struct Applier {
+    tree: sled::Tree,
+    mem: Arc<Memtable>,
+    shared: Arc<Shared>,
+    stats: Arc<FlushStats>,
+    log: Arc<Mutex<Log>>,
+    target: SyncTarget,
+    sled_log: File,
+    synced_blobs: HashSet<PathBuf>,
+    /// Log bytes applied since the last checkpoint.
+    since_checkpoint: u64,
+    /// Every log sequence up to this is in sled (not necessarily durable there).
+    applied: u64,
+    /// … and up to this, durable in sled and recorded in the log.
+    checkpointed: u64,
+    last_checkpoint: Instant,
+}
+
+impl Applier {
+    fn run(mut self, from_log: mpsc::Receiver<Msg>) {
+        loop {
+            let msg = match from_log.recv_timeout(Duration::from_secs(1)) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut frames = Vec::new();
+            let mut replies = Vec::new();
+            let mut collect = |m: Msg| match m {
+                Msg::Frame {
+                    last,
+                    writes,
+                    bytes,
+                } => frames.push((last, writes, bytes)),
+                Msg::Checkpoint(reply) => replies.push(reply),
+            };
+            if let Some(m) = msg {
+                collect(m);
+            }
+            // Everything that arrived meanwhile goes in the same merged batch.
+            while let Ok(m) = from_log.try_recv() {
+                collect(m);
+            }
+            let mut ok = !self.shared.failed.load(Ordering::SeqCst)
+                || frames.is_empty() && replies.is_empty();
+            if !frames.is_empty() && ok {
+                ok = self.apply(frames).is_ok();
+            }
+            let due = self.since_checkpoint >= CHECKPOINT_BYTES
+                || (self.applied > self.checkpointed
+                    && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
+            let outcome = if !ok || self.shared.failed.load(Ordering::SeqCst) {
+                Err("the store has failed; nothing more is written".to_string())
+            } else if due || !replies.is_empty() {
+                self.checkpoint()
+            } else {
+                Ok(())
+            };
+            for reply in replies {
+                let _ = reply.send(outcome.clone());
+            }
+        }
+    }
+
+    /// Applies whole frames to sled as one batch, with the sequence they cover, then
+    /// trims them from the memtable — both under the apply lock, so a range chunk sees
+    /// sled and the memtable at one log position.
+    fn apply(&mut self, frames: Vec<(u64, Vec<(u64, Vec<Write>)>, u64)>) -> Result<(), ()> {
+        let started = Instant::now();
+        let upto = frames.last().map_or(self.applied, |(last, _, _)| *last);
+        let mut batch = sled::Batch::default();
+        let mut bytes = 0;
+        for (_, writes, b) in &frames {
+            bytes += b;
+            for (_, ws) in writes {
+                for w in ws {
+                    match &w.value {
+                        Some(v) => batch.insert(w.key.as_slice(), v.clone()),
+                        None => batch.remove(w.key.as_slice()),
+                    }
+                }
+            }
+        }
+        batch.insert(META_WAL_APPLIED, &upto.to_be_bytes());
+        let guard = self.mem.apply_guard();
+        if let Err(e) = self.tree.apply_batch(batch) {
+            drop(guard);
+            tracing::error!(error = %e, "applying logged changes to the store failed; they stay readable from memory; writes answer 503 until restart");
+            self.shared.failed.store(true, Ordering::SeqCst);
+            return Err(());
+        }
+        let keys = frames
+            .iter()
+            .flat_map(|(_, writes, _)| writes.iter())
+            .flat_map(|(_, ws)| ws.iter().map(|w| w.key.as_slice()));
+        self.mem.trim(upto, keys);
+        drop(guard);
+        self.shared.room.notify_all();
+        self.applied = upto;
+        self.since_checkpoint += bytes;
+        add_micros(&self.stats.sled_micros, started.elapsed());
+        Ok(())
+    }
+
+    /// Flushes sled and fsyncs its files, then records in the log that everything up
+    /// to `applied` is in the store (the log recycles what lies below).
+    fn checkpoint(&mut self) -> Result<(), String> {
+        let started = Instant::now();
+        let upto = self.applied;
+        let result = self
+            .target
+            .sync(&self.sled_log, &mut self.synced_blobs)
+            .and_then(|()| {
+                if upto > self.checkpointed {
+                    lock(&self.log).checkpoint(upto)
+                } else {
+                    Ok(())
+                }
+            });
+        add_micros(&self.stats.sled_micros, started.elapsed());
+        match result {
+            Ok(()) => {
+                self.checkpointed = upto;
+                self.since_checkpoint = 0;
+                self.last_checkpoint = Instant::now();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the store's checkpoint failed (flushing sled or recording it in the log); writes answer 503 until restart");
+                self.shared.failed.store(true, Ordering::SeqCst);
+                Err(format!("the store's checkpoint failed: {e}"))
+            }
         }
     }
 }

@@ -988,7 +988,7 @@ impl Importer<'_> {
             w.next_group = next_group;
             w.next_change = next_change;
             w.feed_bytes = feed_bytes;
-            store.pending.publish_seq(next_change - 1);
+            store.engine.publish_seq(next_change - 1);
             store.purged_through.store(purged_through, Ordering::SeqCst);
         }
         store.flush_blocking()?;

@@ -34,14 +34,17 @@ pub mod highwater;
 pub mod history;
 pub mod idempotency;
 pub mod keys;
+mod memtable;
 pub mod office;
 mod pieces;
 mod plan;
+mod replay;
 mod retention;
 pub mod seal;
 pub mod space;
 pub mod users;
 mod value;
+mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,21 +54,25 @@ use crate::config::Durability;
 use crate::sync::lock;
 use crate::time::Clock;
 pub use commit::sync_dir;
-use commit::{GroupCommit, SyncTarget};
+use commit::{Engine, SyncTarget};
 pub use error::Error;
 pub use space::Kind;
-use space::{Pending, Space};
+use space::Space;
 
 /// The store format this binary reads and writes.
 /// 1: a sled tree per kind of data, a transaction per change. 2: one tree of key
 /// spaces (`space.rs`), one batch per change. 3: large device lists in pieces
-/// (`pieces.rs`).
-pub const FORMAT_VERSION: u64 = 3;
+/// (`pieces.rs`). 4: a write-ahead log in front of sled (`wal.rs`, `commit.rs`).
+pub const FORMAT_VERSION: u64 = 4;
 
 /// Older formats this binary also opens, and upgrades by writing its own version:
-/// a format-2 store is a format-3 store with no group in pieces. After the upgrade
-/// an older binary refuses the store (it could not read a group in pieces).
-const UPGRADES_FROM: &[u64] = &[2];
+/// a format-2 store is a format-3 store with no group in pieces, and a format-3 store
+/// is a format-4 store whose log is empty (sled held everything it acknowledged).
+/// After the upgrade an older binary refuses the store (it would not replay the log).
+const UPGRADES_FROM: &[u64] = &[2, 3];
+
+/// The write-ahead log's directory inside the store directory.
+pub const WAL_DIR: &str = "wal";
 
 /// Whether this binary opens a store of format `v`.
 fn opens(v: u64) -> bool {
@@ -229,14 +236,12 @@ pub struct Store {
     tokens: Space,
     usage: Space,
     meta: Space,
-    /// What readers must not see yet (`space.rs`).
-    pending: Arc<Pending>,
+    /// The write path: log, memtable, applier, checkpoints (`commit.rs`).
+    engine: Arc<Engine>,
     writer: Arc<Mutex<Writer>>,
     /// Set while a long holder (a backup export) has the writer mutex, so that only
     /// then do waiting writers move off the async worker with `block_in_place`.
     long_hold: AtomicBool,
-    commit: GroupCommit,
-    durability: Durability,
     /// See `StoreOptions::max_devices`.
     max_devices: usize,
     /// See `StoreOptions::clock`.
@@ -344,8 +349,6 @@ impl Store {
         let dir = dir.to_path_buf();
         let db = open_sled(data_dir, &dir, options.cache_bytes, before.fresh)?;
         let tree: sled::Tree = (*db).clone();
-        let pending = Arc::new(Pending::new(0));
-        let space = |kind: Kind| Space::new(tree.clone(), kind, Arc::clone(&pending));
         if db.tree_names().len() > 1 {
             // A format-1 store made before the marker file: its data is in named trees.
             return Err(OpenError::Version {
@@ -353,11 +356,14 @@ impl Store {
                 path: data_dir.to_path_buf(),
             });
         }
+        let has_log = before.marked && !before.fresh;
+        let replayed = replay::open_and_replay(data_dir, &dir, &tree, has_log)?;
+        let engine = start_engine(replayed, &db, &dir, options)?;
+        let space = |kind: Kind| Space::new(tree.clone(), kind, Arc::clone(&engine));
         let meta = space(Kind::Meta);
         check_format(&meta, data_dir)?;
         let state = Loaded::read(&meta, space(Kind::Users).len() as u64, &dir, data_dir)?;
-        let commit = start_flusher(&db, &dir, options, Arc::clone(&pending))?;
-        pending.publish_seq(state.next_change.saturating_sub(1));
+        engine.publish_seq(state.next_change.saturating_sub(1));
         let start = (state.start_group, state.start_change);
         let reseat = (start != (state.next_group, state.next_change)).then_some(start);
         let store = Store {
@@ -374,7 +380,7 @@ impl Store {
             usage: space(Kind::Usage),
             meta,
             tree,
-            pending,
+            engine,
             writer: Arc::new(Mutex::new(Writer {
                 next_group: state.start_group,
                 next_change: state.start_change,
@@ -383,8 +389,6 @@ impl Store {
                 feed_bytes: state.feed_bytes,
             })),
             long_hold: AtomicBool::new(false),
-            commit,
-            durability: options.durability,
             max_devices: options.max_devices,
             clock: options.clock.clone(),
             dir,
@@ -477,21 +481,19 @@ impl Store {
         self.flush_blocking().map_err(OpenError::Other)
     }
 
-    /// Waits until everything applied so far is durable (per the durability setting).
+    /// Waits until everything submitted so far is durable in the log (per the
+    /// durability setting).
     pub async fn durable(&self) -> Result<(), Error> {
-        if self.durability == Durability::Relaxed {
-            return Ok(());
-        }
-        let ticket = self.commit.request();
-        self.commit
-            .wait(ticket)
+        self.engine
+            .durable()
             .await
             .map_err(|detail| self.fail(Error::Flush { detail }))
     }
 
-    /// Flushes and fsyncs now, blocking (CLI commands, shutdown).
+    /// Makes everything submitted so far durable in sled itself (a checkpoint),
+    /// blocking: CLI commands, backup, restore, shutdown.
     pub fn flush_blocking(&self) -> Result<(), String> {
-        self.commit.flush_blocking()
+        self.engine.checkpoint_blocking()
     }
 
     /// The store's identity: 32 hex digits, random, made when the store was created
@@ -513,7 +515,7 @@ impl Store {
 
     /// The highest change `seq` handed out so far; every entry up to it is applied.
     pub fn last_seq(&self) -> u64 {
-        self.pending.visible_seq()
+        self.engine.visible_seq()
     }
 
     /// Waits until `last_seq()` passes `seq`. Woken by the flusher's published
@@ -521,7 +523,7 @@ impl Store {
     /// it publishes, or, with relaxed durability, at a write that the next timer flush
     /// then announces. An idle store costs its waiters nothing.
     pub async fn wait_past(&self, seq: u64) {
-        let mut flushes = self.commit.watch();
+        let mut flushes = self.engine.watch();
         loop {
             flushes.mark_seen();
             if self.last_seq() > seq {
@@ -532,9 +534,9 @@ impl Store {
     }
 
     /// Whether the store currently takes writes: no write or flush has failed
-    /// (`Pending::failed`; writes answer 503 and `/readyz` says so).
+    /// (`Engine::failed`; writes answer 503 and `/readyz` says so).
     pub fn healthy(&self) -> bool {
-        !self.pending.failed()
+        !self.engine.failed()
     }
 
     /// Whether the store answers a read right now: one point read of the users space
@@ -546,9 +548,9 @@ impl Store {
         self.users.get(b"").map(drop).map_err(Error::read)
     }
 
-    /// Marks the store failed (`Pending::fail`, whatever failed) and gives back `e`.
+    /// Marks the store failed (`Engine::fail`, whatever failed) and gives back `e`.
     fn fail(&self, e: Error) -> Error {
-        self.pending.fail();
+        self.engine.fail();
         e
     }
 
@@ -604,46 +606,26 @@ impl Store {
         Ok(w)
     }
 
-    /// Applies `ops` as one sled batch (atomic) under the writer mutex. With fsync
-    /// durability the change stays invisible to readers until a flush covers it
-    /// (`space.rs`); `last_seq` is the highest change `seq` once it is applied.
+    /// Submits `ops` as one write (atomic: one log record, applied to sled in one
+    /// batch) under the writer mutex. It stays invisible to readers until the log has
+    /// it (`commit.rs`); `last_seq` is the highest change `seq` once it is durable.
     fn apply_ops(&self, _w: &mut Writer, ops: &[Op], last_seq: u64) -> Result<(), Error> {
-        let keys: Vec<Vec<u8>> = ops
+        let writes = ops
             .iter()
-            .map(|(kind, k, _)| space::full_key(*kind, k))
+            .map(|(kind, k, v)| memtable::Write {
+                key: space::full_key(*kind, k),
+                value: v.as_deref().map(sled::IVec::from),
+            })
             .collect();
-        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        let hidden = self.durability == Durability::Fsync;
-        if hidden {
-            self.pending
-                .record(&refs, |k| self.tree.get(k))
-                .map_err(|e| self.write_err(e))?;
-        }
-        let mut batch = sled::Batch::default();
-        for (key, (_, _, v)) in keys.iter().zip(ops) {
-            match v {
-                Some(v) => batch.insert(key.as_slice(), v.as_slice()),
-                None => batch.remove(key.as_slice()),
-            }
-        }
-        // A failed apply leaves the records in place: the store is failed, and the
-        // keys keep reading as their durable values.
-        self.pending.check_open().map_err(|e| self.write_err(e))?;
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| self.write_err(e))?;
-        if hidden {
-            self.pending
-                .applied(&refs, self.commit.last_requested(), last_seq);
-        } else {
-            self.pending.publish_seq(last_seq);
-        }
-        Ok(())
+        self.engine
+            .submit(writes, false, Some(last_seq))
+            .map(drop)
+            .map_err(|detail| self.fail(Error::Flush { detail }))
     }
 
     /// Group-commit counters (metrics).
     pub fn flush_stats(&self) -> &commit::FlushStats {
-        &self.commit.stats
+        &self.engine.stats
     }
 
     /// Total bytes sled reports on disk (metrics).
@@ -661,7 +643,7 @@ impl Store {
     /// the disk now (see `Drop`).
     pub fn close(&self) -> Result<(), String> {
         if !self.healthy() {
-            self.commit.stop();
+            self.engine.stop();
             return Err("the store had failed; nothing more was written".into());
         }
         // The retention clock counts running time: keep what this run added.
@@ -678,13 +660,13 @@ impl Store {
             self.marks()
         };
         let r = self.flush_blocking();
-        self.commit.stop();
+        self.engine.close();
+        self.engine.stop();
         r?;
         self.write_highwater(marks, true)
             .map_err(|e| format!("recording the high-water marks: {e}"))?;
         // Nothing is written after this (sled's drop flushes nothing: all is flushed),
         // so the files are sealed as the next open will find them.
-        self.pending.close();
         if let Err(e) = seal::write(&self.dir) {
             // Everything is durable: the stop itself succeeded. Without a seal the next
             // start checks the store as after a crash (the fast check, and the files
@@ -708,7 +690,8 @@ impl Store {
         if *lock(&self.recorded) == Some(marks) {
             return Ok(());
         }
-        self.flush_blocking()?;
+        // The log is where the marks must be durable (a replay brings sled there).
+        self.engine.durable_blocking()?;
         self.write_highwater(marks, false)
             .map_err(|e| format!("recording the high-water marks: {e}"))
     }
@@ -811,19 +794,6 @@ impl Store {
     /// A sled read that failed (the store stays as it was).
     fn read_err(&self, e: sled::Error) -> Error {
         Error::read(e)
-    }
-}
-
-impl Drop for Store {
-    /// sled flushes its log when the last handle of a tree goes. After a failed flush
-    /// or write that would write out changes that were refused (answered 503) should
-    /// the disk take them now, and they would reappear after a restart: so a failed
-    /// store leaks one handle, and sled never writes again. (sled's own flush timer is
-    /// off, `flush_every_ms(None)`, for the same reason: only the flusher writes.)
-    fn drop(&mut self) {
-        if !self.healthy() {
-            std::mem::forget(self.tree.clone());
-        }
     }
 }
 
@@ -1145,30 +1115,28 @@ impl Loaded {
     }
 }
 
-/// Starts the flusher (`commit.rs`) on `db`, its outcomes reported to `pending`.
-fn start_flusher(
+/// Starts the write path (`commit.rs`) on `db`, continuing `log`.
+fn start_engine(
+    replayed: replay::Replayed,
     db: &sled::Db,
     dir: &Path,
     options: &StoreOptions,
-    pending: Arc<Pending>,
-) -> Result<GroupCommit, OpenError> {
+) -> Result<Arc<Engine>, OpenError> {
     if let Some(n) = options.fail_flush_after {
         tracing::warn!(
             after = n,
-            "FAULT INJECTION: store flushes will fail after {n} successful ones (test only)"
+            "FAULT INJECTION: the store's log appends will fail after {n} successful ones (test only)"
         );
     }
-    GroupCommit::start(
-        SyncTarget {
-            db: db.clone(),
-            dir: dir.to_path_buf(),
-            fail_after: options.fail_flush_after,
-            every: (options.durability == Durability::Relaxed)
-                .then(|| std::time::Duration::from_millis(500)),
-        },
-        outcome_hook(pending),
-    )
-    .map_err(|e| OpenError::Other(format!("cannot start the flusher: {e}")))
+    let target = SyncTarget {
+        db: db.clone(),
+        dir: dir.to_path_buf(),
+        fail_after: options.fail_flush_after,
+        relaxed: options.durability == Durability::Relaxed,
+    };
+    Engine::start(replayed.log, replayed.checkpoint, (**db).clone(), target, 0)
+        .map(Arc::new)
+        .map_err(|e| OpenError::Other(format!("cannot start the store's log: {e}")))
 }
 
 /// Whether the directory is new (no store yet), or Damaged when it has held a store
@@ -1212,16 +1180,6 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// Writes the format marker durably (`perms::replace_private`).
 fn write_marker(dir: &Path) -> std::io::Result<()> {
     crate::perms::replace_private(dir, FORMAT_MARKER, format!("{FORMAT_VERSION}\n").as_bytes())
-}
-
-/// What the flusher does with each outcome, before anyone hears of it: a good flush
-/// makes the changes it covered visible; a failed one marks the store failed, and what
-/// it did not cover stays invisible until restart (`space.rs`).
-fn outcome_hook(pending: Arc<Pending>) -> commit::OutcomeHook {
-    Box::new(move |outcome: Option<u64>| match outcome {
-        Some(done) => pending.covered(done),
-        None => pending.fail(),
-    })
 }
 
 /// Helpers shared by the store's unit tests.
