@@ -75,6 +75,17 @@ pub fn store_options(config: &Config) -> StoreOptions {
         restoring: false,
         max_devices: config.limits.max_devices_per_group,
         clock: Clock::system(),
+        log: log_bounds(config),
+    }
+}
+
+/// The write-ahead log's bounds from `[storage]`.
+pub fn log_bounds(config: &Config) -> crate::store::LogBounds {
+    let mb = |n: u64| n.saturating_mul(1024 * 1024);
+    crate::store::LogBounds {
+        segment_bytes: mb(config.storage.log_segment_mb),
+        checkpoint_bytes: mb(config.storage.checkpoint_mb),
+        checkpoint_every: std::time::Duration::from_secs(config.storage.checkpoint_secs),
     }
 }
 
@@ -222,6 +233,7 @@ impl App {
             flush_waits: load(&flush.tickets),
             flush_sled_micros: load(&flush.sled_micros),
             flush_fsync_micros: load(&flush.sync_micros),
+            checkpoints: load(&flush.checkpoints),
             backup_last_success_ms: self.backup_last_success_ms.load(Ordering::Relaxed),
             last_seq: self.store.last_seq(),
             office: self.store.office_figures().ok(),

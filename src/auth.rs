@@ -421,6 +421,7 @@ mod tests {
                 restoring: false,
                 max_devices: 10_000,
                 clock: crate::time::Clock::system(),
+                log: crate::store::LogBounds::default(),
             },
         )
         .unwrap();

@@ -136,10 +136,18 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `fsync`: a 2xx means the change is on disk. `relaxed`: flushed within ~0.5 s.
+    /// `fsync`: a 2xx means the change is in the write-ahead log on disk. `relaxed`:
+    /// the answer does not wait; the log thread writes it a moment later.
     pub durability: Durability,
     /// Memory for sled's page cache, in MiB.
     pub cache_mb: u64,
+    /// Size of one write-ahead log segment file, in MiB (preallocated).
+    pub log_segment_mb: u64,
+    /// MiB of log after which a checkpoint flushes the store and recycles the log:
+    /// the bound on what a start after a crash replays.
+    pub checkpoint_mb: u64,
+    /// Seconds after which a checkpoint runs when anything was written since.
+    pub checkpoint_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,6 +362,9 @@ impl Default for StorageConfig {
         StorageConfig {
             durability: Durability::Fsync,
             cache_mb: 8,
+            log_segment_mb: 16,
+            checkpoint_mb: 64,
+            checkpoint_secs: 30,
         }
     }
 }
@@ -571,6 +582,13 @@ impl Config {
             ("limits.write_timeout_secs", n(limits.write_timeout_secs), 1),
             ("limits.max_page_bytes", n(limits.max_page_bytes), 1024),
             ("storage.cache_mb", n(self.storage.cache_mb), 1),
+            ("storage.log_segment_mb", n(self.storage.log_segment_mb), 1),
+            ("storage.checkpoint_mb", n(self.storage.checkpoint_mb), 1),
+            (
+                "storage.checkpoint_secs",
+                n(self.storage.checkpoint_secs),
+                1,
+            ),
             ("retention.changes_days", n(self.retention.changes_days), 1),
             (
                 "retention.changes_max_mb",

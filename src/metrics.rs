@@ -64,6 +64,7 @@ pub struct Snapshot {
     pub flush_waits: u64,
     pub flush_sled_micros: u64,
     pub flush_fsync_micros: u64,
+    pub checkpoints: u64,
     /// ms since the epoch; 0: none known.
     pub backup_last_success_ms: i64,
     /// The store's highest change seq (the replication lag is measured to it).
@@ -258,23 +259,28 @@ fn render_counters(out: &mut String, app: &Snapshot) {
     let counters = [
         (
             "fleetgroups_store_flushes_total",
-            "Group-commit flushes (sled flush + fdatasync).",
+            "Group commits: write-ahead log appends (one frame, one fdatasync).",
             app.flushes.to_string(),
         ),
         (
             "fleetgroups_store_flush_waits_total",
-            "Durable-write waits those flushes released.",
+            "Writes those appends made durable.",
             app.flush_waits.to_string(),
         ),
         (
             "fleetgroups_store_flush_sled_seconds_total",
-            "Time in sled's flush (log write, sync_file_range).",
+            "Time applying logged writes to sled and in checkpoints.",
             secs(app.flush_sled_micros),
         ),
         (
             "fleetgroups_store_flush_fsync_seconds_total",
-            "Time in fdatasync of the store files.",
+            "Time in the write-ahead log's write and fdatasync.",
             secs(app.flush_fsync_micros),
+        ),
+        (
+            "fleetgroups_store_checkpoints_total",
+            "Checkpoints: sled flushed and fsynced, the write-ahead log recycled up to it.",
+            app.checkpoints.to_string(),
         ),
         (
             "fleetgroups_log_lines_dropped_total",

@@ -43,11 +43,6 @@ const FRAME_MAX: usize = 4 << 20;
 /// Writers wait while the memtable holds more than this (the applier is behind): the
 /// bound on what logged-but-unapplied values can cost.
 pub const MEMTABLE_MAX: usize = 64 << 20;
-/// A checkpoint runs once this much log was written since the last one: the bound on
-/// what a replay after a crash reads.
-pub const CHECKPOINT_BYTES: u64 = 64 << 20;
-/// … or once this long has passed with something applied since.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 
 /// Log progress: every sequence `<= done` is durable; once `broken`, nothing more is;
 /// `closed` means the log thread has stopped.
@@ -80,20 +75,35 @@ struct Queue {
     next: u64,
     /// Encoded records, in sequence order, and the writes they hold.
     buf: Vec<u8>,
-    writes: Vec<(u64, Vec<Write>)>,
+    writes: Records,
     /// (log sequence, change-feed seq it brings once durable), oldest first.
     changes: VecDeque<(u64, u64)>,
     stop: bool,
 }
 
+/// Writes with their log sequences, in order.
+type Records = Vec<(u64, Vec<Write>)>;
+
+/// A durable frame on its way to sled.
+struct Frame {
+    last: u64,
+    writes: Records,
+    /// Its size in the log (what checkpoints are counted in).
+    bytes: u64,
+}
+
 /// What the applier is sent: a durable frame to apply, or a checkpoint to make.
 enum Msg {
-    Frame {
-        last: u64,
-        writes: Vec<(u64, Vec<Write>)>,
-        bytes: u64,
-    },
+    Frame(Frame),
     Checkpoint(mpsc::Sender<Result<(), String>>),
+}
+
+/// What the log thread takes from the queue for one frame.
+struct Taken {
+    buf: Vec<u8>,
+    writes: Records,
+    changes: Vec<(u64, u64)>,
+    stop: bool,
 }
 
 struct Shared {
@@ -123,6 +133,8 @@ pub struct FlushStats {
     pub sled_micros: AtomicU64,
     /// Microseconds spent in the log's write + `fdatasync`.
     pub sync_micros: AtomicU64,
+    /// Checkpoints made.
+    pub checkpoints: AtomicU64,
 }
 
 /// What the checkpoint needs to make sled's files durable.
@@ -135,6 +147,8 @@ pub struct SyncTarget {
     /// Relaxed durability: writers do not wait for the log, and their values are
     /// visible at once.
     pub relaxed: bool,
+    /// When checkpoints run.
+    pub bounds: super::LogBounds,
 }
 
 impl SyncTarget {
@@ -265,6 +279,7 @@ impl Engine {
             applied: last,
             checkpointed: checkpoint,
             last_checkpoint: Instant::now(),
+            broken: false,
         };
         let applier_thread = std::thread::Builder::new()
             .name("fg-apply".into())
@@ -473,7 +488,12 @@ fn log_thread(
         shared.progressed.notify_all();
     };
     loop {
-        let (buf, writes, changes, stop) = {
+        let Taken {
+            buf,
+            writes,
+            changes,
+            stop,
+        } = {
             let mut q = lock(&shared.queue);
             while (q.writes.is_empty() || progress.broken) && !q.stop {
                 q = shared
@@ -508,11 +528,11 @@ fn log_thread(
                     }
                     // Sent before the progress is published: a checkpoint asked for
                     // once the progress shows this frame finds it ahead in the channel.
-                    let _ = to_applier.send(Msg::Frame {
+                    let _ = to_applier.send(Msg::Frame(Frame {
                         last,
                         writes,
                         bytes: buf.len() as u64,
-                    });
+                    }));
                     progress.done = last;
                 }
                 Err(e) => {
@@ -532,17 +552,15 @@ fn log_thread(
 }
 
 /// Takes up to `FRAME_MAX` bytes of records from the queue (at least one write).
-#[allow(clippy::type_complexity)]
-fn take_frame(q: &mut Queue) -> (Vec<u8>, Vec<(u64, Vec<Write>)>, Vec<(u64, u64)>, bool) {
+fn take_frame(q: &mut Queue) -> Taken {
     let stop = q.stop;
     if q.buf.len() <= FRAME_MAX {
-        let changes = q.changes.drain(..).collect();
-        return (
-            std::mem::take(&mut q.buf),
-            std::mem::take(&mut q.writes),
-            changes,
+        return Taken {
+            buf: std::mem::take(&mut q.buf),
+            writes: std::mem::take(&mut q.writes),
+            changes: q.changes.drain(..).collect(),
             stop,
-        );
+        };
     }
     // Too much for one frame: whole records up to the bound, found by re-encoding the
     // writes one by one (rare: only when the log thread fell far behind).
@@ -566,7 +584,12 @@ fn take_frame(q: &mut Queue) -> (Vec<u8>, Vec<(u64, Vec<Write>)>, Vec<(u64, u64)
             changes.push(c);
         }
     }
-    (buf, writes, changes, stop)
+    Taken {
+        buf,
+        writes,
+        changes,
+        stop,
+    }
 }
 
 /// The applier thread's state.
@@ -586,6 +609,8 @@ struct Applier {
     /// … and up to this, durable in sled and recorded in the log.
     checkpointed: u64,
     last_checkpoint: Instant,
+    /// An apply failed: nothing more goes into sled.
+    broken: bool,
 }
 
 impl Applier {
@@ -599,11 +624,7 @@ impl Applier {
             let mut frames = Vec::new();
             let mut replies = Vec::new();
             let mut collect = |m: Msg| match m {
-                Msg::Frame {
-                    last,
-                    writes,
-                    bytes,
-                } => frames.push((last, writes, bytes)),
+                Msg::Frame(f) => frames.push(f),
                 Msg::Checkpoint(reply) => replies.push(reply),
             };
             if let Some(m) = msg {
@@ -613,15 +634,16 @@ impl Applier {
             while let Ok(m) = from_log.try_recv() {
                 collect(m);
             }
-            let mut ok = !self.shared.failed.load(Ordering::SeqCst)
-                || frames.is_empty() && replies.is_empty();
-            if !frames.is_empty() && ok {
-                ok = self.apply(frames).is_ok();
+            // Durable frames are applied even once a later append failed: sled then
+            // holds what the log holds. Not once an apply failed: sled is not trusted.
+            if !frames.is_empty() && !self.broken {
+                self.broken = self.apply(frames).is_err();
             }
-            let due = self.since_checkpoint >= CHECKPOINT_BYTES
+            let bounds = self.target.bounds;
+            let due = self.since_checkpoint >= bounds.checkpoint_bytes
                 || (self.applied > self.checkpointed
-                    && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
-            let outcome = if !ok || self.shared.failed.load(Ordering::SeqCst) {
+                    && self.last_checkpoint.elapsed() >= bounds.checkpoint_every);
+            let outcome = if self.shared.failed.load(Ordering::SeqCst) {
                 Err("the store has failed; nothing more is written".to_string())
             } else if due || !replies.is_empty() {
                 self.checkpoint()
@@ -637,14 +659,14 @@ impl Applier {
     /// Applies whole frames to sled as one batch, with the sequence they cover, then
     /// trims them from the memtable — both under the apply lock, so a range chunk sees
     /// sled and the memtable at one log position.
-    fn apply(&mut self, frames: Vec<(u64, Vec<(u64, Vec<Write>)>, u64)>) -> Result<(), ()> {
+    fn apply(&mut self, frames: Vec<Frame>) -> Result<(), ()> {
         let started = Instant::now();
-        let upto = frames.last().map_or(self.applied, |(last, _, _)| *last);
+        let upto = frames.last().map_or(self.applied, |f| f.last);
         let mut batch = sled::Batch::default();
         let mut bytes = 0;
-        for (_, writes, b) in &frames {
-            bytes += b;
-            for (_, ws) in writes {
+        for frame in &frames {
+            bytes += frame.bytes;
+            for (_, ws) in &frame.writes {
                 for w in ws {
                     match &w.value {
                         Some(v) => batch.insert(w.key.as_slice(), v.clone()),
@@ -663,7 +685,7 @@ impl Applier {
         }
         let keys = frames
             .iter()
-            .flat_map(|(_, writes, _)| writes.iter())
+            .flat_map(|f| f.writes.iter())
             .flat_map(|(_, ws)| ws.iter().map(|w| w.key.as_slice()));
         self.mem.trim(upto, keys);
         drop(guard);
@@ -692,6 +714,7 @@ impl Applier {
         add_micros(&self.stats.sled_micros, started.elapsed());
         match result {
             Ok(()) => {
+                self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
                 self.checkpointed = upto;
                 self.since_checkpoint = 0;
                 self.last_checkpoint = Instant::now();

@@ -166,6 +166,31 @@ pub struct StoreOptions {
     /// The wall clock that dates groups and change records (the server's `App::clock`,
     /// so a test can move it).
     pub clock: Clock,
+    /// The write-ahead log's segment size and checkpoint bounds.
+    pub log: LogBounds,
+}
+
+/// The write-ahead log's sizes (`[storage]` `log_segment_mb`, `checkpoint_mb`,
+/// `checkpoint_secs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogBounds {
+    /// One segment file's size (preallocated).
+    pub segment_bytes: u64,
+    /// A checkpoint runs once this much log was written since the last one: the most a
+    /// replay after a crash reads.
+    pub checkpoint_bytes: u64,
+    /// … or once this long has passed with anything written since.
+    pub checkpoint_every: std::time::Duration,
+}
+
+impl Default for LogBounds {
+    fn default() -> LogBounds {
+        LogBounds {
+            segment_bytes: 16 << 20,
+            checkpoint_bytes: 64 << 20,
+            checkpoint_every: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 /// The first start's key file in the data directory (`app.rs` writes it). It is here
@@ -357,7 +382,7 @@ impl Store {
             });
         }
         let has_log = before.marked && !before.fresh;
-        let replayed = replay::open_and_replay(data_dir, &dir, &tree, has_log)?;
+        let replayed = replay::open_and_replay(data_dir, &dir, &tree, has_log, options.log)?;
         let engine = start_engine(replayed, &db, &dir, options)?;
         let space = |kind: Kind| Space::new(tree.clone(), kind, Arc::clone(&engine));
         let meta = space(Kind::Meta);
@@ -1133,6 +1158,7 @@ fn start_engine(
         dir: dir.to_path_buf(),
         fail_after: options.fail_flush_after,
         relaxed: options.durability == Durability::Relaxed,
+        bounds: options.log,
     };
     Engine::start(replayed.log, replayed.checkpoint, (**db).clone(), target, 0)
         .map(Arc::new)
@@ -1198,6 +1224,7 @@ pub(crate) mod testing {
             restoring: false,
             max_devices: 10_000,
             clock: crate::time::Clock::system(),
+            log: super::LogBounds::default(),
         }
     }
 

@@ -18,9 +18,6 @@ use super::{keys, OpenError, WAL_DIR};
 /// Bytes of records applied to sled per batch during a replay.
 const REPLAY_BATCH_BYTES: usize = 4 << 20;
 
-/// The log's segment size.
-pub(super) const SEGMENT_BYTES: u64 = 16 << 20;
-
 /// The opened log, continuing after its last frame, and its checkpoint.
 pub(super) struct Replayed {
     pub log: Log,
@@ -36,6 +33,7 @@ pub(super) fn open_and_replay(
     dir: &Path,
     tree: &sled::Tree,
     has_log: bool,
+    bounds: super::LogBounds,
 ) -> Result<Replayed, OpenError> {
     let damaged = |what: String| OpenError::Damaged {
         path: data_dir.to_path_buf(),
@@ -51,7 +49,7 @@ pub(super) fn open_and_replay(
     let recovered = Log::open(
         &wal_dir,
         LogOptions {
-            segment_bytes: SEGMENT_BYTES,
+            segment_bytes: bounds.segment_bytes,
         },
     )
     .map_err(|e| match e {

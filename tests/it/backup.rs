@@ -122,7 +122,7 @@ fn a_round_trip_keeps_everything_and_never_reuses_an_id() {
     let header: Value = serde_json::from_str(text.lines().next().expect("header")).expect("json");
     assert_eq!(header["format"], "fleetgroups-backup");
     assert_eq!(header["version"], 1);
-    assert_eq!(header["storeFormat"], 3);
+    assert_eq!(header["storeFormat"], 4);
     assert!(header["created"].as_str().expect("created").ends_with('Z'));
     assert!(
         !text.contains(&ci_key) && !text.contains(&ci),

@@ -88,7 +88,7 @@ fn a_store_of_another_format_version_is_refused_untouched() {
     let store = server.data_dir().join("store");
     let set_version = |v: &[u8]| {
         let db = open_sled(&store);
-        // Formats 2 and 3: one tree, `m` is the meta key space.
+        // Formats 2 to 4: one tree, `m` is the meta key space.
         db.insert(b"mformat_version", v).expect("insert");
         db.flush().expect("flush");
         // That binary stopped; its seal would match its files, not ours.
@@ -97,25 +97,25 @@ fn a_store_of_another_format_version_is_refused_untouched() {
         let text = format!("{}\n", u64::from_be_bytes(v.try_into().expect("8 bytes")));
         std::fs::write(store.join("format_version"), text).expect("marker");
     };
-    set_version(&4u64.to_be_bytes());
+    set_version(&5u64.to_be_bytes());
 
     let out = server.second_server();
     assert_ne!(out.code, 0, "{out:?}");
     assert!(
-        out.stderr.contains("format version 4") && out.stderr.contains("nothing was changed"),
+        out.stderr.contains("format version 5") && out.stderr.contains("nothing was changed"),
         "{out:?}"
     );
     let out = server.cli(&["user", "list"]);
     assert_ne!(out.code, 0, "{out:?}");
-    assert!(out.stderr.contains("format version 4"), "{out:?}");
+    assert!(out.stderr.contains("format version 5"), "{out:?}");
     {
         let db = open_sled(&store);
         let v = db.get(b"mformat_version").expect("get").expect("version");
-        assert_eq!(&v[..], &4u64.to_be_bytes(), "the version was not rewritten");
+        assert_eq!(&v[..], &5u64.to_be_bytes(), "the version was not rewritten");
     }
 
     // Back to this binary's version, everything is there.
-    set_version(&3u64.to_be_bytes());
+    set_version(&4u64.to_be_bytes());
     server.restart();
     assert_eq!(
         server.client(&server.admin_token()).group("grp-1")["name"],
