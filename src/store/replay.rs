@@ -125,3 +125,165 @@ pub(super) fn open_and_replay(
         checkpoint,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::super::memtable::{encode, Write};
+    use super::super::wal::{Log, LogOptions};
+    use super::super::LogBounds;
+    use super::*;
+
+    /// One write: (key byte, value byte or removal).
+    type Step = Vec<(u8, Option<u8>)>;
+
+    fn writes(step: &Step) -> Vec<Write> {
+        step.iter()
+            .map(|(k, v)| Write {
+                key: vec![b'x', *k],
+                value: v.map(|v| sled::IVec::from(vec![v])),
+            })
+            .collect()
+    }
+
+    fn apply_to(tree: &sled::Tree, steps: &[Step], upto: u64) {
+        for (i, step) in steps.iter().enumerate() {
+            let mut batch = sled::Batch::default();
+            for w in writes(step) {
+                match w.value {
+                    Some(v) => batch.insert(w.key, v),
+                    None => batch.remove(w.key),
+                }
+            }
+            batch.insert(META_WAL_APPLIED, &(i as u64 + 1).to_be_bytes());
+            tree.apply_batch(batch).unwrap();
+            if i as u64 + 1 == upto {
+                return;
+            }
+        }
+    }
+
+    fn model(steps: &[Step]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut m = BTreeMap::new();
+        for step in steps {
+            for (k, v) in step {
+                match v {
+                    Some(v) => m.insert(vec![b'x', *k], vec![*v]),
+                    None => m.remove(&vec![b'x', *k]),
+                };
+            }
+        }
+        m
+    }
+
+    fn state(tree: &sled::Tree) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        tree.scan_prefix(b"x")
+            .map(|kv| kv.unwrap())
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    fn bounds() -> LogBounds {
+        LogBounds {
+            segment_bytes: 64 << 10,
+            ..LogBounds::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Whatever sled had applied when the process died (at or past the
+        /// checkpoint), the replay leaves exactly the state after every logged write,
+        /// and a second replay (a crash during the first) leaves the same.
+        #[test]
+        fn a_replay_leaves_the_state_after_every_logged_write(
+            steps in proptest::collection::vec(
+                proptest::collection::vec((0u8..12, proptest::option::of(any::<u8>())), 1..4),
+                1..30,
+            ),
+            checkpoint_at in 0usize..30,
+            applied_past in 0usize..30,
+        ) {
+            let n = steps.len() as u64;
+            let checkpoint = (checkpoint_at as u64).min(n);
+            let applied = (checkpoint + applied_past as u64).min(n);
+            let dir = tempfile::tempdir().unwrap();
+            let store = dir.path().join("store");
+            {
+                let mut log = Log::open(&store.join(WAL_DIR), LogOptions { segment_bytes: 64 << 10 })
+                    .unwrap()
+                    .log;
+                for (i, step) in steps.iter().enumerate() {
+                    let seq = i as u64 + 1;
+                    let mut payload = Vec::new();
+                    encode(seq, &writes(step), &mut payload);
+                    log.append(seq, seq, &payload).unwrap();
+                }
+                let db = sled::open(&store).unwrap();
+                apply_to(&db, &steps, applied);
+                db.flush().unwrap();
+                if checkpoint > 0 {
+                    log.checkpoint(checkpoint).unwrap();
+                }
+            }
+            for _ in 0..2 {
+                let db = sled::open(&store).unwrap();
+                let replayed = open_and_replay(dir.path(), &store, &db, true, bounds()).unwrap();
+                prop_assert_eq!(replayed.log.last(), n);
+                prop_assert_eq!(state(&db), model(&steps));
+            }
+        }
+    }
+
+    /// sled ahead of the log (the log lost frames sled was given) and sled behind the
+    /// checkpoint (sled lost what a checkpoint made durable) are both damage.
+    #[test]
+    fn sled_and_the_log_disagreeing_is_damage() {
+        for (sled_at, log_frames, checkpoint, needle) in [
+            (5u64, 3u64, 0u64, "but the log ends at 3"),
+            (1, 4, 3, "a checkpoint had made them durable up to 3"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = dir.path().join("store");
+            let mut log = Log::open(&store.join(WAL_DIR), LogOptions { segment_bytes: 64 << 10 })
+                .unwrap()
+                .log;
+            for seq in 1..=log_frames {
+                let mut payload = Vec::new();
+                encode(seq, &[], &mut payload);
+                log.append(seq, seq, &payload).unwrap();
+            }
+            if checkpoint > 0 {
+                log.checkpoint(checkpoint).unwrap();
+            }
+            drop(log);
+            let db = sled::open(&store).unwrap();
+            db.insert(META_WAL_APPLIED, &sled_at.to_be_bytes()).unwrap();
+            match open_and_replay(dir.path(), &store, &db, true, bounds()) {
+                Err(OpenError::Damaged { what, .. }) => assert!(what.contains(needle), "{what}"),
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("sled at {sled_at}, log of {log_frames}: accepted"),
+            }
+        }
+    }
+
+    /// A store whose format has a log, without the log, is damage; an older store
+    /// (no log yet) gets an empty one.
+    #[test]
+    fn a_missing_log_is_damage_only_where_the_format_has_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let db = sled::open(&store).unwrap();
+        assert!(matches!(
+            open_and_replay(dir.path(), &store, &db, true, bounds()),
+            Err(OpenError::Damaged { .. })
+        ));
+        let replayed = open_and_replay(dir.path(), &store, &db, false, bounds()).unwrap();
+        assert_eq!((replayed.log.last(), replayed.checkpoint), (0, 0));
+        assert!(store.join(WAL_DIR).is_dir());
+    }
+}
