@@ -1,25 +1,27 @@
 //! The embedded store: the only module that touches sled. It exposes domain operations
 //! (create a group, replace it, list an account's groups, save a user …) with typed
-//! inputs, keeps every multi-key change in one sled transaction, and makes writes
-//! durable through group commit (`commit.rs`) before they are acknowledged.
+//! inputs, and makes every change durable before it is acknowledged.
 //!
-//! Trees: `groups`, `names` (case-insensitive name index), `devices` (reverse index),
-//! `changes` (change feed), `idempotency` and `idempotency_order` (remembered creates
-//! and their age order), `users`, `tokens` (SHA-256 of bearer tokens), `usage`
-//! (per-user counters) and `meta` (format version, ID sequences, counts).
+//! Every kind of data lives in one sled tree as key spaces (`space.rs`: groups, the
+//! name and device indexes, the change feed and its records, idempotency records,
+//! users, tokens, usage counters, meta), so a change to several of them is one write.
 //!
-//! Format 2 keeps every kind of data in one sled tree as key spaces (`space.rs`), so a
-//! change is one atomic `apply_batch`.
+//! **Log first, apply after** (`commit.rs`): a change is one record in the write-ahead
+//! log (`wal.rs`); a group of them is appended and `fdatasync`ed once, and only then is
+//! the change visible and acknowledged. sled is brought up to the log in merged batches
+//! and flushed lazily, at checkpoints; what lies between the log and sled is read from
+//! the memtable (`memtable.rs`). An open replays what the log holds past the last
+//! checkpoint (`replay.rs`).
 //!
 //! All group and user writers take one mutex (`writer`) for the read-check-write step,
-//! so the uniqueness check, the `If-Match` check and the write are one atomic step, IDs
-//! come from an in-memory sequence, and nothing has to retry. The mutex is held only
-//! for in-memory work; the fsync happens after it is released, shared.
+//! so the uniqueness check, the `If-Match` check and the submit to the log are one
+//! atomic step, IDs come from an in-memory sequence, and nothing has to retry. The mutex
+//! is held only for in-memory work; the fsync happens after it is released, shared.
 //!
-//! Visible means durable: a change is invisible to readers until a flush covers it
-//! (the pending overlay, `space.rs`); a change whose flush failed never becomes
-//! visible, with no undo to write. ID sequences are never taken back: a skipped
-//! number costs nothing, a reused one could confuse a reader (`highwater.rs`).
+//! Visible means durable: a change is invisible to readers until the log has it; a
+//! change whose append failed never becomes visible, with nothing to undo. ID sequences
+//! are never taken back: a skipped number costs nothing, a reused one could confuse a
+//! reader (`highwater.rs`).
 
 pub mod changes;
 pub mod check;

@@ -249,9 +249,14 @@ mod tests {
         ] {
             let dir = tempfile::tempdir().unwrap();
             let store = dir.path().join("store");
-            let mut log = Log::open(&store.join(WAL_DIR), LogOptions { segment_bytes: 64 << 10 })
-                .unwrap()
-                .log;
+            let mut log = Log::open(
+                &store.join(WAL_DIR),
+                LogOptions {
+                    segment_bytes: 64 << 10,
+                },
+            )
+            .unwrap()
+            .log;
             for seq in 1..=log_frames {
                 let mut payload = Vec::new();
                 encode(seq, &[], &mut payload);

@@ -59,3 +59,4 @@ mod tls;
 mod unit_file;
 mod usage;
 mod validation;
+mod wal;

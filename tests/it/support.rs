@@ -413,6 +413,30 @@ impl TestServer {
         );
     }
 
+    /// Starts the server on its data directory and kills it (SIGKILL) `after` that,
+    /// wherever its start has got to: the injected fault of tests that crash a start
+    /// (a replay, a recovery). Returns what it wrote to stderr by then.
+    pub fn start_killed_after(&mut self, after: Duration) -> String {
+        assert!(self.child.is_none(), "stop or kill the server first");
+        let mut cmd = server_command(self.dir.path(), &self.options);
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fleetgroups");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        std::thread::sleep(after);
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = reader.join().unwrap_or_default();
+        self.past_logs.push_str(&text);
+        text
+    }
+
     /// Starts the server again on the same data directory (new port); also the first
     /// start of an `unstarted` one.
     pub fn restart(&mut self) {
@@ -445,7 +469,8 @@ impl Drop for TestServer {
 
 type Spawned = (Child, SocketAddr, Arc<Mutex<String>>, Arc<AtomicBool>);
 
-fn spawn(dir: &Path, options: &Options) -> Spawned {
+/// The command that starts the server in `dir` as `options` say (stderr not set).
+fn server_command(dir: &Path, options: &Options) -> Command {
     let mut cmd = match options.umask {
         None => Command::new(BIN),
         Some(mask) => {
@@ -473,6 +498,11 @@ fn spawn(dir: &Path, options: &Options) -> Spawned {
         .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::null());
+    cmd
+}
+
+fn spawn(dir: &Path, options: &Options) -> Spawned {
+    let mut cmd = server_command(dir, options);
     if let Some(fd) = &options.stderr {
         return spawn_notified(dir, cmd, fd);
     }
