@@ -106,6 +106,28 @@ struct Taken {
     stop: bool,
 }
 
+impl Shared {
+    /// The state of a log whose every sequence up to `last` is durable.
+    fn new(last: u64, visible_seq: u64) -> Shared {
+        Shared {
+            queue: Mutex::new(Queue {
+                next: last + 1,
+                ..Queue::default()
+            }),
+            wake: Condvar::new(),
+            room: Condvar::new(),
+            progress: Mutex::new(Progress {
+                done: last,
+                ..Progress::default()
+            }),
+            progressed: Condvar::new(),
+            failed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            visible_seq: AtomicU64::new(visible_seq),
+        }
+    }
+}
+
 struct Shared {
     queue: Mutex<Queue>,
     /// Wakes the log thread.
@@ -240,22 +262,7 @@ impl Engine {
         let last = log.last();
         let sled_log = File::open(target.dir.join("db"))?;
         sync_dir(&target.dir)?;
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                next: last + 1,
-                ..Queue::default()
-            }),
-            wake: Condvar::new(),
-            room: Condvar::new(),
-            progress: Mutex::new(Progress {
-                done: last,
-                ..Progress::default()
-            }),
-            progressed: Condvar::new(),
-            failed: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            visible_seq: AtomicU64::new(visible_seq),
-        });
+        let shared = Arc::new(Shared::new(last, visible_seq));
         let mem = Arc::new(Memtable::new(last));
         let stats = Arc::new(FlushStats::default());
         let (tx, rx) = watch::channel(Progress {
@@ -469,8 +476,9 @@ impl Drop for Engine {
 
 /// The log thread: takes what was submitted as one frame, appends it (one write, one
 /// `fdatasync`), then — before any waiter hears of it — makes it visible and hands it
-/// to the applier, then publishes the progress. One function on purpose: that order is
-/// what "visible means durable" rests on, and the crash harnesses check it as written.
+/// to the applier, then publishes the progress.
+// Long because its order is what "visible means durable" rests on: one function keeps
+// it readable top to bottom, as the crash harnesses check it.
 fn log_thread(
     shared: &Shared,
     mem: &Memtable,

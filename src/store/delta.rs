@@ -284,6 +284,7 @@ pub fn revert(state: &mut GroupDoc, d: &Delta) -> Result<(), DeltaError> {
 
 /// Both directions: an edit reverted is the same splice with removed and inserted
 /// swapped, so there is one code path to get right.
+// Long because both directions share it: one code path to get right.
 fn step(state: &mut GroupDoc, d: &Delta, forward: bool) -> Result<(), DeltaError> {
     fn flip<T>(forward: bool, old: T, new: T) -> (T, T) {
         if forward {

@@ -296,6 +296,8 @@ impl Store {
     /// After a crash (no seal) sled's recovery may rewrite the files before the checks
     /// can tell damage from a crash; a copy of them is kept meanwhile (`guard.rs`) and
     /// put back when the store is refused, so a refused store is left as found.
+    // Long because the recovery guard's three outcomes (kept, discarded, put back)
+    // read best side by side.
     pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<Store, OpenError> {
         let dir = data_dir.join("store");
         let dir_lock = lock_store_dir(data_dir, &dir)?;
@@ -367,6 +369,7 @@ impl Store {
 
     /// [`Store::open`] once the checks before sled have passed: sled, the state, the
     /// flusher, `settle`.
+    // Long because most of it is one struct literal: every field of the store, once.
     fn open_after_checks(
         data_dir: &Path,
         dir: &Path,

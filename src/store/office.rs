@@ -183,6 +183,8 @@ impl Store {
     /// `apply_office`, only while the change held for its group is still `held` (when
     /// given): checked under the writer mutex, so a retry never applies a held state
     /// that a newer pull has replaced meanwhile (Unchanged then).
+    // Long because a change's three outcomes (removed, upserted, held) are planned
+    // under one hold of the writer mutex.
     fn apply_office_if(
         &self,
         change: &OfficeChange,
@@ -208,12 +210,7 @@ impl Store {
         };
         let mut plan = Plan::default();
         let mut seq = w.next_change;
-        if let Some(c) = cursor {
-            if c > self.office_cursor()? {
-                plan.meta
-                    .push((META_OFFICE_CURSOR.to_vec(), Some(c.to_be_bytes().to_vec())));
-            }
-        }
+        self.plan_cursor(&mut plan, cursor)?;
         let actor = Actor {
             account,
             user: OFFICE_USER,
@@ -239,24 +236,7 @@ impl Store {
                     }
                 }
                 Err((reason, detail)) => {
-                    let since = match &existing {
-                        Some(h) if h.reason == reason => h.since,
-                        _ => self.clock.wall_ms(),
-                    };
-                    let held = Held {
-                        group: g.clone(),
-                        reason,
-                        detail,
-                        since,
-                    };
-                    let bytes = serde_json::to_vec(&held).map_err(|source| Error::Encode {
-                        what: "a held office change",
-                        source,
-                    })?;
-                    if existing.as_ref() != Some(&held) {
-                        plan.meta.push((held_key(account, id.0), Some(bytes)));
-                    }
-                    Outcome::Held(reason)
+                    self.plan_hold(&mut plan, existing.as_ref(), g, reason, detail)?
                 }
             },
         };
@@ -267,6 +247,47 @@ impl Store {
         let ng = w.next_group;
         self.apply(&mut w, plan, ng, seq)?;
         Ok(outcome)
+    }
+
+    /// Plans moving the office cursor to `cursor` (when given and ahead).
+    fn plan_cursor(&self, plan: &mut Plan, cursor: Option<u64>) -> Result<(), Error> {
+        if let Some(c) = cursor {
+            if c > self.office_cursor()? {
+                plan.meta
+                    .push((META_OFFICE_CURSOR.to_vec(), Some(c.to_be_bytes().to_vec())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans holding `g`, which a local rule refuses (`reason`), unless it is held so
+    /// already; the time it was first held stays while the reason does.
+    fn plan_hold(
+        &self,
+        plan: &mut Plan,
+        existing: Option<&Held>,
+        g: &OfficeGroup,
+        reason: HeldReason,
+        detail: String,
+    ) -> Result<Outcome, Error> {
+        let since = match existing {
+            Some(h) if h.reason == reason => h.since,
+            _ => self.clock.wall_ms(),
+        };
+        let held = Held {
+            group: g.clone(),
+            reason,
+            detail,
+            since,
+        };
+        let bytes = serde_json::to_vec(&held).map_err(|source| Error::Encode {
+            what: "a held office change",
+            source,
+        })?;
+        if existing != Some(&held) {
+            plan.meta.push((held_key(&g.account, g.id.0), Some(bytes)));
+        }
+        Ok(Outcome::Held(reason))
     }
 
     fn held_one(&self, account: &str, n: u64) -> Result<Option<Held>, Error> {
@@ -294,32 +315,9 @@ impl Store {
         seq: u64,
         limits: OfficeLimits,
     ) -> Result<Result<bool, (HeldReason, String)>, Error> {
-        let body = serde_json::json!({
-            "name": g.name,
-            "description": g.description,
-            "devices": g.devices,
-        });
-        // The central checks (`office.sql`) are the same rules; these are the local
-        // limits, and a guard against a centre without the checks.
-        let distinct: HashSet<&str> = g.devices.iter().map(String::as_str).collect();
-        if distinct.len() > limits.max_devices {
-            return Ok(Err((
-                HeldReason::MaxDevicesPerGroup,
-                format!(
-                    "{} devices, more than limits.max_devices_per_group ({})",
-                    distinct.len(),
-                    limits.max_devices
-                ),
-            )));
-        }
-        let doc = match validate_doc(
-            &body,
-            Rules {
-                max_devices: limits.max_devices,
-            },
-        ) {
+        let doc = match office_doc(g, limits) {
             Ok(doc) => doc,
-            Err(e) => return Ok(Err((HeldReason::Invalid, e.0))),
+            Err(refused) => return Ok(Err(refused)),
         };
         let (account, id) = (g.account.as_str(), g.id);
         let actor = Actor {
@@ -530,6 +528,38 @@ impl Store {
         self.apply(&mut w, plan, ng, nc)?;
         Ok(removed)
     }
+}
+
+/// `g` as a group document, held to the local limits: the central checks
+/// (`0003_office_groups.sql`) are the same rules, and this guards against a centre
+/// without them. Err: why it is held, and the detail.
+fn office_doc(
+    g: &OfficeGroup,
+    limits: OfficeLimits,
+) -> Result<crate::model::GroupDoc, (HeldReason, String)> {
+    let distinct: HashSet<&str> = g.devices.iter().map(String::as_str).collect();
+    if distinct.len() > limits.max_devices {
+        return Err((
+            HeldReason::MaxDevicesPerGroup,
+            format!(
+                "{} devices, more than limits.max_devices_per_group ({})",
+                distinct.len(),
+                limits.max_devices
+            ),
+        ));
+    }
+    let body = serde_json::json!({
+        "name": g.name,
+        "description": g.description,
+        "devices": g.devices,
+    });
+    validate_doc(
+        &body,
+        Rules {
+            max_devices: limits.max_devices,
+        },
+    )
+    .map_err(|e| (HeldReason::Invalid, e.0))
 }
 
 #[cfg(test)]

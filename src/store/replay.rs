@@ -76,18 +76,38 @@ pub(super) fn open_and_replay(
             "it holds the log's changes up to {applied}, but the log ends at {last}"
         )));
     }
+    replay(data_dir, tree, recovered.frames, checkpoint, last)?;
+    Ok(Replayed {
+        log: recovered.log,
+        checkpoint,
+    })
+}
+
+/// Applies `frames` (the log after `checkpoint`, ending at `last`) to `tree` in order,
+/// `REPLAY_BATCH_BYTES` at a time, each batch with the sequence it reaches.
+fn replay(
+    data_dir: &Path,
+    tree: &sled::Tree,
+    frames: Vec<super::wal::Frame>,
+    checkpoint: u64,
+    last: u64,
+) -> Result<(), OpenError> {
+    let damaged = |what: String| OpenError::Damaged {
+        path: data_dir.to_path_buf(),
+        what,
+    };
     let started = std::time::Instant::now();
     let mut batch = sled::Batch::default();
     let mut in_batch = 0usize;
     let mut writes = 0u64;
-    let frames = recovered.frames.len();
+    let count = frames.len();
     let apply = |batch: sled::Batch, upto: u64| {
         let mut batch = batch;
         batch.insert(META_WAL_APPLIED, &upto.to_be_bytes());
         tree.apply_batch(batch)
             .map_err(|e| OpenError::Other(format!("replaying the write-ahead log: {e}")))
     };
-    for frame in recovered.frames {
+    for frame in frames {
         let records = decode(&frame.payload).map_err(|what| {
             damaged(format!(
                 "its write-ahead log frame {}..={} passed its checksum but {what}",
@@ -109,10 +129,10 @@ pub(super) fn open_and_replay(
             in_batch = 0;
         }
     }
-    if frames > 0 {
+    if count > 0 {
         apply(batch, last)?;
         tracing::info!(
-            frames,
+            frames = count,
             writes,
             from = checkpoint + 1,
             to = last,
@@ -120,10 +140,7 @@ pub(super) fn open_and_replay(
             "replayed the store's write-ahead log after an unclean stop"
         );
     }
-    Ok(Replayed {
-        log: recovered.log,
-        checkpoint,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
