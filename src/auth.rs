@@ -412,19 +412,7 @@ mod tests {
         clock: Clock,
     ) -> (tempfile::TempDir, Store, Auth, String) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            &crate::store::StoreOptions {
-                cache_bytes: 1 << 20,
-                durability: crate::config::Durability::Relaxed,
-                fail_flush_after: None,
-                restoring: false,
-                max_devices: 10_000,
-                clock: crate::time::Clock::system(),
-                log: crate::store::LogBounds::default(),
-            },
-        )
-        .unwrap();
+        let store = crate::store::testing::store(dir.path());
         let key = crate::users::UserManager::offline(&store, Clock::system())
             .add("bob", "default", crate::store::users::Role::Write, None)
             .unwrap()

@@ -703,7 +703,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::{Actor, ListQuery, NAME_DIRECT_SCAN};
-    use crate::config::Durability;
     use crate::model::GroupDoc;
     use crate::store::{Store, StoreOptions};
 
@@ -717,12 +716,7 @@ mod tests {
             dir.path(),
             &StoreOptions {
                 cache_bytes: 4 << 20,
-                durability: Durability::Relaxed,
-                fail_flush_after: None,
-                restoring: false,
-                max_devices: 10_000,
-                clock: crate::time::Clock::system(),
-                log: crate::store::LogBounds::default(),
+                ..crate::store::testing::options()
             },
         )
         .unwrap();
