@@ -245,7 +245,21 @@ struct Writer {
     feed_bytes: u64,
 }
 
-/// The open store.
+/// The open store. Its public face, by what it is for (the methods live beside the
+/// data they touch; a unit test holds this list to the code):
+///
+/// | for | methods | in |
+/// |---|---|---|
+/// | opening, health, closing | `open`, `healthy`, `probe`, `close`, `store_id`, `dir`, `size_on_disk`, `flush_stats` | `mod.rs` |
+/// | durability | `durable`, `flush_blocking`, `record_highwater` | `mod.rs` (the write path: `commit.rs`) |
+/// | groups | `get_group`, `list_groups`, `group_count`, `create_group`, `update_group`, `delete_group`, `purge` | `groups.rs` |
+/// | the change feed | `changes`, `purge_to_size`, `purged_through`, `feed_bytes`, `last_seq`, `wait_past` | `changes.rs`, `mod.rs` |
+/// | the whole store's feed (replication) | `feed_after`, `snapshot` | `feed.rs` |
+/// | office groups | `apply_office`, `retry_office_held`, `reconcile_office`, `advance_office_cursor`, `office_cursor`, `office_reconciled`, `office_held`, `office_gateway`, `office_figures`, `office_served` | `office.rs` |
+/// | users, tokens, usage | `users`, `user`, `put_user`, `remove_user`, `tokens`, `put_token`, `remove_tokens`, `usage_records`, `put_usage` | `users.rs` |
+/// | idempotency | `idempotency_records` | `idempotency.rs` |
+/// | backup and restore | `export`, `importer` | `export.rs` |
+/// | the offline check | `check` | `check.rs` |
 pub struct Store {
     db: sled::Db,
     /// sled's default tree: every key space (`space.rs`).
@@ -1251,6 +1265,64 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::testing::{doc, store};
+
+    /// Every public method of `Store`, in whichever file, is named in the table on
+    /// `Store` (its public face, read in one place), and the table names no other.
+    #[test]
+    fn the_face_of_the_store_lists_every_public_method() {
+        let sources = [
+            include_str!("mod.rs"),
+            include_str!("changes.rs"),
+            include_str!("check.rs"),
+            include_str!("export.rs"),
+            include_str!("feed.rs"),
+            include_str!("groups.rs"),
+            include_str!("idempotency.rs"),
+            include_str!("office.rs"),
+            include_str!("users.rs"),
+            include_str!("pieces.rs"),
+            include_str!("history.rs"),
+            include_str!("retention.rs"),
+        ];
+        let mut public = std::collections::BTreeSet::new();
+        for src in sources {
+            let mut in_store = false;
+            for line in src.lines() {
+                if line.starts_with("impl Store") {
+                    in_store = true;
+                } else if line.starts_with('}') {
+                    in_store = false;
+                }
+                let rest = line
+                    .strip_prefix("    pub fn ")
+                    .or_else(|| line.strip_prefix("    pub async fn "));
+                if let (true, Some(rest)) = (in_store, rest) {
+                    let name: String = rest
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    public.insert(name);
+                }
+            }
+        }
+        let face = include_str!("mod.rs");
+        let table: String = face
+            .lines()
+            .skip_while(|l| !l.starts_with("/// The open store."))
+            .take_while(|l| l.starts_with("///"))
+            .collect();
+        let listed: std::collections::BTreeSet<String> = table
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|w| !w.ends_with(".rs"))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            public, listed,
+            "the table on `Store` and its public methods differ"
+        );
+    }
     use super::{keys, OpenError, FORMAT_MARKER, FORMAT_VERSION, META_FORMAT};
     use crate::store::groups::Actor;
 
