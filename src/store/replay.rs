@@ -101,6 +101,7 @@ fn replay(
     let mut in_batch = 0usize;
     let mut writes = 0u64;
     let count = frames.len();
+    let bytes: usize = frames.iter().map(|f| f.payload.len()).sum();
     let apply = |batch: sled::Batch, upto: u64| {
         let mut batch = batch;
         batch.insert(META_WAL_APPLIED, &upto.to_be_bytes());
@@ -133,6 +134,7 @@ fn replay(
         apply(batch, last)?;
         tracing::info!(
             frames = count,
+            bytes,
             writes,
             from = checkpoint + 1,
             to = last,
