@@ -42,6 +42,7 @@ pub mod seal;
 pub mod space;
 pub mod users;
 mod value;
+mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
