@@ -345,6 +345,46 @@ fn an_older_generations_frames_in_the_tail_end_the_log() {
     assert_eq!(r.log.last(), next - 1);
 }
 
+/// A crash while a recycled segment is reused, where only a middle sector of the write
+/// reached the disk: the old frames behind it must not pass for damage (the header was
+/// zeroed when the segment was recycled, so the old generation is gone with it).
+#[test]
+fn a_torn_reuse_of_a_recycled_segment_is_not_damage() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut r = open(dir.path(), 4096);
+    let mut frames = Vec::new();
+    let first = append(&mut r.log, &mut frames, 1, 300);
+    while append(&mut r.log, &mut frames, 1, 300).path == first.path {}
+    let checkpoint = frames[frames.len() - 2].last;
+    r.log.checkpoint(checkpoint).expect("checkpoint");
+    let (before, k, write) = loop {
+        let before = image(dir.path());
+        let k = frames.len();
+        let w = append(&mut r.log, &mut frames, 1, 1500);
+        if w.path == first.path {
+            break (before, k, w);
+        }
+    };
+    drop(r);
+    let name = first
+        .path
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let written = read_all(&write.path);
+    let crash = TempDir::new().expect("tempdir");
+    for (n, mut bytes) in before {
+        if n == name {
+            // Only the second sector of the write survived.
+            bytes[512..1024].copy_from_slice(&written[512..1024]);
+        }
+        fs::write(crash.path().join(&n), &bytes).expect("write the crash image");
+    }
+    let r = Log::open(crash.path(), options(4096)).expect("a torn write is not damage");
+    assert_eq!(r.frames, after(&frames[..k], checkpoint));
+}
+
 fn salt_of(dir: &Path) -> u64 {
     parse_checkpoint(&read_all(&dir.join(CHECKPOINT_FILE)))
         .expect("checkpoint")
