@@ -385,6 +385,42 @@ fn a_torn_reuse_of_a_recycled_segment_is_not_damage() {
     assert_eq!(r.frames, after(&frames[..k], checkpoint));
 }
 
+/// A crash after the checkpoint file was replaced but before the segments it frees were
+/// recycled: open recycles them, and their generations are never handed out again.
+#[test]
+fn a_crash_between_checkpoint_and_recycling_recycles_at_open() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut r = open(dir.path(), 1024);
+    let mut frames = Vec::new();
+    let written = fill(&mut r.log, 20, &mut frames);
+    let generation = r.log.next_generation;
+    drop(r);
+    let segments = written
+        .iter()
+        .map(|w| w.path.clone())
+        .collect::<BTreeSet<_>>();
+    assert!(segments.len() >= 3);
+    // The checkpoint as `checkpoint()` writes it, without the recycling after it.
+    let checkpoint = frames[frames.len() - 2].last;
+    write_checkpoint(dir.path(), checkpoint, 1, salt_of(dir.path())).expect("checkpoint");
+    let r = open(dir.path(), 1024);
+    assert_eq!(r.frames, after(&frames, checkpoint));
+    assert_eq!(r.log.spares.len(), 2, "max_spares kept");
+    assert_eq!(segment_files(dir.path()).len(), 3, "the rest deleted");
+    assert!(r.log.next_generation >= generation);
+    drop(r);
+    let floor = parse_checkpoint(&read_all(&dir.path().join(CHECKPOINT_FILE)))
+        .expect("checkpoint")
+        .1;
+    assert!(floor >= generation, "floor {floor} < {generation}");
+    let mut r = open(dir.path(), 1024);
+    assert_eq!(r.frames, after(&frames, checkpoint));
+    let mut expected = after(&frames, checkpoint);
+    fill(&mut r.log, 10, &mut expected);
+    drop(r);
+    assert_eq!(open(dir.path(), 1024).frames, expected);
+}
+
 fn salt_of(dir: &Path) -> u64 {
     parse_checkpoint(&read_all(&dir.join(CHECKPOINT_FILE)))
         .expect("checkpoint")
