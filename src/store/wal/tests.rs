@@ -145,6 +145,15 @@ fn fill(log: &mut Log, n: usize, frames: &mut Vec<Frame>) -> Vec<Written> {
         .collect()
 }
 
+/// A closed log in a new directory holding `n` frames from `fill`.
+fn filled_log(segment: u64, n: usize) -> (TempDir, Vec<Frame>, Vec<Written>) {
+    let dir = TempDir::new().expect("tempdir");
+    let mut r = open(dir.path(), segment);
+    let mut frames = Vec::new();
+    let written = fill(&mut r.log, n, &mut frames);
+    (dir, frames, written)
+}
+
 #[test]
 fn round_trip_across_segments_and_recycling() {
     let dir = TempDir::new().expect("tempdir");
@@ -292,29 +301,35 @@ fn a_zeroed_tail_ends_the_log() {
     assert_eq!(r.frames, frames[..frames.len() - 1]);
 }
 
-#[test]
-fn an_older_generations_frames_in_the_tail_end_the_log() {
+/// A log whose first segment was filled, followed by one frame in a second, and then
+/// recycled by a checkpoint at its last frame: (dir, log, frames, first write, checkpoint).
+fn first_segment_recycled(segment: u64, len: usize) -> (TempDir, Log, Vec<Frame>, Written, u64) {
     let dir = TempDir::new().expect("tempdir");
-    let mut r = open(dir.path(), 1024);
+    let mut r = open(dir.path(), segment);
     let mut frames = Vec::new();
-    // Fill a segment and start a second one, then checkpoint: the first is recycled.
-    let first = append(&mut r.log, &mut frames, 1, 60);
-    while append(&mut r.log, &mut frames, 1, 60).path == first.path {}
+    let first = append(&mut r.log, &mut frames, 1, len);
+    while append(&mut r.log, &mut frames, 1, len).path == first.path {}
     let checkpoint = frames[frames.len() - 2].last;
     r.log.checkpoint(checkpoint).expect("checkpoint");
     assert_eq!(r.log.spares.len(), 1, "the first segment is a spare");
+    (dir, r.log, frames, first, checkpoint)
+}
+
+#[test]
+fn an_older_generations_frames_in_the_tail_end_the_log() {
+    let (dir, mut log, mut frames, first, checkpoint) = first_segment_recycled(1024, 60);
     // Fill the second; the next frame reuses the first file with a new generation and
     // overwrites only the front of its old frames.
     let second = frames.len();
     loop {
-        let w = append(&mut r.log, &mut frames, 1, 60);
+        let w = append(&mut log, &mut frames, 1, 60);
         if w.path == first.path {
             break;
         }
     }
-    let reused = r.log.active.as_ref().expect("active").generation;
-    let end = r.log.active_end;
-    drop(r);
+    let reused = log.active.as_ref().expect("active").generation;
+    let end = log.active_end;
+    drop(log);
     // The tail really holds valid frames of the older generation.
     let f = File::open(&first.path).expect("open");
     let size = f.metadata().expect("meta").len();
@@ -350,22 +365,16 @@ fn an_older_generations_frames_in_the_tail_end_the_log() {
 /// zeroed when the segment was recycled, so the old generation is gone with it).
 #[test]
 fn a_torn_reuse_of_a_recycled_segment_is_not_damage() {
-    let dir = TempDir::new().expect("tempdir");
-    let mut r = open(dir.path(), 4096);
-    let mut frames = Vec::new();
-    let first = append(&mut r.log, &mut frames, 1, 300);
-    while append(&mut r.log, &mut frames, 1, 300).path == first.path {}
-    let checkpoint = frames[frames.len() - 2].last;
-    r.log.checkpoint(checkpoint).expect("checkpoint");
+    let (dir, mut log, mut frames, first, checkpoint) = first_segment_recycled(4096, 300);
     let (before, k, write) = loop {
         let before = image(dir.path());
         let k = frames.len();
-        let w = append(&mut r.log, &mut frames, 1, 1500);
+        let w = append(&mut log, &mut frames, 1, 1500);
         if w.path == first.path {
             break (before, k, w);
         }
     };
-    drop(r);
+    drop(log);
     let name = first
         .path
         .file_name()
@@ -430,11 +439,7 @@ fn salt_of(dir: &Path) -> u64 {
 #[test]
 fn damage_before_valid_frames_is_refused() {
     // In the middle of a segment: a valid frame of the same generation follows.
-    let dir = TempDir::new().expect("tempdir");
-    let mut r = open(dir.path(), 64 << 10);
-    let mut frames = Vec::new();
-    let written = fill(&mut r.log, 10, &mut frames);
-    drop(r);
+    let (dir, frames, written) = filled_log(64 << 10, 10);
     let copy = copy_dir(dir.path());
     let victim = &written[3];
     let name = victim.path.file_name().expect("name");
@@ -460,11 +465,8 @@ fn damage_before_valid_frames_is_refused() {
     assert_eq!(open(dir.path(), 64 << 10).frames, frames);
 
     // The last frame of a full segment damaged, the next segment going on: a gap.
-    let dir = TempDir::new().expect("tempdir");
-    let mut r = open(dir.path(), 1024);
-    let mut frames = Vec::new();
-    let written = fill(&mut r.log, 12, &mut frames);
-    drop(r);
+    let (dir, frames, written) = filled_log(1024, 12);
+    assert_eq!(open(dir.path(), 1024).frames, frames);
     let boundary = written
         .windows(2)
         .position(|w| w[0].path != w[1].path)
@@ -477,11 +479,7 @@ fn damage_before_valid_frames_is_refused() {
 
 #[test]
 fn a_missing_middle_segment_is_refused() {
-    let dir = TempDir::new().expect("tempdir");
-    let mut r = open(dir.path(), 1024);
-    let mut frames = Vec::new();
-    let written = fill(&mut r.log, 20, &mut frames);
-    drop(r);
+    let (dir, frames, written) = filled_log(1024, 20);
     let paths: Vec<_> = written
         .iter()
         .map(|w| w.path.clone())
@@ -497,11 +495,8 @@ fn a_missing_middle_segment_is_refused() {
 
 #[test]
 fn a_damaged_header_of_a_segment_with_frames_is_refused() {
-    let dir = TempDir::new().expect("tempdir");
-    let mut r = open(dir.path(), 1024);
-    let mut frames = Vec::new();
-    let written = fill(&mut r.log, 20, &mut frames);
-    drop(r);
+    let (dir, frames, written) = filled_log(1024, 20);
+    assert_eq!(open(dir.path(), 1024).frames, frames);
     let last = written.last().expect("written");
     write_at(&last.path, 20, b"\x01");
     let message = damaged(Log::open(dir.path(), options(1024)));
