@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::memtable::{encode, Memtable, Write};
-use super::wal::Log;
+use super::wal::{make_spare, Log};
 use crate::sync::lock;
 
 /// The meta key (full key, `m` space) that holds the highest log sequence sled holds,
@@ -660,6 +660,26 @@ impl Applier {
             };
             for reply in replies {
                 let _ = reply.send(outcome.clone());
+            }
+            self.make_spare();
+        }
+    }
+
+    /// Zero-fills a spare segment when the log wants one, off the append path: the
+    /// log is locked only to hand out the job and to take the file.
+    fn make_spare(&self) {
+        let Some(job) = lock(&self.log).spare_wanted() else {
+            return;
+        };
+        match make_spare(&job) {
+            Ok(()) => {
+                if let Err(e) = lock(&self.log).add_spare(job) {
+                    tracing::warn!(error = %e, "could not take a new spare segment of the store's log; the next segment is made when it is needed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not make a spare segment of the store's log; the next segment is made when it is needed");
+                lock(&self.log).spare_abandoned(job);
             }
         }
     }

@@ -50,6 +50,7 @@ pub(super) fn open_and_replay(
         &wal_dir,
         LogOptions {
             segment_bytes: bounds.segment_bytes,
+            ..LogOptions::default()
         },
     )
     .map_err(|e| match e {
@@ -233,7 +234,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let store = dir.path().join("store");
             {
-                let mut log = Log::open(&store.join(WAL_DIR), LogOptions { segment_bytes: 64 << 10 })
+                let mut log = Log::open(&store.join(WAL_DIR), LogOptions { segment_bytes: 64 << 10, ..LogOptions::default() })
                     .unwrap()
                     .log;
                 for (i, step) in steps.iter().enumerate() {
@@ -272,6 +273,7 @@ mod tests {
                 &store.join(WAL_DIR),
                 LogOptions {
                     segment_bytes: 64 << 10,
+                    ..LogOptions::default()
                 },
             )
             .unwrap()
