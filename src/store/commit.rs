@@ -124,6 +124,7 @@ impl Shared {
             failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             visible_seq: AtomicU64::new(visible_seq),
+            broke: Mutex::new(None),
         }
     }
 }
@@ -142,6 +143,18 @@ struct Shared {
     closed: AtomicBool,
     /// Every change-feed entry up to this `seq` is visible.
     visible_seq: AtomicU64,
+    /// Why the log broke (the OS's error), for the messages of the writes it fails.
+    broke: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// `outcome` with the reason the log broke, when it did.
+    fn explain(&self, outcome: Result<(), String>) -> Result<(), String> {
+        outcome.map_err(|e| match lock(&self.broke).as_deref() {
+            Some(why) => format!("{e}: {why}"),
+            None => e,
+        })
+    }
 }
 
 /// Counters for `/metrics` (monotonic).
@@ -409,8 +422,10 @@ impl Engine {
             .await
             .map(|p| *p)
             .map_err(|_| "the store's log has stopped".to_string())?;
-        seen.outcome(target)
-            .unwrap_or_else(|| Err("the store's log has stopped".to_string()))
+        let outcome = seen
+            .outcome(target)
+            .unwrap_or_else(|| Err("the store's log has stopped".to_string()));
+        self.shared.explain(outcome)
     }
 
     /// Blocking form of `durable` (whatever the durability setting).
@@ -419,7 +434,8 @@ impl Engine {
         let mut p = lock(&self.shared.progress);
         loop {
             if let Some(outcome) = p.outcome(target) {
-                return outcome;
+                drop(p);
+                return self.shared.explain(outcome);
             }
             p = self
                 .shared
@@ -545,6 +561,7 @@ fn log_thread(
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "appending to the store's log failed; the changes it held stay invisible; writes answer 503 until restart");
+                    *lock(&shared.broke) = Some(e.to_string());
                     shared.failed.store(true, Ordering::SeqCst);
                     progress.broken = true;
                 }

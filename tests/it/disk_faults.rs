@@ -210,7 +210,9 @@ impl Drop for Mount {
 fn server_on(make_mount: impl FnOnce(&Path) -> Mount) -> (Mount, TestServer) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mount = make_mount(dir.path());
-    let server = TestServer::with_dir(dir, Options::default());
+    // One-MiB log segments: the 8 MiB tmpfs holds them (16 MiB, the default, would not).
+    let options = Options::default().env("FLEETGROUPS_STORAGE_LOG_SEGMENT_MB", "1");
+    let server = TestServer::with_dir(dir, options);
     (mount, server)
 }
 
