@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     if dir == "--config-table" {
-        return match fleetgroups::assets::config_table_markdown() {
+        return match fleetgroups::ops::assets::config_table_markdown() {
             Ok(table) => {
                 print!("{table}");
                 ExitCode::SUCCESS
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match fleetgroups::assets::generate(fleetgroups::cli::Cli::command(), dir.as_ref()) {
+    match fleetgroups::ops::assets::generate(fleetgroups::cli::Cli::command(), dir.as_ref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fleetgroups-assets: {e}");

@@ -20,8 +20,8 @@ use serde_json::Value;
 
 // The body types are the handlers' (`api/`); this file produces them.
 pub use crate::api::{BodyKind, JsonBody};
+use crate::app::budget::{Budget, Share};
 use crate::error::ApiError;
-use crate::http::budget::{Budget, Share};
 use crate::http::router::Op;
 
 /// How long a body waits for its share of the body budget before it is refused: long

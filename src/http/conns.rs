@@ -148,11 +148,6 @@ impl Conns {
         lock(&self.table).len()
     }
 
-    /// Whether no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Asks one connection to close to make room: the one idle the longest, else the
     /// ones stalled the longest — up to `CUT_BATCH` of them at once, since clients that
     /// stopped reading rarely come alone, and each cut frees its permit only once its

@@ -6,12 +6,11 @@
 //! writes one log line. It calls into `api/`; nothing there calls back.
 
 pub mod body;
-pub mod budget;
-pub mod conns;
-pub mod dispatch;
-pub mod response;
+pub(crate) mod conns;
+mod dispatch;
+mod response;
 pub mod router;
-pub mod stream;
+mod stream;
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -27,13 +26,13 @@ use hyper::header::{
 use hyper::{HeaderMap, Request, Response, StatusCode, Version};
 
 use crate::api::{Ctx, JsonBody, Reply, RequestInfo};
+use crate::app::budget::Share;
 use crate::app::App;
+use crate::auth::usage::Limits;
 use crate::error::{ApiError, TokenRefusal};
 use crate::json::push_member;
 use crate::store::users::{Role, UserRecord};
-use crate::usage::Limits;
 use body::{check_headers, content_length, read_json, BodyRead};
-use budget::Share;
 use dispatch::{call_public, call_user, public_call, user_call};
 use response::{error_body, success_body, success_head};
 use router::Op;

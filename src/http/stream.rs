@@ -22,7 +22,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::api::Chunks;
-use crate::http::budget::Share;
+use crate::app::budget::Share;
 
 /// The piece of a whole answer handed to hyper at a time.
 pub const SLICE: usize = 64 * 1024;
@@ -179,7 +179,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_whole_answer_goes_in_pieces_and_gives_its_share_back_at_the_end() {
-        let budget = crate::http::budget::Budget::new(1 << 20);
+        let budget = crate::app::budget::Budget::new(1 << 20);
         let answer: Vec<u8> = (0..SLICE * 2 + 10).map(|i| (i % 251) as u8).collect();
         let mut body = OutBody::full(answer.clone());
         body.hold(budget.try_take(answer.len() as u64).unwrap());

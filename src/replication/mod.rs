@@ -8,7 +8,7 @@
 //! (the life of a replicator: offline until there is something to ship or a heartbeat
 //! is due, connected only while busy, backoff with full jitter, one log line per state
 //! change, and the periodic steps: heartbeat, retention of central changes, the
-//! office-groups pull of `crate::office`); `stream`
+//! office-groups pull of `crate::replication::office`); `stream`
 //! (batches with a compare-and-set on `applied_seq`); `resync` (a snapshot replaces
 //! the gateway's central rows).
 //!
@@ -18,6 +18,7 @@
 //! unnoticed. The password is never logged, put in an error message, a metric or
 //! `check-config` (`pg_url::redact`, `Settings::scrub`).
 
+pub(crate) mod office;
 mod resync;
 mod schema;
 mod session;
@@ -36,7 +37,7 @@ use crate::store::Error as StoreError;
 pub use schema::SCHEMA_VERSION;
 pub use settings::Settings;
 
-/// A failure of one attempt: its metric kind (`metrics::ERROR_KINDS`) and a message
+/// A failure of one attempt: its metric kind (`metrics::replication::ERROR_KINDS`) and a message
 /// safe to log.
 #[derive(Debug)]
 struct Failure {

@@ -17,7 +17,7 @@
 //! The periodic steps live in `Connected::periodic`: the heartbeat (`heartbeat_secs`,
 //! jittered; last seen, head seq, version, revision) and retention of central changes
 //! (one gateway at a time fleet-wide, under an advisory lock), and the office-groups
-//! pull (`crate::office`: at every connect, then every `pull_secs`, jittered; a due
+//! pull (`crate::replication::office`: at every connect, then every `pull_secs`, jittered; a due
 //! pull is a reason to connect). A failing pull is counted and retried on its own
 //! backoff, and ends the session only when the connection is gone: office groups never
 //! hold up the push of the gateway's own changes.
@@ -131,7 +131,7 @@ struct Replicator {
     refusals: u32,
     timers: Timers,
     /// The office-groups pull: what it logged and reported, across sessions.
-    office: crate::office::Puller,
+    office: crate::replication::office::Puller,
     /// The pull's own backoff, and whether it is failing (one log line per change).
     office_backoff: Backoff,
     office_failing: bool,
@@ -153,7 +153,7 @@ pub(super) async fn run(app: Arc<App>, s: Settings, mut stop: watch::Receiver<bo
             prune: now,
             office: now,
         },
-        office: crate::office::Puller::default(),
+        office: crate::replication::office::Puller::default(),
         office_backoff: Backoff::default(),
         office_failing: false,
     };

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 
 use crate::pg_url::SslMode;
+use crate::tls_client::{provider, AnyCertificate};
 
 /// The client configuration for `ssl`, reading `ca_file` where the mode needs it;
 /// None for `disable`.
@@ -50,10 +50,6 @@ fn read_roots(path: &str) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 fn tls_config(verify: Verify) -> Result<Arc<rustls::ClientConfig>, String> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -73,7 +69,7 @@ fn tls_config(verify: Verify) -> Result<Arc<rustls::ClientConfig>, String> {
         // meaning).
         Verify::Nothing => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(crate::tls::AnyCertificate(provider())))
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
             .with_no_client_auth(),
     };
     Ok(Arc::new(cfg))

@@ -22,6 +22,10 @@ use crate::app::App;
 use crate::model::GroupId;
 use crate::store::office::{Held, OfficeChange, OfficeGroup, Outcome};
 
+/// The log target, kept from before the module moved into a folder: `log.level`
+/// directives name it (`fleetgroups::office=debug`), so a move must not change it.
+const LOG: &str = "fleetgroups::office";
+
 /// Rows one pull transaction reads at most; a round reads pages until it is caught up.
 pub const PAGE: i64 = 500;
 
@@ -121,7 +125,7 @@ impl Puller {
     ) -> Result<usize, PullError> {
         let limits = app.office_limits();
         if app.store.office_gateway(gateway)? {
-            tracing::warn!(
+            tracing::warn!(target: LOG,
                 gateway_id = gateway,
                 "office groups: the gateway_id changed; pulling them again from revision 0"
             );
@@ -148,7 +152,7 @@ impl Puller {
             if let Some(meant) = page.meant {
                 let removed = app.store.reconcile_office(&meant, limits)?;
                 app.store.durable().await?;
-                tracing::info!(
+                tracing::info!(target: LOG,
                     removed,
                     serving = meant.len(),
                     "office groups reconciled with the centre"
@@ -178,7 +182,7 @@ impl Puller {
         for h in held {
             let key = (h.group.account.clone(), h.group.id.0);
             if self.logged.get(&key) != Some(&h.reason.as_str()) {
-                tracing::warn!(
+                tracing::warn!(target: LOG,
                     account = %h.group.account,
                     id = %h.group.id,
                     reason = h.reason.as_str(),
@@ -189,7 +193,7 @@ impl Puller {
         }
         for (account, n) in self.logged.keys() {
             if !now.contains_key(&(account.clone(), *n)) {
-                tracing::info!(account = %account, id = %GroupId(*n), "office group conflict resolved");
+                tracing::info!(target: LOG, account = %account, id = %GroupId(*n), "office group conflict resolved");
             }
         }
         self.logged = now;
@@ -309,7 +313,7 @@ async fn read_page(
         match change_of(r) {
             Some(change) => changes.push((change, revision)),
             None => {
-                tracing::warn!(
+                tracing::warn!(target: LOG,
                     account = r.get::<_, &str>(0),
                     id = r.get::<_, &str>(1),
                     "office pull: skipped a row whose id is not ofc-<n>"

@@ -15,9 +15,15 @@
 //! that have not started a request, let in-flight requests finish within the grace
 //! period (every permit back means drained), then flush counters and the store.
 
+mod reload;
+mod signals;
+mod systemd;
+pub(crate) mod tls;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +38,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::app::App;
 use crate::config::{Config, Overrides};
 use crate::http::conns::{self, ConnHandle, Conns};
-use crate::systemd::Notifier;
+use crate::server::systemd::Notifier;
 
 /// The kernel send buffer of each client socket: what a client may leave unread in the
 /// kernel before our writes block. 256 KiB keeps a LAN or a 50 ms link busy (5 MB/s) and
@@ -77,8 +83,8 @@ pub fn run(config: Config, overrides: Overrides) -> ExitCode {
 /// The checks `run` makes before it touches the data directory: the TLS files, and
 /// replication's password and CA files (the CLI's other commands never read those: they
 /// may run as a user the credential is not for). Exit code 2 when they fail.
-fn check_start_config(config: &Config) -> Result<Option<crate::tls::Tls>, ExitCode> {
-    let tls = crate::tls::load(&config.tls).map_err(|e| {
+fn check_start_config(config: &Config) -> Result<Option<crate::server::tls::Tls>, ExitCode> {
+    let tls = crate::server::tls::load(&config.tls).map_err(|e| {
         tracing::error!("{e}");
         ExitCode::from(2)
     })?;
@@ -101,10 +107,10 @@ fn check_start_config(config: &Config) -> Result<Option<crate::tls::Tls>, ExitCo
 async fn start_and_serve(
     config: Config,
     overrides: Overrides,
-    tls: Option<crate::tls::Tls>,
+    tls: Option<crate::server::tls::Tls>,
     level: crate::log::Level,
 ) -> ExitCode {
-    let mut signals = match crate::signals::Signals::install() {
+    let mut signals = match crate::server::signals::Signals::install() {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot install the signal handlers");
@@ -114,7 +120,7 @@ async fn start_and_serve(
     let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
     let config_file = Config::file_from_env(&overrides);
     if let Some(reloads) = signals.reloads() {
-        let reloader = crate::reload::Reloader::new(overrides, config.clone(), tls, level);
+        let reloader = crate::server::reload::Reloader::new(overrides, config.clone(), tls, level);
         tokio::spawn(reloader.run(reloads));
     }
     // The listener before the store: a first start that cannot listen must not leave
@@ -154,7 +160,10 @@ async fn start_and_serve(
             };
         }
     };
-    let admin = match crate::admin::start(&app).await {
+    if let Some(ms) = crate::ops::backup::last_success(&data_dir) {
+        app.backup_last_success_ms.store(ms, Ordering::Relaxed);
+    }
+    let admin = match crate::ops::admin::start(&app).await {
         Ok(a) => a,
         Err(e) => {
             tracing::error!("{e}");

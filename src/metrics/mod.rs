@@ -8,7 +8,7 @@
 mod process;
 mod replication;
 
-pub use replication::{ReplicationStats, ERROR_KINDS};
+pub use replication::ReplicationStats;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

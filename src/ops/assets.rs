@@ -120,7 +120,7 @@ pub fn config_keys() -> Result<Vec<KeyDoc>, String> {
     let mut out = Vec::new();
     let (mut section, mut comment, mut shared) = (String::new(), Vec::new(), String::new());
     // The file's opening comment (up to the first blank line) is about the file.
-    let body = include_str!("../config.toml")
+    let body = include_str!("../../config.toml")
         .split_once("\n\n")
         .map_or("", |(_, rest)| rest);
     for line in body.lines().map(str::trim) {
@@ -326,7 +326,7 @@ mod tests {
         let tls_key = keys.iter().find(|k| k.key == "tls.key").unwrap();
         assert!(tls_key.meaning.contains("private key"), "{tls_key:?}");
         let table = config_table_markdown().unwrap();
-        let doc = include_str!("../docs/configuration.md");
+        let doc = include_str!("../../docs/configuration.md");
         assert!(
             doc.contains(&table),
             "docs/configuration.md's key table is not the generated one; replace it with:\n{table}"
