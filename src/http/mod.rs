@@ -44,7 +44,11 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Serves one request. Never fails: every outcome is a response.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<OutBody> {
+pub(crate) async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<OutBody> {
     let started = Instant::now();
     let request_id = request_id(req.headers());
     let method = req.method().as_str().to_string();

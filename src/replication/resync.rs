@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use super::stream::{read_central, row_json, upsert, Central};
+use super::central::{read_central, row_json, upsert, Central};
 use super::{pg_failure, store_failure, to_i64, Failure, Settings};
 use crate::app::App;
 use crate::store::feed::Snapshot;
