@@ -273,16 +273,21 @@ pub fn main() -> ExitCode {
         Some(Command::Check) => check_store(&config),
         Some(Command::Restore { file, check: true }) => check_backup(&config, &file),
         Some(Command::Restore { file, check: false }) => restore(&config, &file),
-        Some(Command::Healthcheck) => match crate::ops::healthcheck::probe(&config) {
-            Ok(note) => {
-                say(&format!("{note}\n"));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                say(&format!("fleetgroups: unhealthy: {}\n", e.0));
-                ExitCode::FAILURE
-            }
-        },
+        Some(Command::Healthcheck) => healthcheck(&config),
+    }
+}
+
+/// `healthcheck`: 0 with the probe's note, 1 with why the server is unhealthy.
+fn healthcheck(config: &Config) -> ExitCode {
+    match crate::ops::healthcheck::probe(config) {
+        Ok(note) => {
+            say(&format!("{note}\n"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            say(&format!("fleetgroups: unhealthy: {}\n", e.0));
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -339,6 +344,17 @@ fn backup_command(
     }
 }
 
+/// `config` once the files it names are checked: the TLS files and replication's
+/// password and CA files are part of the configuration, which a start would refuse.
+fn files_checked(config: Config) -> Result<Config, String> {
+    crate::server::tls::acceptor(&config.tls).map_err(|e| e.to_string())?;
+    if config.replication.enabled() {
+        crate::replication::Settings::from_config(&config.replication)
+            .map_err(|e| format!("configuration error: {e}"))?;
+    }
+    Ok(config)
+}
+
 /// `check-config`: the effective configuration and the file it came from, or what is
 /// wrong with it (exit 2). With `--output json`, one object on stdout either way:
 /// `{"valid":true,"configFile":…|null,"config":{…},"warnings":[…]}` or
@@ -352,17 +368,7 @@ fn check_config(
     let file_json = file
         .as_ref()
         .map(|f| serde_json::Value::from(f.to_string_lossy()));
-    // The TLS files and replication's password and CA files are part of the
-    // configuration: a start would refuse them.
-    let checked = loaded.map_err(|e| e.to_string()).and_then(|config| {
-        crate::server::tls::acceptor(&config.tls).map_err(|e| e.to_string())?;
-        if config.replication.enabled() {
-            crate::replication::Settings::from_config(&config.replication)
-                .map_err(|e| format!("configuration error: {e}"))?;
-        }
-        Ok(config)
-    });
-    let config = match checked {
+    let config = match loaded.map_err(|e| e.to_string()).and_then(files_checked) {
         Ok(c) => c,
         Err(e) => {
             if output == OutputFormat::Json {

@@ -483,24 +483,14 @@ impl Config {
         Self::file(overrides, &fleetgroups_env())
     }
 
-    /// Checks values that parse but cannot work. (Long only by its table of floors.)
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
-        if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad(
-                "listen",
-                "must be an IP address and port, e.g. 127.0.0.1:8080",
-            );
-        }
-        if self.data_dir.as_os_str().is_empty() {
-            return bad("data_dir", "must not be empty");
-        }
-        // Numbers with a floor, in the order they are reported.
+    /// The numbers with a floor: key, value, floor, in the order they are reported.
+    // Long because it is one row per key with a floor: a table reads best whole.
+    fn floors(&self) -> Vec<(&'static str, u64, u64)> {
         fn n<T: TryInto<u64>>(v: T) -> u64 {
             v.try_into().unwrap_or(u64::MAX)
         }
         let (auth, limits) = (&self.auth, &self.limits);
-        let floors = [
+        vec![
             ("auth.token_ttl_secs", n(auth.token_ttl_secs), 1),
             ("auth.tokens_per_user", n(auth.tokens_per_user), 1),
             ("auth.max_failed_logins", n(auth.max_failed_logins), 1),
@@ -577,8 +567,23 @@ impl Config {
                 n(self.retention.changes_max_mb),
                 1,
             ),
-        ];
-        for (key, value, floor) in floors {
+        ]
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "listen",
+                "must be an IP address and port, e.g. 127.0.0.1:8080",
+            );
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "must not be empty");
+        }
+        for (key, value, floor) in self.floors() {
             if value < floor {
                 return bad(key, &format!("must be at least {floor}"));
             }

@@ -152,24 +152,13 @@ async fn answer(
     } else {
         None
     };
-    let info = RequestInfo {
-        if_match: header_string(req.headers(), &IF_MATCH),
-        if_none_match: header_string(req.headers(), &IF_NONE_MATCH),
-        idempotency_key: header_string(req.headers(), &IDEMPOTENCY_KEY),
-        peer: Some(peer.ip()),
-        query: req.uri().query().map(str::to_string),
-    };
+    let info = request_info(&req, peer);
     // The body's share of the body budget is held until the handler is done with it.
     let (body, _body_share) = read_body(app, op, req).await?;
     if op == Op::Token {
         // A login has no bearer user yet; the log names the user it is for.
-        if let Some(name) = body
-            .as_ref()
-            .and_then(|b| b.value.get("userName"))
-            .and_then(serde_json::Value::as_str)
-            .filter(|n| app.auth.is_user(n))
-        {
-            seen.user = Some(name.to_string());
+        if let Some(name) = login_user(app, body.as_ref()) {
+            seen.user = Some(name);
         }
     }
     // Path parameters are parsed only now, after authentication and the body, so a
@@ -202,6 +191,26 @@ async fn answer(
             call_user(user_call(op, &matched.params)?, ctx).await
         }
     }
+}
+
+/// What a handler may read of the request's headers, its peer and its query.
+fn request_info(req: &Request<Incoming>, peer: SocketAddr) -> RequestInfo {
+    RequestInfo {
+        if_match: header_string(req.headers(), &IF_MATCH),
+        if_none_match: header_string(req.headers(), &IF_NONE_MATCH),
+        idempotency_key: header_string(req.headers(), &IDEMPOTENCY_KEY),
+        peer: Some(peer.ip()),
+        query: req.uri().query().map(str::to_string),
+    }
+}
+
+/// A login's `userName`, for the log, only when such a user exists (so a key typed
+/// into the wrong field is never logged).
+fn login_user(app: &App, body: Option<&JsonBody>) -> Option<String> {
+    body.and_then(|b| b.value.get("userName"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|n| app.auth.is_user(n))
+        .map(str::to_string)
 }
 
 /// The bearer token's user, counted against its limits and checked for the role `op`

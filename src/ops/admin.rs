@@ -186,6 +186,7 @@ impl Command {
 
 /// Runs a command against a store — the running server's (`live`) or one the CLI
 /// opened — and returns what to print. Blocking (argon2, fsync).
+// Long because it is one match arm per admin command, each a call and its message.
 pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome {
     let clock = live.map_or_else(Clock::system, |app| app.clock.clone());
     let admin = match live {

@@ -1,7 +1,7 @@
 //! The centre's rows this gateway writes, shared by streaming (`stream.rs`) and the
 //! resync (`resync.rs`): its row in `fleetgroups.gateways` ([`Central`], read with
 //! [`read_central`]) and its groups' rows ([`row_json`] from a group's public JSON,
-//! written by [`upsert`]). Every statement is unnamed (`query_typed`/`execute_typed`).
+//! written by [`upsert`], removed by [`delete`]). Every statement is unnamed (`query_typed`/`execute_typed`).
 
 use serde_json::{json, Value};
 use tokio_postgres::types::Type;
@@ -61,6 +61,20 @@ pub(super) async fn upsert(
              devices = EXCLUDED.devices, creation = EXCLUDED.creation,
              last_modified = EXCLUDED.last_modified, revision = EXCLUDED.revision",
         &[(&gateway_id, Type::TEXT), (&Value::from(rows), Type::JSONB)],
+    )
+    .await
+}
+
+/// Deletes the groups named in `keys` (`{"account", "id"}` objects).
+pub(super) async fn delete(
+    tx: &tokio_postgres::Transaction<'_>,
+    gateway_id: &str,
+    keys: Vec<Value>,
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute_typed(
+        "DELETE FROM fleetgroups.groups g USING jsonb_to_recordset($2::jsonb) AS r(account text, id text)
+         WHERE g.gateway_id = $1 AND g.account = r.account AND g.id = r.id",
+        &[(&gateway_id, Type::TEXT), (&Value::from(keys), Type::JSONB)],
     )
     .await
 }

@@ -306,9 +306,22 @@ async fn read_page(
         None
     };
     tx.commit().await?;
+    let (changes, skipped) = changes_of(&rows);
+    Ok(Page {
+        changes,
+        skipped,
+        pending: u64::try_from(pending).unwrap_or(0),
+        full: rows.len() as i64 >= PAGE,
+        meant,
+    })
+}
+
+/// The changes of a page's rows with their revisions, and the last revision skipped
+/// (a row whose ID is not an office group's; logged).
+fn changes_of(rows: &[tokio_postgres::Row]) -> (Vec<(OfficeChange, u64)>, Option<u64>) {
     let mut changes = Vec::with_capacity(rows.len());
     let mut skipped = None;
-    for r in &rows {
+    for r in rows {
         let revision = u64::try_from(r.get::<_, i64>(6)).unwrap_or(0);
         match change_of(r) {
             Some(change) => changes.push((change, revision)),
@@ -322,13 +335,7 @@ async fn read_page(
             }
         }
     }
-    Ok(Page {
-        changes,
-        skipped,
-        pending: u64::try_from(pending).unwrap_or(0),
-        full: rows.len() as i64 >= PAGE,
-        meant,
-    })
+    (changes, skipped)
 }
 
 /// The change a pulled row says: the group as given when it targets this gateway,

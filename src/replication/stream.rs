@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use super::central::{read_central, row_json, upsert};
+use super::central::{delete, read_central, row_json, upsert};
 use super::{pg_failure, store_failure, to_i64, Failure, Settings};
 use crate::app::App;
 use crate::store::feed::{parse_entry, FeedPage};
@@ -210,13 +210,7 @@ async fn apply_batch(
         return Ok(false);
     }
     if !deletes.is_empty() {
-        tx.execute_typed(
-            "DELETE FROM fleetgroups.groups g USING jsonb_to_recordset($2::jsonb) AS r(account text, id text)
-             WHERE g.gateway_id = $1 AND g.account = r.account AND g.id = r.id",
-            &[(&s.gateway_id, Type::TEXT), (&Value::from(deletes), Type::JSONB)],
-        )
-        .await
-        .map_err(f)?;
+        delete(&tx, &s.gateway_id, deletes).await.map_err(f)?;
     }
     if !upserts.is_empty() {
         upsert(&tx, &s.gateway_id, upserts).await.map_err(f)?;

@@ -103,7 +103,7 @@ fn check_start_config(config: &Config) -> Result<Option<crate::server::tls::Tls>
 
 /// Inside the runtime: signals and the reload task, the store, the listener, the admin
 /// socket, READY=1 and the watchdog; then serves until SIGTERM/SIGINT. One linear
-/// sequence (a little over 60 lines): each step that fails ends it with its exit code.
+/// sequence: each step that fails ends it with its exit code.
 async fn start_and_serve(
     config: Config,
     overrides: Overrides,
@@ -135,6 +135,48 @@ async fn start_and_serve(
             return ExitCode::FAILURE;
         }
     };
+    let app = match open_app(config) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let admin = match crate::ops::admin::start(&app).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop_admin = admin.stopper();
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    tracing::info!(data_dir = %app.config.data_dir.display(), "listening on {scheme}://{addr}");
+    let stop_notifier = notify_ready(&app, &format!("{scheme}://{addr}"));
+    let shutdown = async move {
+        signals.shutdown().await;
+        stop_admin();
+        stop_notifier.stopping();
+    };
+    let served = serve_http(listener, app, acceptor, shutdown).await;
+    admin.finished().await;
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// Tells systemd (when it listens) that the server is ready and starts the watchdog
+/// pings, which follow the store's answers to reads.
+fn notify_ready(app: &Arc<App>, url: &str) -> Arc<Notifier> {
+    let notifier = Arc::new(Notifier::from_env());
+    notifier.ready(&format!("serving on {url}"));
+    let probed = Arc::clone(app);
+    notifier.spawn_watchdog(move || probed.store_answers_reads());
+    notifier
+}
+
+/// Opens the app (the store, auth, usage) for `serve`, with the hint a data directory
+/// of another user needs; sets the last-backup gauge from the data directory, which
+/// the app, below the backup code, does not read.
+fn open_app(config: Config) -> Result<Arc<App>, ExitCode> {
     let data_dir = config.data_dir.clone();
     let app = match App::open(config) {
         Ok(a) => Arc::new(a),
@@ -153,42 +195,17 @@ async fn start_and_serve(
                 ),
                 None => tracing::error!("{e}"),
             }
-            return if e.needs_operator {
+            return Err(if e.needs_operator {
                 ExitCode::from(3)
             } else {
                 ExitCode::FAILURE
-            };
+            });
         }
     };
     if let Some(ms) = crate::ops::backup::last_success(&data_dir) {
         app.backup_last_success_ms.store(ms, Ordering::Relaxed);
     }
-    let admin = match crate::ops::admin::start(&app).await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let stop_admin = admin.stopper();
-    let scheme = if acceptor.is_some() { "https" } else { "http" };
-    tracing::info!(data_dir = %app.config.data_dir.display(), "listening on {scheme}://{addr}");
-    let notifier = Arc::new(Notifier::from_env());
-    notifier.ready(&format!("serving on {scheme}://{addr}"));
-    let probed = Arc::clone(&app);
-    notifier.spawn_watchdog(move || probed.store_answers_reads());
-    let stop_notifier = Arc::clone(&notifier);
-    let shutdown = async move {
-        signals.shutdown().await;
-        stop_admin();
-        stop_notifier.stopping();
-    };
-    let served = serve_http(listener, app, acceptor, shutdown).await;
-    admin.finished().await;
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(_) => ExitCode::FAILURE,
-    }
+    Ok(app)
 }
 
 /// Serves the HTTP API on `listener` until `shutdown` resolves, then drains and closes
