@@ -766,26 +766,33 @@ fn belongs_elsewhere(section: &str, key: &str) -> Option<String> {
 /// The `[replication]` checks of [`Config::validate`].
 fn validate_replication(r: &ReplicationConfig) -> Result<(), ConfigError> {
     let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
-    if !(1..=10_000).contains(&r.batch_size) {
-        return bad("replication.batch_size", "must be from 1 to 10000");
-    }
-    if r.idle_disconnect_secs > 86_400 {
-        return bad(
-            "replication.idle_disconnect_secs",
-            "must be from 0 (keep the connection open) to 86400",
-        );
-    }
-    if !(1..=86_400).contains(&r.heartbeat_secs) {
-        return bad("replication.heartbeat_secs", "must be from 1 to 86400");
-    }
-    if r.central_changes_days > 36_500 {
-        return bad(
-            "replication.central_changes_days",
-            "must be from 0 (keep for ever) to 36500",
-        );
-    }
-    if !(1..=86_400).contains(&r.pull_secs) {
-        return bad("replication.pull_secs", "must be from 1 to 86400");
+    // Key, value, the allowed range, and what its least value means when that is 0.
+    let ranges = [
+        ("batch_size", r.batch_size, 1, 10_000, ""),
+        (
+            "idle_disconnect_secs",
+            r.idle_disconnect_secs,
+            0,
+            86_400,
+            " (keep the connection open)",
+        ),
+        ("heartbeat_secs", r.heartbeat_secs, 1, 86_400, ""),
+        (
+            "central_changes_days",
+            r.central_changes_days,
+            0,
+            36_500,
+            " (keep for ever)",
+        ),
+        ("pull_secs", r.pull_secs, 1, 86_400, ""),
+    ];
+    for (key, value, least, most, meaning) in ranges {
+        if !(least..=most).contains(&value) {
+            return bad(
+                &format!("replication.{key}"),
+                &format!("must be from {least}{meaning} to {most}"),
+            );
+        }
     }
     if !r.gateway_id.is_empty() && !valid_gateway_id(&r.gateway_id) {
         return bad(
@@ -1037,25 +1044,23 @@ mod tests {
     #[test]
     fn a_key_in_the_wrong_place_says_where_it_belongs() {
         // The common slip: a top-level key appended at the end of the file.
-        let e = load(
-            &[],
-            Some("[limits]\nmax_body_bytes = 5\nlisten = \"0.0.0.0:1\"\n"),
-        )
-        .unwrap_err();
-        assert!(
-            e.0.ends_with("limits.listen: unknown key; `listen` is a top-level key: put it above the first [section] of the file (after [limits], TOML reads it as limits.listen)"),
-            "{e}"
-        );
-        let e = load(&[], Some("durability = \"relaxed\"\n")).unwrap_err();
-        assert!(
-            e.0.ends_with("durability: unknown key; `durability` belongs in the [storage] section"),
-            "{e}"
-        );
-        let e = load(&[], Some("[auth]\ncache_mb = 9\n")).unwrap_err();
-        assert!(
-            e.0.ends_with("`cache_mb` belongs in the [storage] section"),
-            "{e}"
-        );
+        for (file, says) in [
+            (
+                "[limits]\nmax_body_bytes = 5\nlisten = \"0.0.0.0:1\"\n",
+                "limits.listen: unknown key; `listen` is a top-level key: put it above the first [section] of the file (after [limits], TOML reads it as limits.listen)",
+            ),
+            (
+                "durability = \"relaxed\"\n",
+                "durability: unknown key; `durability` belongs in the [storage] section",
+            ),
+            (
+                "[auth]\ncache_mb = 9\n",
+                "`cache_mb` belongs in the [storage] section",
+            ),
+        ] {
+            let e = load(&[], Some(file)).unwrap_err();
+            assert!(e.0.ends_with(says), "{e}");
+        }
         // A key known nowhere keeps toml's own message.
         let e = load(&[], Some("[limits]\nnonsense = 1\n")).unwrap_err();
         assert!(

@@ -4,59 +4,95 @@
 
 use std::sync::Arc;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{VerifierBuilderError, WebPkiServerVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
 /// The crypto backend both clients use: ring, like the server (`server/tls.rs` says why).
-pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A client-side verifier that accepts any certificate but still checks the handshake
-/// signatures with the provider's algorithms: "encrypted, not authenticated". Used by
-/// `fleetgroups healthcheck` (a probe of our own server, whose certificate may be for
-/// another name) and replication's `sslmode=require`/`prefer` (libpq's meaning).
+/// A client-side verifier that never holds the server to a name. Without roots it
+/// accepts any certificate, "encrypted, not authenticated": `fleetgroups healthcheck`
+/// (a probe of our own server, whose certificate may be for another name) and
+/// replication's `sslmode=require`/`prefer` (libpq's meaning). With roots
+/// (`sslmode=verify-ca`) the chain must lead to one of them. Either way the handshake
+/// signatures are checked with the provider's algorithms.
 #[derive(Debug)]
-pub(crate) struct AnyCertificate(pub(crate) Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct NameUnchecked {
+    provider: Arc<CryptoProvider>,
+    chain: Option<Arc<WebPkiServerVerifier>>,
+}
 
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+impl NameUnchecked {
+    /// Any certificate.
+    pub(crate) fn any(provider: Arc<CryptoProvider>) -> NameUnchecked {
+        NameUnchecked {
+            provider,
+            chain: None,
+        }
+    }
+
+    /// A certificate whose chain leads to `roots`, for any name.
+    pub(crate) fn chain(roots: RootCertStore) -> Result<NameUnchecked, VerifierBuilderError> {
+        let provider = provider();
+        let chain =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                .build()?;
+        Ok(NameUnchecked {
+            provider,
+            chain: Some(chain),
+        })
+    }
+}
+
+impl ServerCertVerifier for NameUnchecked {
     fn verify_server_cert(
         &self,
-        _end_entity: &rustls_pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
-        _server_name: &rustls_pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
 
     fn verify_tls12_signature(
         &self,
         message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
         &self,
         message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

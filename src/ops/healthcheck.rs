@@ -171,7 +171,7 @@ fn parse_status(head: &[u8]) -> Option<u16> {
 /// still verifies the handshake signatures with ring's algorithms.
 fn tls_client() -> Arc<rustls::ClientConfig> {
     let provider = crate::tls_client::provider();
-    let verifier = Arc::new(crate::tls_client::AnyCertificate(Arc::clone(&provider)));
+    let verifier = Arc::new(crate::tls_client::NameUnchecked::any(Arc::clone(&provider)));
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map(|b| {

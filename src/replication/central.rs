@@ -1,7 +1,7 @@
 //! The centre's rows this gateway writes, shared by streaming (`stream.rs`) and the
 //! resync (`resync.rs`): its row in `fleetgroups.gateways` ([`Central`], read with
 //! [`read_central`]) and its groups' rows ([`row_json`] from a group's public JSON,
-//! written by [`upsert`], removed by [`delete`]). Every statement is unnamed (`query_typed`/`execute_typed`).
+//! written with [`UPSERT`], removed with [`DELETE`]). Every statement is unnamed (`query_typed`/`execute_typed`).
 
 use serde_json::{json, Value};
 use tokio_postgres::types::Type;
@@ -42,39 +42,34 @@ pub(super) async fn read_central(
     Ok(rows.first().map(Central::of))
 }
 
-/// Writes `rows` (from `row_json`) as the groups' states.
-pub(super) async fn upsert(
+/// Writes the rows (from `row_json`) as the groups' states.
+pub(super) const UPSERT: &str = "INSERT INTO fleetgroups.groups
+         (gateway_id, account, id, name, description, devices, creation, last_modified, revision)
+     SELECT $1, r.account, r.id, r.name, r.description,
+            ARRAY(SELECT jsonb_array_elements_text(r.devices)),
+            r.creation::timestamptz, r.last_modified::timestamptz, r.revision
+     FROM jsonb_to_recordset($2::jsonb) AS r(account text, id text, name text,
+          description text, devices jsonb, creation text, last_modified text, revision bigint)
+     ON CONFLICT (gateway_id, account, id) DO UPDATE SET
+         name = EXCLUDED.name, description = EXCLUDED.description,
+         devices = EXCLUDED.devices, creation = EXCLUDED.creation,
+         last_modified = EXCLUDED.last_modified, revision = EXCLUDED.revision";
+
+/// Deletes the groups the rows name (`{"account", "id"}` objects).
+pub(super) const DELETE: &str = "DELETE FROM fleetgroups.groups g
+     USING jsonb_to_recordset($2::jsonb) AS r(account text, id text)
+     WHERE g.gateway_id = $1 AND g.account = r.account AND g.id = r.id";
+
+/// Runs [`UPSERT`] or [`DELETE`] for the gateway's `rows`, sent as one JSONB array.
+pub(super) async fn write_rows(
     tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
     gateway_id: &str,
     rows: Vec<Value>,
 ) -> Result<u64, tokio_postgres::Error> {
     tx.execute_typed(
-        "INSERT INTO fleetgroups.groups
-             (gateway_id, account, id, name, description, devices, creation, last_modified, revision)
-         SELECT $1, r.account, r.id, r.name, r.description,
-                ARRAY(SELECT jsonb_array_elements_text(r.devices)),
-                r.creation::timestamptz, r.last_modified::timestamptz, r.revision
-         FROM jsonb_to_recordset($2::jsonb) AS r(account text, id text, name text,
-              description text, devices jsonb, creation text, last_modified text, revision bigint)
-         ON CONFLICT (gateway_id, account, id) DO UPDATE SET
-             name = EXCLUDED.name, description = EXCLUDED.description,
-             devices = EXCLUDED.devices, creation = EXCLUDED.creation,
-             last_modified = EXCLUDED.last_modified, revision = EXCLUDED.revision",
+        sql,
         &[(&gateway_id, Type::TEXT), (&Value::from(rows), Type::JSONB)],
-    )
-    .await
-}
-
-/// Deletes the groups named in `keys` (`{"account", "id"}` objects).
-pub(super) async fn delete(
-    tx: &tokio_postgres::Transaction<'_>,
-    gateway_id: &str,
-    keys: Vec<Value>,
-) -> Result<u64, tokio_postgres::Error> {
-    tx.execute_typed(
-        "DELETE FROM fleetgroups.groups g USING jsonb_to_recordset($2::jsonb) AS r(account text, id text)
-         WHERE g.gateway_id = $1 AND g.account = r.account AND g.id = r.id",
-        &[(&gateway_id, Type::TEXT), (&Value::from(keys), Type::JSONB)],
     )
     .await
 }

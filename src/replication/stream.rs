@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use super::central::{delete, read_central, row_json, upsert};
+use super::central::{read_central, row_json, write_rows, DELETE, UPSERT};
 use super::{pg_failure, store_failure, to_i64, Failure, Settings};
 use crate::app::App;
 use crate::store::feed::{parse_entry, FeedPage};
@@ -210,10 +210,14 @@ async fn apply_batch(
         return Ok(false);
     }
     if !deletes.is_empty() {
-        delete(&tx, &s.gateway_id, deletes).await.map_err(f)?;
+        write_rows(&tx, DELETE, &s.gateway_id, deletes)
+            .await
+            .map_err(f)?;
     }
     if !upserts.is_empty() {
-        upsert(&tx, &s.gateway_id, upserts).await.map_err(f)?;
+        write_rows(&tx, UPSERT, &s.gateway_id, upserts)
+            .await
+            .map_err(f)?;
     }
     if !changes.is_empty() {
         tx.execute_typed(
