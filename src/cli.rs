@@ -2,7 +2,7 @@
 //! `check-config` and `healthcheck`. Exit codes: 0 done, 1 failed, 2 bad usage or
 //! configuration. Secrets printed for the operator (a new API key) go alone on stdout; everything else goes to
 //! stderr. `user …` and `backup` go through the admin socket when a server answers on
-//! it and open the store themselves otherwise (admin.rs runs both the same way).
+//! it and open the store themselves otherwise (ops/admin.rs runs both the same way).
 //!
 //! Safe to use as root: commands that write into the data directory (`user …`,
 //! `backup`, `restore`) refuse to run as anyone but its owner (see [`owner_check`]),

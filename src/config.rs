@@ -79,7 +79,7 @@ pub struct AuthConfig {
     /// Argon2 verifications allowed to run at once (each uses ~19 MiB and one core).
     pub hash_concurrency: usize,
     /// Most userNames, and separately most client addresses, the failed-login table
-    /// tracks (`login_limiter.rs` says what happens when it is full).
+    /// tracks (`auth/login_limiter.rs` says what happens when it is full).
     pub failed_login_max_entries: usize,
 }
 
@@ -817,7 +817,7 @@ fn validate_replication(r: &ReplicationConfig) -> Result<(), ConfigError> {
 
 /// Every known key as (section or "", key, default value), derived from the defaults so
 /// the list cannot drift from the struct (also what the manual pages and
-/// docs/configuration.md are generated from, `assets.rs`).
+/// docs/configuration.md are generated from, `ops/assets.rs`).
 pub fn known_keys() -> Vec<(String, String, toml::Value)> {
     let mut out = Vec::new();
     if let Ok(toml::Value::Table(top)) = toml::Value::try_from(Config::default()) {

@@ -23,7 +23,7 @@
 //! as before ([`Journald`]).
 //!
 //! The log level — a level or `EnvFilter` directives, a checked [`LogLevel`] — sits
-//! behind a reload layer: SIGHUP changes it ([`Level::set`], called by `reload.rs`). The format
+//! behind a reload layer: SIGHUP changes it ([`Level::set`], called by `server/reload.rs`). The format
 //! (text or JSON) needs a restart.
 
 use std::collections::VecDeque;
@@ -52,12 +52,12 @@ const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Lines dropped since the process started: the queue was full or stderr refused the
 /// write. A process-wide static because the log destination is process-wide (the
-/// subscriber is global and fd 2 is one per process); `metrics.rs` reads it through
+/// subscriber is global and fd 2 is one per process); `metrics/mod.rs` reads it through
 /// [`lines_dropped`], so metrics depends on this module and not the other way round.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// The queue, once [`init`] has started the writer thread. Only [`flush`] needs to find
-/// it without a handle (at exit, including `signals.rs`'s "exit at once").
+/// it without a handle (at exit, including `server/signals.rs`'s "exit at once").
 static SINK: OnceLock<Arc<Sink>> = OnceLock::new();
 
 /// Log lines dropped so far (`fleetgroups_log_lines_dropped_total`).

@@ -60,7 +60,7 @@ pub struct UserRow {
 }
 
 /// User management over a store, optionally mirrored into a running server. (Not
-/// the admin socket, `admin.rs`, which is one of its callers.)
+/// the admin socket, `ops/admin.rs`, which is one of its callers.)
 pub struct UserManager<'a> {
     store: &'a Store,
     live: Option<(&'a Auth, &'a Usage)>,

@@ -1,5 +1,5 @@
 //! `fleetgroups-assets DIR`: writes the shell completions and man pages of the
-//! `fleetgroups` command line into DIR (see `src/assets.rs` for the layout and for why
+//! `fleetgroups` command line into DIR (see `src/ops/assets.rs` for the layout and for why
 //! this is a program of its own). A packaging tool, not part of the package:
 //! `scripts/build-deb.sh` runs it (`cargo run --release --bin fleetgroups-assets`).
 //! `fleetgroups-assets --config-table` prints the key table of docs/configuration.md.

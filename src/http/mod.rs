@@ -1,5 +1,5 @@
 //! The HTTP layer: turns a hyper request into a call of one handler and the handler's
-//! result (or error) into a hyper response. Only this module and `server.rs` touch
+//! result (or error) into a hyper response. Only this module and `server/` touch
 //! hyper. Per request it: assigns the request ID, routes, authenticates and counts
 //! usage, checks the role, reads the body, calls the handler (`dispatch.rs`; a panic
 //! becomes a 500 for this request only), renders the envelope, records metrics and

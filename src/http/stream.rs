@@ -7,7 +7,7 @@
 //!
 //! A whole answer is handed over in `SLICE`-sized pieces of one buffer (no copy), so
 //! hyper takes the next piece only when it has written the previous: the answer's
-//! share of the answer budget (`budget.rs`), which it carries, is given back when the
+//! share of the answer budget (`app/budget.rs`), which it carries, is given back when the
 //! last piece has been taken, not when the first is queued.
 //!
 //! Once a streamed answer has begun, its status line is sent; a read error later can
