@@ -209,15 +209,10 @@ async fn apply_batch(
         tx.rollback().await.map_err(f)?;
         return Ok(false);
     }
-    if !deletes.is_empty() {
-        write_rows(&tx, DELETE, &s.gateway_id, deletes)
-            .await
-            .map_err(f)?;
-    }
-    if !upserts.is_empty() {
-        write_rows(&tx, UPSERT, &s.gateway_id, upserts)
-            .await
-            .map_err(f)?;
+    for (sql, rows) in [(DELETE, deletes), (UPSERT, upserts)] {
+        if !rows.is_empty() {
+            write_rows(&tx, sql, &s.gateway_id, rows).await.map_err(f)?;
+        }
     }
     if !changes.is_empty() {
         tx.execute_typed(
