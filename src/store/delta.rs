@@ -140,6 +140,7 @@ impl std::error::Error for DeltaError {}
 
 impl Delta {
     /// Whether nothing changed.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.name.is_none() && self.description.is_none() && self.devices == Devices::Same
     }

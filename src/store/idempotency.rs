@@ -358,6 +358,7 @@ impl Store {
     }
 
     /// How many idempotency records a user has (tests and diagnostics).
+    #[cfg(test)]
     pub fn idempotency_records(&self, account: &str, user: &str) -> Result<u64, Error> {
         let scope = keys::idempotency_scope(account, user);
         let mut n = 0;

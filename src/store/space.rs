@@ -102,6 +102,7 @@ impl Space {
     }
 
     /// A removal nobody waits on (see `insert`).
+    #[cfg(test)]
     pub fn remove(&self, key: impl AsRef<[u8]>) -> sled::Result<()> {
         let mut batch = self.batch();
         batch.remove(key);
@@ -255,10 +256,6 @@ impl Batch {
 
     pub fn len(&self) -> usize {
         self.writes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.writes.is_empty()
     }
 }
 

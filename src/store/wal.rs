@@ -874,6 +874,7 @@ impl Log {
     }
 
     /// Bytes of frames appended after the checkpoint (headers and padding included).
+    #[cfg(test)]
     pub fn bytes_since_checkpoint(&self) -> u64 {
         self.pending_bytes
     }
@@ -884,6 +885,7 @@ impl Log {
     }
 
     /// The checkpoint held now.
+    #[cfg(test)]
     pub fn checkpoint_seq(&self) -> u64 {
         self.checkpoint
     }

@@ -23,6 +23,11 @@ use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
+use crate::key_hash::within_bounds;
+
+/// The log target, kept from before the module moved into a folder: `log.level`
+/// directives name it (`fleetgroups::hashing=debug`), so a move must not change it.
+const LOG: &str = "fleetgroups::hashing";
 
 struct Job {
     phc: String,
@@ -113,7 +118,7 @@ fn worker(shared: &Shared, keep: Duration) {
     // value needs no privilege; if the system refuses anyway, hashing runs as before.
     let me = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(me), HASHING_NICE) {
-        tracing::debug!(error = %e, "could not lower the hashing thread's priority");
+        tracing::debug!(target: LOG, error = %e, "could not lower the hashing thread's priority");
     }
     let _running = Running(shared);
     let mut blocks: Vec<Block> = Vec::new();
@@ -167,57 +172,6 @@ fn next_job(shared: &Shared, blocks: &mut Vec<Block>, keep: Duration) -> Option<
     }
 }
 
-/// Checks that an argon2 PHC string (`user.keyHash` in a backup) parses and costs no
-/// more than what this binary hashes keys with (`auth::hash_key`: argon2id, version
-/// 0x13, argon2's default memory, passes and lanes). Anyone who tries a user's name
-/// pays that cost on the server's side: a backup asking for 2 GiB and 10 passes made
-/// one anonymous failed login take 12 s and 2 GB. Cheaper parameters are accepted
-/// (older keys stay usable); the error says what was asked and what is allowed.
-pub fn check_key_hash(phc: &str) -> Result<(), String> {
-    let hash = PasswordHash::new(phc).map_err(|e| format!("is not an argon2 PHC string ({e})"))?;
-    let algorithm = Algorithm::try_from(hash.algorithm)
-        .map_err(|_| format!("names the algorithm {}, not argon2id", hash.algorithm))?;
-    let params =
-        Params::try_from(&hash).map_err(|e| format!("has unusable argon2 parameters ({e})"))?;
-    if hash.hash.is_none() || hash.salt.is_none() {
-        return Err("has no salt or no hash".into());
-    }
-    within_bounds(algorithm, hash.version, &params)
-}
-
-/// The bounds of [`check_key_hash`], also applied at every verification: a store
-/// restored by an older binary (which took any parameters) must not make a login
-/// cost more than this binary's own keys do.
-fn within_bounds(
-    algorithm: Algorithm,
-    version: Option<u32>,
-    params: &Params,
-) -> Result<(), String> {
-    if algorithm != Algorithm::Argon2id {
-        return Err(format!(
-            "uses {algorithm}; this binary hashes keys with argon2id"
-        ));
-    }
-    if version.is_some_and(|v| v != u32::from(Version::V0x13)) {
-        return Err(format!(
-            "uses argon2 version {}; this binary uses 19",
-            version.unwrap_or_default()
-        ));
-    }
-    let (m, t, p) = (params.m_cost(), params.t_cost(), params.p_cost());
-    let (max_m, max_t, max_p) = (
-        Params::DEFAULT_M_COST,
-        Params::DEFAULT_T_COST,
-        Params::DEFAULT_P_COST,
-    );
-    if m > max_m || t > max_t || p > max_p {
-        return Err(format!(
-            "asks for m={m} KiB, t={t}, p={p}, more than this binary's own keys cost (m={max_m}, t={max_t}, p={max_p}): every login attempt for the name would pay it"
-        ));
-    }
-    Ok(())
-}
-
 /// Recomputes the hash of `key` with the parameters and salt of `phc` into the reused
 /// `blocks` and compares in constant time (`Output`'s equality is constant-time).
 fn verify_with(blocks: &mut Vec<Block>, phc: &str, key: &[u8]) -> Option<bool> {
@@ -229,7 +183,7 @@ fn verify_with(blocks: &mut Vec<Block>, phc: &str, key: &[u8]) -> Option<bool> {
     };
     let params = Params::try_from(&hash).ok()?;
     if let Err(why) = within_bounds(algorithm, hash.version, &params) {
-        tracing::warn!(
+        tracing::warn!(target: LOG,
             "a stored key hash {why}; it is not computed and the login fails (rotate the user's key)"
         );
         return None;
@@ -251,6 +205,7 @@ fn verify_with(blocks: &mut Vec<Block>, phc: &str, key: &[u8]) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key_hash::check_key_hash;
 
     #[test]
     fn verifies_what_argon2_hashed() {
