@@ -391,6 +391,7 @@ fn acknowledged_writes_survive_sigkill() {
     }
     let mut reverted = 0;
     let mut reordered = ReorderCut::default();
+    let mut reordered_rounds = 0;
     let mut server = TestServer::with(options);
     let mut token = server.admin_token();
     // User `rot` gets its key rotated through the admin socket during every round.
@@ -458,16 +459,19 @@ fn acknowledged_writes_survive_sigkill() {
                         .map(|(f, k, u)| format!("{f} {k}/{u}"))
                         .collect();
                     println!(
-                        "round {round}: reordering power cut (cut seed {cut_seed:#x}, keep {keep:.2}): {} unsynced pages in {} files, {} kept, {} undone (kept/undone: {})",
+                        "round {round}: reordering power cut (cut seed {cut_seed:#x}, keep {keep:.2}): {} unsynced pages in {} files, {} kept ({} behind an undone one), {} undone (kept/undone: {})",
                         c.kept + c.undone,
                         c.files,
                         c.kept,
+                        c.behind,
                         c.undone,
                         files.join(", ")
                     );
                     reordered.files += c.files;
                     reordered.kept += c.kept;
                     reordered.undone += c.undone;
+                    reordered.behind += c.behind;
+                    reordered_rounds += usize::from(c.behind > 0);
                 }
             }
         }
@@ -507,10 +511,11 @@ fn acknowledged_writes_survive_sigkill() {
             println!("power cut: {reverted} unsynced writes undone over {rounds} cuts")
         }
         Some(CutMode::Reorder) => println!(
-            "reordering power cut: {} unsynced 4 KiB pages over {rounds} cuts ({} file cuts), {} kept, {} undone",
+            "reordering power cut: {} unsynced 4 KiB pages over {rounds} cuts ({} file cuts), {} kept ({} behind an undone page of their file, in {reordered_rounds} cuts), {} undone",
             reordered.kept + reordered.undone,
             reordered.files,
             reordered.kept,
+            reordered.behind,
             reordered.undone
         ),
         None => {}
@@ -923,6 +928,7 @@ fn reorder_cut_keeps_or_undoes_whole_pages() {
     std::fs::write(dir.join("synced"), &synced).expect("write");
     std::fs::write(dir.join("patch"), &patch).expect("write");
     let mut halves = 0;
+    let mut behind = 0;
     for (round, keep) in [
         (0u64, 0.0),
         (1, 1.0),
@@ -990,6 +996,7 @@ fn reorder_cut_keeps_or_undoes_whole_pages() {
                 if c.kept > 0 && c.undone > 0 {
                     halves += 1;
                 }
+                behind += c.behind;
             }
         }
     }
@@ -997,6 +1004,7 @@ fn reorder_cut_keeps_or_undoes_whole_pages() {
         halves > 0,
         "no seed kept part of the write and undid the rest"
     );
+    assert!(behind > 0, "no seed kept a page behind an undone one");
 }
 
 /// Where two files differ (for a failure message; the files are too large to print).
@@ -1042,6 +1050,9 @@ struct ReorderCut {
     files: usize,
     kept: usize,
     undone: usize,
+    /// Kept pages with an undone page of the same file before them: the state only a
+    /// reordering disk leaves (a later write on disk, an earlier one not).
+    behind: usize,
     /// Per file cut: its name, pages kept, pages undone.
     detail: Vec<(String, usize, usize)>,
 }
@@ -1215,6 +1226,7 @@ impl PowerCut {
             let mut chosen: Vec<&[u8]> = Vec::with_capacity(pages);
             let (kept0, undone0) = (out.kept, out.undone);
             let mut touched = false;
+            let mut undone_before = false;
             for p in 0..pages {
                 let (n, s) = (&now[page(&now, p)], &synced[page(&synced, p)]);
                 if n == s {
@@ -1222,9 +1234,11 @@ impl PowerCut {
                 } else if rng.gen_bool(keep) {
                     touched = true;
                     out.kept += 1;
+                    out.behind += usize::from(undone_before);
                     chosen.push(n);
                 } else {
                     touched = true;
+                    undone_before = true;
                     out.undone += 1;
                     chosen.push(s);
                 }
