@@ -909,7 +909,7 @@ fn check_devices(client: &Client, model: &Model, tally: &mut Tally, round: u64) 
 }
 
 /// The reorder mode on a file written through the shim by `dd`: three synced pages,
-/// then one unsynced write spanning pages 0–4 (past the synced end). With keep 0 the
+/// then one unsynced write spanning pages 0–3 (the last one past the synced end). With keep 0 the
 /// file is the synced one; with keep 1 the written one; in between every page is
 /// wholly one or the other, some writes are half kept, and the file ends where the
 /// last page chosen ends (here the synced end, or the write's end when its last page
@@ -929,6 +929,8 @@ fn reorder_cut_keeps_or_undoes_whole_pages() {
     std::fs::write(dir.join("patch"), &patch).expect("write");
     let mut halves = 0;
     let mut behind = 0;
+    // One shim for every round: each cut consumes (removes) its undo log.
+    let cut = PowerCut::build(CutMode::Reorder);
     for (round, keep) in [
         (0u64, 0.0),
         (1, 1.0),
@@ -937,7 +939,6 @@ fn reorder_cut_keeps_or_undoes_whole_pages() {
         (4, 0.5),
         (5, 0.5),
     ] {
-        let cut = PowerCut::build(CutMode::Reorder);
         let dd = |args: &[String]| {
             let status = std::process::Command::new("dd")
                 .args(args)

@@ -16,6 +16,13 @@
  * it flushes neither the drive cache nor file metadata. Directory operations (create,
  * rename, unlink) are not simulated; see docs/design/store.md "Durability and power loss".
  *
+ * Only the calls intercepted below are seen. Not recorded, so never undone:
+ * copy_file_range, sendfile, fallocate (a size it sets stays), pwritev2 and io_uring
+ * writes, stores through mmap (msync is not a sync here). The other way round, writes
+ * through O_SYNC/O_DSYNC descriptors are recorded but their implicit sync is not: they
+ * are durable on return yet undone like any unsynced write until the file's next
+ * fsync/fdatasync. A write path that uses any of these needs the shim extended first.
+ *
  * Build: cc -shared -fPIC -O2 -o powercut.so powercut.c -ldl
  */
 #define _GNU_SOURCE
