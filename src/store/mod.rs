@@ -588,7 +588,7 @@ impl Store {
     /// the store takes writes (`healthy`). Blocking, and cheap enough for every
     /// watchdog tick.
     pub fn probe(&self) -> Result<(), Error> {
-        self.users.get(b"").map(drop).map_err(Error::read)
+        self.users.get(b"").map(drop).map_err(|e| self.read_err(e))
     }
 
     /// Marks the store failed (`Engine::fail`, whatever failed) and gives back `e`.
@@ -834,8 +834,15 @@ impl Store {
         Ok(())
     }
 
-    /// A sled read that failed (the store stays as it was).
+    /// A sled read that failed. An I/O error means sled's own writing in the
+    /// background hit the disk's refusal (sled then refuses everything until restart):
+    /// the store is failed, so writes answer 503 and `/readyz` says so, as when the
+    /// log or a checkpoint fails; what the memtable holds still reads.
     fn read_err(&self, e: sled::Error) -> Error {
+        if matches!(e, sled::Error::Io(_)) && !self.engine.failed() {
+            self.engine.fail();
+            tracing::error!(error = %e, "the store's disk refused a read; writes answer 503 until restart");
+        }
         Error::read(e)
     }
 }

@@ -96,7 +96,7 @@ impl Store {
     pub fn users(&self) -> Result<Vec<UserRecord>, Error> {
         let mut out = Vec::new();
         for item in self.users.iter() {
-            let (_, v) = item.map_err(Error::read)?;
+            let (_, v) = item.map_err(|e| self.read_err(e))?;
             out.push(decode(&v)?);
         }
         Ok(out)
@@ -104,7 +104,7 @@ impl Store {
 
     /// One user.
     pub fn user(&self, name: &str) -> Result<Option<UserRecord>, Error> {
-        match self.users.get(name.as_bytes()).map_err(Error::read)? {
+        match self.users.get(name.as_bytes()).map_err(|e| self.read_err(e))? {
             Some(v) => Ok(Some(decode(&v)?)),
             None => Ok(None),
         }
@@ -133,7 +133,7 @@ impl Store {
         let existed = self
             .users
             .get_latest(name.as_bytes())
-            .map_err(Error::read)?
+            .map_err(|e| self.read_err(e))?
             .is_some();
         let mut ops: Vec<Op> = vec![
             (Kind::Users, name.as_bytes().to_vec(), None),
@@ -163,7 +163,7 @@ impl Store {
     pub fn tokens(&self) -> Result<Vec<(Vec<u8>, TokenRecord)>, Error> {
         let mut out = Vec::new();
         for item in self.tokens.iter() {
-            let (k, v) = item.map_err(Error::read)?;
+            let (k, v) = item.map_err(|e| self.read_err(e))?;
             if let Ok(rec) = serde_json::from_slice::<TokenRecord>(&v) {
                 out.push((k.to_vec(), rec));
             }
@@ -201,7 +201,7 @@ impl Store {
     pub fn usage_records(&self) -> Result<Vec<(String, UsageRecord)>, Error> {
         let mut out = Vec::new();
         for item in self.usage.iter() {
-            let (k, v) = item.map_err(Error::read)?;
+            let (k, v) = item.map_err(|e| self.read_err(e))?;
             if let Ok(rec) = serde_json::from_slice::<UsageRecord>(&v) {
                 out.push((String::from_utf8_lossy(&k).into_owned(), rec));
             }
@@ -217,7 +217,7 @@ impl Store {
             if self
                 .users
                 .contains_key(name.as_bytes())
-                .map_err(Error::read)?
+                .map_err(|e| self.read_err(e))?
             {
                 let v = serde_json::to_vec(rec).map_err(encode("usage counters"))?;
                 batch.insert(name.as_bytes(), v);
