@@ -465,7 +465,7 @@ fn serve_command(config: Config, overrides: Overrides) -> ExitCode {
 /// `check`: the store must be stopped (the check reads every record, and a running
 /// server changes them meanwhile). Opening it already refuses a damaged store with the
 /// reason; then every record is read. A clean store is closed as the server closes it,
-/// sealed (`store/seal.rs`), so that damage made after the check is still refused by
+/// sealed (`store/disk/seal.rs`), so that damage made after the check is still refused by
 /// the next start; a damaged one is dropped unsealed, and the next start checks it
 /// again.
 fn check_store(config: &Config) -> ExitCode {

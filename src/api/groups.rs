@@ -244,12 +244,14 @@ pub async fn create(mut ctx: Authed<'_>) -> Result<Reply, ApiError> {
         None => None,
     };
     let app = ctx.app;
+    let turn = app.store.write_turn().await;
     let created = app.store.create_group(
         actor(&ctx),
         &doc,
         app.config.limits.max_groups_per_account,
         idempotency.as_ref(),
     )?;
+    drop(turn);
     app.store.durable().await?;
     let location = header_value(format!("/api/groups/{}", created.group.id))?;
     let mut reply = one(&created.group)?.header(LOCATION, location);
@@ -289,12 +291,14 @@ pub async fn put(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
     writable(&ctx, id)?;
     let body = ctx.take_body()?.value;
     let doc = validate_doc(&body, rules(&ctx))?;
+    let turn = ctx.app.store.write_turn().await;
     let (v, ()) = ctx
         .app
         .store
         .update_group(actor(&ctx), id, if_match(&ctx).as_deref(), |_| {
             Ok::<_, ApiError>((doc, ()))
         })?;
+    drop(turn);
     ctx.app.store.durable().await?;
     // A rename frees a name: an office group held for it may fit now.
     ctx.app.retry_office_held(&ctx.user.account).await;
@@ -342,6 +346,7 @@ pub async fn patch(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> 
             let result = apply(&doc);
             (doc, result)
         });
+    let turn = ctx.app.store.write_turn().await;
     let (v, ()) =
         ctx.app
             .store
@@ -352,6 +357,7 @@ pub async fn patch(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> 
                 };
                 Ok::<_, ApiError>((new, ()))
             })?;
+    drop(turn);
     ctx.app.store.durable().await?;
     ctx.app.retry_office_held(&ctx.user.account).await;
     one(&v)
@@ -367,9 +373,11 @@ fn patch_limits(ctx: &Authed<'_>) -> PatchLimits {
 
 pub async fn delete(ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
     writable(&ctx, id)?;
+    let turn = ctx.app.store.write_turn().await;
     ctx.app
         .store
         .delete_group(actor(&ctx), id, if_match(&ctx).as_deref())?;
+    drop(turn);
     ctx.app.store.durable().await?;
     // The name and a quota slot are free: an office group held for them may fit now.
     ctx.app.retry_office_held(&ctx.user.account).await;
@@ -397,6 +405,7 @@ pub async fn add_devices(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiE
         }
     };
     let max = ctx.app.config.limits.max_devices_per_group;
+    let turn = ctx.app.store.write_turn().await;
     let (v, added) =
         ctx.app
             .store
@@ -417,6 +426,7 @@ pub async fn add_devices(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiE
                 }
                 Ok((doc, added))
             })?;
+    drop(turn);
     ctx.app.store.durable().await?;
     let mut reply = one(&v)?;
     let added_json = serde_json::to_vec(&added).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -427,6 +437,7 @@ pub async fn add_devices(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiE
 pub async fn remove_device(ctx: Authed<'_>, id: GroupId, device: &str) -> Result<Reply, ApiError> {
     writable(&ctx, id)?;
     device_param(device, "deviceId")?;
+    let turn = ctx.app.store.write_turn().await;
     let (v, removed) =
         ctx.app
             .store
@@ -436,6 +447,7 @@ pub async fn remove_device(ctx: Authed<'_>, id: GroupId, device: &str) -> Result
                 let removed = doc.devices.len() != cur.devices.len();
                 Ok::<_, ApiError>((doc, removed))
             })?;
+    drop(turn);
     ctx.app.store.durable().await?;
     let mut reply = one(&v)?;
     push_member(

@@ -25,28 +25,22 @@
 
 mod changes;
 mod check;
-mod commit;
 mod delta;
+mod disk;
 mod error;
 pub(crate) mod export;
 pub(crate) mod feed;
 pub(crate) mod groups;
-mod guard;
-mod highwater;
 mod history;
 pub(crate) mod idempotency;
 mod keys;
-mod memtable;
 pub(crate) mod office;
 mod pieces;
 mod plan;
-mod replay;
 mod retention;
-mod seal;
 mod space;
 pub(crate) mod users;
 mod value;
-mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,6 +51,7 @@ use crate::sync::lock;
 use crate::time::Clock;
 pub use commit::sync_dir;
 use commit::{Engine, SyncTarget};
+use disk::{commit, guard, highwater, memtable, replay, seal};
 pub use error::Error;
 pub use space::Kind;
 use space::Space;
@@ -245,13 +240,17 @@ struct Writer {
     feed_bytes: u64,
 }
 
+/// A writer's turn (`Store::write_turn`), given back when dropped. (The semaphore is
+/// never closed, so the permit is always there.)
+pub struct WriteTurn<'a>(#[allow(dead_code)] Option<tokio::sync::SemaphorePermit<'a>>);
+
 /// The open store. Its public face, by what it is for (the methods live beside the
 /// data they touch; a unit test holds this list to the code):
 ///
 /// | for | methods | in |
 /// |---|---|---|
 /// | opening, health, closing | `open`, `healthy`, `probe`, `close`, `store_id`, `dir`, `size_on_disk`, `flush_stats` | `mod.rs` |
-/// | durability | `durable`, `flush_blocking`, `record_highwater` | `mod.rs` (the write path: `commit.rs`) |
+/// | writing and durability | `write_turn`, `durable`, `flush_blocking`, `record_highwater` | `mod.rs` (the write path: `commit.rs`) |
 /// | groups | `get_group`, `list_groups`, `group_count`, `create_group`, `update_group`, `delete_group`, `purge` | `groups.rs` |
 /// | the change feed | `changes`, `purge_to_size`, `purged_through`, `feed_bytes`, `last_seq`, `wait_past` | `changes.rs`, `mod.rs` |
 /// | the whole store's feed (replication) | `feed_after`, `snapshot` | `feed.rs` |
@@ -282,6 +281,8 @@ pub struct Store {
     /// Set while a long holder (a backup export) has the writer mutex, so that only
     /// then do waiting writers move off the async worker with `block_in_place`.
     long_hold: AtomicBool,
+    /// One writer's turn at a time (`write_turn`).
+    turns: tokio::sync::Semaphore,
     /// See `StoreOptions::max_devices`.
     max_devices: usize,
     /// See `StoreOptions::clock`.
@@ -432,6 +433,7 @@ impl Store {
                 feed_bytes: state.feed_bytes,
             })),
             long_hold: AtomicBool::new(false),
+            turns: tokio::sync::Semaphore::new(1),
             max_devices: options.max_devices,
             clock: options.clock.clone(),
             dir,
@@ -522,6 +524,14 @@ impl Store {
             .insert(META_NAME_RULES, &NAME_RULES.to_be_bytes())
             .map_err(other)?;
         self.flush_blocking().map_err(OpenError::Other)
+    }
+
+    /// Waits, without holding an async worker, for this request's turn at the writer
+    /// mutex. Handlers take it before a write and drop it before `durable()`: so at
+    /// most one worker thread is ever inside (or blocked on) the mutex, and readers keep
+    /// the others while writes run at full rate; the fsync wait stays shared.
+    pub async fn write_turn(&self) -> WriteTurn<'_> {
+        WriteTurn(self.turns.acquire().await.ok())
     }
 
     /// Waits until everything submitted so far is durable in the log (per the

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use sled::IVec;
 
-use super::commit::Engine;
-use super::memtable::{Seen, Write};
+use super::disk::commit::Engine;
+use super::disk::memtable::{Seen, Write};
 
 /// The key spaces. The byte is the prefix of every key of that space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -104,7 +104,11 @@ impl Store {
 
     /// One user.
     pub fn user(&self, name: &str) -> Result<Option<UserRecord>, Error> {
-        match self.users.get(name.as_bytes()).map_err(|e| self.read_err(e))? {
+        match self
+            .users
+            .get(name.as_bytes())
+            .map_err(|e| self.read_err(e))?
+        {
             Some(v) => Ok(Some(decode(&v)?)),
             None => Ok(None),
         }

@@ -754,7 +754,7 @@ fn zero_a_block(store: &Path) {
 /// tail zeroed — is refused with exit 3 and a message naming the data directory, and
 /// the files are left exactly as found (contents and times): sled's recovery rewrote
 /// them before the checks could refuse (a new snapshot, the log's tail zeroed), and
-/// now they are put back from the copy kept meanwhile (`store/guard.rs`).
+/// now they are put back from the copy kept meanwhile (`store/disk/guard.rs`).
 #[test]
 fn damage_after_a_crash_is_refused_with_exit_3_and_the_files_stay_as_found() {
     type Damage = fn(&Path);

@@ -13,13 +13,13 @@ use std::path::Path;
 use super::commit::META_WAL_APPLIED;
 use super::memtable::decode;
 use super::wal::{Log, LogError, LogOptions};
-use super::{keys, OpenError, WAL_DIR};
+use crate::store::{keys, OpenError, WAL_DIR};
 
 /// Bytes of records applied to sled per batch during a replay.
 const REPLAY_BATCH_BYTES: usize = 4 << 20;
 
 /// The opened log, continuing after its last frame, and its checkpoint.
-pub(super) struct Replayed {
+pub(in crate::store) struct Replayed {
     pub log: Log,
     pub checkpoint: u64,
 }
@@ -28,12 +28,12 @@ pub(super) struct Replayed {
 /// older format, whose sled held everything it acknowledged) and replays into `tree`
 /// what lies after the checkpoint. `has_log`: the store's format has a log, so a
 /// missing one is damage.
-pub(super) fn open_and_replay(
+pub(in crate::store) fn open_and_replay(
     data_dir: &Path,
     dir: &Path,
     tree: &sled::Tree,
     has_log: bool,
-    bounds: super::LogBounds,
+    bounds: crate::store::LogBounds,
 ) -> Result<Replayed, OpenError> {
     let damaged = |what: String| OpenError::Damaged {
         path: data_dir.to_path_buf(),
@@ -154,8 +154,8 @@ mod tests {
 
     use super::super::memtable::{encode, Write};
     use super::super::wal::{Log, LogOptions};
-    use super::super::LogBounds;
     use super::*;
+    use crate::store::LogBounds;
 
     /// One write: (key byte, value byte or removal).
     type Step = Vec<(u8, Option<u8>)>;

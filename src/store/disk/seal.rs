@@ -105,7 +105,7 @@ fn digest_all(store_dir: &Path, listed: &[PathBuf]) -> std::io::Result<(String, 
 /// next start). Absent already is fine.
 pub fn remove(store_dir: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(store_dir.join(FILE)) {
-        Ok(()) => super::sync_dir(store_dir),
+        Ok(()) => crate::store::sync_dir(store_dir),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
@@ -159,7 +159,8 @@ pub fn check_and_remove(store_dir: &Path) -> Result<bool, String> {
         }
     }
     std::fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
-    super::sync_dir(store_dir).map_err(|e| format!("cannot sync {}: {e}", store_dir.display()))?;
+    crate::store::sync_dir(store_dir)
+        .map_err(|e| format!("cannot sync {}: {e}", store_dir.display()))?;
     Ok(true)
 }
 

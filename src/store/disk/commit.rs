@@ -183,7 +183,7 @@ pub struct SyncTarget {
     /// visible at once.
     pub relaxed: bool,
     /// When checkpoints run.
-    pub bounds: super::LogBounds,
+    pub bounds: crate::store::LogBounds,
 }
 
 impl SyncTarget {

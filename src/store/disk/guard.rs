@@ -113,7 +113,7 @@ impl Guard {
                         Err(e) => return Err(e),
                     }
                 }
-                super::sync_dir(&kept)?;
+                crate::store::sync_dir(&kept)?;
             }
             let times = format!(
                 "store {}\nblobs {}\n",
@@ -121,9 +121,9 @@ impl Guard {
                 blobs_time.map_or_else(|| "-".to_string(), |t| to_nanos(t).to_string())
             );
             crate::perms::write_private(&tmp.join(TIMES), times.as_bytes())?;
-            super::sync_dir(&tmp)?;
+            crate::store::sync_dir(&tmp)?;
             std::fs::rename(&tmp, store.join(DIR))?;
-            super::sync_dir(store)
+            crate::store::sync_dir(store)
         })();
         if let Err(e) = made {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -192,7 +192,7 @@ impl Guard {
                     std::fs::hard_link(kept_blobs_dir.join(name), blobs.join(name))?;
                 }
             }
-            super::sync_dir(&blobs)?;
+            crate::store::sync_dir(&blobs)?;
         } else if blobs.exists() {
             std::fs::remove_dir_all(&blobs)?;
         }
@@ -223,9 +223,9 @@ fn retire(store: &Path) -> std::io::Result<()> {
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::rename(store.join(DIR), &tmp)?;
-    super::sync_dir(store)?;
+    crate::store::sync_dir(store)?;
     std::fs::remove_dir_all(&tmp)?;
-    super::sync_dir(store)
+    crate::store::sync_dir(store)
 }
 
 #[cfg(test)]
