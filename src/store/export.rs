@@ -31,6 +31,14 @@ use std::sync::atomic::Ordering;
 
 /// One backup body line. Times are milliseconds since the epoch unless named `time`
 /// (the change feed keeps the exact text it served).
+///
+/// The user, usage and idempotency lines hold the store's own record types
+/// ([`UserRecord`], [`UsageRecord`], [`IdempotencyRecord`]), so a field added there is
+/// one the compiler makes this file handle. The line's field names are the backup
+/// format's (camelCase); the store keeps users and usage in sled under snake_case
+/// names, so where the two differ the line names come from a serde `remote`
+/// definition below (`UserLine`, `UsageFields`) that the compiler checks field by
+/// field against the store's type: neither existing stores nor existing backups change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
 pub enum Record {
@@ -38,65 +46,91 @@ pub enum Record {
     #[serde(rename_all = "camelCase")]
     Sequences { next_group: u64, next_change: u64 },
     /// A user with its argon2id key hash (never the key).
-    #[serde(rename_all = "camelCase")]
-    User {
-        name: String,
-        account: String,
-        role: Role,
-        daily_limit: Option<u64>,
-        disabled: bool,
-        key_hash: String,
-        key_generation: u64,
-        key_created: i64,
-        created: i64,
-    },
+    User(#[serde(with = "UserLine")] UserRecord),
     /// A user's persisted usage counters.
-    #[serde(rename_all = "camelCase")]
-    Usage {
-        user: String,
-        total: u64,
-        day: i64,
-        daily: u64,
-        last_used: i64,
-    },
+    Usage(UsageLine),
     /// A group with its server-managed fields.
-    #[serde(rename_all = "camelCase")]
-    Group {
-        account: String,
-        id: u64,
-        revision: u64,
-        creation: i64,
-        last_modified: i64,
-        name: String,
-        description: Option<String>,
-        devices: Vec<String>,
-    },
+    Group(GroupLine),
     /// A change-feed entry as the API serves it.
-    #[serde(rename_all = "camelCase")]
-    Change {
-        account: String,
-        seq: u64,
-        time: String,
-        op: String,
-        id: u64,
-        /// The group's revision after the change (absent for deletions and for
-        /// entries written before it was recorded).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        revision: Option<u64>,
-        user_name: String,
-        group: Option<PublicGroup>,
-    },
+    Change(ChangeLine),
     /// A remembered create (`Idempotency-Key`).
-    #[serde(rename_all = "camelCase")]
-    Idempotency {
-        user: String,
-        key: String,
-        fingerprint: String,
-        id: u64,
-        revision: u64,
-        json: String,
-        expires: i64,
-    },
+    Idempotency(IdempotencyLine),
+}
+
+/// The backup's names for the fields of a [`UserRecord`] (a serde `remote`
+/// definition: the compiler holds it to the store's type field by field).
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "UserRecord", rename_all = "camelCase", deny_unknown_fields)]
+struct UserLine {
+    name: String,
+    account: String,
+    role: Role,
+    daily_limit: Option<u64>,
+    disabled: bool,
+    key_hash: String,
+    key_generation: u64,
+    key_created: i64,
+    created: i64,
+}
+
+/// The backup's names for the fields of a [`UsageRecord`] (`remote`, as `UserLine`).
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "UsageRecord", rename_all = "camelCase")]
+struct UsageFields {
+    total: u64,
+    day: i64,
+    daily: u64,
+    last_used: i64,
+}
+
+/// A user's usage counters: the user's name beside the store's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageLine {
+    pub user: String,
+    #[serde(flatten, with = "UsageFields")]
+    pub usage: UsageRecord,
+}
+
+/// A group: its account, number and server-managed fields beside its document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GroupLine {
+    pub account: String,
+    pub id: u64,
+    pub revision: u64,
+    pub creation: i64,
+    pub last_modified: i64,
+    #[serde(flatten)]
+    pub doc: GroupDoc,
+}
+
+/// A change-feed entry as the API serves it, with its account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChangeLine {
+    pub account: String,
+    pub seq: u64,
+    pub time: String,
+    pub op: String,
+    pub id: u64,
+    /// The group's revision after the change (absent for deletions and for entries
+    /// written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    pub user_name: String,
+    pub group: Option<PublicGroup>,
+}
+
+/// A remembered create: the user and key it is remembered under beside the store's
+/// record (whose field names are the backup's too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyLine {
+    pub user: String,
+    pub key: String,
+    #[serde(flatten)]
+    pub record: IdempotencyRecord,
 }
 
 /// How many records of each kind went out or came in.
@@ -189,35 +223,19 @@ impl Export<'_, '_> {
             .map_err(|e| format!("reading users: {}", e.chain()))?
         {
             accounts.insert(user.name.clone(), user.account.clone());
-            self.emit(Record::User {
-                name: user.name,
-                account: user.account,
-                role: user.role,
-                daily_limit: user.daily_limit,
-                disabled: user.disabled,
-                key_hash: user.key_hash,
-                key_generation: user.key_generation,
-                key_created: user.key_created,
-                created: user.created,
-            })?;
+            self.emit(Record::User(user))?;
             self.counts.users += 1;
         }
         Ok(accounts)
     }
 
     fn usage(&mut self) -> Result<(), String> {
-        for (user, u) in self
+        for (user, usage) in self
             .store
             .usage_records()
             .map_err(|e| format!("reading usage: {}", e.chain()))?
         {
-            self.emit(Record::Usage {
-                user,
-                total: u.total,
-                day: u.day,
-                daily: u.daily,
-                last_used: u.last_used,
-            })?;
+            self.emit(Record::Usage(UsageLine { user, usage }))?;
             self.counts.usage += 1;
         }
         Ok(())
@@ -236,16 +254,14 @@ impl Export<'_, '_> {
                 continue;
             };
             let doc = view.doc().map_err(|e| e.chain())?;
-            self.emit(Record::Group {
+            self.emit(Record::Group(GroupLine {
                 account,
                 id,
                 revision: view.revision(),
                 creation: view.creation(),
                 last_modified: view.last_modified(),
-                name: doc.name,
-                description: doc.description,
-                devices: doc.devices,
-            })?;
+                doc,
+            }))?;
             self.counts.groups += 1;
         }
         Ok(())
@@ -314,7 +330,7 @@ impl Export<'_, '_> {
                 .map_err(|e| format!("corrupt change-feed entry in {account}: {e}"))?;
             let id = GroupId::parse(&c.id)
                 .ok_or_else(|| format!("corrupt change-feed entry in {account}: id {:?}", c.id))?;
-            self.emit(Record::Change {
+            self.emit(Record::Change(ChangeLine {
                 account: account.to_string(),
                 seq: c.seq,
                 time: c.time,
@@ -323,7 +339,7 @@ impl Export<'_, '_> {
                 revision: c.revision,
                 user_name: c.user_name,
                 group: c.group,
-            })?;
+            }))?;
             self.counts.changes += 1;
         }
         Ok(())
@@ -340,16 +356,12 @@ impl Export<'_, '_> {
             if accounts.get(&user) != Some(&account) {
                 continue;
             }
-            let r = IdempotencyRecord::decode(&v).ok_or("corrupt idempotency record")?;
-            self.emit(Record::Idempotency {
+            let record = IdempotencyRecord::decode(&v).ok_or("corrupt idempotency record")?;
+            self.emit(Record::Idempotency(IdempotencyLine {
                 user,
                 key: text(key, "idempotency")?,
-                fingerprint: r.fingerprint,
-                id: r.id,
-                revision: r.revision,
-                json: r.json,
-                expires: r.expires,
-            })?;
+                record,
+            }))?;
             self.counts.idempotency += 1;
         }
         Ok(())
@@ -562,18 +574,6 @@ fn check_group_fields(
     Ok(())
 }
 
-/// The fields of a `Record::Change`, for `Importer::add_change`.
-struct ChangeLine {
-    account: String,
-    seq: u64,
-    time: String,
-    op: String,
-    id: u64,
-    revision: Option<u64>,
-    user_name: String,
-    group: Option<PublicGroup>,
-}
-
 impl ChangeLine {
     /// The checks that need nothing else from the backup.
     fn check(&self) -> Result<(), String> {
@@ -661,9 +661,7 @@ impl Importer<'_> {
         Ok(())
     }
 
-    /// Checks and stores one record. Only a dispatch: each arm moves the record's
-    /// fields to the step that checks and stores that kind (its length is rustfmt's
-    /// one line a field).
+    /// Checks and stores one record: each kind has its own step.
     pub fn add(&mut self, rec: Record) -> Result<(), String> {
         self.counts.records += 1;
         match rec {
@@ -671,97 +669,13 @@ impl Importer<'_> {
                 next_group,
                 next_change,
             } => self.add_sequences(next_group, next_change),
-            Record::User {
-                name,
-                account,
-                role,
-                daily_limit,
-                disabled,
-                key_hash,
-                key_generation,
-                key_created,
-                created,
-            } => self.add_user(UserRecord {
-                name,
-                account,
-                role,
-                daily_limit,
-                disabled,
-                key_hash,
-                key_generation,
-                key_created,
-                created,
-            }),
-            Record::Usage {
-                user,
-                total,
-                day,
-                daily,
-                last_used,
-            } => self.add_usage(
-                user,
-                UsageRecord {
-                    total,
-                    day,
-                    daily,
-                    last_used,
-                },
-            ),
-            Record::Group {
-                account,
-                id,
-                revision,
-                creation,
-                last_modified,
-                name,
-                description,
-                devices,
-            } => {
-                let gid = GroupId(id);
-                check_group_fields(&account, gid, revision, creation, last_modified)?;
-                let doc = checked_doc(&name, &description, &devices)
-                    .map_err(|e| format!("group {gid}: {e}"))?;
-                let enc = Encoded::new(gid, &doc, revision, creation, last_modified);
-                self.add_group(account, gid, &doc, &enc)
+            Record::User(user) => self.add_user(user),
+            Record::Usage(UsageLine { user, usage }) => self.add_usage(user, usage),
+            Record::Group(g) => self.add_group(g),
+            Record::Change(c) => self.add_change(c),
+            Record::Idempotency(IdempotencyLine { user, key, record }) => {
+                self.add_idempotency(user, key, record)
             }
-            Record::Change {
-                account,
-                seq,
-                time,
-                op,
-                id,
-                revision,
-                user_name,
-                group,
-            } => self.add_change(ChangeLine {
-                account,
-                seq,
-                time,
-                op,
-                id,
-                revision,
-                user_name,
-                group,
-            }),
-            Record::Idempotency {
-                user,
-                key,
-                fingerprint,
-                id,
-                revision,
-                json,
-                expires,
-            } => self.add_idempotency(
-                user,
-                key,
-                IdempotencyRecord {
-                    fingerprint,
-                    id,
-                    revision,
-                    json,
-                    expires,
-                },
-            ),
         }
     }
 
@@ -812,17 +726,16 @@ impl Importer<'_> {
         Ok(())
     }
 
-    /// Stores a group whose fields and document are checked (`check_group_fields`,
-    /// `checked_doc`) once it passes the checks against the rest of the backup: the
-    /// device limit, its ID and its name unique.
-    fn add_group(
-        &mut self,
-        account: String,
-        gid: GroupId,
-        doc: &GroupDoc,
-        enc: &Encoded,
-    ) -> Result<(), String> {
-        let id = gid.0;
+    /// Checks a group's own fields (`check_group_fields`) and document (`checked_doc`),
+    /// then against the rest of the backup: the device limit, its ID and its name
+    /// unique; stores it with its indexes.
+    fn add_group(&mut self, g: GroupLine) -> Result<(), String> {
+        let (account, id) = (g.account, g.id);
+        let gid = GroupId(id);
+        check_group_fields(&account, gid, g.revision, g.creation, g.last_modified)?;
+        let doc = checked_doc(&g.doc.name, &g.doc.description, &g.doc.devices)
+            .map_err(|e| format!("group {gid}: {e}"))?;
+        let enc = Encoded::new(gid, &doc, g.revision, g.creation, g.last_modified);
         if doc.devices.len() > self.max_devices {
             return Err(format!(
                 "group {gid}: {} devices, more than limits.max_devices_per_group ({}) allows",
@@ -838,7 +751,7 @@ impl Importer<'_> {
             // Office groups are numbered centrally, above every local number.
             self.max_group = self.max_group.max(id);
         }
-        let (raw, pieces) = pieces::fresh(enc);
+        let (raw, pieces) = pieces::fresh(&enc);
         self.put(Kind::Groups, keys::group(&account, id), raw)?;
         for (num, piece) in pieces {
             self.put(Kind::Pieces, keys::piece(&account, id, num), piece)?;
@@ -1067,5 +980,40 @@ mod tests {
         assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), r);
         let bad = r#"{"type":"sequences","nextGroup":4,"nextChange":9,"extra":1}"#;
         assert!(serde_json::from_str::<Record>(bad).is_err());
+    }
+
+    /// One line of each kind exactly as the backup format has written it since
+    /// version 1 (the records before they wrapped the store's types): each reads, and
+    /// writes back to the same bytes; the same line with one more field is refused.
+    #[test]
+    fn every_kind_keeps_its_line() {
+        let lines = [
+            r#"{"type":"sequences","nextGroup":4,"nextChange":9}"#,
+            r#"{"type":"user","name":"admin","account":"default","role":"write","dailyLimit":null,"disabled":false,"keyHash":"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA","keyGeneration":2,"keyCreated":1764151302123,"created":1764151302000}"#,
+            r#"{"type":"user","name":"ro","account":"other","role":"read","dailyLimit":500,"disabled":true,"keyHash":"x","keyGeneration":1,"keyCreated":5,"created":4}"#,
+            r#"{"type":"usage","user":"admin","total":12,"day":20418,"daily":3,"lastUsed":1764151302999}"#,
+            r#"{"type":"group","account":"default","id":3,"revision":2,"creation":1764151302123,"lastModified":1764151303000,"name":"Trucks","description":null,"devices":["a","b"]}"#,
+            r#"{"type":"group","account":"default","id":4,"revision":1,"creation":1,"lastModified":1,"name":"Vans","description":"north","devices":[]}"#,
+            r#"{"type":"change","account":"default","seq":7,"time":"2026-11-26T10:01:42.123Z","op":"updated","id":3,"revision":2,"userName":"admin","group":{"id":"grp-3","name":"Trucks","description":null,"devices":["a","b"],"creation":"2026-11-26T10:01:42.000Z","lastModified":"2026-11-26T10:01:42.123Z"}}"#,
+            r#"{"type":"change","account":"default","seq":8,"time":"2026-11-26T10:01:43.000Z","op":"deleted","id":5,"userName":"admin","group":null}"#,
+            r#"{"type":"idempotency","user":"admin","key":"k-1","fingerprint":"ab12","id":3,"revision":1,"json":"{\"id\":\"grp-3\"}","expires":1764237702123}"#,
+        ];
+        for line in lines {
+            let rec: Record = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(serde_json::to_string(&rec).unwrap(), line);
+            let extra = format!("{},\"extra\":1}}", &line[..line.len() - 1]);
+            assert!(
+                serde_json::from_str::<Record>(&extra).is_err(),
+                "an unknown field is refused: {extra}"
+            );
+        }
+        // A missing field is refused too, in the store's types as in the lines.
+        for line in [
+            r#"{"type":"usage","user":"admin","total":12,"day":20418,"daily":3}"#,
+            r#"{"type":"user","name":"admin","account":"default","role":"write","dailyLimit":null,"disabled":false,"keyGeneration":2,"keyCreated":1,"created":1}"#,
+            r#"{"type":"idempotency","user":"admin","key":"k-1","fingerprint":"ab12","id":3,"revision":1,"expires":1}"#,
+        ] {
+            assert!(serde_json::from_str::<Record>(line).is_err(), "{line}");
+        }
     }
 }
