@@ -12,6 +12,8 @@
 //! unchanged API keys). Name and device indexes and per-account counts are rebuilt from
 //! the groups on import, so they cannot disagree with them.
 
+mod bulk;
+
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
@@ -437,12 +439,10 @@ impl Importer<'static> {
 impl<'a> Importer<'a> {
     fn new(store: Option<&'a Store>, max_devices: usize) -> Importer<'a> {
         Importer {
+            bulk: store.map(|s| bulk::Bulk::new(&s.db, &s.tree)),
             store,
             max_devices,
-            batch: sled::Batch::default(),
-            batches: 0,
             feed_bytes: 0,
-            pending: 0,
             sequences: None,
             group_ids: HashSet::new(),
             names: HashMap::new(),
@@ -465,15 +465,10 @@ impl<'a> Importer<'a> {
 pub struct Importer<'a> {
     /// `None`: check only, write nothing.
     store: Option<&'a Store>,
-    /// One batch over every key space (one tree), applied every 512 keys: sled's
-    /// batches cost more than linearly in one tree (4096 keys held a 100,000-group
-    /// restore at 4.2 GB of RSS, 512 at 104 MB).
-    batch: sled::Batch,
+    /// The writes, from threads of their own (`bulk.rs`); `None` with `store`.
+    bulk: Option<bulk::Bulk>,
     /// Bytes of the change feed put so far (`META_FEED_BYTES`).
     feed_bytes: u64,
-    /// Batches applied so far.
-    batches: u64,
-    pending: usize,
     sequences: Option<(u64, u64)>,
     group_ids: HashSet<u64>,
     /// `limits.max_devices_per_group`: what each group is held to, as a live write is.
@@ -624,41 +619,21 @@ impl ChangeLine {
 
 impl Importer<'_> {
     fn put(&mut self, tree: Kind, k: Vec<u8>, v: Vec<u8>) -> Result<(), String> {
-        if self.store.is_none() {
+        let Some(bulk) = self.bulk.as_mut() else {
             return Ok(());
-        }
+        };
         if matches!(tree, Kind::Changes | Kind::History) {
             self.feed_bytes += (k.len() + 1 + v.len()) as u64;
         }
-        self.batch.insert(space::full_key(tree, &k), v);
-        self.pending += 1;
-        if self.pending >= 512 {
-            self.apply()?;
-        }
-        Ok(())
+        bulk.put(tree, space::full_key(tree, &k), v)
     }
 
+    /// Waits until every key put so far is in sled.
     fn apply(&mut self) -> Result<(), String> {
-        let Some(store) = self.store else {
-            return Ok(());
-        };
-        store
-            .tree
-            .apply_batch(std::mem::take(&mut self.batch))
-            .map_err(|e| format!("writing the store: {e}"))?;
-        self.pending = 0;
-        self.batches += 1;
-        // sled keeps what it has not written in memory, and only the flusher writes
-        // (its timer is off): without a write now and then a restore would hold the
-        // whole store in memory. sled's own flush writes it out; the fsync that makes
-        // it durable comes once, at the end.
-        if self.batches % 64 == 0 {
-            store
-                .db
-                .flush()
-                .map_err(|e| format!("writing the store: {e}"))?;
+        match self.bulk.as_mut() {
+            Some(bulk) => bulk.finish(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Checks and stores one record: each kind has its own step.
