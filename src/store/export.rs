@@ -157,6 +157,45 @@ impl std::fmt::Display for Counts {
     }
 }
 
+/// Why an export stopped. The messages are what `backup failed: …` says.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The store could not be read: what was being read, and the store's account.
+    #[error("reading {what}: {detail}")]
+    Read { what: &'static str, detail: String },
+    /// The store holds a key or value it never writes.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The backup's destination refused a line.
+    #[error("writing the backup: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+/// Why an import stopped. The messages are what `restore failed: …` and
+/// `restore --check` say after the file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("the store is not empty; restore only into an empty one")]
+    NotEmpty,
+    /// A record, or the backup as a whole, breaks the format's rules: what and where.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store refused a write, or the flush at the end.
+    #[error("writing the store: {0}")]
+    Write(String),
+    /// A record could not be encoded for the store.
+    #[error("{0}")]
+    Encode(String),
+    /// The flush that makes the restored store durable failed.
+    #[error("{0}")]
+    Flush(String),
+}
+
+/// A record the import refuses, and why.
+fn invalid(why: impl Into<String>) -> ImportError {
+    ImportError::Invalid(why.into())
+}
+
 /// Change entries rebuilt per step of an export.
 const EXPORT_CHUNK: usize = 4096;
 
@@ -180,23 +219,40 @@ fn split_key(k: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&k[..at], &k[at + 1..]))
 }
 
-fn text(b: &[u8], what: &str) -> Result<String, String> {
-    String::from_utf8(b.to_vec()).map_err(|_| format!("corrupt {what} key: not UTF-8"))
+fn text(b: &[u8], what: &str) -> Result<String, ExportError> {
+    String::from_utf8(b.to_vec())
+        .map_err(|_| ExportError::Corrupt(format!("corrupt {what} key: not UTF-8")))
 }
 
 /// Account of an `account 0x00 u64` key.
-fn account_of(k: &[u8], what: &str) -> Result<String, String> {
+fn account_of(k: &[u8], what: &str) -> Result<String, ExportError> {
     let end = k
         .len()
         .checked_sub(9)
         .filter(|at| k[*at] == 0)
-        .ok_or_else(|| format!("corrupt {what} key"))?;
+        .ok_or_else(|| ExportError::Corrupt(format!("corrupt {what} key")))?;
     text(&k[..end], what)
 }
 
 /// A sled read that failed during an export.
-fn read_failed(e: sled::Error) -> String {
-    format!("reading the store: {e}")
+fn read_failed(e: sled::Error) -> ExportError {
+    ExportError::Read {
+        what: "the store",
+        detail: e.to_string(),
+    }
+}
+
+/// A store read that failed during an export: `what` was being read.
+fn read(what: &'static str) -> impl Fn(super::Error) -> ExportError {
+    move |e| ExportError::Read {
+        what,
+        detail: e.chain(),
+    }
+}
+
+/// A corrupt key or value of an export.
+fn corrupt(what: &str) -> ExportError {
+    ExportError::Corrupt(what.to_string())
 }
 
 /// One export in progress: the records go to `out` in the backup's order (sequences,
@@ -208,8 +264,8 @@ struct Export<'s, 'o> {
 }
 
 impl Export<'_, '_> {
-    fn emit(&mut self, rec: Record) -> Result<(), String> {
-        (self.out)(&rec).map_err(|e| format!("writing the backup: {e}"))?;
+    fn emit(&mut self, rec: Record) -> Result<(), ExportError> {
+        (self.out)(&rec).map_err(ExportError::Output)?;
         self.counts.records += 1;
         Ok(())
     }
@@ -217,13 +273,9 @@ impl Export<'_, '_> {
     /// The users; returns each user's account. Idempotency records are scoped by
     /// account and user, and only those of a user's current account are exported (a
     /// removed user's records are a retry cache that has lost its owner).
-    fn users(&mut self) -> Result<HashMap<String, String>, String> {
+    fn users(&mut self) -> Result<HashMap<String, String>, ExportError> {
         let mut accounts: HashMap<String, String> = HashMap::new();
-        for user in self
-            .store
-            .users()
-            .map_err(|e| format!("reading users: {}", e.chain()))?
-        {
+        for user in self.store.users().map_err(read("users"))? {
             accounts.insert(user.name.clone(), user.account.clone());
             self.emit(Record::User(user))?;
             self.counts.users += 1;
@@ -231,31 +283,27 @@ impl Export<'_, '_> {
         Ok(accounts)
     }
 
-    fn usage(&mut self) -> Result<(), String> {
-        for (user, usage) in self
-            .store
-            .usage_records()
-            .map_err(|e| format!("reading usage: {}", e.chain()))?
-        {
+    fn usage(&mut self) -> Result<(), ExportError> {
+        for (user, usage) in self.store.usage_records().map_err(read("usage"))? {
             self.emit(Record::Usage(UsageLine { user, usage }))?;
             self.counts.usage += 1;
         }
         Ok(())
     }
 
-    fn groups(&mut self) -> Result<(), String> {
+    fn groups(&mut self) -> Result<(), ExportError> {
         let store = self.store;
         for item in store.groups.iter() {
             let (k, raw) = item.map_err(read_failed)?;
             let account = account_of(&k, "group")?;
-            let id = keys::trailing_u64(&k).ok_or("corrupt group key")?;
+            let id = keys::trailing_u64(&k).ok_or_else(|| corrupt("corrupt group key"))?;
             let Some(view) = store
                 .view(&account, GroupId(id), raw, Seen::Durable)
-                .map_err(|e| e.chain())?
+                .map_err(|e| ExportError::Corrupt(e.chain()))?
             else {
                 continue;
             };
-            let doc = view.doc().map_err(|e| e.chain())?;
+            let doc = view.doc().map_err(|e| ExportError::Corrupt(e.chain()))?;
             self.emit(Record::Group(GroupLine {
                 account,
                 id,
@@ -271,7 +319,7 @@ impl Export<'_, '_> {
 
     /// Change entries, rebuilt from their records (`history.rs`), an account at a time
     /// in chunks of `EXPORT_CHUNK`, as the API serves them.
-    fn changes(&mut self) -> Result<(), String> {
+    fn changes(&mut self) -> Result<(), ExportError> {
         let store = self.store;
         let mut accounts_with_changes: Vec<Vec<u8>> = Vec::new();
         store
@@ -279,7 +327,7 @@ impl Export<'_, '_> {
                 accounts_with_changes.push(prefix.to_vec());
                 Ok(())
             })
-            .map_err(|e| format!("reading the change feed: {}", e.chain()))?;
+            .map_err(read("the change feed"))?;
         for prefix in accounts_with_changes {
             let account = text(&prefix[..prefix.len() - 1], "change-feed")?;
             let mut from = prefix.clone();
@@ -305,7 +353,7 @@ impl Export<'_, '_> {
         account: &str,
         prefix: &[u8],
         from: &[u8],
-    ) -> Result<Vec<(u64, u64)>, String> {
+    ) -> Result<Vec<(u64, u64)>, ExportError> {
         let mut items = Vec::new();
         for item in self.store.changes.range(from..) {
             let (k, v) = item.map_err(read_failed)?;
@@ -313,7 +361,9 @@ impl Export<'_, '_> {
                 break;
             }
             let (Some(seq), Some(n)) = (keys::trailing_u64(&k), keys::read_u64(&v)) else {
-                return Err(format!("corrupt change-feed index entry in {account}"));
+                return Err(ExportError::Corrupt(format!(
+                    "corrupt change-feed index entry in {account}"
+                )));
             };
             items.push((seq, n));
             if items.len() == EXPORT_CHUNK {
@@ -324,14 +374,19 @@ impl Export<'_, '_> {
     }
 
     /// The feed entries of `items`, rebuilt and emitted.
-    fn change_entries(&mut self, account: &str, items: Vec<(u64, u64)>) -> Result<(), String> {
+    fn change_entries(&mut self, account: &str, items: Vec<(u64, u64)>) -> Result<(), ExportError> {
         let mut reader = EntryReader::new(self.store, account, items);
         while let Some(entry) = reader.next_entry() {
-            let entry = entry.map_err(|e| format!("reading the change feed: {}", e.chain()))?;
-            let c: StoredChange = serde_json::from_slice(&entry.json)
-                .map_err(|e| format!("corrupt change-feed entry in {account}: {e}"))?;
-            let id = GroupId::parse(&c.id)
-                .ok_or_else(|| format!("corrupt change-feed entry in {account}: id {:?}", c.id))?;
+            let entry = entry.map_err(read("the change feed"))?;
+            let c: StoredChange = serde_json::from_slice(&entry.json).map_err(|e| {
+                ExportError::Corrupt(format!("corrupt change-feed entry in {account}: {e}"))
+            })?;
+            let id = GroupId::parse(&c.id).ok_or_else(|| {
+                ExportError::Corrupt(format!(
+                    "corrupt change-feed entry in {account}: id {:?}",
+                    c.id
+                ))
+            })?;
             self.emit(Record::Change(ChangeLine {
                 account: account.to_string(),
                 seq: c.seq,
@@ -348,17 +403,19 @@ impl Export<'_, '_> {
     }
 
     /// The idempotency records of users in their current account (`accounts`).
-    fn idempotency(&mut self, accounts: &HashMap<String, String>) -> Result<(), String> {
+    fn idempotency(&mut self, accounts: &HashMap<String, String>) -> Result<(), ExportError> {
         let store = self.store;
         for item in store.idempotency.iter() {
             let (k, v) = item.map_err(read_failed)?;
-            let (account, rest) = split_key(&k).ok_or("corrupt idempotency key")?;
-            let (user, key) = split_key(rest).ok_or("corrupt idempotency key")?;
+            let bad_key = || corrupt("corrupt idempotency key");
+            let (account, rest) = split_key(&k).ok_or_else(bad_key)?;
+            let (user, key) = split_key(rest).ok_or_else(bad_key)?;
             let (account, user) = (text(account, "idempotency")?, text(user, "idempotency")?);
             if accounts.get(&user) != Some(&account) {
                 continue;
             }
-            let record = IdempotencyRecord::decode(&v).ok_or("corrupt idempotency record")?;
+            let record = IdempotencyRecord::decode(&v)
+                .ok_or_else(|| corrupt("corrupt idempotency record"))?;
             self.emit(Record::Idempotency(IdempotencyLine {
                 user,
                 key: text(key, "idempotency")?,
@@ -376,7 +433,7 @@ impl Store {
     pub fn export(
         &self,
         out: &mut dyn FnMut(&Record) -> std::io::Result<()>,
-    ) -> Result<Counts, String> {
+    ) -> Result<Counts, ExportError> {
         let w = self.lock_writer();
         self.long_hold
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -401,7 +458,7 @@ impl Store {
         next_group: u64,
         next_change: u64,
         out: &mut dyn FnMut(&Record) -> std::io::Result<()>,
-    ) -> Result<Counts, String> {
+    ) -> Result<Counts, ExportError> {
         let mut ex = Export {
             store: self,
             out,
@@ -420,9 +477,9 @@ impl Store {
     }
 
     /// Starts an import into this store, which must hold no group and no user.
-    pub fn importer(&self) -> Result<Importer<'_>, String> {
+    pub fn importer(&self) -> Result<Importer<'_>, ImportError> {
         if !self.groups.is_empty() || !self.users.is_empty() {
-            return Err("the store is not empty; restore only into an empty one".into());
+            return Err(ImportError::NotEmpty);
         }
         Ok(Importer::new(Some(self), self.max_devices))
     }
@@ -517,7 +574,7 @@ fn checked_doc(
     name: &str,
     description: &Option<String>,
     devices: &[String],
-) -> Result<GroupDoc, String> {
+) -> Result<GroupDoc, ImportError> {
     let value =
         serde_json::json!({"name": "placeholder", "description": description, "devices": devices});
     let mut doc = validate_doc(
@@ -526,13 +583,13 @@ fn checked_doc(
             max_devices: usize::MAX,
         },
     )
-    .map_err(|e| e.0)?;
+    .map_err(|e| invalid(e.0))?;
     let len = name.chars().count();
     if name.trim() != name || len == 0 || len > MAX_NAME_CHARS || name.chars().any(char::is_control)
     {
-        return Err(format!(
+        return Err(ImportError::Invalid(format!(
             "name {name:?} is not trimmed, not 1 to {MAX_NAME_CHARS} characters, or holds a control character"
-        ));
+        )));
     }
     if crate::names::check(name).is_err() || crate::names::normalize(name) != name {
         tracing::warn!(
@@ -541,9 +598,9 @@ fn checked_doc(
     }
     doc.name = name.to_string();
     if doc.devices != devices {
-        return Err(
-            "group document is not in normalised form (name trimmed, devices distinct)".into(),
-        );
+        return Err(invalid(
+            "group document is not in normalised form (name trimmed, devices distinct)",
+        ));
     }
     Ok(doc)
 }
@@ -556,38 +613,48 @@ fn check_group_fields(
     revision: u64,
     creation: i64,
     last_modified: i64,
-) -> Result<(), String> {
+) -> Result<(), ImportError> {
     if !valid_user_name(account) {
-        return Err(format!("group {gid}: invalid account name {account:?}"));
+        return Err(ImportError::Invalid(format!(
+            "group {gid}: invalid account name {account:?}"
+        )));
     }
     if gid.0 == 0 || revision == 0 {
-        return Err(format!("group {gid}: id and revision start at 1"));
+        return Err(ImportError::Invalid(format!(
+            "group {gid}: id and revision start at 1"
+        )));
     }
     if last_modified < creation {
-        return Err(format!("group {gid}: lastModified is before creation"));
+        return Err(ImportError::Invalid(format!(
+            "group {gid}: lastModified is before creation"
+        )));
     }
     Ok(())
 }
 
 impl ChangeLine {
     /// The checks that need nothing else from the backup.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), ImportError> {
         let (seq, time, op) = (self.seq, &self.time, &self.op);
         if !valid_user_name(&self.account) || seq == 0 || self.id == 0 || self.revision == Some(0) {
-            return Err(format!("change {seq}: invalid account, seq or id"));
+            return Err(ImportError::Invalid(format!(
+                "change {seq}: invalid account, seq or id"
+            )));
         }
         if !valid_time(time) {
-            return Err(format!(
+            return Err(ImportError::Invalid(format!(
                 "change {seq}: time {time:?} is not YYYY-MM-DDTHH:MM:SS.mmmZ"
-            ));
+            )));
         }
         if !matches!(op.as_str(), "created" | "updated" | "deleted") {
-            return Err(format!("change {seq}: unknown op {op:?}"));
+            return Err(ImportError::Invalid(format!(
+                "change {seq}: unknown op {op:?}"
+            )));
         }
         if (op == "deleted") != self.group.is_none() {
-            return Err(format!(
+            return Err(ImportError::Invalid(format!(
                 "change {seq}: a deletion has no group, other changes have one"
-            ));
+            )));
         }
         Ok(())
     }
@@ -597,7 +664,7 @@ impl ChangeLine {
     /// before each may not be in the backup); the feed rebuilds the same entries from
     /// them (`history.rs`), so the group's times must be the ones a live write gives:
     /// lastModified is the change's time (`ms`).
-    fn state(&self, ms: i64) -> Result<Option<(GroupDoc, i64)>, String> {
+    fn state(&self, ms: i64) -> Result<Option<(GroupDoc, i64)>, ImportError> {
         let Some(g) = &self.group else {
             return Ok(None);
         };
@@ -607,18 +674,18 @@ impl ChangeLine {
             || g.last_modified != self.time
             || !matches!(creation, Some(c) if c <= ms)
         {
-            return Err(format!(
+            return Err(ImportError::Invalid(format!(
                 "change {seq}: its group is not grp-{id} as of the change (id, lastModified = the change's time, creation not after it)"
-            ));
+            )));
         }
         let doc = checked_doc(&g.name, &g.description, &g.devices)
-            .map_err(|e| format!("change {seq}: {e}"))?;
+            .map_err(|e| invalid(format!("change {seq}: {e}")))?;
         Ok(Some((doc, creation.unwrap_or(ms))))
     }
 }
 
 impl Importer<'_> {
-    fn put(&mut self, tree: Kind, k: Vec<u8>, v: Vec<u8>) -> Result<(), String> {
+    fn put(&mut self, tree: Kind, k: Vec<u8>, v: Vec<u8>) -> Result<(), ImportError> {
         let Some(bulk) = self.bulk.as_mut() else {
             return Ok(());
         };
@@ -629,7 +696,7 @@ impl Importer<'_> {
     }
 
     /// Waits until every key put so far is in sled.
-    fn apply(&mut self) -> Result<(), String> {
+    fn apply(&mut self) -> Result<(), ImportError> {
         match self.bulk.as_mut() {
             Some(bulk) => bulk.finish(),
             None => Ok(()),
@@ -637,7 +704,7 @@ impl Importer<'_> {
     }
 
     /// Checks and stores one record: each kind has its own step.
-    pub fn add(&mut self, rec: Record) -> Result<(), String> {
+    pub fn add(&mut self, rec: Record) -> Result<(), ImportError> {
         self.counts.records += 1;
         match rec {
             Record::Sequences {
@@ -654,48 +721,52 @@ impl Importer<'_> {
         }
     }
 
-    fn add_sequences(&mut self, next_group: u64, next_change: u64) -> Result<(), String> {
+    fn add_sequences(&mut self, next_group: u64, next_change: u64) -> Result<(), ImportError> {
         if self.sequences.is_some() {
-            return Err("a second sequences record".into());
+            return Err(invalid("a second sequences record"));
         }
         if next_group == 0 || next_change == 0 {
-            return Err("sequences start at 1".into());
+            return Err(invalid("sequences start at 1"));
         }
         self.sequences = Some((next_group, next_change));
         Ok(())
     }
 
-    fn add_user(&mut self, user: UserRecord) -> Result<(), String> {
+    fn add_user(&mut self, user: UserRecord) -> Result<(), ImportError> {
         let (name, account) = (&user.name, &user.account);
         if !valid_user_name(name) || !valid_user_name(account) {
-            return Err(format!("invalid user or account name {name:?}/{account:?}"));
+            return Err(ImportError::Invalid(format!(
+                "invalid user or account name {name:?}/{account:?}"
+            )));
         }
         // The cost parameters come from the file: bounded, or one login for the
         // name could take seconds and gigabytes (`hashing::check_key_hash`).
         if let Err(why) = crate::hashing::check_key_hash(&user.key_hash) {
-            return Err(format!(
+            return Err(ImportError::Invalid(format!(
                 "user {name}: keyHash {why}. Nothing was restored; remove the user's line (and its usage line) from the backup, restore, and `user add` it again"
-            ));
+            )));
         }
         if self.users.insert(name.clone(), account.clone()).is_some() {
-            return Err(format!("user {name} appears twice"));
+            return Err(ImportError::Invalid(format!("user {name} appears twice")));
         }
-        let v = serde_json::to_vec(&user).map_err(|e| e.to_string())?;
+        let v = serde_json::to_vec(&user).map_err(|e| ImportError::Encode(e.to_string()))?;
         self.put(Kind::Users, user.name.into_bytes(), v)?;
         self.counts.users += 1;
         Ok(())
     }
 
-    fn add_usage(&mut self, user: String, rec: UsageRecord) -> Result<(), String> {
+    fn add_usage(&mut self, user: String, rec: UsageRecord) -> Result<(), ImportError> {
         if !self.users.contains_key(&user) {
-            return Err(format!(
+            return Err(ImportError::Invalid(format!(
                 "usage counters of {user:?}, who is not a user (users come first)"
-            ));
+            )));
         }
         if !self.usage.insert(user.clone()) {
-            return Err(format!("usage counters of {user} appear twice"));
+            return Err(ImportError::Invalid(format!(
+                "usage counters of {user} appear twice"
+            )));
         }
-        let v = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+        let v = serde_json::to_vec(&rec).map_err(|e| ImportError::Encode(e.to_string()))?;
         self.put(Kind::Usage, user.into_bytes(), v)?;
         self.counts.usage += 1;
         Ok(())
@@ -704,22 +775,22 @@ impl Importer<'_> {
     /// Checks a group's own fields (`check_group_fields`) and document (`checked_doc`),
     /// then against the rest of the backup: the device limit, its ID and its name
     /// unique; stores it with its indexes.
-    fn add_group(&mut self, g: GroupLine) -> Result<(), String> {
+    fn add_group(&mut self, g: GroupLine) -> Result<(), ImportError> {
         let (account, id) = (g.account, g.id);
         let gid = GroupId(id);
         check_group_fields(&account, gid, g.revision, g.creation, g.last_modified)?;
         let doc = checked_doc(&g.doc.name, &g.doc.description, &g.doc.devices)
-            .map_err(|e| format!("group {gid}: {e}"))?;
+            .map_err(|e| invalid(format!("group {gid}: {e}")))?;
         let enc = Encoded::new(gid, &doc, g.revision, g.creation, g.last_modified);
         if doc.devices.len() > self.max_devices {
-            return Err(format!(
+            return Err(ImportError::Invalid(format!(
                 "group {gid}: {} devices, more than limits.max_devices_per_group ({}) allows",
                 doc.devices.len(),
                 self.max_devices
-            ));
+            )));
         }
         if !self.group_ids.insert(id) {
-            return Err(format!("group {gid} appears twice"));
+            return Err(ImportError::Invalid(format!("group {gid} appears twice")));
         }
         let name_k = self.take_name(&account, gid, &doc.name)?;
         if !gid.is_office() {
@@ -753,14 +824,14 @@ impl Importer<'_> {
         account: &str,
         gid: GroupId,
         name: &str,
-    ) -> Result<Option<Vec<u8>>, String> {
+    ) -> Result<Option<Vec<u8>>, ImportError> {
         if !self
             .legacy_names
             .insert(keys::name(account, &name.to_lowercase()))
         {
-            return Err(format!(
+            return Err(ImportError::Invalid(format!(
                 "group {gid}: another group of account {account} has the name {name:?}"
-            ));
+            )));
         }
         let name_k = keys::name(account, &name_key(name));
         match self.names.get(&name_k) {
@@ -778,18 +849,18 @@ impl Importer<'_> {
         }
     }
 
-    fn add_change(&mut self, c: ChangeLine) -> Result<(), String> {
+    fn add_change(&mut self, c: ChangeLine) -> Result<(), ImportError> {
         let seq = c.seq;
         c.check()?;
         if !self.change_seqs.insert(seq) {
-            return Err(format!("change {seq} appears twice"));
+            return Err(ImportError::Invalid(format!("change {seq} appears twice")));
         }
         self.max_change = self.max_change.max(seq);
         let (Some(op), Some(ms)) = (ChangeOp::parse(&c.op), parse_rfc3339_ms(&c.time)) else {
-            return Err(format!(
+            return Err(ImportError::Invalid(format!(
                 "change {seq}: unknown op {:?} or time {:?}",
                 c.op, c.time
-            ));
+            )));
         };
         let full = c.state(ms)?;
         let rec = history::Record {
@@ -819,24 +890,30 @@ impl Importer<'_> {
         user: String,
         key: String,
         rec: IdempotencyRecord,
-    ) -> Result<(), String> {
+    ) -> Result<(), ImportError> {
         if user.contains('\0') || !valid_idempotency_key(&key) || rec.id == 0 {
-            return Err("idempotency record: invalid user, key or group".into());
+            return Err(invalid("idempotency record: invalid user, key or group"));
         }
         // Records belong to the user's account (the backup names only the user).
         let account = self.users.get(&user).cloned().ok_or_else(|| {
-            format!("idempotency record of {user:?}, who is not a user (users come first)")
+            ImportError::Invalid(format!(
+                "idempotency record of {user:?}, who is not a user (users come first)"
+            ))
         })?;
         let k = keys::idempotency(&account, &user, &key);
         if !self.idempotency.insert(k.clone()) {
-            return Err(format!("idempotency key {key:?} of {user} appears twice"));
+            return Err(ImportError::Invalid(format!(
+                "idempotency key {key:?} of {user} appears twice"
+            )));
         }
         self.put(
             Kind::IdempotencyOrder,
             keys::idempotency_order(&account, &user, rec.id),
             key.as_bytes().to_vec(),
         )?;
-        let v = rec.encode().map_err(|e| e.to_string())?;
+        let v = rec
+            .encode()
+            .map_err(|e| ImportError::Encode(e.to_string()))?;
         let tally = self
             .idempotency_counts
             .entry(keys::idempotency_scope(&account, &user))
@@ -850,20 +927,21 @@ impl Importer<'_> {
 
     /// Checks the sequences against what came in, writes the derived counts and the
     /// sequences, and makes everything durable.
-    pub fn finish(mut self) -> Result<Counts, String> {
-        let (next_group, next_change) =
-            self.sequences.ok_or("the backup has no sequences record")?;
+    pub fn finish(mut self) -> Result<Counts, ImportError> {
+        let (next_group, next_change) = self
+            .sequences
+            .ok_or_else(|| invalid("the backup has no sequences record"))?;
         if next_group <= self.max_group {
-            return Err(format!(
+            return Err(ImportError::Invalid(format!(
                 "the next group number {next_group} is not above the highest group grp-{}",
                 self.max_group
-            ));
+            )));
         }
         if next_change <= self.max_change {
-            return Err(format!(
+            return Err(ImportError::Invalid(format!(
                 "the next change sequence {next_change} is not above the highest entry {}",
                 self.max_change
-            ));
+            )));
         }
         let (purged_through, feed_bytes) = self.put_meta(next_group, next_change)?;
         self.apply()?;
@@ -879,13 +957,13 @@ impl Importer<'_> {
             store.pending.publish_seq(next_change - 1);
             store.purged_through.store(purged_through, Ordering::SeqCst);
         }
-        store.flush_blocking()?;
+        store.flush_blocking().map_err(ImportError::Flush)?;
         Ok(self.counts)
     }
 
     /// Puts what `meta` holds beside the records: the counts derived from them, the
     /// sequences, `purged_through` and the feed's size; returns the last two.
-    fn put_meta(&mut self, next_group: u64, next_change: u64) -> Result<(u64, u64), String> {
+    fn put_meta(&mut self, next_group: u64, next_change: u64) -> Result<(u64, u64), ImportError> {
         for (scope, tally) in std::mem::take(&mut self.idempotency_counts) {
             if let Some(v) = tally.encode() {
                 self.put(Kind::Meta, keys::idempotency_count(&scope), v)?;

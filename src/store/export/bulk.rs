@@ -13,11 +13,12 @@
 //! two writers a restore took 1.7x the CPU of one writer; split by space, the same).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::super::Kind;
+use super::ImportError;
 
 /// Writer threads: one for the device index, one for every other space. (Two
 /// writers sharing every space cost more CPU than one, in redone inserts.)
@@ -27,8 +28,9 @@ const CHUNK: usize = 1024;
 /// Chunks queued ahead of each writer: bounds what a restore holds in memory.
 const QUEUED: usize = 8;
 /// Keys between sled flushes: sled holds what it has not written in memory (its
-/// flush timer is off), so a restore writes out as it goes; the fsync that makes it
-/// durable is the store's, once, at the end (`Importer::finish`).
+/// flush timer is off), so a restore writes out as it goes. The flushes run on a
+/// thread of their own, so neither the importer nor the writers wait for them; what
+/// makes the restore durable is the store's flush at the end (`Importer::finish`).
 const FLUSH_EVERY: u64 = 32 * 1024;
 
 type Chunk = Vec<(Vec<u8>, Vec<u8>)>;
@@ -42,8 +44,10 @@ struct Lane {
 
 /// The writer threads of one restore.
 pub(super) struct Bulk {
-    db: sled::Db,
     lanes: Vec<Lane>,
+    /// Wakes the flusher (a flush already asked for covers a second request).
+    flush_tx: Option<SyncSender<()>>,
+    flusher: Option<JoinHandle<Result<(), sled::Error>>>,
     stop: Arc<AtomicBool>,
     since_flush: u64,
 }
@@ -62,9 +66,18 @@ impl Bulk {
                 }
             })
             .collect();
+        let (flush_tx, flush_rx) = sync_channel::<()>(1);
+        let db = db.clone();
+        let flusher = std::thread::spawn(move || {
+            while flush_rx.recv().is_ok() {
+                db.flush()?;
+            }
+            Ok(())
+        });
         Bulk {
-            db: db.clone(),
             lanes,
+            flush_tx: Some(flush_tx),
+            flusher: Some(flusher),
             stop,
             since_flush: 0,
         }
@@ -72,7 +85,7 @@ impl Bulk {
 
     /// Queues one key of space `kind` (`k` is the full key); an error is a writer's,
     /// and ends the restore.
-    pub(super) fn put(&mut self, kind: Kind, k: Vec<u8>, v: Vec<u8>) -> Result<(), String> {
+    pub(super) fn put(&mut self, kind: Kind, k: Vec<u8>, v: Vec<u8>) -> Result<(), ImportError> {
         // The device index is most of a store's keys (a key per device per group).
         let lane = usize::from(kind == Kind::Devices);
         let chunk = &mut self.lanes[lane].chunk;
@@ -83,7 +96,7 @@ impl Bulk {
         Ok(())
     }
 
-    fn send(&mut self, lane: usize) -> Result<(), String> {
+    fn send(&mut self, lane: usize) -> Result<(), ImportError> {
         let l = &mut self.lanes[lane];
         let chunk = std::mem::replace(&mut l.chunk, Vec::with_capacity(CHUNK));
         self.since_flush += chunk.len() as u64;
@@ -93,15 +106,19 @@ impl Bulk {
         }
         if self.since_flush >= FLUSH_EVERY {
             self.since_flush = 0;
-            self.db
-                .flush()
-                .map_err(|e| format!("writing the store: {e}"))?;
+            if let Some(tx) = &self.flush_tx {
+                match tx.try_send(()) {
+                    Ok(()) | Err(TrySendError::Full(())) => {}
+                    // The flusher has stopped: a flush failed, and says why.
+                    Err(TrySendError::Disconnected(())) => return self.join(),
+                }
+            }
         }
         Ok(())
     }
 
     /// Writes what is queued and waits for the writers; the first error, if any.
-    pub(super) fn finish(&mut self) -> Result<(), String> {
+    pub(super) fn finish(&mut self) -> Result<(), ImportError> {
         for lane in 0..self.lanes.len() {
             if !self.lanes[lane].chunk.is_empty() {
                 self.send(lane)?;
@@ -110,7 +127,7 @@ impl Bulk {
         self.join()
     }
 
-    fn join(&mut self) -> Result<(), String> {
+    fn join(&mut self) -> Result<(), ImportError> {
         let mut result = Ok(());
         for lane in &mut self.lanes {
             lane.tx = None;
@@ -118,8 +135,18 @@ impl Bulk {
                 continue;
             };
             let r = match worker.join() {
-                Ok(r) => r.map_err(|e| format!("writing the store: {e}")),
-                Err(_) => Err("writing the store: a writer thread panicked".to_string()),
+                Ok(r) => r.map_err(|e| ImportError::Write(e.to_string())),
+                Err(_) => Err(ImportError::Write("a writer thread panicked".into())),
+            };
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        self.flush_tx = None;
+        if let Some(flusher) = self.flusher.take() {
+            let r = match flusher.join() {
+                Ok(r) => r.map_err(|e| ImportError::Write(e.to_string())),
+                Err(_) => Err(ImportError::Write("the flusher thread panicked".into())),
             };
             if result.is_ok() {
                 result = r;
