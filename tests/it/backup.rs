@@ -429,17 +429,10 @@ fn a_restore_killed_at_any_moment_is_refused_and_a_second_restore_redoes_it() {
         let delay = std::time::Duration::from_millis(20 + seed % 600);
         let mut server = TestServer::unstarted(Options::default());
         let data = server.data_dir();
-        let mut cmd = std::process::Command::new(crate::support::BIN);
-        crate::support::clear_fleetgroups_env(&mut cmd);
-        let mut child = cmd
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("restore")
+        let mut child = crate::support::cli(&["restore"])
             .arg(&file)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("restore");
+            .data_dir(&data)
+            .spawn(std::process::Stdio::null(), std::process::Stdio::null());
         // The fault itself: SIGKILL after a seeded delay (not a wait for the restore).
         std::thread::sleep(delay);
         let _ = child.kill();
@@ -501,17 +494,10 @@ fn a_second_restore_into_the_same_directory_is_refused_and_touches_nothing() {
     big_backup(&source, &file, groups);
     let mut server = TestServer::unstarted(Options::default());
     let data = server.data_dir();
-    let mut cmd = std::process::Command::new(crate::support::BIN);
-    crate::support::clear_fleetgroups_env(&mut cmd);
-    let first = cmd
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("restore")
+    let first = crate::support::cli(&["restore"])
         .arg(&file)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("restore");
+        .data_dir(&data)
+        .spawn(std::process::Stdio::null(), std::process::Stdio::piped());
     let marker = data.join("restore-in-progress");
     crate::support::poll_until(
         std::time::Duration::from_secs(30),
