@@ -442,7 +442,7 @@ scen_restore() {
 # /readyz 200 and VmRSS at ready. The store is built without a million HTTP posts:
 # a fresh server is started once (its admin and sequences), a backup of it taken
 # with this binary, `helper.py gen-backup` writes that header and users plus the
-# groups in the backup format (src/backup.rs), and `fleetgroups restore` loads it
+# groups in the backup format (src/ops/backup.rs), and `fleetgroups restore` loads it
 # (timed too, for information).
 scen_ready_1m() {
   local n=${READY_GROUPS:-1000000} small=$WORK/$SCEN.fresh.jsonl file=$WORK/$SCEN.backup.jsonl r

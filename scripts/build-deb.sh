@@ -10,7 +10,7 @@
 #    run from a debug build, which compiled the crate a second time);
 # 2. target/release/fleetgroups-assets target/deb-assets writes the shell completions
 #    and man pages from the binary's own clap definitions and configuration
-#    declarations (src/assets.rs says why this is neither build.rs nor a hidden
+#    declarations (src/ops/assets.rs says why this is neither build.rs nor a hidden
 #    subcommand); the conffile is the repository's config.toml with data_dir and
 #    admin.socket set to the service's paths — the same two values
 #    systemd/fleetgroups.service sets, so a CLI started by hand finds the store and

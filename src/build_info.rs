@@ -10,7 +10,8 @@ pub const REVISION: &str = env!("FG_BUILD_REVISION");
 /// The target triple the binary was built for.
 pub const TARGET: &str = env!("FG_BUILD_TARGET");
 /// `rustc --version` without the leading `rustc `.
-pub const RUSTC: &str = env!("FG_BUILD_RUSTC");
+#[cfg(test)]
+const RUSTC: &str = env!("FG_BUILD_RUSTC");
 
 /// The build variable `build.rs` reads. The binary sees it too when a build and a run
 /// share one environment (CI exports it, then runs the tests), and every other

@@ -2,7 +2,7 @@
 //! `check-config` and `healthcheck`. Exit codes: 0 done, 1 failed, 2 bad usage or
 //! configuration. Secrets printed for the operator (a new API key) go alone on stdout; everything else goes to
 //! stderr. `user …` and `backup` go through the admin socket when a server answers on
-//! it and open the store themselves otherwise (admin.rs runs both the same way).
+//! it and open the store themselves otherwise (ops/admin.rs runs both the same way).
 //!
 //! Safe to use as root: commands that write into the data directory (`user …`,
 //! `backup`, `restore`) refuse to run as anyone but its owner (see [`owner_check`]),
@@ -15,8 +15,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::admin::{ClientError, Command as AdminCommand, LimitChange, Outcome, Output};
 use crate::config::{Config, Overrides};
+use crate::ops::admin::{ClientError, Command as AdminCommand, LimitChange, Outcome, Output};
 use crate::store::users::Role;
 use crate::store::{OpenError, Store};
 
@@ -273,16 +273,21 @@ pub fn main() -> ExitCode {
         Some(Command::Check) => check_store(&config),
         Some(Command::Restore { file, check: true }) => check_backup(&config, &file),
         Some(Command::Restore { file, check: false }) => restore(&config, &file),
-        Some(Command::Healthcheck) => match crate::healthcheck::probe(&config) {
-            Ok(note) => {
-                say(&format!("{note}\n"));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                say(&format!("fleetgroups: unhealthy: {}\n", e.0));
-                ExitCode::FAILURE
-            }
-        },
+        Some(Command::Healthcheck) => healthcheck(&config),
+    }
+}
+
+/// `healthcheck`: 0 with the probe's note, 1 with why the server is unhealthy.
+fn healthcheck(config: &Config) -> ExitCode {
+    match crate::ops::healthcheck::probe(config) {
+        Ok(note) => {
+            say(&format!("{note}\n"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            say(&format!("fleetgroups: unhealthy: {}\n", e.0));
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -339,6 +344,17 @@ fn backup_command(
     }
 }
 
+/// `config` once the files it names are checked: the TLS files and replication's
+/// password and CA files are part of the configuration, which a start would refuse.
+fn files_checked(config: Config) -> Result<Config, String> {
+    crate::server::tls::acceptor(&config.tls).map_err(|e| e.to_string())?;
+    if config.replication.enabled() {
+        crate::replication::Settings::from_config(&config.replication)
+            .map_err(|e| format!("configuration error: {e}"))?;
+    }
+    Ok(config)
+}
+
 /// `check-config`: the effective configuration and the file it came from, or what is
 /// wrong with it (exit 2). With `--output json`, one object on stdout either way:
 /// `{"valid":true,"configFile":…|null,"config":{…},"warnings":[…]}` or
@@ -352,17 +368,7 @@ fn check_config(
     let file_json = file
         .as_ref()
         .map(|f| serde_json::Value::from(f.to_string_lossy()));
-    // The TLS files and replication's password and CA files are part of the
-    // configuration: a start would refuse them.
-    let checked = loaded.map_err(|e| e.to_string()).and_then(|config| {
-        crate::tls::acceptor(&config.tls).map_err(|e| e.to_string())?;
-        if config.replication.enabled() {
-            crate::replication::Settings::from_config(&config.replication)
-                .map_err(|e| format!("configuration error: {e}"))?;
-        }
-        Ok(config)
-    });
-    let config = match checked {
+    let config = match loaded.map_err(|e| e.to_string()).and_then(files_checked) {
         Ok(c) => c,
         Err(e) => {
             if output == OutputFormat::Json {
@@ -424,29 +430,25 @@ fn owner_check(data_dir: &std::path::Path) -> Result<(), String> {
     }
 }
 
-/// A uid as people read it: `fleetgroups (uid 998)`, or `uid 998` without a name.
-pub(crate) fn who(uid: u32) -> String {
-    match crate::perms::user_name(uid) {
-        Some(n) => format!("{n} (uid {uid})"),
-        None => format!("uid {uid}"),
-    }
-}
-
 /// Who may answer on the admin socket (`admin::TrustedPeer`): the owner of the data
 /// directory's store (else of the directory itself: what `owner_check` holds the CLI
 /// to), or the CLI's own uid when there is no data directory yet.
-fn trusted_peer(data_dir: &std::path::Path) -> crate::admin::TrustedPeer {
+fn trusted_peer(data_dir: &std::path::Path) -> crate::ops::admin::TrustedPeer {
     use std::os::unix::fs::MetadataExt;
     match std::fs::metadata(data_dir.join("store")).or_else(|_| std::fs::metadata(data_dir)) {
-        Ok(meta) => crate::admin::TrustedPeer {
+        Ok(meta) => crate::ops::admin::TrustedPeer {
             owner: meta.uid(),
-            what: format!("the owner of {}, {}", data_dir.display(), who(meta.uid())),
+            what: format!(
+                "the owner of {}, {}",
+                data_dir.display(),
+                crate::perms::who(meta.uid())
+            ),
         },
         Err(_) => {
             let me = rustix::process::geteuid().as_raw();
-            crate::admin::TrustedPeer {
+            crate::ops::admin::TrustedPeer {
                 owner: me,
-                what: format!("this command's own user, {}", who(me)),
+                what: format!("this command's own user, {}", crate::perms::who(me)),
             }
         }
     }
@@ -580,7 +582,7 @@ impl From<UserCommand> for AdminCommand {
 fn run_admin(config: &Config, command: AdminCommand) -> ExitCode {
     let socket = config.admin_socket();
     let trusted = trusted_peer(&config.data_dir);
-    let outcome = match crate::admin::request(&socket, &command, &trusted) {
+    let outcome = match crate::ops::admin::request(&socket, &command, &trusted) {
         Ok(outcome) => outcome,
         Err(ClientError::Failed(why)) => Outcome::failed(1, why),
         Err(ClientError::NotRunning(why)) => offline(config, &command, &why),
@@ -625,7 +627,7 @@ fn offline(config: &Config, command: &AdminCommand, socket_error: &str) -> Outco
     }
     match Store::open(&config.data_dir, &crate::app::store_options(config)) {
         Ok(store) => {
-            let outcome = crate::admin::execute(command, &store, None);
+            let outcome = crate::ops::admin::execute(command, &store, None);
             if let Err(e) = store.close() {
                 return Outcome::failed(1, format!("closing the store: {e}"));
             }
@@ -646,7 +648,7 @@ fn restore(config: &Config, file: &std::path::Path) -> ExitCode {
     // What restore keeps but warns about (names the current rules refuse) is logged.
     crate::log::init(&config.log.level, config.log.format);
     let restored =
-        crate::backup::restore(&config.data_dir, &crate::app::store_options(config), file);
+        crate::ops::backup::restore(&config.data_dir, &crate::app::store_options(config), file);
     // The log writer thread dies with the process: let it write the warnings first.
     crate::log::flush();
     match restored {
@@ -668,13 +670,13 @@ fn restore(config: &Config, file: &std::path::Path) -> ExitCode {
 fn check_backup(config: &Config, file: &std::path::Path) -> ExitCode {
     // Warnings restore would log (names the current rules refuse) show here too.
     crate::log::init(&config.log.level, config.log.format);
-    let checked = crate::backup::check(file, config.limits.max_devices_per_group);
+    let checked = crate::ops::backup::check(file, config.limits.max_devices_per_group);
     crate::log::flush();
     match checked {
         Ok(c) => {
             let encoding = match c.encoding {
-                crate::backup::Encoding::Gzip => "gzip",
-                crate::backup::Encoding::Plain => "plain",
+                crate::ops::backup::Encoding::Gzip => "gzip",
+                crate::ops::backup::Encoding::Plain => "plain",
             };
             let summary = format!(
                 "{}: a valid fleetgroups backup ({encoding}, created {}, store format {})\n{}; {} records\n",

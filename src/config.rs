@@ -79,7 +79,7 @@ pub struct AuthConfig {
     /// Argon2 verifications allowed to run at once (each uses ~19 MiB and one core).
     pub hash_concurrency: usize,
     /// Most userNames, and separately most client addresses, the failed-login table
-    /// tracks (`login_limiter.rs` says what happens when it is full).
+    /// tracks (`auth/login_limiter.rs` says what happens when it is full).
     pub failed_login_max_entries: usize,
 }
 
@@ -483,24 +483,14 @@ impl Config {
         Self::file(overrides, &fleetgroups_env())
     }
 
-    /// Checks values that parse but cannot work. (Long only by its table of floors.)
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
-        if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad(
-                "listen",
-                "must be an IP address and port, e.g. 127.0.0.1:8080",
-            );
-        }
-        if self.data_dir.as_os_str().is_empty() {
-            return bad("data_dir", "must not be empty");
-        }
-        // Numbers with a floor, in the order they are reported.
+    /// The numbers with a floor: key, value, floor, in the order they are reported.
+    // Long because it is one row per key with a floor: a table reads best whole.
+    fn floors(&self) -> Vec<(&'static str, u64, u64)> {
         fn n<T: TryInto<u64>>(v: T) -> u64 {
             v.try_into().unwrap_or(u64::MAX)
         }
         let (auth, limits) = (&self.auth, &self.limits);
-        let floors = [
+        vec![
             ("auth.token_ttl_secs", n(auth.token_ttl_secs), 1),
             ("auth.tokens_per_user", n(auth.tokens_per_user), 1),
             ("auth.max_failed_logins", n(auth.max_failed_logins), 1),
@@ -577,8 +567,23 @@ impl Config {
                 n(self.retention.changes_max_mb),
                 1,
             ),
-        ];
-        for (key, value, floor) in floors {
+        ]
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "listen",
+                "must be an IP address and port, e.g. 127.0.0.1:8080",
+            );
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "must not be empty");
+        }
+        for (key, value, floor) in self.floors() {
             if value < floor {
                 return bad(key, &format!("must be at least {floor}"));
             }
@@ -761,26 +766,33 @@ fn belongs_elsewhere(section: &str, key: &str) -> Option<String> {
 /// The `[replication]` checks of [`Config::validate`].
 fn validate_replication(r: &ReplicationConfig) -> Result<(), ConfigError> {
     let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
-    if !(1..=10_000).contains(&r.batch_size) {
-        return bad("replication.batch_size", "must be from 1 to 10000");
-    }
-    if r.idle_disconnect_secs > 86_400 {
-        return bad(
-            "replication.idle_disconnect_secs",
-            "must be from 0 (keep the connection open) to 86400",
-        );
-    }
-    if !(1..=86_400).contains(&r.heartbeat_secs) {
-        return bad("replication.heartbeat_secs", "must be from 1 to 86400");
-    }
-    if r.central_changes_days > 36_500 {
-        return bad(
-            "replication.central_changes_days",
-            "must be from 0 (keep for ever) to 36500",
-        );
-    }
-    if !(1..=86_400).contains(&r.pull_secs) {
-        return bad("replication.pull_secs", "must be from 1 to 86400");
+    // Key, value, the allowed range, and what its least value means when that is 0.
+    let ranges = [
+        ("batch_size", r.batch_size, 1, 10_000, ""),
+        (
+            "idle_disconnect_secs",
+            r.idle_disconnect_secs,
+            0,
+            86_400,
+            " (keep the connection open)",
+        ),
+        ("heartbeat_secs", r.heartbeat_secs, 1, 86_400, ""),
+        (
+            "central_changes_days",
+            r.central_changes_days,
+            0,
+            36_500,
+            " (keep for ever)",
+        ),
+        ("pull_secs", r.pull_secs, 1, 86_400, ""),
+    ];
+    for (key, value, least, most, meaning) in ranges {
+        if !(least..=most).contains(&value) {
+            return bad(
+                &format!("replication.{key}"),
+                &format!("must be from {least}{meaning} to {most}"),
+            );
+        }
     }
     if !r.gateway_id.is_empty() && !valid_gateway_id(&r.gateway_id) {
         return bad(
@@ -805,7 +817,7 @@ fn validate_replication(r: &ReplicationConfig) -> Result<(), ConfigError> {
 
 /// Every known key as (section or "", key, default value), derived from the defaults so
 /// the list cannot drift from the struct (also what the manual pages and
-/// docs/configuration.md are generated from, `assets.rs`).
+/// docs/configuration.md are generated from, `ops/assets.rs`).
 pub fn known_keys() -> Vec<(String, String, toml::Value)> {
     let mut out = Vec::new();
     if let Ok(toml::Value::Table(top)) = toml::Value::try_from(Config::default()) {
@@ -1032,25 +1044,23 @@ mod tests {
     #[test]
     fn a_key_in_the_wrong_place_says_where_it_belongs() {
         // The common slip: a top-level key appended at the end of the file.
-        let e = load(
-            &[],
-            Some("[limits]\nmax_body_bytes = 5\nlisten = \"0.0.0.0:1\"\n"),
-        )
-        .unwrap_err();
-        assert!(
-            e.0.ends_with("limits.listen: unknown key; `listen` is a top-level key: put it above the first [section] of the file (after [limits], TOML reads it as limits.listen)"),
-            "{e}"
-        );
-        let e = load(&[], Some("durability = \"relaxed\"\n")).unwrap_err();
-        assert!(
-            e.0.ends_with("durability: unknown key; `durability` belongs in the [storage] section"),
-            "{e}"
-        );
-        let e = load(&[], Some("[auth]\ncache_mb = 9\n")).unwrap_err();
-        assert!(
-            e.0.ends_with("`cache_mb` belongs in the [storage] section"),
-            "{e}"
-        );
+        for (file, says) in [
+            (
+                "[limits]\nmax_body_bytes = 5\nlisten = \"0.0.0.0:1\"\n",
+                "limits.listen: unknown key; `listen` is a top-level key: put it above the first [section] of the file (after [limits], TOML reads it as limits.listen)",
+            ),
+            (
+                "durability = \"relaxed\"\n",
+                "durability: unknown key; `durability` belongs in the [storage] section",
+            ),
+            (
+                "[auth]\ncache_mb = 9\n",
+                "`cache_mb` belongs in the [storage] section",
+            ),
+        ] {
+            let e = load(&[], Some(file)).unwrap_err();
+            assert!(e.0.ends_with(says), "{e}");
+        }
         // A key known nowhere keeps toml's own message.
         let e = load(&[], Some("[limits]\nnonsense = 1\n")).unwrap_err();
         assert!(

@@ -237,7 +237,8 @@ impl ApiError {
     }
 
     /// Whether this answer is refused for a limit, and so does not count as usage (§3).
-    pub fn is_limit(&self) -> bool {
+    #[cfg(test)]
+    fn is_limit(&self) -> bool {
         matches!(
             self,
             ApiError::RateLimited { .. } | ApiError::DailyLimitExceeded { .. }

@@ -23,7 +23,7 @@
 //! as before ([`Journald`]).
 //!
 //! The log level — a level or `EnvFilter` directives, a checked [`LogLevel`] — sits
-//! behind a reload layer: SIGHUP changes it ([`Level::set`], called by `reload.rs`). The format
+//! behind a reload layer: SIGHUP changes it ([`Level::set`], called by `server/reload.rs`). The format
 //! (text or JSON) needs a restart.
 
 use std::collections::VecDeque;
@@ -52,12 +52,12 @@ const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Lines dropped since the process started: the queue was full or stderr refused the
 /// write. A process-wide static because the log destination is process-wide (the
-/// subscriber is global and fd 2 is one per process); `metrics.rs` reads it through
+/// subscriber is global and fd 2 is one per process); `metrics/mod.rs` reads it through
 /// [`lines_dropped`], so metrics depends on this module and not the other way round.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// The queue, once [`init`] has started the writer thread. Only [`flush`] needs to find
-/// it without a handle (at exit, including `signals.rs`'s "exit at once").
+/// it without a handle (at exit, including `server/signals.rs`'s "exit at once").
 static SINK: OnceLock<Arc<Sink>> = OnceLock::new();
 
 /// Log lines dropped so far (`fleetgroups_log_lines_dropped_total`).
@@ -526,22 +526,33 @@ mod tests {
         assert!(lines_dropped() >= before + 10);
     }
 
+    /// A writer the test reads back: what the log writer or a subscriber wrote.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
     #[test]
     fn lines_arrive_whole_and_in_order() {
         let sink = Arc::new(Sink::default());
-        let out = Arc::new(Mutex::new(Vec::new()));
-        struct Shared(Arc<Mutex<Vec<u8>>>);
-        impl Write for Shared {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
+        let out = Buf::default();
         let drained = Arc::clone(&sink);
-        let target = Shared(Arc::clone(&out));
+        let target = out.clone();
         std::thread::spawn(move || drained.drain(&mut { target }));
         for i in 0..100 {
             let mut l = Line {
@@ -553,7 +564,7 @@ mod tests {
             writeln!(l, "{i}").unwrap();
         }
         sink.flush(Instant::now() + Duration::from_secs(10));
-        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let expected: String = (0..100).map(|i| format!("line {i}\n")).collect();
         assert_eq!(text, expected);
     }
@@ -613,24 +624,6 @@ mod tests {
 
     #[test]
     fn journald_lines_carry_the_priority_and_no_timestamp() {
-        use tracing_subscriber::fmt::MakeWriter;
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        impl<'a> MakeWriter<'a> for Buf {
-            type Writer = Buf;
-            fn make_writer(&'a self) -> Buf {
-                self.clone()
-            }
-        }
         let out = Buf::default();
         let subscriber = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)

@@ -15,7 +15,7 @@ mod malloc {
     /// log buffer at every flush (one per group commit) and frees it once written, so
     /// under writes the arenas filled with those buffers. Fixed, every block of
     /// 128 KiB or more is its own mapping, unmapped on free (and so is the 19 MiB argon2
-    /// buffer, see `hashing.rs`).
+    /// buffer, see `auth/hashing.rs`).
     ///
     /// Measured on the 2-core machine (issue 10; release build, the argon2 buffer
     /// already given back when idle; VmHWM, medians of 2 side-by-side runs): peak RSS

@@ -146,10 +146,6 @@ pub fn foreign_owner(data_dir: &Path) -> Option<ForeignOwner> {
         return None;
     }
     let owner = user_name(meta.uid());
-    let who = |name: &Option<String>, uid: u32| match name {
-        Some(n) => format!("{n} (uid {uid})"),
-        None => format!("uid {uid}"),
-    };
     let command = shell_words(std::env::args_os());
     let run_as_owner = match (&owner, me) {
         (Some(name), 0) => format!("runuser -u {name} -- {command}"),
@@ -171,16 +167,28 @@ pub fn foreign_owner(data_dir: &Path) -> Option<ForeignOwner> {
         shell_words(std::iter::once(data_dir.as_os_str().to_owned()))
     );
     Some(ForeignOwner {
-        owner: who(&owner, meta.uid()),
-        me: who(&my_name, me),
+        owner: named(owner.as_deref(), meta.uid()),
+        me: named(my_name.as_deref(), me),
         run_as_owner,
         chown_to_me,
     })
 }
 
+/// A uid as people read it: `fleetgroups (uid 998)`, or `uid 998` without a name.
+pub fn who(uid: u32) -> String {
+    named(user_name(uid).as_deref(), uid)
+}
+
+fn named(name: Option<&str>, uid: u32) -> String {
+    match name {
+        Some(n) => format!("{n} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
+}
+
 /// The name of `uid` from `/etc/passwd`, if it is there (a systemd `DynamicUser` is
 /// not; then the hint uses numbers).
-pub fn user_name(uid: u32) -> Option<String> {
+fn user_name(uid: u32) -> Option<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
         let mut fields = line.split(':');

@@ -15,7 +15,7 @@
 //! `now_ms` stays for the store, which does not take a clock yet.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// One reading of both clocks, taken together so a decision that needs both (the
 /// daily counter: the UTC day from the wall, the time it has been counting from the
@@ -51,6 +51,7 @@ impl Clock {
         Clock { manual: None }
     }
 
+    #[cfg(test)]
     /// A clock that stands still at `wall_ms` (and the monotonic time of its creation)
     /// until [`advance`](Clock::advance) or [`step_wall`](Clock::step_wall) move it.
     pub fn manual(wall_ms: i64) -> Clock {
@@ -80,9 +81,10 @@ impl Clock {
         self.now().mono
     }
 
+    #[cfg(test)]
     /// Lets `by` pass on both clocks of a manual clock; the system clock moves by
     /// itself, so there this does nothing.
-    pub fn advance(&self, by: Duration) {
+    pub fn advance(&self, by: std::time::Duration) {
         if let Some(m) = &self.manual {
             let mut now = crate::sync::lock(m);
             now.mono += by;
@@ -92,6 +94,7 @@ impl Clock {
         }
     }
 
+    #[cfg(test)]
     /// Steps the wall clock of a manual clock by `ms` (negative: back), as NTP does to
     /// a gateway that booted at a wrong date; the monotonic clock does not move.
     pub fn step_wall(&self, ms: i64) {
@@ -195,6 +198,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn formats_known_instants() {

@@ -5,13 +5,13 @@
 //! raw path, and never picks a status code for an error. The HTTP layer
 //! (`http/dispatch.rs`) calls them; nothing here imports `http/`.
 
-pub mod auth;
-pub mod changes;
-pub mod devices;
-pub mod groups;
-pub mod openapi;
+pub(crate) mod changes;
+pub(crate) mod devices;
+pub(crate) mod groups;
+pub(crate) mod login;
+pub(crate) mod openapi;
 pub(crate) mod ops;
-pub mod reply;
+mod reply;
 
 pub use reply::{Chunks, Reply, Streamed};
 

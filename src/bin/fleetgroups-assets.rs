@@ -1,5 +1,5 @@
 //! `fleetgroups-assets DIR`: writes the shell completions and man pages of the
-//! `fleetgroups` command line into DIR (see `src/assets.rs` for the layout and for why
+//! `fleetgroups` command line into DIR (see `src/ops/assets.rs` for the layout and for why
 //! this is a program of its own). A packaging tool, not part of the package:
 //! `scripts/build-deb.sh` runs it (`cargo run --release --bin fleetgroups-assets`).
 //! `fleetgroups-assets --config-table` prints the key table of docs/configuration.md.
@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     if dir == "--config-table" {
-        return match fleetgroups::assets::config_table_markdown() {
+        return match fleetgroups::ops::assets::config_table_markdown() {
             Ok(table) => {
                 print!("{table}");
                 ExitCode::SUCCESS
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match fleetgroups::assets::generate(fleetgroups::cli::Cli::command(), dir.as_ref()) {
+    match fleetgroups::ops::assets::generate(fleetgroups::cli::Cli::command(), dir.as_ref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fleetgroups-assets: {e}");

@@ -3,7 +3,7 @@
 //! off as soon as it passes the limit, and a body that does not arrive within
 //! `limits.body_timeout_secs` is a 408. Then the bytes are parsed as JSON (400).
 //!
-//! Every body is also paid for from the shared body budget (`budget.rs`,
+//! Every body is also paid for from the shared body budget (`app/budget.rs`,
 //! `limits.body_budget_bytes`) before it is read: a declared length at once, a chunked
 //! body `CHUNKED_STEP` ahead of what has arrived. A body whose share is not free within
 //! `BUDGET_WAIT` is refused with 503 `server_busy`; the share is held until the
@@ -20,8 +20,8 @@ use serde_json::Value;
 
 // The body types are the handlers' (`api/`); this file produces them.
 pub use crate::api::{BodyKind, JsonBody};
+use crate::app::budget::{Budget, Share};
 use crate::error::ApiError;
-use crate::http::budget::{Budget, Share};
 use crate::http::router::Op;
 
 /// How long a body waits for its share of the body budget before it is refused: long
@@ -30,7 +30,7 @@ use crate::http::router::Op;
 pub const BUDGET_WAIT: Duration = Duration::from_secs(1);
 
 /// What a chunked body (no declared length) reserves ahead of what has arrived. hyper
-/// hands over at most its read buffer (64 KiB, `server.rs`) at a time.
+/// hands over at most its read buffer (64 KiB, `server/mod.rs`) at a time.
 const CHUNKED_STEP: u64 = 64 * 1024;
 
 /// The declared `Content-Length`, if any.

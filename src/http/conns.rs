@@ -148,11 +148,6 @@ impl Conns {
         lock(&self.table).len()
     }
 
-    /// Whether no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Asks one connection to close to make room: the one idle the longest, else the
     /// ones stalled the longest — up to `CUT_BATCH` of them at once, since clients that
     /// stopped reading rarely come alone, and each cut frees its permit only once its
@@ -324,16 +319,10 @@ impl<S> Watched<S> {
                     }
                 };
                 match stall.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        self.conns
-                            .stats
-                            .write_timeouts
-                            .fetch_add(1, Ordering::Relaxed);
-                        Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the client took none of the answer within limits.write_timeout_secs",
-                        )))
-                    }
+                    Poll::Ready(()) => cut(
+                        &self.conns.stats.write_timeouts,
+                        "the client took none of the answer within limits.write_timeout_secs",
+                    ),
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -358,15 +347,18 @@ impl<S> Watched<S> {
             self.window = None;
             return r;
         }
-        self.conns
-            .stats
-            .slow_readers
-            .fetch_add(1, Ordering::Relaxed);
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
+        cut(
+            &self.conns.stats.slow_readers,
             "the client took its answer slower than limits.min_read_bytes_per_sec",
-        )))
+        )
     }
+}
+
+/// Ends a write that the client does not take: counted in `counter`, and the error
+/// hyper sees (`TimedOut`) closes the connection.
+fn cut<T>(counter: &AtomicU64, why: &'static str) -> Poll<io::Result<T>> {
+    counter.fetch_add(1, Ordering::Relaxed);
+    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)))
 }
 
 impl<S> Drop for Watched<S> {

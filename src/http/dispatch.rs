@@ -81,7 +81,7 @@ pub fn user_call(op: Op, params: &[String]) -> Result<UserCall<'_>, ApiError> {
 /// Calls the handler of a route without authentication.
 pub async fn call_public(call: PublicCall, ctx: Ctx<'_>) -> Result<Reply, ApiError> {
     match call {
-        PublicCall::Token => api::auth::token(ctx).await,
+        PublicCall::Token => api::login::token(ctx).await,
         PublicCall::OpenApi => Ok(api::openapi::reply()),
         PublicCall::Healthz => Ok(api::ops::healthz()),
         PublicCall::Readyz => api::ops::readyz(ctx.app),

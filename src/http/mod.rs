@@ -1,17 +1,16 @@
 //! The HTTP layer: turns a hyper request into a call of one handler and the handler's
-//! result (or error) into a hyper response. Only this module and `server.rs` touch
+//! result (or error) into a hyper response. Only this module and `server/` touch
 //! hyper. Per request it: assigns the request ID, routes, authenticates and counts
 //! usage, checks the role, reads the body, calls the handler (`dispatch.rs`; a panic
 //! becomes a 500 for this request only), renders the envelope, records metrics and
 //! writes one log line. It calls into `api/`; nothing there calls back.
 
 pub mod body;
-pub mod budget;
-pub mod conns;
-pub mod dispatch;
-pub mod response;
+pub(crate) mod conns;
+mod dispatch;
+mod response;
 pub mod router;
-pub mod stream;
+mod stream;
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -27,13 +26,13 @@ use hyper::header::{
 use hyper::{HeaderMap, Request, Response, StatusCode, Version};
 
 use crate::api::{Ctx, JsonBody, Reply, RequestInfo};
+use crate::app::budget::Share;
 use crate::app::App;
+use crate::auth::usage::Limits;
 use crate::error::{ApiError, TokenRefusal};
 use crate::json::push_member;
 use crate::store::users::{Role, UserRecord};
-use crate::usage::Limits;
 use body::{check_headers, content_length, read_json, BodyRead};
-use budget::Share;
 use dispatch::{call_public, call_user, public_call, user_call};
 use response::{error_body, success_body, success_head};
 use router::Op;
@@ -45,7 +44,11 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Serves one request. Never fails: every outcome is a response.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<OutBody> {
+pub(crate) async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<OutBody> {
     let started = Instant::now();
     let request_id = request_id(req.headers());
     let method = req.method().as_str().to_string();
@@ -149,24 +152,13 @@ async fn answer(
     } else {
         None
     };
-    let info = RequestInfo {
-        if_match: header_string(req.headers(), &IF_MATCH),
-        if_none_match: header_string(req.headers(), &IF_NONE_MATCH),
-        idempotency_key: header_string(req.headers(), &IDEMPOTENCY_KEY),
-        peer: Some(peer.ip()),
-        query: req.uri().query().map(str::to_string),
-    };
+    let info = request_info(&req, peer);
     // The body's share of the body budget is held until the handler is done with it.
     let (body, _body_share) = read_body(app, op, req).await?;
     if op == Op::Token {
         // A login has no bearer user yet; the log names the user it is for.
-        if let Some(name) = body
-            .as_ref()
-            .and_then(|b| b.value.get("userName"))
-            .and_then(serde_json::Value::as_str)
-            .filter(|n| app.auth.is_user(n))
-        {
-            seen.user = Some(name.to_string());
+        if let Some(name) = login_user(app, body.as_ref()) {
+            seen.user = Some(name);
         }
     }
     // Path parameters are parsed only now, after authentication and the body, so a
@@ -199,6 +191,26 @@ async fn answer(
             call_user(user_call(op, &matched.params)?, ctx).await
         }
     }
+}
+
+/// What a handler may read of the request's headers, its peer and its query.
+fn request_info(req: &Request<Incoming>, peer: SocketAddr) -> RequestInfo {
+    RequestInfo {
+        if_match: header_string(req.headers(), &IF_MATCH),
+        if_none_match: header_string(req.headers(), &IF_NONE_MATCH),
+        idempotency_key: header_string(req.headers(), &IDEMPOTENCY_KEY),
+        peer: Some(peer.ip()),
+        query: req.uri().query().map(str::to_string),
+    }
+}
+
+/// A login's `userName`, for the log, only when such a user exists (so a key typed
+/// into the wrong field is never logged).
+fn login_user(app: &App, body: Option<&JsonBody>) -> Option<String> {
+    body.and_then(|b| b.value.get("userName"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|n| app.auth.is_user(n))
+        .map(str::to_string)
 }
 
 /// The bearer token's user, counted against its limits and checked for the role `op`

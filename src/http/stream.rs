@@ -7,7 +7,7 @@
 //!
 //! A whole answer is handed over in `SLICE`-sized pieces of one buffer (no copy), so
 //! hyper takes the next piece only when it has written the previous: the answer's
-//! share of the answer budget (`budget.rs`), which it carries, is given back when the
+//! share of the answer budget (`app/budget.rs`), which it carries, is given back when the
 //! last piece has been taken, not when the first is queued.
 //!
 //! Once a streamed answer has begun, its status line is sent; a read error later can
@@ -22,7 +22,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::api::Chunks;
-use crate::http::budget::Share;
+use crate::app::budget::Share;
 
 /// The piece of a whole answer handed to hyper at a time.
 pub const SLICE: usize = 64 * 1024;
@@ -179,7 +179,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_whole_answer_goes_in_pieces_and_gives_its_share_back_at_the_end() {
-        let budget = crate::http::budget::Budget::new(1 << 20);
+        let budget = crate::app::budget::Budget::new(1 << 20);
         let answer: Vec<u8> = (0..SLICE * 2 + 10).map(|i| (i % 251) as u8).collect();
         let mut body = OutBody::full(answer.clone());
         body.hold(budget.try_take(answer.len() as u64).unwrap());

@@ -102,44 +102,17 @@ pub fn read() -> Process {
 /// Appends the process metrics to a scrape.
 pub fn render(out: &mut String) {
     let p = read();
-    let lines: [(&str, &str, &str, Option<String>); 6] = [
-        (
-            "process_resident_memory_bytes",
-            "gauge",
-            "Resident memory size in bytes.",
-            p.resident_bytes.map(|v| v.to_string()),
-        ),
-        (
-            "process_virtual_memory_bytes",
-            "gauge",
-            "Virtual memory size in bytes.",
-            p.virtual_bytes.map(|v| v.to_string()),
-        ),
-        (
-            "process_cpu_seconds_total",
-            "counter",
-            "Total user and system CPU time spent in seconds.",
-            p.cpu_seconds.map(|v| v.to_string()),
-        ),
-        (
-            "process_open_fds",
-            "gauge",
-            "Number of open file descriptors.",
-            p.open_fds.map(|v| v.to_string()),
-        ),
-        (
-            "process_max_fds",
-            "gauge",
-            "Maximum number of open file descriptors (the soft limit).",
-            p.max_fds.map(|v| v.to_string()),
-        ),
-        (
-            "process_start_time_seconds",
-            "gauge",
-            "Start time of the process since unix epoch in seconds.",
-            // Clock ticks are 10 ms: two decimals say all there is.
-            p.start_time_seconds.map(|v| format!("{v:.2}")),
-        ),
+    let n = |v: Option<u64>| v.map(|v| v.to_string());
+    // One metric a row: name, type, help, value (None: /proc did not say).
+    #[rustfmt::skip]
+    let lines = [
+        ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", n(p.resident_bytes)),
+        ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", n(p.virtual_bytes)),
+        ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", p.cpu_seconds.map(|v| v.to_string())),
+        ("process_open_fds", "gauge", "Number of open file descriptors.", n(p.open_fds)),
+        ("process_max_fds", "gauge", "Maximum number of open file descriptors (the soft limit).", n(p.max_fds)),
+        // Clock ticks are 10 ms: two decimals say all there is.
+        ("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", p.start_time_seconds.map(|v| format!("{v:.2}"))),
     ];
     for (name, kind, help, value) in lines {
         if let Some(value) = value {

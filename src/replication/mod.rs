@@ -8,9 +8,10 @@
 //! (the life of a replicator: offline until there is something to ship or a heartbeat
 //! is due, connected only while busy, backoff with full jitter, one log line per state
 //! change, and the periodic steps: heartbeat, retention of central changes, the
-//! office-groups pull of `crate::office`); `stream`
+//! office-groups pull of `office`, the central side of office groups); `stream`
 //! (batches with a compare-and-set on `applied_seq`); `resync` (a snapshot replaces
-//! the gateway's central rows).
+//! the gateway's central rows); `central` (the gateway's row and its groups' rows, which
+//! both write).
 //!
 //! Nothing here is on the request path: requests never wait for it, and it never holds
 //! the store's writer lock. Every statement is unnamed and every multi-statement step
@@ -18,6 +19,8 @@
 //! unnoticed. The password is never logged, put in an error message, a metric or
 //! `check-config` (`pg_url::redact`, `Settings::scrub`).
 
+mod central;
+pub(crate) mod office;
 mod resync;
 mod schema;
 mod session;
@@ -34,9 +37,9 @@ use crate::app::App;
 use crate::store::Error as StoreError;
 
 pub use schema::SCHEMA_VERSION;
-pub use settings::Settings;
+pub(crate) use settings::Settings;
 
-/// A failure of one attempt: its metric kind (`metrics::ERROR_KINDS`) and a message
+/// A failure of one attempt: its metric kind (`metrics::replication::ERROR_KINDS`) and a message
 /// safe to log.
 #[derive(Debug)]
 struct Failure {
@@ -96,7 +99,10 @@ fn to_i64(n: u64) -> i64 {
 
 /// Starts the replicator when `[replication]` is configured. It stops when `stop`
 /// turns true; the returned handle ends then.
-pub fn spawn(app: &Arc<App>, stop: watch::Receiver<bool>) -> Option<tokio::task::JoinHandle<()>> {
+pub(crate) fn spawn(
+    app: &Arc<App>,
+    stop: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
     if !app.config.replication.enabled() {
         return None;
     }

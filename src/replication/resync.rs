@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use super::stream::{read_central, row_json, upsert, Central};
+use super::central::{read_central, row_json, write_rows, Central, UPSERT};
 use super::{pg_failure, store_failure, to_i64, Failure, Settings};
 use crate::app::App;
 use crate::store::feed::Snapshot;
@@ -70,7 +70,7 @@ pub(super) async fn resync(
     .await
     .map_err(f)?;
     for chunk in rows.chunks(2000) {
-        upsert(&tx, &s.gateway_id, chunk.to_vec())
+        write_rows(&tx, UPSERT, &s.gateway_id, chunk.to_vec())
             .await
             .map_err(f)?;
     }

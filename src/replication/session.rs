@@ -17,7 +17,7 @@
 //! The periodic steps live in `Connected::periodic`: the heartbeat (`heartbeat_secs`,
 //! jittered; last seen, head seq, version, revision) and retention of central changes
 //! (one gateway at a time fleet-wide, under an advisory lock), and the office-groups
-//! pull (`crate::office`: at every connect, then every `pull_secs`, jittered; a due
+//! pull (`crate::replication::office`: at every connect, then every `pull_secs`, jittered; a due
 //! pull is a reason to connect). A failing pull is counted and retried on its own
 //! backoff, and ends the session only when the connection is gone: office groups never
 //! hold up the push of the gateway's own changes.
@@ -32,6 +32,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
+use super::settings::Conn;
 use super::stream::{self, Shipped};
 use super::{pg_failure, schema, to_i64, Failure, Settings};
 use crate::app::App;
@@ -131,7 +132,7 @@ struct Replicator {
     refusals: u32,
     timers: Timers,
     /// The office-groups pull: what it logged and reported, across sessions.
-    office: crate::office::Puller,
+    office: crate::replication::office::Puller,
     /// The pull's own backoff, and whether it is failing (one log line per change).
     office_backoff: Backoff,
     office_failing: bool,
@@ -153,7 +154,7 @@ pub(super) async fn run(app: Arc<App>, s: Settings, mut stop: watch::Receiver<bo
             prune: now,
             office: now,
         },
-        office: crate::office::Puller::default(),
+        office: crate::replication::office::Puller::default(),
         office_backoff: Backoff::default(),
         office_failing: false,
     };
@@ -213,9 +214,8 @@ impl Replicator {
         }
     }
 
-    /// One connection's life: ship, run the periodic steps, wait for more; until idle,
-    /// stopped, or failed.
-    async fn session(&mut self, mut stop: watch::Receiver<bool>) -> Result<End, Failure> {
+    /// A connection to the centre, its schema brought up to date on the first one.
+    async fn connect(&mut self) -> Result<Conn, Failure> {
         let mut conn = self
             .s
             .connect()
@@ -225,6 +225,13 @@ impl Replicator {
             schema::ensure(&mut conn.client, &self.s).await?;
             self.schema_ok = true;
         }
+        Ok(conn)
+    }
+
+    /// One connection's life: ship, run the periodic steps, wait for more; until idle,
+    /// stopped, or failed.
+    async fn session(&mut self, mut stop: watch::Receiver<bool>) -> Result<End, Failure> {
+        let mut conn = self.connect().await?;
         // Office groups are pulled whenever connected: at once, then every pull_secs.
         self.timers.office = Instant::now();
         self.office.reconnected();
@@ -380,22 +387,8 @@ impl Replicator {
             if !locked {
                 break;
             }
-            if round == 0 {
-                let period = PRUNE_EVERY.as_secs_f64();
-                let due = tx
-                    .query_typed_opt(
-                        "INSERT INTO fleetgroups.maintenance AS m (job, last_run)
-                         VALUES ('prune_changes', now())
-                         ON CONFLICT (job) DO UPDATE SET last_run = now()
-                         WHERE m.last_run < now() - make_interval(secs => $1)
-                         RETURNING 1",
-                        &[(&period, Type::FLOAT8)],
-                    )
-                    .await
-                    .map_err(f)?;
-                if due.is_none() {
-                    break;
-                }
+            if round == 0 && !claim_prune(&tx).await.map_err(f)? {
+                break;
             }
             let n = tx
                 .execute_typed(
@@ -470,6 +463,23 @@ impl Replicator {
         );
         self.link = Link::Down(f.kind);
     }
+}
+
+/// Claims this period's prune in `fleetgroups.maintenance`: false when another gateway
+/// pruned within `PRUNE_EVERY`.
+async fn claim_prune(tx: &tokio_postgres::Transaction<'_>) -> Result<bool, tokio_postgres::Error> {
+    let period = PRUNE_EVERY.as_secs_f64();
+    let due = tx
+        .query_typed_opt(
+            "INSERT INTO fleetgroups.maintenance AS m (job, last_run)
+             VALUES ('prune_changes', now())
+             ON CONFLICT (job) DO UPDATE SET last_run = now()
+             WHERE m.last_run < now() - make_interval(secs => $1)
+             RETURNING 1",
+            &[(&period, Type::FLOAT8)],
+        )
+        .await?;
+    Ok(due.is_some())
 }
 
 #[cfg(test)]

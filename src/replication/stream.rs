@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
+use super::central::{read_central, row_json, write_rows, DELETE, UPSERT};
 use super::{pg_failure, store_failure, to_i64, Failure, Settings};
 use crate::app::App;
 use crate::store::feed::{parse_entry, FeedPage};
@@ -22,39 +23,6 @@ use crate::store::Error as StoreError;
 
 /// Most entry JSON in one batch, whatever `batch_size` says.
 const MAX_BATCH_BYTES: usize = 8 << 20;
-
-/// The centre's row for this gateway.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Central {
-    pub store_id: String,
-    pub applied_seq: u64,
-}
-
-impl Central {
-    fn of(r: &tokio_postgres::Row) -> Central {
-        Central {
-            store_id: r.get(0),
-            applied_seq: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
-        }
-    }
-}
-
-/// The centre's row for this gateway; `FOR UPDATE` when `lock` (inside a transaction).
-pub(super) async fn read_central(
-    client: &impl tokio_postgres::GenericClient,
-    s: &Settings,
-    lock: bool,
-) -> Result<Option<Central>, tokio_postgres::Error> {
-    let sql = if lock {
-        "SELECT store_id, applied_seq FROM fleetgroups.gateways WHERE gateway_id = $1 FOR UPDATE"
-    } else {
-        "SELECT store_id, applied_seq FROM fleetgroups.gateways WHERE gateway_id = $1"
-    };
-    let rows = client
-        .query_typed(sql, &[(&s.gateway_id, Type::TEXT)])
-        .await?;
-    Ok(rows.first().map(Central::of))
-}
 
 /// Where streaming starts: the centre's `applied_seq` when it is this store's and the
 /// feed still holds what follows it. Otherwise the centre is brought to a state it can
@@ -241,17 +209,10 @@ async fn apply_batch(
         tx.rollback().await.map_err(f)?;
         return Ok(false);
     }
-    if !deletes.is_empty() {
-        tx.execute_typed(
-            "DELETE FROM fleetgroups.groups g USING jsonb_to_recordset($2::jsonb) AS r(account text, id text)
-             WHERE g.gateway_id = $1 AND g.account = r.account AND g.id = r.id",
-            &[(&s.gateway_id, Type::TEXT), (&Value::from(deletes), Type::JSONB)],
-        )
-        .await
-        .map_err(f)?;
-    }
-    if !upserts.is_empty() {
-        upsert(&tx, &s.gateway_id, upserts).await.map_err(f)?;
+    for (sql, rows) in [(DELETE, deletes), (UPSERT, upserts)] {
+        if !rows.is_empty() {
+            write_rows(&tx, sql, &s.gateway_id, rows).await.map_err(f)?;
+        }
     }
     if !changes.is_empty() {
         tx.execute_typed(
@@ -271,47 +232,4 @@ async fn apply_batch(
     }
     tx.commit().await.map_err(f)?;
     Ok(true)
-}
-
-/// Writes `rows` (from `row_json`) as the groups' states.
-pub(super) async fn upsert(
-    tx: &tokio_postgres::Transaction<'_>,
-    gateway_id: &str,
-    rows: Vec<Value>,
-) -> Result<u64, tokio_postgres::Error> {
-    tx.execute_typed(
-        "INSERT INTO fleetgroups.groups
-             (gateway_id, account, id, name, description, devices, creation, last_modified, revision)
-         SELECT $1, r.account, r.id, r.name, r.description,
-                ARRAY(SELECT jsonb_array_elements_text(r.devices)),
-                r.creation::timestamptz, r.last_modified::timestamptz, r.revision
-         FROM jsonb_to_recordset($2::jsonb) AS r(account text, id text, name text,
-              description text, devices jsonb, creation text, last_modified text, revision bigint)
-         ON CONFLICT (gateway_id, account, id) DO UPDATE SET
-             name = EXCLUDED.name, description = EXCLUDED.description,
-             devices = EXCLUDED.devices, creation = EXCLUDED.creation,
-             last_modified = EXCLUDED.last_modified, revision = EXCLUDED.revision",
-        &[(&gateway_id, Type::TEXT), (&Value::from(rows), Type::JSONB)],
-    )
-    .await
-}
-
-/// A central row from a group's public JSON.
-pub(super) fn row_json(
-    account: &str,
-    group: &[u8],
-    revision: Option<u64>,
-) -> Result<Value, StoreError> {
-    let g: Value = serde_json::from_slice(group)
-        .map_err(|e| StoreError::corrupt_json("group JSON in the feed", e))?;
-    Ok(json!({
-        "account": account,
-        "id": g["id"],
-        "name": g["name"],
-        "description": g["description"],
-        "devices": g["devices"],
-        "creation": g["creation"],
-        "last_modified": g["lastModified"],
-        "revision": revision,
-    }))
 }

@@ -5,14 +5,11 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::pg_url::SslMode;
+use crate::tls_client::{provider, NameUnchecked};
 
 /// The client configuration for `ssl`, reading `ca_file` where the mode needs it;
 /// None for `disable`.
@@ -50,79 +47,28 @@ fn read_roots(path: &str) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 fn tls_config(verify: Verify) -> Result<Arc<rustls::ClientConfig>, String> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("replication: TLS: {e}"))?;
     let cfg = match verify {
         Verify::Full(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
+        // `sslmode=verify-ca`: the chain must lead to `ca_file`; the host name is not
+        // checked.
         Verify::Chain(roots) => {
-            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(|e| format!("replication.ca_file: {e}"))?;
+            let verifier =
+                NameUnchecked::chain(roots).map_err(|e| format!("replication.ca_file: {e}"))?;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+                .with_custom_certificate_verifier(Arc::new(verifier))
                 .with_no_client_auth()
         }
         // `sslmode=require`/`prefer`: encrypted, the certificate not checked (libpq's
         // meaning).
         Verify::Nothing => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(crate::tls::AnyCertificate(provider())))
+            .with_custom_certificate_verifier(Arc::new(NameUnchecked::any(provider())))
             .with_no_client_auth(),
     };
     Ok(Arc::new(cfg))
-}
-
-/// `sslmode=verify-ca`: the chain must lead to `ca_file`; the host name is not checked.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForName
-                | rustls::CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
 }

@@ -740,8 +740,8 @@ impl Importer<'_> {
             )));
         }
         // The cost parameters come from the file: bounded, or one login for the
-        // name could take seconds and gigabytes (`hashing::check_key_hash`).
-        if let Err(why) = crate::hashing::check_key_hash(&user.key_hash) {
+        // name could take seconds and gigabytes (`key_hash::check_key_hash`).
+        if let Err(why) = crate::key_hash::check_key_hash(&user.key_hash) {
             return Err(ImportError::Invalid(format!(
                 "user {name}: keyHash {why}. Nothing was restored; remove the user's line (and its usage line) from the backup, restore, and `user add` it again"
             )));

@@ -21,26 +21,26 @@
 //! visible, with no undo to write. ID sequences are never taken back: a skipped
 //! number costs nothing, a reused one could confuse a reader (`highwater.rs`).
 
-pub mod changes;
-pub mod check;
+mod changes;
+mod check;
 mod commit;
-pub mod delta;
+mod delta;
 mod error;
-pub mod export;
-pub mod feed;
-pub mod groups;
+pub(crate) mod export;
+pub(crate) mod feed;
+pub(crate) mod groups;
 mod guard;
-pub mod highwater;
-pub mod history;
-pub mod idempotency;
-pub mod keys;
-pub mod office;
+mod highwater;
+mod history;
+pub(crate) mod idempotency;
+mod keys;
+pub(crate) mod office;
 mod pieces;
 mod plan;
 mod retention;
-pub mod seal;
-pub mod space;
-pub mod users;
+mod seal;
+mod space;
+pub(crate) mod users;
 mod value;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! Office groups at the edge: groups defined centrally (`fleetgroups.office_groups`)
 //! that this gateway serves read-only, with IDs `ofc-<m>` (`model::GroupId`) that no
-//! local group can have. The pull (`crate::office`) hands each central change to
+//! local group can have. The pull (`crate::replication::office`) hands each central change to
 //! [`Store::apply_office`], which applies it as ONE batch together with the office
 //! cursor (the central revision applied through), so a crash at any moment neither
 //! loses nor doubles it: either both are on disk or neither, and the change is pulled

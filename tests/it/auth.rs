@@ -477,7 +477,7 @@ fn key_hashing_runs_below_request_handling_priority() {
     let server = TestServer::start();
     // The hashing threads start with the server; a login makes sure one has run.
     server.admin_token();
-    // The hashing threads run at nice 10 (an absolute value, src/hashing.rs).
+    // The hashing threads run at nice 10 (an absolute value, src/auth/hashing.rs).
     assert_eq!(thread_nice(server.pid(), "fg-argon2-0"), Some(10));
     // The request workers keep the priority the server was started with: below the
     // hashing threads' whenever that is the usual 0; under `nice -n 10 cargo test`

@@ -401,7 +401,7 @@ fn tricky_paths_get_clear_answers() {
 #[test]
 fn oversized_heads_are_refused_by_hyper_and_the_server_stays_up() {
     let (server, token, before) = setup(Options::default());
-    // Request heads are capped at 16 KiB (server.rs): past it hyper answers 431 and
+    // Request heads are capped at 16 KiB (src/server/mod.rs): past it hyper answers 431 and
     // closes the connection. No handler runs, so the answer has no JSON envelope.
     for extra in [
         format!("X-Big: {}\r\n\r\n", "a".repeat(100 * 1024)),

@@ -1,5 +1,5 @@
 //! Signals other than SIGTERM/SIGINT (docs/operations/running.md "Signals"): SIGHUP re-reads the
-//! configuration file and applies the log level (the TLS pair: `tls.rs`), names the
+//! configuration file and applies the log level (the TLS pair: `src/server/tls.rs`), names the
 //! changed settings that need a restart, keeps everything when the file is broken, and
 //! never stops the server; SIGUSR1, SIGUSR2 and SIGALRM are logged and ignored.
 

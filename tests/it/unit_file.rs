@@ -99,7 +99,7 @@ fn the_unit_has_every_required_directive() {
     // … except a configuration error (exit 2) or a data directory that needs the
     // operator (exit 3), which a restart cannot fix.
     assert_eq!(one("RestartPreventExitStatus"), "2 3");
-    // `systemctl reload` sends SIGHUP (reload.rs).
+    // `systemctl reload` sends SIGHUP (src/server/reload.rs).
     assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
     assert_eq!(one("WatchdogSec"), "30");
     // The stop timeout must cover the grace period (default 10 s) plus the final flush.

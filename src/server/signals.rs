@@ -13,6 +13,10 @@
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+/// The log target, kept from before the module moved into a folder: `log.level`
+/// directives name it (`fleetgroups::signals=debug`), so a move must not change it.
+const LOG: &str = "fleetgroups::signals";
+
 /// Installed SIGTERM and SIGINT handlers, and SIGHUP until `reloads` takes it.
 pub struct Signals {
     term: Signal,
@@ -53,10 +57,10 @@ impl Signals {
                 let mut first = true;
                 while caught.recv().await.is_some() {
                     if first {
-                        tracing::info!("{name} received; ignored (only SIGHUP, SIGTERM and SIGINT mean something here)");
+                        tracing::info!(target: LOG, "{name} received; ignored (only SIGHUP, SIGTERM and SIGINT mean something here)");
                         first = false;
                     } else {
-                        tracing::debug!("{name} received; ignored");
+                        tracing::debug!(target: LOG, "{name} received; ignored");
                     }
                 }
             });
@@ -76,15 +80,15 @@ impl Signals {
             mut term, mut int, ..
         } = self;
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!(target: LOG, "SIGTERM received"),
+            _ = int.recv() => tracing::info!(target: LOG, "SIGINT received"),
         }
         tokio::spawn(async move {
             tokio::select! {
                 _ = term.recv() => {},
                 _ = int.recv() => {},
             }
-            tracing::warn!("second signal: exiting now (acknowledged writes are already on disk)");
+            tracing::warn!(target: LOG, "second signal: exiting now (acknowledged writes are already on disk)");
             // The line above is only queued (log.rs); give the writer its bounded moment.
             crate::log::flush();
             std::process::exit(1);

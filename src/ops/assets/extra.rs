@@ -54,6 +54,7 @@ const USER_EXIT: &[(&str, &str)] = &[
     ("2", "Bad usage or configuration (an invalid name, --daily-limit 0)."),
 ];
 
+// Long because it is one table entry per man page: static text that reads best whole.
 fn page(name: &str) -> Page {
     match name {
         "fleetgroups" | "fleetgroups-serve" => Page {

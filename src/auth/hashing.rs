@@ -23,6 +23,11 @@ use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
+use crate::key_hash::within_bounds;
+
+/// The log target, kept from before the module moved into a folder: `log.level`
+/// directives name it (`fleetgroups::hashing=debug`), so a move must not change it.
+const LOG: &str = "fleetgroups::hashing";
 
 struct Job {
     phc: String,
@@ -113,7 +118,7 @@ fn worker(shared: &Shared, keep: Duration) {
     // value needs no privilege; if the system refuses anyway, hashing runs as before.
     let me = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(me), HASHING_NICE) {
-        tracing::debug!(error = %e, "could not lower the hashing thread's priority");
+        tracing::debug!(target: LOG, error = %e, "could not lower the hashing thread's priority");
     }
     let _running = Running(shared);
     let mut blocks: Vec<Block> = Vec::new();
@@ -167,82 +172,6 @@ fn next_job(shared: &Shared, blocks: &mut Vec<Block>, keep: Duration) -> Option<
     }
 }
 
-/// Why a stored key hash is refused; the message completes "keyHash …".
-#[derive(Debug, thiserror::Error)]
-pub enum KeyHashError {
-    #[error("is not an argon2 PHC string ({0})")]
-    NotPhc(String),
-    #[error("names the algorithm {0}, not argon2id")]
-    UnknownAlgorithm(String),
-    #[error("has unusable argon2 parameters ({0})")]
-    Params(String),
-    #[error("has no salt or no hash")]
-    Incomplete,
-    #[error("uses {0}; this binary hashes keys with argon2id")]
-    NotArgon2id(Algorithm),
-    #[error("uses argon2 version {0}; this binary uses 19")]
-    Version(u32),
-    #[error("asks for m={m} KiB, t={t}, p={p}, more than this binary's own keys cost (m={max_m}, t={max_t}, p={max_p}): every login attempt for the name would pay it")]
-    TooCostly {
-        m: u32,
-        t: u32,
-        p: u32,
-        max_m: u32,
-        max_t: u32,
-        max_p: u32,
-    },
-}
-
-/// Checks that an argon2 PHC string (`user.keyHash` in a backup) parses and costs no
-/// more than what this binary hashes keys with (`auth::hash_key`: argon2id, version
-/// 0x13, argon2's default memory, passes and lanes). Anyone who tries a user's name
-/// pays that cost on the server's side: a backup asking for 2 GiB and 10 passes made
-/// one anonymous failed login take 12 s and 2 GB. Cheaper parameters are accepted
-/// (older keys stay usable); the error says what was asked and what is allowed.
-pub fn check_key_hash(phc: &str) -> Result<(), KeyHashError> {
-    let hash = PasswordHash::new(phc).map_err(|e| KeyHashError::NotPhc(e.to_string()))?;
-    let algorithm = Algorithm::try_from(hash.algorithm)
-        .map_err(|_| KeyHashError::UnknownAlgorithm(hash.algorithm.to_string()))?;
-    let params = Params::try_from(&hash).map_err(|e| KeyHashError::Params(e.to_string()))?;
-    if hash.hash.is_none() || hash.salt.is_none() {
-        return Err(KeyHashError::Incomplete);
-    }
-    within_bounds(algorithm, hash.version, &params)
-}
-
-/// The bounds of [`check_key_hash`], also applied at every verification: a store
-/// restored by an older binary (which took any parameters) must not make a login
-/// cost more than this binary's own keys do.
-fn within_bounds(
-    algorithm: Algorithm,
-    version: Option<u32>,
-    params: &Params,
-) -> Result<(), KeyHashError> {
-    if algorithm != Algorithm::Argon2id {
-        return Err(KeyHashError::NotArgon2id(algorithm));
-    }
-    if let Some(v) = version.filter(|v| *v != u32::from(Version::V0x13)) {
-        return Err(KeyHashError::Version(v));
-    }
-    let (m, t, p) = (params.m_cost(), params.t_cost(), params.p_cost());
-    let (max_m, max_t, max_p) = (
-        Params::DEFAULT_M_COST,
-        Params::DEFAULT_T_COST,
-        Params::DEFAULT_P_COST,
-    );
-    if m > max_m || t > max_t || p > max_p {
-        return Err(KeyHashError::TooCostly {
-            m,
-            t,
-            p,
-            max_m,
-            max_t,
-            max_p,
-        });
-    }
-    Ok(())
-}
-
 /// Recomputes the hash of `key` with the parameters and salt of `phc` into the reused
 /// `blocks` and compares in constant time (`Output`'s equality is constant-time).
 fn verify_with(blocks: &mut Vec<Block>, phc: &str, key: &[u8]) -> Option<bool> {
@@ -254,7 +183,7 @@ fn verify_with(blocks: &mut Vec<Block>, phc: &str, key: &[u8]) -> Option<bool> {
     };
     let params = Params::try_from(&hash).ok()?;
     if let Err(why) = within_bounds(algorithm, hash.version, &params) {
-        tracing::warn!(
+        tracing::warn!(target: LOG,
             "a stored key hash {why}; it is not computed and the login fails (rotate the user's key)"
         );
         return None;
@@ -276,6 +205,7 @@ fn verify_with(blocks: &mut Vec<Block>, phc: &str, key: &[u8]) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key_hash::check_key_hash;
 
     #[test]
     fn verifies_what_argon2_hashed() {

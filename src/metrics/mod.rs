@@ -8,7 +8,7 @@
 mod process;
 mod replication;
 
-pub use replication::{ReplicationStats, ERROR_KINDS};
+pub use replication::ReplicationStats;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -33,7 +33,7 @@ pub struct Metrics {
     pub conns: std::sync::Arc<ConnStats>,
     /// Written by the replication task (`replication.rs`).
     pub replication: ReplicationStats,
-    /// Written by the office pull (`office.rs`).
+    /// Written by the office pull (`replication/office.rs`).
     pub office: OfficeStats,
 }
 
@@ -77,7 +77,7 @@ pub struct Snapshot {
     pub answers: BudgetFigures,
 }
 
-/// One byte budget's figures (`http/budget.rs`).
+/// One byte budget's figures (`app/budget.rs`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BudgetFigures {
     pub total: u64,

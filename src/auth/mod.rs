@@ -8,6 +8,11 @@
 //! (`hashing.rs`), so a burst of logins queues there instead of stalling the async
 //! workers or growing memory.
 
+pub(crate) mod hashing;
+mod login_limiter;
+pub(crate) mod usage;
+pub(crate) mod user_manager;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
@@ -18,10 +23,10 @@ use argon2::Argon2;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use crate::auth::hashing::Verifier;
+use crate::auth::login_limiter::{FailedLogins, LimitKey, NameKey};
 use crate::config::AuthConfig;
 use crate::error::{ApiError, TokenRefusal};
-use crate::hashing::Verifier;
-use crate::login_limiter::{FailedLogins, LimitKey, NameKey};
 use crate::store::users::{TokenRecord, UserRecord};
 use crate::store::Store;
 use crate::sync::lock;
@@ -424,7 +429,7 @@ mod tests {
             },
         )
         .unwrap();
-        let key = crate::users::UserManager::offline(&store, Clock::system())
+        let key = crate::auth::user_manager::UserManager::offline(&store, Clock::system())
             .add("bob", "default", crate::store::users::Role::Write, None)
             .unwrap()
             .key;

@@ -32,13 +32,17 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::app::App;
+use crate::auth::user_manager::{
+    render_key_json, render_list, render_list_json, NewKey, UserChanges, UserManager,
+};
 use crate::store::users::Role;
 use crate::store::users::UserRecord;
 use crate::store::Store;
 use crate::time::Clock;
-use crate::users::{
-    render_key_json, render_list, render_list_json, NewKey, UserChanges, UserManager,
-};
+
+/// The log target, kept from before the module moved into a folder: `log.level`
+/// directives name it (`fleetgroups::admin=debug`), so a move must not change it.
+const LOG: &str = "fleetgroups::admin";
 
 /// The protocol version this binary speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -182,6 +186,7 @@ impl Command {
 
 /// Runs a command against a store — the running server's (`live`) or one the CLI
 /// opened — and returns what to print. Blocking (argon2, fsync).
+// Long because it is one match arm per admin command, each a call and its message.
 pub fn execute(command: &Command, store: &Store, live: Option<&App>) -> Outcome {
     let clock = live.map_or_else(Clock::system, |app| app.clock.clone());
     let admin = match live {
@@ -312,7 +317,7 @@ fn backup_to_file(store: &Store, live: Option<&App>, file: &Path, clock: &Clock)
         // The counters live in memory; the backup should have the latest.
         app.persist_usage();
     }
-    match crate::backup::write(store, file, clock) {
+    match crate::ops::backup::write(store, file, clock) {
         Ok(counts) => Outcome::ok(
             String::new(),
             format!(
@@ -336,7 +341,7 @@ fn backup_to_dir(
     if let Some(app) = live {
         app.persist_usage();
     }
-    let done = match crate::backup::write_to_dir(store, dir, keep, clock) {
+    let done = match crate::ops::backup::write_to_dir(store, dir, keep, clock) {
         Ok(done) => done,
         Err(e) => return Outcome::failed(1, format!("backup failed: {e}")),
     };
@@ -371,7 +376,7 @@ fn backup_to_dir(
 /// warning for stderr when the file could not be written (the backup itself is fine).
 fn backed_up(store: &Store, live: Option<&App>, file: &Path, clock: &Clock) -> String {
     let data_dir = data_dir_of(store, live);
-    let (ms, warning) = match crate::backup::record_success(&data_dir, file, clock) {
+    let (ms, warning) = match crate::ops::backup::record_success(&data_dir, file, clock) {
         Ok(ms) => (ms, String::new()),
         Err(e) => (
             clock.wall_ms(),
@@ -429,7 +434,7 @@ fn check_peer(
     Err(ClientError::Failed(format!(
         "refused the admin socket {}: it is answered by {} (pid {}), not by {} or root, so its answer cannot be trusted and the command was not sent. Check admin.socket: another user may have put a socket there",
         socket.display(),
-        crate::cli::who(uid),
+        crate::perms::who(uid),
         cred.pid.as_raw_nonzero(),
         trusted.what,
     )))
@@ -524,7 +529,7 @@ pub async fn bind(path: &Path) -> Result<AdminSocket, String> {
                 std::fs::remove_file(path).map_err(|e| {
                     format!("cannot remove the stale admin socket {}: {e}", path.display())
                 })?;
-                tracing::info!(path = %path.display(), "removed a stale admin socket left by an earlier run");
+                tracing::info!(target: LOG, path = %path.display(), "removed a stale admin socket left by an earlier run");
             }
             Err(e) => {
                 return Err(format!(
@@ -601,7 +606,7 @@ impl Running {
 /// "listening" is logged, so a CLI started after that line always finds the socket.
 pub async fn start(app: &Arc<App>) -> Result<Running, String> {
     let socket = bind(&app.config.admin_socket()).await?;
-    tracing::info!(path = %socket.path().display(), "admin socket ready");
+    tracing::info!(target: LOG, path = %socket.path().display(), "admin socket ready");
     let (stop, phase) = tokio::sync::watch::channel(Phase::Serving);
     let mut closed = phase.clone();
     let task = tokio::spawn(serve_socket(socket, Arc::clone(app), phase, async move {
@@ -630,7 +635,7 @@ pub async fn serve_socket(
                     running.spawn(connection(stream, app, socket.own_uid, stopping));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin socket: accept failed; retrying");
+                    tracing::warn!(target: LOG, error = %e, "admin socket: accept failed; retrying");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -644,13 +649,13 @@ pub async fn serve_socket(
         .await
         .is_err()
     {
-        tracing::warn!("admin socket: commands still running at shutdown were abandoned");
+        tracing::warn!(target: LOG, "admin socket: commands still running at shutdown were abandoned");
     }
     let still_ours = std::fs::symlink_metadata(&socket.path)
         .is_ok_and(|m| (m.dev(), m.ino()) == socket.identity);
     if still_ours {
         if let Err(e) = std::fs::remove_file(&socket.path) {
-            tracing::warn!(path = %socket.path.display(), error = %e, "cannot remove the admin socket");
+            tracing::warn!(target: LOG, path = %socket.path.display(), error = %e, "cannot remove the admin socket");
         }
     }
 }
@@ -662,7 +667,7 @@ async fn connection(mut stream: UnixStream, app: Arc<App>, own_uid: u32, stoppin
     let peer_uid = peer.as_ref().map(|c| c.uid()).ok();
     if peer_uid != Some(own_uid) {
         let pid = peer.as_ref().ok().and_then(|c| c.pid());
-        tracing::warn!(
+        tracing::warn!(target: LOG,
             peer_uid = ?peer_uid,
             peer_pid = ?pid,
             server_uid = own_uid,
@@ -733,7 +738,7 @@ async fn answer(line: &str, app: Arc<App>) -> Outcome {
         .await
         .unwrap_or_else(|e| Outcome::failed(1, format!("the command failed: {e}")));
     // stdout may hold a new API key: only the command, its subject and the code are logged.
-    tracing::info!(command = name, user = %subject, code = outcome.code, "admin command");
+    tracing::info!(target: LOG, command = name, user = %subject, code = outcome.code, "admin command");
     outcome
 }
 

@@ -170,8 +170,8 @@ fn parse_status(head: &[u8]) -> Option<u16> {
 /// A TLS client that accepts any certificate (see the module comment for why) but
 /// still verifies the handshake signatures with ring's algorithms.
 fn tls_client() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(crate::tls::AnyCertificate(Arc::clone(&provider)));
+    let provider = crate::tls_client::provider();
+    let verifier = Arc::new(crate::tls_client::NameUnchecked::any(Arc::clone(&provider)));
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map(|b| {

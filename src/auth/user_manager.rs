@@ -3,11 +3,11 @@
 //! admin socket when the server runs; in the latter case every change is also applied
 //! to the live auth tables, so it takes effect for the very next HTTP request.
 
+use crate::auth::usage::Usage;
 use crate::auth::{generate_key, hash_key, valid_name, Auth};
 use crate::store::users::{Role, UsageRecord, UserRecord};
 use crate::store::Store;
 use crate::time::{rfc3339_ms, Clock};
-use crate::usage::Usage;
 
 /// A failed user-management operation; the message is for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +60,7 @@ pub struct UserRow {
 }
 
 /// User management over a store, optionally mirrored into a running server. (Not
-/// the admin socket, `admin.rs`, which is one of its callers.)
+/// the admin socket, `ops/admin.rs`, which is one of its callers.)
 pub struct UserManager<'a> {
     store: &'a Store,
     live: Option<(&'a Auth, &'a Usage)>,

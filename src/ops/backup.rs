@@ -42,6 +42,10 @@ use crate::store::export::{Counts, ExportError, ImportError, Importer, Record};
 use crate::store::{OpenError, Store, StoreOptions, FORMAT_VERSION, RESTORE_MARKER};
 use crate::time::Clock;
 
+/// The log target, kept from before the module moved into a folder: `log.level`
+/// directives name it (`fleetgroups::backup=debug`), so a move must not change it.
+const LOG: &str = "fleetgroups::backup";
+
 /// The `format` value of the header line.
 pub const FORMAT: &str = "fleetgroups-backup";
 /// The backup format this binary writes and reads.
@@ -557,7 +561,7 @@ pub fn restore(
         }
         // The marker, and no restore holds the lock: an interrupted restore left it,
         // and everything here is its half-done work, ours to remove.
-        tracing::warn!(
+        tracing::warn!(target: LOG,
             data_dir = %data_dir.display(),
             "an earlier restore into this directory was interrupted; removing what it left and restoring again"
         );

@@ -22,6 +22,10 @@ use crate::app::App;
 use crate::model::GroupId;
 use crate::store::office::{Held, OfficeChange, OfficeGroup, Outcome};
 
+/// The log target, kept from before the module moved into a folder: `log.level`
+/// directives name it (`fleetgroups::office=debug`), so a move must not change it.
+const LOG: &str = "fleetgroups::office";
+
 /// Rows one pull transaction reads at most; a round reads pages until it is caught up.
 pub const PAGE: i64 = 500;
 
@@ -121,7 +125,7 @@ impl Puller {
     ) -> Result<usize, PullError> {
         let limits = app.office_limits();
         if app.store.office_gateway(gateway)? {
-            tracing::warn!(
+            tracing::warn!(target: LOG,
                 gateway_id = gateway,
                 "office groups: the gateway_id changed; pulling them again from revision 0"
             );
@@ -148,7 +152,7 @@ impl Puller {
             if let Some(meant) = page.meant {
                 let removed = app.store.reconcile_office(&meant, limits)?;
                 app.store.durable().await?;
-                tracing::info!(
+                tracing::info!(target: LOG,
                     removed,
                     serving = meant.len(),
                     "office groups reconciled with the centre"
@@ -178,7 +182,7 @@ impl Puller {
         for h in held {
             let key = (h.group.account.clone(), h.group.id.0);
             if self.logged.get(&key) != Some(&h.reason.as_str()) {
-                tracing::warn!(
+                tracing::warn!(target: LOG,
                     account = %h.group.account,
                     id = %h.group.id,
                     reason = h.reason.as_str(),
@@ -189,7 +193,7 @@ impl Puller {
         }
         for (account, n) in self.logged.keys() {
             if !now.contains_key(&(account.clone(), *n)) {
-                tracing::info!(account = %account, id = %GroupId(*n), "office group conflict resolved");
+                tracing::info!(target: LOG, account = %account, id = %GroupId(*n), "office group conflict resolved");
             }
         }
         self.logged = now;
@@ -302,14 +306,27 @@ async fn read_page(
         None
     };
     tx.commit().await?;
+    let (changes, skipped) = changes_of(&rows);
+    Ok(Page {
+        changes,
+        skipped,
+        pending: u64::try_from(pending).unwrap_or(0),
+        full: rows.len() as i64 >= PAGE,
+        meant,
+    })
+}
+
+/// The changes of a page's rows with their revisions, and the last revision skipped
+/// (a row whose ID is not an office group's; logged).
+fn changes_of(rows: &[tokio_postgres::Row]) -> (Vec<(OfficeChange, u64)>, Option<u64>) {
     let mut changes = Vec::with_capacity(rows.len());
     let mut skipped = None;
-    for r in &rows {
+    for r in rows {
         let revision = u64::try_from(r.get::<_, i64>(6)).unwrap_or(0);
         match change_of(r) {
             Some(change) => changes.push((change, revision)),
             None => {
-                tracing::warn!(
+                tracing::warn!(target: LOG,
                     account = r.get::<_, &str>(0),
                     id = r.get::<_, &str>(1),
                     "office pull: skipped a row whose id is not ofc-<n>"
@@ -318,13 +335,7 @@ async fn read_page(
             }
         }
     }
-    Ok(Page {
-        changes,
-        skipped,
-        pending: u64::try_from(pending).unwrap_or(0),
-        full: rows.len() as i64 >= PAGE,
-        meant,
-    })
+    (changes, skipped)
 }
 
 /// The change a pulled row says: the group as given when it targets this gateway,

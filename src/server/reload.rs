@@ -10,8 +10,12 @@
 //! the TLS pair and the level are applied independently, each only when it is valid.
 
 use crate::config::{Config, Overrides};
-use crate::signals::Reloads;
-use crate::tls::Tls;
+use crate::server::signals::Reloads;
+use crate::server::tls::Tls;
+
+/// The log target, kept from before the module moved into a folder: `log.level`
+/// directives name it (`fleetgroups::reload=debug`), so a move must not change it.
+const LOG: &str = "fleetgroups::reload";
 
 /// What SIGHUP acts on, and the settings the server runs with now.
 pub struct Reloader {
@@ -49,17 +53,17 @@ impl Reloader {
 
     /// One reload: read the configuration, apply the TLS pair and the log level.
     pub fn reload(&mut self) {
-        tracing::info!("SIGHUP received: reloading the configuration");
+        tracing::info!(target: LOG, "SIGHUP received: reloading the configuration");
         let new = match Config::load(&self.overrides) {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!("reload failed, keeping the running settings: {e}");
+                tracing::error!(target: LOG, "reload failed, keeping the running settings: {e}");
                 return;
             }
         };
         let restart = needs_restart(&self.running, &new);
         if !restart.is_empty() {
-            tracing::warn!(
+            tracing::warn!(target: LOG,
                 "changed settings that only take effect after a restart (kept as they are until then): {}",
                 restart.join(", ")
             );
@@ -68,10 +72,10 @@ impl Reloader {
             if tls_on(&new) {
                 match tls.reload(&new.tls) {
                     Ok(()) => {
-                        tracing::info!(cert = %new.tls.cert, "TLS certificate and key reloaded");
+                        tracing::info!(target: LOG, cert = %new.tls.cert, "TLS certificate and key reloaded");
                         self.running.tls = new.tls.clone();
                     }
-                    Err(e) => tracing::error!(
+                    Err(e) => tracing::error!(target: LOG,
                         "TLS certificate not reloaded, new connections keep the old one: {e}"
                     ),
                 }
@@ -83,18 +87,20 @@ impl Reloader {
                     // Said once the new level is in force (so a line after it follows
                     // the new level), and as a warning, so that a change to a quieter
                     // level is still on record.
-                    tracing::warn!(
+                    tracing::warn!(target: LOG,
                         "log level changes from {} to {}",
                         self.running.log.level,
                         new.log.level
                     );
                     self.running.log.level = new.log.level.clone();
-                    tracing::info!("log level is now {}", new.log.level);
+                    tracing::info!(target: LOG, "log level is now {}", new.log.level);
                 }
-                Err(e) => tracing::error!("{e}; the log level stays {}", self.running.log.level),
+                Err(e) => {
+                    tracing::error!(target: LOG, "{e}; the log level stays {}", self.running.log.level)
+                }
             }
         }
-        tracing::info!("reload done");
+        tracing::info!(target: LOG, "reload done");
     }
 }
 

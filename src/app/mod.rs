@@ -4,20 +4,22 @@
 //! persistence and failed-login expiry every second, purges of expired tokens,
 //! idempotency records and old change-feed entries).
 
+pub(crate) mod budget;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::app::budget::Budget;
+use crate::auth::usage::Usage;
+use crate::auth::user_manager::UserManager;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::http::budget::Budget;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions, KEY_FILE};
 use crate::time::Clock;
-use crate::usage::Usage;
-use crate::users::UserManager;
 
 /// Shared state of one server.
 pub struct App {
@@ -31,7 +33,8 @@ pub struct App {
     /// Bytes of answers waiting for their clients (`limits.answer_budget_bytes`).
     pub answers: Budget,
     /// When the last backup succeeded (ms since the epoch, 0: none known): set by
-    /// backups through the admin socket, read at start from `backup::LAST_SUCCESS_FILE`.
+    /// backups through the admin socket, and at start by `serve` from the data
+    /// directory's `backup::LAST_SUCCESS_FILE` (the app sits below the backup code).
     pub backup_last_success_ms: AtomicI64,
     /// The one source of the time outside the store: tests move it.
     pub clock: Clock,
@@ -137,7 +140,6 @@ impl App {
                 .usage_records()
                 .map_err(|e| StartError::new(format!("loading usage counters: {}", e.chain())))?,
         );
-        let last_backup = crate::backup::last_success(&config.data_dir).unwrap_or(0);
         Ok(App {
             bodies: Budget::new(config.limits.body_budget_bytes),
             answers: Budget::new(config.limits.answer_budget_bytes),
@@ -146,7 +148,7 @@ impl App {
             auth,
             usage,
             metrics: Metrics::new(clock.clone()),
-            backup_last_success_ms: AtomicI64::new(last_backup),
+            backup_last_success_ms: AtomicI64::new(0),
             clock,
             stopping: AtomicBool::new(false),
         })

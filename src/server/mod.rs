@@ -15,9 +15,15 @@
 //! that have not started a request, let in-flight requests finish within the grace
 //! period (every permit back means drained), then flush counters and the store.
 
+mod reload;
+mod signals;
+mod systemd;
+pub(crate) mod tls;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +38,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::app::App;
 use crate::config::{Config, Overrides};
 use crate::http::conns::{self, ConnHandle, Conns};
-use crate::systemd::Notifier;
+use crate::server::systemd::Notifier;
 
 /// The kernel send buffer of each client socket: what a client may leave unread in the
 /// kernel before our writes block. 256 KiB keeps a LAN or a 50 ms link busy (5 MB/s) and
@@ -77,8 +83,8 @@ pub fn run(config: Config, overrides: Overrides) -> ExitCode {
 /// The checks `run` makes before it touches the data directory: the TLS files, and
 /// replication's password and CA files (the CLI's other commands never read those: they
 /// may run as a user the credential is not for). Exit code 2 when they fail.
-fn check_start_config(config: &Config) -> Result<Option<crate::tls::Tls>, ExitCode> {
-    let tls = crate::tls::load(&config.tls).map_err(|e| {
+fn check_start_config(config: &Config) -> Result<Option<crate::server::tls::Tls>, ExitCode> {
+    let tls = crate::server::tls::load(&config.tls).map_err(|e| {
         tracing::error!("{e}");
         ExitCode::from(2)
     })?;
@@ -97,14 +103,14 @@ fn check_start_config(config: &Config) -> Result<Option<crate::tls::Tls>, ExitCo
 
 /// Inside the runtime: signals and the reload task, the store, the listener, the admin
 /// socket, READY=1 and the watchdog; then serves until SIGTERM/SIGINT. One linear
-/// sequence (a little over 60 lines): each step that fails ends it with its exit code.
+/// sequence: each step that fails ends it with its exit code.
 async fn start_and_serve(
     config: Config,
     overrides: Overrides,
-    tls: Option<crate::tls::Tls>,
+    tls: Option<crate::server::tls::Tls>,
     level: crate::log::Level,
 ) -> ExitCode {
-    let mut signals = match crate::signals::Signals::install() {
+    let mut signals = match crate::server::signals::Signals::install() {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot install the signal handlers");
@@ -114,7 +120,7 @@ async fn start_and_serve(
     let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
     let config_file = Config::file_from_env(&overrides);
     if let Some(reloads) = signals.reloads() {
-        let reloader = crate::reload::Reloader::new(overrides, config.clone(), tls, level);
+        let reloader = crate::server::reload::Reloader::new(overrides, config.clone(), tls, level);
         tokio::spawn(reloader.run(reloads));
     }
     // The listener before the store: a first start that cannot listen must not leave
@@ -129,6 +135,48 @@ async fn start_and_serve(
             return ExitCode::FAILURE;
         }
     };
+    let app = match open_app(config) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let admin = match crate::ops::admin::start(&app).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop_admin = admin.stopper();
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    tracing::info!(data_dir = %app.config.data_dir.display(), "listening on {scheme}://{addr}");
+    let stop_notifier = notify_ready(&app, &format!("{scheme}://{addr}"));
+    let shutdown = async move {
+        signals.shutdown().await;
+        stop_admin();
+        stop_notifier.stopping();
+    };
+    let served = serve_http(listener, app, acceptor, shutdown).await;
+    admin.finished().await;
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// Tells systemd (when it listens) that the server is ready and starts the watchdog
+/// pings, which follow the store's answers to reads.
+fn notify_ready(app: &Arc<App>, url: &str) -> Arc<Notifier> {
+    let notifier = Arc::new(Notifier::from_env());
+    notifier.ready(&format!("serving on {url}"));
+    let probed = Arc::clone(app);
+    notifier.spawn_watchdog(move || probed.store_answers_reads());
+    notifier
+}
+
+/// Opens the app (the store, auth, usage) for `serve`, with the hint a data directory
+/// of another user needs; sets the last-backup gauge from the data directory, which
+/// the app, below the backup code, does not read.
+fn open_app(config: Config) -> Result<Arc<App>, ExitCode> {
     let data_dir = config.data_dir.clone();
     let app = match App::open(config) {
         Ok(a) => Arc::new(a),
@@ -147,39 +195,17 @@ async fn start_and_serve(
                 ),
                 None => tracing::error!("{e}"),
             }
-            return if e.needs_operator {
+            return Err(if e.needs_operator {
                 ExitCode::from(3)
             } else {
                 ExitCode::FAILURE
-            };
+            });
         }
     };
-    let admin = match crate::admin::start(&app).await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let stop_admin = admin.stopper();
-    let scheme = if acceptor.is_some() { "https" } else { "http" };
-    tracing::info!(data_dir = %app.config.data_dir.display(), "listening on {scheme}://{addr}");
-    let notifier = Arc::new(Notifier::from_env());
-    notifier.ready(&format!("serving on {scheme}://{addr}"));
-    let probed = Arc::clone(&app);
-    notifier.spawn_watchdog(move || probed.store_answers_reads());
-    let stop_notifier = Arc::clone(&notifier);
-    let shutdown = async move {
-        signals.shutdown().await;
-        stop_admin();
-        stop_notifier.stopping();
-    };
-    let served = serve_http(listener, app, acceptor, shutdown).await;
-    admin.finished().await;
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(_) => ExitCode::FAILURE,
+    if let Some(ms) = crate::ops::backup::last_success(&data_dir) {
+        app.backup_last_success_ms.store(ms, Ordering::Relaxed);
     }
+    Ok(app)
 }
 
 /// Serves the HTTP API on `listener` until `shutdown` resolves, then drains and closes

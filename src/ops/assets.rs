@@ -100,7 +100,7 @@ fn write_man(cmd: &clap::Command, dir: &Path) -> Result<(), String> {
 
 /// One configuration key as the manual and the docs describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyDoc {
+pub(crate) struct KeyDoc {
     /// `listen`, `limits.max_body_bytes`.
     pub key: String,
     /// The built-in default as TOML writes it.
@@ -115,12 +115,12 @@ pub struct KeyDoc {
 /// declarations (`config::known_keys`, what `check-config` prints), meaning from the
 /// file's comment (a key without its own comment shares the one above it, as `tls.key`
 /// shares `tls.cert`'s). Err when the file and the declarations disagree on the keys.
-pub fn config_keys() -> Result<Vec<KeyDoc>, String> {
+pub(crate) fn config_keys() -> Result<Vec<KeyDoc>, String> {
     let declared = crate::config::known_keys();
     let mut out = Vec::new();
     let (mut section, mut comment, mut shared) = (String::new(), Vec::new(), String::new());
     // The file's opening comment (up to the first blank line) is about the file.
-    let body = include_str!("../config.toml")
+    let body = include_str!("../../config.toml")
         .split_once("\n\n")
         .map_or("", |(_, rest)| rest);
     for line in body.lines().map(str::trim) {
@@ -326,7 +326,7 @@ mod tests {
         let tls_key = keys.iter().find(|k| k.key == "tls.key").unwrap();
         assert!(tls_key.meaning.contains("private key"), "{tls_key:?}");
         let table = config_table_markdown().unwrap();
-        let doc = include_str!("../docs/configuration.md");
+        let doc = include_str!("../../docs/configuration.md");
         assert!(
             doc.contains(&table),
             "docs/configuration.md's key table is not the generated one; replace it with:\n{table}"

@@ -15,6 +15,10 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The log target, kept from before the module moved into a folder: `log.level`
+/// directives name it (`fleetgroups::systemd=debug`), so a move must not change it.
+const LOG: &str = "fleetgroups::systemd";
+
 /// Where and how to notify systemd; built once from the environment.
 #[derive(Debug, Default)]
 pub struct Notifier {
@@ -45,7 +49,7 @@ impl Notifier {
         let target = socket.and_then(|s| match parse_address(s) {
             Ok(addr) => addr,
             Err(e) => {
-                tracing::warn!(error = %e, "NOTIFY_SOCKET is unusable; not notifying systemd");
+                tracing::warn!(target: LOG, error = %e, "NOTIFY_SOCKET is unusable; not notifying systemd");
                 None
             }
         });
@@ -59,13 +63,15 @@ impl Notifier {
         Notifier { target, watchdog }
     }
 
-    /// Whether a supervisor listens at all.
-    pub fn enabled(&self) -> bool {
+    /// Whether a supervisor listens at all (the tests' view of `target`).
+    #[cfg(test)]
+    fn enabled(&self) -> bool {
         self.target.is_some()
     }
 
     /// How often to ping the watchdog (half of `WATCHDOG_USEC`), when it is armed.
-    pub fn watchdog_interval(&self) -> Option<Duration> {
+    #[cfg(test)]
+    fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog
     }
 
@@ -74,7 +80,7 @@ impl Notifier {
         let Some(addr) = &self.target else { return };
         let sent = UnixDatagram::unbound().and_then(|s| s.send_to_addr(state.as_bytes(), addr));
         if let Err(e) = sent {
-            tracing::warn!(error = %e, "could not notify systemd");
+            tracing::warn!(target: LOG, error = %e, "could not notify systemd");
         }
     }
 
@@ -109,9 +115,9 @@ impl Notifier {
                 match tokio::time::timeout(every, answered).await {
                     Ok(Ok(true)) => notifier.notify("WATCHDOG=1"),
                     Ok(Ok(false)) => {
-                        tracing::warn!("store does not answer; withholding the watchdog ping")
+                        tracing::warn!(target: LOG, "store does not answer; withholding the watchdog ping")
                     }
-                    Ok(Err(_)) | Err(_) => tracing::warn!(
+                    Ok(Err(_)) | Err(_) => tracing::warn!(target: LOG,
                         "store probe did not finish in time; withholding the watchdog ping"
                     ),
                 }
