@@ -4,6 +4,14 @@
 # through the admin socket while a client keeps reading and one client writes, to show
 # that reads go on while the export holds the writer mutex and writes wait for it.
 # Prints a table. Usage: bench/backup.sh [N]   (BIN=… to pick the binary)
+#
+# With BASE_BIN=… set it first compares restores side by side: BASE_BIN and BIN each
+# restore the same two generated backups RUNS times (default 3), alternating, into
+# empty directories: "groups" (N groups of 3 devices, as below) and "groups+feed" (N
+# groups of 10 devices, each with its "created" change-feed entry, the shape of
+# bench/run.sh's restore row). It prints medians with the spread (min–max) of the wall
+# time, of the CPU time (user + system, getrusage of the child via /usr/bin/time) and
+# of the peak RSS, and the ratio BIN/BASE_BIN. RESTORE_ONLY=1 stops after that table.
 # Loopback only; everything runs in a temporary directory that is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +41,54 @@ awk -v n="$N" -v user="$USER_LINE" 'BEGIN {
     printf "{\"type\":\"group\",\"account\":\"default\",\"id\":%d,\"revision\":1,\"creation\":1767225600000,\"lastModified\":1767225600000,\"name\":\"group %d\",\"description\":null,\"devices\":[\"dev-%d\",\"dev-%d\",\"dev-%d\"]}\n", i, i, i, i + 1, i + 2
   printf "{\"type\":\"end\",\"records\":%d}\n", n + 2
 }' > "$WORK/gen.jsonl"
+
+if [ -n "${BASE_BIN:-}" ]; then
+  RUNS=${RUNS:-3}
+  # The same groups with 10 devices each and one "created" feed entry per group.
+  awk -v n="$N" -v user="$USER_LINE" 'BEGIN {
+    t = "2026-01-01T00:00:00.000Z"
+    print "{\"format\":\"fleetgroups-backup\",\"version\":1,\"storeFormat\":1,\"created\":\"" t "\"}"
+    printf "{\"type\":\"sequences\",\"nextGroup\":%d,\"nextChange\":%d}\n", n + 1, n + 1
+    print user
+    for (i = 1; i <= n; i++) {
+      devs = ""
+      for (d = 0; d < 10; d++) devs = devs sprintf("%s\"dev-%d\"", (d ? "," : ""), i * 10 + d)
+      printf "{\"type\":\"group\",\"account\":\"default\",\"id\":%d,\"revision\":1,\"creation\":1767225600000,\"lastModified\":1767225600000,\"name\":\"group %d\",\"description\":null,\"devices\":[%s]}\n", i, i, devs
+    }
+    for (i = 1; i <= n; i++) {
+      devs = ""
+      for (d = 0; d < 10; d++) devs = devs sprintf("%s\"dev-%d\"", (d ? "," : ""), i * 10 + d)
+      printf "{\"type\":\"change\",\"account\":\"default\",\"seq\":%d,\"time\":\"%s\",\"op\":\"created\",\"id\":%d,\"revision\":1,\"userName\":\"bench\",\"group\":{\"id\":\"grp-%d\",\"name\":\"group %d\",\"description\":null,\"devices\":[%s],\"creation\":\"%s\",\"lastModified\":\"%s\"}}\n", i, t, i, i, i, devs, t, t
+    }
+    printf "{\"type\":\"end\",\"records\":%d}\n", 2 * n + 2
+  }' > "$WORK/feed.jsonl"
+  # One restore: "wall cpu rss_mib" on stdout.
+  restore_once() {
+    rm -rf "$WORK/r"
+    /usr/bin/time -f '%e %U %S %M' -o "$WORK/time.out" "$1" --data-dir "$WORK/r" restore "$2" >/dev/null 2>&1
+    awk '{ printf "%.2f %.2f %.1f\n", $1, $2 + $3, $4 / 1024 }' "$WORK/time.out"
+  }
+  # "median (min–max)" of column $2 of file $1.
+  stat() { sort -n -k"$2" "$1" | awk -v c="$2" '{ v[NR] = $c } END { printf "%s (%s–%s)", v[int((NR + 1) / 2)], v[1], v[NR] }'; }
+  median() { sort -n -k"$2" "$1" | awk -v c="$2" '{ v[NR] = $c } END { print v[int((NR + 1) / 2)] }'; }
+  printf '%-34s %-22s %-22s %s\n' "restore of $N groups" "BASE_BIN" "BIN" "BIN/BASE"
+  for shape in groups feed; do
+    file="$WORK/gen.jsonl"; label="groups (3 devices)"
+    [ "$shape" = feed ] && file="$WORK/feed.jsonl" && label="groups+feed (10 devices)"
+    : > "$WORK/base.$shape"; : > "$WORK/new.$shape"
+    for _ in $(seq "$RUNS"); do
+      restore_once "$BASE_BIN" "$file" >> "$WORK/base.$shape"
+      restore_once "$BIN" "$file" >> "$WORK/new.$shape"
+    done
+    for col in 1:wall_s 2:cpu_s 3:peak_rss_mib; do
+      c=${col%%:*}; name=${col#*:}
+      ratio=$(awk -v a="$(median "$WORK/base.$shape" "$c")" -v b="$(median "$WORK/new.$shape" "$c")" 'BEGIN { printf "%.2f", b / a }')
+      printf '%-34s %-22s %-22s %s\n' "$label $name" "$(stat "$WORK/base.$shape" "$c")" "$(stat "$WORK/new.$shape" "$c")" "$ratio"
+    done
+  done
+  [ -n "${RESTORE_ONLY:-}" ] && exit 0
+  echo
+fi
 
 t0=$(now); "$BIN" --data-dir "$WORK/data" restore "$WORK/gen.jsonl" 2>/dev/null; t1=$(now)
 RESTORE=$(secs "$t0" "$t1")

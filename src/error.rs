@@ -470,6 +470,10 @@ mod tests {
             );
         }
         assert_eq!(
+            ApiError::from(S::CursorExpired).message(),
+            "Cursor expired: read the groups again"
+        );
+        assert_eq!(
             ApiError::from(S::QuotaReached { max: 5 }).message(),
             "Forbidden: the account already has the maximum of 5 groups"
         );

@@ -38,8 +38,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::export::{Counts, Importer, Record};
-use crate::store::{Store, StoreOptions, FORMAT_VERSION, RESTORE_MARKER};
+use crate::store::export::{Counts, ExportError, ImportError, Importer, Record};
+use crate::store::{OpenError, Store, StoreOptions, FORMAT_VERSION, RESTORE_MARKER};
 use crate::time::Clock;
 
 /// The log target, kept from before the module moved into a folder: `log.level`
@@ -50,6 +50,105 @@ const LOG: &str = "fleetgroups::backup";
 pub const FORMAT: &str = "fleetgroups-backup";
 /// The backup format this binary writes and reads.
 pub const VERSION: u64 = 1;
+
+/// Why a backup, a restore or a check failed. The messages are what the CLI prints
+/// after `backup failed:`, `restore failed:` and `not a valid backup:`.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// A file or directory could not be used: what was being done, to which path.
+    #[error("cannot {doing} {}: {source}", path.display())]
+    Io {
+        doing: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot rename {} to {}: {source}", from.display(), to.display())]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing the backup file failed.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a file name", .0.display())]
+    NotAFileName(PathBuf),
+    #[error("the clock reads {0} ms, outside the years 0-9999")]
+    ClockOutOfRange(i64),
+    #[error("{0}")]
+    Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error("another restore into {} is running; nothing was changed. Wait for it to finish, then start the server on what it restored", .0.display())]
+    RestoreRunning(PathBuf),
+    #[error("the data directory {} is not empty; restore only fills an empty one (nothing was changed)", .0.display())]
+    NotEmpty(PathBuf),
+    #[error("cannot write the restore marker in {}: {source}", path.display())]
+    Marker {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot remove the restore marker: {0}")]
+    MarkerRemove(#[source] std::io::Error),
+    #[error("{0}")]
+    Open(#[from] OpenError),
+    /// The restored store's close (last flush, marks, seal) failed.
+    #[error("{0}")]
+    Close(String),
+    #[error("{0}")]
+    Sync(#[source] std::io::Error),
+    #[error("{} is empty; it is not a fleetgroups backup", .0.display())]
+    Empty(PathBuf),
+    #[error("{} is not a fleetgroups backup (its first line is not the backup header)", .0.display())]
+    NoHeader(PathBuf),
+    #[error("{} is not a fleetgroups backup (format {format:?})", path.display())]
+    Format { path: PathBuf, format: String },
+    #[error("{} has backup format version {found}, but this binary reads version {VERSION}; nothing was restored", path.display())]
+    Version { path: PathBuf, found: u64 },
+    /// A line of the file is refused.
+    #[error("{} line {line}: {why}", path.display())]
+    Line {
+        path: PathBuf,
+        line: usize,
+        why: LineError,
+    },
+    #[error("{} has no end line: the backup is truncated; nothing was restored", .0.display())]
+    Truncated(PathBuf),
+}
+
+/// What is wrong with one line of a backup file.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    #[error("{0}")]
+    Read(std::io::Error),
+    #[error("text after the end line")]
+    AfterEnd,
+    #[error("{0}")]
+    Record(ImportError),
+    #[error("{0}")]
+    Json(serde_json::Error),
+    #[error("the end line counts {expected} records but {found} came before it")]
+    Count { expected: u64, found: u64 },
+}
+
+/// A failed file or directory operation: `doing` (e.g. "create") on `path`.
+fn io_error(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackupError {
+    let path = path.to_path_buf();
+    move |source| BackupError::Io {
+        doing,
+        path,
+        source,
+    }
+}
 
 /// The first line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,7 +211,7 @@ static RUNNING: Mutex<()> = Mutex::new(());
 
 /// Writes a backup of `store` to `path` atomically (temp file, fsync, rename), gzip
 /// when the name ends in `.gz`. An existing file at `path` is replaced.
-pub fn write(store: &Store, path: &Path, clock: &Clock) -> Result<Counts, String> {
+pub fn write(store: &Store, path: &Path, clock: &Clock) -> Result<Counts, BackupError> {
     let _one = crate::sync::lock(&RUNNING);
     write_as(store, path, Encoding::for_name(path), true, clock)
 }
@@ -125,11 +224,11 @@ fn write_as(
     encoding: Encoding,
     replace: bool,
     clock: &Clock,
-) -> Result<Counts, String> {
+) -> Result<Counts, BackupError> {
     use std::os::unix::fs::OpenOptionsExt;
     let name = path
         .file_name()
-        .ok_or_else(|| format!("{} is not a file name", path.display()))?;
+        .ok_or_else(|| BackupError::NotAFileName(path.to_path_buf()))?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -143,13 +242,16 @@ fn write_as(
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        .map_err(io_error("create", &tmp))?;
     let result = write_into(store, file, &tmp, encoding, clock).and_then(|counts| {
-        rename(&tmp, path, replace)
-            .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
+        rename(&tmp, path, replace).map_err(|source| BackupError::Rename {
+            from: tmp.clone(),
+            to: path.to_path_buf(),
+            source,
+        })?;
         File::open(&dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
+            .map_err(io_error("sync", &dir))?;
         Ok(counts)
     });
     if result.is_err() {
@@ -183,8 +285,11 @@ fn write_into(
     tmp: &Path,
     encoding: Encoding,
     clock: &Clock,
-) -> Result<Counts, String> {
-    let io = |e: std::io::Error| format!("writing {}: {e}", tmp.display());
+) -> Result<Counts, BackupError> {
+    let io = |source: std::io::Error| BackupError::Write {
+        path: tmp.to_path_buf(),
+        source,
+    };
     // serde_json writes a record in many small pieces; the buffer in front of the
     // encoder hands it large ones.
     const BUFFER: usize = 256 * 1024;
@@ -213,8 +318,11 @@ fn write_lines(
     out: &mut impl Write,
     tmp: &Path,
     clock: &Clock,
-) -> Result<Counts, String> {
-    let io = |e: std::io::Error| format!("writing {}: {e}", tmp.display());
+) -> Result<Counts, BackupError> {
+    let io = |source: std::io::Error| BackupError::Write {
+        path: tmp.to_path_buf(),
+        source,
+    };
     let header = Header {
         format: FORMAT.into(),
         version: VERSION,
@@ -224,7 +332,7 @@ fn write_lines(
         writer_revision: Some(crate::build_info::REVISION.into()),
         store_id: Some(store.store_id().to_string()),
     };
-    serde_json::to_writer(&mut *out, &header).map_err(|e| e.to_string())?;
+    serde_json::to_writer(&mut *out, &header)?;
     out.write_all(b"\n").map_err(io)?;
     let counts = store.export(&mut |rec| {
         serde_json::to_writer(&mut *out, rec).map_err(std::io::Error::other)?;
@@ -235,8 +343,7 @@ fn write_lines(
         &Trailer::End {
             records: counts.records,
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     out.write_all(b"\n").map_err(io)?;
     Ok(counts)
 }
@@ -253,7 +360,7 @@ pub struct DirBackup {
     /// Older backups removed by `--keep`.
     pub removed: Vec<PathBuf>,
     /// Why removing old backups failed, if it did (the new backup is complete anyway).
-    pub rotate_error: Option<String>,
+    pub rotate_error: Option<BackupError>,
 }
 
 /// The name of a scheduled backup taken at `ms` (the `seq`-th in that second).
@@ -307,27 +414,24 @@ pub fn write_to_dir(
     dir: &Path,
     keep: Option<u64>,
     clock: &Clock,
-) -> Result<DirBackup, String> {
+) -> Result<DirBackup, BackupError> {
     let _one = crate::sync::lock(&RUNNING);
     if !dir.exists() {
-        crate::perms::create_private_dir(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        crate::perms::create_private_dir(dir).map_err(io_error("create", dir))?;
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            crate::store::sync_dir(parent)
-                .map_err(|e| format!("cannot sync {}: {e}", parent.display()))?;
+            crate::store::sync_dir(parent).map_err(io_error("sync", parent))?;
         }
     }
     let now = clock.wall_ms();
     // Another backup in the same second gets the next number after the highest there,
     // not the first free one: after a rotation removed `…Z.jsonl.gz`, reusing that
     // name would make the newest backup sort as the oldest of its second.
-    let (stamp, _) = parse_dir_backup_name(&dir_backup_name(now, 1))
-        .ok_or_else(|| format!("the clock reads {now} ms, outside the years 0-9999"))?;
-    let listing =
-        std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let (stamp, _) =
+        parse_dir_backup_name(&dir_backup_name(now, 1)).ok_or(BackupError::ClockOutOfRange(now))?;
+    let listing = std::fs::read_dir(dir).map_err(io_error("list", dir))?;
     let mut seq = 1;
     for entry in listing {
-        let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        let entry = entry.map_err(io_error("list", dir))?;
         if let Some((s, n)) = entry.file_name().to_str().and_then(parse_dir_backup_name) {
             if s == stamp {
                 seq = seq.max(n + 1);
@@ -352,26 +456,16 @@ pub fn write_to_dir(
 /// Removes the oldest scheduled backups in `dir` beyond the `keep` newest, by the time
 /// in their names (the clock's, like the names: a clock set back makes new backups
 /// look old; the one just written, `written`, stays regardless).
-fn rotate(dir: &Path, keep: u64, written: &Path) -> (Vec<PathBuf>, Option<String>) {
+fn rotate(dir: &Path, keep: u64, written: &Path) -> (Vec<PathBuf>, Option<BackupError>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) => {
-            return (
-                Vec::new(),
-                Some(format!("cannot list {}: {e}", dir.display())),
-            )
-        }
+        Err(e) => return (Vec::new(), Some(io_error("list", dir)(e))),
     };
     let mut ours = Vec::new();
     for entry in entries {
         let entry = match entry {
             Ok(e) => e,
-            Err(e) => {
-                return (
-                    Vec::new(),
-                    Some(format!("cannot list {}: {e}", dir.display())),
-                )
-            }
+            Err(e) => return (Vec::new(), Some(io_error("list", dir)(e))),
         };
         let Some(key) = entry.file_name().to_str().and_then(parse_dir_backup_name) else {
             continue;
@@ -395,13 +489,13 @@ fn rotate(dir: &Path, keep: u64, written: &Path) -> (Vec<PathBuf>, Option<String
             // Gone already (another rotation): nothing to do.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                error.get_or_insert(format!("cannot remove {}: {e}", path.display()));
+                error.get_or_insert(io_error("remove", &path)(e));
             }
         }
     }
     if !removed.is_empty() {
         if let Err(e) = crate::store::sync_dir(dir) {
-            error.get_or_insert(format!("cannot sync {}: {e}", dir.display()));
+            error.get_or_insert(io_error("sync", dir)(e));
         }
     }
     (removed, error)
@@ -416,7 +510,7 @@ fn rotate(dir: &Path, keep: u64, written: &Path) -> (Vec<PathBuf>, Option<String
 pub const LAST_SUCCESS_FILE: &str = "last-backup";
 
 /// Remembers that a backup to `file` has just succeeded; returns its time (ms).
-pub fn record_success(data_dir: &Path, file: &Path, clock: &Clock) -> Result<i64, String> {
+pub fn record_success(data_dir: &Path, file: &Path, clock: &Clock) -> Result<i64, BackupError> {
     let _one = crate::sync::lock(&RUNNING);
     let ms = clock.wall_ms();
     let line = serde_json::json!({
@@ -427,7 +521,7 @@ pub fn record_success(data_dir: &Path, file: &Path, clock: &Clock) -> Result<i64
     let path = data_dir.join(LAST_SUCCESS_FILE);
     let written =
         crate::perms::replace_private(data_dir, LAST_SUCCESS_FILE, format!("{line}\n").as_bytes());
-    written.map_err(|e| format!("cannot record the backup in {}: {e}", path.display()))?;
+    written.map_err(io_error("record the backup in", &path))?;
     Ok(ms)
 }
 
@@ -444,32 +538,26 @@ pub fn last_success(data_dir: &Path) -> Option<i64> {
 /// directory is locked first (`store::lock_for_restore`): a second restore into it
 /// is refused while this one runs, and touches nothing. On any error everything
 /// restore created is removed again.
-pub fn restore(data_dir: &Path, options: &StoreOptions, file: &Path) -> Result<Counts, String> {
+pub fn restore(
+    data_dir: &Path,
+    options: &StoreOptions,
+    file: &Path,
+) -> Result<Counts, BackupError> {
     let existed = data_dir.exists();
     if !existed {
         // The lock is on the directory itself, so it must exist first. Two restores
         // may both create it; only the one that gets the lock ever removes it.
-        crate::perms::create_private_dir(data_dir)
-            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+        crate::perms::create_private_dir(data_dir).map_err(io_error("create", data_dir))?;
     }
     let _lock = match crate::store::lock_for_restore(data_dir) {
         Ok(Some(lock)) => lock,
-        Ok(None) => {
-            return Err(format!(
-                "another restore into {} is running; nothing was changed. Wait for it to finish, then start the server on what it restored",
-                data_dir.display()
-            ))
-        }
-        Err(e) => return Err(format!("cannot lock {}: {e}", data_dir.display())),
+        Ok(None) => return Err(BackupError::RestoreRunning(data_dir.to_path_buf())),
+        Err(e) => return Err(io_error("lock", data_dir)(e)),
     };
-    let mut entries = std::fs::read_dir(data_dir)
-        .map_err(|e| format!("cannot read {}: {e}", data_dir.display()))?;
+    let mut entries = std::fs::read_dir(data_dir).map_err(io_error("read", data_dir))?;
     if entries.next().is_some() {
         if !data_dir.join(RESTORE_MARKER).exists() {
-            return Err(format!(
-                "the data directory {} is not empty; restore only fills an empty one (nothing was changed)",
-                data_dir.display()
-            ));
+            return Err(BackupError::NotEmpty(data_dir.to_path_buf()));
         }
         // The marker, and no restore holds the lock: an interrupted restore left it,
         // and everything here is its half-done work, ours to remove.
@@ -495,25 +583,22 @@ pub fn restore(data_dir: &Path, options: &StoreOptions, file: &Path) -> Result<C
             )
             .as_bytes(),
         )
-        .map_err(|e| {
-            format!(
-                "cannot write the restore marker in {}: {e}",
-                data_dir.display()
-            )
+        .map_err(|source| BackupError::Marker {
+            path: data_dir.to_path_buf(),
+            source,
         })?;
         let options = StoreOptions {
             restoring: true,
             ..options.clone()
         };
-        let store = Store::open(data_dir, &options).map_err(|e| e.to_string())?;
+        let store = Store::open(data_dir, &options)?;
         let counts = load(store.importer()?, lines, file)?;
-        store.close()?;
+        store.close().map_err(BackupError::Close)?;
         drop(store);
-        std::fs::remove_file(data_dir.join(RESTORE_MARKER))
-            .map_err(|e| format!("cannot remove the restore marker: {e}"))?;
-        crate::store::sync_dir(data_dir).map_err(|e| e.to_string())?;
+        std::fs::remove_file(data_dir.join(RESTORE_MARKER)).map_err(BackupError::MarkerRemove)?;
+        crate::store::sync_dir(data_dir).map_err(BackupError::Sync)?;
         if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            crate::store::sync_dir(parent).map_err(|e| e.to_string())?;
+            crate::store::sync_dir(parent).map_err(BackupError::Sync)?;
         }
         Ok(counts)
     })();
@@ -529,9 +614,8 @@ pub fn restore(data_dir: &Path, options: &StoreOptions, file: &Path) -> Result<C
 }
 
 /// Removes everything inside `dir`.
-fn empty_dir(dir: &Path) -> Result<(), String> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+fn empty_dir(dir: &Path) -> Result<(), BackupError> {
+    let entries = std::fs::read_dir(dir).map_err(io_error("read", dir))?;
     for e in entries.flatten() {
         let p = e.path();
         let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
@@ -540,7 +624,7 @@ fn empty_dir(dir: &Path) -> Result<(), String> {
         } else {
             std::fs::remove_file(&p)
         };
-        r.map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
+        r.map_err(io_error("remove", &p))?;
     }
     Ok(())
 }
@@ -559,7 +643,7 @@ pub struct Checked {
 /// header, every record with the checks restore makes (on an importer that keeps
 /// only what the checks need), the end line, the sequences, and for gzip the
 /// stream's CRC-32 and length.
-pub fn check(file: &Path, max_devices: usize) -> Result<Checked, String> {
+pub fn check(file: &Path, max_devices: usize) -> Result<Checked, BackupError> {
     let (input, encoding) = open(file)?;
     let mut lines = input.lines();
     let header = check_header(lines.next(), file)?;
@@ -574,9 +658,9 @@ pub fn check(file: &Path, max_devices: usize) -> Result<Checked, String> {
 
 /// Opens a backup file for reading, plain or gzip (by its first two bytes, the gzip
 /// magic `1f 8b`: a backup's plain text starts with `{`).
-fn open(file: &Path) -> Result<(Box<dyn BufRead>, Encoding), String> {
+fn open(file: &Path) -> Result<(Box<dyn BufRead>, Encoding), BackupError> {
     const BUFFER: usize = 256 * 1024;
-    let mut input = File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+    let mut input = File::open(file).map_err(io_error("open", file))?;
     // Read the two bytes and put them back in front: a pipe (`/dev/stdin`) may hand
     // them over one at a time, so `fill_buf` alone could see only one.
     let mut magic = [0u8; 2];
@@ -586,7 +670,7 @@ fn open(file: &Path) -> Result<(Box<dyn BufRead>, Encoding), String> {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+            Err(e) => return Err(io_error("read", file)(e)),
         }
     }
     let gzip = magic == [0x1f, 0x8b];
@@ -605,36 +689,28 @@ fn open(file: &Path) -> Result<(Box<dyn BufRead>, Encoding), String> {
     }
 }
 
-fn check_header(first: Option<std::io::Result<String>>, file: &Path) -> Result<Header, String> {
+fn check_header(
+    first: Option<std::io::Result<String>>,
+    file: &Path,
+) -> Result<Header, BackupError> {
     let line = match first {
         Some(Ok(l)) => l,
-        Some(Err(e)) => return Err(format!("cannot read {}: {e}", file.display())),
-        None => {
-            return Err(format!(
-                "{} is empty; it is not a fleetgroups backup",
-                file.display()
-            ))
-        }
+        Some(Err(e)) => return Err(io_error("read", file)(e)),
+        None => return Err(BackupError::Empty(file.to_path_buf())),
     };
-    let header: Header = serde_json::from_str(&line).map_err(|_| {
-        format!(
-            "{} is not a fleetgroups backup (its first line is not the backup header)",
-            file.display()
-        )
-    })?;
+    let header: Header =
+        serde_json::from_str(&line).map_err(|_| BackupError::NoHeader(file.to_path_buf()))?;
     if header.format != FORMAT {
-        return Err(format!(
-            "{} is not a fleetgroups backup (format {:?})",
-            file.display(),
-            header.format
-        ));
+        return Err(BackupError::Format {
+            path: file.to_path_buf(),
+            format: header.format,
+        });
     }
     if header.version != VERSION {
-        return Err(format!(
-            "{} has backup format version {}, but this binary reads version {VERSION}; nothing was restored",
-            file.display(),
-            header.version
-        ));
+        return Err(BackupError::Version {
+            path: file.to_path_buf(),
+            found: header.version,
+        });
     }
     Ok(header)
 }
@@ -643,44 +719,46 @@ fn load(
     mut importer: Importer<'_>,
     lines: impl Iterator<Item = std::io::Result<String>>,
     file: &Path,
-) -> Result<Counts, String> {
+) -> Result<Counts, BackupError> {
     let mut ended: Option<u64> = None;
     let mut records = 0u64;
     for (i, line) in lines.enumerate() {
         let n = i + 2;
-        let at = |why: String| format!("{} line {n}: {why}", file.display());
-        let line = line.map_err(|e| at(e.to_string()))?;
+        let at = |why: LineError| BackupError::Line {
+            path: file.to_path_buf(),
+            line: n,
+            why,
+        };
+        let line = line.map_err(|e| at(LineError::Read(e)))?;
         if line.trim().is_empty() {
             continue;
         }
         if ended.is_some() {
-            return Err(at("text after the end line".into()));
+            return Err(at(LineError::AfterEnd));
         }
         match serde_json::from_str::<Record>(&line) {
             Ok(rec) => {
-                importer.add(rec).map_err(at)?;
+                importer.add(rec).map_err(|e| at(LineError::Record(e)))?;
                 records += 1;
             }
             Err(record_err) => match serde_json::from_str::<Trailer>(&line) {
                 Ok(Trailer::End { records: expected }) => {
                     if expected != records {
-                        return Err(at(format!(
-                            "the end line counts {expected} records but {records} came before it"
-                        )));
+                        return Err(at(LineError::Count {
+                            expected,
+                            found: records,
+                        }));
                     }
                     ended = Some(expected);
                 }
-                Err(_) => return Err(at(record_err.to_string())),
+                Err(_) => return Err(at(LineError::Json(record_err))),
             },
         }
     }
     if ended.is_none() {
-        return Err(format!(
-            "{} has no end line: the backup is truncated; nothing was restored",
-            file.display()
-        ));
+        return Err(BackupError::Truncated(file.to_path_buf()));
     }
-    importer.finish()
+    Ok(importer.finish()?)
 }
 
 #[cfg(test)]

@@ -300,7 +300,6 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::error::ApiError;
     use crate::model::GroupId;
     use crate::store::groups::Actor;
     use crate::store::testing::{doc, store};
@@ -513,10 +512,8 @@ mod tests {
         let s = store(dir.path());
         assert_eq!(s.purged_through(), 3);
         for after in [0, 1, 2] {
-            assert_eq!(
-                ApiError::from(s.changes("b", Some(after), 10, usize::MAX).unwrap_err()),
-                ApiError::CursorExpired
-            );
+            let e = s.changes("b", Some(after), 10, usize::MAX).unwrap_err();
+            assert!(matches!(e, Error::CursorExpired), "{e:?}");
         }
         let page = s.changes("b", Some(3), 10, usize::MAX).unwrap();
         assert_eq!((page.entries.len(), page.next), (2, 5));
@@ -527,10 +524,6 @@ mod tests {
         assert_eq!(
             s.changes("b", None, 10, usize::MAX).unwrap().entries.len(),
             2
-        );
-        assert_eq!(
-            ApiError::CursorExpired.message(),
-            "Cursor expired: read the groups again"
         );
     }
 
@@ -571,10 +564,8 @@ mod tests {
             .collect();
         assert_eq!(left.len(), all - removed);
         assert_eq!(left.first().copied(), Some(s.purged_through() + 1));
-        assert_eq!(
-            ApiError::from(s.changes("a", Some(0), 10, usize::MAX).unwrap_err()),
-            ApiError::CursorExpired
-        );
+        let e = s.changes("a", Some(0), 10, usize::MAX).unwrap_err();
+        assert!(matches!(e, Error::CursorExpired), "{e:?}");
         // The groups are untouched, and the rest of the feed rebuilds.
         write(&s, "a", Some(a), 1);
         write(&s, "b", Some(b), 1);

@@ -68,8 +68,8 @@ impl Tally {
 }
 
 /// A remembered create. Its group number `id` is also its key in `idempotency_order`.
-#[derive(Serialize, Deserialize)]
-pub(super) struct IdempotencyRecord {
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
     pub(super) fingerprint: String,
     pub(super) id: u64,
     pub(super) revision: u64,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{cli_in, run_with_deadline, CliOutput, Options, TestServer, BIN};
+use crate::support::{cli_in, CliOutput, Options, TestServer, BIN};
 
 fn ok(out: &CliOutput) -> &CliOutput {
     assert_eq!(
@@ -208,14 +208,12 @@ fn serve_once(
     data: &std::path::Path,
     socket: &std::path::Path,
 ) -> CliOutput {
-    let mut cmd = std::process::Command::new(BIN);
-    crate::support::clear_fleetgroups_env(&mut cmd);
-    cmd.current_dir(cwd)
-        .arg("--data-dir")
-        .arg(data)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("FLEETGROUPS_ADMIN_SOCKET", socket);
-    run_with_deadline(cmd, Duration::from_secs(30))
+    crate::support::cli(&[])
+        .data_dir(data)
+        .args(&["serve", "--listen", "127.0.0.1:0"])
+        .cwd(cwd)
+        .env("FLEETGROUPS_ADMIN_SOCKET", socket)
+        .run_within(Duration::from_secs(30))
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use crate::support::{Options, TestServer, BIN};
+use crate::support::{Options, TestServer};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
@@ -45,9 +45,9 @@ fn expected_revision() -> String {
 
 #[test]
 fn version_names_the_version_revision_target_and_rustc() {
-    let out = Command::new(BIN).arg("--version").output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+    let out = crate::support::cli(&["--version"]).run();
+    assert_eq!(out.code, 0, "{out:?}");
+    let text = out.stdout;
     let line = text.trim_end();
     assert_eq!(text.lines().count(), 1, "one line: {text:?}");
     let prefix = format!(
@@ -69,8 +69,8 @@ fn version_names_the_version_revision_target_and_rustc() {
         "rustc version {rustc:?}"
     );
     // -V is the same line (scripts use either).
-    let short = Command::new(BIN).arg("-V").output().unwrap();
-    assert_eq!(String::from_utf8(short.stdout).unwrap(), text);
+    let short = crate::support::cli(&["-V"]).run();
+    assert_eq!(short.stdout, text);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use std::time::Duration;
 
-use crate::support::{cli_in, run_with_deadline, CliOutput, Options, TestServer, BIN};
+use crate::support::{cli_in, CliOutput, Options, TestServer};
 
 /// The rows of `user list` as whitespace-separated cells, header first.
 fn table(out: &CliOutput) -> Vec<Vec<String>> {
@@ -329,14 +329,11 @@ fn check_config_validates_and_names_the_bad_key() {
             "{text:?} should name {key}: {out:?}"
         );
         // Nothing starts half-configured: `serve` refuses the same way, creating nothing.
-        let mut serve = std::process::Command::new(BIN);
-        crate::support::clear_fleetgroups_env(&mut serve);
-        serve
-            .current_dir(dir.path())
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--config", path, "serve", "--listen", "127.0.0.1:0"]);
-        let out = run_with_deadline(serve, Duration::from_secs(30));
+        let out = crate::support::cli(&[])
+            .data_dir(&data)
+            .args(&["--config", path, "serve", "--listen", "127.0.0.1:0"])
+            .cwd(dir.path())
+            .run_within(Duration::from_secs(30));
         assert_eq!(out.code, 2, "{text:?}: {out:?}");
         assert!(out.stderr.contains(key), "{out:?}");
         assert!(!data.exists(), "a refused start created the data directory");
@@ -356,12 +353,10 @@ fn the_data_directory_may_come_from_the_environment() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("from-env");
     let run = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(BIN);
-        crate::support::clear_fleetgroups_env(&mut cmd);
-        cmd.current_dir(dir.path())
-            .args(args)
-            .env("FLEETGROUPS_DATA_DIR", &data);
-        run_with_deadline(cmd, Duration::from_secs(60))
+        crate::support::cli(args)
+            .cwd(dir.path())
+            .env("FLEETGROUPS_DATA_DIR", &data)
+            .run()
     };
     run(&["user", "add", "envuser"]).key();
     assert!(

@@ -18,10 +18,10 @@ use crate::support::{TestServer, BIN};
 
 /// Runs the binary in `cwd` with exactly these `FLEETGROUPS_*` variables.
 fn run_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
-    let mut cmd = Command::new(BIN);
-    clear_fleetgroups_env(&mut cmd);
-    cmd.current_dir(cwd).args(args).envs(env.iter().copied());
-    run_with_deadline(cmd, Duration::from_secs(60))
+    crate::support::cli(args)
+        .cwd(cwd)
+        .envs(env.iter().copied())
+        .run()
 }
 
 fn json(out: &CliOutput) -> Value {

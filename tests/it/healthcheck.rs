@@ -7,29 +7,26 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{
-    clear_fleetgroups_env, run_with_deadline, CliOutput, Options, TestServer, BIN,
-};
+use crate::support::{CliOutput, Options, TestServer};
 
 /// `fleetgroups [--config FILE] healthcheck` with `FLEETGROUPS_LISTEN=listen`, timed.
 fn healthcheck(listen: &str, config: Option<&Path>) -> (CliOutput, Duration) {
-    let mut cmd = Command::new(BIN);
-    clear_fleetgroups_env(&mut cmd);
+    let mut cmd = crate::support::cli(&[]);
     if let Some(c) = config {
-        cmd.arg("--config").arg(c);
+        cmd = cmd.arg("--config").arg(c);
     }
     // An empty directory: no ./config.toml is picked up.
     let cwd = tempfile::tempdir().unwrap();
-    cmd.arg("healthcheck")
+    let cmd = cmd
+        .arg("healthcheck")
         .env("FLEETGROUPS_LISTEN", listen)
-        .current_dir(cwd.path());
+        .cwd(cwd.path());
     let started = Instant::now();
-    let out = run_with_deadline(cmd, Duration::from_secs(30));
+    let out = cmd.run_within(Duration::from_secs(30));
     (out, started.elapsed())
 }
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{clear_fleetgroups_env, try_raw, Options, Resp, TestServer, BIN};
+use crate::support::{try_raw, Options, Resp, TestServer};
 
 /// A server whose stderr is the test's choice (the harness's `Options::stderr_to`),
 /// with what these tests ask of it.
@@ -229,17 +229,11 @@ fn stderr_pipe_nobody_reads_does_not_slow_requests() {
 
 /// Starts the CLI on `data` with the given stdout and stderr.
 fn cli_with(data: &Path, args: &[&str], stdout: Stdio, stderr: Stdio) -> Child {
-    let mut cmd = Command::new(BIN);
-    clear_fleetgroups_env(&mut cmd);
-    cmd.current_dir(data.parent().unwrap())
-        .arg("--data-dir")
-        .arg(data)
+    crate::support::cli(&[])
+        .data_dir(data)
         .args(args)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .unwrap()
+        .cwd(data.parent().unwrap())
+        .spawn(stdout, stderr)
 }
 
 /// The write end of a pipe whose reader has already exited.

@@ -7,12 +7,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{clear_fleetgroups_env, open_sled, raw, Options, TestServer, BIN};
+use crate::support::{open_sled, raw, Options, TestServer};
 
 #[test]
 fn the_first_start_creates_admin_and_its_key_file() {
@@ -240,14 +240,10 @@ fn a_start_waits_for_a_cli_that_holds_the_store_lock() {
     let db = std::fs::File::open(server.data_dir().join("store/db")).expect("open db");
     rustix::fs::flock(&db, rustix::fs::FlockOperation::NonBlockingLockExclusive)
         .expect("take the store lock");
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(server.dir.path())
-        .args(["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    clear_fleetgroups_env(&mut cmd);
-    let mut child = cmd.spawn().expect("spawn");
+    let mut child =
+        crate::support::cli(&["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"])
+            .cwd(server.dir.path())
+            .spawn(Stdio::null(), Stdio::piped());
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let mut next_line = || {
         lines

@@ -620,14 +620,102 @@ pub struct CliOutput {
     pub stderr: String,
 }
 
-/// Runs `fleetgroups --data-dir DIR args…` (failing the test if it runs over a minute).
+/// Runs `fleetgroups --data-dir DIR args…` in DIR's parent (failing the test if it runs
+/// over a minute).
 pub fn cli_in(data_dir: &Path, args: &[&str], env: &[(String, String)]) -> CliOutput {
+    cli(args)
+        .data_dir(data_dir)
+        .cwd(data_dir.parent().unwrap_or(data_dir))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .run()
+}
+
+/// The binary as a test runs it outside `TestServer`: with no `FLEETGROUPS_*` variable
+/// of the test process and no system-wide config (`clear_fleetgroups_env`), stdin
+/// closed, and what the test adds (a data directory, always first on the command line;
+/// a working directory; variables); then run to completion under a deadline, or
+/// spawned.
+pub struct Cli {
+    cmd: Command,
+    data_dir: Option<PathBuf>,
+    args: Vec<std::ffi::OsString>,
+}
+
+/// `fleetgroups args…` (see [`Cli`]).
+pub fn cli(args: &[&str]) -> Cli {
     let mut cmd = Command::new(BIN);
-    cmd.arg("--data-dir").arg(data_dir).args(args);
     clear_fleetgroups_env(&mut cmd);
-    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .current_dir(data_dir.parent().unwrap_or(data_dir));
-    run_with_deadline(cmd, Duration::from_secs(60))
+    cmd.stdin(Stdio::null());
+    Cli {
+        cmd,
+        data_dir: None,
+        args: Vec::new(),
+    }
+    .args(args)
+}
+
+impl Cli {
+    /// `--data-dir DIR`, before every argument.
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_os_string());
+        self
+    }
+
+    pub fn args(self, args: &[&str]) -> Self {
+        args.iter().fold(self, |cli, a| cli.arg(a))
+    }
+
+    /// The working directory (where `./config.toml` and a relative `--data-dir` are).
+    pub fn cwd(mut self, dir: &Path) -> Self {
+        self.cmd.current_dir(dir);
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.env(k, v);
+        self
+    }
+
+    pub fn envs<K, V>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.envs(vars);
+        self
+    }
+
+    fn command(mut self) -> Command {
+        if let Some(dir) = &self.data_dir {
+            self.cmd.arg("--data-dir").arg(dir);
+        }
+        self.cmd.args(&self.args);
+        self.cmd
+    }
+
+    /// Runs to completion (failing the test past a minute).
+    pub fn run(self) -> CliOutput {
+        self.run_within(Duration::from_secs(60))
+    }
+
+    /// Runs to completion, failing the test past `deadline`.
+    pub fn run_within(self, deadline: Duration) -> CliOutput {
+        run_with_deadline(self.command(), deadline)
+    }
+
+    /// Starts it with stdout and stderr where the test wants them.
+    pub fn spawn(self, stdout: Stdio, stderr: Stdio) -> Child {
+        self.command()
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn fleetgroups")
+    }
 }
 
 /// Runs a command to completion, killing it (and failing the test) past `deadline`.
