@@ -44,7 +44,8 @@ for ((run = 1; run <= RUNS; run++)); do
   BENCH_RUN=$run wrk -t1 -c32 "-d${DURATION}s" --timeout 10s -H "Authorization: Bearer $token" \
     -s "$ROOT/bench/lua/post.lua" "$URL/api/groups" >"$dir.wrk" 2>&1
   kill -9 "$PID"; wait "$PID" 2>/dev/null || true; PID=""
-  secs=$(start "$dir")
+  start "$dir" >"$dir.secs" # not in $( ): start sets PID in this shell
+  secs=$(cat "$dir.secs")
   line=$(grep "replayed the store's write-ahead log" "$dir.log" | tail -n 1)
   frames=$(sed -n 's/.*frames=\([0-9]*\).*/\1/p' <<<"$line")
   log_bytes=$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$line")
