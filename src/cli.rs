@@ -492,7 +492,7 @@ fn check_store(config: &Config) -> ExitCode {
     let report = store.check();
     if report.clean() {
         if let Err(e) = store.close() {
-            say(&format!("fleetgroups: closing the store: {e}\n"));
+            say(&format!("fleetgroups: closing the store: {}\n", e.chain()));
             return ExitCode::FAILURE;
         }
     }
@@ -629,7 +629,7 @@ fn offline(config: &Config, command: &AdminCommand, socket_error: &str) -> Outco
         Ok(store) => {
             let outcome = crate::ops::admin::execute(command, &store, None);
             if let Err(e) = store.close() {
-                return Outcome::failed(1, format!("closing the store: {e}"));
+                return Outcome::failed(1, format!("closing the store: {}", e.chain()));
             }
             outcome
         }

@@ -262,7 +262,7 @@ impl App {
     }
 
     /// Final flush at shutdown: counters, then the store.
-    pub fn close(&self) -> Result<(), String> {
+    pub fn close(&self) -> Result<(), crate::store::Error> {
         self.persist_usage();
         self.store.close()
     }
@@ -339,7 +339,7 @@ pub fn spawn_upkeep(app: &Arc<App>) {
             // one a second.
             match recorded {
                 Ok(Err(e)) if !warned => {
-                    tracing::warn!(error = %e, "cannot record the store's high-water marks");
+                    tracing::warn!(error = %e.chain(), "cannot record the store's high-water marks");
                     warned = true;
                 }
                 Ok(Ok(())) => warned = false,

@@ -102,8 +102,8 @@ pub enum BackupError {
     #[error("{0}")]
     Open(#[from] OpenError),
     /// The restored store's close (last flush, marks, seal) failed.
-    #[error("{0}")]
-    Close(String),
+    #[error("{}", .0.chain())]
+    Close(#[source] crate::store::Error),
     #[error("{0}")]
     Sync(#[source] std::io::Error),
     #[error("{} is empty; it is not a fleetgroups backup", .0.display())]

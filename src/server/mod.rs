@@ -260,9 +260,9 @@ pub async fn serve_http(
         .map_err(|e| e.to_string())?;
     match &closed {
         Ok(()) => tracing::info!("store flushed; bye"),
-        Err(e) => tracing::error!(error = %e, "final flush failed"),
+        Err(e) => tracing::error!(error = %e.chain(), "final flush failed"),
     }
-    closed
+    closed.map_err(|e| e.chain())
 }
 
 /// Waits up to `wait` for the replication task to end, then aborts it.

@@ -187,8 +187,8 @@ pub enum ImportError {
     #[error("{0}")]
     Encode(String),
     /// The flush that makes the restored store durable failed.
-    #[error("{0}")]
-    Flush(String),
+    #[error("{}", .0.chain())]
+    Flush(#[source] super::Error),
 }
 
 /// A record the import refuses, and why.

@@ -473,7 +473,7 @@ impl Store {
             ] {
                 self.meta.insert(key, &value.to_be_bytes()).map_err(other)?;
             }
-            self.flush_blocking().map_err(OpenError::Other)?;
+            self.flush_blocking().map_err(other)?;
         }
         self.follow_name_rules(before.fresh)?;
         if !before.fresh && !before.sealed && !options.restoring {
@@ -484,7 +484,7 @@ impl Store {
         if before.fresh {
             // The format version and the new files must be on disk before anything
             // else is acknowledged; the data directory entry too.
-            self.flush_blocking().map_err(OpenError::Other)?;
+            self.flush_blocking().map_err(other)?;
             commit::sync_dir(data_dir).map_err(other)?;
         }
         if !before.marked {
@@ -523,7 +523,7 @@ impl Store {
         self.meta
             .insert(META_NAME_RULES, &NAME_RULES.to_be_bytes())
             .map_err(other)?;
-        self.flush_blocking().map_err(OpenError::Other)
+        self.flush_blocking().map_err(other)
     }
 
     /// Waits, without holding an async worker, for this request's turn at the writer
@@ -545,8 +545,10 @@ impl Store {
 
     /// Makes everything submitted so far durable in sled itself (a checkpoint),
     /// blocking: CLI commands, backup, restore, shutdown.
-    pub fn flush_blocking(&self) -> Result<(), String> {
-        self.engine.checkpoint_blocking()
+    pub fn flush_blocking(&self) -> Result<(), Error> {
+        self.engine
+            .checkpoint_blocking()
+            .map_err(|detail| Error::Flush { detail })
     }
 
     /// The store's identity: 32 hex digits, random, made when the store was created
@@ -694,10 +696,10 @@ impl Store {
     /// Stops the flusher after a last flush (graceful shutdown), then records the
     /// high-water marks. A failed store is not flushed: what it refused must not reach
     /// the disk now (see `Drop`).
-    pub fn close(&self) -> Result<(), String> {
+    pub fn close(&self) -> Result<(), Error> {
         if !self.healthy() {
             self.engine.stop();
-            return Err("the store had failed; nothing more was written".into());
+            return Err(Error::Failed);
         }
         // The retention clock counts running time: keep what this run added.
         if let Err(e) = self.save_retention_clock() {
@@ -717,7 +719,10 @@ impl Store {
         self.engine.stop();
         r?;
         self.write_highwater(marks, true)
-            .map_err(|e| format!("recording the high-water marks: {e}"))?;
+            .map_err(|source| Error::Io {
+                during: "recording the high-water marks",
+                source,
+            })?;
         // Nothing is written after this (sled's drop flushes nothing: all is flushed),
         // so the files are sealed as the next open will find them.
         if let Err(e) = seal::write(&self.dir) {
@@ -738,15 +743,20 @@ impl Store {
     /// Writes the high-water marks file when the marks moved since it was last written.
     /// The marks are read before a flush and written after it, so the file never
     /// records more than the log holds durably (or a crash would look like damage).
-    pub fn record_highwater(&self) -> Result<(), String> {
+    pub fn record_highwater(&self) -> Result<(), Error> {
         let marks = self.marks();
         if *lock(&self.recorded) == Some(marks) {
             return Ok(());
         }
         // The log is where the marks must be durable (a replay brings sled there).
-        self.engine.durable_blocking()?;
+        self.engine
+            .durable_blocking()
+            .map_err(|detail| Error::Flush { detail })?;
         self.write_highwater(marks, false)
-            .map_err(|e| format!("recording the high-water marks: {e}"))
+            .map_err(|source| Error::Io {
+                during: "recording the high-water marks",
+                source,
+            })
     }
 
     fn marks(&self) -> highwater::HighWater {

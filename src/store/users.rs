@@ -82,11 +82,6 @@ fn unfailing_write(source: sled::Error) -> Error {
     }
 }
 
-/// The flush after a user write failed (the flusher has failed the store).
-fn flush(detail: String) -> Error {
-    Error::Flush { detail }
-}
-
 fn encode(what: &'static str) -> impl FnOnce(serde_json::Error) -> Error {
     move |source| Error::Encode { what, source }
 }
@@ -128,7 +123,7 @@ impl Store {
         let seq = w.next_change.saturating_sub(1);
         self.apply_ops(&mut w, &ops, seq)?;
         drop(w);
-        self.flush_blocking().map_err(flush)
+        self.flush_blocking()
     }
 
     /// Removes a user, its tokens and its counters (its account's groups stay).
@@ -149,7 +144,7 @@ impl Store {
         let seq = w.next_change.saturating_sub(1);
         self.apply_ops(&mut w, &ops, seq)?;
         drop(w);
-        self.flush_blocking().map_err(flush)?;
+        self.flush_blocking()?;
         Ok(existed)
     }
 
