@@ -298,11 +298,22 @@ pub async fn put(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
         .update_group(actor(&ctx), id, if_match(&ctx).as_deref(), |_| {
             Ok::<_, ApiError>((doc, ()))
         })?;
+    // A rename frees a name: an office group held for it may fit now.
+    durable_then_retry_office(&ctx, turn).await?;
+    one(&v)
+}
+
+/// After a write that may free a name or a quota slot: gives the writer's turn back,
+/// waits until the write is durable, then retries the office groups held for the
+/// account (a held one may fit now).
+async fn durable_then_retry_office(
+    ctx: &Authed<'_>,
+    turn: crate::store::WriteTurn<'_>,
+) -> Result<(), ApiError> {
     drop(turn);
     ctx.app.store.durable().await?;
-    // A rename frees a name: an office group held for it may fit now.
     ctx.app.retry_office_held(&ctx.user.account).await;
-    one(&v)
+    Ok(())
 }
 
 /// PATCH: the patch is applied to a copy of the group read without the store's writer
@@ -357,9 +368,7 @@ pub async fn patch(mut ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> 
                 };
                 Ok::<_, ApiError>((new, ()))
             })?;
-    drop(turn);
-    ctx.app.store.durable().await?;
-    ctx.app.retry_office_held(&ctx.user.account).await;
+    durable_then_retry_office(&ctx, turn).await?;
     one(&v)
 }
 
@@ -377,10 +386,8 @@ pub async fn delete(ctx: Authed<'_>, id: GroupId) -> Result<Reply, ApiError> {
     ctx.app
         .store
         .delete_group(actor(&ctx), id, if_match(&ctx).as_deref())?;
-    drop(turn);
-    ctx.app.store.durable().await?;
     // The name and a quota slot are free: an office group held for them may fit now.
-    ctx.app.retry_office_held(&ctx.user.account).await;
+    durable_then_retry_office(&ctx, turn).await?;
     Ok(Reply::ok(Vec::new()))
 }
 
