@@ -52,17 +52,28 @@ fn mask128(bits: u128, prefix: u8) -> u128 {
     }
 }
 
-impl FromStr for Cidr {
-    type Err = String;
+/// Why a text is not an IP network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?} is not an IP network (e.g. 10.0.0.0/8 or fc00::/7)")]
+    NotANetwork(String),
+    #[error("{text:?}: the prefix length must be 0 to {max}")]
+    Prefix { text: String, max: u8 },
+    #[error("{text:?} has bits set beyond the prefix; the network is {network}")]
+    HostBits { text: String, network: String },
+}
 
-    fn from_str(s: &str) -> Result<Cidr, String> {
+impl FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(s: &str) -> Result<Cidr, CidrError> {
         let (addr_text, prefix_text) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
         let addr: IpAddr = addr_text
             .parse()
-            .map_err(|_| format!("{s:?} is not an IP network (e.g. 10.0.0.0/8 or fc00::/7)"))?;
+            .map_err(|_| CidrError::NotANetwork(s.to_string()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix_text {
             None => max,
@@ -73,7 +84,10 @@ impl FromStr for Cidr {
                 .then(|| p.parse::<u8>().ok())
                 .flatten()
                 .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+                .ok_or_else(|| CidrError::Prefix {
+                    text: s.to_string(),
+                    max,
+                })?,
         };
         // `::ffff:a.b.c.d/n` with n ≥ 96 is the IPv4 network a.b.c.d/(n - 96).
         let (addr, prefix) = match addr {
@@ -88,9 +102,10 @@ impl FromStr for Cidr {
             IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(mask128(u128::from(a), prefix))),
         };
         if network != addr {
-            return Err(format!(
-                "{s:?} has bits set beyond the prefix; the network is {network}/{prefix}"
-            ));
+            return Err(CidrError::HostBits {
+                text: s.to_string(),
+                network: format!("{network}/{prefix}"),
+            });
         }
         Ok(Cidr { addr, prefix })
     }
@@ -173,7 +188,7 @@ mod tests {
             ("192.168.1.0/16", "the network is 192.168.0.0/16"),
             ("fe80::1/10", "the network is fe80::/10"),
         ] {
-            let e = bad.parse::<Cidr>().unwrap_err();
+            let e = bad.parse::<Cidr>().unwrap_err().to_string();
             assert!(e.contains(says), "{bad:?}: {e}");
         }
     }

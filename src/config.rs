@@ -820,7 +820,7 @@ fn validate_replication(r: &ReplicationConfig) -> Result<(), ConfigError> {
     }
     if r.enabled() {
         if let Err(why) = crate::pg_url::check(&r.postgres_url, &r.ca_file) {
-            return Err(ConfigError(why));
+            return Err(ConfigError(why.to_string()));
         }
         let id = r.effective_gateway_id();
         if !valid_gateway_id(&id) {

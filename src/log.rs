@@ -97,18 +97,18 @@ impl Default for LogLevel {
 }
 
 impl TryFrom<String> for LogLevel {
-    type Error = String;
+    type Error = LevelError;
 
-    fn try_from(text: String) -> Result<LogLevel, String> {
+    fn try_from(text: String) -> Result<LogLevel, LevelError> {
         check_level(&text)?;
         Ok(LogLevel(text))
     }
 }
 
 impl std::str::FromStr for LogLevel {
-    type Err = String;
+    type Err = LevelError;
 
-    fn from_str(text: &str) -> Result<LogLevel, String> {
+    fn from_str(text: &str) -> Result<LogLevel, LevelError> {
         LogLevel::try_from(text.to_string())
     }
 }
@@ -139,15 +139,28 @@ pub struct Level {
 impl Level {
     /// Replaces the filter with `level` (sled stays at `warn` unless a directive names
     /// it).
-    pub fn set(&self, level: &LogLevel) -> Result<(), String> {
+    pub fn set(&self, level: &LogLevel) -> Result<(), LevelError> {
         self.handle
             .reload(filter(level.as_str())?)
-            .map_err(|e| format!("cannot change the log level: {e}"))
+            .map_err(|e| LevelError::Reload(e.to_string()))
     }
 }
 
 /// The level names a directive may use (tracing also takes them in any case).
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Why a `log.level` is refused, or a change of level failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LevelError {
+    #[error("{:?} names no level; use one of {levels} or directives such as info,fleetgroups::access=off", .0, levels = LEVELS.join(", "))]
+    NoLevel(String),
+    #[error("{:?} is neither a level ({levels}) nor a target=level directive", .0, levels = LEVELS.join(", "))]
+    NotALevel(String),
+    #[error("{level:?} is not a valid directive list: {reason}")]
+    Directives { level: String, reason: String },
+    #[error("cannot change the log level: {0}")]
+    Reload(String),
+}
 
 /// Checks `log.level`: one or more comma-separated directives in `EnvFilter` syntax,
 /// each a level (`info`) or `target=level` (`fleetgroups::access=off`). Stricter than
@@ -155,30 +168,24 @@ const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 /// `EnvFilter` would read it as "everything from target `word`", so a misspelt level
 /// (`warnn`) would silently log nothing it was meant to. The error says why, for a
 /// message that names the key (`config.rs`). What [`LogLevel`] is made through.
-pub fn check_level(level: &str) -> Result<(), String> {
+pub fn check_level(level: &str) -> Result<(), LevelError> {
     filter(level).map(|_| ())
 }
 
 /// The filter for `level`, with sled at `warn` (its info lines are noise) unless a
 /// directive says otherwise: later directives for the same target replace earlier ones.
-fn filter(level: &str) -> Result<EnvFilter, String> {
+fn filter(level: &str) -> Result<EnvFilter, LevelError> {
     let directives: Vec<&str> = level
         .split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty())
         .collect();
     if directives.is_empty() {
-        return Err(format!(
-            "{level:?} names no level; use one of {} or directives such as info,fleetgroups::access=off",
-            LEVELS.join(", ")
-        ));
+        return Err(LevelError::NoLevel(level.to_string()));
     }
     for d in &directives {
         if !d.contains('=') && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) {
-            return Err(format!(
-                "{d:?} is neither a level ({}) nor a target=level directive",
-                LEVELS.join(", ")
-            ));
+            return Err(LevelError::NotALevel(d.to_string()));
         }
     }
     // `parse`, not `EnvFilter::new`: that one prints what it ignores straight to fd 2.
@@ -186,7 +193,10 @@ fn filter(level: &str) -> Result<EnvFilter, String> {
     EnvFilter::builder()
         .with_regex(false)
         .parse(format!("sled=warn,{}", directives.join(",")))
-        .map_err(|e| format!("{level:?} is not a valid directive list: {e}"))
+        .map_err(|e| LevelError::Directives {
+            level: level.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// Installs the global subscriber, the writer thread and the panic hook. Only the first
@@ -595,7 +605,7 @@ mod tests {
             ("info,fleetgroups=loud", "not a valid directive list"),
             ("info,[unclosed=debug", "not a valid directive list"),
         ] {
-            let e = check_level(bad).unwrap_err();
+            let e = check_level(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad:?}: {e}");
         }
     }

@@ -158,7 +158,27 @@ pub fn scrub(url: &str, msg: &str) -> String {
 }
 
 /// Splits `sslmode` off the URL's query (tokio-postgres knows only some of its values).
-fn split_sslmode(url: &str) -> Result<(String, SslMode), String> {
+/// A replication setting refused: the key (`replication.postgres_url`, …) and why,
+/// never holding the password (`scrub`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct SettingError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+impl SettingError {
+    pub fn new(key: &'static str, reason: impl Into<String>) -> SettingError {
+        SettingError {
+            key,
+            reason: reason.into(),
+        }
+    }
+}
+
+const URL_KEY: &str = "replication.postgres_url";
+
+fn split_sslmode(url: &str) -> Result<(String, SslMode), SettingError> {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, q),
         None => (url, ""),
@@ -175,9 +195,9 @@ fn split_sslmode(url: &str) -> Result<(String, SslMode), String> {
                     "verify-ca" => SslMode::VerifyCa,
                     "verify-full" => SslMode::VerifyFull,
                     other => {
-                        return Err(format!(
-                        "replication.postgres_url: sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
-                    ))
+                        return Err(SettingError::new(URL_KEY, format!(
+                        "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+                    )))
                     }
                 }
             }
@@ -215,7 +235,7 @@ pub fn sslmode_warning(postgres_url: &str) -> Option<String> {
 /// CA file where one is needed. The files themselves are read by `serve` and
 /// `check-config` (`Settings::from_config`), not by every CLI command, which may run as
 /// a user the credential is not for.
-pub fn check(postgres_url: &str, ca_file: &str) -> Result<(), String> {
+pub fn check(postgres_url: &str, ca_file: &str) -> Result<(), SettingError> {
     parse(postgres_url, ca_file).map(|_| ())
 }
 
@@ -223,27 +243,38 @@ pub fn check(postgres_url: &str, ca_file: &str) -> Result<(), String> {
 pub fn parse(
     postgres_url: &str,
     ca_file: &str,
-) -> Result<(tokio_postgres::Config, Option<String>, SslMode), String> {
-    let scrub = |msg: String| scrub(postgres_url, &msg);
+) -> Result<(tokio_postgres::Config, Option<String>, SslMode), SettingError> {
+    let scrub = |e: SettingError| SettingError {
+        reason: scrub(postgres_url, &e.reason),
+        ..e
+    };
     if !(postgres_url.starts_with("postgresql://") || postgres_url.starts_with("postgres://")) {
-        return Err("replication.postgres_url: must be a postgresql:// URL (libpq style)".into());
+        return Err(SettingError::new(
+            URL_KEY,
+            "must be a postgresql:// URL (libpq style)",
+        ));
     }
     let (url, ssl) = split_sslmode(postgres_url).map_err(scrub)?;
     let pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
-        scrub(format!(
-            "replication.postgres_url: not a valid PostgreSQL URL: {e}"
+        scrub(SettingError::new(
+            URL_KEY,
+            format!("not a valid PostgreSQL URL: {e}"),
         ))
     })?;
     if pg.get_user().is_none() {
-        return Err(
-            "replication.postgres_url: must name a user (postgresql://USER@host/db)".into(),
-        );
+        return Err(SettingError::new(
+            URL_KEY,
+            "must name a user (postgresql://USER@host/db)",
+        ));
     }
     if pg.get_hosts().is_empty() {
-        return Err("replication.postgres_url: must name a host".into());
+        return Err(SettingError::new(URL_KEY, "must name a host"));
     }
     if matches!(ssl, SslMode::VerifyCa | SslMode::VerifyFull) && ca_file.is_empty() {
-        return Err("replication.ca_file: required with sslmode=verify-ca or verify-full".into());
+        return Err(SettingError::new(
+            "replication.ca_file",
+            "required with sslmode=verify-ca or verify-full",
+        ));
     }
     // The password as the driver took it (from the user info or a `password=`
     // parameter, decoded): what the replicator scrubs from every message.
@@ -318,7 +349,9 @@ mod tests {
         // The driver takes the query's password: parse hands it over for scrubbing.
         let (_, password, _) = parse("postgresql://fleet@hq/db?pass%77ord=S3CRET", "").unwrap();
         assert_eq!(password.as_deref(), Some("S3CRET"));
-        let e = parse("postgresql://fleet@hq/db?password=S3CRET&nonsense=1", "").unwrap_err();
+        let e = parse("postgresql://fleet@hq/db?password=S3CRET&nonsense=1", "")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("S3CRET"), "{e}");
     }
 

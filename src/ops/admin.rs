@@ -507,45 +507,52 @@ impl AdminSocket {
     }
 }
 
+/// Why the admin socket could not be set up (the start stops with this message).
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("{} exists and is not a socket; remove it or set admin.socket to another path", .0.display())]
+    NotASocket(std::path::PathBuf),
+    #[error("another process answers on the admin socket {}; is another fleetgroups using it? Stop it or set admin.socket to another path", .0.display())]
+    InUse(std::path::PathBuf),
+    /// A file operation on the socket `path` failed `during` this step.
+    #[error("cannot {during} {}: {source}", path.display())]
+    Io {
+        during: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Binds the admin socket at `path`. A socket file left by a crashed run is removed
 /// only when nothing answers on it; a live one, or a file that is not a socket, stops
 /// the start with a message.
-pub async fn bind(path: &Path) -> Result<AdminSocket, String> {
+pub async fn bind(path: &Path) -> Result<AdminSocket, SocketError> {
+    let io = |during: &'static str| {
+        move |source| SocketError::Io {
+            during,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(format!(
-                "{} exists and is not a socket; remove it or set admin.socket to another path",
-                path.display()
-            ));
+            return Err(SocketError::NotASocket(path.to_path_buf()));
         }
         match UnixStream::connect(path).await {
-            Ok(_) => {
-                return Err(format!(
-                    "another process answers on the admin socket {}; is another fleetgroups using it? Stop it or set admin.socket to another path",
-                    path.display()
-                ))
-            }
+            Ok(_) => return Err(SocketError::InUse(path.to_path_buf())),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                std::fs::remove_file(path).map_err(|e| {
-                    format!("cannot remove the stale admin socket {}: {e}", path.display())
-                })?;
+                std::fs::remove_file(path).map_err(io("remove the stale admin socket"))?;
                 tracing::info!(target: LOG, path = %path.display(), "removed a stale admin socket left by an earlier run");
             }
-            Err(e) => {
-                return Err(format!(
-                    "cannot check the existing admin socket {}: {e}",
-                    path.display()
-                ))
-            }
+            Err(e) => return Err(io("check the existing admin socket")(e)),
         }
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| format!("cannot create the admin socket {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(io("create the admin socket"))?;
     // The peer-uid check below is what keeps others out; the mode is a second fence.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+        .map_err(io("set the mode of"))?;
+    let meta = std::fs::metadata(path).map_err(io("stat"))?;
     // Our uid without `unsafe`: the owner of /proc/self is the process's effective uid;
     // without /proc, the owner of the socket file we just created is the same.
     let own_uid = std::fs::metadata("/proc/self")
@@ -604,7 +611,7 @@ impl Running {
 
 /// Binds the admin socket and serves it on its own task until stopped. Call it before
 /// "listening" is logged, so a CLI started after that line always finds the socket.
-pub async fn start(app: &Arc<App>) -> Result<Running, String> {
+pub async fn start(app: &Arc<App>) -> Result<Running, SocketError> {
     let socket = bind(&app.config.admin_socket()).await?;
     tracing::info!(target: LOG, path = %socket.path().display(), "admin socket ready");
     let (stop, phase) = tokio::sync::watch::channel(Phase::Serving);

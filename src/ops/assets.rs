@@ -30,7 +30,7 @@ use clap_complete::Shell;
 mod extra;
 
 /// Writes every asset into `dir` (created if missing).
-pub fn generate(cmd: clap::Command, dir: &Path) -> Result<(), String> {
+pub fn generate(cmd: clap::Command, dir: &Path) -> Result<(), AssetError> {
     let completions = dir.join("completions");
     let man = dir.join("man");
     for d in [&completions, &man] {
@@ -57,13 +57,39 @@ pub fn generate(cmd: clap::Command, dir: &Path) -> Result<(), String> {
     publish(&man.join("fleetgroups.toml.5"), config_page()?.as_bytes())
 }
 
-fn io(what: &Path, e: std::io::Error) -> String {
-    format!("{}: {e}", what.display())
+/// Why the assets could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum AssetError {
+    /// Writing a file (or its directory) failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// clap_mangen could not render a command's page.
+    #[error("rendering the man page of {command}: {source}")]
+    Render {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// config.toml and the configuration's keys disagree (a key without its comment,
+    /// or one the file lacks): the documentation would be wrong.
+    #[error("{0}")]
+    Undocumented(String),
+}
+
+fn io(what: &Path, e: std::io::Error) -> AssetError {
+    AssetError::Io {
+        path: what.to_path_buf(),
+        source: e,
+    }
 }
 
 /// Completions and man pages are public files of the package, not data: 0644
 /// whatever the process umask (cli.rs sets 0077 for the data directory's sake).
-fn publish(path: &Path, bytes: &[u8]) -> Result<(), String> {
+fn publish(path: &Path, bytes: &[u8]) -> Result<(), AssetError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, bytes).map_err(|e| io(path, e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(|e| io(path, e))
@@ -82,13 +108,15 @@ fn without_help(cmd: clap::Command) -> clap::Command {
 }
 
 /// The page of `cmd`, then one page per visible subcommand.
-fn write_man(cmd: &clap::Command, dir: &Path) -> Result<(), String> {
+fn write_man(cmd: &clap::Command, dir: &Path) -> Result<(), AssetError> {
     // Subcommands carry no version of their own: name the build on every page.
     let page = clap_mangen::Man::new(cmd.clone())
         .source(format!("fleetgroups {}", crate::build_info::VERSION));
     let mut out = Vec::new();
-    page.render(&mut out)
-        .map_err(|e| format!("rendering the man page of {}: {e}", cmd.get_name()))?;
+    page.render(&mut out).map_err(|source| AssetError::Render {
+        command: cmd.get_name().to_string(),
+        source,
+    })?;
     let file = page.get_filename();
     out.extend_from_slice(extra::sections(file.trim_end_matches(".1")).as_bytes());
     publish(&dir.join(file), &out)?;
@@ -115,7 +143,7 @@ pub(crate) struct KeyDoc {
 /// declarations (`config::known_keys`, what `check-config` prints), meaning from the
 /// file's comment (a key without its own comment shares the one above it, as `tls.key`
 /// shares `tls.cert`'s). Err when the file and the declarations disagree on the keys.
-pub(crate) fn config_keys() -> Result<Vec<KeyDoc>, String> {
+pub(crate) fn config_keys() -> Result<Vec<KeyDoc>, AssetError> {
     let declared = crate::config::known_keys();
     let mut out = Vec::new();
     let (mut section, mut comment, mut shared) = (String::new(), Vec::new(), String::new());
@@ -147,9 +175,15 @@ pub(crate) fn config_keys() -> Result<Vec<KeyDoc>, String> {
             let (_, _, default) = declared
                 .iter()
                 .find(|(s, k, _)| *s == section && k == key)
-                .ok_or_else(|| format!("config.toml: {full} is not a configuration key"))?;
+                .ok_or_else(|| {
+                    AssetError::Undocumented(format!(
+                        "config.toml: {full} is not a configuration key"
+                    ))
+                })?;
             if shared.is_empty() {
-                return Err(format!("config.toml: {full} has no comment to document it"));
+                return Err(AssetError::Undocumented(format!(
+                    "config.toml: {full} has no comment to document it"
+                )));
             }
             out.push(KeyDoc {
                 env: crate::config::env_name(&section, key),
@@ -167,13 +201,15 @@ pub(crate) fn config_keys() -> Result<Vec<KeyDoc>, String> {
         };
         !out.iter().any(|d| d.key == full)
     }) {
-        return Err(format!("config.toml lacks the key {s}.{k}"));
+        return Err(AssetError::Undocumented(format!(
+            "config.toml lacks the key {s}.{k}"
+        )));
     }
     Ok(out)
 }
 
 /// The table of docs/configuration.md (between its generated-table markers).
-pub fn config_table_markdown() -> Result<String, String> {
+pub fn config_table_markdown() -> Result<String, AssetError> {
     let mut t =
         String::from("| key | default | environment variable | meaning |\n|---|---|---|---|\n");
     for k in config_keys()? {
@@ -186,7 +222,7 @@ pub fn config_table_markdown() -> Result<String, String> {
 }
 
 /// `fleetgroups.toml(5)`: the file, where it is read from, and every key.
-fn config_page() -> Result<String, String> {
+fn config_page() -> Result<String, AssetError> {
     use roff::{bold, italic, roman, Roff};
     let mut r = Roff::new();
     r.control(

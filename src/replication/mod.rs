@@ -157,13 +157,19 @@ mod tests {
                 "replication.ca_file",
             ),
         ] {
-            let e = Settings::from_config(&cfg(url)).err().expect(url);
+            let e = Settings::from_config(&cfg(url))
+                .err()
+                .expect(url)
+                .to_string();
             assert!(e.starts_with(key), "{url}: {e}");
             assert!(!e.contains("hunter2"), "{e}");
         }
         let mut c = cfg("postgresql://u@h/db");
         c.password_file = "/nonexistent/pw".into();
-        let e = Settings::from_config(&c).err().expect("missing file");
+        let e = Settings::from_config(&c)
+            .err()
+            .expect("missing file")
+            .to_string();
         assert!(e.starts_with("replication.password_file"), "{e}");
     }
 }

@@ -7,6 +7,7 @@
 //! Secrets: the password comes from `password_file` or the URL and is never logged,
 //! put in an error message, a metric or `check-config` (`pg_url::redact`).
 
+use crate::pg_url::SettingError;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -39,7 +40,7 @@ pub struct Settings {
 
 impl Settings {
     /// From `[replication]`; every problem names its key and never holds the password.
-    pub fn from_config(r: &ReplicationConfig) -> Result<Settings, String> {
+    pub fn from_config(r: &ReplicationConfig) -> Result<Settings, SettingError> {
         let (mut pg, url_password, ssl) = crate::pg_url::parse(&r.postgres_url, &r.ca_file)?;
         let mut password = url_password;
         if !r.password_file.is_empty() {
@@ -103,16 +104,13 @@ impl Settings {
     }
 }
 
-fn read_password(path: &str) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "replication.password_file: cannot read {path}: {}",
-            e.kind()
-        )
-    })?;
+fn read_password(path: &str) -> Result<String, SettingError> {
+    const KEY: &str = "replication.password_file";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SettingError::new(KEY, format!("cannot read {path}: {}", e.kind())))?;
     let p = text.trim_end_matches(['\n', '\r']).to_string();
     if p.is_empty() {
-        return Err(format!("replication.password_file: {path} is empty"));
+        return Err(SettingError::new(KEY, format!("{path} is empty")));
     }
     Ok(p)
 }
