@@ -143,6 +143,7 @@ pub(crate) struct KeyDoc {
 /// declarations (`config::known_keys`, what `check-config` prints), meaning from the
 /// file's comment (a key without its own comment shares the one above it, as `tls.key`
 /// shares `tls.cert`'s). Err when the file and the declarations disagree on the keys.
+// Long because each key is checked against config.toml where it is read, naming it.
 pub(crate) fn config_keys() -> Result<Vec<KeyDoc>, AssetError> {
     let declared = crate::config::known_keys();
     let mut out = Vec::new();

@@ -538,6 +538,7 @@ pub fn last_success(data_dir: &Path) -> Option<i64> {
 /// directory is locked first (`store::lock_for_restore`): a second restore into it
 /// is refused while this one runs, and touches nothing. On any error everything
 /// restore created is removed again.
+// Long because every step (lock, marker, load, close, unmark) says what it undoes.
 pub fn restore(
     data_dir: &Path,
     options: &StoreOptions,

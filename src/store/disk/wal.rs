@@ -449,172 +449,24 @@ impl Log {
     /// Opens the log in `dir` (creates it, empty, checkpoint 0, when missing). Returns
     /// the checkpoint (every frame with last <= checkpoint is in the store durably) and
     /// every frame after it, in order.
+    // Long because the log is assembled field by field from what the recovery found.
     pub fn open(dir: &Path, options: LogOptions) -> Result<Recovered, LogError> {
         fs::create_dir_all(dir).map_err(io_err("creating the log directory"))?;
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent).map_err(io_err("syncing the log directory's parent"))?;
         }
-        let mut ids = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_err("listing the log directory"))? {
-            let entry = entry.map_err(io_err("listing the log directory"))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(id) = segment_id(name) {
-                ids.push(id);
-            } else if name == CHECKPOINT_TMP || (name.ends_with(".log.tmp")) {
-                // A checkpoint or spare that was being made at a crash: never used.
-                fs::remove_file(entry.path())
-                    .map_err(io_err("removing a leftover temporary file"))?;
-            }
-        }
-        ids.sort_unstable();
-        let checkpoint_path = dir.join(CHECKPOINT_FILE);
-        let (checkpoint, floor, salt) = match fs::read(&checkpoint_path) {
-            Ok(bytes) => parse_checkpoint(&bytes).ok_or_else(|| {
-                LogError::Damaged(format!(
-                    "{} is not a valid checkpoint",
-                    checkpoint_path.display()
-                ))
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if let Some(id) = ids.first() {
-                    return Err(LogError::Damaged(format!(
-                        "{} has segments ({}) but no checkpoint file",
-                        dir.display(),
-                        segment_name(*id)
-                    )));
-                }
-                let salt = rand::random::<u64>();
-                write_checkpoint(dir, 0, 1, salt).map_err(io_err("creating the checkpoint"))?;
-                (0, 1, salt)
-            }
-            Err(e) => return Err(io_err("reading the checkpoint")(e)),
-        };
-
-        // Sort the files into live segments (valid header) and spares.
-        let mut live = Vec::new();
-        let mut headerless = Vec::new();
-        for id in &ids {
-            let path = dir.join(segment_name(*id));
-            let file = open_rw(&path).map_err(io_err("opening a segment"))?;
-            let size = file
-                .metadata()
-                .map_err(io_err("reading a segment's size"))?
-                .len();
-            let mut head = [0u8; SEGMENT_HEADER as usize];
-            let generation = if size >= SEGMENT_HEADER {
-                file.read_exact_at(&mut head, 0)
-                    .map_err(io_err("reading a segment header"))?;
-                parse_segment_header(&head, salt)
-            } else {
-                None
-            };
-            let segment = Segment {
-                path,
-                file,
-                size,
-                generation: generation.unwrap_or(0),
-                last: None,
-            };
-            match generation {
-                Some(_) => live.push(segment),
-                None => headerless.push(segment),
-            }
-        }
-        live.sort_by_key(|s| s.generation);
-        for pair in live.windows(2) {
-            if pair[0].generation == pair[1].generation {
-                return Err(LogError::Damaged(format!(
-                    "{} and {} have the same generation {}",
-                    pair[0].path.display(),
-                    pair[1].path.display(),
-                    pair[0].generation
-                )));
-            }
-        }
+        let ids = list_segments(dir)?;
+        let (checkpoint, floor, salt) = read_checkpoint(dir, &ids)?;
+        let (mut live, headerless) = load_segments(dir, &ids, salt)?;
         let next_generation = live.last().map_or(floor, |s| floor.max(s.generation + 1));
-
-        // Walk the frames in generation order.
-        let mut frames = Vec::new();
-        let mut pending = VecDeque::new();
-        let mut pending_bytes = 0;
-        let mut expected = checkpoint + 1;
-        let mut last_seen: Option<u64> = None;
-        let mut active: Option<(usize, u64)> = None;
         let mut payload = Vec::new();
-        for (index, segment) in live.iter_mut().enumerate() {
-            let mut off = SEGMENT_HEADER;
-            let mut segment_last: Option<u64> = None;
-            while let Some(head) = read_frame(
-                &segment.file,
-                segment.size,
-                off,
-                salt,
-                Some(segment.generation),
-                &mut payload,
-            )
-            .map_err(io_err("reading a frame"))?
-            {
-                let at = || format!("{} at offset {off}", segment.path.display());
-                if segment_last.is_some_and(|l| head.first != l + 1) {
-                    return Err(LogError::Damaged(format!(
-                        "{}: frame {}..={} does not follow {} in the same segment",
-                        at(),
-                        head.first,
-                        head.last,
-                        segment_last.unwrap_or_default()
-                    )));
-                }
-                if head.last > checkpoint {
-                    if head.first != expected {
-                        return Err(LogError::Damaged(format!(
-                            "{}: frame {}..={} where sequence {expected} was due (checkpoint {checkpoint}): frames are missing",
-                            at(),
-                            head.first,
-                            head.last
-                        )));
-                    }
-                    expected = head.last + 1;
-                    frames.push(Frame {
-                        first: head.first,
-                        last: head.last,
-                        payload: std::mem::take(&mut payload),
-                    });
-                    pending.push_back((head.last, head.len));
-                    pending_bytes += head.len;
-                } else if expected > checkpoint + 1 {
-                    return Err(LogError::Damaged(format!(
-                        "{}: frame {}..={} after frames up to {}",
-                        at(),
-                        head.first,
-                        head.last,
-                        expected - 1
-                    )));
-                }
-                segment_last = Some(head.last);
-                last_seen = Some(head.last);
-                off += head.len;
-            }
-            if let Some(found) = scan_for_frame(
-                &segment.file,
-                segment.size,
-                off + 8,
-                salt,
-                segment.generation,
-                &mut payload,
-            )
-            .map_err(io_err("scanning a segment's tail"))?
-            {
-                return Err(LogError::Damaged(format!(
-                    "{} at offset {found}: a valid frame after the segment's frames ended at offset {off}",
-                    segment.path.display()
-                )));
-            }
-            segment.last = segment_last;
-            if segment_last.is_some() {
-                active = Some((index, off));
-            }
-        }
+        let Walk {
+            frames,
+            pending,
+            pending_bytes,
+            last_seen,
+            active,
+        } = walk(&mut live, salt, checkpoint, &mut payload)?;
         let last = last_seen.unwrap_or(checkpoint);
         if last < checkpoint {
             return Err(LogError::Damaged(format!(
@@ -622,28 +474,7 @@ impl Log {
                 dir.display()
             )));
         }
-        for segment in &headerless {
-            if let Some(head) = read_frame(
-                &segment.file,
-                segment.size,
-                SEGMENT_HEADER,
-                salt,
-                None,
-                &mut payload,
-            )
-            .map_err(io_err("reading a frame"))?
-            {
-                if head.last > checkpoint {
-                    return Err(LogError::Damaged(format!(
-                        "{}: the segment header is damaged but it holds frame {}..={} (generation {}) after the checkpoint {checkpoint}",
-                        segment.path.display(),
-                        head.first,
-                        head.last,
-                        head.generation
-                    )));
-                }
-            }
-        }
+        check_headerless(&headerless, salt, checkpoint, &mut payload)?;
 
         // Build the log: the active segment, the sealed ones still needed, the rest spare.
         let mut log = Log {
@@ -944,6 +775,247 @@ impl Log {
             self.broken = Some((e.kind(), e.to_string()));
         }
     }
+}
+
+/// The segment files in `dir` by number, oldest first; temporary files a crash left
+/// (a checkpoint or spare being made) are removed: they were never used.
+fn list_segments(dir: &Path) -> Result<Vec<u64>, LogError> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("listing the log directory"))? {
+        let entry = entry.map_err(io_err("listing the log directory"))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = segment_id(name) {
+            ids.push(id);
+        } else if name == CHECKPOINT_TMP || (name.ends_with(".log.tmp")) {
+            // A checkpoint or spare that was being made at a crash: never used.
+            fs::remove_file(entry.path()).map_err(io_err("removing a leftover temporary file"))?;
+        }
+    }
+    ids.sort_unstable();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// The checkpoint, the generation floor and the salt from the checkpoint file; a new
+/// log (no segment) gets one. Segments without it are damage.
+fn read_checkpoint(dir: &Path, ids: &[u64]) -> Result<(u64, u64, u64), LogError> {
+    let checkpoint_path = dir.join(CHECKPOINT_FILE);
+    match fs::read(&checkpoint_path) {
+        Ok(bytes) => parse_checkpoint(&bytes).ok_or_else(|| {
+            LogError::Damaged(format!(
+                "{} is not a valid checkpoint",
+                checkpoint_path.display()
+            ))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(id) = ids.first() {
+                return Err(LogError::Damaged(format!(
+                    "{} has segments ({}) but no checkpoint file",
+                    dir.display(),
+                    segment_name(*id)
+                )));
+            }
+            let salt = rand::random::<u64>();
+            write_checkpoint(dir, 0, 1, salt).map_err(io_err("creating the checkpoint"))?;
+            Ok((0, 1, salt))
+        }
+        Err(e) => Err(io_err("reading the checkpoint")(e)),
+    }
+}
+
+/// The segments of `ids`: those with a valid header (live), in generation order, and
+/// those without (spares, or headers zeroed for reuse). Two live segments of one
+/// generation are damage.
+fn load_segments(
+    dir: &Path,
+    ids: &[u64],
+    salt: u64,
+) -> Result<(Vec<Segment>, Vec<Segment>), LogError> {
+    // Sort the files into live segments (valid header) and spares.
+    let mut live = Vec::new();
+    let mut headerless = Vec::new();
+    for id in ids {
+        let path = dir.join(segment_name(*id));
+        let file = open_rw(&path).map_err(io_err("opening a segment"))?;
+        let size = file
+            .metadata()
+            .map_err(io_err("reading a segment's size"))?
+            .len();
+        let mut head = [0u8; SEGMENT_HEADER as usize];
+        let generation = if size >= SEGMENT_HEADER {
+            file.read_exact_at(&mut head, 0)
+                .map_err(io_err("reading a segment header"))?;
+            parse_segment_header(&head, salt)
+        } else {
+            None
+        };
+        let segment = Segment {
+            path,
+            file,
+            size,
+            generation: generation.unwrap_or(0),
+            last: None,
+        };
+        match generation {
+            Some(_) => live.push(segment),
+            None => headerless.push(segment),
+        }
+    }
+    live.sort_by_key(|s| s.generation);
+    for pair in live.windows(2) {
+        if pair[0].generation == pair[1].generation {
+            return Err(LogError::Damaged(format!(
+                "{} and {} have the same generation {}",
+                pair[0].path.display(),
+                pair[1].path.display(),
+                pair[0].generation
+            )));
+        }
+    }
+    Ok((live, headerless))
+}
+
+/// What the walk over the live segments found.
+struct Walk {
+    frames: Vec<Frame>,
+    pending: VecDeque<(u64, u64)>,
+    pending_bytes: u64,
+    last_seen: Option<u64>,
+    /// The segment appends continue in, and the offset they continue at.
+    active: Option<(usize, u64)>,
+}
+
+/// Reads the frames of `live` in generation order: the frames after the checkpoint,
+/// contiguous; the first frame that fails its checks ends a segment, and a valid frame
+/// after that end is damage.
+// Long because each check names the damage it finds where it finds it.
+fn walk(
+    live: &mut [Segment],
+    salt: u64,
+    checkpoint: u64,
+    payload: &mut Vec<u8>,
+) -> Result<Walk, LogError> {
+    let mut frames = Vec::new();
+    let mut pending = VecDeque::new();
+    let mut pending_bytes = 0;
+    let mut expected = checkpoint + 1;
+    let mut last_seen: Option<u64> = None;
+    let mut active: Option<(usize, u64)> = None;
+    for (index, segment) in live.iter_mut().enumerate() {
+        let mut off = SEGMENT_HEADER;
+        let mut segment_last: Option<u64> = None;
+        while let Some(head) = read_frame(
+            &segment.file,
+            segment.size,
+            off,
+            salt,
+            Some(segment.generation),
+            payload,
+        )
+        .map_err(io_err("reading a frame"))?
+        {
+            let at = || format!("{} at offset {off}", segment.path.display());
+            if segment_last.is_some_and(|l| head.first != l + 1) {
+                return Err(LogError::Damaged(format!(
+                    "{}: frame {}..={} does not follow {} in the same segment",
+                    at(),
+                    head.first,
+                    head.last,
+                    segment_last.unwrap_or_default()
+                )));
+            }
+            if head.last > checkpoint {
+                if head.first != expected {
+                    return Err(LogError::Damaged(format!(
+                            "{}: frame {}..={} where sequence {expected} was due (checkpoint {checkpoint}): frames are missing",
+                            at(),
+                            head.first,
+                            head.last
+                        )));
+                }
+                expected = head.last + 1;
+                frames.push(Frame {
+                    first: head.first,
+                    last: head.last,
+                    payload: std::mem::take(payload),
+                });
+                pending.push_back((head.last, head.len));
+                pending_bytes += head.len;
+            } else if expected > checkpoint + 1 {
+                return Err(LogError::Damaged(format!(
+                    "{}: frame {}..={} after frames up to {}",
+                    at(),
+                    head.first,
+                    head.last,
+                    expected - 1
+                )));
+            }
+            segment_last = Some(head.last);
+            last_seen = Some(head.last);
+            off += head.len;
+        }
+        if let Some(found) = scan_for_frame(
+            &segment.file,
+            segment.size,
+            off + 8,
+            salt,
+            segment.generation,
+            payload,
+        )
+        .map_err(io_err("scanning a segment's tail"))?
+        {
+            return Err(LogError::Damaged(format!(
+                    "{} at offset {found}: a valid frame after the segment's frames ended at offset {off}",
+                    segment.path.display()
+                )));
+        }
+        segment.last = segment_last;
+        if segment_last.is_some() {
+            active = Some((index, off));
+        }
+    }
+    Ok(Walk {
+        frames,
+        pending,
+        pending_bytes,
+        last_seen,
+        active,
+    })
+}
+
+/// A segment whose header is damaged but that holds a frame after the checkpoint is
+/// damage (a spare's zeroed header is not: its frames are all below it).
+fn check_headerless(
+    headerless: &[Segment],
+    salt: u64,
+    checkpoint: u64,
+    payload: &mut Vec<u8>,
+) -> Result<(), LogError> {
+    for segment in headerless {
+        if let Some(head) = read_frame(
+            &segment.file,
+            segment.size,
+            SEGMENT_HEADER,
+            salt,
+            None,
+            payload,
+        )
+        .map_err(io_err("reading a frame"))?
+        {
+            if head.last > checkpoint {
+                return Err(LogError::Damaged(format!(
+                        "{}: the segment header is damaged but it holds frame {}..={} (generation {}) after the checkpoint {checkpoint}",
+                        segment.path.display(),
+                        head.first,
+                        head.last,
+                        head.generation
+                    )));
+            }
+        }
+    }
+
+    Ok(())
 }
 
 #[cfg(test)]
