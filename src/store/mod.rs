@@ -9,7 +9,7 @@
 //! **Log first, apply after** (`commit.rs`): a change is one record in the write-ahead
 //! log (`wal.rs`); a group of them is appended and `fdatasync`ed once, and only then is
 //! the change visible and acknowledged. sled is brought up to the log in merged batches
-//! and flushed lazily, at checkpoints; what lies between the log and sled is read from
+//! and flushed by the applier, off the writers' path; what lies between the log and sled is read from
 //! the memtable (`memtable.rs`). An open replays what the log holds past the last
 //! checkpoint (`replay.rs`).
 //!

@@ -8,7 +8,9 @@
 //! one merged `apply_batch` per round, with the log sequence they cover in the same
 //! batch (`META_WAL_APPLIED`), and trims them from the memtable.
 //!
-//! sled is never flushed on the write path. A checkpoint (on a size or time bound, and
+//! Writers never wait for sled: the applier flushes it after each round it applies
+//! (`sync_sled`: a reordering disk must not find more than one round unsynced). A
+//! checkpoint (on a size or time bound, and
 //! whenever a caller needs sled itself durable: close, backup, restore, the CLI) flushes
 //! sled, `fdatasync`s its files, then tells the log that everything up to the applied
 //! sequence is in the store, so the log recycles those segments. After a crash, the
