@@ -1205,7 +1205,7 @@ fn start_engine(
         relaxed: options.durability == Durability::Relaxed,
         bounds: options.log,
     };
-    Engine::start(replayed.log, replayed.checkpoint, (**db).clone(), target, 0)
+    Engine::start(replayed.log, replayed.checkpoint, (**db).clone(), target)
         .map(Arc::new)
         .map_err(|e| OpenError::Other(format!("cannot start the store's log: {e}")))
 }

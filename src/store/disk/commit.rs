@@ -110,7 +110,7 @@ struct Taken {
 
 impl Shared {
     /// The state of a log whose every sequence up to `last` is durable.
-    fn new(last: u64, visible_seq: u64) -> Shared {
+    fn new(last: u64) -> Shared {
         Shared {
             queue: Mutex::new(Queue {
                 next: last + 1,
@@ -125,7 +125,7 @@ impl Shared {
             progressed: Condvar::new(),
             failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            visible_seq: AtomicU64::new(visible_seq),
+            visible_seq: AtomicU64::new(0),
             broke: Mutex::new(None),
         }
     }
@@ -266,18 +266,18 @@ impl FlushWatch {
 impl Engine {
     /// Starts the log thread and the applier. `log` continues after its last frame
     /// (every sequence up to it is durable and applied to sled), `checkpoint` is what
-    /// sled holds durably, `visible_seq` the change-feed seq visible now.
+    /// sled holds durably. The visible change-feed seq starts at 0: the open publishes
+    /// it (`publish_seq`) once it has read the store.
     pub fn start(
         log: Log,
         checkpoint: u64,
         tree: sled::Tree,
         target: SyncTarget,
-        visible_seq: u64,
     ) -> std::io::Result<Engine> {
         let last = log.last();
         let sled_log = File::open(target.dir.join("db"))?;
         sync_dir(&target.dir)?;
-        let shared = Arc::new(Shared::new(last, visible_seq));
+        let shared = Arc::new(Shared::new(last));
         let mem = Arc::new(Memtable::new(last));
         let stats = Arc::new(FlushStats::default());
         let (tx, rx) = watch::channel(Progress {
@@ -760,7 +760,9 @@ impl Applier {
     }
 
     /// Flushes sled and fsyncs its files, then records in the log that everything up
-    /// to `applied` is in the store (the log recycles what lies below).
+    /// to `applied` is in the store (the log recycles what lies below). The flush stays
+    /// even right after a round's `sync_sled`: a restore writes into sled directly, not
+    /// through the applier, and its checkpoint is what makes those writes durable.
     fn checkpoint(&mut self) -> Result<(), String> {
         let started = Instant::now();
         let upto = self.applied;
